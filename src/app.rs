@@ -1,0 +1,238 @@
+//! Wiring: feeds → index → sessions, the threads they run on, and graceful shutdown.
+//!
+//! Threads: `quotegw-main` runs an actix System whose own thread hosts the feeds and the one ingest
+//! task that applies their events to the index; actix starts `workers` more threads (one per core by
+//! default) that run the HTTP server and every WebSocket connection task, plus its accept thread.
+//!
+//! Shutdown (SIGINT/SIGTERM in `main.rs`, or `RunningGateway::shutdown`): one cancellation token
+//! stops accepting, makes every connection close with 1001, and stops the feeds; actix then waits
+//! at most `SHUTDOWN_GRACE_SECS` for connections before dropping them, so the process exits within
+//! 5 s.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use actix_web::{web, App, HttpServer};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
+use crate::http::{routes, AppState};
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::session::socket::PeerFd;
+use crate::session::SessionShared;
+
+/// How long actix waits for connections after the shutdown signal; sessions close with 1001 within
+/// about a second (their close grace), so this is a backstop that keeps exit under 5 s.
+const SHUTDOWN_GRACE_SECS: u64 = 3;
+/// The ingest task applies up to this many queued feed events per wake-up.
+const INGEST_BATCH: usize = 256;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("no feed configured: add a [[feeds]] entry to the config")]
+    NoFeeds,
+    #[error("feed '{name}': {source}")]
+    Feed { name: String, source: FeedError },
+    #[error("cannot listen on {addr}: {source} (is another process using the port?)")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("invalid listen address: {0}")]
+    Listen(String),
+    #[error("cannot start the gateway thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A gateway to start: a config plus, optionally, feeds built in code (embedders, tests).
+pub struct Gateway {
+    config: Config,
+    extra_feeds: Vec<Box<dyn Feed>>,
+}
+
+/// A started gateway.
+pub struct RunningGateway {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Gateway {
+        Gateway {
+            config,
+            extra_feeds: Vec::new(),
+        }
+    }
+
+    /// Adds a feed built in code, after those of the config.
+    pub fn with_feed(mut self, feed: Box<dyn Feed>) -> Gateway {
+        self.extra_feeds.push(feed);
+        self
+    }
+
+    /// Binds the listen address and starts everything on its own threads.
+    pub fn start(self) -> Result<RunningGateway, StartError> {
+        let mut feeds: Vec<Box<dyn Feed>> = Vec::new();
+        for fc in &self.config.feeds {
+            feeds.push(fc.build().map_err(|source| StartError::Feed {
+                name: fc.name().to_string(),
+                source,
+            })?);
+        }
+        feeds.extend(self.extra_feeds);
+        if feeds.is_empty() {
+            return Err(StartError::NoFeeds);
+        }
+        let addr = self.config.listen_addr().map_err(StartError::Listen)?;
+        let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
+            addr: self.config.listen.clone(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: self.config.listen.clone(),
+            source,
+        })?;
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let (token, m, config) = (shutdown.clone(), metrics.clone(), self.config);
+        let thread = std::thread::Builder::new()
+            .name("quotegw-main".into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(run(config, feeds, listener, token, m))
+            })
+            .map_err(StartError::Thread)?;
+        Ok(RunningGateway {
+            addr,
+            shutdown,
+            metrics,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl RunningGateway {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Starts the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts down gracefully and waits for the server to stop.
+    pub fn shutdown(mut self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        self.join()
+    }
+
+    /// Waits until the gateway stops (after `begin_shutdown`, or if the server fails).
+    pub fn join(&mut self) -> std::io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the gateway thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn run(
+    config: Config,
+    feeds: Vec<Box<dyn Feed>>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let names: Vec<String> = feeds.iter().map(|f| f.name().to_string()).collect();
+    let index = Arc::new(Index::new(&names, metrics.clone()));
+    for feed in &feeds {
+        for symbol in feed.symbols() {
+            index.register(symbol);
+        }
+    }
+    tracing::info!(feeds = ?names, symbols = index.len(), "index ready");
+
+    let (events_tx, mut events_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
+    let ingest_index = index.clone();
+    actix_web::rt::spawn(async move {
+        let mut batch = Vec::with_capacity(INGEST_BATCH);
+        while events_rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
+            for event in batch.drain(..) {
+                ingest_index.apply(event);
+            }
+        }
+    });
+
+    let mut health = Vec::new();
+    for (id, feed) in feeds.into_iter().enumerate() {
+        let h = Arc::new(FeedHealth::default());
+        health.push((names[id].clone(), h.clone()));
+        let ctx = FeedContext::new(id as u16, events_tx.clone(), shutdown.child_token(), h.clone());
+        let name = names[id].clone();
+        actix_web::rt::spawn(async move {
+            match feed.run(ctx).await {
+                Ok(()) => tracing::info!(feed = %name, "feed stopped"),
+                Err(e) => tracing::error!(feed = %name, "feed failed: {e}"),
+            }
+            h.up.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    drop(events_tx);
+
+    let state = web::Data::new(AppState {
+        sessions: Arc::new(SessionShared {
+            index,
+            metrics,
+            limits: config.limits.clone(),
+            shutdown: shutdown.clone(),
+            connections: AtomicUsize::new(0),
+        }),
+        feeds: health,
+    });
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .workers(workers)
+        // Our own limit answers 503; actix's per-worker cap only has to stay out of its way.
+        .max_connections(config.limits.max_connections + 1024)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .on_connect(|conn, ext| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                // Small frames, sent as soon as they are ready: latency over packet count.
+                let _ = tcp.set_nodelay(true);
+                ext.insert(PeerFd(tcp.as_raw_fd()));
+            }
+        })
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: closing connections with 1001");
+        handle.stop(true).await;
+    });
+    server.await
+}

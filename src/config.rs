@@ -1,0 +1,214 @@
+//! Start-up: the TOML config, its defaults, and `validate()` with errors that name the file, the key
+//! and what to change.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::feed::FeedConfig;
+
+/// The default config, embedded so that `quotegw` with no flags runs exactly what
+/// `config/quotegw.toml` documents.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/quotegw.toml");
+pub const DEFAULT_CONFIG_NAME: &str = "config/quotegw.toml (embedded default)";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {location}key '{key}': {message}")]
+    Invalid {
+        path: String,
+        /// "line N: " where the parser knows it
+        location: String,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HOST:PORT the HTTP and WebSocket server binds.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// actix worker threads that run the WebSocket sessions; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub feeds: Vec<FeedConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_symbols_per_connection: usize,
+    pub max_frame_bytes: usize,
+    pub ops_per_second: u32,
+    pub ops_burst: u32,
+    pub slow_consumer_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            max_symbols_per_connection: 1000,
+            max_frame_bytes: 65_536,
+            ops_per_second: 50,
+            ops_burst: 100,
+            slow_consumer_timeout_ms: 10_000,
+            idle_timeout_ms: 45_000,
+            ping_interval_ms: 15_000,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse(&text, &shown)
+    }
+
+    /// The embedded default config.
+    pub fn default_config() -> Config {
+        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+            .expect("the embedded default config is valid (checked by a unit test)")
+    }
+
+    /// Parses and validates TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: String, span: Option<std::ops::Range<usize>>, message: String| {
+            let location = span
+                .map(|s| format!("line {}: ", text[..s.start.min(text.len())].lines().count().max(1)))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                path: path.to_string(),
+                location,
+                key,
+                message,
+            }
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| invalid("(syntax)".into(), e.span(), e.message().to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            invalid(key, inner.span(), inner.message().to_string())
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| invalid(key, None, message))?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, uniqueness, addresses. Errors are (key, what to change).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.listen_addr()
+            .map_err(|m| ("listen".to_string(), m))?;
+        if self.workers > 256 {
+            return Err(("workers".into(), "must be between 0 (one per core) and 256".into()));
+        }
+        let l = &self.limits;
+        let positive: [(&str, u64); 7] = [
+            ("max_connections", l.max_connections as u64),
+            ("max_symbols_per_connection", l.max_symbols_per_connection as u64),
+            ("ops_per_second", l.ops_per_second.into()),
+            ("ops_burst", l.ops_burst.into()),
+            ("slow_consumer_timeout_ms", l.slow_consumer_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("ping_interval_ms", l.ping_interval_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((format!("limits.{key}"), "must be greater than 0".into()));
+            }
+        }
+        if !(256..=16 * 1024 * 1024).contains(&l.max_frame_bytes) {
+            return Err((
+                "limits.max_frame_bytes".into(),
+                "must be between 256 and 16777216".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, feed) in self.feeds.iter().enumerate() {
+            let name = feed.name();
+            if name.is_empty() || !names.insert(name) {
+                return Err((
+                    format!("feeds[{i}].name"),
+                    format!("feed names must be non-empty and unique (got '{name}')"),
+                ));
+            }
+            feed.validate()
+                .map_err(|(key, m)| (format!("feeds[{i}].{key}"), m))?;
+        }
+        Ok(())
+    }
+
+    /// The listen address, resolved.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .to_socket_addrs()
+            .map_err(|e| format!("'{}' is not a HOST:PORT address: {e}", self.listen))?
+            .next()
+            .ok_or_else(|| format!("'{}' resolves to no address", self.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid_and_matches_the_issue() {
+        let c = Config::parse(DEFAULT_CONFIG, "default").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.limits.max_symbols_per_connection, 1000);
+        assert_eq!(c.limits.max_frame_bytes, 65_536);
+        assert_eq!((c.limits.ops_per_second, c.limits.ops_burst), (50, 100));
+        assert_eq!(c.limits.slow_consumer_timeout_ms, 10_000);
+        assert_eq!(c.limits.idle_timeout_ms, 45_000);
+        assert_eq!(c.feeds.len(), 1);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "my.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = err("[limits]\nmax_frame_bytes = \"big\"\n");
+        assert!(e.starts_with("my.toml: line 2: key 'limits.max_frame_bytes':"), "{e}");
+        let e = err("lisen = \"x\"\n");
+        assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
+        let e = err("[limits]\nops_per_second = 0\n");
+        assert_eq!(e, "my.toml: key 'limits.ops_per_second': must be greater than 0");
+        let e = err("[[feeds]]\nkind = \"simulated\"\nname = \"a\"\nticks_per_second = 0\n");
+        assert!(e.contains("key 'feeds[0].ticks_per_second'"), "{e}");
+        let e = err("[[feeds]]\nkind = \"carrier-pigeon\"\nname = \"a\"\n");
+        assert!(e.contains("feeds[0]") && e.contains("carrier-pigeon"), "{e}");
+        let e = err("listen = \"nonsense\"\n");
+        assert!(e.contains("key 'listen'"), "{e}");
+        let e = err("x = [\n");
+        assert!(e.starts_with("my.toml: "), "{e}");
+    }
+}

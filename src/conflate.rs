@@ -1,0 +1,443 @@
+//! Stage 4, conflation: per-connection pending slots (latest wins, merged count, wake the writer) and
+//! the decision of what one connection is owed for one symbol.
+//!
+//! Memory per connection is bounded by its number of subscribed symbols whatever the tick rate: the
+//! index marks a slot dirty at most once until the connection drains it, and draining reads the
+//! symbol's *latest* state. How many ticks were merged is not counted per tick; it falls out of `seq`
+//! (`conflated = seq - last_sent_seq - 1`), because `seq` grows by one per accepted tick.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use tokio::sync::Notify;
+
+use crate::delta::{encode_snapshot, encode_status, encode_update};
+use crate::index::SymbolEntry;
+use crate::model::{Quote, Status};
+use crate::protocol::FrameBuilder;
+
+/// Locks a std mutex, ignoring poisoning: every critical section in the pipeline is a plain copy or a
+/// push that leaves the data consistent even if a panic unwound through it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A symbol's latest state, copied out of the index for one connection.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub seq: u64,
+    pub quote: Quote,
+    pub tick_in: Option<Instant>,
+    /// The update of tick `seq` against tick `seq - 1`, already a frame.
+    pub shared: Option<ByteString>,
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The part of a connection the index touches: which of its slots have news, and its wake-up.
+pub struct ConnPending {
+    id: u64,
+    dirty: Mutex<Dirty>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Dirty {
+    /// Slots with news, each at most once.
+    list: Vec<u32>,
+    /// `flags[slot]` is true while `slot` is in `list`.
+    flags: Vec<bool>,
+    closed: bool,
+}
+
+impl ConnPending {
+    pub fn new() -> Arc<ConnPending> {
+        Arc::new(ConnPending {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            dirty: Mutex::new(Dirty::default()),
+            notify: Notify::new(),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Index side: there is news for `slot`. Constant time, never awaits, never grows past one entry
+    /// per slot: this is where a slow connection's backlog is conflated away. Only the first mark
+    /// after a drain wakes the connection task, so a hot symbol costs one wake per drain, not per tick.
+    pub fn mark(&self, slot: u32) {
+        let wake = {
+            let mut d = lock(&self.dirty);
+            let i = slot as usize;
+            if d.closed {
+                return;
+            }
+            if d.flags.len() <= i {
+                d.flags.resize(i + 1, false);
+            }
+            if d.flags[i] {
+                false
+            } else {
+                d.flags[i] = true;
+                d.list.push(slot);
+                d.list.len() == 1
+            }
+        };
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Connection side: moves the dirty slots into `out` (which should be empty) and clears them.
+    pub fn take(&self, out: &mut Vec<u32>) {
+        let mut d = lock(&self.dirty);
+        std::mem::swap(&mut d.list, out);
+        for &slot in out.iter() {
+            d.flags[slot as usize] = false;
+        }
+    }
+
+    /// Waits until some slot is marked (returns at once if one was marked since the last wait).
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// Stops accepting marks (the connection is going away) and frees the lists.
+    pub fn close(&self) {
+        let mut d = lock(&self.dirty);
+        d.closed = true;
+        d.list = Vec::new();
+        d.flags = Vec::new();
+    }
+
+    /// Slots currently waiting; never more than the connection's subscribed symbols.
+    pub fn pending(&self) -> usize {
+        lock(&self.dirty).list.len()
+    }
+}
+
+/// What a connection emitted for a symbol in one drain; summed per frame for the metrics.
+#[derive(Default, Debug)]
+pub struct EmitStats {
+    pub snapshots: u64,
+    pub updates: u64,
+    pub conflated: u64,
+    /// When each sent update's tick entered the index, for `quotegw_tick_to_write_seconds`.
+    pub tick_in: Vec<Instant>,
+}
+
+/// What `SlotView::emit` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Emitted {
+    Nothing,
+    Wrote,
+    /// There is news, but `max_hz` says not before this instant.
+    NotBefore(Instant),
+}
+
+/// One connection's view of one subscribed symbol: what it was last sent, and its pacing.
+pub struct SlotView {
+    pub entry: Arc<SymbolEntry>,
+    sent: Quote,
+    /// 0 until the snapshot went out (`seq` starts at 1).
+    sent_seq: u64,
+    sent_status: Status,
+    snapshot_pending: bool,
+    min_interval: Option<Duration>,
+    next_at: Option<Instant>,
+}
+
+impl SlotView {
+    pub fn new(entry: Arc<SymbolEntry>, max_hz: Option<f64>) -> SlotView {
+        SlotView {
+            entry,
+            sent: Quote::default(),
+            sent_seq: 0,
+            sent_status: Status::Live,
+            snapshot_pending: true,
+            min_interval: interval(max_hz),
+            next_at: None,
+        }
+    }
+
+    /// Subscribing again re-sends the snapshot and applies the new `max_hz` (PROTOCOL.md).
+    pub fn resubscribe(&mut self, max_hz: Option<f64>) {
+        self.snapshot_pending = true;
+        self.min_interval = interval(max_hz);
+        self.next_at = None;
+    }
+
+    /// Writes into `frame` what this connection is owed for the symbol, given its latest state `now`
+    /// (`None`: no tick yet, so no snapshot yet either).
+    pub fn emit(
+        &mut self,
+        latest: Option<&Published>,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let Some(p) = latest else {
+            return Emitted::Nothing;
+        };
+        let symbol = &*self.entry.symbol;
+        if self.snapshot_pending {
+            frame.push(|s| encode_snapshot(s, symbol, p.seq, &p.quote));
+            self.snapshot_pending = false;
+            self.sent = p.quote;
+            self.sent_seq = p.seq;
+            self.sent_status = p.quote.status;
+            self.next_at = self.min_interval.map(|d| now + d);
+            stats.snapshots += 1;
+            return Emitted::Wrote;
+        }
+        let news = p.seq > self.sent_seq || p.quote.status != self.sent_status;
+        if !news {
+            return Emitted::Nothing;
+        }
+        if let Some(at) = self.next_at {
+            if now < at {
+                return Emitted::NotBefore(at);
+            }
+        }
+        if p.seq > self.sent_seq {
+            let conflated = p.seq - self.sent_seq - 1;
+            match &p.shared {
+                // In sync: this connection's delta is the tick's own, encoded once by the index.
+                Some(bytes) if conflated == 0 => frame.push_shared(bytes),
+                _ => frame.push(|s| encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated)),
+            }
+            self.sent = p.quote;
+            self.sent_seq = p.seq;
+            self.next_at = self.min_interval.map(|d| now + d);
+            stats.updates += 1;
+            stats.conflated += conflated;
+            stats.tick_in.extend(p.tick_in);
+        }
+        if p.quote.status != self.sent_status {
+            frame.push(|s| encode_status(s, symbol, p.quote.status));
+            self.sent_status = p.quote.status;
+        }
+        Emitted::Wrote
+    }
+}
+
+fn interval(max_hz: Option<f64>) -> Option<Duration> {
+    // Parsing guarantees max_hz is finite and > 0; rates beyond 1 MHz mean "unlimited".
+    max_hz
+        .filter(|hz| *hz < 1e6)
+        .map(|hz| Duration::from_secs_f64(1.0 / hz))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::client_view::{of_quote, View};
+    use crate::feed::FeedEvent;
+    use crate::index::Index;
+    use crate::metrics::Metrics;
+    use crate::model::Tick;
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+
+    fn index() -> Index {
+        Index::new(&["test".to_string()], Arc::new(Metrics::new()))
+    }
+
+    fn tick(bid: i64, ask_size: Option<i64>) -> Tick {
+        Tick {
+            symbol: "AAPL".into(),
+            ts: bid,
+            bid: Some(Decimal::new(bid, 2)),
+            ask_size,
+            ..Tick::default()
+        }
+    }
+
+    /// Drains `conn` into frames the way the session writer does, returning the decoded messages.
+    fn drain(conn: &ConnPending, slots: &mut [SlotView], now: Instant) -> Vec<serde_json::Value> {
+        let mut dirty = Vec::new();
+        conn.take(&mut dirty);
+        let mut frame = FrameBuilder::default();
+        let mut stats = EmitStats::default();
+        for slot in dirty {
+            let s = &mut slots[slot as usize];
+            let latest = s.entry.read();
+            s.emit(latest.as_ref(), now, &mut frame, &mut stats);
+        }
+        match frame.take() {
+            None => vec![],
+            Some(f) => serde_json::from_str::<Vec<serde_json::Value>>(&f).expect("a frame is a JSON array"),
+        }
+    }
+
+    #[test]
+    fn a_slow_connection_gets_the_latest_value_once_with_the_merged_count() {
+        let idx = index();
+        let entry = idx.register("AAPL".into());
+        idx.apply(FeedEvent::Tick(tick(100, Some(1))));
+        let conn = ConnPending::new();
+        let mut slots = vec![SlotView::new(entry.clone(), None)];
+        entry.subscribe(&conn, 0);
+        let snap = drain(&conn, &mut slots, Instant::now());
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0]["type"], "snapshot");
+        assert_eq!(snap[0]["seq"], 1);
+
+        for i in 0..1000 {
+            idx.apply(FeedEvent::Tick(tick(101 + i, None)));
+        }
+        assert_eq!(conn.pending(), 1, "a thousand ticks, one pending slot");
+        let msgs = drain(&conn, &mut slots, Instant::now());
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0]["seq"], 1001);
+        assert_eq!(msgs[0]["bid"], "11.00");
+        assert_eq!(msgs[0]["conflated"], 999);
+        assert!(msgs[0].get("ask_size").is_none());
+    }
+
+    #[test]
+    fn an_in_sync_connection_gets_the_shared_bytes() {
+        let idx = index();
+        let entry = idx.register("AAPL".into());
+        idx.apply(FeedEvent::Tick(tick(100, Some(1))));
+        let conn = ConnPending::new();
+        let mut slots = vec![SlotView::new(entry.clone(), None)];
+        entry.subscribe(&conn, 0);
+        drain(&conn, &mut slots, Instant::now());
+        idx.apply(FeedEvent::Tick(tick(101, None)));
+        let shared = entry.read().unwrap().shared.expect("subscribers, so encoded once");
+        let mut dirty = Vec::new();
+        conn.take(&mut dirty);
+        let mut frame = FrameBuilder::default();
+        let latest = entry.read();
+        slots[0].emit(latest.as_ref(), Instant::now(), &mut frame, &mut EmitStats::default());
+        let f = frame.take().unwrap();
+        assert_eq!(f.as_bytes().as_ptr(), shared.as_bytes().as_ptr());
+    }
+
+    #[test]
+    fn max_hz_defers_and_then_sends_the_latest() {
+        let idx = index();
+        let entry = idx.register("AAPL".into());
+        idx.apply(FeedEvent::Tick(tick(100, None)));
+        let conn = ConnPending::new();
+        let mut slots = vec![SlotView::new(entry.clone(), Some(2.0))];
+        entry.subscribe(&conn, 0);
+        let t0 = Instant::now();
+        assert_eq!(drain(&conn, &mut slots, t0).len(), 1);
+        idx.apply(FeedEvent::Tick(tick(101, None)));
+        let mut frame = FrameBuilder::default();
+        let latest = entry.read();
+        let r = slots[0].emit(latest.as_ref(), t0 + Duration::from_millis(100), &mut frame, &mut EmitStats::default());
+        assert_eq!(r, Emitted::NotBefore(t0 + Duration::from_millis(500)));
+        assert!(frame.is_empty());
+        idx.apply(FeedEvent::Tick(tick(102, None)));
+        let latest = entry.read();
+        let r = slots[0].emit(latest.as_ref(), t0 + Duration::from_millis(500), &mut frame, &mut EmitStats::default());
+        assert_eq!(r, Emitted::Wrote);
+        let msgs: Vec<serde_json::Value> = serde_json::from_str(&frame.take().unwrap()).unwrap();
+        assert_eq!((msgs[0]["bid"].as_str(), msgs[0]["conflated"].as_u64()), (Some("1.02"), Some(1)));
+    }
+
+    #[test]
+    fn nothing_before_the_first_tick_then_a_snapshot() {
+        let idx = index();
+        let entry = idx.register("AAPL".into());
+        let conn = ConnPending::new();
+        let mut slots = vec![SlotView::new(entry.clone(), None)];
+        entry.subscribe(&conn, 0);
+        assert!(drain(&conn, &mut slots, Instant::now()).is_empty());
+        idx.apply(FeedEvent::Tick(tick(100, None)));
+        let msgs = drain(&conn, &mut slots, Instant::now());
+        assert_eq!(msgs[0]["type"], "snapshot");
+        assert_eq!(msgs[0]["ask"], serde_json::Value::Null);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Tick { bid: Option<i64>, ask: Option<i64>, size: Option<i64>, status: Option<u8> },
+        Drain,
+        Resubscribe,
+    }
+
+    fn arb_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (proptest::option::of(1i64..50), proptest::option::of(1i64..50),
+                  proptest::option::of(0i64..5), proptest::option::weighted(0.1, 0u8..3))
+                .prop_map(|(bid, ask, size, status)| Step::Tick { bid, ask, size, status }),
+            2 => Just(Step::Drain),
+            1 => Just(Step::Resubscribe),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the interleaving of ticks and drains: the first message is a snapshot, seq only
+        /// grows, the update's `conflated` is exactly the ticks skipped, and after every drain the
+        /// client's view equals the gateway's latest quote (latest value wins).
+        #[test]
+        fn conflation_keeps_the_client_exact(steps in proptest::collection::vec(arb_step(), 1..60)) {
+            let idx = index();
+            let entry = idx.register("AAPL".into());
+            let conn = ConnPending::new();
+            let mut slots = vec![SlotView::new(entry.clone(), None)];
+            entry.subscribe(&conn, 0);
+            let mut view: Option<View> = None;
+            let mut status = "live".to_string();
+            for step in steps.iter().chain([Step::Drain].iter()) {
+                match step {
+                    Step::Tick { bid, ask, size, status } => {
+                        idx.apply(FeedEvent::Tick(Tick {
+                            symbol: "AAPL".into(), ts: 7,
+                            bid: bid.map(|b| Decimal::new(b, 1)), ask: ask.map(|a| Decimal::new(a, 2)),
+                            bid_size: *size,
+                            status: status.map(|s| [Status::Live, Status::Stale, Status::Halted][s as usize]),
+                            ..Tick::default()
+                        }));
+                    }
+                    Step::Resubscribe => {
+                        slots[0].resubscribe(None);
+                        conn.mark(0);
+                    }
+                    Step::Drain => {
+                        for msg in drain(&conn, &mut slots, Instant::now()) {
+                            match msg["type"].as_str().unwrap() {
+                                "snapshot" => {
+                                    if let Some(v) = &view {
+                                        prop_assert!(msg["seq"].as_u64().unwrap() >= v.seq);
+                                    }
+                                    status = msg["status"].as_str().unwrap().to_string();
+                                    view = Some(View::from_snapshot(&msg));
+                                }
+                                "update" => {
+                                    let v = view.as_mut().expect("no update before the snapshot");
+                                    let seq = msg["seq"].as_u64().unwrap();
+                                    prop_assert!(seq > v.seq, "seq only grows");
+                                    let conflated = msg.get("conflated").map_or(0, |c| c.as_u64().unwrap());
+                                    prop_assert!(conflated > 0 || msg.get("conflated").is_none(), "conflated is absent when 0");
+                                    prop_assert_eq!(conflated, seq - v.seq - 1);
+                                    v.apply(&msg);
+                                }
+                                "status" => {
+                                    prop_assert!(view.is_some(), "no status before the snapshot");
+                                    status = msg["status"].as_str().unwrap().to_string();
+                                }
+                                other => prop_assert!(false, "unexpected {}", other),
+                            }
+                        }
+                        if let (Some(v), Some(p)) = (&view, entry.read()) {
+                            let mut expect = of_quote("AAPL", p.seq, &p.quote);
+                            expect.fields.remove("status");
+                            let mut got = v.clone();
+                            got.fields.remove("status");
+                            prop_assert_eq!(got, expect);
+                            prop_assert_eq!(status.as_str(), p.quote.status.as_str());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! quotegw: a real-time stock-quote streaming gateway.
+//!
+//! # Layout
+//! One tick travels, stage by stage:
+//!
+//! 1. [`feed`]: adapters (one trait, one config enum) produce ticks into a bounded channel;
+//! 2. [`normalize`]: every tick is checked (symbol, prices > 0, sizes ≥ 0) or rejected and counted;
+//! 3. [`index`]: symbol → latest quote, `seq`, subscribers; applies the tick and marks each
+//!    subscriber's slot dirty, never waiting for a connection;
+//! 4. [`conflate`] and [`delta`]: per connection, one pending slot per symbol (latest wins) and the
+//!    update against what that connection was last sent, encoded once when it is the tick's own;
+//! 5. [`session`]: one task per WebSocket that reads ops and drains its slots into frames, closing
+//!    slow consumers with 4008;
+//! 6. [`http`]: `/ws`, `/metrics`, `/healthz`, `/readyz`.
+//!
+//! [`protocol`] holds the wire contract, [`model`] the shared types, [`config`] the TOML config,
+//! [`metrics`] the Prometheus registry, and [`app`] the wiring and graceful shutdown.
+#![deny(unsafe_code)] // one audited exception: session::socket (see its module doc)
+
+pub mod app;
+pub mod config;
+pub mod conflate;
+pub mod delta;
+pub mod feed;
+pub mod http;
+pub mod index;
+pub mod metrics;
+pub mod model;
+pub mod normalize;
+pub mod protocol;
+pub mod session;
+
+pub use app::{Gateway, RunningGateway, StartError};
+pub use config::Config;

@@ -1,0 +1,118 @@
+//! Observability for every stage, in one registry: what `/metrics` serves.
+//!
+//! No label per symbol or per connection (cardinality): per-feed and per-code labels only, resolved to
+//! handles once so that the hot path never looks a label up.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::normalize::RejectReason;
+use crate::protocol::ErrorCode;
+
+/// Tick-to-write latency buckets, seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub subscriptions: IntGauge,
+    pub ticks_received: IntCounterVec,
+    pub ticks_rejected: IntCounterVec,
+    pub updates_sent: IntCounter,
+    pub updates_conflated: IntCounter,
+    pub snapshots_sent: IntCounter,
+    pub frames_sent: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub slow_consumer_closes: IntCounter,
+    pub client_errors: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub closes: IntCounterVec,
+    pub tick_to_write: Histogram,
+    pub feed_up: IntGaugeVec,
+}
+
+/// The counters of one feed, resolved once.
+#[derive(Clone)]
+pub struct FeedCounters {
+    pub received: IntCounter,
+    rejected: Vec<IntCounter>,
+}
+
+impl FeedCounters {
+    pub fn rejected(&self, reason: RejectReason) -> &IntCounter {
+        &self.rejected[reason as usize]
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            // Names are constants of this file and unique, so registration cannot fail.
+            r.register(Box::new(c.clone()))
+                .expect("metric names in metrics.rs are unique");
+            c
+        }
+        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid metric name"));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name"))
+        };
+        let m = Metrics {
+            connections: reg(&registry, IntGauge::new("quotegw_connections", "Open WebSocket connections.").expect("valid metric name")),
+            subscriptions: reg(&registry, IntGauge::new("quotegw_subscriptions", "Symbol subscriptions over all connections.").expect("valid metric name")),
+            ticks_received: counter_vec("quotegw_ticks_received_total", "Ticks handed to the index by each feed.", &["feed"]),
+            ticks_rejected: counter_vec("quotegw_ticks_rejected_total", "Ticks refused by validation (never forwarded), by feed and reason.", &["feed", "reason"]),
+            updates_sent: counter("quotegw_updates_sent_total", "Update messages handed to sockets."),
+            updates_conflated: counter("quotegw_updates_conflated_total", "Upstream ticks merged into a later update instead of being sent on their own (the sum of 'conflated')."),
+            snapshots_sent: counter("quotegw_snapshots_sent_total", "Snapshot messages handed to sockets."),
+            frames_sent: counter("quotegw_frames_sent_total", "WebSocket text frames handed to sockets."),
+            bytes_sent: counter("quotegw_bytes_sent_total", "Payload bytes of the frames handed to sockets."),
+            slow_consumer_closes: counter("quotegw_slow_consumer_closes_total", "Connections closed with 4008 because their socket accepted nothing for slow_consumer_timeout_ms."),
+            client_errors: counter_vec("quotegw_client_errors_total", "Error replies to client ops, by code.", &["code"]),
+            connections_refused: counter_vec("quotegw_connections_refused_total", "WebSocket upgrades refused before the handshake, by reason.", &["reason"]),
+            closes: counter_vec("quotegw_closes_total", "Connections closed by the gateway, by close code.", &["code"]),
+            tick_to_write: reg(&registry, Histogram::with_opts(
+                HistogramOpts::new("quotegw_tick_to_write_seconds", "From a tick entering the index to its update's bytes handed to the socket.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            ).expect("valid histogram")),
+            feed_up: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_feed_up", "1 while the feed's upstream is delivering."), &["feed"]).expect("valid metric name")),
+            registry,
+        };
+        // Every error code appears from the start, so dashboards and alerts see 0 rather than nothing.
+        for code in ErrorCode::ALL {
+            m.client_errors.with_label_values(&[code.as_str()]);
+        }
+        m
+    }
+
+    /// Resolves (and so exports at 0) the counters of a feed.
+    pub fn feed_counters(&self, feed: &str) -> FeedCounters {
+        self.feed_up.with_label_values(&[feed]);
+        FeedCounters {
+            received: self.ticks_received.with_label_values(&[feed]),
+            rejected: RejectReason::ALL
+                .iter()
+                .map(|r| self.ticks_rejected.with_label_values(&[feed, r.as_str()]))
+                .collect(),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on a malformed metric family, which the registry prevents.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,121 @@
+//! Stage 0, the vocabulary every stage shares: symbols, partial ticks, full quotes, status.
+//!
+//! Prices are `rust_decimal::Decimal` from feed to wire. Two decimals are "the same" here only when
+//! their representation is (mantissa and scale), not merely their value: a feed that moves from
+//! `"189.10"` to `"189.1"` has changed what a client must display, and the protocol promises prices
+//! leave the gateway byte-identical to how they entered.
+
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+
+/// An upper-case ticker. `Arc<str>` so that a tick, the index and every subscribed connection share
+/// one allocation per symbol.
+pub type Symbol = Arc<str>;
+
+/// Index of a feed in the gateway's feed list; ticks carry it so that metrics and (later) failover
+/// know where a tick came from without a string per tick.
+pub type FeedId = u16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Status {
+    #[default]
+    Live,
+    Stale,
+    Halted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Live => "live",
+            Status::Stale => "stale",
+            Status::Halted => "halted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "live" => Some(Status::Live),
+            "stale" => Some(Status::Stale),
+            "halted" => Some(Status::Halted),
+            _ => None,
+        }
+    }
+}
+
+/// A partial upstream tick: a field left `None` is unchanged since the symbol's last tick.
+///
+/// Sizes and volume are signed so that a feed's negative value reaches the index's validation and is
+/// counted as rejected, instead of being silently wrapped or clamped by the adapter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tick {
+    pub feed: FeedId,
+    pub symbol: Symbol,
+    /// Unix epoch milliseconds as the feed gave it (receipt time where the feed has none).
+    pub ts: i64,
+    pub bid: Option<Decimal>,
+    pub ask: Option<Decimal>,
+    pub last: Option<Decimal>,
+    pub bid_size: Option<i64>,
+    pub ask_size: Option<i64>,
+    pub last_size: Option<i64>,
+    pub volume: Option<i64>,
+    pub status: Option<Status>,
+}
+
+/// The full latest state of one symbol, as a snapshot shows it.
+///
+/// `status` travels in its own `status` message, never inside an `update` (see docs/protocol.md).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quote {
+    pub ts: i64,
+    pub bid: Option<Decimal>,
+    pub ask: Option<Decimal>,
+    pub last: Option<Decimal>,
+    pub bid_size: Option<u64>,
+    pub ask_size: Option<u64>,
+    pub last_size: Option<u64>,
+    pub volume: Option<u64>,
+    pub status: Status,
+}
+
+/// Representation equality of two optional prices: `1.0` and `1.00` differ (see module doc).
+pub fn same_price(a: Option<Decimal>, b: Option<Decimal>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.mantissa() == b.mantissa() && a.scale() == b.scale(),
+        _ => false,
+    }
+}
+
+impl Quote {
+    /// Equality as a client sees it: every wire field, prices by representation.
+    pub fn same_as(&self, other: &Quote) -> bool {
+        self.ts == other.ts
+            && same_price(self.bid, other.bid)
+            && same_price(self.ask, other.ask)
+            && same_price(self.last, other.last)
+            && self.bid_size == other.bid_size
+            && self.ask_size == other.ask_size
+            && self.last_size == other.last_size
+            && self.volume == other.volume
+            && self.status == other.status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn prices_compare_by_representation() {
+        let a = Decimal::from_str("189.10").unwrap();
+        let b = Decimal::from_str("189.1").unwrap();
+        assert_eq!(a, b, "rust_decimal compares by value");
+        assert!(!same_price(Some(a), Some(b)), "the wire must see the change of scale");
+        assert!(same_price(Some(a), Some(a)));
+        assert!(!same_price(Some(a), None));
+    }
+}

@@ -1,0 +1,259 @@
+//! Stage 5, the WebSocket session: one task per connection, on the actix worker that accepted it.
+//!
+//! The task owns everything about its connection: it reads client frames (`reader.rs`: ops, limits),
+//! owns the per-symbol views, and drains dirty slots into frames (`writer.rs`). Doing both in one task
+//! keeps the order the protocol needs for free: an op's `ack` is written before the snapshots it
+//! causes, and after an unsubscribe's `ack` there is no slot left to write from.
+//!
+//! While a frame is being handed to a socket that does not take it, the task reads nothing: a client
+//! that does not read is not served, and its ops wait in TCP. The send is bounded by
+//! `slow_consumer_timeout_ms` (close 4008); the index never waits for any of this.
+
+mod limits;
+mod reader;
+pub mod socket;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_ws::{CloseReason, MessageStream, ProtocolError, Session};
+use bytes::BytesMut;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LimitsConfig;
+use crate::conflate::{ConnPending, EmitStats, SlotView};
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::model::Symbol;
+use crate::protocol::{close, FrameBuilder};
+use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
+use socket::SocketHandle;
+
+/// How long a close frame may take to leave (shutdown, idle, protocol errors) before the socket is
+/// shut down without it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What every connection shares.
+pub struct SessionShared {
+    pub index: Arc<Index>,
+    pub metrics: Arc<Metrics>,
+    pub limits: LimitsConfig,
+    pub shutdown: CancellationToken,
+    pub connections: AtomicUsize,
+}
+
+impl SessionShared {
+    /// Counts a connection in, unless `max_connections` are open: the caller then refuses the upgrade.
+    pub fn admit(self: &Arc<Self>) -> Option<ConnectionGuard> {
+        let before = self.connections.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limits.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.connections.inc();
+        Some(ConnectionGuard(self.clone()))
+    }
+}
+
+/// Holds one place in `max_connections` for as long as the connection task runs.
+pub struct ConnectionGuard(Arc<SessionShared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections.dec();
+    }
+}
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum End {
+    /// The gateway closes with this code and reason.
+    Close(u16, &'static str),
+    /// The client sent a close frame; it is echoed.
+    ClientClosed(Option<CloseReason>),
+    /// The socket accepted nothing for `slow_consumer_timeout_ms`.
+    SlowConsumer,
+    /// The peer is gone; nothing to send.
+    Gone,
+}
+
+impl End {
+    fn from_protocol_error(e: &ProtocolError) -> End {
+        match e {
+            ProtocolError::Overflow => End::Close(close::TOO_BIG, "frame over max_frame_bytes"),
+            // actix-ws reports invalid UTF-8 in a text frame as an InvalidData I/O error.
+            ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8")
+            }
+            ProtocolError::Io(_) => End::Gone,
+            _ => End::Close(close::PROTOCOL_ERROR, "websocket protocol error"),
+        }
+    }
+}
+
+/// A fragmented text message being reassembled (`max_frame_bytes` bounds its total).
+struct Fragments {
+    text: bool,
+    buf: BytesMut,
+}
+
+pub struct Connection {
+    shared: Arc<SessionShared>,
+    session: Session,
+    socket: SocketHandle,
+    pending: Arc<ConnPending>,
+    /// Subscribed symbols: slot id → view. Slot ids are reused, so the vector never outgrows the
+    /// most symbols this connection held at once.
+    slots: Vec<Option<SlotView>>,
+    free_slots: Vec<u32>,
+    by_symbol: HashMap<Symbol, u32>,
+    /// Slots held back by `max_hz`, and when the earliest of them may go.
+    deferred: Vec<u32>,
+    deferred_until: Option<Instant>,
+    frame: FrameBuilder,
+    stats: EmitStats,
+    scratch: Vec<u32>,
+    ops: TokenBucket,
+    errors: TokenBucket,
+    last_heard: Instant,
+    pong_owed: Option<bytes::Bytes>,
+    fragments: Option<Fragments>,
+    latency: prometheus::local::LocalHistogram,
+    _guard: ConnectionGuard,
+}
+
+impl Connection {
+    pub fn new(
+        shared: Arc<SessionShared>,
+        guard: ConnectionGuard,
+        session: Session,
+        socket: SocketHandle,
+    ) -> Connection {
+        let now = Instant::now();
+        let limits = &shared.limits;
+        Connection {
+            ops: TokenBucket::new(limits.ops_per_second, limits.ops_burst, now.into_std()),
+            errors: TokenBucket::new(ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST, now.into_std()),
+            latency: shared.metrics.tick_to_write.local(),
+            shared,
+            session,
+            socket,
+            pending: ConnPending::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_symbol: HashMap::new(),
+            deferred: Vec::new(),
+            deferred_until: None,
+            frame: FrameBuilder::default(),
+            stats: EmitStats::default(),
+            scratch: Vec::new(),
+            last_heard: now,
+            pong_owed: None,
+            fragments: None,
+            _guard: guard,
+        }
+    }
+
+    /// Serves the connection until it ends, then closes it as the protocol says.
+    pub async fn run(mut self, mut stream: MessageStream) {
+        let end = self.serve(&mut stream).await;
+        self.finish(end).await;
+    }
+
+    async fn serve(&mut self, stream: &mut MessageStream) -> End {
+        let limits = &self.shared.limits;
+        let ping_every = Duration::from_millis(limits.ping_interval_ms);
+        let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let shutdown = self.shared.shutdown.clone();
+        let pending = self.pending.clone();
+        enum Event {
+            Shutdown,
+            Frame(Option<Result<actix_ws::Message, ProtocolError>>),
+            Dirty,
+            Deferred,
+            Ping,
+            Idle,
+        }
+        loop {
+            let deferred_until = self.deferred_until;
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Event::Shutdown,
+                msg = stream.recv() => Event::Frame(msg),
+                _ = pending.wait() => Event::Dirty,
+                _ = tokio::time::sleep_until(deferred_until.unwrap_or_else(Instant::now)), if deferred_until.is_some() => Event::Deferred,
+                _ = tokio::time::sleep_until(self.last_heard + idle_timeout) => Event::Idle,
+                _ = ping.tick() => Event::Ping,
+            };
+            match event {
+                Event::Shutdown => return End::Close(close::GOING_AWAY, "gateway shutting down"),
+                Event::Idle => return End::Close(close::NORMAL, "idle timeout"),
+                Event::Frame(None) => return End::Gone,
+                Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
+                Event::Frame(Some(Ok(msg))) => {
+                    self.last_heard = Instant::now();
+                    if let Some(end) = self.on_message(msg) {
+                        // What the op already wrote (an error reply) goes out before the close.
+                        let _ = self.flush().await;
+                        return end;
+                    }
+                }
+                Event::Dirty | Event::Deferred => {}
+                Event::Ping => {
+                    if let Err(end) = self.send_ping().await {
+                        return end;
+                    }
+                }
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+        }
+    }
+
+    /// Leaves the index, then closes as `end` says; if the close frame cannot leave, shuts the socket.
+    async fn finish(mut self, end: End) {
+        self.pending.close();
+        for (slot, view) in self.slots.drain(..).enumerate() {
+            if let Some(view) = view {
+                view.entry.unsubscribe(&self.pending, slot as u32);
+                self.shared.metrics.subscriptions.dec();
+            }
+        }
+        let metrics = &self.shared.metrics;
+        let (code, reason, grace) = match end {
+            End::Gone => return,
+            End::ClientClosed(reason) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.session.close(reason)).await;
+                return;
+            }
+            End::SlowConsumer => {
+                metrics.slow_consumer_closes.inc();
+                // The close frame waits behind everything the client has not read; give it one
+                // more timeout's worth before giving up on it.
+                let grace = Duration::from_millis(self.shared.limits.slow_consumer_timeout_ms);
+                (close::SLOW_CONSUMER, "slow consumer", grace)
+            }
+            End::Close(code, reason) => (code, reason, CLOSE_GRACE),
+        };
+        metrics
+            .closes
+            .with_label_values(&[itoa::Buffer::new().format(code)])
+            .inc();
+        tracing::debug!(code, reason, "closing connection");
+        let close = CloseReason {
+            code: code.into(),
+            description: Some(reason.to_string()),
+        };
+        match tokio::time::timeout(grace, self.session.close(Some(close))).await {
+            Ok(_) => {}
+            Err(_) => self.socket.shut_down(),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Session, inbound: client frames → ops, with the op rate limit, the abuse limit, the symbol limit,
+//! and the close codes for frames the protocol refuses.
+
+use actix_ws::{Item, Message};
+use bytes::BytesMut;
+use std::time::Instant;
+
+use super::{Connection, End, Fragments};
+use crate::conflate::SlotView;
+use crate::protocol::{
+    close, encode_ack, encode_error, encode_pong, encode_symbols, parse_request, ErrorCode, Op,
+};
+
+impl Connection {
+    /// Handles one client frame; `Some` ends the connection.
+    pub(super) fn on_message(&mut self, msg: Message) -> Option<End> {
+        match msg {
+            Message::Text(text) => self.on_text(&text),
+            Message::Binary(_) => Some(End::Close(
+                close::UNSUPPORTED_DATA,
+                "binary frames are not accepted; send JSON text",
+            )),
+            Message::Ping(payload) => {
+                self.pong_owed = Some(payload);
+                None
+            }
+            Message::Pong(_) | Message::Nop => None,
+            Message::Close(reason) => Some(End::ClientClosed(reason)),
+            Message::Continuation(item) => self.on_fragment(item),
+        }
+    }
+
+    /// Reassembles a fragmented message, bounded by `max_frame_bytes` in total.
+    fn on_fragment(&mut self, item: Item) -> Option<End> {
+        let max = self.shared.limits.max_frame_bytes;
+        let (first, text, bytes, last) = match item {
+            Item::FirstText(b) => (true, true, b, false),
+            Item::FirstBinary(b) => (true, false, b, false),
+            Item::Continue(b) => (false, false, b, false),
+            Item::Last(b) => (false, false, b, true),
+        };
+        if first {
+            self.fragments = Some(Fragments {
+                text,
+                buf: BytesMut::new(),
+            });
+        }
+        let Some(f) = self.fragments.as_mut() else {
+            return Some(End::Close(
+                close::PROTOCOL_ERROR,
+                "continuation frame without a first fragment",
+            ));
+        };
+        if f.buf.len() + bytes.len() > max {
+            return Some(End::Close(close::TOO_BIG, "message over max_frame_bytes"));
+        }
+        f.buf.extend_from_slice(&bytes);
+        if !last {
+            return None;
+        }
+        let f = self.fragments.take()?;
+        if !f.text {
+            return Some(End::Close(
+                close::UNSUPPORTED_DATA,
+                "binary frames are not accepted; send JSON text",
+            ));
+        }
+        match std::str::from_utf8(&f.buf) {
+            Ok(text) => self.on_text(text),
+            Err(_) => Some(End::Close(
+                close::INVALID_PAYLOAD,
+                "text frame is not valid UTF-8",
+            )),
+        }
+    }
+
+    fn on_text(&mut self, text: &str) -> Option<End> {
+        if !self.ops.take(Instant::now()) {
+            let message = format!(
+                "more than {} ops per second (burst {}); this op was not applied",
+                self.shared.limits.ops_per_second, self.shared.limits.ops_burst
+            );
+            return self.client_error(None, ErrorCode::RateLimited, &message);
+        }
+        let request = match parse_request(text) {
+            Ok(r) => r,
+            Err(e) => return self.client_error(e.id.as_deref(), e.code, &e.message),
+        };
+        let id = request.id.as_deref();
+        match request.op {
+            Op::Subscribe { symbols, max_hz } => self.subscribe(id, symbols, max_hz),
+            Op::Unsubscribe { symbols } => {
+                self.unsubscribe(id, symbols);
+                None
+            }
+            Op::Symbols => {
+                let all = self.shared.index.symbols_sorted();
+                self.frame
+                    .push(|s| encode_symbols(s, id, all.iter().map(|s| &**s)));
+                None
+            }
+            Op::Ping => {
+                self.frame.push(|s| encode_pong(s, id));
+                None
+            }
+        }
+    }
+
+    /// Replies with an error; too many errors in a burst end the connection with 1008.
+    fn client_error(&mut self, id: Option<&str>, code: ErrorCode, message: &str) -> Option<End> {
+        self.shared
+            .metrics
+            .client_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.frame.push(|s| encode_error(s, id, code, message));
+        if self.errors.take(Instant::now()) {
+            None
+        } else {
+            Some(End::Close(
+                close::POLICY,
+                "repeated bad requests; fix the client before reconnecting",
+            ))
+        }
+    }
+
+    fn subscribe(&mut self, id: Option<&str>, symbols: Vec<String>, max_hz: Option<f64>) -> Option<End> {
+        let max = self.shared.limits.max_symbols_per_connection;
+        let symbols = dedup(symbols);
+        if symbols.len() > max {
+            let message = format!("a subscribe may name at most {max} symbols; it named {}", symbols.len());
+            return self.client_error(id, ErrorCode::TooManySymbols, &message);
+        }
+        // Resolve everything first: too_many_symbols must leave the subscription untouched.
+        let mut accepted = Vec::with_capacity(symbols.len());
+        let mut rejected = Vec::new();
+        let mut added = 0;
+        for name in &symbols {
+            if let Some(&slot) = self.by_symbol.get(name.as_str()) {
+                accepted.push((name.as_str(), Target::Existing(slot)));
+            } else if let Some(entry) = self.shared.index.lookup(name) {
+                accepted.push((name.as_str(), Target::New(entry)));
+                added += 1;
+            } else {
+                rejected.push((name.as_str(), ErrorCode::UnknownSymbol));
+            }
+        }
+        let held = self.by_symbol.len();
+        if held + added > max {
+            let message = format!(
+                "a connection may hold at most {max} symbols; it holds {held} and this op adds {added}; nothing was applied"
+            );
+            return self.client_error(id, ErrorCode::TooManySymbols, &message);
+        }
+        let names: Vec<&str> = accepted.iter().map(|(n, _)| *n).collect();
+        // The ack goes into the frame before any snapshot: those are written when the slots drain.
+        self.frame
+            .push(|s| encode_ack(s, id, "subscribe", &names, &rejected));
+        for (_, target) in accepted {
+            match target {
+                Target::Existing(slot) => {
+                    if let Some(view) = self.slots[slot as usize].as_mut() {
+                        view.resubscribe(max_hz);
+                    }
+                    self.pending.mark(slot);
+                }
+                Target::New(entry) => {
+                    let slot = self.free_slots.pop().unwrap_or_else(|| {
+                        self.slots.push(None);
+                        (self.slots.len() - 1) as u32
+                    });
+                    self.by_symbol.insert(entry.symbol.clone(), slot);
+                    self.slots[slot as usize] = Some(SlotView::new(entry.clone(), max_hz));
+                    entry.subscribe(&self.pending, slot);
+                    self.shared.metrics.subscriptions.inc();
+                }
+            }
+        }
+        None
+    }
+
+    fn unsubscribe(&mut self, id: Option<&str>, symbols: Vec<String>) {
+        let symbols = dedup(symbols);
+        for name in &symbols {
+            if let Some(slot) = self.by_symbol.remove(name.as_str()) {
+                if let Some(view) = self.slots[slot as usize].take() {
+                    view.entry.unsubscribe(&self.pending, slot);
+                    self.shared.metrics.subscriptions.dec();
+                }
+                self.free_slots.push(slot);
+            }
+        }
+        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
+        self.frame
+            .push(|s| encode_ack(s, id, "unsubscribe", &names, &[]));
+    }
+}
+
+enum Target {
+    Existing(u32),
+    New(std::sync::Arc<crate::index::SymbolEntry>),
+}
+
+/// Removes repeated symbols, keeping the first occurrence's position.
+fn dedup(symbols: Vec<String>) -> Vec<String> {
+    let keep: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(symbols.len());
+        symbols.iter().map(|s| seen.insert(s.as_str())).collect()
+    };
+    symbols
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(s, keep)| keep.then_some(s))
+        .collect()
+}
