@@ -36,6 +36,9 @@ use socket::SocketHandle;
 /// How long a close frame may take to leave (shutdown, idle, protocol errors) before the socket is
 /// shut down without it.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The least time a slow consumer's 4008 close frame gets to leave (it waits behind everything the
+/// client has not read); past it, and past one more `slow_consumer_timeout_ms`, the socket is shut.
+const SLOW_CONSUMER_CLOSE_GRACE_MIN: Duration = Duration::from_secs(5);
 
 /// What every connection shares.
 pub struct SessionShared {
@@ -235,9 +238,8 @@ impl Connection {
             }
             End::SlowConsumer => {
                 metrics.slow_consumer_closes.inc();
-                // The close frame waits behind everything the client has not read; give it one
-                // more timeout's worth before giving up on it.
-                let grace = Duration::from_millis(self.shared.limits.slow_consumer_timeout_ms);
+                let grace = Duration::from_millis(self.shared.limits.slow_consumer_timeout_ms)
+                    .max(SLOW_CONSUMER_CLOSE_GRACE_MIN);
                 (close::SLOW_CONSUMER, "slow consumer", grace)
             }
             End::Close(code, reason) => (code, reason, CLOSE_GRACE),

@@ -1,0 +1,413 @@
+//! Test support: a real gateway on 127.0.0.1:0 with a scripted feed the test drives, and a real
+//! WebSocket client (tokio-tungstenite) that checks the framing rules on every frame it reads.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{SinkExt, StreamExt};
+use quotegw::feed::{Feed, FeedContext, FeedError};
+use quotegw::model::{Status, Symbol, Tick};
+use quotegw::{Config, Gateway, RunningGateway};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen; reaching it fails the test. It bounds a
+/// broken run, it is not a performance threshold.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct TestGateway {
+    pub gw: RunningGateway,
+    pub addr: SocketAddr,
+    /// Ticks sent here enter the gateway through the `Feed` trait, like any adapter's.
+    pub ticks: mpsc::Sender<Tick>,
+}
+
+/// A feed whose ticks come from the test.
+struct ScriptedFeed {
+    symbols: Vec<Symbol>,
+    rx: mpsc::Receiver<Tick>,
+}
+
+impl Feed for ScriptedFeed {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    fn symbols(&self) -> Vec<Symbol> {
+        self.symbols.clone()
+    }
+
+    fn run(self: Box<Self>, ctx: FeedContext) -> BoxFuture<'static, Result<(), FeedError>> {
+        let mut rx = self.rx;
+        Box::pin(async move {
+            ctx.set_up(true);
+            loop {
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    t = rx.recv() => match t {
+                        Some(t) => ctx.send(t).await?,
+                        None => return Ok(()),
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Starts a gateway: `toml` is appended to a config that listens on 127.0.0.1:0 with one worker;
+/// `symbols` are served by the scripted feed.
+pub fn start(toml: &str, symbols: &[&str]) -> TestGateway {
+    let text = format!("listen = \"127.0.0.1:0\"\nworkers = 1\n{toml}");
+    let config = Config::parse(&text, "test config").expect("test config is valid");
+    let (ticks, rx) = mpsc::channel(4096);
+    let feed = ScriptedFeed {
+        symbols: symbols.iter().map(|s| Symbol::from(*s)).collect(),
+        rx,
+    };
+    let gw = Gateway::new(config)
+        .with_feed(Box::new(feed))
+        .start()
+        .expect("gateway starts");
+    TestGateway {
+        addr: gw.local_addr(),
+        gw,
+        ticks,
+    }
+}
+
+impl TestGateway {
+    pub async fn push(&self, tick: Tick) {
+        self.ticks.send(tick).await.expect("gateway feed is running");
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await
+    }
+
+    /// One sample of a metric from `/metrics` (exact series text, e.g. `quotegw_connections` or
+    /// `quotegw_client_errors_total{code="bad_json"}`); 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(self.addr, series).await
+    }
+
+    /// Waits until `series` satisfies `pred`, failing the test at `DEADLINE`.
+    pub async fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let v = self.metric(series).await;
+            if pred(v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out[9..12].parse().expect("status code");
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+/// Builds a tick from (field, value) pairs; prices are parsed exactly from their text.
+pub fn tick(symbol: &str, ts: i64, fields: &[(&str, &str)]) -> Tick {
+    let mut t = Tick {
+        symbol: Symbol::from(symbol),
+        ts,
+        ..Tick::default()
+    };
+    for (k, v) in fields {
+        let price = || Some(Decimal::from_str_exact(v).expect("a decimal"));
+        let int = || Some(i64::from_str(v).expect("an integer"));
+        match *k {
+            "bid" => t.bid = price(),
+            "ask" => t.ask = price(),
+            "last" => t.last = price(),
+            "bid_size" => t.bid_size = int(),
+            "ask_size" => t.ask_size = int(),
+            "last_size" => t.last_size = int(),
+            "volume" => t.volume = int(),
+            "status" => t.status = Status::parse(v),
+            other => panic!("unknown tick field {other}"),
+        }
+    }
+    t
+}
+
+/// A WebSocket client that reads server frames as the protocol says: each is a JSON array.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    queue: VecDeque<Value>,
+    pub pings_seen: usize,
+}
+
+/// How a read ended when it did not yield a message.
+#[derive(Debug, PartialEq)]
+pub enum Closed {
+    Code(u16, String),
+    /// The TCP connection ended without a close frame.
+    NoCloseFrame(String),
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket upgrade");
+        Client {
+            ws,
+            queue: VecDeque::new(),
+            pings_seen: 0,
+        }
+    }
+
+    pub async fn send(&mut self, op: Value) {
+        self.send_text(&op.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// The next message, or how the connection closed.
+    pub async fn try_next(&mut self) -> Result<Value, Closed> {
+        loop {
+            if let Some(v) = self.queue.pop_front() {
+                return Ok(v);
+            }
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
+                    let Value::Array(msgs) = v else {
+                        panic!("server frame is not a JSON array: {text}")
+                    };
+                    assert!(!msgs.is_empty(), "empty frame");
+                    self.queue.extend(msgs);
+                }
+                Some(Ok(Message::Ping(_))) => self.pings_seen += 1,
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(match frame {
+                        Some(f) => Closed::Code(u16::from(f.code), f.reason.to_string()),
+                        None => Closed::Code(u16::from(CloseCode::Status), String::new()),
+                    })
+                }
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(e)) => return Err(Closed::NoCloseFrame(e.to_string())),
+                None => return Err(Closed::NoCloseFrame("stream ended".into())),
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        self.try_next().await.expect("connection open")
+    }
+
+    /// The next message, which must be of type `ty`.
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        let m = self.next().await;
+        assert_eq!(m["type"], ty, "expected {ty}, got {m}");
+        m
+    }
+
+    /// Reads until a message matches `pred`; returns every message read, the match last.
+    pub async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let m = self.next().await;
+            let done = pred(&m);
+            seen.push(m);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Reads (and discards) messages until the close frame; returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.try_next().await {
+                Ok(_) => continue,
+                Err(Closed::Code(code, reason)) => return (code, reason),
+                Err(other) => panic!("connection ended without a close frame: {other:?}"),
+            }
+        }
+    }
+
+    /// A round trip through the connection's op queue: everything the server wrote before the pong
+    /// is returned.
+    pub async fn sync(&mut self, id: &str) -> Vec<Value> {
+        self.send(serde_json::json!({"op": "ping", "id": id})).await;
+        self.until(|m| m["type"] == "pong" && m["id"] == id).await
+    }
+}
+
+/// Resident memory of this process (the in-process gateway included), bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// The `p`th percentile (0..=100) of `values`, which it sorts.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
+    values[i]
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// A WebSocket client on a bare TCP socket: it does the handshake and then reads only when told, and
+/// never answers pings. It plays clients that stop reading, with nothing (like tungstenite's automatic
+/// pong) writing behind the test's back.
+pub struct RawClient {
+    pub tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A server frame as the raw client saw it.
+#[derive(Debug)]
+pub struct RawFrame {
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.expect("handshake");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = tcp.read(&mut chunk).await.expect("handshake response");
+            assert!(n > 0, "closed during handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        buf.drain(..end);
+        RawClient { tcp, buf }
+    }
+
+    /// Sends a masked text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65536 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [1u8, 2, 3, 4];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.tcp.write_all(&frame).await.expect("send");
+    }
+
+    /// Reads server frames until a close frame or the end of the connection; returns the frames and
+    /// the close (code, reason) if one came.
+    pub async fn read_to_close(&mut self) -> (Vec<RawFrame>, Option<(u16, String)>) {
+        let mut frames = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(frame) = self.parse_frame() {
+                if frame.opcode == 0x8 {
+                    let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+                    let reason = String::from_utf8_lossy(&frame.payload[2..]).to_string();
+                    return (frames, Some((code, reason)));
+                }
+                frames.push(frame);
+            }
+            let read = tokio::time::timeout(DEADLINE, self.tcp.read(&mut chunk))
+                .await
+                .expect("data or close within the deadline");
+            match read {
+                Ok(0) | Err(_) => return (frames, None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn parse_frame(&mut self) -> Option<RawFrame> {
+        let b = &self.buf;
+        if b.len() < 2 {
+            return None;
+        }
+        let opcode = b[0] & 0x0f;
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => return None,
+            n => (n as usize, 2),
+        };
+        if b.len() < header + len {
+            return None;
+        }
+        let payload = b[header..header + len].to_vec();
+        self.buf.drain(..header + len);
+        Some(RawFrame { opcode, payload })
+    }
+}
