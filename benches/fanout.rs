@@ -1,1 +1,143 @@
-fn main(){}
+//! Measures the per-tick path inside the gateway, without sockets: one tick applied to the index
+//! (normalize, merge into the quote, bump `seq`, encode the shared update once, mark every
+//! subscriber's slot), then every one of N in-process connections draining its slot into a frame the
+//! way the session writer does (read the latest, emit the delta, take the frame bytes). N = 1, 100 and
+//! 1,000; reported per tick, so time / N is the cost of one delivery before the syscall.
+//!
+//! Run: `cargo bench --bench fanout` (HTML report under target/criterion/). The `in_sync` group is the
+//! usual fast-client case (shared bytes, no per-connection encoding); `conflated` applies 10 ticks
+//! before each drain, so every connection encodes its own merged delta.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use quotegw::conflate::{ConnPending, EmitStats, SlotView};
+use quotegw::feed::FeedEvent;
+use quotegw::index::Index;
+use quotegw::metrics::Metrics;
+use quotegw::model::Tick;
+use quotegw::protocol::FrameBuilder;
+use rust_decimal::Decimal;
+
+struct Conn {
+    pending: Arc<ConnPending>,
+    slots: Vec<SlotView>,
+    dirty: Vec<u32>,
+    frame: FrameBuilder,
+    stats: EmitStats,
+}
+
+impl Conn {
+    /// What the session writer does on wake-up, minus the socket write.
+    fn drain(&mut self, now: Instant) -> usize {
+        self.pending.take(&mut self.dirty);
+        for slot in self.dirty.drain(..) {
+            let view = &mut self.slots[slot as usize];
+            let latest = view.entry.read();
+            view.emit(latest.as_ref(), now, &mut self.frame, &mut self.stats);
+        }
+        self.stats.tick_in.clear();
+        self.frame.take().map_or(0, |f| f.len())
+    }
+}
+
+fn tick(i: i64) -> Tick {
+    // Alternates which fields change, like the simulated feed's quote and trade ticks.
+    let px = Decimal::new(18_900 + i % 500, 2);
+    if i % 3 == 0 {
+        Tick {
+            symbol: "AAPL".into(),
+            ts: 1_700_000_000_000 + i,
+            last: Some(px),
+            last_size: Some(100),
+            volume: Some(1_000 + i),
+            ..Tick::default()
+        }
+    } else {
+        Tick {
+            symbol: "AAPL".into(),
+            ts: 1_700_000_000_000 + i,
+            bid: Some(px),
+            ask: Some(px + Decimal::new(1, 2)),
+            bid_size: Some(300),
+            ..Tick::default()
+        }
+    }
+}
+
+fn setup(n: usize) -> (Index, Vec<Conn>) {
+    let index = Index::new(&["bench".to_string()], Arc::new(Metrics::new()));
+    let entry = index.register("AAPL".into());
+    index.apply(FeedEvent::Tick(Tick {
+        bid_size: Some(100),
+        ask_size: Some(100),
+        ..tick(1)
+    }));
+    let mut conns: Vec<Conn> = (0..n)
+        .map(|_| {
+            let pending = ConnPending::new();
+            entry.subscribe(&pending, 0);
+            Conn {
+                pending,
+                slots: vec![SlotView::new(entry.clone(), None)],
+                dirty: Vec::new(),
+                frame: FrameBuilder::default(),
+                stats: EmitStats::default(),
+            }
+        })
+        .collect();
+    let now = Instant::now();
+    for c in &mut conns {
+        c.drain(now); // the snapshots
+    }
+    (index, conns)
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("in_sync");
+    for n in [1usize, 100, 1_000] {
+        let (index, mut conns) = setup(n);
+        let mut i = 2;
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                index.apply(FeedEvent::Tick(tick(i)));
+                i += 1;
+                let now = Instant::now();
+                let mut bytes = 0;
+                for c in &mut conns {
+                    bytes += c.drain(now);
+                }
+                black_box(bytes)
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("conflated");
+    for n in [1usize, 100, 1_000] {
+        let (index, mut conns) = setup(n);
+        let mut i = 2;
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                for _ in 0..10 {
+                    index.apply(FeedEvent::Tick(tick(i)));
+                    i += 1;
+                }
+                let now = Instant::now();
+                let mut bytes = 0;
+                for c in &mut conns {
+                    bytes += c.drain(now);
+                }
+                black_box(bytes)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);

@@ -31,7 +31,6 @@ use crate::protocol::one_message_frame;
 pub struct Index {
     symbols: DashMap<Symbol, Arc<SymbolEntry>>,
     feeds: Vec<FeedCounters>,
-    metrics: Arc<Metrics>,
 }
 
 pub struct SymbolEntry {
@@ -63,7 +62,6 @@ impl Index {
         Index {
             symbols: DashMap::new(),
             feeds: feeds.iter().map(|f| metrics.feed_counters(f)).collect(),
-            metrics,
         }
     }
 
@@ -137,7 +135,7 @@ impl Index {
             Some(e) => e,
             None => self.register(tick.symbol.clone()),
         };
-        entry.apply(&tick, self.metrics.as_ref());
+        entry.apply(&tick);
     }
 
     fn set_status(&self, symbol: &str, status: Status) {
@@ -156,7 +154,7 @@ impl Index {
 }
 
 impl SymbolEntry {
-    fn apply(&self, tick: &Tick, _metrics: &Metrics) {
+    fn apply(&self, tick: &Tick) {
         let in_sync_subscribers = self.subscriber_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);

@@ -50,13 +50,13 @@ async fn max_hz_caps_the_update_rate_and_conflates() {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // Drain the unpaced client for comparison.
+    // Stop the feed before draining, or the unpaced client never falls quiet.
+    pusher.abort();
     let mut unpaced_updates = 0u32;
     while let Ok(m) = tokio::time::timeout(Duration::from_millis(100), unpaced.next()).await {
         assert_eq!(m["type"], "update");
         unpaced_updates += 1;
     }
-    pusher.abort();
     println!(
         "max_hz=5 over {elapsed:.2} s: {paced_updates} updates standing for {merged} merged ticks; \
          the unpaced client got {unpaced_updates} updates"
