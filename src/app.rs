@@ -187,7 +187,12 @@ async fn run(
     for (id, feed) in feeds.into_iter().enumerate() {
         let h = Arc::new(FeedHealth::default());
         health.push((names[id].clone(), h.clone()));
-        let ctx = FeedContext::new(id as u16, events_tx.clone(), shutdown.child_token(), h.clone());
+        let ctx = FeedContext::new(
+            id as u16,
+            events_tx.clone(),
+            shutdown.child_token(),
+            h.clone(),
+        );
         let name = names[id].clone();
         actix_web::rt::spawn(async move {
             match feed.run(ctx).await {

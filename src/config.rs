@@ -99,7 +99,12 @@ impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let invalid = |key: String, span: Option<std::ops::Range<usize>>, message: String| {
             let location = span
-                .map(|s| format!("line {}: ", text[..s.start.min(text.len())].lines().count().max(1)))
+                .map(|s| {
+                    format!(
+                        "line {}: ",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
                 .unwrap_or_default();
             ConfigError::Invalid {
                 path: path.to_string(),
@@ -123,15 +128,20 @@ impl Config {
 
     /// Checks what serde cannot: ranges, uniqueness, addresses. Errors are (key, what to change).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        self.listen_addr()
-            .map_err(|m| ("listen".to_string(), m))?;
+        self.listen_addr().map_err(|m| ("listen".to_string(), m))?;
         if self.workers > 256 {
-            return Err(("workers".into(), "must be between 0 (one per core) and 256".into()));
+            return Err((
+                "workers".into(),
+                "must be between 0 (one per core) and 256".into(),
+            ));
         }
         let l = &self.limits;
         let positive: [(&str, u64); 7] = [
             ("max_connections", l.max_connections as u64),
-            ("max_symbols_per_connection", l.max_symbols_per_connection as u64),
+            (
+                "max_symbols_per_connection",
+                l.max_symbols_per_connection as u64,
+            ),
             ("ops_per_second", l.ops_per_second.into()),
             ("ops_burst", l.ops_burst.into()),
             ("slow_consumer_timeout_ms", l.slow_consumer_timeout_ms),
@@ -197,15 +207,24 @@ mod tests {
     #[test]
     fn errors_name_file_key_and_reason() {
         let e = err("[limits]\nmax_frame_bytes = \"big\"\n");
-        assert!(e.starts_with("my.toml: line 2: key 'limits.max_frame_bytes':"), "{e}");
+        assert!(
+            e.starts_with("my.toml: line 2: key 'limits.max_frame_bytes':"),
+            "{e}"
+        );
         let e = err("lisen = \"x\"\n");
         assert!(e.contains("unknown field") && e.contains("lisen"), "{e}");
         let e = err("[limits]\nops_per_second = 0\n");
-        assert_eq!(e, "my.toml: key 'limits.ops_per_second': must be greater than 0");
+        assert_eq!(
+            e,
+            "my.toml: key 'limits.ops_per_second': must be greater than 0"
+        );
         let e = err("[[feeds]]\nkind = \"simulated\"\nname = \"a\"\nticks_per_second = 0\n");
         assert!(e.contains("key 'feeds[0].ticks_per_second'"), "{e}");
         let e = err("[[feeds]]\nkind = \"carrier-pigeon\"\nname = \"a\"\n");
-        assert!(e.contains("feeds[0]") && e.contains("carrier-pigeon"), "{e}");
+        assert!(
+            e.contains("feeds[0]") && e.contains("carrier-pigeon"),
+            "{e}"
+        );
         let e = err("listen = \"nonsense\"\n");
         assert!(e.contains("key 'listen'"), "{e}");
         let e = err("x = [\n");

@@ -207,7 +207,9 @@ impl SlotView {
             match &p.shared {
                 // In sync: this connection's delta is the tick's own, encoded once by the index.
                 Some(bytes) if conflated == 0 => frame.push_shared(bytes),
-                _ => frame.push(|s| encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated)),
+                _ => {
+                    frame.push(|s| encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated))
+                }
             }
             self.sent = p.quote;
             self.sent_seq = p.seq;
@@ -269,7 +271,9 @@ mod tests {
         }
         match frame.take() {
             None => vec![],
-            Some(f) => serde_json::from_str::<Vec<serde_json::Value>>(&f).expect("a frame is a JSON array"),
+            Some(f) => {
+                serde_json::from_str::<Vec<serde_json::Value>>(&f).expect("a frame is a JSON array")
+            }
         }
     }
 
@@ -308,12 +312,21 @@ mod tests {
         entry.subscribe(&conn, 0);
         drain(&conn, &mut slots, Instant::now());
         idx.apply(FeedEvent::Tick(tick(101, None)));
-        let shared = entry.read().unwrap().shared.expect("subscribers, so encoded once");
+        let shared = entry
+            .read()
+            .unwrap()
+            .shared
+            .expect("subscribers, so encoded once");
         let mut dirty = Vec::new();
         conn.take(&mut dirty);
         let mut frame = FrameBuilder::default();
         let latest = entry.read();
-        slots[0].emit(latest.as_ref(), Instant::now(), &mut frame, &mut EmitStats::default());
+        slots[0].emit(
+            latest.as_ref(),
+            Instant::now(),
+            &mut frame,
+            &mut EmitStats::default(),
+        );
         let f = frame.take().unwrap();
         assert_eq!(f.as_bytes().as_ptr(), shared.as_bytes().as_ptr());
     }
@@ -331,15 +344,28 @@ mod tests {
         idx.apply(FeedEvent::Tick(tick(101, None)));
         let mut frame = FrameBuilder::default();
         let latest = entry.read();
-        let r = slots[0].emit(latest.as_ref(), t0 + Duration::from_millis(100), &mut frame, &mut EmitStats::default());
+        let r = slots[0].emit(
+            latest.as_ref(),
+            t0 + Duration::from_millis(100),
+            &mut frame,
+            &mut EmitStats::default(),
+        );
         assert_eq!(r, Emitted::NotBefore(t0 + Duration::from_millis(500)));
         assert!(frame.is_empty());
         idx.apply(FeedEvent::Tick(tick(102, None)));
         let latest = entry.read();
-        let r = slots[0].emit(latest.as_ref(), t0 + Duration::from_millis(500), &mut frame, &mut EmitStats::default());
+        let r = slots[0].emit(
+            latest.as_ref(),
+            t0 + Duration::from_millis(500),
+            &mut frame,
+            &mut EmitStats::default(),
+        );
         assert_eq!(r, Emitted::Wrote);
         let msgs: Vec<serde_json::Value> = serde_json::from_str(&frame.take().unwrap()).unwrap();
-        assert_eq!((msgs[0]["bid"].as_str(), msgs[0]["conflated"].as_u64()), (Some("1.02"), Some(1)));
+        assert_eq!(
+            (msgs[0]["bid"].as_str(), msgs[0]["conflated"].as_u64()),
+            (Some("1.02"), Some(1))
+        );
     }
 
     #[test]
@@ -358,7 +384,12 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Step {
-        Tick { bid: Option<i64>, ask: Option<i64>, size: Option<i64>, status: Option<u8> },
+        Tick {
+            bid: Option<i64>,
+            ask: Option<i64>,
+            size: Option<i64>,
+            status: Option<u8>,
+        },
         Drain,
         Resubscribe,
     }

@@ -22,8 +22,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -59,7 +58,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     tracing::info!("signal received, shutting down");
-    gateway.shutdown().context("the server stopped with an error")?;
+    gateway
+        .shutdown()
+        .context("the server stopped with an error")?;
     tracing::info!("stopped");
     Ok(())
 }

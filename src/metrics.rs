@@ -13,8 +13,8 @@ use crate::protocol::ErrorCode;
 
 /// Tick-to-write latency buckets, seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 
 pub struct Metrics {
@@ -58,9 +58,17 @@ impl Metrics {
                 .expect("metric names in metrics.rs are unique");
             c
         }
-        let counter = |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).expect("valid metric name"));
+        let counter = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric name"),
+            )
+        };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name"))
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name"),
+            )
         };
         let m = Metrics {
             connections: reg(&registry, IntGauge::new("quotegw_connections", "Open WebSocket connections.").expect("valid metric name")),

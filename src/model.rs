@@ -114,7 +114,10 @@ mod tests {
         let a = Decimal::from_str("189.10").unwrap();
         let b = Decimal::from_str("189.1").unwrap();
         assert_eq!(a, b, "rust_decimal compares by value");
-        assert!(!same_price(Some(a), Some(b)), "the wire must see the change of scale");
+        assert!(
+            !same_price(Some(a), Some(b)),
+            "the wire must see the change of scale"
+        );
         assert!(same_price(Some(a), Some(a)));
         assert!(!same_price(Some(a), None));
     }

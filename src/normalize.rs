@@ -75,13 +75,32 @@ mod tests {
             f(&mut t);
             normalize(t).map(|_| ())
         };
-        assert_eq!(t(|t| t.bid = Some(Decimal::ZERO)), Err(RejectReason::NonPositivePrice));
-        assert_eq!(t(|t| t.last = Some(Decimal::new(-1, 2))), Err(RejectReason::NonPositivePrice));
-        assert_eq!(t(|t| t.ask_size = Some(-100)), Err(RejectReason::NegativeSize));
+        assert_eq!(
+            t(|t| t.bid = Some(Decimal::ZERO)),
+            Err(RejectReason::NonPositivePrice)
+        );
+        assert_eq!(
+            t(|t| t.last = Some(Decimal::new(-1, 2))),
+            Err(RejectReason::NonPositivePrice)
+        );
+        assert_eq!(
+            t(|t| t.ask_size = Some(-100)),
+            Err(RejectReason::NegativeSize)
+        );
         assert_eq!(t(|t| t.volume = Some(-1)), Err(RejectReason::NegativeSize));
-        assert_eq!(t(|t| t.bid_size = Some(0)), Ok(()), "a zero size is an empty side, not wrong");
-        assert_eq!(normalize(tick("")).map(|_| ()), Err(RejectReason::BadSymbol));
-        assert_eq!(normalize(tick("A\nB")).map(|_| ()), Err(RejectReason::BadSymbol));
+        assert_eq!(
+            t(|t| t.bid_size = Some(0)),
+            Ok(()),
+            "a zero size is an empty side, not wrong"
+        );
+        assert_eq!(
+            normalize(tick("")).map(|_| ()),
+            Err(RejectReason::BadSymbol)
+        );
+        assert_eq!(
+            normalize(tick("A\nB")).map(|_| ()),
+            Err(RejectReason::BadSymbol)
+        );
         assert_eq!(&*normalize(tick("brk.b")).unwrap().symbol, "BRK.B");
     }
 }

@@ -433,8 +433,14 @@ mod tests {
                 .id,
             Some(r#""x""#.into())
         );
-        assert_eq!(parse_request(r#"{"op":"symbols"}"#).unwrap().op, Op::Symbols);
-        assert_eq!(parse_request(r#"{"op":"ping","id":3}"#).unwrap().op, Op::Ping);
+        assert_eq!(
+            parse_request(r#"{"op":"symbols"}"#).unwrap().op,
+            Op::Symbols
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"ping","id":3}"#).unwrap().op,
+            Op::Ping
+        );
     }
 
     #[test]
@@ -444,9 +450,18 @@ mod tests {
         assert_eq!(code("\"op\""), ErrorCode::BadJson);
         assert_eq!(code(r#"{"op":"sub"}"#), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"symbols":[]}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"op":"subscribe","symbols":[]}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"op":"subscribe","symbols":"AAPL"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"op":"subscribe","symbols":[1]}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"op":"subscribe","symbols":[]}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","symbols":"AAPL"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","symbols":[1]}"#),
+            ErrorCode::BadRequest
+        );
         for hz in ["0", "-1", "\"5\"", "true", "[]"] {
             let op = format!(r#"{{"op":"subscribe","symbols":["A"],"max_hz":{hz}}}"#);
             assert_eq!(code(&op), ErrorCode::BadRequest, "{op}");
@@ -458,7 +473,8 @@ mod tests {
     fn json_bombs_are_bad_json_not_crashes() {
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert_eq!(code(&deep), ErrorCode::BadJson);
-        let deep_obj = r#"{"op":"ping","x":"#.to_string() + &"[".repeat(10_000) + &"]".repeat(10_000) + "}";
+        let deep_obj =
+            r#"{"op":"ping","x":"#.to_string() + &"[".repeat(10_000) + &"]".repeat(10_000) + "}";
         assert_eq!(code(&deep_obj), ErrorCode::BadJson);
         // An out-of-range number is refused by the parser rather than turned into infinity.
         assert!(parse_request(r#"{"op":"subscribe","symbols":["A"],"max_hz":1e400}"#).is_err());
@@ -483,7 +499,11 @@ mod tests {
         f.push_shared(&shared);
         let one = f.take().unwrap();
         assert_eq!(&*one, r#"[{"u":1}]"#);
-        assert_eq!(one.as_bytes().as_ptr(), shared.as_bytes().as_ptr(), "no copy");
+        assert_eq!(
+            one.as_bytes().as_ptr(),
+            shared.as_bytes().as_ptr(),
+            "no copy"
+        );
         f.push_shared(&shared);
         f.push(|s| s.push_str(r#"{"a":2}"#));
         f.push_shared(&shared);

@@ -20,7 +20,11 @@ fn a_bad_config_fails_at_start_with_file_key_and_reason() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
     let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "listen = \"127.0.0.1:0\"\n[limits]\nmax_frame_bytes = -5").unwrap();
+    writeln!(
+        f,
+        "listen = \"127.0.0.1:0\"\n[limits]\nmax_frame_bytes = -5"
+    )
+    .unwrap();
     let out = quotegw().arg("--config").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -28,12 +32,22 @@ fn a_bad_config_fails_at_start_with_file_key_and_reason() {
     assert!(err.contains("limits.max_frame_bytes"), "{err}");
     assert!(err.contains("line 3"), "{err}");
 
-    let out = quotegw().arg("--config").arg(dir.join("missing.toml")).output().unwrap();
+    let out = quotegw()
+        .arg("--config")
+        .arg(dir.join("missing.toml"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("missing.toml") && err.contains("cannot read"),
+        "{err}"
+    );
 
-    let out = quotegw().args(["--listen", "not-an-address"]).output().unwrap();
+    let out = quotegw()
+        .args(["--listen", "not-an-address"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
 }
@@ -48,28 +62,34 @@ async fn sigterm_closes_every_websocket_with_1001_and_exits() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = addr_tx.send(rest.split_whitespace().next().unwrap().to_string());
+                let _ = addr_tx.try_send(rest.split_whitespace().next().unwrap().to_string());
             }
         }
     });
-    let addr = addr_rx.recv_timeout(support::DEADLINE).expect("the gateway logs its address");
+    let addr = addr_rx
+        .recv_timeout(support::DEADLINE)
+        .expect("the gateway logs its address");
     let url = format!("ws://{addr}/ws");
 
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut c = Client::connect(&url).await;
-        c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]})).await;
+        c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
+            .await;
         c.expect("ack").await;
         c.until(|m| m["type"] == "update").await;
         clients.push(c);
     }
 
     let signalled = Instant::now();
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     for c in &mut clients {
         let (code, reason) = c.expect_close().await;
@@ -83,6 +103,10 @@ async fn sigterm_closes_every_websocket_with_1001_and_exits() {
         assert!(Instant::now() < deadline, "the gateway did not exit");
         std::thread::sleep(Duration::from_millis(20));
     };
-    println!("exited {:?} after SIGTERM in {:?}", exit.code(), signalled.elapsed());
+    println!(
+        "exited {:?} after SIGTERM in {:?}",
+        exit.code(),
+        signalled.elapsed()
+    );
     assert!(exit.success(), "clean exit: {exit:?}");
 }

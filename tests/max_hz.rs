@@ -23,18 +23,26 @@ async fn max_hz_caps_the_update_rate_and_conflates() {
             interval.tick().await;
             i += 1;
             let bid = format!("{}.{:02}", 1 + i / 100, i % 100);
-            if ticks.send(tick("HOT", 1 + i, &[("bid", &bid)])).await.is_err() {
+            if ticks
+                .send(tick("HOT", 1 + i, &[("bid", &bid)]))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
 
     let mut paced = gw.client().await;
-    paced.send(json!({"op": "subscribe", "symbols": ["HOT"], "max_hz": 5})).await;
+    paced
+        .send(json!({"op": "subscribe", "symbols": ["HOT"], "max_hz": 5}))
+        .await;
     paced.expect("ack").await;
     paced.expect("snapshot").await;
     let mut unpaced = gw.client().await;
-    unpaced.send(json!({"op": "subscribe", "symbols": ["HOT"]})).await;
+    unpaced
+        .send(json!({"op": "subscribe", "symbols": ["HOT"]}))
+        .await;
     unpaced.expect("ack").await;
     unpaced.expect("snapshot").await;
 
@@ -43,7 +51,9 @@ async fn max_hz_caps_the_update_rate_and_conflates() {
     let mut paced_updates = 0u32;
     let mut merged = 0u64;
     while started.elapsed() < window {
-        if let Ok(m) = tokio::time::timeout(window.saturating_sub(started.elapsed()), paced.next()).await {
+        if let Ok(m) =
+            tokio::time::timeout(window.saturating_sub(started.elapsed()), paced.next()).await
+        {
             assert_eq!(m["type"], "update");
             paced_updates += 1;
             merged += m.get("conflated").map_or(0, |c| c.as_u64().unwrap());
@@ -62,8 +72,17 @@ async fn max_hz_caps_the_update_rate_and_conflates() {
          the unpaced client got {unpaced_updates} updates"
     );
     let allowed = (5.0 * elapsed).ceil() as u32 + 1;
-    assert!(paced_updates <= allowed, "{paced_updates} updates in {elapsed:.2} s with max_hz 5");
+    assert!(
+        paced_updates <= allowed,
+        "{paced_updates} updates in {elapsed:.2} s with max_hz 5"
+    );
     assert!(paced_updates >= 1, "paced updates still flow");
-    assert!(merged > 0, "ticks in between were conflated, not dropped silently");
-    assert!(unpaced_updates > paced_updates, "without max_hz the same client gets more");
+    assert!(
+        merged > 0,
+        "ticks in between were conflated, not dropped silently"
+    );
+    assert!(
+        unpaced_updates > paced_updates,
+        "without max_hz the same client gets more"
+    );
 }

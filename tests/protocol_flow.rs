@@ -33,22 +33,55 @@ impl View {
 #[tokio::test]
 async fn subscribe_ack_snapshot_updates_reproduce_the_quote() {
     let gw = start("", &["AAPL", "MSFT"]);
-    gw.push(tick("AAPL", 1, &[("bid", "189.12"), ("ask", "189.14"), ("bid_size", "300"), ("ask_size", "500")])).await;
-    gw.push(tick("MSFT", 1, &[("bid", "425.00"), ("ask", "425.02")])).await;
+    gw.push(tick(
+        "AAPL",
+        1,
+        &[
+            ("bid", "189.12"),
+            ("ask", "189.14"),
+            ("bid_size", "300"),
+            ("ask_size", "500"),
+        ],
+    ))
+    .await;
+    gw.push(tick("MSFT", 1, &[("bid", "425.00"), ("ask", "425.02")]))
+        .await;
 
     let mut a = gw.client().await;
-    a.send(json!({"op": "subscribe", "id": 1, "symbols": ["aapl", "MSFT", "ZZZZ", "AAPL"]})).await;
+    a.send(json!({"op": "subscribe", "id": 1, "symbols": ["aapl", "MSFT", "ZZZZ", "AAPL"]}))
+        .await;
     let ack = a.expect("ack").await;
     assert_eq!(ack["id"], 1);
     assert_eq!(ack["op"], "subscribe");
-    assert_eq!(ack["symbols"], json!(["AAPL", "MSFT"]), "upper-cased and de-duplicated");
-    assert_eq!(ack["rejected"], json!([{"symbol": "ZZZZ", "code": "unknown_symbol"}]));
+    assert_eq!(
+        ack["symbols"],
+        json!(["AAPL", "MSFT"]),
+        "upper-cased and de-duplicated"
+    );
+    assert_eq!(
+        ack["rejected"],
+        json!([{"symbol": "ZZZZ", "code": "unknown_symbol"}])
+    );
 
     let mut views: BTreeMap<String, View> = BTreeMap::new();
     for _ in 0..2 {
         let s = a.expect("snapshot").await;
-        for f in ["seq", "ts", "bid", "ask", "bid_size", "ask_size", "last", "last_size", "volume", "status"] {
-            assert!(s.get(f).is_some(), "snapshot has every field: {f} missing in {s}");
+        for f in [
+            "seq",
+            "ts",
+            "bid",
+            "ask",
+            "bid_size",
+            "ask_size",
+            "last",
+            "last_size",
+            "volume",
+            "status",
+        ] {
+            assert!(
+                s.get(f).is_some(),
+                "snapshot has every field: {f} missing in {s}"
+            );
         }
         assert_eq!(s["status"], "live");
         let mut v = View::default();
@@ -62,7 +95,9 @@ async fn subscribe_ack_snapshot_updates_reproduce_the_quote() {
     let mut x: u64 = 12345;
     let mut seqs = BTreeMap::from([("AAPL", 1u64), ("MSFT", 1u64)]);
     for i in 0..300 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let sym = if x >> 63 == 0 { "AAPL" } else { "MSFT" };
         let price = format!("{}.{:02}", 100 + (x >> 40) % 50, (x >> 20) % 100);
         let size = format!("{}", 100 * (1 + (x >> 10) % 9));
@@ -84,13 +119,18 @@ async fn subscribe_ack_snapshot_updates_reproduce_the_quote() {
         let seq = m["seq"].as_u64().unwrap();
         assert!(seq > v.seq, "seq strictly increasing");
         let conflated = m.get("conflated").map_or(0, |c| c.as_u64().unwrap());
-        assert_eq!(seq - v.seq - 1, conflated, "conflated counts exactly the merged ticks");
+        assert_eq!(
+            seq - v.seq - 1,
+            conflated,
+            "conflated counts exactly the merged ticks"
+        );
         v.apply(&m);
     }
 
     // A fresh subscriber's snapshot at the same seq equals what the updates built.
     let mut b = gw.client().await;
-    b.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]})).await;
+    b.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
+        .await;
     let ack = b.expect("ack").await;
     assert!(ack.get("id").is_none(), "no id given, none echoed");
     for _ in 0..2 {
@@ -107,7 +147,8 @@ async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_sna
     gw.push(tick("AAPL", 1, &[("bid", "1.00")])).await;
     gw.push(tick("MSFT", 1, &[("bid", "2.00")])).await;
     let mut c = gw.client().await;
-    c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]})).await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
+        .await;
     c.expect("ack").await;
     c.expect("snapshot").await;
     c.expect("snapshot").await;
@@ -118,33 +159,53 @@ async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_sna
         tokio::spawn(async move {
             for i in 0..500 {
                 let p = format!("1.{:02}", i % 100);
-                ticks.send(tick("AAPL", 2 + i, &[("bid", &p)])).await.unwrap();
+                ticks
+                    .send(tick("AAPL", 2 + i, &[("bid", &p)]))
+                    .await
+                    .unwrap();
             }
         })
     };
-    c.send(json!({"op": "unsubscribe", "id": "u", "symbols": ["aapl"]})).await;
+    c.send(json!({"op": "unsubscribe", "id": "u", "symbols": ["aapl"]}))
+        .await;
     let before = c.until(|m| m["type"] == "ack").await;
     let ack = before.last().unwrap();
-    assert_eq!((ack["id"].as_str(), ack["op"].as_str()), (Some("u"), Some("unsubscribe")));
+    assert_eq!(
+        (ack["id"].as_str(), ack["op"].as_str()),
+        (Some("u"), Some("unsubscribe"))
+    );
     assert_eq!(ack["symbols"], json!(["AAPL"]));
     pusher.await.unwrap();
     // MSFT's last tick is applied after every AAPL tick above: once it shows, they all went through.
     gw.push(tick("MSFT", 600, &[("bid", "2.50")])).await;
-    let after = c.until(|m| m["symbol"] == "MSFT" && m["bid"] == "2.50").await;
+    let after = c
+        .until(|m| m["symbol"] == "MSFT" && m["bid"] == "2.50")
+        .await;
     for m in &after {
-        assert_ne!(m["symbol"], "AAPL", "nothing for AAPL after the unsubscribe ack: {m}");
+        assert_ne!(
+            m["symbol"], "AAPL",
+            "nothing for AAPL after the unsubscribe ack: {m}"
+        );
     }
 
     // Subscribing again re-sends the snapshot, with the latest values.
-    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]})).await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]}))
+        .await;
     c.expect("ack").await;
     let s = c.expect("snapshot").await;
-    assert_eq!((s["symbol"].as_str(), s["seq"].as_u64()), (Some("AAPL"), Some(501)));
+    assert_eq!(
+        (s["symbol"].as_str(), s["seq"].as_u64()),
+        (Some("AAPL"), Some(501))
+    );
     // And subscribing to a symbol already held re-sends its snapshot too.
-    c.send(json!({"op": "subscribe", "symbols": ["MSFT"]})).await;
+    c.send(json!({"op": "subscribe", "symbols": ["MSFT"]}))
+        .await;
     c.expect("ack").await;
     let s = c.expect("snapshot").await;
-    assert_eq!((s["symbol"].as_str(), s["bid"].as_str()), (Some("MSFT"), Some("2.50")));
+    assert_eq!(
+        (s["symbol"].as_str(), s["bid"].as_str()),
+        (Some("MSFT"), Some("2.50"))
+    );
 }
 
 #[tokio::test]
@@ -153,13 +214,23 @@ async fn a_symbol_without_a_quote_gets_its_snapshot_at_the_first_tick() {
     let mut c = gw.client().await;
     c.send(json!({"op": "subscribe", "symbols": ["NEW"]})).await;
     let ack = c.expect("ack").await;
-    assert_eq!(ack["symbols"], json!(["NEW"]), "declared by the feed, so served before any tick");
+    assert_eq!(
+        ack["symbols"],
+        json!(["NEW"]),
+        "declared by the feed, so served before any tick"
+    );
     gw.push(tick("NEW", 5, &[("last", "10.5")])).await;
     let s = c.expect("snapshot").await;
-    assert_eq!((s["seq"].as_u64(), s["last"].as_str(), s["bid"].clone()), (Some(1), Some("10.5"), Value::Null));
+    assert_eq!(
+        (s["seq"].as_u64(), s["last"].as_str(), s["bid"].clone()),
+        (Some(1), Some("10.5"), Value::Null)
+    );
     gw.push(tick("NEW", 6, &[("bid", "10.4")])).await;
     let u = c.expect("update").await;
-    assert_eq!(u, json!({"type": "update", "symbol": "NEW", "seq": 2, "ts": 6, "bid": "10.4"}));
+    assert_eq!(
+        u,
+        json!({"type": "update", "symbol": "NEW", "seq": 2, "ts": 6, "bid": "10.4"})
+    );
 }
 
 #[tokio::test]
@@ -167,7 +238,10 @@ async fn symbols_and_ping_ops() {
     let gw = start("", &["MSFT", "AAPL"]);
     let mut c = gw.client().await;
     c.send(json!({"op": "symbols", "id": 4})).await;
-    assert_eq!(c.next().await, json!({"type": "symbols", "id": 4, "symbols": ["AAPL", "MSFT"]}));
+    assert_eq!(
+        c.next().await,
+        json!({"type": "symbols", "id": 4, "symbols": ["AAPL", "MSFT"]})
+    );
     c.send(json!({"op": "ping", "id": "abc"})).await;
     assert_eq!(c.next().await, json!({"type": "pong", "id": "abc"}));
     c.send(json!({"op": "ping", "id": 12.5})).await;
@@ -194,9 +268,14 @@ async fn prices_leave_byte_identical_to_how_they_entered() {
     let s = c.expect("snapshot").await;
     assert_eq!(s["bid"], prices[0]);
     for (i, p) in prices.iter().enumerate().skip(1) {
-        gw.push(tick("X", 1 + i as i64, &[("bid", p), ("last", p)])).await;
+        gw.push(tick("X", 1 + i as i64, &[("bid", p), ("last", p)]))
+            .await;
         let u = c.expect("update").await;
-        assert_eq!((u["bid"].as_str(), u["last"].as_str()), (Some(*p), Some(*p)), "{u}");
+        assert_eq!(
+            (u["bid"].as_str(), u["last"].as_str()),
+            (Some(*p), Some(*p)),
+            "{u}"
+        );
     }
     // Same check on the raw bytes of a fresh snapshot (no JSON parser in between).
     let mut raw = gw.client().await;
@@ -217,17 +296,33 @@ async fn invalid_ticks_are_rejected_counted_and_never_forwarded() {
     let gw = start("", &["AAPL"]);
     gw.push(tick("AAPL", 1, &[("bid", "10.00")])).await;
     let mut c = gw.client().await;
-    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]})).await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]}))
+        .await;
     c.expect("ack").await;
     c.expect("snapshot").await;
     gw.push(tick("AAPL", 2, &[("bid", "0")])).await;
     gw.push(tick("AAPL", 3, &[("ask", "-1.5")])).await;
-    gw.push(tick("AAPL", 4, &[("bid", "10.01"), ("bid_size", "-100")])).await;
+    gw.push(tick("AAPL", 4, &[("bid", "10.01"), ("bid_size", "-100")]))
+        .await;
     gw.push(tick("AAPL", 5, &[("bid", "10.02")])).await;
     let u = c.expect("update").await;
-    assert_eq!(u, json!({"type": "update", "symbol": "AAPL", "seq": 2, "ts": 5, "bid": "10.02"}));
+    assert_eq!(
+        u,
+        json!({"type": "update", "symbol": "AAPL", "seq": 2, "ts": 5, "bid": "10.02"})
+    );
     let series = "quotegw_ticks_rejected_total{feed=\"scripted\",reason=";
-    assert_eq!(gw.metric(&format!("{series}\"non_positive_price\"}}")).await, 2.0);
-    assert_eq!(gw.metric(&format!("{series}\"negative_size\"}}")).await, 1.0);
-    assert_eq!(gw.metric("quotegw_ticks_received_total{feed=\"scripted\"}").await, 5.0);
+    assert_eq!(
+        gw.metric(&format!("{series}\"non_positive_price\"}}"))
+            .await,
+        2.0
+    );
+    assert_eq!(
+        gw.metric(&format!("{series}\"negative_size\"}}")).await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("quotegw_ticks_received_total{feed=\"scripted\"}")
+            .await,
+        5.0
+    );
 }

@@ -24,7 +24,8 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
         ),
         &[],
     );
-    gw.wait_metric("quotegw_ticks_received_total{feed=\"sim\"}", |v| v >= 500.0).await;
+    gw.wait_metric("quotegw_ticks_received_total{feed=\"sim\"}", |v| v >= 500.0)
+        .await;
 
     // The slow clients subscribe to every symbol (the most data), read their snapshots, then stop.
     let mut lister = gw.client().await;
@@ -42,7 +43,8 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
         slow.push(c);
     }
     let mut fast = gw.client().await;
-    fast.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL"]})).await;
+    fast.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL"]}))
+        .await;
     fast.expect("ack").await;
 
     let rss_start = rss_bytes();
@@ -85,10 +87,17 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
         percentile(&mut latencies_ms, 99.0),
         percentile(&mut latencies_ms, 100.0),
     );
-    assert!(updates > 100, "the fast client kept receiving: {updates} updates");
+    assert!(
+        updates > 100,
+        "the fast client kept receiving: {updates} updates"
+    );
     // Conflation bounds the gateway by subscribed symbols, not by ticks: 20,000 ticks/s into two
     // blocked 500-symbol connections for over a second must not grow the process materially.
-    assert!(rss_max - rss_start < 64 * 1024 * 1024, "RSS grew by {:.1} MiB", mib(rss_max - rss_start));
+    assert!(
+        rss_max - rss_start < 64 * 1024 * 1024,
+        "RSS grew by {:.1} MiB",
+        mib(rss_max - rss_start)
+    );
 
     // The first slow client reads again: it gets what was buffered, then the 4008 close.
     let (code, reason) = slow[0].expect_close().await;
@@ -104,7 +113,10 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
             Err(e) => break e,
         }
     };
-    assert!(matches!(end, Closed::NoCloseFrame(_)), "socket torn down, got {end:?}");
+    assert!(
+        matches!(end, Closed::NoCloseFrame(_)),
+        "socket torn down, got {end:?}"
+    );
     assert_eq!(gw.metric("quotegw_closes_total{code=\"4008\"}").await, 2.0);
 
     // And the fast client is still served.

@@ -18,23 +18,108 @@ use crate::model::{Symbol, Tick};
 
 /// Well-known tickers first (with a plausible starting price in dollars); generated ones follow.
 const WELL_KNOWN: &[(&str, u32)] = &[
-    ("AAPL", 228), ("MSFT", 425), ("NVDA", 140), ("AMZN", 205), ("GOOGL", 175), ("META", 575),
-    ("TSLA", 340), ("BRK.B", 470), ("AVGO", 170), ("JPM", 240), ("LLY", 780), ("V", 310),
-    ("UNH", 590), ("XOM", 120), ("MA", 520), ("COST", 910), ("HD", 410), ("PG", 170),
-    ("JNJ", 155), ("WMT", 90), ("NFLX", 880), ("ABBV", 175), ("BAC", 46), ("CRM", 330),
-    ("ORCL", 185), ("KO", 63), ("CVX", 160), ("MRK", 100), ("AMD", 140), ("PEP", 160),
-    ("ADBE", 510), ("TMO", 530), ("LIN", 460), ("ACN", 360), ("MCD", 295), ("CSCO", 58),
-    ("ABT", 115), ("WFC", 72), ("IBM", 220), ("GE", 180), ("INTU", 640), ("QCOM", 160),
-    ("TXN", 200), ("DIS", 110), ("VZ", 42), ("AMGN", 290), ("CAT", 390), ("PFE", 26),
-    ("NOW", 1000), ("ISRG", 530), ("SPGI", 510), ("UBER", 72), ("T", 22), ("PM", 130),
-    ("GS", 590), ("CMCSA", 43), ("RTX", 120), ("AXP", 290), ("BKNG", 5000), ("NEE", 75),
-    ("LOW", 270), ("HON", 225), ("UNP", 240), ("PGR", 250), ("MS", 130), ("BLK", 1000),
-    ("SYK", 385), ("ETN", 340), ("C", 70), ("ELV", 410), ("SCHW", 78), ("BSX", 88),
-    ("TJX", 120), ("VRTX", 470), ("LMT", 540), ("ADP", 300), ("MDT", 87), ("PLD", 115),
-    ("BMY", 58), ("CB", 285), ("MMC", 225), ("SBUX", 98), ("ADI", 220), ("PANW", 380),
-    ("DE", 420), ("GILD", 90), ("FI", 200), ("INTC", 24), ("MU", 105), ("SO", 88),
-    ("BA", 155), ("NKE", 78), ("UPS", 130), ("ANET", 400), ("AMT", 210), ("MO", 54),
-    ("LRCX", 72), ("KLAC", 650), ("SHW", 380), ("PYPL", 88), ("SPY", 600), ("QQQ", 510),
+    ("AAPL", 228),
+    ("MSFT", 425),
+    ("NVDA", 140),
+    ("AMZN", 205),
+    ("GOOGL", 175),
+    ("META", 575),
+    ("TSLA", 340),
+    ("BRK.B", 470),
+    ("AVGO", 170),
+    ("JPM", 240),
+    ("LLY", 780),
+    ("V", 310),
+    ("UNH", 590),
+    ("XOM", 120),
+    ("MA", 520),
+    ("COST", 910),
+    ("HD", 410),
+    ("PG", 170),
+    ("JNJ", 155),
+    ("WMT", 90),
+    ("NFLX", 880),
+    ("ABBV", 175),
+    ("BAC", 46),
+    ("CRM", 330),
+    ("ORCL", 185),
+    ("KO", 63),
+    ("CVX", 160),
+    ("MRK", 100),
+    ("AMD", 140),
+    ("PEP", 160),
+    ("ADBE", 510),
+    ("TMO", 530),
+    ("LIN", 460),
+    ("ACN", 360),
+    ("MCD", 295),
+    ("CSCO", 58),
+    ("ABT", 115),
+    ("WFC", 72),
+    ("IBM", 220),
+    ("GE", 180),
+    ("INTU", 640),
+    ("QCOM", 160),
+    ("TXN", 200),
+    ("DIS", 110),
+    ("VZ", 42),
+    ("AMGN", 290),
+    ("CAT", 390),
+    ("PFE", 26),
+    ("NOW", 1000),
+    ("ISRG", 530),
+    ("SPGI", 510),
+    ("UBER", 72),
+    ("T", 22),
+    ("PM", 130),
+    ("GS", 590),
+    ("CMCSA", 43),
+    ("RTX", 120),
+    ("AXP", 290),
+    ("BKNG", 5000),
+    ("NEE", 75),
+    ("LOW", 270),
+    ("HON", 225),
+    ("UNP", 240),
+    ("PGR", 250),
+    ("MS", 130),
+    ("BLK", 1000),
+    ("SYK", 385),
+    ("ETN", 340),
+    ("C", 70),
+    ("ELV", 410),
+    ("SCHW", 78),
+    ("BSX", 88),
+    ("TJX", 120),
+    ("VRTX", 470),
+    ("LMT", 540),
+    ("ADP", 300),
+    ("MDT", 87),
+    ("PLD", 115),
+    ("BMY", 58),
+    ("CB", 285),
+    ("MMC", 225),
+    ("SBUX", 98),
+    ("ADI", 220),
+    ("PANW", 380),
+    ("DE", 420),
+    ("GILD", 90),
+    ("FI", 200),
+    ("INTC", 24),
+    ("MU", 105),
+    ("SO", 88),
+    ("BA", 155),
+    ("NKE", 78),
+    ("UPS", 130),
+    ("ANET", 400),
+    ("AMT", 210),
+    ("MO", 54),
+    ("LRCX", 72),
+    ("KLAC", 650),
+    ("SHW", 380),
+    ("PYPL", 88),
+    ("SPY", 600),
+    ("QQQ", 510),
 ];
 
 /// Exponent of the Zipf distribution over symbols: with 500 symbols the hottest takes ~15% of ticks.
@@ -83,7 +168,10 @@ impl SimulatedConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match &self.symbols {
             SymbolsSpec::Count(n) if !(1..=100_000).contains(n) => {
-                return Err(("symbols".into(), "a count must be between 1 and 100000".into()))
+                return Err((
+                    "symbols".into(),
+                    "a count must be between 1 and 100000".into(),
+                ))
             }
             SymbolsSpec::List(l) if l.is_empty() => {
                 return Err(("symbols".into(), "the list must not be empty".into()))
@@ -118,15 +206,18 @@ impl SimulatedConfig {
 
 fn valid_ticker(s: &str) -> bool {
     (1..=16).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// `n` tickers: the well-known list, then four-letter names from a fixed-seed PRNG (not the feed's
 /// seed, so that the universe a client subscribes to does not change with the price path).
 fn generated_universe(n: usize) -> Vec<Symbol> {
-    let mut out: Vec<Symbol> = WELL_KNOWN.iter().take(n).map(|(s, _)| Symbol::from(*s)).collect();
+    let mut out: Vec<Symbol> = WELL_KNOWN
+        .iter()
+        .take(n)
+        .map(|(s, _)| Symbol::from(*s))
+        .collect();
     let mut seen: std::collections::HashSet<Symbol> = out.iter().cloned().collect();
     let mut rng = Pcg64Mcg::seed_from_u64(UNIVERSE_SEED);
     while out.len() < n {
@@ -234,7 +325,10 @@ impl Generator {
     /// The next tick: a trade (last, last_size, volume) or a quote change (only what moved).
     pub fn next_tick(&mut self, ts: i64) -> Tick {
         let u = unit(&mut self.rng);
-        let i = self.cdf.partition_point(|&c| c < u).min(self.symbols.len() - 1);
+        let i = self
+            .cdf
+            .partition_point(|&c| c < u)
+            .min(self.symbols.len() - 1);
         let rng = &mut self.rng;
         let b = &mut self.books[i];
         let mut tick = Tick {
@@ -337,7 +431,8 @@ impl Feed for SimulatedFeed {
             let mut emitted: u64 = 0;
             let mut interval = tokio::time::interval(BATCH_INTERVAL);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let max_batch = (rate * BATCH_INTERVAL.as_millis() as u64 / 1000).max(1) * MAX_CATCH_UP_BATCHES;
+            let max_batch =
+                (rate * BATCH_INTERVAL.as_millis() as u64 / 1000).max(1) * MAX_CATCH_UP_BATCHES;
             loop {
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => break,
@@ -385,7 +480,11 @@ mod tests {
         assert_eq!(&*u[0], "AAPL");
         let set: std::collections::HashSet<_> = u.iter().collect();
         assert_eq!(set.len(), 500);
-        assert_eq!(u, config(500).universe(), "the universe does not depend on the seed");
+        assert_eq!(
+            u,
+            config(500).universe(),
+            "the universe does not depend on the seed"
+        );
     }
 
     #[test]
@@ -431,12 +530,28 @@ mod tests {
             }
             let is_trade = t.last.is_some();
             trades += is_trade as u32;
-            assert_eq!(is_trade, t.volume.is_some(), "trades carry volume, quotes do not");
-            assert!(is_trade != (t.bid.is_some() || t.ask.is_some() || t.bid_size.is_some() || t.ask_size.is_some()));
+            assert_eq!(
+                is_trade,
+                t.volume.is_some(),
+                "trades carry volume, quotes do not"
+            );
+            assert!(
+                is_trade
+                    != (t.bid.is_some()
+                        || t.ask.is_some()
+                        || t.bid_size.is_some()
+                        || t.ask_size.is_some())
+            );
         }
-        assert!((12_000..18_000).contains(&trades), "~30% trades, got {trades}");
+        assert!(
+            (12_000..18_000).contains(&trades),
+            "~30% trades, got {trades}"
+        );
         let hottest = counts[&u[0]];
         let median = counts.get(&u[250]).copied().unwrap_or(0);
-        assert!(hottest > 20 * median.max(1), "Zipf skew: {hottest} vs {median}");
+        assert!(
+            hottest > 20 * median.max(1),
+            "Zipf skew: {hottest} vs {median}"
+        );
     }
 }

@@ -124,11 +124,19 @@ impl Connection {
         }
     }
 
-    fn subscribe(&mut self, id: Option<&str>, symbols: Vec<String>, max_hz: Option<f64>) -> Option<End> {
+    fn subscribe(
+        &mut self,
+        id: Option<&str>,
+        symbols: Vec<String>,
+        max_hz: Option<f64>,
+    ) -> Option<End> {
         let max = self.shared.limits.max_symbols_per_connection;
         let symbols = dedup(symbols);
         if symbols.len() > max {
-            let message = format!("a subscribe may name at most {max} symbols; it named {}", symbols.len());
+            let message = format!(
+                "a subscribe may name at most {max} symbols; it named {}",
+                symbols.len()
+            );
             return self.client_error(id, ErrorCode::TooManySymbols, &message);
         }
         // Resolve everything first: too_many_symbols must leave the subscription untouched.

@@ -32,9 +32,12 @@ impl Connection {
                 continue; // unsubscribed since it was marked
             };
             let latest = view.entry.read();
-            if let Emitted::NotBefore(at) =
-                view.emit(latest.as_ref(), now.into_std(), &mut self.frame, &mut self.stats)
-            {
+            if let Emitted::NotBefore(at) = view.emit(
+                latest.as_ref(),
+                now.into_std(),
+                &mut self.frame,
+                &mut self.stats,
+            ) {
                 let at = Instant::from_std(at);
                 if !self.deferred.contains(&slot) {
                     self.deferred.push(slot);
@@ -106,4 +109,3 @@ async fn deliver(
         Err(_elapsed) => Err(End::SlowConsumer),
     }
 }
-

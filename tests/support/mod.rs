@@ -87,7 +87,10 @@ pub fn start(toml: &str, symbols: &[&str]) -> TestGateway {
 
 impl TestGateway {
     pub async fn push(&self, tick: Tick) {
-        self.ticks.send(tick).await.expect("gateway feed is running");
+        self.ticks
+            .send(tick)
+            .await
+            .expect("gateway feed is running");
     }
 
     pub fn url(&self) -> String {
@@ -112,7 +115,10 @@ impl TestGateway {
             if pred(v) {
                 return v;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{series} stuck at {v}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stuck at {v}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -126,14 +132,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
     let status = out[9..12].parse().expect("status code");
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let (_, body) = http_get(addr, "/metrics").await;
     body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().expect("a number"))
         .unwrap_or(0.0)
 }
@@ -341,7 +353,11 @@ impl RawClient {
             assert!(n > 0, "closed during handshake");
             buf.extend_from_slice(&chunk[..n]);
         };
-        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.drain(..end);
         RawClient { tcp, buf }
     }
@@ -399,7 +415,10 @@ impl RawClient {
         let opcode = b[0] & 0x0f;
         let (len, header) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            127 if b.len() >= 10 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             126 | 127 => return None,
             n => (n as usize, 2),
         };
