@@ -1,0 +1,692 @@
+//! The load harness: a real quotegw process (the release binary, simulated feed) and N real WebSocket
+//! clients on 127.0.0.1, measuring what users see end to end: delivered updates/s, tick-to-client
+//! latency (the feed stamps `ts` at emission, in ms; one host, one clock), `seq` regressions and gaps
+//! not explained by `conflated`, snapshot-before-update, server CPU-seconds per million deliveries
+//! (`/proc/PID/stat`) and server RSS (`/proc/PID/status`).
+//!
+//! Run: `cargo bench --bench load -- <workload> [flags]`, e.g.
+//!   cargo bench --bench load -- idle --clients 1000          # RSS per idle connection
+//!   cargo bench --bench load -- fanout --clients 1000 --symbols-per-client 1 --universe 1 --rate 2000
+//!   cargo bench --bench load -- ramp --clients 1000 --universe 1   # highest clean rate into N clients
+//! `cargo bench --bench load -- --help` lists every flag. Each run prints a readable table and one JSON
+//! line (prefixed `RESULT `). The server runs on core 0 and the harness on core 1 (`taskset`) unless
+//! `--no-pin`. Under `cargo test` (no `--bench` argument) it runs a few-second smoke run that asserts
+//! correctness only, never speed.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Latency histogram resolution: 1 ms buckets (the resolution of `ts`), the last one open-ended.
+const LATENCY_BUCKETS_MS: usize = 10_000;
+/// Clients connect this many at a time, so the accept backlog never overflows.
+const CONNECT_CONCURRENCY: usize = 100;
+/// Small client buffers so that 10,000 clients fit in the harness's memory.
+const CLIENT_READ_BUFFER: usize = 4096;
+
+#[derive(Parser, Debug)]
+#[command(about = "quotegw load harness (see the first comment of benches/load.rs)")]
+struct Cli {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Workload {
+    /// Connections that subscribe (--symbols-per-client) and then idle (the feed ticks once a
+    /// second): server RSS per connection.
+    Idle(Common),
+    /// Clients subscribed while the feed ticks at --rate for --duration-s.
+    Fanout(Common),
+    /// Fanout at rising rates (×1.5 from --rate) until p99 ≥ 50 ms, gaps or conflation appear.
+    Ramp(Common),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Symbols per client, drawn Zipf (s = 1) over the universe without repeats.
+    #[arg(long, default_value_t = 1)]
+    symbols_per_client: usize,
+    /// Symbols the simulated feed serves.
+    #[arg(long, default_value_t = 500)]
+    universe: usize,
+    /// Feed ticks per second (total over the universe).
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Server worker threads (0 = one per core).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Clients among --clients that read at most --slow-rate messages per second.
+    #[arg(long, default_value_t = 0)]
+    slow_clients: usize,
+    #[arg(long, default_value_t = 10)]
+    slow_rate: u32,
+    /// Do not pin the server and the harness to separate cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(Deserialize)]
+struct Msg<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(borrow, default)]
+    symbol: Option<&'a str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    ts: Option<i64>,
+    #[serde(default)]
+    conflated: Option<u64>,
+}
+
+/// Shared by all client tasks; atomics so no client waits on another.
+struct Stats {
+    counting: AtomicBool,
+    updates: AtomicU64,
+    conflated: AtomicU64,
+    snapshots: AtomicU64,
+    frames: AtomicU64,
+    seq_regressions: AtomicU64,
+    gaps: AtomicU64,
+    update_before_snapshot: AtomicU64,
+    closed_early: AtomicU64,
+    latency_ms: Vec<AtomicU64>,
+    fast_latency_ms: Vec<AtomicU64>,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        let hist = || (0..LATENCY_BUCKETS_MS).map(|_| AtomicU64::new(0)).collect();
+        Stats {
+            counting: AtomicBool::new(false),
+            updates: AtomicU64::new(0),
+            conflated: AtomicU64::new(0),
+            snapshots: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            seq_regressions: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            update_before_snapshot: AtomicU64::new(0),
+            closed_early: AtomicU64::new(0),
+            latency_ms: hist(),
+            fast_latency_ms: hist(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
+}
+
+fn percentile(hist: &[AtomicU64], p: f64) -> Option<u64> {
+    let counts: Vec<u64> = hist.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (ms, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(ms as u64);
+        }
+    }
+    Some(LATENCY_BUCKETS_MS as u64 - 1)
+}
+
+/// The gateway under test, a separate process so that its CPU and RSS are its own.
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Server {
+    fn start(c: &Common, pin: Option<&str>) -> Server {
+        let dir = std::env::temp_dir().join(format!("quotegw-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("load.toml");
+        let port = free_port();
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nworkers = {}\n[limits]\nmax_connections = 100000\n\
+                 max_symbols_per_connection = 100000\n\
+                 [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = {}\nticks_per_second = {}\nseed = 42\n",
+                c.workers, c.universe, c.rate
+            ),
+        )
+        .expect("write config");
+        let bin = env!("CARGO_BIN_EXE_quotegw");
+        let mut cmd = match pin {
+            Some(core) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", core, bin]);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the gateway");
+        let addr = format!("127.0.0.1:{port}");
+        let server = Server {
+            child,
+            addr,
+            _dir: TempDir(dir),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get_blocking(&server.addr, "/readyz").map(|(s, _)| s) != Some(200) {
+            assert!(Instant::now() < deadline, "the gateway did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (user + system CPU seconds, RSS bytes) from /proc.
+    fn usage(&self) -> (f64, u64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let cpu = (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        (cpu, rss_kib * 1024)
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let Some((_, body)) = http_get_blocking(&self.addr, "/metrics") else {
+            return f64::NAN;
+        };
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(name, _)| *name == series)
+            .filter_map(|(_, v)| v.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn http_get_blocking(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // /metrics is chunked; the chunk-size lines never look like metric samples.
+    Some((status, body.to_string()))
+}
+
+/// `n` distinct symbols drawn Zipf (s = 1) over `universe` (the `symbols` op's sorted list), so a few
+/// symbols have many subscribers and most have few; deterministic per client index.
+fn zipf_pick(universe: &[String], n: usize, seed: u64) -> Vec<String> {
+    let n = n.min(universe.len());
+    let weights: Vec<f64> = (1..=universe.len()).map(|r| 1.0 / r as f64).collect();
+    let total: f64 = weights.iter().sum();
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut picked = Vec::with_capacity(n);
+    while picked.len() < n {
+        let mut x = next() * total;
+        let mut i = 0;
+        while i + 1 < weights.len() && x > weights[i] {
+            x -= weights[i];
+            i += 1;
+        }
+        if !picked.contains(&universe[i]) {
+            picked.push(universe[i].clone());
+        }
+    }
+    picked
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn connect(addr: &str) -> Ws {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(CLIENT_READ_BUFFER)
+        .write_buffer_size(0);
+    let url = format!("ws://{addr}/ws");
+    let mut attempt = 0;
+    loop {
+        match tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await {
+            Ok((ws, _)) => return ws,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("connect failed ({e}), retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => panic!("cannot connect to {url}: {e}"),
+        }
+    }
+}
+
+/// One client: subscribe, wait for every snapshot, then read and check until `stop`.
+async fn client(
+    mut ws: Ws,
+    symbols: Vec<String>,
+    slow_rate: Option<u32>,
+    stats: Arc<Stats>,
+    ready: Arc<tokio::sync::Barrier>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let sub = format!(
+        "{{\"op\":\"subscribe\",\"symbols\":{}}}",
+        serde_json::to_string(&symbols).expect("strings serialize")
+    );
+    ws.send(Message::text(sub)).await.expect("send subscribe");
+    // (last seq) per symbol; None until the snapshot.
+    let mut last: HashMap<String, Option<u64>> = symbols.iter().map(|s| (s.clone(), None)).collect();
+    let mut waiting_snapshots = symbols.len();
+    let mut signalled = false;
+    if waiting_snapshots == 0 {
+        ready.wait().await;
+        signalled = true;
+    }
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    let pause = slow_rate.map(|r| Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
+    loop {
+        let msg = tokio::select! {
+            _ = &mut stopped => break,
+            m = ws.next() => m,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                stats.closed_early.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let counting = stats.counting.load(Ordering::Relaxed);
+        let received = now_ms();
+        let msgs: Vec<Msg> = serde_json::from_str(&text).expect("a server frame is a JSON array");
+        if counting {
+            stats.frames.fetch_add(1, Ordering::Relaxed);
+        }
+        for m in msgs {
+            let (Some(symbol), Some(seq)) = (m.symbol, m.seq) else {
+                continue;
+            };
+            let Some(prev) = last.get_mut(symbol) else {
+                continue;
+            };
+            match m.kind {
+                "snapshot" => {
+                    if prev.is_none() {
+                        waiting_snapshots -= 1;
+                    }
+                    if prev.is_some_and(|p| seq < p) {
+                        stats.seq_regressions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *prev = Some(seq);
+                    stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                }
+                "update" => {
+                    let Some(p) = *prev else {
+                        stats.update_before_snapshot.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let merged = m.conflated.unwrap_or(0);
+                    if seq <= p {
+                        stats.seq_regressions.fetch_add(1, Ordering::Relaxed);
+                    } else if seq != p + 1 + merged {
+                        stats.gaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *prev = Some(seq);
+                    if counting {
+                        stats.updates.fetch_add(1, Ordering::Relaxed);
+                        stats.conflated.fetch_add(merged, Ordering::Relaxed);
+                        let ms = (received - m.ts.unwrap_or(received)).clamp(0, LATENCY_BUCKETS_MS as i64 - 1);
+                        stats.latency_ms[ms as usize].fetch_add(1, Ordering::Relaxed);
+                        if slow_rate.is_none() {
+                            stats.fast_latency_ms[ms as usize].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !signalled && waiting_snapshots == 0 {
+            signalled = true;
+            ready.wait().await;
+        }
+        if let Some(p) = pause {
+            tokio::time::sleep(p).await;
+        }
+    }
+    if !signalled {
+        ready.wait().await;
+    }
+    let _ = ws.close(None).await;
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Report {
+    workload: String,
+    clients: usize,
+    symbols_per_client: usize,
+    universe: usize,
+    rate_configured: u32,
+    workers: usize,
+    seconds: f64,
+    ticks_in_per_s: f64,
+    deliveries_per_s: f64,
+    conflated_per_s: f64,
+    frames_per_s: f64,
+    latency_ms_p50: Option<u64>,
+    latency_ms_p99: Option<u64>,
+    latency_ms_p999: Option<u64>,
+    fast_latency_ms_p99: Option<u64>,
+    seq_regressions: u64,
+    gaps: u64,
+    update_before_snapshot: u64,
+    closed_early: u64,
+    server_cpu_s_per_million: Option<f64>,
+    server_rss_mib: f64,
+    server_rss_base_mib: f64,
+    rss_per_connection_kib: f64,
+}
+
+async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
+    let server = Server::start(c, pin.then_some("0"));
+    // Let the opening ticks land so that every symbol has a snapshot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, rss_base) = server.usage();
+    let universe = symbol_list(&server.addr).await;
+    let idle = name == "idle";
+
+    let stats = Arc::new(Stats::new());
+    let ready = Arc::new(tokio::sync::Barrier::new(c.clients + 1));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::with_capacity(c.clients);
+    let mut connected = 0;
+    while connected < c.clients {
+        let batch = CONNECT_CONCURRENCY.min(c.clients - connected);
+        let conns = futures_util::future::join_all((0..batch).map(|_| connect(&server.addr))).await;
+        for ws in conns {
+            let i = connected;
+            connected += 1;
+            let symbols = zipf_pick(&universe, c.symbols_per_client, i as u64);
+            let slow = (i < c.slow_clients).then_some(c.slow_rate);
+            tasks.push(tokio::spawn(client(
+                ws,
+                symbols,
+                slow,
+                stats.clone(),
+                ready.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    ready.wait().await;
+
+    let ticks0 = server.metric("quotegw_ticks_received_total{feed=\"sim\"}");
+    let (cpu0, _) = server.usage();
+    let started = Instant::now();
+    stats.counting.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(c.duration_s)).await;
+    stats.counting.store(false, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu1, rss) = server.usage();
+    let ticks1 = server.metric("quotegw_ticks_received_total{feed=\"sim\"}");
+    stop.notify_waiters();
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(server);
+
+    let updates = stats.updates.load(Ordering::Relaxed);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Report {
+        workload: name.to_string(),
+        clients: c.clients,
+        symbols_per_client: c.symbols_per_client,
+        universe: c.universe,
+        rate_configured: c.rate,
+        workers: c.workers,
+        seconds,
+        ticks_in_per_s: (ticks1 - ticks0) / seconds,
+        deliveries_per_s: updates as f64 / seconds,
+        conflated_per_s: stats.conflated.load(Ordering::Relaxed) as f64 / seconds,
+        frames_per_s: stats.frames.load(Ordering::Relaxed) as f64 / seconds,
+        latency_ms_p50: percentile(&stats.latency_ms, 50.0),
+        latency_ms_p99: percentile(&stats.latency_ms, 99.0),
+        latency_ms_p999: percentile(&stats.latency_ms, 99.9),
+        fast_latency_ms_p99: percentile(&stats.fast_latency_ms, 99.0),
+        seq_regressions: stats.seq_regressions.load(Ordering::Relaxed),
+        gaps: stats.gaps.load(Ordering::Relaxed),
+        update_before_snapshot: stats.update_before_snapshot.load(Ordering::Relaxed),
+        closed_early: stats.closed_early.load(Ordering::Relaxed),
+        server_cpu_s_per_million: (!idle && updates > 0)
+            .then(|| (cpu1 - cpu0) / updates as f64 * 1e6),
+        server_rss_mib: mib(rss),
+        server_rss_base_mib: mib(rss_base),
+        rss_per_connection_kib: rss.saturating_sub(rss_base) as f64 / 1024.0 / c.clients.max(1) as f64,
+    }
+}
+
+/// The served symbols, via the `symbols` op.
+async fn symbol_list(addr: &str) -> Vec<String> {
+    let mut ws = connect(addr).await;
+    ws.send(Message::text(r#"{"op":"symbols"}"#))
+        .await
+        .expect("send symbols op");
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(&t).expect("JSON array");
+            if let Some(list) = v[0]["symbols"].as_array() {
+                let _ = ws.close(None).await;
+                return list
+                    .iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect();
+            }
+        }
+    }
+    panic!("no symbols answer")
+}
+
+fn print(r: &Report) {
+    let opt = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+    println!(
+        "{:<7} clients {:>6} × {:>3} sym  rate {:>7}/s  ticks in {:>9.0}/s  deliveries {:>10.0}/s  conflated {:>9.0}/s  \
+         latency ms p50 {:>3} p99 {:>4} p999 {:>4}  cpu-s/M {:>6}  RSS {:>7.1} MiB ({:.2} KiB/conn)  \
+         regressions {} gaps {} early-update {} closed {}",
+        r.workload,
+        r.clients,
+        r.symbols_per_client,
+        r.rate_configured,
+        r.ticks_in_per_s,
+        r.deliveries_per_s,
+        r.conflated_per_s,
+        opt(r.latency_ms_p50),
+        opt(r.latency_ms_p99),
+        opt(r.latency_ms_p999),
+        r.server_cpu_s_per_million
+            .map_or("-".into(), |v| format!("{v:.2}")),
+        r.server_rss_mib,
+        r.rss_per_connection_kib,
+        r.seq_regressions,
+        r.gaps,
+        r.update_before_snapshot,
+        r.closed_early,
+    );
+    println!(
+        "RESULT {}",
+        serde_json::to_string(r).expect("a report serializes")
+    );
+}
+
+fn clean(r: &Report) -> bool {
+    r.latency_ms_p99.is_some_and(|p| p < 50) && r.conflated_per_s == 0.0 && r.gaps == 0 && r.seq_regressions == 0
+}
+
+fn pin_harness() {
+    // Core 1 for the harness, core 0 for the server: they never compete for a core.
+    let pid = std::process::id().to_string();
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &pid])
+        .stdout(Stdio::null())
+        .status();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
+    let benching = std::env::args().any(|a| a == "--bench");
+    if !benching {
+        return smoke();
+    }
+    let cli = Cli::parse_from(args);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        match cli.workload {
+            Workload::Idle(mut c) => {
+                // Idle: one tick a second over the whole universe, so connections carry ~nothing.
+                c.rate = 1;
+                let pin = !c.no_pin;
+                if pin {
+                    pin_harness();
+                }
+                print(&run_once("idle", &c, pin).await)
+            }
+            Workload::Fanout(c) => {
+                let pin = !c.no_pin;
+                if pin {
+                    pin_harness();
+                }
+                print(&run_once("fanout", &c, pin).await)
+            }
+            Workload::Ramp(mut c) => {
+                let pin = !c.no_pin;
+                if pin {
+                    pin_harness();
+                }
+                let mut best: Option<Report> = None;
+                loop {
+                    let r = run_once("ramp", &c, pin).await;
+                    print(&r);
+                    if !clean(&r) {
+                        break;
+                    }
+                    best = Some(r);
+                    c.rate = (f64::from(c.rate) * 1.5) as u32;
+                }
+                match best {
+                    Some(b) => println!(
+                        "highest clean rate: {:.0} ticks/s in, {:.0} deliveries/s into {} clients (p99 {} ms)",
+                        b.ticks_in_per_s,
+                        b.deliveries_per_s,
+                        b.clients,
+                        b.latency_ms_p99.unwrap_or(0)
+                    ),
+                    None => println!("no clean rate: the first step already failed"),
+                }
+            }
+        }
+    });
+}
+
+/// `cargo test` runs this: a few dozen clients for a few seconds, correctness only.
+fn smoke() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let c = Common {
+        clients: 40,
+        symbols_per_client: 5,
+        universe: 50,
+        rate: 500,
+        duration_s: 3,
+        workers: 1,
+        slow_clients: 4,
+        slow_rate: 5,
+        no_pin: true,
+    };
+    let r = runtime.block_on(run_once("smoke", &c, false));
+    print(&r);
+    assert!(r.deliveries_per_s > 0.0, "updates were delivered");
+    assert_eq!(r.seq_regressions, 0, "seq never goes backwards");
+    assert_eq!(r.gaps, 0, "every seq gap is accounted for by `conflated`");
+    assert_eq!(r.update_before_snapshot, 0, "every snapshot comes before its updates");
+    assert_eq!(r.closed_early, 0, "no client was closed during the run");
+}
