@@ -95,35 +95,16 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
     (index, conns)
 }
 
-fn fanout(c: &mut Criterion) {
-    let mut group = c.benchmark_group("in_sync");
+/// Applies `ticks_per_drain` ticks, then drains every connection once.
+fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64) {
+    let mut group = c.benchmark_group(name);
     for n in [1usize, 100, 1_000] {
         let (index, mut conns) = setup(n);
         let mut i = 2;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
-                index.apply(FeedEvent::Tick(tick(i)));
-                i += 1;
-                let now = Instant::now();
-                let mut bytes = 0;
-                for c in &mut conns {
-                    bytes += c.drain(now);
-                }
-                black_box(bytes)
-            })
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("conflated");
-    for n in [1usize, 100, 1_000] {
-        let (index, mut conns) = setup(n);
-        let mut i = 2;
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| {
-                for _ in 0..10 {
+                for _ in 0..ticks_per_drain {
                     index.apply(FeedEvent::Tick(tick(i)));
                     i += 1;
                 }
@@ -137,6 +118,11 @@ fn fanout(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    group(c, "in_sync", 1);
+    group(c, "conflated", 10);
 }
 
 criterion_group!(benches, fanout);

@@ -208,7 +208,10 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get_blocking(&server.addr, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(Instant::now() < deadline, "the gateway did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not become ready"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
@@ -220,7 +223,8 @@ impl Server {
 
     /// (user + system CPU seconds, RSS bytes) from /proc.
     fn usage(&self) -> (f64, u64) {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
         let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
         let f: Vec<&str> = after.split_whitespace().collect();
@@ -276,7 +280,11 @@ fn http_get_blocking(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
@@ -291,7 +299,9 @@ fn zipf_pick(universe: &[String], n: usize, seed: u64) -> Vec<String> {
     let n = n.min(universe.len());
     let weights: Vec<f64> = (1..=universe.len()).map(|r| 1.0 / r as f64).collect();
     let total: f64 = weights.iter().sum();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
         state = state
             .wrapping_mul(6364136223846793005)
@@ -349,7 +359,8 @@ async fn client(
     );
     ws.send(Message::text(sub)).await.expect("send subscribe");
     // (last seq) per symbol; None until the snapshot.
-    let mut last: HashMap<String, Option<u64>> = symbols.iter().map(|s| (s.clone(), None)).collect();
+    let mut last: HashMap<String, Option<u64>> =
+        symbols.iter().map(|s| (s.clone(), None)).collect();
     let mut waiting_snapshots = symbols.len();
     let mut signalled = false;
     if waiting_snapshots == 0 {
@@ -411,7 +422,8 @@ async fn client(
                     if counting {
                         stats.updates.fetch_add(1, Ordering::Relaxed);
                         stats.conflated.fetch_add(merged, Ordering::Relaxed);
-                        let ms = (received - m.ts.unwrap_or(received)).clamp(0, LATENCY_BUCKETS_MS as i64 - 1);
+                        let ms = (received - m.ts.unwrap_or(received))
+                            .clamp(0, LATENCY_BUCKETS_MS as i64 - 1);
                         stats.latency_ms[ms as usize].fetch_add(1, Ordering::Relaxed);
                         if slow_rate.is_none() {
                             stats.fast_latency_ms[ms as usize].fetch_add(1, Ordering::Relaxed);
@@ -536,7 +548,9 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
             .then(|| (cpu1 - cpu0) / updates as f64 * 1e6),
         server_rss_mib: mib(rss),
         server_rss_base_mib: mib(rss_base),
-        rss_per_connection_kib: rss.saturating_sub(rss_base) as f64 / 1024.0 / c.clients.max(1) as f64,
+        rss_per_connection_kib: rss.saturating_sub(rss_base) as f64
+            / 1024.0
+            / c.clients.max(1) as f64,
     }
 }
 
@@ -593,7 +607,10 @@ fn print(r: &Report) {
 }
 
 fn clean(r: &Report) -> bool {
-    r.latency_ms_p99.is_some_and(|p| p < 50) && r.conflated_per_s == 0.0 && r.gaps == 0 && r.seq_regressions == 0
+    r.latency_ms_p99.is_some_and(|p| p < 50)
+        && r.conflated_per_s == 0.0
+        && r.gaps == 0
+        && r.seq_regressions == 0
 }
 
 fn pin_harness() {
@@ -687,6 +704,9 @@ fn smoke() {
     assert!(r.deliveries_per_s > 0.0, "updates were delivered");
     assert_eq!(r.seq_regressions, 0, "seq never goes backwards");
     assert_eq!(r.gaps, 0, "every seq gap is accounted for by `conflated`");
-    assert_eq!(r.update_before_snapshot, 0, "every snapshot comes before its updates");
+    assert_eq!(
+        r.update_before_snapshot, 0,
+        "every snapshot comes before its updates"
+    );
     assert_eq!(r.closed_early, 0, "no client was closed during the run");
 }

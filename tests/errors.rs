@@ -24,10 +24,7 @@ async fn gateway(limits: &str) -> TestGateway {
 /// A client subscribed to CTRL, with its snapshot read.
 async fn control(gw: &TestGateway) -> Client {
     let mut c = gw.client().await;
-    c.send(json!({"op": "subscribe", "symbols": ["CTRL"]}))
-        .await;
-    c.expect("ack").await;
-    c.expect("snapshot").await;
+    c.subscribe(&["CTRL"]).await;
     c
 }
 
@@ -109,11 +106,7 @@ async fn too_many_symbols_applies_nothing() {
     let gw = gateway("max_symbols_per_connection = 3").await;
     let mut ctrl = control(&gw).await;
     let mut c = gw.client().await;
-    c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
-        .await;
-    c.expect("ack").await;
-    c.expect("snapshot").await;
-    c.expect("snapshot").await;
+    c.subscribe(&["AAPL", "MSFT"]).await;
     c.send(json!({"op": "subscribe", "id": 9, "symbols": ["IBM", "KO", "AAPL"]}))
         .await;
     let e = c.expect("error").await;

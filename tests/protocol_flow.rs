@@ -147,11 +147,7 @@ async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_sna
     gw.push(tick("AAPL", 1, &[("bid", "1.00")])).await;
     gw.push(tick("MSFT", 1, &[("bid", "2.00")])).await;
     let mut c = gw.client().await;
-    c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
-        .await;
-    c.expect("ack").await;
-    c.expect("snapshot").await;
-    c.expect("snapshot").await;
+    c.subscribe(&["AAPL", "MSFT"]).await;
 
     // Ticks keep flowing for AAPL while the unsubscribe is in flight.
     let pusher = {
@@ -296,10 +292,7 @@ async fn invalid_ticks_are_rejected_counted_and_never_forwarded() {
     let gw = start("", &["AAPL"]);
     gw.push(tick("AAPL", 1, &[("bid", "10.00")])).await;
     let mut c = gw.client().await;
-    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]}))
-        .await;
-    c.expect("ack").await;
-    c.expect("snapshot").await;
+    c.subscribe(&["AAPL"]).await;
     gw.push(tick("AAPL", 2, &[("bid", "0")])).await;
     gw.push(tick("AAPL", 3, &[("ask", "-1.5")])).await;
     gw.push(tick("AAPL", 4, &[("bid", "10.01"), ("bid_size", "-100")]))

@@ -260,6 +260,20 @@ impl Client {
         m
     }
 
+    /// Subscribes to symbols that all have quotes: reads the ack and one snapshot each, returned in
+    /// order.
+    pub async fn subscribe(&mut self, symbols: &[&str]) -> Vec<Value> {
+        self.send(serde_json::json!({"op": "subscribe", "symbols": symbols}))
+            .await;
+        let ack = self.expect("ack").await;
+        assert_eq!(ack["rejected"], serde_json::json!([]), "{ack}");
+        let mut snapshots = Vec::new();
+        for _ in symbols {
+            snapshots.push(self.expect("snapshot").await);
+        }
+        snapshots
+    }
+
     /// Reads until a message matches `pred`; returns every message read, the match last.
     pub async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut seen = Vec::new();
