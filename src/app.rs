@@ -192,6 +192,7 @@ async fn run(
             events_tx.clone(),
             shutdown.child_token(),
             h.clone(),
+            metrics.clone(),
         );
         let name = names[id].clone();
         actix_web::rt::spawn(async move {

@@ -8,6 +8,13 @@
 //! - `subscribers` is held while the ingest task marks each subscriber's slot dirty, so a reader of
 //!   `state` never waits behind a 1,000-connection fan-out.
 //!
+//! Failover: a symbol served by several feeds has one *active* source, the first feed in config
+//! order whose view of it is fresh (not marked stale by that feed). Ticks from the others only update
+//! their shadow quote (counted in `quotegw_ticks_standby_total`). When the active source goes stale
+//! the next fresh one takes over, and when a higher-priority feed is fresh again it takes back: each
+//! switch publishes the new source's full quote as one tick, so `seq` keeps growing and clients get an
+//! ordinary update. With no fresh source at all the symbol's status is `stale`.
+//!
 //! Backpressure, index → connection: the fan-out never awaits and never queues per tick. It only
 //! marks the connection's slot for the symbol dirty (`ConnPending::mark`, at most one entry per
 //! subscribed symbol) and wakes its task; the task later reads whatever is latest. That is the
@@ -49,6 +56,56 @@ struct SymbolState {
     tick_in: Option<Instant>,
     /// The latest tick's update as a one-message frame, encoded once for every in-sync subscriber.
     shared: Option<ByteString>,
+    /// Every feed that has served this symbol, in priority (`FeedId`) order; usually one.
+    sources: Vec<Source>,
+    /// The feed whose quote is published; kept while every source is stale, so that the same feed
+    /// recovering is not a switch.
+    active: Option<FeedId>,
+}
+
+/// One feed's view of a symbol.
+struct Source {
+    feed: FeedId,
+    quote: Quote,
+    /// False while the feed says its data for the symbol is stale (an upstream outage).
+    fresh: bool,
+}
+
+impl SymbolState {
+    fn source(&mut self, feed: FeedId) -> &mut Source {
+        let i = match self.sources.binary_search_by_key(&feed, |s| s.feed) {
+            Ok(i) => i,
+            Err(i) => {
+                self.sources.insert(
+                    i,
+                    Source {
+                        feed,
+                        quote: Quote::default(),
+                        fresh: true,
+                    },
+                );
+                i
+            }
+        };
+        &mut self.sources[i]
+    }
+
+    /// The feed that should be published: the first fresh source.
+    fn preferred(&self) -> Option<FeedId> {
+        self.sources.iter().find(|s| s.fresh).map(|s| s.feed)
+    }
+
+    /// Publishes a new quote as the next `seq`, encoding the shared update when anyone listens.
+    fn publish(&mut self, symbol: &str, now: Quote, listeners: bool) {
+        let prev = self.quote;
+        self.quote = now;
+        self.seq += 1;
+        self.tick_in = Some(Instant::now());
+        // The first tick has no update (subscribers get a snapshot), and with no subscriber nobody
+        // would read the bytes.
+        self.shared = (self.seq > 1 && listeners)
+            .then(|| one_message_frame(|s| encode_update(s, symbol, self.seq, &prev, &now, 0)));
+    }
 }
 
 struct Subscriber {
@@ -104,10 +161,10 @@ impl Index {
         match event {
             FeedEvent::Tick(tick) => self.apply_tick(tick),
             FeedEvent::Status {
-                feed: _,
+                feed,
                 symbol,
                 status,
-            } => self.set_status(&symbol, status),
+            } => self.set_status(feed, &symbol, status),
         }
     }
 
@@ -135,51 +192,86 @@ impl Index {
             Some(e) => e,
             None => self.register(tick.symbol.clone()),
         };
-        entry.apply(&tick);
+        if !entry.apply(&tick) {
+            if let Some(c) = counters {
+                c.standby.inc();
+            }
+        }
     }
 
-    fn set_status(&self, symbol: &str, status: Status) {
+    fn set_status(&self, feed: FeedId, symbol: &str, status: Status) {
         if let Some(entry) = self.lookup(symbol) {
-            let changed = {
-                let mut st = lock(&entry.state);
-                let changed = st.quote.status != status;
-                st.quote.status = status;
-                changed
-            };
-            if changed {
-                entry.fan_out();
-            }
+            entry.set_feed_status(feed, status);
         }
     }
 }
 
 impl SymbolEntry {
-    fn apply(&self, tick: &Tick) {
-        let in_sync_subscribers = self.subscriber_count.load(Ordering::Relaxed) > 0;
+    /// Applies a normalized tick; false when its feed is a standby for this symbol.
+    fn apply(&self, tick: &Tick) -> bool {
+        let listeners = self.subscriber_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
-            let prev = st.quote;
-            let q = &mut st.quote;
-            q.ts = tick.ts;
-            // normalize() rejected negative sizes, so the casts below cannot wrap.
-            q.bid = tick.bid.or(q.bid);
-            q.ask = tick.ask.or(q.ask);
-            q.last = tick.last.or(q.last);
-            q.bid_size = tick.bid_size.map(|n| n as u64).or(q.bid_size);
-            q.ask_size = tick.ask_size.map(|n| n as u64).or(q.ask_size);
-            q.last_size = tick.last_size.map(|n| n as u64).or(q.last_size);
-            q.volume = tick.volume.map(|n| n as u64).or(q.volume);
-            q.status = tick.status.unwrap_or(q.status);
-            let now = st.quote;
-            st.seq += 1;
-            st.tick_in = Some(Instant::now());
-            // The first tick has no update (subscribers get a snapshot), and with no subscriber
-            // nobody would read the bytes.
-            st.shared = (st.seq > 1 && in_sync_subscribers).then(|| {
-                one_message_frame(|s| encode_update(s, &self.symbol, st.seq, &prev, &now, 0))
-            });
+            let source = st.source(tick.feed);
+            merge(&mut source.quote, tick);
+            source.fresh = true;
+            let quote = source.quote;
+            match st.preferred() {
+                Some(f) if f == tick.feed && st.active == Some(f) => {
+                    // The usual case: the tick's own fields on top of the published quote.
+                    let mut now = st.quote;
+                    merge(&mut now, tick);
+                    // A tick from a feed that was stale makes the symbol live again.
+                    now.status = quote.status;
+                    st.publish(&self.symbol, now, listeners);
+                }
+                Some(f) if f == tick.feed => {
+                    // First tick, or this feed takes (back) over: publish its whole view.
+                    st.active = Some(f);
+                    st.publish(&self.symbol, quote, listeners);
+                }
+                _ => return false,
+            }
         }
         self.fan_out();
+        true
+    }
+
+    /// A feed says its data for this symbol is stale, or live again (or halted).
+    fn set_feed_status(&self, feed: FeedId, status: Status) {
+        let listeners = self.subscriber_count.load(Ordering::Relaxed) > 0;
+        let changed = {
+            let mut st = lock(&self.state);
+            if st.sources.is_empty() {
+                return; // no tick yet: nothing to mark
+            }
+            let source = st.source(feed);
+            source.fresh = status != Status::Stale;
+            if status != Status::Stale {
+                source.quote.status = status;
+            }
+            match st.preferred() {
+                Some(f) if st.active != Some(f) => {
+                    // Failover (or fail-back): the preferred feed's whole view, as the next seq.
+                    st.active = Some(f);
+                    let quote = st.source(f).quote;
+                    st.publish(&self.symbol, quote, listeners);
+                    true
+                }
+                preferred => {
+                    let published = match preferred {
+                        Some(f) => st.source(f).quote.status,
+                        None => Status::Stale,
+                    };
+                    let changed = st.quote.status != published;
+                    st.quote.status = published;
+                    changed
+                }
+            }
+        };
+        if changed {
+            self.fan_out();
+        }
     }
 
     /// Marks every subscriber's slot for this symbol dirty. Never awaits (see module doc).
@@ -223,5 +315,85 @@ impl SymbolEntry {
 
     pub fn subscriber_count(&self) -> usize {
         self.subscriber_count.load(Ordering::Relaxed)
+    }
+}
+
+/// Applies a partial tick's fields to a quote (a field the tick leaves out is unchanged).
+fn merge(q: &mut Quote, tick: &Tick) {
+    q.ts = tick.ts;
+    // normalize() rejected negative sizes, so the casts below cannot wrap.
+    q.bid = tick.bid.or(q.bid);
+    q.ask = tick.ask.or(q.ask);
+    q.last = tick.last.or(q.last);
+    q.bid_size = tick.bid_size.map(|n| n as u64).or(q.bid_size);
+    q.ask_size = tick.ask_size.map(|n| n as u64).or(q.ask_size);
+    q.last_size = tick.last_size.map(|n| n as u64).or(q.last_size);
+    q.volume = tick.volume.map(|n| n as u64).or(q.volume);
+    q.status = tick.status.unwrap_or(q.status);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    fn tick(feed: FeedId, bid: i64) -> FeedEvent {
+        FeedEvent::Tick(Tick {
+            feed,
+            symbol: "X".into(),
+            ts: bid,
+            bid: Some(Decimal::new(bid, 2)),
+            ..Tick::default()
+        })
+    }
+
+    fn status(feed: FeedId, status: Status) -> FeedEvent {
+        FeedEvent::Status {
+            feed,
+            symbol: "X".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn the_primary_wins_while_fresh_the_secondary_takes_over_and_seq_keeps_growing() {
+        let index = Index::new(
+            &["primary".into(), "secondary".into()],
+            Arc::new(Metrics::new()),
+        );
+        let entry = index.register("X".into());
+        let state = |e: &SymbolEntry| {
+            let p = e.read().unwrap();
+            (p.seq, p.quote.bid.unwrap().to_string(), p.quote.status)
+        };
+        index.apply(tick(1, 200));
+        assert_eq!(state(&entry), (1, "2.00".into(), Status::Live));
+        index.apply(tick(0, 100)); // the primary's first tick takes over
+        assert_eq!(state(&entry), (2, "1.00".into(), Status::Live));
+        index.apply(tick(1, 201)); // standby: kept as the secondary's shadow, not published
+        assert_eq!(state(&entry), (2, "1.00".into(), Status::Live));
+        index.apply(status(0, Status::Stale)); // failover to the secondary's latest view
+        assert_eq!(state(&entry), (3, "2.01".into(), Status::Live));
+        index.apply(tick(1, 202));
+        assert_eq!(state(&entry), (4, "2.02".into(), Status::Live));
+        index.apply(status(1, Status::Stale)); // nobody fresh: stale, same seq
+        assert_eq!(state(&entry), (4, "2.02".into(), Status::Stale));
+        index.apply(status(0, Status::Live)); // the primary recovers: its view, the next seq
+        assert_eq!(state(&entry), (5, "1.00".into(), Status::Live));
+        index.apply(tick(0, 101));
+        assert_eq!(state(&entry), (6, "1.01".into(), Status::Live));
+    }
+
+    #[test]
+    fn a_single_feed_going_stale_and_back_changes_only_the_status() {
+        let index = Index::new(&["only".into()], Arc::new(Metrics::new()));
+        let entry = index.register("X".into());
+        index.apply(tick(0, 100));
+        index.apply(status(0, Status::Stale));
+        let p = entry.read().unwrap();
+        assert_eq!((p.seq, p.quote.status), (1, Status::Stale));
+        index.apply(tick(0, 101)); // a tick means the upstream answers again
+        let p = entry.read().unwrap();
+        assert_eq!((p.seq, p.quote.status), (2, Status::Live));
     }
 }

@@ -14,7 +14,8 @@
 //! 6. [`http`]: `/ws`, `/metrics`, `/healthz`, `/readyz`.
 //!
 //! [`protocol`] holds the wire contract, [`model`] the shared types, [`config`] the TOML config,
-//! [`metrics`] the Prometheus registry, and [`app`] the wiring and graceful shutdown.
+//! [`metrics`] the Prometheus registry, [`app`] the wiring and graceful shutdown, and [`record`] the
+//! `quotegw record` command (feeds → a recorded-feed file).
 #![deny(unsafe_code)] // one audited exception: session::socket (see its module doc)
 
 pub mod app;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod protocol;
+pub mod record;
 pub mod session;
 
 pub use app::{Gateway, RunningGateway, StartError};

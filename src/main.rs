@@ -11,11 +11,32 @@ use quotegw::{Config, Gateway};
 #[command(version, about)]
 struct Cli {
     /// Config file (TOML); without it the embedded default (config/quotegw.toml) runs.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on, overriding the config's `listen`.
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Write what the configured feeds produce to a recorded-feed file (gzip when it ends in .gz).
+    Record {
+        /// The file to write (.ndjson or .ndjson.gz).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Stop after this many seconds (default: at Ctrl-C, or when every feed has ended).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Record only these symbols.
+        #[arg(long, value_name = "A,B", value_delimiter = ',')]
+        symbols: Vec<String>,
+        /// Generate a simulated feed without waiting for the clock (timestamps advance at its rate).
+        #[arg(long)]
+        virtual_time: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +57,16 @@ fn main() -> anyhow::Result<()> {
         config
             .validate()
             .map_err(|(key, message)| anyhow::anyhow!("--listen: {key}: {message}"))?;
+    }
+
+    if let Some(Command::Record {
+        to,
+        duration,
+        symbols,
+        virtual_time,
+    }) = cli.command
+    {
+        return record(&config, &to, duration, symbols, virtual_time);
     }
 
     let gateway = Gateway::new(config).start()?;
@@ -62,5 +93,47 @@ fn main() -> anyhow::Result<()> {
         .shutdown()
         .context("the server stopped with an error")?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn record(
+    config: &Config,
+    to: &std::path::Path,
+    duration: Option<f64>,
+    symbols: Vec<String>,
+    virtual_time: bool,
+) -> anyhow::Result<()> {
+    let duration = duration
+        .map(|s| {
+            std::time::Duration::try_from_secs_f64(s)
+                .map_err(|_| anyhow::anyhow!("--duration must be a number of seconds ≥ 0"))
+        })
+        .transpose()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let recorded = runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            on_signal.cancel();
+        });
+        let options = quotegw::record::RecordOptions {
+            to,
+            duration,
+            symbols: symbols.iter().map(|s| s.to_uppercase()).collect(),
+            virtual_time,
+        };
+        quotegw::record::record(config, options, stop).await
+    })?;
+    tracing::info!(
+        ticks = recorded.ticks,
+        rejected = recorded.rejected,
+        "recorded to {}",
+        to.display()
+    );
     Ok(())
 }

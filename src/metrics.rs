@@ -4,8 +4,8 @@
 //! handles once so that the hot path never looks a label up.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::normalize::RejectReason;
@@ -34,12 +34,18 @@ pub struct Metrics {
     pub closes: IntCounterVec,
     pub tick_to_write: Histogram,
     pub feed_up: IntGaugeVec,
+    pub feed_bad_lines: IntCounterVec,
+    pub ticks_standby: IntCounterVec,
+    pub poll_requests: IntCounterVec,
+    pub poll_errors: IntCounterVec,
+    pub poll_seconds: HistogramVec,
 }
 
 /// The counters of one feed, resolved once.
 #[derive(Clone)]
 pub struct FeedCounters {
     pub received: IntCounter,
+    pub standby: IntCounter,
     rejected: Vec<IntCounter>,
 }
 
@@ -89,6 +95,15 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             ).expect("valid histogram")),
             feed_up: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_feed_up", "1 while the feed's upstream is delivering."), &["feed"]).expect("valid metric name")),
+            feed_bad_lines: counter_vec("quotegw_feed_bad_lines_total", "Lines of a replayed file skipped as invalid (each logged with file:line).", &["feed"]),
+            ticks_standby: counter_vec("quotegw_ticks_standby_total", "Ticks from a feed that is not the active source of their symbol (failover standby), kept as that feed's shadow quote.", &["feed"]),
+            poll_requests: counter_vec("quotegw_poll_requests_total", "HTTP polls sent to the upstream, by feed.", &["feed"]),
+            poll_errors: counter_vec("quotegw_poll_errors_total", "Failed HTTP polls, by feed and kind (connect, timeout, status, body, decode).", &["feed", "kind"]),
+            poll_seconds: reg(&registry, HistogramVec::new(
+                HistogramOpts::new("quotegw_poll_seconds", "Duration of each HTTP poll, request to parsed body.")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["feed"],
+            ).expect("valid histogram")),
             registry,
         };
         // Every error code appears from the start, so dashboards and alerts see 0 rather than nothing.
@@ -101,8 +116,10 @@ impl Metrics {
     /// Resolves (and so exports at 0) the counters of a feed.
     pub fn feed_counters(&self, feed: &str) -> FeedCounters {
         self.feed_up.with_label_values(&[feed]);
+        self.feed_bad_lines.with_label_values(&[feed]);
         FeedCounters {
             received: self.ticks_received.with_label_values(&[feed]),
+            standby: self.ticks_standby.with_label_values(&[feed]),
             rejected: RejectReason::ALL
                 .iter()
                 .map(|r| self.ticks_rejected.with_label_values(&[feed, r.as_str()]))

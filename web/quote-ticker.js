@@ -406,10 +406,11 @@ class Connection {
           break; // pong, symbols, and anything newer than this client
       }
     }
+    // The gateway answers in protocol: the next loss starts the backoff from the beginning again.
+    if (Array.isArray(frame)) this.attempt = 0;
     if (changed.size || rejectedChanged) {
       for (const w of this.widgets) w._quotesChanged(changed, rejectedChanged);
     }
-    if (rejectedChanged || changed.size) this.attempt = 0; // the gateway is answering: healthy
   }
 
   applySnapshot(m) {
@@ -566,6 +567,7 @@ const STYLE = `
 @keyframes qt-up-b { from { background: var(--quote-ticker-up-flash, rgba(26,127,55,.22)); } to { background: transparent; } }
 @keyframes qt-down-a { from { background: var(--quote-ticker-down-flash, rgba(207,34,46,.22)); } to { background: transparent; } }
 @keyframes qt-down-b { from { background: var(--quote-ticker-down-flash, rgba(207,34,46,.22)); } to { background: transparent; } }
+.rejected[hidden] { display: none !important; }
 .rejected { padding: .45em .75em; font-size: .8em; color: var(--quote-ticker-muted, #6a737d);
   border-top: 1px solid var(--quote-ticker-border, #d8dee4); }
 .rejected ul { display: inline; list-style: none; margin: 0; padding: 0; }
@@ -585,7 +587,7 @@ thead th { font-size: .75em; font-weight: 600; text-transform: uppercase; letter
 th:first-child, td:first-child { text-align: left; }
 tbody tr + tr > * { border-top: 1px solid var(--quote-ticker-border, #d8dee4); }
 tbody tr:nth-child(even) > * { background: var(--quote-ticker-row-alt-bg, transparent); }
-tbody th { font-weight: 600; word-break: break-all; white-space: normal; }
+tbody th { font-weight: 600; max-width: 14ch; overflow: hidden; text-overflow: ellipsis; }
 td.status { text-align: center; }
 
 /* tape */
@@ -593,7 +595,9 @@ td.status { text-align: center; }
 .tape .bar { flex: none; display: flex; align-items: center; padding: 0 .75em;
   border-right: 1px solid var(--quote-ticker-border, #d8dee4); background: var(--quote-ticker-header-bg, #f6f8fa); }
 .tape .body { flex: 1; min-width: 0; overflow: hidden; }
-.viewport { overflow: hidden; }
+/* The strip takes the width it is given and never asks for its content's width: otherwise a tape
+   in an auto-sized grid or flex track would widen the page by the whole strip. */
+.viewport { overflow: hidden; contain: inline-size; }
 .track { display: flex; width: max-content; }
 .track[data-scroll] { animation: qt-scroll var(--qt-tape-duration, 60s) linear infinite; }
 .viewport:hover .track, .viewport:focus-within .track { animation-play-state: paused; }
@@ -625,10 +629,9 @@ const CONNECTION_TEXT = {
   connecting: "Connecting…",
   live: "Live",
   reconnecting: "Reconnecting…",
-  failed: "Bad url",
+  failed: "Invalid url",
 };
 const CONNECTION_ANNOUNCE = {
-  connecting: "Connecting to live quotes.",
   live: "Live quotes connected.",
   reconnecting: "Quote connection lost; reconnecting.",
   failed: "Quotes unavailable: the url is not a WebSocket address.",
@@ -788,7 +791,9 @@ class QuoteTicker extends HTMLElement {
     this.#fields = fields;
     this.#layout = layout;
     this.#render();
-    this._connectionChanged(false, url === null ? "failed" : undefined);
+    // Announced by this element only where no other element already speaks for the connection.
+    const lead = !conn || conn.widgets.values().next().value === this;
+    this._connectionChanged(lead, url === null ? "failed" : undefined);
     for (const s of symbols) this.#dirty.add(s);
     this.#rejectedDirty = true;
     this.#paint();
@@ -820,7 +825,9 @@ class QuoteTicker extends HTMLElement {
     rejected.setAttribute("part", "rejected");
     rejected.hidden = true;
     const rejectedList = el("ul");
-    rejected.append(el("span", "", "Not available: "), rejectedList);
+    const rejectedInner = el("div");
+    rejectedInner.append(el("span", "", "Not available: "), rejectedList);
+    rejected.append(rejectedInner);
     const live = el("div", "sr-only");
     live.setAttribute("aria-live", "polite");
     live.setAttribute("aria-atomic", "true");
@@ -869,6 +876,7 @@ class QuoteTicker extends HTMLElement {
       tr.dataset.symbol = sym;
       const th = el("th", "sym", sym);
       th.scope = "row";
+      th.title = sym;
       th.setAttribute("part", "symbol");
       tr.append(th);
       for (const f of this.#fields) {
@@ -941,7 +949,6 @@ class QuoteTicker extends HTMLElement {
     }
     track.append(items, clone);
     viewport.append(track);
-    this.#nodes.track = track;
     // Scroll speed is a constant pixels per second whatever the content width; only when the strip
     // does not fit does it scroll (then the clone makes the loop seamless).
     this.#resize = new ResizeObserver(() => this.#sizeTape(viewport, track, items, clone));

@@ -8,6 +8,10 @@
 //! A new adapter (replay, HTTP polling, NATS) adds a variant to `FeedConfig` and a file here; the index
 //! and sessions do not change.
 
+pub mod fields;
+pub mod http_poll;
+pub mod recording;
+pub mod replay;
 pub mod simulated;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +23,11 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::model::{FeedId, Status, Symbol, Tick};
 
+pub use http_poll::HttpPollConfig;
+pub use replay::ReplayConfig;
 pub use simulated::SimulatedConfig;
 
 /// Room for this many events between all feeds and the index: ~0.5 s of the default 2,000 ticks/s
@@ -72,6 +79,8 @@ pub struct FeedHealth {
 pub struct FeedContext {
     pub id: FeedId,
     pub shutdown: CancellationToken,
+    /// For the adapter's own metrics (poll latency, bad lines), labelled with its name.
+    pub metrics: Arc<Metrics>,
     events_tx: mpsc::Sender<FeedEvent>,
     health: Arc<FeedHealth>,
 }
@@ -82,10 +91,12 @@ impl FeedContext {
         events_tx: mpsc::Sender<FeedEvent>,
         shutdown: CancellationToken,
         health: Arc<FeedHealth>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         FeedContext {
             id,
             shutdown,
+            metrics,
             events_tx,
             health,
         }
@@ -128,12 +139,16 @@ impl FeedContext {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FeedConfig {
     Simulated(SimulatedConfig),
+    Replay(ReplayConfig),
+    HttpPoll(HttpPollConfig),
 }
 
 impl FeedConfig {
     pub fn name(&self) -> &str {
         match self {
             FeedConfig::Simulated(c) => &c.name,
+            FeedConfig::Replay(c) => &c.name,
+            FeedConfig::HttpPoll(c) => &c.name,
         }
     }
 
@@ -141,12 +156,16 @@ impl FeedConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             FeedConfig::Simulated(c) => c.validate(),
+            FeedConfig::Replay(c) => c.validate(),
+            FeedConfig::HttpPoll(c) => c.validate(),
         }
     }
 
     pub fn build(&self) -> Result<Box<dyn Feed>, FeedError> {
         match self {
             FeedConfig::Simulated(c) => Ok(Box::new(simulated::SimulatedFeed::new(c.clone()))),
+            FeedConfig::Replay(c) => Ok(Box::new(replay::ReplayFeed::new(c.clone())?)),
+            FeedConfig::HttpPoll(c) => Ok(Box::new(http_poll::HttpPollFeed::new(c.clone())?)),
         }
     }
 }

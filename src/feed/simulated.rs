@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use super::{Feed, FeedContext, FeedError};
-use crate::model::{Symbol, Tick};
+use crate::model::{Status, Symbol, Tick};
 
 /// Well-known tickers first (with a plausible starting price in dollars); generated ones follow.
 const WELL_KNOWN: &[(&str, u32)] = &[
@@ -144,6 +144,84 @@ pub struct SimulatedConfig {
     pub ticks_per_second: u32,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Scripted stretches where a symbol is `halted` or `stale` (no ticks, then `live` again), in
+    /// seconds from the feed's start: `[{ symbol = "TSLA", status = "halted", from_s = 60, to_s = 90 }]`.
+    #[serde(default)]
+    pub status_windows: Vec<StatusWindow>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusWindow {
+    pub symbol: String,
+    pub status: WindowStatus,
+    pub from_s: u64,
+    pub to_s: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowStatus {
+    Halted,
+    Stale,
+}
+
+/// Applies the status windows to the generated stream: a status tick when a window opens, no ticks
+/// for the symbol inside it, a `live` tick when it closes.
+pub struct Windows {
+    windows: Vec<(Symbol, Status, i64, i64)>,
+    /// 0 = not yet open, 1 = open, 2 = closed.
+    phase: Vec<u8>,
+}
+
+impl Windows {
+    pub fn new(config: &[StatusWindow]) -> Windows {
+        Windows {
+            windows: config
+                .iter()
+                .map(|w| {
+                    let status = match w.status {
+                        WindowStatus::Halted => Status::Halted,
+                        WindowStatus::Stale => Status::Stale,
+                    };
+                    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+                    (
+                        Symbol::from(w.symbol.to_uppercase()),
+                        status,
+                        ms(w.from_s),
+                        ms(w.to_s),
+                    )
+                })
+                .collect(),
+            phase: vec![0; config.len()],
+        }
+    }
+
+    /// Status transitions due at `elapsed_ms`, as ticks stamped `ts`.
+    pub fn transitions(&mut self, elapsed_ms: i64, ts: i64, out: &mut Vec<Tick>) {
+        for (i, (symbol, status, from, to)) in self.windows.iter().enumerate() {
+            let (next, status) = match self.phase[i] {
+                0 if elapsed_ms >= *from => (1, *status),
+                1 if elapsed_ms >= *to => (2, Status::Live),
+                _ => continue,
+            };
+            self.phase[i] = next;
+            out.push(Tick {
+                symbol: symbol.clone(),
+                ts,
+                status: Some(status),
+                ..Tick::default()
+            });
+        }
+    }
+
+    /// Whether a generated tick for `symbol` is suppressed (its window is open).
+    pub fn suppressed(&self, symbol: &str) -> bool {
+        self.windows
+            .iter()
+            .zip(&self.phase)
+            .any(|((s, ..), p)| *p == 1 && &**s == symbol)
+    }
 }
 
 /// `symbols = 500` (well-known tickers first, then generated) or `symbols = ["AAPL", "MSFT"]`.
@@ -185,6 +263,19 @@ impl SimulatedConfig {
                 }
             }
             SymbolsSpec::Count(_) => {}
+        }
+        for (i, w) in self.status_windows.iter().enumerate() {
+            if w.to_s <= w.from_s
+                || !self
+                    .universe()
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(&w.symbol))
+            {
+                return Err((
+                    format!("status_windows[{i}]"),
+                    "needs one of the feed's symbols and to_s > from_s".into(),
+                ));
+            }
         }
         if !(1..=1_000_000).contains(&self.ticks_per_second) {
             return Err((
@@ -422,6 +513,8 @@ impl Feed for SimulatedFeed {
     fn run(self: Box<Self>, ctx: FeedContext) -> BoxFuture<'static, Result<(), FeedError>> {
         Box::pin(async move {
             let mut generator = Generator::new(self.symbols, self.config.seed);
+            let mut windows = Windows::new(&self.config.status_windows);
+            let mut transitions = Vec::new();
             ctx.set_up(true);
             for tick in generator.opening_ticks(now_ms()) {
                 ctx.send(tick).await?;
@@ -449,8 +542,15 @@ impl Feed for SimulatedFeed {
                     n
                 };
                 let ts = now_ms();
+                windows.transitions(started.elapsed().as_millis() as i64, ts, &mut transitions);
+                for t in transitions.drain(..) {
+                    ctx.send(t).await?;
+                }
                 for _ in 0..n {
-                    ctx.send(generator.next_tick(ts)).await?;
+                    let tick = generator.next_tick(ts);
+                    if !windows.suppressed(&tick.symbol) {
+                        ctx.send(tick).await?;
+                    }
                 }
                 emitted += n;
             }
@@ -470,6 +570,7 @@ mod tests {
             symbols: SymbolsSpec::Count(n),
             ticks_per_second: 2000,
             seed: 7,
+            status_windows: Vec::new(),
         }
     }
 

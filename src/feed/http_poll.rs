@@ -1,0 +1,693 @@
+//! Stage 1, feeds: the HTTP polling adapter (`kind = "http_poll"`): asks an upstream REST endpoint
+//! for its symbols' quotes every `interval_ms`, in batches, and turns the quotes that changed into
+//! ticks.
+//!
+//! The response shape is config, not code (`[feeds.response]`): a JSON array of objects or an object
+//! keyed by symbol, optionally under a `root` path, with upstream field names mapped to quote fields.
+//! Prices are parsed from the raw JSON text (`fields.rs`), never through `f64`.
+//!
+//! Faults: each batch backs off exponentially with jitter after a failed poll (so a dead upstream is
+//! not hammered, and many gateways do not retry in lock-step), and a symbol without a good answer for
+//! `stale_after_ms` is marked `stale`; the first good answer makes it `live` again. A quote that fails
+//! to parse is dropped whole and counted: the gateway would rather show an old price than a wrong one.
+//!
+//! Backpressure: polling is paced by the interval; a poll's ticks wait in `FeedContext::send` if the
+//! index is behind, which only delays the next poll.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use rand_core::{RngCore, SeedableRng};
+use rand_pcg::Pcg32;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::{fields, Feed, FeedContext, FeedError};
+use crate::model::{same_price, Status, Symbol, Tick};
+
+/// Answers larger than this are refused (a misbehaving upstream cannot exhaust memory).
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPollConfig {
+    pub name: String,
+    /// Substituted for `{base}` in `url`.
+    #[serde(default)]
+    pub base: String,
+    /// Request URL; `{symbols}` becomes the batch, comma-separated and percent-encoded.
+    pub url: String,
+    pub symbols: Vec<String>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// A symbol with no good answer for this long is marked `stale`.
+    #[serde(default = "default_stale_after_ms")]
+    pub stale_after_ms: u64,
+    /// The longest wait between retries of a failing batch.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Request headers. A value `${NAME}` is read from the environment at start. Values are never
+    /// logged.
+    #[serde(default)]
+    pub headers: HashMap<String, Secret>,
+    pub response: ResponseConfig,
+}
+
+fn default_batch_size() -> usize {
+    50
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    2000
+}
+fn default_stale_after_ms() -> u64 {
+    5000
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+
+/// A header value that never appears in logs or `Debug` output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// `[{"symbol": "AAPL", "bid": ...}, ...]`
+    Array,
+    /// `{"AAPL": {"bid": ...}, ...}`
+    BySymbol,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseConfig {
+    pub shape: Shape,
+    /// Dotted path to the array or object inside the body (`"data.quotes"`); empty: the body itself.
+    #[serde(default)]
+    pub root: String,
+    /// (shape = "array") the field that holds the symbol.
+    #[serde(default = "default_symbol_field")]
+    pub symbol: String,
+    /// Quote field → upstream field (a dotted path for nested objects). Keys: ts, bid, ask, last,
+    /// bid_size, ask_size, last_size, volume, status. Unmapped fields are not read; without `ts` the
+    /// receipt time is used.
+    pub fields: HashMap<String, String>,
+}
+
+fn default_symbol_field() -> String {
+    "symbol".into()
+}
+
+const QUOTE_FIELDS: [&str; 9] = [
+    "ts",
+    "bid",
+    "ask",
+    "last",
+    "bid_size",
+    "ask_size",
+    "last_size",
+    "volume",
+    "status",
+];
+
+impl HttpPollConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !self.url.contains("{symbols}") {
+            return Err(("url".into(), "must contain {symbols}".into()));
+        }
+        if self.symbols.is_empty() {
+            return Err(("symbols".into(), "list at least one symbol".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(("batch_size".into(), "must be at least 1".into()));
+        }
+        if self.interval_ms < 10 || self.timeout_ms == 0 {
+            return Err((
+                "interval_ms".into(),
+                "interval_ms must be ≥ 10 and timeout_ms > 0".into(),
+            ));
+        }
+        if let Some(bad) = self
+            .response
+            .fields
+            .keys()
+            .find(|k| !QUOTE_FIELDS.contains(&k.as_str()))
+        {
+            return Err((
+                format!("response.fields.{bad}"),
+                format!("not a quote field; use one of {}", QUOTE_FIELDS.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct HttpPollFeed {
+    config: HttpPollConfig,
+    client: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
+    symbols: Vec<Symbol>,
+}
+
+impl HttpPollFeed {
+    pub fn new(config: HttpPollConfig) -> Result<HttpPollFeed, FeedError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, Secret(value)) in &config.headers {
+            let value = match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
+                Some(var) => std::env::var(var).map_err(|_| {
+                    FeedError::Setup(format!(
+                        "header '{name}': environment variable {var} is not set"
+                    ))
+                })?,
+                None => value.clone(),
+            };
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| FeedError::Setup(format!("'{name}' is not a header name")))?;
+            let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                FeedError::Setup(format!(
+                    "header '{name}': the value is not a valid header value"
+                ))
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.timeout_ms))
+            .user_agent(concat!("quotegw/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FeedError::Setup(format!("cannot build the HTTP client: {e}")))?;
+        let symbols = config
+            .symbols
+            .iter()
+            .map(|s| Symbol::from(s.to_uppercase()))
+            .collect();
+        Ok(HttpPollFeed {
+            config,
+            client,
+            headers,
+            symbols,
+        })
+    }
+}
+
+/// Why a poll failed; the label of `quotegw_poll_errors_total`.
+#[derive(Debug)]
+enum PollError {
+    Connect(String),
+    Timeout,
+    Status(u16),
+    Body(String),
+    Decode(String),
+}
+
+impl PollError {
+    fn kind(&self) -> &'static str {
+        match self {
+            PollError::Connect(_) => "connect",
+            PollError::Timeout => "timeout",
+            PollError::Status(_) => "status",
+            PollError::Body(_) => "body",
+            PollError::Decode(_) => "decode",
+        }
+    }
+}
+
+impl fmt::Display for PollError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PollError::Connect(e) => write!(f, "cannot connect: {e}"),
+            PollError::Timeout => f.write_str("no answer within timeout_ms"),
+            PollError::Status(s) => write!(f, "HTTP status {s}"),
+            PollError::Body(e) => write!(f, "reading the body failed: {e}"),
+            PollError::Decode(e) => write!(f, "the body does not match [response]: {e}"),
+        }
+    }
+}
+
+fn from_reqwest(e: reqwest::Error) -> PollError {
+    if e.is_timeout() {
+        PollError::Timeout
+    } else if e.is_connect() {
+        PollError::Connect(e.without_url().to_string())
+    } else {
+        PollError::Body(e.without_url().to_string())
+    }
+}
+
+struct Batch {
+    symbols: Vec<Symbol>,
+    url: String,
+    next_due: Instant,
+    failures: u32,
+}
+
+/// Per-symbol memory: what was last sent and when the upstream last answered for it.
+struct SymbolState {
+    sent: Tick,
+    good_at: Instant,
+    stale: bool,
+}
+
+fn percent_encode(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+fn batch_url(template: &str, base: &str, symbols: &[Symbol]) -> String {
+    let mut list = String::new();
+    for (i, s) in symbols.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
+        }
+        percent_encode(s, &mut list);
+    }
+    template.replace("{base}", base).replace("{symbols}", &list)
+}
+
+/// Follows a dotted path through nested objects.
+fn at_path<'a>(mut value: &'a RawValue, path: &str) -> Result<&'a RawValue, String> {
+    if path.is_empty() {
+        return Ok(value);
+    }
+    for key in path.split('.') {
+        let obj: HashMap<String, &RawValue> = serde_json::from_str(value.get())
+            .map_err(|_| format!("expected an object at '{key}' of '{path}'"))?;
+        value = obj
+            .get(key)
+            .copied()
+            .ok_or_else(|| format!("no '{key}' (path '{path}')"))?;
+    }
+    Ok(value)
+}
+
+/// Maps a response body to (symbol, parsed tick) pairs. A quote that does not parse is an error of
+/// its own (second list), so that one bad symbol never hides or corrupts the others.
+pub fn map_response(
+    body: &[u8],
+    response: &ResponseConfig,
+) -> Result<(Vec<(String, Tick)>, Vec<String>), String> {
+    let root: &RawValue = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let root = at_path(root, &response.root)?;
+    let items: Vec<(Option<String>, &RawValue)> = match response.shape {
+        Shape::Array => serde_json::from_str::<Vec<&RawValue>>(root.get())
+            .map_err(|_| "expected a JSON array of quotes".to_string())?
+            .into_iter()
+            .map(|v| (None, v))
+            .collect(),
+        Shape::BySymbol => serde_json::from_str::<HashMap<String, &RawValue>>(root.get())
+            .map_err(|_| "expected a JSON object keyed by symbol".to_string())?
+            .into_iter()
+            .map(|(k, v)| (Some(k), v))
+            .collect(),
+    };
+    let mut quotes = Vec::with_capacity(items.len());
+    let mut bad = Vec::new();
+    for (key, item) in items {
+        match map_quote(key, item, response) {
+            Ok(q) => quotes.push(q),
+            Err(e) => bad.push(e),
+        }
+    }
+    Ok((quotes, bad))
+}
+
+fn map_quote(
+    key: Option<String>,
+    item: &RawValue,
+    response: &ResponseConfig,
+) -> Result<(String, Tick), String> {
+    let symbol = match key {
+        Some(k) => k,
+        None => {
+            let raw = at_path(item, &response.symbol)?;
+            serde_json::from_str::<String>(raw.get())
+                .map_err(|_| format!("symbol {} is not a string", raw.get()))?
+        }
+    };
+    let mut tick = Tick::default();
+    for (field, path) in &response.fields {
+        let raw = match at_path(item, path) {
+            Ok(r) => r,
+            Err(_) => continue, // a field the upstream left out is "not given"
+        };
+        let wrap = |e: String| format!("{symbol}: {field}: {e}");
+        match field.as_str() {
+            "ts" => tick.ts = fields::timestamp(raw).map_err(wrap)?,
+            "bid" => tick.bid = fields::price(raw).map_err(wrap)?,
+            "ask" => tick.ask = fields::price(raw).map_err(wrap)?,
+            "last" => tick.last = fields::price(raw).map_err(wrap)?,
+            "bid_size" => tick.bid_size = fields::size(raw).map_err(wrap)?,
+            "ask_size" => tick.ask_size = fields::size(raw).map_err(wrap)?,
+            "last_size" => tick.last_size = fields::size(raw).map_err(wrap)?,
+            "volume" => tick.volume = fields::size(raw).map_err(wrap)?,
+            "status" => tick.status = fields::status(raw).map_err(wrap)?,
+            _ => {} // validate() refused other keys
+        }
+    }
+    Ok((symbol.to_uppercase(), tick))
+}
+
+/// The fields of `now` that differ from `sent`, or `None` when nothing but `ts` changed.
+fn changes(sent: &Tick, now: &Tick) -> Option<Tick> {
+    let price = |a: Option<rust_decimal::Decimal>, b| (!same_price(a, b)).then_some(b).flatten();
+    let num = |a: Option<i64>, b: Option<i64>| (a != b).then_some(b).flatten();
+    let t = Tick {
+        feed: 0,
+        symbol: now.symbol.clone(),
+        ts: now.ts,
+        bid: price(sent.bid, now.bid),
+        ask: price(sent.ask, now.ask),
+        last: price(sent.last, now.last),
+        bid_size: num(sent.bid_size, now.bid_size),
+        ask_size: num(sent.ask_size, now.ask_size),
+        last_size: num(sent.last_size, now.last_size),
+        volume: num(sent.volume, now.volume),
+        status: (sent.status != now.status).then_some(now.status).flatten(),
+    };
+    let changed = t.bid.is_some()
+        || t.ask.is_some()
+        || t.last.is_some()
+        || t.bid_size.is_some()
+        || t.ask_size.is_some()
+        || t.last_size.is_some()
+        || t.volume.is_some()
+        || t.status.is_some();
+    changed.then_some(t)
+}
+
+/// Merges the given fields of `tick` into `into` (what was sent so far).
+fn remember(into: &mut Tick, tick: &Tick) {
+    into.bid = tick.bid.or(into.bid);
+    into.ask = tick.ask.or(into.ask);
+    into.last = tick.last.or(into.last);
+    into.bid_size = tick.bid_size.or(into.bid_size);
+    into.ask_size = tick.ask_size.or(into.ask_size);
+    into.last_size = tick.last_size.or(into.last_size);
+    into.volume = tick.volume.or(into.volume);
+    into.status = tick.status.or(into.status);
+}
+
+impl HttpPollFeed {
+    async fn poll(&self, url: &str) -> Result<Vec<u8>, PollError> {
+        let response = self
+            .client
+            .get(url)
+            .headers(self.headers.clone())
+            .send()
+            .await
+            .map_err(from_reqwest)?;
+        if !response.status().is_success() {
+            return Err(PollError::Status(response.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(from_reqwest)?;
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(PollError::Body(format!(
+                    "the answer is larger than {MAX_BODY_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// The delay before retrying a batch after `failures` failed polls in a row: exponential from
+    /// the interval, capped, with "full jitter" over its upper half.
+    fn backoff(&self, failures: u32, rng: &mut Pcg32) -> Duration {
+        let base = self.config.interval_ms.max(1);
+        let exp = base.saturating_mul(1u64 << failures.min(20));
+        let capped = exp.min(self.config.backoff_max_ms.max(base));
+        let jitter = u64::from(rng.next_u32()) % (capped / 2 + 1);
+        Duration::from_millis(capped / 2 + jitter)
+    }
+}
+
+impl Feed for HttpPollFeed {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn symbols(&self) -> Vec<Symbol> {
+        self.symbols.clone()
+    }
+
+    fn run(self: Box<Self>, ctx: FeedContext) -> BoxFuture<'static, Result<(), FeedError>> {
+        Box::pin(async move {
+            let name = self.config.name.clone();
+            let requests = ctx.metrics.poll_requests.with_label_values(&[&name]);
+            let latency = ctx.metrics.poll_seconds.with_label_values(&[&name]);
+            let error_counter =
+                |kind: &str| ctx.metrics.poll_errors.with_label_values(&[&name, kind]);
+            let interval = Duration::from_millis(self.config.interval_ms);
+            let stale_after = Duration::from_millis(self.config.stale_after_ms);
+            let mut rng = Pcg32::seed_from_u64(
+                std::process::id() as u64
+                    ^ u64::from(ctx.id) << 32
+                    ^ crate::feed::simulated::now_ms() as u64,
+            );
+            let start = Instant::now();
+            let mut batches: Vec<Batch> = self
+                .symbols
+                .chunks(self.config.batch_size)
+                .map(|chunk| Batch {
+                    url: batch_url(&self.config.url, &self.config.base, chunk),
+                    symbols: chunk.to_vec(),
+                    next_due: start,
+                    failures: 0,
+                })
+                .collect();
+            let mut state: HashMap<Symbol, SymbolState> = self
+                .symbols
+                .iter()
+                .map(|s| {
+                    (
+                        s.clone(),
+                        SymbolState {
+                            sent: Tick::default(),
+                            good_at: start,
+                            stale: false,
+                        },
+                    )
+                })
+                .collect();
+            loop {
+                // Wake for the next poll, or in time to mark a symbol stale while batches back off.
+                let next_poll = batches.iter().map(|b| b.next_due).min().unwrap_or(start);
+                let next_stale = state
+                    .values()
+                    .filter(|st| !st.stale)
+                    .map(|st| st.good_at + stale_after)
+                    .min();
+                let due = next_stale.map_or(next_poll, |at| at.min(next_poll));
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(due) => {}
+                }
+                let now = Instant::now();
+                let due: Vec<usize> = (0..batches.len())
+                    .filter(|&i| batches[i].next_due <= now)
+                    .collect();
+                // Due batches are polled concurrently: one slow batch does not delay the others.
+                let results = futures_util::future::join_all(due.iter().map(|&i| {
+                    let url = batches[i].url.clone();
+                    let this = &self;
+                    let latency = latency.clone();
+                    async move {
+                        let timer = latency.start_timer();
+                        let r = this.poll(&url).await;
+                        timer.observe_duration();
+                        r
+                    }
+                }))
+                .await;
+                let received_at = crate::feed::simulated::now_ms();
+                for (&i, result) in due.iter().zip(results) {
+                    requests.inc();
+                    let batch = &mut batches[i];
+                    let parsed = result.and_then(|body| {
+                        map_response(&body, &self.config.response).map_err(PollError::Decode)
+                    });
+                    match parsed {
+                        Ok((quotes, bad)) => {
+                            batch.failures = 0;
+                            batch.next_due = now + interval;
+                            for e in &bad {
+                                error_counter("bad_quote").inc();
+                                tracing::warn!(feed = %name, "quote dropped: {e}");
+                            }
+                            for (symbol, mut tick) in quotes {
+                                let Some(st) = state.get_mut(symbol.as_str()) else {
+                                    continue; // not one of ours: upstreams sometimes add extras
+                                };
+                                if tick.ts == 0 {
+                                    tick.ts = received_at;
+                                }
+                                let symbol = batch
+                                    .symbols
+                                    .iter()
+                                    .find(|s| s.as_ref() == symbol.as_str())
+                                    .cloned()
+                                    .unwrap_or_else(|| Symbol::from(symbol.as_str()));
+                                tick.symbol = symbol.clone();
+                                st.good_at = now;
+                                if st.stale {
+                                    st.stale = false;
+                                    ctx.set_status(symbol.clone(), Status::Live).await?;
+                                }
+                                if let Some(change) = changes(&st.sent, &tick) {
+                                    remember(&mut st.sent, &change);
+                                    ctx.send(change).await?;
+                                }
+                            }
+                            ctx.set_up(true);
+                        }
+                        Err(e) => {
+                            error_counter(e.kind()).inc();
+                            batch.failures += 1;
+                            let wait = self.backoff(batch.failures, &mut rng);
+                            batch.next_due = now + wait;
+                            tracing::warn!(
+                                feed = %name,
+                                failures = batch.failures,
+                                retry_in_ms = wait.as_millis() as u64,
+                                "poll failed: {e}"
+                            );
+                        }
+                    }
+                }
+                if batches.iter().all(|b| b.failures > 0) {
+                    ctx.set_up(false);
+                }
+                // Staleness is judged on every wake-up, so it is on time even while backing off.
+                for (symbol, st) in state.iter_mut() {
+                    if !st.stale && now.duration_since(st.good_at) >= stale_after {
+                        st.stale = true;
+                        ctx.set_status(symbol.clone(), Status::Stale).await?;
+                    }
+                }
+            }
+            ctx.set_up(false);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(shape: Shape, root: &str) -> ResponseConfig {
+        ResponseConfig {
+            shape,
+            root: root.into(),
+            symbol: "sym".into(),
+            fields: [("bid", "b"), ("ask", "quote.a"), ("volume", "v")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn maps_arrays_and_objects_with_exact_prices() {
+        let body = br#"{"data":[{"sym":"aapl","b":189.1234567890123456789012345,"quote":{"a":"189.20"},"v":100},
+                               {"sym":"MSFT","b":"bad"}]}"#;
+        let (quotes, bad) = map_response(body, &response(Shape::Array, "data")).unwrap();
+        assert_eq!(quotes.len(), 1);
+        assert_eq!(quotes[0].0, "AAPL");
+        assert_eq!(
+            quotes[0].1.bid.unwrap().to_string(),
+            "189.1234567890123456789012345"
+        );
+        assert_eq!(quotes[0].1.ask.unwrap().to_string(), "189.20");
+        assert_eq!(quotes[0].1.volume, Some(100));
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].starts_with("MSFT: bid"), "{bad:?}");
+
+        let body = br#"{"AAPL":{"b":"1.5"}}"#;
+        let (quotes, _) = map_response(body, &response(Shape::BySymbol, "")).unwrap();
+        assert_eq!(quotes[0].1.bid.unwrap().to_string(), "1.5");
+        assert!(map_response(b"<html>", &response(Shape::Array, "")).is_err());
+        assert!(map_response(br#"{"AAPL":1}"#, &response(Shape::Array, "")).is_err());
+    }
+
+    #[test]
+    fn only_changed_fields_become_a_tick() {
+        let mut sent = Tick::default();
+        let t = Tick {
+            bid: Some("1.10".parse().unwrap()),
+            volume: Some(5),
+            ts: 1,
+            ..Tick::default()
+        };
+        let c = changes(&sent, &t).unwrap();
+        remember(&mut sent, &c);
+        let same_but_later = Tick { ts: 2, ..t.clone() };
+        assert!(changes(&sent, &same_but_later).is_none());
+        let rescaled = Tick {
+            bid: Some("1.1".parse().unwrap()),
+            ..t
+        };
+        assert_eq!(
+            changes(&sent, &rescaled).unwrap().bid.unwrap().to_string(),
+            "1.1"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let feed = HttpPollFeed::new(HttpPollConfig {
+            name: "t".into(),
+            base: String::new(),
+            url: "http://127.0.0.1:1/?s={symbols}".into(),
+            symbols: vec!["A".into()],
+            batch_size: 1,
+            interval_ms: 100,
+            timeout_ms: 100,
+            stale_after_ms: 1000,
+            backoff_max_ms: 5000,
+            headers: HashMap::new(),
+            response: response(Shape::Array, ""),
+        })
+        .unwrap();
+        let mut rng = Pcg32::seed_from_u64(1);
+        for failures in 1..30 {
+            let d = feed.backoff(failures, &mut rng).as_millis() as u64;
+            let cap = (100u64 << failures.min(20)).min(5000);
+            assert!(d >= cap / 2 && d <= cap, "{failures}: {d}");
+        }
+    }
+
+    #[test]
+    fn header_values_are_redacted_in_debug_output() {
+        let s = Secret("sk-live-123".into());
+        assert!(!format!("{s:?}").contains("sk-live"));
+    }
+}

@@ -1,0 +1,298 @@
+//! Stage 1, feeds: the recorded-feed file format (PROTOCOL.md, "Recorded feed files"), read by the
+//! replay adapter and written by `quotegw record`: one tick per line, NDJSON, optionally gzip.
+//!
+//! Reading is line by line and never fails a whole file for one bad line: `parse_line` returns what is
+//! wrong so that the caller can log `file:line` and count it. Fields the format does not know are
+//! ignored (a newer writer may add some); `null` means "not given", like an absent field.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use serde_json::value::RawValue;
+
+use super::fields;
+use crate::model::{Symbol, Tick};
+use crate::protocol::push_json_str;
+
+/// Longest line accepted; a longer one is a bad line (a corrupt file, not a tick).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Parses one line (without its newline) into a tick. `symbols` interns symbol names so that every
+/// tick of a symbol shares one allocation.
+pub fn parse_line(line: &str, symbols: &mut HashMap<String, Symbol>) -> Result<Tick, String> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(format!("line longer than {MAX_LINE_BYTES} bytes"));
+    }
+    let fields: HashMap<&str, &RawValue> =
+        serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    let get = |k: &str| fields.get(k).copied();
+    let ts = fields::timestamp(get("ts").ok_or("missing 'ts'")?)?;
+    let symbol_raw = get("symbol").ok_or("missing 'symbol'")?;
+    let name: String = serde_json::from_str(symbol_raw.get())
+        .map_err(|_| format!("symbol {} is not a string", symbol_raw.get()))?;
+    let symbol = match symbols.get(&name) {
+        Some(s) => s.clone(),
+        None => {
+            let s = Symbol::from(name.as_str());
+            symbols.insert(name, s.clone());
+            s
+        }
+    };
+    let price = |k: &str| {
+        get(k)
+            .map(fields::price)
+            .transpose()
+            .map(Option::flatten)
+            .map_err(|e| format!("'{k}': {e}"))
+    };
+    let size = |k: &str| {
+        get(k)
+            .map(fields::size)
+            .transpose()
+            .map(Option::flatten)
+            .map_err(|e| format!("'{k}': {e}"))
+    };
+    Ok(Tick {
+        feed: 0,
+        symbol,
+        ts,
+        bid: price("bid")?,
+        ask: price("ask")?,
+        last: price("last")?,
+        bid_size: size("bid_size")?,
+        ask_size: size("ask_size")?,
+        last_size: size("last_size")?,
+        volume: size("volume")?,
+        status: get("status")
+            .map(fields::status)
+            .transpose()
+            .map(Option::flatten)
+            .map_err(|e| format!("'status': {e}"))?,
+    })
+}
+
+/// Appends `tick` as one line (with its newline). Prices are written as the decimal strings they are.
+pub fn write_line(out: &mut String, tick: &Tick) {
+    out.push_str("{\"ts\":");
+    out.push_str(itoa::Buffer::new().format(tick.ts));
+    out.push_str(",\"symbol\":");
+    push_json_str(out, &tick.symbol);
+    for (key, price) in [("bid", tick.bid), ("ask", tick.ask), ("last", tick.last)] {
+        if let Some(p) = price {
+            out.push_str(",\"");
+            out.push_str(key);
+            out.push_str("\":\"");
+            out.push_str(&p.to_string());
+            out.push('"');
+        }
+    }
+    for (key, n) in [
+        ("bid_size", tick.bid_size),
+        ("ask_size", tick.ask_size),
+        ("last_size", tick.last_size),
+        ("volume", tick.volume),
+    ] {
+        if let Some(n) = n {
+            out.push_str(",\"");
+            out.push_str(key);
+            out.push_str("\":");
+            out.push_str(itoa::Buffer::new().format(n));
+        }
+    }
+    if let Some(status) = tick.status {
+        out.push_str(",\"status\":\"");
+        out.push_str(status.as_str());
+        out.push('"');
+    }
+    out.push_str("}\n");
+}
+
+fn is_gzip(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+/// Opens a recorded feed for reading, decompressing `.gz`.
+pub fn open(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
+    let file = File::open(path)?;
+    Ok(if is_gzip(path) {
+        Box::new(BufReader::with_capacity(
+            64 * 1024,
+            MultiGzDecoder::new(BufReader::new(file)),
+        ))
+    } else {
+        Box::new(BufReader::with_capacity(64 * 1024, file))
+    })
+}
+
+/// A recorded feed being written; `finish` flushes it (and writes the gzip trailer).
+pub enum RecordWriter {
+    Plain(BufWriter<File>),
+    Gzip(GzEncoder<BufWriter<File>>),
+}
+
+impl RecordWriter {
+    /// Creates the file, compressing when the name ends in `.gz`.
+    pub fn create(path: &Path) -> io::Result<RecordWriter> {
+        let file = BufWriter::with_capacity(64 * 1024, File::create(path)?);
+        Ok(if is_gzip(path) {
+            RecordWriter::Gzip(GzEncoder::new(file, flate2::Compression::default()))
+        } else {
+            RecordWriter::Plain(file)
+        })
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            RecordWriter::Plain(w) => w.write_all(bytes),
+            RecordWriter::Gzip(w) => w.write_all(bytes),
+        }
+    }
+
+    /// Completes the file; a file not finished this way may lack its gzip trailer.
+    pub fn finish(self) -> io::Result<()> {
+        match self {
+            RecordWriter::Plain(mut w) => w.flush(),
+            RecordWriter::Gzip(w) => w.finish()?.flush(),
+        }
+    }
+}
+
+/// One item of a recorded file, in order.
+pub enum Line {
+    Tick(Tick),
+    /// A line that is not a valid tick: its 1-based number and why.
+    Bad {
+        line: u64,
+        reason: String,
+    },
+    /// The file ends here because it cannot be read further (a truncated `.gz`, an I/O error).
+    Broken {
+        line: u64,
+        reason: String,
+    },
+}
+
+/// Reads a recorded file line by line. Bad lines and a broken tail are items, not errors, so that
+/// the caller decides (skip and count, or fail at start).
+pub struct Reader {
+    input: Box<dyn BufRead + Send>,
+    line_no: u64,
+    buf: Vec<u8>,
+    symbols: HashMap<String, Symbol>,
+    done: bool,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> io::Result<Reader> {
+        Ok(Reader {
+            input: open(path)?,
+            line_no: 0,
+            buf: Vec::with_capacity(256),
+            symbols: HashMap::new(),
+            done: false,
+        })
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Line;
+
+    fn next(&mut self) -> Option<Line> {
+        loop {
+            if self.done {
+                return None;
+            }
+            self.buf.clear();
+            // Read at most one byte past the limit, so a corrupt file without newlines stays bounded.
+            let read = Read::take(&mut self.input, MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut self.buf);
+            self.line_no += 1;
+            let line = self.line_no;
+            match read {
+                Ok(0) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Line::Broken {
+                        line,
+                        reason: format!("the file cannot be read past here: {e}"),
+                    });
+                }
+            }
+            if self.buf.len() > MAX_LINE_BYTES && self.buf.last() != Some(&b'\n') {
+                // Skip the rest of the over-long line.
+                let mut rest = Vec::new();
+                while Read::take(&mut self.input, MAX_LINE_BYTES as u64)
+                    .read_until(b'\n', &mut rest)
+                    .is_ok_and(|n| n > 0 && rest.last() != Some(&b'\n'))
+                {
+                    rest.clear();
+                }
+                return Some(Line::Bad {
+                    line,
+                    reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
+                });
+            }
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(t) => t.trim_end_matches(['\n', '\r']),
+                Err(_) => {
+                    return Some(Line::Bad {
+                        line,
+                        reason: "not valid UTF-8".into(),
+                    })
+                }
+            };
+            if text.trim().is_empty() {
+                continue; // blank lines are allowed (a trailing newline, hand-edited fixtures)
+            }
+            return Some(match parse_line(text, &mut self.symbols) {
+                Ok(tick) => Line::Tick(tick),
+                Err(reason) => Line::Bad { line, reason },
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn a_line_round_trips_byte_for_byte() {
+        let line = r#"{"ts":1732200000123,"symbol":"AAPL","bid":"189.10","ask":"0.0001","last":"123456.789","bid_size":300,"ask_size":500,"last_size":100,"volume":1234567,"status":"halted"}"#;
+        let tick = parse_line(line, &mut HashMap::new()).unwrap();
+        assert_eq!(tick.bid, Some(Decimal::new(18910, 2)));
+        assert_eq!(tick.status, Some(Status::Halted));
+        let mut out = String::new();
+        write_line(&mut out, &tick);
+        assert_eq!(out, format!("{line}\n"));
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        let mut s = HashMap::new();
+        for (line, why) in [
+            ("garbage", "not a JSON object"),
+            (r#"{"symbol":"A"}"#, "missing 'ts'"),
+            (r#"{"ts":1}"#, "missing 'symbol'"),
+            (r#"{"ts":1,"symbol":"A","bid":"1.2.3"}"#, "'bid'"),
+            (r#"{"ts":"x","symbol":"A"}"#, "ts"),
+            (r#"{"ts":1,"symbol":"A","volume":1.5}"#, "'volume'"),
+        ] {
+            let e = parse_line(line, &mut s).unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+        // Unknown fields are ignored; null is "not given".
+        let t = parse_line(r#"{"ts":1,"symbol":"A","bid":null,"venue":"X"}"#, &mut s).unwrap();
+        assert_eq!(t.bid, None);
+    }
+}
