@@ -2,6 +2,8 @@
 //! WebSocket client (tokio-tungstenite) that checks the framing rules on every frame it reads.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod upstream;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::str::FromStr;

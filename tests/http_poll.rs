@@ -1,0 +1,206 @@
+//! The HTTP polling adapter against a local upstream the test starts: exact prices from strings and
+//! 25-digit JSON numbers, every fault (HTTP 500, stalls past `timeout_ms`, garbage, resets, one bad
+//! quote), staleness and recovery, and failover between two feeds with `seq` continuity.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::upstream::{Mode, Upstream};
+use support::{start, Client};
+
+fn poll_feed(name: &str, base: &str, symbols: &str) -> String {
+    format!(
+        r#"
+[[feeds]]
+kind = "http_poll"
+name = "{name}"
+base = "{base}"
+url = "{{base}}/v1/quotes?symbols={{symbols}}"
+symbols = {symbols}
+batch_size = 2
+interval_ms = 50
+timeout_ms = 300
+stale_after_ms = 600
+backoff_max_ms = 300
+headers = {{ X-Api-Key = "secret-key-123" }}
+[feeds.response]
+shape = "array"
+root = "data"
+symbol = "sym"
+fields = {{ bid = "b", ask = "a", volume = "v" }}
+"#
+    )
+}
+
+fn body(quotes: &[(&str, &str, &str)]) -> String {
+    // Prices are inserted raw: a quoted string or a bare JSON number, exactly as given.
+    let items: Vec<String> = quotes
+        .iter()
+        .map(|(s, b, a)| format!(r#"{{"sym":"{s}","b":{b},"a":{a},"v":100}}"#))
+        .collect();
+    format!(r#"{{"data":[{}]}}"#, items.join(","))
+}
+
+/// Reads messages until `pred` matches, checking every price against what the upstream served.
+async fn until(c: &mut Client, served: &HashSet<String>, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let m = c.next().await;
+        for field in ["bid", "ask"] {
+            if let Some(p) = m.get(field).and_then(Value::as_str) {
+                assert!(served.contains(p), "a price the upstream never sent: {m}");
+            }
+        }
+        if pred(&m) {
+            return m;
+        }
+    }
+}
+
+fn status_is(symbol: &'static str, status: &'static str) -> impl Fn(&Value) -> bool {
+    move |m| m["type"] == "status" && m["symbol"] == symbol && m["status"] == status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_survives_every_fault_marks_stale_recovers_and_never_sends_a_wrong_price() {
+    let aapl = "189.1234567890123456789012345"; // 28 significant digits, as a string
+    let msft = "1.234567890123456789012345"; // 25 significant digits, as a bare JSON number
+    let up = Upstream::start(&body(&[
+        ("AAPL", &format!("\"{aapl}\""), "\"189.20\""),
+        ("MSFT", msft, "2"),
+    ]))
+    .await;
+    let mut served: HashSet<String> = [aapl, "189.20", msft, "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let gw = start(&poll_feed("up", &up.base, r#"["AAPL", "MSFT"]"#), &[]);
+    let mut c = gw.client().await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
+        .await;
+    c.expect("ack").await;
+    let mut snaps = Vec::new();
+    while snaps.len() < 2 {
+        let m = until(&mut c, &served, |m| m["type"] == "snapshot").await;
+        snaps.push(m);
+    }
+    snaps.sort_by_key(|m| m["symbol"].as_str().unwrap().to_string());
+    assert_eq!(snaps[0]["bid"], aapl, "digits survive from a JSON string");
+    assert_eq!(snaps[1]["bid"], msft, "digits survive from a JSON number");
+
+    // A change upstream becomes one update with only what changed.
+    served.insert("189.13".into());
+    up.set_body(&body(&[
+        ("AAPL", "\"189.13\"", "\"189.20\""),
+        ("MSFT", msft, "2"),
+    ]));
+    let u = until(&mut c, &served, |m| m["type"] == "update").await;
+    assert_eq!(
+        (u["symbol"].as_str(), u["bid"].as_str()),
+        (Some("AAPL"), Some("189.13"))
+    );
+    assert!(u.get("ask").is_none(), "only changed fields: {u}");
+
+    for (fault, kind) in [
+        (Mode::Status500, "status"),
+        (Mode::Stall(Duration::from_millis(1500)), "timeout"),
+        (Mode::Garbage, "decode"),
+        (Mode::Reset, "body"),
+    ] {
+        up.set(fault.clone());
+        until(&mut c, &served, status_is("AAPL", "stale")).await;
+        // The gateway keeps serving while its upstream is down.
+        c.send(json!({"op": "ping", "id": kind})).await;
+        until(&mut c, &served, |m| m["type"] == "pong").await;
+        let errors = gw
+            .metric(&format!(
+                "quotegw_poll_errors_total{{feed=\"up\",kind=\"{kind}\"}}"
+            ))
+            .await;
+        assert!(errors >= 1.0, "{fault:?} counted as {kind}");
+        up.set(Mode::Good);
+        until(&mut c, &served, status_is("AAPL", "live")).await;
+        println!("{fault:?}: stale, then live again; poll errors of kind {kind}: {errors}");
+    }
+
+    // One bad quote in a good answer: dropped and counted, the other symbol still updates.
+    served.insert("1.5".into());
+    up.set_body(&body(&[
+        ("AAPL", "\"not-a-price\"", "\"189.20\""),
+        ("MSFT", "1.5", "2"),
+    ]));
+    let u = until(&mut c, &served, |m| m["type"] == "update").await;
+    assert_eq!(
+        (u["symbol"].as_str(), u["bid"].as_str()),
+        (Some("MSFT"), Some("1.5"))
+    );
+    gw.wait_metric(
+        "quotegw_poll_errors_total{feed=\"up\",kind=\"bad_quote\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    let polls = gw.metric("quotegw_poll_requests_total{feed=\"up\"}").await;
+    assert!(polls > 10.0, "{polls} polls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_follows_the_primary_and_seq_keeps_growing() {
+    let primary = Upstream::start(&body(&[("X", "\"1.00\"", "\"1.01\"")])).await;
+    let secondary = Upstream::start(&body(&[("X", "\"2.00\"", "\"2.01\"")])).await;
+    let served: HashSet<String> = ["1.00", "1.01", "2.00", "2.01"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let config = format!(
+        "{}{}",
+        poll_feed("primary", &primary.base, r#"["X"]"#),
+        poll_feed("secondary", &secondary.base, r#"["X"]"#)
+    );
+    let gw = start(&config, &[]);
+    let mut c = gw.client().await;
+    c.send(json!({"op": "subscribe", "symbols": ["X"]})).await;
+    c.expect("ack").await;
+    let mut last_seq = 0;
+    let mut seen = Vec::new();
+    let mut step = |m: &Value| {
+        if let Some(seq) = m["seq"].as_u64() {
+            assert!(
+                seq > last_seq || m["type"] == "snapshot",
+                "seq only grows: {m}"
+            );
+            last_seq = seq;
+        }
+        seen.push(m.clone());
+    };
+    // The primary wins while it is live.
+    let m = until(&mut c, &served, |m| {
+        m.get("bid").is_some_and(|b| b == "1.00")
+    })
+    .await;
+    step(&m);
+    // The primary fails: the secondary takes over, as an ordinary update with the next seq.
+    primary.set(Mode::Status500);
+    let m = until(&mut c, &served, |m| {
+        m.get("bid").is_some_and(|b| b == "2.00")
+    })
+    .await;
+    assert_eq!(m["type"], "update");
+    step(&m);
+    // Both fail: stale.
+    secondary.set(Mode::Status500);
+    let m = until(&mut c, &served, status_is("X", "stale")).await;
+    step(&m);
+    // The primary recovers: live, its prices, seq still growing.
+    primary.set(Mode::Good);
+    let mut live = false;
+    let mut back = false;
+    while !(live && back) {
+        let m = until(&mut c, &served, |_| true).await;
+        live |= status_is("X", "live")(&m);
+        back |= m.get("bid").is_some_and(|b| b == "1.00");
+        step(&m);
+    }
+    println!("failover sequence: {seen:?}");
+}

@@ -1,0 +1,81 @@
+//! A local HTTP upstream for the polling adapter: answers `GET` with the body the test sets, or with
+//! the fault the test picks (HTTP 500, a stall past the poller's timeout, garbage, a reset).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    Good,
+    Status500,
+    Stall(Duration),
+    Garbage,
+    /// Close the connection without answering.
+    Reset,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub base: String,
+    state: Arc<Mutex<(Mode, String)>>,
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Upstream {
+    pub async fn start(body: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let up = Upstream {
+            base,
+            state: Arc::new(Mutex::new((Mode::Good, body.to_string()))),
+            requests: Arc::default(),
+        };
+        let serving = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let up = serving.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut got = 0;
+                    while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf[got..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got += n,
+                        }
+                    }
+                    up.requests
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (mode, body) = up.state.lock().unwrap().clone();
+                    let (status, body) = match mode {
+                        Mode::Good => ("200 OK", body),
+                        Mode::Status500 => ("500 Internal Server Error", "oops".to_string()),
+                        Mode::Stall(d) => {
+                            tokio::time::sleep(d).await;
+                            ("200 OK", body)
+                        }
+                        Mode::Garbage => ("200 OK", "{\"data\": [ {\"sym\": ".to_string()),
+                        Mode::Reset => return,
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(response.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        up
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.state.lock().unwrap().0 = mode;
+    }
+
+    pub fn set_body(&self, body: &str) {
+        self.state.lock().unwrap().1 = body.to_string();
+    }
+}
