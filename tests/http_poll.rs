@@ -204,3 +204,79 @@ async fn failover_follows_the_primary_and_seq_keeps_growing() {
     }
     println!("failover sequence: {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_come_from_the_environment_reach_the_upstream_and_never_the_log() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let up = Upstream::start(&body(&[("AAPL", "\"1.00\"", "\"1.01\"")])).await;
+    let config = poll_feed("up", &up.base, r#"["AAPL"]"#)
+        .replace("\"secret-key-123\"", "\"${QUOTEGW_TEST_KEY}\"");
+    let dir = std::env::temp_dir().join(format!("quotegw-poll-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("poll.toml");
+    std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\n{config}")).unwrap();
+
+    // Without the variable the start fails, naming the variable and not a value.
+    let out = Command::new(env!("CARGO_BIN_EXE_quotegw"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("QUOTEGW_TEST_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("QUOTEGW_TEST_KEY is not set"));
+
+    // With it, and the most verbose logging, through a success and a failure.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quotegw"))
+        .arg("--config")
+        .arg(&path)
+        .env("QUOTEGW_TEST_KEY", "sk-live-0123456789")
+        .env("RUST_LOG", "trace")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    while up.requests.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream was never polled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.set(Mode::Status500);
+    let seen = up.requests.load(std::sync::atomic::Ordering::Relaxed);
+    while up.requests.load(std::sync::atomic::Ordering::Relaxed) < seen + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream was not polled again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = reader.join().unwrap();
+    assert!(log.contains("poll failed"), "the failure is logged");
+    assert!(
+        !log.contains("sk-live-0123456789"),
+        "the key never appears in the log"
+    );
+    let heads = up.heads();
+    assert!(
+        heads.iter().any(|h| h
+            .to_ascii_lowercase()
+            .contains("x-api-key: sk-live-0123456789")),
+        "the key reaches the upstream: {:?}",
+        heads.first()
+    );
+}

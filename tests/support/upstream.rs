@@ -22,6 +22,8 @@ pub struct Upstream {
     pub base: String,
     state: Arc<Mutex<(Mode, String)>>,
     pub requests: Arc<std::sync::atomic::AtomicU64>,
+    /// Every request head received (request line and headers).
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -32,6 +34,7 @@ impl Upstream {
             base,
             state: Arc::new(Mutex::new((Mode::Good, body.to_string()))),
             requests: Arc::default(),
+            heads: Arc::default(),
         };
         let serving = up.clone();
         tokio::spawn(async move {
@@ -46,6 +49,10 @@ impl Upstream {
                             Ok(n) => got += n,
                         }
                     }
+                    up.heads
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..got]).into_owned());
                     up.requests
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let (mode, body) = up.state.lock().unwrap().clone();
@@ -69,6 +76,10 @@ impl Upstream {
             }
         });
         up
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     pub fn set(&self, mode: Mode) {
