@@ -1,5 +1,6 @@
-//! Stage 6, HTTP: the WebSocket upgrade at `/ws` (with the refusals that happen before it), and the
-//! operational endpoints `/metrics`, `/healthz`, `/readyz`.
+//! Stage 6, HTTP: the WebSocket upgrade at `/ws` (with the refusals that happen before it), the
+//! operational endpoints `/metrics`, `/healthz`, `/readyz`, and the ticker widget with its demo pages
+//! (`web/`, embedded in the binary so that one file is the whole deployment).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +19,38 @@ pub struct AppState {
     pub feeds: Vec<(String, Arc<FeedHealth>)>,
 }
 
+/// The web assets: (path, content type, body).
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        "/widget/quote-ticker.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/quote-ticker.js"),
+    ),
+    (
+        "/examples/trading.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/examples/trading.html"),
+    ),
+];
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    for &(path, content_type, body) in ASSETS {
+        cfg.route(
+            path,
+            web::get().to(move || async move {
+                HttpResponse::Ok()
+                    .content_type(content_type)
+                    // Short, so that a gateway upgrade reaches browsers within minutes.
+                    .insert_header(("Cache-Control", "public, max-age=300"))
+                    .body(body)
+            }),
+        );
+    }
     cfg.route("/ws", web::get().to(ws))
         .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))

@@ -110,6 +110,13 @@ impl Metrics {
         for code in ErrorCode::ALL {
             m.client_errors.with_label_values(&[code.as_str()]);
         }
+        for code in crate::protocol::close::ALL {
+            m.closes
+                .with_label_values(&[itoa::Buffer::new().format(code)]);
+        }
+        for reason in ["max_connections", "shutting_down"] {
+            m.connections_refused.with_label_values(&[reason]);
+        }
         m
     }
 

@@ -18,6 +18,17 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// Every code the gateway sends (exported at 0 from the start).
+    pub const ALL: [u16; 8] = [
+        NORMAL,
+        GOING_AWAY,
+        PROTOCOL_ERROR,
+        UNSUPPORTED_DATA,
+        INVALID_PAYLOAD,
+        POLICY,
+        TOO_BIG,
+        SLOW_CONSUMER,
+    ];
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -115,6 +115,7 @@ class Gateway {
     // Its own process group, so that stopping it also stops anything it started.
     const proc = spawn(this.bin, ["--config", this.config, "--listen", `127.0.0.1:${this.port}`], {
       detached: true,
+      cwd: ROOT, // the config's replay path is relative to the repository root
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.proc = proc;

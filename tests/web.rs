@@ -1,0 +1,54 @@
+//! The ticker widget in real headless Chromium (`tests/widget/run.mjs`, playwright-core driving
+//! Debian's chromium, both installed by `tests/widget/ensure-browser.sh` when missing), and the
+//! Grafana dashboards and alert rules (`tests/dashboards/check.sh`: promtool, and every metric they
+//! reference must exist in the gateway's `/metrics`).
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_widget_works_in_chromium_against_a_replaying_gateway() {
+    let screenshots = root().join("target/widget-screenshots");
+    let status = Command::new("node")
+        .arg("tests/widget/run.mjs")
+        .current_dir(root())
+        .env("QUOTEGW_BIN", env!("CARGO_BIN_EXE_quotegw"))
+        .env("QUOTEGW_CONFIG", root().join("tests/widget/gateway.toml"))
+        .env("SCREENSHOT_DIR", &screenshots)
+        .status()
+        .expect("node runs (Debian: apt-get install nodejs npm)");
+    assert!(
+        status.success(),
+        "the browser test failed (its output above says which check)"
+    );
+    assert!(screenshots.join("demo.png").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_and_alert_rules_reference_only_metrics_the_gateway_exports() {
+    // Every feed kind's metrics: a simulated feed and the scripted one of the test support.
+    let gw = support::start(
+        "[[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 5\nticks_per_second = 100\n",
+        &[],
+    );
+    let (status, scrape) = support::http_get(gw.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let file = std::env::temp_dir().join(format!("quotegw-metrics-{}.txt", std::process::id()));
+    std::fs::write(&file, scrape).unwrap();
+    let status = Command::new("bash")
+        .arg("tests/dashboards/check.sh")
+        .arg(&file)
+        .current_dir(root())
+        .status()
+        .expect("bash runs");
+    assert!(
+        status.success(),
+        "the dashboards check failed (its output above says why)"
+    );
+}
