@@ -305,12 +305,12 @@ fn at_path<'a>(mut value: &'a RawValue, path: &str) -> Result<&'a RawValue, Stri
     Ok(value)
 }
 
+/// A mapped response: (symbol, parsed tick) for every good quote, and why each bad one was dropped.
+pub type Mapped = (Vec<(String, Tick)>, Vec<String>);
+
 /// Maps a response body to (symbol, parsed tick) pairs. A quote that does not parse is an error of
 /// its own (second list), so that one bad symbol never hides or corrupts the others.
-pub fn map_response(
-    body: &[u8],
-    response: &ResponseConfig,
-) -> Result<(Vec<(String, Tick)>, Vec<String>), String> {
+pub fn map_response(body: &[u8], response: &ResponseConfig) -> Result<Mapped, String> {
     let root: &RawValue = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let root = at_path(root, &response.root)?;
     let items: Vec<(Option<String>, &RawValue)> = match response.shape {
