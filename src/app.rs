@@ -14,15 +14,17 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Access;
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
-use crate::http::{routes, AppState};
+use crate::http::{ops_routes, routes, AppState};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::session::socket::PeerFd;
@@ -49,6 +51,8 @@ pub enum StartError {
     Listen(String),
     #[error("cannot start the gateway thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Access(#[from] crate::access::AccessError),
 }
 
 /// A gateway to start: a config plus, optionally, feeds built in code (embedders, tests).
@@ -60,6 +64,7 @@ pub struct Gateway {
 /// A started gateway.
 pub struct RunningGateway {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
@@ -92,6 +97,10 @@ impl Gateway {
         if feeds.is_empty() {
             return Err(StartError::NoFeeds);
         }
+        let access = Arc::new(Access::new(
+            &self.config.access,
+            self.config.limits.max_connections_per_ip,
+        )?);
         let addr = self.config.listen_addr().map_err(StartError::Listen)?;
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
             addr: self.config.listen.clone(),
@@ -101,17 +110,46 @@ impl Gateway {
             addr: self.config.listen.clone(),
             source,
         })?;
+        // Bound here, like `listen`, so that a taken port fails the start rather than a thread.
+        let metrics_listener = match &self.config.metrics_listen {
+            Some(m) => {
+                let addr = crate::config::resolve(m).map_err(StartError::Listen)?;
+                Some(TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                    addr: m.clone(),
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+                addr: self.config.metrics_listen.clone().unwrap_or_default(),
+                source,
+            })?),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let (token, m, config) = (shutdown.clone(), metrics.clone(), self.config);
         let thread = std::thread::Builder::new()
             .name("quotegw-main".into())
             .spawn(move || {
-                actix_web::rt::System::new().block_on(run(config, feeds, listener, token, m))
+                actix_web::rt::System::new().block_on(run(
+                    config,
+                    feeds,
+                    Listeners {
+                        public: listener,
+                        ops: metrics_listener,
+                    },
+                    access,
+                    token,
+                    m,
+                ))
             })
             .map_err(StartError::Thread)?;
         Ok(RunningGateway {
             addr,
+            metrics_addr,
             shutdown,
             metrics,
             thread: Some(thread),
@@ -122,6 +160,11 @@ impl Gateway {
 impl RunningGateway {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -156,10 +199,17 @@ impl Drop for RunningGateway {
     }
 }
 
+/// The bound sockets: the public one, and the operations one when `metrics_listen` is set.
+struct Listeners {
+    public: TcpListener,
+    ops: Option<TcpListener>,
+}
+
 async fn run(
     config: Config,
     feeds: Vec<Box<dyn Feed>>,
-    listener: TcpListener,
+    listeners: Listeners,
+    access: Arc<Access>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
@@ -214,31 +264,59 @@ async fn run(
             connections: AtomicUsize::new(0),
         }),
         feeds: health,
+        access,
     });
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .workers(workers)
-        // Our own limit answers 503; actix's per-worker cap only has to stay out of its way.
-        .max_connections(config.limits.max_connections + 1024)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .on_connect(|conn, ext| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                // Small frames, sent as soon as they are ready: latency over packet count.
-                let _ = tcp.set_nodelay(true);
-                ext.insert(PeerFd(tcp.as_raw_fd()));
-            }
-        })
-        .listen(listener)?
-        .run();
-    let handle = server.handle();
+    let with_ops = listeners.ops.is_none();
+    let public_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(public_state.clone())
+            .configure(|cfg| routes(cfg, with_ops))
+    })
+    .workers(workers)
+    // Our own limit answers 503; actix's per-worker cap only has to stay out of its way.
+    .max_connections(config.limits.max_connections + 1024)
+    // A client must finish its upgrade request within this (slow-loris handshakes are dropped).
+    .client_request_timeout(Duration::from_millis(config.limits.handshake_timeout_ms))
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    .on_connect(|conn, ext| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            // Small frames, sent as soon as they are ready: latency over packet count.
+            let _ = tcp.set_nodelay(true);
+            ext.insert(PeerFd(tcp.as_raw_fd()));
+        }
+    })
+    .listen(listeners.public)?
+    .run();
+    let mut handles = vec![server.handle()];
+    let ops_server = match listeners.ops {
+        Some(l) => {
+            let s =
+                HttpServer::new(move || App::new().app_data(state.clone()).configure(ops_routes))
+                    .workers(1)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .listen(l)?
+                    .run();
+            handles.push(s.handle());
+            Some(s)
+        }
+        None => None,
+    };
     actix_web::rt::spawn(async move {
         shutdown.cancelled().await;
         tracing::info!("shutting down: closing connections with 1001");
-        handle.stop(true).await;
+        for handle in handles {
+            handle.stop(true).await;
+        }
     });
-    server.await
+    match ops_server {
+        Some(ops) => futures_util::try_join!(server, ops).map(|_| ()),
+        None => server.await,
+    }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::access::AccessConfig;
 use crate::feed::FeedConfig;
 
 /// The default config, embedded so that `quotegw` with no flags runs exactly what
@@ -40,8 +41,14 @@ pub struct Config {
     /// actix worker threads that run the WebSocket sessions; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this HOST:PORT instead of `listen` (e.g.
+    /// loopback only, so that metrics are not public).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
     #[serde(default)]
     pub feeds: Vec<FeedConfig>,
 }
@@ -57,6 +64,8 @@ pub struct LimitsConfig {
     pub slow_consumer_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub ping_interval_ms: u64,
+    pub max_connections_per_ip: usize,
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -70,6 +79,8 @@ impl Default for LimitsConfig {
             slow_consumer_timeout_ms: 10_000,
             idle_timeout_ms: 45_000,
             ping_interval_ms: 15_000,
+            max_connections_per_ip: 256,
+            handshake_timeout_ms: 5_000,
         }
     }
 }
@@ -129,6 +140,9 @@ impl Config {
     /// Checks what serde cannot: ranges, uniqueness, addresses. Errors are (key, what to change).
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.listen_addr().map_err(|m| ("listen".to_string(), m))?;
+        if let Some(m) = &self.metrics_listen {
+            resolve(m).map_err(|e| ("metrics_listen".to_string(), e))?;
+        }
         if self.workers > 256 {
             return Err((
                 "workers".into(),
@@ -136,7 +150,9 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, u64); 7] = [
+        let positive: [(&str, u64); 9] = [
+            ("max_connections_per_ip", l.max_connections_per_ip as u64),
+            ("handshake_timeout_ms", l.handshake_timeout_ms),
             ("max_connections", l.max_connections as u64),
             (
                 "max_symbols_per_connection",
@@ -176,12 +192,16 @@ impl Config {
 
     /// The listen address, resolved.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        self.listen
-            .to_socket_addrs()
-            .map_err(|e| format!("'{}' is not a HOST:PORT address: {e}", self.listen))?
-            .next()
-            .ok_or_else(|| format!("'{}' resolves to no address", self.listen))
+        resolve(&self.listen)
     }
+}
+
+/// A HOST:PORT address, resolved.
+pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("'{addr}' is not a HOST:PORT address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{addr}' resolves to no address"))
 }
 
 #[cfg(test)]

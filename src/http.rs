@@ -8,6 +8,7 @@ use std::sync::Arc;
 use actix_web::body::MessageBody;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::access::{token_of, Access};
 use crate::feed::FeedHealth;
 use crate::session::socket::{PeerFd, SocketHandle};
 use crate::session::{Connection, SessionShared};
@@ -15,6 +16,7 @@ use crate::session::{Connection, SessionShared};
 /// What the routes need, shared by every worker.
 pub struct AppState {
     pub sessions: Arc<SessionShared>,
+    pub access: Arc<Access>,
     /// (feed name, health) in `FeedId` order.
     pub feeds: Vec<(String, Arc<FeedHealth>)>,
 }
@@ -38,7 +40,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// The public routes: the WebSocket and the widget; with `with_ops`, also `/metrics`, `/healthz` and
+/// `/readyz` (otherwise those are served on `metrics_listen` by `ops_routes`).
+pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
     for &(path, content_type, body) in ASSETS {
         cfg.route(
             path,
@@ -51,8 +55,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             }),
         );
     }
-    cfg.route("/ws", web::get().to(ws))
-        .route("/metrics", web::get().to(metrics))
+    cfg.route("/ws", web::get().to(ws));
+    if with_ops {
+        ops_routes(cfg);
+    }
+}
+
+pub fn ops_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
 }
@@ -63,28 +73,75 @@ async fn ws(
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
     let sessions = &state.sessions;
-    let refuse = |reason: &str, message: &'static str| {
-        sessions
-            .metrics
-            .connections_refused
-            .with_label_values(&[reason])
-            .inc();
-        Ok(HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "5"))
-            .body(message))
+    let refused =
+        |reason: &str, mut response: actix_web::HttpResponseBuilder, message: &'static str| {
+            sessions
+                .metrics
+                .connections_refused
+                .with_label_values(&[reason])
+                .inc();
+            Ok(response.body(message))
+        };
+    let unavailable = || {
+        let mut r = HttpResponse::ServiceUnavailable();
+        r.insert_header(("Retry-After", "5"));
+        r
     };
     if sessions.shutdown.is_cancelled() {
-        return refuse("shutting_down", "the gateway is shutting down\n");
+        return refused(
+            "shutting_down",
+            unavailable(),
+            "the gateway is shutting down\n",
+        );
     }
-    // Refused before the upgrade, so that a client over the limit costs one HTTP response.
+    // Everything below is refused before the upgrade, so a refused client costs one HTTP response.
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let access = &state.access;
+    if let Err(r) = access.check_origin(header("origin")) {
+        return refused(
+            r.reason(),
+            HttpResponse::Forbidden(),
+            "this Origin may not open a WebSocket here\n",
+        );
+    }
+    let token = token_of(req.query_string(), header("authorization"));
+    let grant = match access.authorize(token.as_deref()) {
+        Ok(g) => g,
+        Err(r) => {
+            let mut response = HttpResponse::Unauthorized();
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+            return refused(
+                r.reason(),
+                response,
+                "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
+            );
+        }
+    };
+    let ip_guard = match req.peer_addr().map(|a| access.admit_ip(a.ip())) {
+        Some(Ok(g)) => Some(g),
+        Some(Err(r)) => {
+            let mut response = HttpResponse::TooManyRequests();
+            response.insert_header(("Retry-After", "5"));
+            return refused(
+                r.reason(),
+                response,
+                "too many connections from this address\n",
+            );
+        }
+        None => None,
+    };
     let Some(guard) = sessions.admit() else {
-        return refuse("max_connections", "too many connections; retry later\n");
+        return refused(
+            "max_connections",
+            unavailable(),
+            "too many connections; retry later\n",
+        );
     };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(sessions.limits.max_frame_bytes);
     let (response, body) = response.into_parts();
     let (socket, body) = SocketHandle::new(req.conn_data::<PeerFd>().copied(), body);
-    let connection = Connection::new(sessions.clone(), guard, session, socket);
+    let connection = Connection::new(sessions.clone(), (guard, ip_guard), grant, session, socket);
     // Spawned on this worker's local set: the connection task and actix's dispatcher for this socket
     // share a thread (SocketHandle relies on it).
     actix_web::rt::spawn(connection.run(stream));

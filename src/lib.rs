@@ -11,13 +11,15 @@
 //!    update against what that connection was last sent, encoded once when it is the tick's own;
 //! 5. [`session`]: one task per WebSocket that reads ops and drains its slots into frames, closing
 //!    slow consumers with 4008;
-//! 6. [`http`]: `/ws`, `/metrics`, `/healthz`, `/readyz`.
+//! 6. [`http`]: `/ws` (after [`access`]: Origin, token, per-IP limit), `/metrics`, `/healthz`,
+//!    `/readyz`, and the widget.
 //!
 //! [`protocol`] holds the wire contract, [`model`] the shared types, [`config`] the TOML config,
 //! [`metrics`] the Prometheus registry, [`app`] the wiring and graceful shutdown, and [`record`] the
 //! `quotegw record` command (feeds → a recorded-feed file).
 #![deny(unsafe_code)] // one audited exception: session::socket (see its module doc)
 
+pub mod access;
 pub mod app;
 pub mod config;
 pub mod conflate;

@@ -27,6 +27,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::{fields, Feed, FeedContext, FeedError};
+use crate::access::Secret;
 use crate::model::{same_price, Status, Symbol, Tick};
 
 /// Answers larger than this are refused (a misbehaving upstream cannot exhaust memory).
@@ -75,17 +76,6 @@ fn default_stale_after_ms() -> u64 {
 }
 fn default_backoff_max_ms() -> u64 {
     30_000
-}
-
-/// A header value that never appears in logs or `Debug` output.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -171,15 +161,10 @@ pub struct HttpPollFeed {
 impl HttpPollFeed {
     pub fn new(config: HttpPollConfig) -> Result<HttpPollFeed, FeedError> {
         let mut headers = reqwest::header::HeaderMap::new();
-        for (name, Secret(value)) in &config.headers {
-            let value = match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
-                Some(var) => std::env::var(var).map_err(|_| {
-                    FeedError::Setup(format!(
-                        "header '{name}': environment variable {var} is not set"
-                    ))
-                })?,
-                None => value.clone(),
-            };
+        for (name, secret) in &config.headers {
+            let value = secret
+                .resolve()
+                .map_err(|e| FeedError::Setup(format!("header '{name}': {e}")))?;
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| FeedError::Setup(format!("'{name}' is not a header name")))?;
             let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
@@ -683,11 +668,5 @@ mod tests {
             let cap = (100u64 << failures.min(20)).min(5000);
             assert!(d >= cap / 2 && d <= cap, "{failures}: {d}");
         }
-    }
-
-    #[test]
-    fn header_values_are_redacted_in_debug_output() {
-        let s = Secret("sk-live-123".into());
-        assert!(!format!("{s:?}").contains("sk-live"));
     }
 }

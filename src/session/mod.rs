@@ -24,6 +24,7 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{Grant, IpGuard};
 use crate::config::LimitsConfig;
 use crate::conflate::{ConnPending, EmitStats, SlotView};
 use crate::index::Index;
@@ -127,13 +128,16 @@ pub struct Connection {
     pong_owed: Option<bytes::Bytes>,
     fragments: Option<Fragments>,
     latency: prometheus::local::LocalHistogram,
-    _guard: ConnectionGuard,
+    /// What the token allows, and when it expires.
+    grant: Grant,
+    _guards: (ConnectionGuard, Option<IpGuard>),
 }
 
 impl Connection {
     pub fn new(
         shared: Arc<SessionShared>,
-        guard: ConnectionGuard,
+        guards: (ConnectionGuard, Option<IpGuard>),
+        grant: Grant,
         session: Session,
         socket: SocketHandle,
     ) -> Connection {
@@ -158,7 +162,8 @@ impl Connection {
             last_heard: now,
             pong_owed: None,
             fragments: None,
-            _guard: guard,
+            grant,
+            _guards: guards,
         }
     }
 
@@ -175,7 +180,9 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let shutdown = self.shared.shutdown.clone();
         let pending = self.pending.clone();
+        let expires = self.grant.remaining().map(|left| Instant::now() + left);
         enum Event {
+            Expired,
             Shutdown,
             Frame(Option<Result<actix_ws::Message, ProtocolError>>),
             Dirty,
@@ -188,6 +195,7 @@ impl Connection {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Event::Shutdown,
+                _ = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => Event::Expired,
                 msg = stream.recv() => Event::Frame(msg),
                 _ = pending.wait() => Event::Dirty,
                 _ = tokio::time::sleep_until(deferred_until.unwrap_or_else(Instant::now)), if deferred_until.is_some() => Event::Deferred,
@@ -195,6 +203,7 @@ impl Connection {
                 _ = ping.tick() => Event::Ping,
             };
             match event {
+                Event::Expired => return End::Close(close::POLICY, "token expired"),
                 Event::Shutdown => return End::Close(close::GOING_AWAY, "gateway shutting down"),
                 Event::Idle => return End::Close(close::NORMAL, "idle timeout"),
                 Event::Frame(None) => return End::Gone,

@@ -144,7 +144,9 @@ impl Connection {
         let mut rejected = Vec::new();
         let mut added = 0;
         for name in &symbols {
-            if let Some(&slot) = self.by_symbol.get(name.as_str()) {
+            if !self.grant.allows(name) {
+                rejected.push((name.as_str(), ErrorCode::Unauthorized));
+            } else if let Some(&slot) = self.by_symbol.get(name.as_str()) {
                 accepted.push((name.as_str(), Target::Existing(slot)));
             } else if let Some(entry) = self.shared.index.lookup(name) {
                 accepted.push((name.as_str(), Target::New(entry)));

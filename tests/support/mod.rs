@@ -141,6 +141,34 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Sends a WebSocket upgrade request for `path` with `headers` and returns the response's status and
+/// head (status line and headers, lower-cased), closing the connection.
+pub async fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed without an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let status = head[9..12].parse().expect("status code");
+    (status, head)
+}
+
 pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let (_, body) = http_get(addr, "/metrics").await;
     body.lines()
@@ -290,6 +318,12 @@ impl Client {
     }
 
     /// Reads (and discards) messages until the close frame; returns its code and reason.
+    /// Closes the connection from the client side (1000) and waits for the server's echo.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        while let Some(Ok(_)) = self.ws.next().await {}
+    }
+
     pub async fn expect_close(&mut self) -> (u16, String) {
         loop {
             match self.try_next().await {

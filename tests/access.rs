@@ -1,0 +1,319 @@
+//! Access control, each refusal before the upgrade, with a healthy client beside the refused ones:
+//! API keys, JWT (HS256, RS256, expiry, symbol claims, algorithm confusion), the Origin allow-list,
+//! connections per IP, slow handshakes, `/metrics` on its own address, and no WebSocket extensions.
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use support::{start, tick, upgrade, Client, TestGateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const KEY: &str = "k-0123456789abcdef-test";
+const HS_SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
+
+async fn gateway(extra: &str) -> TestGateway {
+    let gw = start(extra, &["AAPL", "MSFT", "NVDA"]);
+    for s in ["AAPL", "MSFT", "NVDA"] {
+        gw.push(tick(s, 1, &[("bid", "1.00")])).await;
+    }
+    gw
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_required_and_never_exported() {
+    let gw = gateway(&format!(
+        "[access]\nauth = \"api_key\"\napi_keys = [\"{KEY}\"]\n"
+    ))
+    .await;
+    let mut control = Client::connect(&format!("{}?token={KEY}", gw.url())).await;
+    control.subscribe(&["AAPL"]).await;
+
+    let (status, head) = upgrade(gw.addr, "/ws", &[]).await;
+    assert_eq!(status, 401, "{head}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(
+        upgrade(gw.addr, "/ws?token=wrong-key-0123456789", &[])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        upgrade(
+            gw.addr,
+            &format!("/ws?token={}", &KEY[..KEY.len() - 1]),
+            &[]
+        )
+        .await
+        .0,
+        401
+    );
+    let bearer = format!("Bearer {KEY}");
+    assert_eq!(
+        upgrade(gw.addr, "/ws", &[("Authorization", &bearer)])
+            .await
+            .0,
+        101
+    );
+
+    assert_eq!(
+        gw.metric("quotegw_connections_refused_total{reason=\"unauthorized\"}")
+            .await,
+        3.0
+    );
+    let (_, scrape) = support::http_get(gw.addr, "/metrics").await;
+    assert!(
+        !scrape.contains(KEY),
+        "a token never appears in the metrics"
+    );
+    // The control client was untouched.
+    gw.push(tick("AAPL", 2, &[("bid", "1.01")])).await;
+    assert_eq!(control.expect("update").await["bid"], "1.01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_symbols_claim_limits_subscriptions_and_expiry_closes_with_1008() {
+    let gw = gateway(&format!(
+        "[access]\nauth = \"jwt\"\njwt_hs256_secret = \"{HS_SECRET}\"\n"
+    ))
+    .await;
+    let expired = hs256(json!({"exp": unix_now() - 10}));
+    assert_eq!(
+        upgrade(gw.addr, &format!("/ws?token={expired}"), &[])
+            .await
+            .0,
+        401
+    );
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"exp": unix_now() + 60}),
+        &EncodingKey::from_secret(b"another-secret-that-is-also-32-bytes-long!"),
+    )
+    .unwrap();
+    assert_eq!(
+        upgrade(gw.addr, &format!("/ws?token={forged}"), &[])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(upgrade(gw.addr, "/ws?token=not.a.jwt", &[]).await.0, 401);
+
+    // A token for AAPL and NV* only.
+    let token = hs256(json!({"exp": unix_now() + 3600, "symbols": ["AAPL", "NV*"]}));
+    let mut c = Client::connect(&format!("{}?token={token}", gw.url())).await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL", "NVDA", "MSFT"]}))
+        .await;
+    let ack = c.expect("ack").await;
+    assert_eq!(ack["symbols"], json!(["AAPL", "NVDA"]));
+    assert_eq!(
+        ack["rejected"],
+        json!([{"symbol": "MSFT", "code": "unauthorized"}])
+    );
+
+    // A token that expires during the session.
+    let exp = unix_now() + 2;
+    let short = hs256(json!({"exp": exp}));
+    let mut s = Client::connect(&format!("{}?token={short}", gw.url())).await;
+    s.subscribe(&["AAPL"]).await;
+    let (code, reason) = s.expect_close().await;
+    let closed_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let after_exp = closed_at.as_secs_f64() - exp as f64;
+    println!("token expired at {exp}; closed {after_exp:.3} s after expiry");
+    assert_eq!((code, reason.as_str()), (1008, "token expired"));
+    assert!(after_exp >= 0.0, "never before expiry");
+    // The long-lived client is unaffected.
+    gw.push(tick("AAPL", 2, &[("bid", "1.01")])).await;
+    let u = c
+        .until(|m| m["type"] == "update" && m["symbol"] == "AAPL")
+        .await;
+    assert_eq!(u.last().unwrap()["bid"], "1.01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_tokens_verify_and_an_hs256_token_signed_with_the_public_key_does_not() {
+    let gw = gateway(&format!(
+        "[access]\nauth = \"jwt\"\njwt_rs256_public_key_file = \"{}\"\n",
+        fixture("jwt-rs256-public.pem")
+    ))
+    .await;
+    let private = std::fs::read(fixture("jwt-rs256-private.pem")).unwrap();
+    let good = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"exp": unix_now() + 60}),
+        &EncodingKey::from_rsa_pem(&private).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        upgrade(
+            gw.addr,
+            "/ws",
+            &[("Authorization", &format!("Bearer {good}"))]
+        )
+        .await
+        .0,
+        101
+    );
+    // Algorithm confusion: HS256 with the public key as the secret.
+    let public = std::fs::read(fixture("jwt-rs256-public.pem")).unwrap();
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"exp": unix_now() + 60}),
+        &EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    assert_eq!(
+        upgrade(gw.addr, &format!("/ws?token={confused}"), &[])
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_off_the_allow_list_get_403() {
+    let gw = gateway("[access]\nallowed_origins = [\"https://trade.example.com\"]\n").await;
+    assert_eq!(
+        upgrade(gw.addr, "/ws", &[("Origin", "https://evil.example")])
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        upgrade(
+            gw.addr,
+            "/ws",
+            &[("Origin", "https://trade.example.com.evil.example")]
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        upgrade(gw.addr, "/ws", &[("Origin", "https://trade.example.com")])
+            .await
+            .0,
+        101
+    );
+    assert_eq!(
+        upgrade(gw.addr, "/ws", &[]).await.0,
+        101,
+        "no Origin: not a browser"
+    );
+    assert_eq!(
+        gw.metric("quotegw_connections_refused_total{reason=\"origin\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_are_limited_with_429() {
+    let gw = gateway("[limits]\nmax_connections_per_ip = 3\n").await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(gw.client().await);
+    }
+    let (status, head) = upgrade(gw.addr, "/ws", &[]).await;
+    assert_eq!(status, 429, "{head}");
+    // One leaves, one more may come; the held ones still work.
+    held.pop().unwrap().close().await;
+    gw.wait_metric("quotegw_connections", |v| v == 2.0).await;
+    held.push(gw.client().await);
+    held[0].subscribe(&["AAPL"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_sent_one_byte_at_a_time_is_dropped_while_real_clients_connect() {
+    let gw = gateway("[limits]\nhandshake_timeout_ms = 1000\n").await;
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        gw.addr
+    );
+    let started = Instant::now();
+    let mut dropped = false;
+    for (i, b) in request.bytes().enumerate() {
+        if slow.write_all(&[b]).await.is_err() {
+            dropped = true;
+            break;
+        }
+        // Meanwhile a real client connects and subscribes.
+        if i == 2 {
+            let mut c = gw.client().await;
+            c.subscribe(&["AAPL"]).await;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                dropped = true;
+                break;
+            }
+            Ok(Ok(n)) => {
+                // actix answers 408 Request Timeout, then closes.
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+                dropped = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    println!("slow handshake dropped after {:?}", started.elapsed());
+    assert!(
+        dropped,
+        "a {}-byte request at 10 bytes/s must not complete",
+        request.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_their_own_address() {
+    let gw = gateway("metrics_listen = \"127.0.0.1:0\"\n").await;
+    let ops = gw.gw.metrics_addr().expect("metrics_listen is set");
+    assert_eq!(support::http_get(gw.addr, "/metrics").await.0, 404);
+    let (status, body) = support::http_get(ops, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("quotegw_connections"));
+    assert_eq!(support::http_get(ops, "/readyz").await.0, 200);
+    let mut c = gw.client().await;
+    c.subscribe(&["AAPL"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_is_never_negotiated() {
+    let gw = gateway("").await;
+    let (status, head) = upgrade(
+        gw.addr,
+        "/ws",
+        &[(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        )],
+    )
+    .await;
+    assert_eq!(status, 101);
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+}
