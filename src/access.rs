@@ -151,11 +151,13 @@ impl Grant {
 enum Verifier {
     Off,
     ApiKeys(Vec<Vec<u8>>),
-    Jwt {
-        key: jsonwebtoken::DecodingKey,
-        validation: jsonwebtoken::Validation,
-        symbols_claim: String,
-    },
+    Jwt(Box<JwtVerifier>),
+}
+
+struct JwtVerifier {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+    symbols_claim: String,
 }
 
 /// The access checks, built once at start.
@@ -226,11 +228,11 @@ impl Access {
                 let mut validation = Validation::new(algorithm);
                 validation.leeway = 0;
                 validation.set_required_spec_claims(&["exp"]);
-                Verifier::Jwt {
+                Verifier::Jwt(Box::new(JwtVerifier {
                     key,
                     validation,
                     symbols_claim: config.jwt_symbols_claim.clone(),
-                }
+                }))
             }
         };
         Ok(Access {
@@ -271,11 +273,12 @@ impl Access {
                     Err(Refusal::Unauthorized)
                 }
             }
-            Verifier::Jwt {
-                key,
-                validation,
-                symbols_claim,
-            } => {
+            Verifier::Jwt(jwt) => {
+                let JwtVerifier {
+                    key,
+                    validation,
+                    symbols_claim,
+                } = jwt.as_ref();
                 let token = token.ok_or(Refusal::Unauthorized)?;
                 let data = jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(
                     token, key, validation,
