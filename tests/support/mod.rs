@@ -2,6 +2,7 @@
 //! WebSocket client (tokio-tungstenite) that checks the framing rules on every frame it reads.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod fault_proxy;
 pub mod upstream;
 
 use std::collections::VecDeque;
@@ -343,6 +344,11 @@ impl Client {
 }
 
 /// Resident memory of this process (the in-process gateway included), bytes.
+/// Open file descriptors of this process (the in-process gateway's sockets included).
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("procfs").count()
+}
+
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
     status
@@ -414,8 +420,20 @@ impl RawClient {
 
     /// Sends a masked text frame.
     pub async fn send_text(&mut self, text: &str) {
-        let payload = text.as_bytes();
-        let mut frame = vec![0x81u8];
+        self.send_frame(true, 0x1, text.as_bytes())
+            .await
+            .expect("send");
+    }
+
+    /// Sends one masked frame: `fin` false starts or continues a fragmented message (opcode 0x0
+    /// for a continuation).
+    pub async fn send_frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
         match payload.len() {
             n if n < 126 => frame.push(0x80 | n as u8),
             n if n < 65536 => {
@@ -430,7 +448,7 @@ impl RawClient {
         let mask = [1u8, 2, 3, 4];
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.tcp.write_all(&frame).await.expect("send");
+        self.tcp.write_all(&frame).await
     }
 
     /// Reads server frames until a close frame or the end of the connection; returns the frames and

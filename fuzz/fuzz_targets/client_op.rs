@@ -1,0 +1,29 @@
+//! Client ops (`protocol::parse_request`): any text a client sends. Never panics; whatever parses
+//! has upper-case symbols, and the ack and error the gateway would answer with are valid JSON (the
+//! echoed `id` included).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use quotegw::protocol::{encode_ack, encode_error, parse_request, Op};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut out = String::new();
+    match parse_request(text) {
+        Ok(req) => {
+            if let Op::Subscribe { symbols, .. } | Op::Unsubscribe { symbols } = &req.op {
+                assert!(!symbols.is_empty());
+                let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
+                encode_ack(&mut out, req.id.as_deref(), "subscribe", &names, &[]);
+            } else {
+                return;
+            }
+        }
+        Err(e) => encode_error(&mut out, e.id.as_deref(), e.code, &e.message),
+    }
+    if let Err(err) = serde_json::from_str::<serde_json::Value>(&out) {
+        panic!("the reply is not JSON ({err}): {out}");
+    }
+});
