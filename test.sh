@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: unit and property tests, integration tests against a real gateway on 127.0.0.1:0,
-# and a compile check of the benchmarks. Tests install or start whatever they need themselves.
+# Runs every test: unit and property tests, integration tests against a real gateway on 127.0.0.1:0
+# (WebSocket protocol, feeds, access control, adversarial clients, upstream faults, a bounded soak),
+# the widget in headless Chromium and the dashboards against promtool, a smoke run of each benchmark,
+# and a short run of every fuzz target. Tests install or start whatever they need themselves.
+#   QUOTEGW_FUZZ_SECS (default 20) sets the fuzzing time per target; QUOTEGW_SOAK_SECS (default 90)
+#   the soak's length.
 set -euo pipefail
 cd "$(dirname "$0")"
-# Benches are compiled (so they cannot rot) but not timed here: speed is measured, never asserted.
+# Benches are run once as a smoke check (criterion's test mode, the load harness's smoke run): speed
+# is measured with `cargo bench`, never asserted here.
 cargo test --all-targets --locked "$@"
+fuzz/run.sh "${QUOTEGW_FUZZ_SECS:-20}"
