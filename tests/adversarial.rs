@@ -11,13 +11,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::{fd_count, rss_bytes, start, tick, Client, RawClient, TestGateway};
 
-/// The memory checks read this process's RSS, so the tests here run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    // A failed test poisons the lock; the next one may still run.
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// The memory checks read this process's RSS, so the tests here run one at a time (an async mutex:
+/// each test holds it across its awaits; it is not poisoned by a failed test).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Allowed RSS growth after an attack: freed memory is kept by the allocator for reuse rather than
 /// returned to the kernel, so "back to baseline" means "no growth proportional to the attack".
@@ -73,7 +69,7 @@ async fn reply(c: &mut Client, text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_bombs_get_errors_and_nothing_else() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let gw = gateway("").await;
     let mut ctrl = gw.client().await;
     ctrl.subscribe(&["CTRL"]).await;
@@ -134,7 +130,7 @@ async fn json_bombs_get_errors_and_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_floods_are_refused_whole() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let gw = gateway("max_frame_bytes = 1048576").await;
     let mut ctrl = gw.client().await;
     ctrl.subscribe(&["CTRL"]).await;
@@ -174,7 +170,7 @@ async fn subscription_floods_are_refused_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragmented_messages_that_never_finish_are_closed() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let gw =
         gateway("idle_timeout_ms = 1000\nping_interval_ms = 200\nmax_frame_bytes = 4096").await;
     let mut ctrl = gw.client().await;
@@ -220,7 +216,7 @@ async fn fragmented_messages_that_never_finish_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_dropped_without_a_close_frame_leave_nothing_behind() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let gw = gateway("max_connections_per_ip = 2000").await;
     let mut ctrl = gw.client().await;
     ctrl.subscribe(&["CTRL"]).await;
