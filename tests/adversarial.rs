@@ -192,10 +192,7 @@ async fn fragmented_messages_that_never_finish_are_closed() {
         closed = stalled.read_to_close() => closed,
         _ = keep_alive => unreachable!("the keep-alive loop never ends"),
     };
-    assert_eq!(
-        close.map(|(c, r)| (c, r)),
-        Some((1000, "idle timeout".to_string()))
-    );
+    assert_eq!(close, Some((1000, "idle timeout".to_string())));
 
     // Continuations forever: closed with 1009 once the message passes max_frame_bytes.
     let mut endless = RawClient::connect(gw.addr).await;

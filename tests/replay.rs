@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::start;
 
+/// The determinism test needs a client that is never conflated, so the replays here run one at a
+/// time: a `"max"` replay beside it would compete for the same two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("feeds/fixtures")
@@ -95,6 +99,7 @@ async fn received_hash(speed: &str) -> (u64, bool, BTreeMap<String, u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_file_gives_the_same_messages_every_run() {
+    let _serial = SERIAL.lock().await;
     let mut hashes = Vec::new();
     for _ in 0..3 {
         let (hash, conflated, seqs) = received_hash("1.0").await;
@@ -134,6 +139,7 @@ async fn final_snapshots(extra: &str) -> HashMap<String, Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_max_gives_the_same_seq_and_prices_every_run() {
+    let _serial = SERIAL.lock().await;
     let want = counts(&fixture("small.ndjson"));
     let a = final_snapshots("speed = \"max\"").await;
     let b = final_snapshots("speed = \"max\"").await;
@@ -145,6 +151,7 @@ async fn speed_max_gives_the_same_seq_and_prices_every_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loop_restarts_at_the_end_and_seq_keeps_growing() {
+    let _serial = SERIAL.lock().await;
     let path = fixture("small.ndjson");
     let total: u64 = counts(&path).values().sum();
     let gw = start(&replay(&path, "speed = \"max\"\nloop = true"), &[]);
@@ -159,6 +166,7 @@ async fn loop_restarts_at_the_end_and_seq_keeps_growing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_keeps_the_recorded_timing_scaled() {
+    let _serial = SERIAL.lock().await;
     // Lower bounds only: pacing never plays faster than the recording allows, however fast the
     // machine; a slow machine only makes a run longer.
     let path = fixture("small.ndjson");
@@ -194,6 +202,7 @@ async fn speed_keeps_the_recorded_timing_scaled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prices_replay_byte_identical() {
+    let _serial = SERIAL.lock().await;
     let gw = start(&replay(&fixture("exact.ndjson"), "speed = \"max\""), &[]);
     gw.wait_metric("quotegw_ticks_received_total{feed=\"rp\"}", |v| v >= 3.0)
         .await;
@@ -254,6 +263,7 @@ fn log_until(config: &Path, wanted: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lines_are_skipped_logged_with_file_and_line_and_counted() {
+    let _serial = SERIAL.lock().await;
     let path = fixture("bad-lines.ndjson");
     let gw = start(&replay(&path, "speed = \"max\""), &[]);
     // 572 valid ticks + one with a negative price, which validation refuses.
@@ -284,6 +294,7 @@ async fn bad_lines_are_skipped_logged_with_file_and_line_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_gzip_plays_what_it_has_and_reports_where_it_broke() {
+    let _serial = SERIAL.lock().await;
     let path = fixture("truncated.ndjson.gz");
     let gw = start(&replay(&path, "speed = \"max\""), &[]);
     gw.wait_metric("quotegw_feed_bad_lines_total{feed=\"rp\"}", |v| v >= 1.0)
