@@ -3,7 +3,7 @@
 # (WebSocket protocol, feeds, access control, adversarial clients, upstream faults, a bounded soak),
 # the widget in headless Chromium and the dashboards against promtool, a smoke run of each benchmark,
 # and a short run of every fuzz target. Tests install or start whatever they need themselves.
-#   QUOTEGW_FUZZ_SECS (default 20) sets the fuzzing time per target; QUOTEGW_SOAK_SECS (default 90)
+#   QUOTEGW_FUZZ_SECS (default 20) sets the fuzzing time per target; QUOTEGW_SOAK_SECS (default 120)
 #   the soak's length.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,5 +1,5 @@
 //! A bounded soak: the simulated feed at 2,000 ticks/s while clients connect, subscribe, unsubscribe
-//! and leave (politely or by dropping the TCP connection) for `QUOTEGW_SOAK_SECS` (default 90 s in
+//! and leave (politely or by dropping the TCP connection) for `QUOTEGW_SOAK_SECS` (default 120 s in
 //! the test run; the documented long mode is `QUOTEGW_SOAK_SECS=1800 cargo test --release --test
 //! soak -- --nocapture`). Every message is checked as it arrives (`seq` never goes backwards, no
 //! update before its snapshot); at the end file descriptors and memory are back to their baseline
@@ -99,7 +99,7 @@ async fn churn_for_minutes_leaves_no_leak_no_regression_no_panic() {
     let secs: u64 = std::env::var("QUOTEGW_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(90);
+        .unwrap_or(120);
     let panics = Arc::new(AtomicU64::new(0));
     let hook_panics = panics.clone();
     let default_hook = std::panic::take_hook();
