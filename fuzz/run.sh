@@ -18,7 +18,7 @@ for target in client_op feed_line poll_response; do
   echo "fuzz: $target for ${seconds}s"
   cargo fuzz run -s none "$target" "$work" -- \
     -max_total_time="$seconds" -rss_limit_mb=1024 -print_final_stats=1 2>&1 | \
-    grep -E "stat::|Done|SUMMARY|panicked|ERROR|crash-" || true
+    grep -E "stat::|DONE|SUMMARY|panicked|ERROR|crash-" || true
   # cargo fuzz exits non-zero on a crash; PIPESTATUS carries it through the grep.
   status=${PIPESTATUS[0]}
   if [ "$status" -ne 0 ]; then
