@@ -43,6 +43,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone)]
 enum Workload {
+    /// One of the comparison workloads (W0..W4, defined in `preset`), against quotegw or a peer.
+    Run {
+        #[arg(value_enum)]
+        preset: Preset,
+        #[arg(long, value_enum, default_value = "quotegw")]
+        server: ServerKind,
+        /// Runs; the median (by deliveries/s, or highest clean rate for W1) is reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        #[arg(long)]
+        duration_s: Option<u64>,
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long)]
+        no_pin: bool,
+    },
     /// Connections that subscribe (--symbols-per-client) and then idle (the feed ticks once a
     /// second): server RSS per connection.
     Idle(Common),
@@ -50,6 +66,94 @@ enum Workload {
     Fanout(Common),
     /// Fanout at rising rates (×1.5 from --rate) until p99 ≥ 50 ms, gaps or conflation appear.
     Ramp(Common),
+}
+
+/// The comparison workloads of docs/benchmarks.md, defined once.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Preset {
+    /// 10,000 idle connections, 1 symbol each: RSS per connection.
+    W0,
+    /// 1,000 clients on 1 hot symbol, rate ramped from 1,000/s: highest rate with p99 < 50 ms, no loss.
+    W1,
+    /// 5,000 clients × 20 symbols, Zipf over 500, 10,000 ticks/s.
+    W2,
+    /// W2 with 5% of clients reading 10 messages/s.
+    W3,
+    /// W2 with 200 connects and disconnects per second.
+    W4,
+}
+
+fn preset(p: Preset, server: ServerKind) -> (&'static str, Common) {
+    let w2 = Common {
+        clients: 5000,
+        symbols_per_client: 20,
+        universe: 500,
+        rate: 10_000,
+        duration_s: 10,
+        workers: 1,
+        slow_clients: 0,
+        slow_rate: 10,
+        no_pin: false,
+        server,
+        // Every server plays the same recorded ticks (restamped at emission).
+        source: Source::File,
+        churn_per_s: 0,
+    };
+    match p {
+        Preset::W0 => (
+            "idle",
+            Common {
+                clients: 10_000,
+                symbols_per_client: 1,
+                rate: 1,
+                ..w2
+            },
+        ),
+        Preset::W1 => (
+            "ramp",
+            Common {
+                clients: 1000,
+                symbols_per_client: 1,
+                universe: 1,
+                rate: 1000,
+                duration_s: 5,
+                ..w2
+            },
+        ),
+        Preset::W2 => ("fanout", w2),
+        Preset::W3 => (
+            "fanout",
+            Common {
+                slow_clients: 250,
+                ..w2
+            },
+        ),
+        Preset::W4 => (
+            "fanout",
+            Common {
+                churn_per_s: 200,
+                ..w2
+            },
+        ),
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ServerKind {
+    Quotegw,
+    /// Bun's WebSocket pub/sub (uWebSockets), benches/peers/bun.mjs.
+    Bun,
+    /// Node 20 with `ws`, benches/peers/node-ws.mjs.
+    Node,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Source {
+    /// quotegw's simulated feed (quotegw only).
+    Simulated,
+    /// A recorded file of the simulated feed, replayed and restamped by every server alike.
+    File,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -78,6 +182,13 @@ struct Common {
     /// Do not pin the server and the harness to separate cores.
     #[arg(long)]
     no_pin: bool,
+    #[arg(long, value_enum, default_value = "quotegw")]
+    server: ServerKind,
+    #[arg(long, value_enum, default_value = "simulated")]
+    source: Source,
+    /// Extra short-lived clients connected (and, a second later, disconnected) per second.
+    #[arg(long, default_value_t = 0)]
+    churn_per_s: u32,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +267,7 @@ fn percentile(hist: &[AtomicU64], p: f64) -> Option<u64> {
 struct Server {
     child: Child,
     addr: String,
+    kind: ServerKind,
     _dir: TempDir,
 }
 
@@ -171,47 +283,91 @@ impl Server {
     fn start(c: &Common, pin: Option<&str>) -> Server {
         let dir = std::env::temp_dir().join(format!("quotegw-load-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = dir.join("load.toml");
         let port = free_port();
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nworkers = {}\n[limits]\nmax_connections = 100000\n\
-                 max_symbols_per_connection = 100000\n\
-                 [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = {}\nticks_per_second = {}\nseed = 42\n",
-                c.workers, c.universe, c.rate
+        let source = if c.server == ServerKind::Quotegw {
+            c.source
+        } else {
+            Source::File
+        };
+        let ticks = (source == Source::File).then(|| ticks_file(c.universe, c.rate));
+        let root = env!("CARGO_MANIFEST_DIR");
+        let peers =
+            std::env::var("QUOTEGW_PEERS_DIR").unwrap_or_else(|_| format!("{root}/target/peers"));
+        let (program, args): (String, Vec<String>) = match c.server {
+            ServerKind::Quotegw => {
+                let config = dir.join("load.toml");
+                let feed = match &ticks {
+                    Some(file) => format!(
+                        "kind = \"replay\"\nname = \"sim\"\npath = \"{}\"\nspeed = 1.0\nloop = true\nrestamp = true\n",
+                        file.display()
+                    ),
+                    None => format!(
+                        "kind = \"simulated\"\nname = \"sim\"\nsymbols = {}\nticks_per_second = {}\nseed = 42\n",
+                        c.universe, c.rate
+                    ),
+                };
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen = \"127.0.0.1:{port}\"\nworkers = {}\n[limits]\nmax_connections = 100000\n\
+                         max_connections_per_ip = 100000\nmax_symbols_per_connection = 100000\n[[feeds]]\n{feed}",
+                        c.workers
+                    ),
+                )
+                .expect("write config");
+                (
+                    env!("CARGO_BIN_EXE_quotegw").to_string(),
+                    vec!["--config".into(), config.display().to_string()],
+                )
+            }
+            ServerKind::Bun => (
+                format!("{peers}/node_modules/.bin/bun"),
+                vec![format!("{root}/benches/peers/bun.mjs")],
             ),
-        )
-        .expect("write config");
-        let bin = env!("CARGO_BIN_EXE_quotegw");
+            ServerKind::Node => (
+                "node".into(),
+                vec![format!("{root}/benches/peers/node-ws.mjs")],
+            ),
+        };
+        let mut args = args;
+        if c.server != ServerKind::Quotegw {
+            let file = ticks.as_ref().expect("peers replay a file");
+            args.extend([port.to_string(), file.display().to_string(), "1".into()]);
+        }
         let mut cmd = match pin {
             Some(core) => {
                 let mut cmd = Command::new("taskset");
-                cmd.args(["-c", core, bin]);
+                cmd.args(["-c", core, &program]);
                 cmd
             }
-            None => Command::new(bin),
+            None => Command::new(&program),
         };
         let child = cmd
-            .arg("--config")
-            .arg(&config)
+            .args(&args)
             .env("RUST_LOG", "warn")
+            .env("PEERS_NODE_MODULES", format!("{peers}/node_modules"))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
-            .expect("start the gateway");
+            .unwrap_or_else(|e| {
+                panic!("start {program}: {e} (peers: run benches/compare.sh, which installs them)")
+            });
         let addr = format!("127.0.0.1:{port}");
         let server = Server {
             child,
             addr,
+            kind: c.server,
             _dir: TempDir(dir),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get_blocking(&server.addr, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not become ready"
-            );
+        let ready = |s: &Server| match s.kind {
+            ServerKind::Quotegw => {
+                http_get_blocking(&s.addr, "/readyz").map(|(st, _)| st) == Some(200)
+            }
+            _ => std::net::TcpStream::connect(&s.addr).is_ok(),
+        };
+        while !ready(&server) {
+            assert!(Instant::now() < deadline, "the server did not become ready");
             std::thread::sleep(Duration::from_millis(50));
         }
         server
@@ -241,6 +397,9 @@ impl Server {
     }
 
     fn metric(&self, series: &str) -> f64 {
+        if self.kind != ServerKind::Quotegw {
+            return f64::NAN; // the peers have no metrics endpoint
+        }
         let Some((_, body)) = http_get_blocking(&self.addr, "/metrics") else {
             return f64::NAN;
         };
@@ -258,6 +417,34 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A recorded file of the simulated feed (`universe` symbols, `rate` ticks/s, seed 42, 30 s), made
+/// once with `quotegw record --virtual-time` and cached under target/load-ticks/.
+fn ticks_file(universe: usize, rate: u32) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load-ticks");
+    std::fs::create_dir_all(&dir).expect("target/load-ticks");
+    let file = dir.join(format!("u{universe}-r{rate}-s42.ndjson"));
+    if !file.exists() {
+        let config = dir.join(format!("u{universe}-r{rate}.toml"));
+        std::fs::write(
+            &config,
+            format!("[[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = {universe}\nticks_per_second = {rate}\nseed = 42\n"),
+        )
+        .expect("write record config");
+        let partial = file.with_extension("partial");
+        let status = Command::new(env!("CARGO_BIN_EXE_quotegw"))
+            .args(["record", "--virtual-time", "--duration", "30", "--config"])
+            .arg(&config)
+            .arg("--to")
+            .arg(&partial)
+            .stderr(Stdio::null())
+            .status()
+            .expect("run quotegw record");
+        assert!(status.success(), "quotegw record failed");
+        std::fs::rename(&partial, &file).expect("rename the tick file");
+    }
+    file
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -450,6 +637,7 @@ async fn client(
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Report {
     workload: String,
+    server: Option<ServerKind>,
     clients: usize,
     symbols_per_client: usize,
     universe: usize,
@@ -472,6 +660,7 @@ struct Report {
     server_rss_mib: f64,
     server_rss_base_mib: f64,
     rss_per_connection_kib: f64,
+    churned_connections: u64,
 }
 
 async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
@@ -507,6 +696,46 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     }
     ready.wait().await;
 
+    // W4: short-lived clients come and go at `churn_per_s` beside the measured ones.
+    let churned = Arc::new(AtomicU64::new(0));
+    let churn = (c.churn_per_s > 0).then(|| {
+        let (addr, universe, churned, stop) = (
+            server.addr.clone(),
+            universe.clone(),
+            churned.clone(),
+            stop.clone(),
+        );
+        let every = Duration::from_secs_f64(1.0 / f64::from(c.churn_per_s));
+        let per_client = c.symbols_per_client;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            for i in 0u64.. {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {}
+                }
+                let (addr, symbols) = (
+                    addr.clone(),
+                    zipf_pick(&universe, per_client, 1_000_000 + i),
+                );
+                churned.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut ws = connect(&addr).await;
+                    let sub =
+                        serde_json::json!({"op": "subscribe", "symbols": symbols}).to_string();
+                    let _ = ws.send(Message::text(sub)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    let _ = ws.close(None).await;
+                });
+            }
+        })
+    });
+
     let ticks0 = server.metric("quotegw_ticks_received_total{feed=\"sim\"}");
     let (cpu0, _) = server.usage();
     let started = Instant::now();
@@ -520,19 +749,23 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     for t in tasks {
         let _ = t.await;
     }
+    if let Some(churn) = churn {
+        churn.abort();
+    }
     drop(server);
 
     let updates = stats.updates.load(Ordering::Relaxed);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     Report {
         workload: name.to_string(),
+        server: Some(c.server),
         clients: c.clients,
         symbols_per_client: c.symbols_per_client,
         universe: c.universe,
         rate_configured: c.rate,
         workers: c.workers,
         seconds,
-        ticks_in_per_s: (ticks1 - ticks0) / seconds,
+        ticks_in_per_s: (ticks1 - ticks0) / seconds, // NaN (null in JSON) for the peers
         deliveries_per_s: updates as f64 / seconds,
         conflated_per_s: stats.conflated.load(Ordering::Relaxed) as f64 / seconds,
         frames_per_s: stats.frames.load(Ordering::Relaxed) as f64 / seconds,
@@ -551,6 +784,7 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
         rss_per_connection_kib: rss.saturating_sub(rss_base) as f64
             / 1024.0
             / c.clients.max(1) as f64,
+        churned_connections: churned.load(Ordering::Relaxed),
     }
 }
 
@@ -635,6 +869,60 @@ fn main() {
         .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.workload {
+            Workload::Run {
+                preset: p,
+                server,
+                runs,
+                duration_s,
+                workers,
+                no_pin,
+            } => {
+                let (kind, mut c) = preset(p, server);
+                c.no_pin = no_pin;
+                if let Some(d) = duration_s {
+                    c.duration_s = d;
+                }
+                if let Some(w) = workers {
+                    c.workers = w;
+                }
+                let pin = !c.no_pin;
+                if pin {
+                    pin_harness();
+                }
+                if kind == "ramp" {
+                    let mut best = Vec::new();
+                    for _ in 0..runs.max(1) {
+                        let r = ramp(c.clone(), pin).await;
+                        best.push(r);
+                    }
+                    best.sort_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s));
+                    let median = best[best.len() / 2].clone();
+                    println!(
+                        "MEDIAN {}",
+                        serde_json::to_string(&median).expect("serializes")
+                    );
+                    return;
+                }
+                let mut reports = Vec::new();
+                for _ in 0..runs.max(1) {
+                    let r = run_once(kind, &c, pin).await;
+                    print(&r);
+                    reports.push(r);
+                }
+                let key = |r: &Report| {
+                    if kind == "idle" {
+                        r.rss_per_connection_kib
+                    } else {
+                        r.deliveries_per_s
+                    }
+                };
+                reports.sort_by(|a, b| key(a).total_cmp(&key(b)));
+                let median = reports[reports.len() / 2].clone();
+                println!(
+                    "MEDIAN {}",
+                    serde_json::to_string(&median).expect("serializes")
+                );
+            }
             Workload::Idle(mut c) => {
                 // Idle: one tick a second over the whole universe, so connections carry ~nothing.
                 c.rate = 1;
@@ -651,34 +939,49 @@ fn main() {
                 }
                 print(&run_once("fanout", &c, pin).await)
             }
-            Workload::Ramp(mut c) => {
+            Workload::Ramp(c) => {
                 let pin = !c.no_pin;
                 if pin {
                     pin_harness();
                 }
-                let mut best: Option<Report> = None;
-                loop {
-                    let r = run_once("ramp", &c, pin).await;
-                    print(&r);
-                    if !clean(&r) {
-                        break;
-                    }
-                    best = Some(r);
-                    c.rate = (f64::from(c.rate) * 1.5) as u32;
-                }
-                match best {
-                    Some(b) => println!(
-                        "highest clean rate: {:.0} ticks/s in, {:.0} deliveries/s into {} clients (p99 {} ms)",
-                        b.ticks_in_per_s,
-                        b.deliveries_per_s,
-                        b.clients,
-                        b.latency_ms_p99.unwrap_or(0)
-                    ),
-                    None => println!("no clean rate: the first step already failed"),
-                }
+                ramp(c, pin).await;
             }
         }
     });
+}
+
+/// Runs at rising rates (×1.5) until a run is not clean; returns the last clean run (or the first
+/// run when none was clean, flagged by its figures).
+async fn ramp(mut c: Common, pin: bool) -> Report {
+    let mut best: Option<Report> = None;
+    loop {
+        let r = run_once("ramp", &c, pin).await;
+        print(&r);
+        if !clean(&r) {
+            break;
+        }
+        best = Some(r);
+        c.rate = (f64::from(c.rate) * 1.5) as u32;
+    }
+    match best {
+        Some(b) => {
+            println!(
+                "highest clean rate: {:.0} ticks/s in, {:.0} deliveries/s into {} clients (p99 {} ms)",
+                b.ticks_in_per_s,
+                b.deliveries_per_s,
+                b.clients,
+                b.latency_ms_p99.unwrap_or(0)
+            );
+            b
+        }
+        None => {
+            println!("no clean rate: the first step already failed");
+            Report {
+                deliveries_per_s: 0.0,
+                ..Report::default()
+            }
+        }
+    }
 }
 
 /// `cargo test` runs this: a few dozen clients for a few seconds, correctness only.
@@ -698,6 +1001,9 @@ fn smoke() {
         slow_clients: 4,
         slow_rate: 5,
         no_pin: true,
+        server: ServerKind::Quotegw,
+        source: Source::Simulated,
+        churn_per_s: 5,
     };
     let r = runtime.block_on(run_once("smoke", &c, false));
     print(&r);

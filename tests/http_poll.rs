@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::upstream::{Mode, Upstream};
-use support::{start, Client};
+use support::start;
+use support::upstream::{until_served as until, Mode, Upstream};
 
 fn poll_feed(name: &str, base: &str, symbols: &str) -> String {
     format!(
@@ -42,21 +42,6 @@ fn body(quotes: &[(&str, &str, &str)]) -> String {
         .map(|(s, b, a)| format!(r#"{{"sym":"{s}","b":{b},"a":{a},"v":100}}"#))
         .collect();
     format!(r#"{{"data":[{}]}}"#, items.join(","))
-}
-
-/// Reads messages until `pred` matches, checking every price against what the upstream served.
-async fn until(c: &mut Client, served: &HashSet<String>, pred: impl Fn(&Value) -> bool) -> Value {
-    loop {
-        let m = c.next().await;
-        for field in ["bid", "ask"] {
-            if let Some(p) = m.get(field).and_then(Value::as_str) {
-                assert!(served.contains(p), "a price the upstream never sent: {m}");
-            }
-        }
-        if pred(&m) {
-            return m;
-        }
-    }
 }
 
 fn status_is(symbol: &'static str, status: &'static str) -> impl Fn(&Value) -> bool {

@@ -7,27 +7,13 @@ mod support;
 use std::collections::HashSet;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::fault_proxy::{Fault, FaultProxy};
-use support::upstream::Upstream;
-use support::{start, Client};
+use support::start;
+use support::upstream::{until_served as until, Upstream};
 
 const BODY: &str =
     r#"{"quotes":{"AAPL":{"bid":"189.12","ask":"189.14"},"MSFT":{"bid":"425.01","ask":"425.03"}}}"#;
-
-async fn until(c: &mut Client, served: &HashSet<&str>, pred: impl Fn(&Value) -> bool) -> Value {
-    loop {
-        let m = c.next().await;
-        for field in ["bid", "ask"] {
-            if let Some(p) = m.get(field).and_then(Value::as_str) {
-                assert!(served.contains(p), "a price the upstream never sent: {m}");
-            }
-        }
-        if pred(&m) {
-            return m;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_stalls_and_half_responses_mark_stale_and_recover_without_a_wrong_price() {
@@ -55,7 +41,10 @@ fields = {{ bid = "bid", ask = "ask" }}
         ),
         &[],
     );
-    let served: HashSet<&str> = ["189.12", "189.14", "425.01", "425.03"].into();
+    let served: HashSet<String> = ["189.12", "189.14", "425.01", "425.03"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut c = gw.client().await;
     c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
         .await;

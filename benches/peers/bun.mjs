@@ -1,7 +1,7 @@
 // Peer for the load comparison: Bun's WebSocket pub/sub (uWebSockets inside): one topic per symbol,
 // `server.publish` per tick with the pre-serialized update.
 //   bun benches/peers/bun.mjs PORT TICKS.ndjson SPEED
-import { args, loadTicks, play, snapshot } from "./common.mjs";
+import { args, handleOp, loadTicks, play } from "./common.mjs";
 
 const { port, file, speed } = args();
 const quotes = new Map();
@@ -16,23 +16,7 @@ const server = Bun.serve({
   websocket: {
     perMessageDeflate: false,
     message(ws, data) {
-      let op;
-      try {
-        op = JSON.parse(data);
-      } catch {
-        return;
-      }
-      if (op.op === "symbols") {
-        ws.send(JSON.stringify([{ type: "symbols", symbols: [...quotes.keys()].sort() }]));
-      } else if (op.op === "subscribe") {
-        const ok = op.symbols.filter((s) => quotes.has(s));
-        const out = [{ type: "ack", op: "subscribe", symbols: ok, rejected: [] }];
-        for (const s of ok) {
-          ws.subscribe(s);
-          out.push(snapshot(quotes.get(s)));
-        }
-        ws.send(JSON.stringify(out));
-      }
+      handleOp(data, quotes, (text) => ws.send(text), (symbol) => ws.subscribe(symbol));
     },
   },
 });

@@ -54,8 +54,28 @@ export function play(ticks, speed, quotes, emit) {
   }, 10);
 }
 
-export function snapshot(q) {
-  return { type: "snapshot", ...q };
+/**
+ * Answers one client frame: `symbols`, or `subscribe` (ack, then a snapshot per known symbol, in one
+ * frame). `subscribe(symbol)` registers the client with the server's fan-out.
+ */
+export function handleOp(data, quotes, send, subscribe) {
+  let op;
+  try {
+    op = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (op.op === "symbols") {
+    send(JSON.stringify([{ type: "symbols", symbols: [...quotes.keys()].sort() }]));
+  } else if (op.op === "subscribe" && Array.isArray(op.symbols)) {
+    const ok = op.symbols.filter((s) => quotes.has(s));
+    const out = [{ type: "ack", op: "subscribe", symbols: ok, rejected: [] }];
+    for (const s of ok) {
+      subscribe(s);
+      out.push({ type: "snapshot", ...quotes.get(s) });
+    }
+    send(JSON.stringify(out));
+  }
 }
 
 export function args() {

@@ -41,6 +41,10 @@ pub struct ReplayConfig {
     /// Wait this long before the first tick (gives clients time to subscribe, e.g. in tests).
     #[serde(default)]
     pub start_delay_ms: u64,
+    /// Replace each tick's `ts` with the time it is sent: a recording replayed as if live (load
+    /// tests measure tick-to-client latency from `ts`). Default false: the recorded `ts`.
+    #[serde(default)]
+    pub restamp: bool,
 }
 
 /// `speed = 1.0` keeps the recorded timing, `10.0` plays ten times faster, `"max"` as fast as the
@@ -208,6 +212,7 @@ impl Feed for ReplayFeed {
                 speed,
                 looped,
                 start_delay_ms,
+                restamp,
             } = self.config;
             let bad_lines = ctx.metrics.feed_bad_lines.with_label_values(&[&name]);
             let (lines_tx, mut lines_rx) = mpsc::channel(READ_AHEAD_LINES);
@@ -253,7 +258,9 @@ impl Feed for ReplayFeed {
                                 _ = tokio::time::sleep_until(due) => {}
                             }
                         }
-                        if pass > 0 {
+                        if restamp {
+                            tick.ts = crate::feed::simulated::now_ms();
+                        } else if pass > 0 {
                             // Keep `ts` non-decreasing across passes, as clients expect of a feed.
                             tick.ts = first + at_ms;
                         }

@@ -1,11 +1,14 @@
 //! A local HTTP upstream for the polling adapter: answers `GET` with the body the test sets, or with
 //! the fault the test picks (HTTP 500, a stall past the poller's timeout, garbage, a reset).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use super::Client;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Mode {
@@ -88,5 +91,25 @@ impl Upstream {
 
     pub fn set_body(&self, body: &str) {
         self.state.lock().unwrap().1 = body.to_string();
+    }
+}
+
+/// Reads messages until `pred` matches, checking that every price the client is sent is one the
+/// upstream served: the gateway may show an old price, never a wrong one.
+pub async fn until_served(
+    c: &mut Client,
+    served: &HashSet<String>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let m = c.next().await;
+        for field in ["bid", "ask", "last"] {
+            if let Some(p) = m.get(field).and_then(serde_json::Value::as_str) {
+                assert!(served.contains(p), "a price the upstream never sent: {m}");
+            }
+        }
+        if pred(&m) {
+            return m;
+        }
     }
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduces the side-by-side comparison in docs/benchmarks.md: quotegw (1 worker, and 2 workers
+# unpinned), Bun's pub/sub (uWebSockets) and Node 20 + ws, on workloads W0..W4 of benches/load.rs,
+# median of RUNS (default 3) runs each. The server runs on core 0 and the harness on core 1. The peers
+# are installed from npm into target/peers/ when missing. Writes target/compare/results.jsonl and
+# prints the markdown tables.
+#   benches/compare.sh [WORKLOAD...]     (default: w0 w1 w2 w3 w4)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${RUNS:-3}"
+peers="${QUOTEGW_PEERS_DIR:-$PWD/target/peers}"
+export QUOTEGW_PEERS_DIR="$peers"
+if [ ! -x "$peers/node_modules/.bin/bun" ] || [ ! -d "$peers/node_modules/ws" ]; then
+  echo "compare: installing bun and ws into $peers" >&2
+  mkdir -p "$peers"
+  [ -f "$peers/package.json" ] || echo '{"name":"quotegw-bench-peers","private":true}' > "$peers/package.json"
+  (cd "$peers" && npm install --no-audit --no-fund --loglevel=error bun@1.3 ws@8 >&2)
+fi
+echo "compare: $(node --version) node, bun $("$peers/node_modules/.bin/bun" --version), $(nproc) cores" >&2
+cargo bench --bench load --no-run >&2
+out=target/compare
+mkdir -p "$out"
+: > "$out/results.jsonl"
+workloads=("$@")
+[ ${#workloads[@]} -gt 0 ] || workloads=(w0 w1 w2 w3 w4)
+for w in "${workloads[@]}"; do
+  for label in quotegw quotegw-2w bun node; do
+    case "$label" in
+      quotegw) args=(--server quotegw) ;;
+      quotegw-2w) args=(--server quotegw --workers 2 --no-pin) ;;
+      *) args=(--server "$label") ;;
+    esac
+    echo "compare: $w $label" >&2
+    line=$(cargo bench --bench load -- run "$w" "${args[@]}" --runs "$runs" 2>/dev/null | tee -a "$out/log.txt" | grep '^MEDIAN ' | sed 's/^MEDIAN //')
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["preset"]=sys.argv[2]; d["label"]=sys.argv[3]; print(json.dumps(d))' \
+      "$line" "$w" "$label" >> "$out/results.jsonl"
+  done
+done
+python3 benches/compare_table.py "$out/results.jsonl"

@@ -1,0 +1,33 @@
+"""Turns benches/compare.sh's results.jsonl into the markdown tables of docs/benchmarks.md."""
+import json
+import sys
+
+TITLES = {
+    "w0": "W0: 10,000 idle connections, 1 symbol each",
+    "w1": "W1: 1,000 clients on 1 hot symbol, ramped (highest rate with p99 < 50 ms, no conflation)",
+    "w2": "W2: 5,000 clients × 20 symbols, Zipf over 500, 10,000 ticks/s",
+    "w3": "W3: W2 with 5% of clients reading 10 messages/s",
+    "w4": "W4: W2 with 200 connects and disconnects per second",
+}
+
+
+def fmt(v, spec="{:,.0f}"):
+    return "–" if v is None else spec.format(v)
+
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for preset in TITLES:
+    mine = [r for r in rows if r["preset"] == preset]
+    if not mine:
+        continue
+    print(f"### {TITLES[preset]}\n")
+    print("| server | rate in/s | deliveries/s | conflated/s | latency p50 / p99 / p999 ms | p99 fast clients ms | CPU-µs per delivery | RSS MiB | RSS per connection KiB | seq regressions / gaps |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in mine:
+        lat = f'{fmt(r["latency_ms_p50"], "{}")} / {fmt(r["latency_ms_p99"], "{}")} / {fmt(r["latency_ms_p999"], "{}")}'
+        print(
+            f'| {r["label"]} | {fmt(r["rate_configured"])} | {fmt(r["deliveries_per_s"])} | {fmt(r["conflated_per_s"])} | {lat} '
+            f'| {fmt(r["fast_latency_ms_p99"], "{}")} | {fmt(r["server_cpu_s_per_million"], "{:.2f}")} '
+            f'| {r["server_rss_mib"]:.1f} | {r["rss_per_connection_kib"]:.2f} | {r["seq_regressions"]} / {r["gaps"]} |'
+        )
+    print()
