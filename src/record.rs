@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::feed::now_ms;
 use crate::feed::recording::{write_line, RecordWriter};
-use crate::feed::simulated::{now_ms, Generator, Windows};
+use crate::feed::simulated::{Generator, Windows};
 use crate::feed::{FeedConfig, FeedContext, FeedEvent, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::metrics::Metrics;
 use crate::model::Tick;

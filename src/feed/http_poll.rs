@@ -453,9 +453,7 @@ impl Feed for HttpPollFeed {
             let interval = Duration::from_millis(self.config.interval_ms);
             let stale_after = Duration::from_millis(self.config.stale_after_ms);
             let mut rng = Pcg32::seed_from_u64(
-                std::process::id() as u64
-                    ^ u64::from(ctx.id) << 32
-                    ^ crate::feed::simulated::now_ms() as u64,
+                std::process::id() as u64 ^ u64::from(ctx.id) << 32 ^ super::now_ms() as u64,
             );
             let start = Instant::now();
             let mut batches: Vec<Batch> = self
@@ -512,7 +510,7 @@ impl Feed for HttpPollFeed {
                     }
                 }))
                 .await;
-                let received_at = crate::feed::simulated::now_ms();
+                let received_at = super::now_ms();
                 for (&i, result) in due.iter().zip(results) {
                     requests.inc();
                     let batch = &mut batches[i];

@@ -34,6 +34,15 @@ pub use simulated::SimulatedConfig;
 /// (enough to absorb a scheduling hiccup), small enough that a stuck index stops feeds quickly.
 pub const TICK_CHANNEL_CAPACITY: usize = 1024;
 
+/// Wall-clock Unix epoch milliseconds: the `ts` of ticks a feed stamps itself (simulated ticks,
+/// restamped replays, polled quotes without an upstream timestamp).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// What a feed hands to the index.
 #[derive(Clone, Debug)]
 pub enum FeedEvent {

@@ -198,6 +198,13 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// The 1-based number of the line the last item came from.
+    pub fn line(&self) -> u64 {
+        self.line_no
+    }
+}
+
 impl Iterator for Reader {
     type Item = Line;
 

@@ -104,7 +104,7 @@ pub struct Scan {
 /// Reads the whole file once; errors are what make the file unusable.
 pub fn scan(path: &Path) -> Result<Scan, FeedError> {
     let shown = path.display();
-    let reader =
+    let mut reader =
         Reader::open(path).map_err(|e| FeedError::Setup(format!("cannot open {shown}: {e}")))?;
     let mut seen = std::collections::HashSet::new();
     let mut scan = Scan {
@@ -114,19 +114,19 @@ pub fn scan(path: &Path) -> Result<Scan, FeedError> {
         broken: None,
     };
     let mut prev_ts: Option<(i64, u64)> = None;
-    for item in reader {
+    while let Some(item) = reader.next() {
         match item {
             Line::Tick(t) => {
+                let line = reader.line();
                 if let Some((prev, prev_line)) = prev_ts {
                     if t.ts < prev {
                         return Err(FeedError::Setup(format!(
-                            "{shown}:{}: ts {} is before line {prev_line}'s {prev}; ts must be non-decreasing through the file",
-                            scan.ticks + scan.bad_lines + 1,
+                            "{shown}:{line}: ts {} is before line {prev_line}'s {prev}; ts must be non-decreasing through the file",
                             t.ts
                         )));
                     }
                 }
-                prev_ts = Some((t.ts, scan.ticks + scan.bad_lines + 1));
+                prev_ts = Some((t.ts, line));
                 if seen.insert(t.symbol.clone()) {
                     scan.symbols.push(t.symbol.clone());
                 }
@@ -259,7 +259,7 @@ impl Feed for ReplayFeed {
                             }
                         }
                         if restamp {
-                            tick.ts = crate::feed::simulated::now_ms();
+                            tick.ts = super::now_ms();
                         } else if pass > 0 {
                             // Keep `ts` non-decreasing across passes, as clients expect of a feed.
                             tick.ts = first + at_ms;

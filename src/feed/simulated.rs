@@ -5,7 +5,7 @@
 //! clock, so a seed always yields the same sequence of symbols, prices and sizes; only `ts` (the
 //! emission time) depends on when it runs.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use rand_core::{RngCore, SeedableRng};
@@ -13,7 +13,7 @@ use rand_pcg::Pcg64Mcg;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::{Feed, FeedContext, FeedError};
+use super::{now_ms, Feed, FeedContext, FeedError};
 use crate::model::{Status, Symbol, Tick};
 
 /// Well-known tickers first (with a plausible starting price in dollars); generated ones follow.
@@ -480,13 +480,6 @@ fn lot(rng: &mut Pcg64Mcg) -> i64 {
 
 fn cents(c: i64) -> Decimal {
     Decimal::new(c, 2)
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub struct SimulatedFeed {
