@@ -33,6 +33,10 @@ const LATENCY_BUCKETS_MS: usize = 10_000;
 const CONNECT_CONCURRENCY: usize = 100;
 /// Small client buffers so that 10,000 clients fit in the harness's memory.
 const CLIENT_READ_BUFFER: usize = 4096;
+/// How long all clients may take to connect and receive every snapshot, and how long they may take
+/// to close at the end: a server that cannot keep up makes a run fail or report, never hang.
+const SETUP_LIMIT: Duration = Duration::from_secs(180);
+const TEARDOWN_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Parser, Debug)]
 #[command(about = "quotegw load harness (see the first comment of benches/load.rs)")]
@@ -216,6 +220,9 @@ struct Stats {
     gaps: AtomicU64,
     update_before_snapshot: AtomicU64,
     closed_early: AtomicU64,
+    /// Clients holding every snapshot they asked for; they keep reading, nobody waits on them.
+    ready_clients: AtomicU64,
+    ready_changed: tokio::sync::Notify,
     latency_ms: Vec<AtomicU64>,
     fast_latency_ms: Vec<AtomicU64>,
 }
@@ -233,6 +240,8 @@ impl Stats {
             gaps: AtomicU64::new(0),
             update_before_snapshot: AtomicU64::new(0),
             closed_early: AtomicU64::new(0),
+            ready_clients: AtomicU64::new(0),
+            ready_changed: tokio::sync::Notify::new(),
             latency_ms: hist(),
             fast_latency_ms: hist(),
         }
@@ -537,7 +546,6 @@ async fn client(
     symbols: Vec<String>,
     slow_rate: Option<u32>,
     stats: Arc<Stats>,
-    ready: Arc<tokio::sync::Barrier>,
     stop: Arc<tokio::sync::Notify>,
 ) {
     let sub = format!(
@@ -550,8 +558,12 @@ async fn client(
         symbols.iter().map(|s| (s.clone(), None)).collect();
     let mut waiting_snapshots = symbols.len();
     let mut signalled = false;
+    let signal_ready = || {
+        stats.ready_clients.fetch_add(1, Ordering::Relaxed);
+        stats.ready_changed.notify_one();
+    };
     if waiting_snapshots == 0 {
-        ready.wait().await;
+        signal_ready();
         signalled = true;
     }
     let stopped = stop.notified();
@@ -622,14 +634,11 @@ async fn client(
         }
         if !signalled && waiting_snapshots == 0 {
             signalled = true;
-            ready.wait().await;
+            signal_ready();
         }
         if let Some(p) = pause {
             tokio::time::sleep(p).await;
         }
-    }
-    if !signalled {
-        ready.wait().await;
     }
     let _ = ws.close(None).await;
 }
@@ -661,6 +670,9 @@ struct Report {
     server_rss_base_mib: f64,
     rss_per_connection_kib: f64,
     churned_connections: u64,
+    /// Clients that held every snapshot within the setup limit (all of them in a valid run).
+    ready_clients: u64,
+    setup_s: f64,
 }
 
 async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
@@ -672,11 +684,11 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     let idle = name == "idle";
 
     let stats = Arc::new(Stats::new());
-    let ready = Arc::new(tokio::sync::Barrier::new(c.clients + 1));
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::with_capacity(c.clients);
     let mut connected = 0;
-    while connected < c.clients {
+    let setup_started = Instant::now();
+    while connected < c.clients && setup_started.elapsed() < SETUP_LIMIT {
         let batch = CONNECT_CONCURRENCY.min(c.clients - connected);
         let conns = futures_util::future::join_all((0..batch).map(|_| connect(&server.addr))).await;
         for ws in conns {
@@ -689,12 +701,26 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
                 symbols,
                 slow,
                 stats.clone(),
-                ready.clone(),
                 stop.clone(),
             )));
         }
     }
-    ready.wait().await;
+    let all_ready =
+        tokio::time::timeout(SETUP_LIMIT.saturating_sub(setup_started.elapsed()), async {
+            while stats.ready_clients.load(Ordering::Relaxed) < c.clients as u64 {
+                stats.ready_changed.notified().await;
+            }
+        })
+        .await
+        .is_ok();
+    let setup_s = setup_started.elapsed().as_secs_f64();
+    if !all_ready {
+        eprintln!(
+            "setup limit: {connected} of {} clients connected, {} hold every snapshot after {setup_s:.0} s",
+            c.clients,
+            stats.ready_clients.load(Ordering::Relaxed)
+        );
+    }
 
     // W4: short-lived clients come and go at `churn_per_s` beside the measured ones.
     let churned = Arc::new(AtomicU64::new(0));
@@ -746,8 +772,13 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     let (cpu1, rss) = server.usage();
     let ticks1 = server.metric("quotegw_ticks_received_total{feed=\"sim\"}");
     stop.notify_waiters();
-    for t in tasks {
-        let _ = t.await;
+    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    if tokio::time::timeout(TEARDOWN_LIMIT, futures_util::future::join_all(tasks))
+        .await
+        .is_err()
+    {
+        eprintln!("teardown limit: clients still closing are dropped");
+        aborts.iter().for_each(|a| a.abort());
     }
     if let Some(churn) = churn {
         churn.abort();
@@ -785,6 +816,8 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
             / 1024.0
             / c.clients.max(1) as f64,
         churned_connections: churned.load(Ordering::Relaxed),
+        ready_clients: stats.ready_clients.load(Ordering::Relaxed),
+        setup_s,
     }
 }
 
@@ -814,7 +847,7 @@ fn print(r: &Report) {
     println!(
         "{:<7} clients {:>6} × {:>3} sym  rate {:>7}/s  ticks in {:>9.0}/s  deliveries {:>10.0}/s  conflated {:>9.0}/s  \
          latency ms p50 {:>3} p99 {:>4} p999 {:>4}  cpu-s/M {:>6}  RSS {:>7.1} MiB ({:.2} KiB/conn)  \
-         regressions {} gaps {} early-update {} closed {}",
+         regressions {} gaps {} early-update {} closed {}  ready {}/{} after {:.0} s",
         r.workload,
         r.clients,
         r.symbols_per_client,
@@ -833,6 +866,9 @@ fn print(r: &Report) {
         r.gaps,
         r.update_before_snapshot,
         r.closed_early,
+        r.ready_clients,
+        r.clients,
+        r.setup_s,
     );
     println!(
         "RESULT {}",
@@ -841,7 +877,8 @@ fn print(r: &Report) {
 }
 
 fn clean(r: &Report) -> bool {
-    r.latency_ms_p99.is_some_and(|p| p < 50)
+    r.ready_clients == r.clients as u64
+        && r.latency_ms_p99.is_some_and(|p| p < 50)
         && r.conflated_per_s == 0.0
         && r.gaps == 0
         && r.seq_regressions == 0
@@ -1015,4 +1052,8 @@ fn smoke() {
         "every snapshot comes before its updates"
     );
     assert_eq!(r.closed_early, 0, "no client was closed during the run");
+    assert_eq!(
+        r.ready_clients, r.clients as u64,
+        "every client received every snapshot"
+    );
 }
