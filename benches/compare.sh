@@ -21,6 +21,7 @@ cargo bench --bench load --no-run >&2
 out=target/compare
 mkdir -p "$out"
 : > "$out/results.jsonl"
+: > "$out/stderr.txt"
 workloads=("$@")
 [ ${#workloads[@]} -gt 0 ] || workloads=(w0 w1 w2 w3 w4)
 for w in "${workloads[@]}"; do
@@ -31,7 +32,8 @@ for w in "${workloads[@]}"; do
       *) args=(--server "$label") ;;
     esac
     echo "compare: $w $label" >&2
-    line=$(cargo bench --bench load -- run "$w" "${args[@]}" --runs "$runs" 2>/dev/null | tee -a "$out/log.txt" | grep '^MEDIAN ' | sed 's/^MEDIAN //')
+    # A run that produced no result (the harness failed) is recorded as such and the rest go on.
+    line=$(cargo bench --bench load -- run "$w" "${args[@]}" --runs "$runs" 2>>"$out/stderr.txt" | tee -a "$out/log.txt" | grep '^MEDIAN ' | sed 's/^MEDIAN //') || line='{"error":"no result, see target/compare/stderr.txt"}'
     python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["preset"]=sys.argv[2]; d["label"]=sys.argv[3]; print(json.dumps(d))' \
       "$line" "$w" "$label" >> "$out/results.jsonl"
   done

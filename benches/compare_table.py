@@ -21,13 +21,20 @@ for preset in TITLES:
     if not mine:
         continue
     print(f"### {TITLES[preset]}\n")
-    print("| server | rate in/s | deliveries/s | conflated/s | latency p50 / p99 / p999 ms | p99 fast clients ms | CPU-µs per delivery | RSS MiB | RSS per connection KiB | seq regressions / gaps |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| server | rate in/s | deliveries/s | conflated/s | latency p50 / p99 / p999 ms | p99 fast clients ms | CPU-µs per delivery | RSS MiB | RSS per connection KiB | seq regressions / gaps | clients ready (setup s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in mine:
+        if "error" in r:
+            print(f'| {r["label"]} | {r["error"]} |' + " |" * 9)
+            continue
+        name = r["label"]
+        if preset == "w1" and not r.get("clean", True):
+            name += " (no clean rate: first step shown)"
         lat = f'{fmt(r["latency_ms_p50"], "{}")} / {fmt(r["latency_ms_p99"], "{}")} / {fmt(r["latency_ms_p999"], "{}")}'
         print(
-            f'| {r["label"]} | {fmt(r["rate_configured"])} | {fmt(r["deliveries_per_s"])} | {fmt(r["conflated_per_s"])} | {lat} '
+            f'| {name} | {fmt(r["rate_configured"])} | {fmt(r["deliveries_per_s"])} | {fmt(r["conflated_per_s"])} | {lat} '
             f'| {fmt(r["fast_latency_ms_p99"], "{}")} | {fmt(r["server_cpu_s_per_million"], "{:.2f}")} '
-            f'| {r["server_rss_mib"]:.1f} | {r["rss_per_connection_kib"]:.2f} | {r["seq_regressions"]} / {r["gaps"]} |'
+            f'| {r["server_rss_mib"]:.1f} | {r["rss_per_connection_kib"]:.2f} | {r["seq_regressions"]} / {r["gaps"]} '
+            f'| {r.get("ready_clients", "?")} / {r["clients"]} ({r.get("setup_s", 0):.0f}) |'
         )
     print()

@@ -521,22 +521,28 @@ fn zipf_pick(universe: &[String], n: usize, seed: u64) -> Vec<String> {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-async fn connect(addr: &str) -> Ws {
+/// Connects one client, retrying a few times; a handshake gets `CONNECT_LIMIT` per attempt, so
+/// a server too busy to answer fails the connection instead of stalling the harness.
+async fn connect(addr: &str) -> Result<Ws, String> {
+    const CONNECT_LIMIT: Duration = Duration::from_secs(10);
     let config = WebSocketConfig::default()
         .read_buffer_size(CLIENT_READ_BUFFER)
         .write_buffer_size(0);
     let url = format!("ws://{addr}/ws");
     let mut attempt = 0;
     loop {
-        match tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await {
-            Ok((ws, _)) => return ws,
-            Err(e) if attempt < 5 => {
-                attempt += 1;
-                eprintln!("connect failed ({e}), retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(e) => panic!("cannot connect to {url}: {e}"),
+        let handshake = tokio_tungstenite::connect_async_with_config(&url, Some(config), true);
+        let error = match tokio::time::timeout(CONNECT_LIMIT, handshake).await {
+            Ok(Ok((ws, _))) => return Ok(ws),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no handshake within {CONNECT_LIMIT:?}"),
+        };
+        if attempt == 5 {
+            return Err(format!("cannot connect to {url}: {error}"));
         }
+        attempt += 1;
+        eprintln!("connect failed ({error}), retrying");
+        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
     }
 }
 
@@ -673,6 +679,9 @@ struct Report {
     /// Clients that held every snapshot within the setup limit (all of them in a valid run).
     ready_clients: u64,
     setup_s: f64,
+    connect_failures: u64,
+    /// W1's criterion (p99 < 50 ms, nothing conflated or lost, every client ready); set by `ramp`.
+    clean: bool,
 }
 
 async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
@@ -687,11 +696,25 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::with_capacity(c.clients);
     let mut connected = 0;
+    let mut connect_failures = 0u64;
     let setup_started = Instant::now();
     while connected < c.clients && setup_started.elapsed() < SETUP_LIMIT {
         let batch = CONNECT_CONCURRENCY.min(c.clients - connected);
-        let conns = futures_util::future::join_all((0..batch).map(|_| connect(&server.addr))).await;
+        let remaining = SETUP_LIMIT.saturating_sub(setup_started.elapsed());
+        let batch_connects =
+            futures_util::future::join_all((0..batch).map(|_| connect(&server.addr)));
+        let Ok(conns) = tokio::time::timeout(remaining, batch_connects).await else {
+            break;
+        };
         for ws in conns {
+            let ws = match ws {
+                Ok(ws) => ws,
+                Err(e) => {
+                    eprintln!("{e}");
+                    connect_failures += 1;
+                    continue;
+                }
+            };
             let i = connected;
             connected += 1;
             let symbols = zipf_pick(&universe, c.symbols_per_client, i as u64);
@@ -748,7 +771,9 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
                 );
                 churned.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let mut ws = connect(&addr).await;
+                    let Ok(mut ws) = connect(&addr).await else {
+                        return;
+                    };
                     let sub =
                         serde_json::json!({"op": "subscribe", "symbols": symbols}).to_string();
                     let _ = ws.send(Message::text(sub)).await;
@@ -818,12 +843,14 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
         churned_connections: churned.load(Ordering::Relaxed),
         ready_clients: stats.ready_clients.load(Ordering::Relaxed),
         setup_s,
+        connect_failures,
+        clean: false,
     }
 }
 
 /// The served symbols, via the `symbols` op.
 async fn symbol_list(addr: &str) -> Vec<String> {
-    let mut ws = connect(addr).await;
+    let mut ws = connect(addr).await.expect("the symbols op connects");
     ws.send(Message::text(r#"{"op":"symbols"}"#))
         .await
         .expect("send symbols op");
@@ -847,7 +874,7 @@ fn print(r: &Report) {
     println!(
         "{:<7} clients {:>6} × {:>3} sym  rate {:>7}/s  ticks in {:>9.0}/s  deliveries {:>10.0}/s  conflated {:>9.0}/s  \
          latency ms p50 {:>3} p99 {:>4} p999 {:>4}  cpu-s/M {:>6}  RSS {:>7.1} MiB ({:.2} KiB/conn)  \
-         regressions {} gaps {} early-update {} closed {}  ready {}/{} after {:.0} s",
+         regressions {} gaps {} early-update {} closed {}  ready {}/{} after {:.0} s ({} failed connects)",
         r.workload,
         r.clients,
         r.symbols_per_client,
@@ -869,6 +896,7 @@ fn print(r: &Report) {
         r.ready_clients,
         r.clients,
         r.setup_s,
+        r.connect_failures,
     );
     println!(
         "RESULT {}",
@@ -987,37 +1015,31 @@ fn main() {
     });
 }
 
-/// Runs at rising rates (×1.5) until a run is not clean; returns the last clean run (or the first
-/// run when none was clean, flagged by its figures).
+/// Runs at rising rates (×1.5) until a run is not clean; returns the last clean run, or, when
+/// even the first rate was not clean, that first run with `clean: false` (its figures still say
+/// what the server delivered and at what cost).
 async fn ramp(mut c: Common, pin: bool) -> Report {
     let mut best: Option<Report> = None;
     loop {
-        let r = run_once("ramp", &c, pin).await;
+        let mut r = run_once("ramp", &c, pin).await;
         print(&r);
-        if !clean(&r) {
-            break;
-        }
-        best = Some(r);
-        c.rate = (f64::from(c.rate) * 1.5) as u32;
-    }
-    match best {
-        Some(b) => {
+        r.clean = clean(&r);
+        if !r.clean {
+            let Some(b) = best else {
+                println!("no clean rate: the first step already failed; reporting it");
+                return r;
+            };
             println!(
-                "highest clean rate: {:.0} ticks/s in, {:.0} deliveries/s into {} clients (p99 {} ms)",
-                b.ticks_in_per_s,
+                "highest clean rate: {} ticks/s configured, {:.0} deliveries/s into {} clients (p99 {} ms)",
+                b.rate_configured,
                 b.deliveries_per_s,
                 b.clients,
                 b.latency_ms_p99.unwrap_or(0)
             );
-            b
+            return b;
         }
-        None => {
-            println!("no clean rate: the first step already failed");
-            Report {
-                deliveries_per_s: 0.0,
-                ..Report::default()
-            }
-        }
+        best = Some(r);
+        c.rate = (f64::from(c.rate) * 1.5) as u32;
     }
 }
 
