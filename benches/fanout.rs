@@ -35,7 +35,7 @@ impl Conn {
         self.pending.take(&mut self.dirty);
         for slot in self.dirty.drain(..) {
             let view = &mut self.slots[slot as usize];
-            let latest = view.entry.read();
+            let latest = view.entry.read_since(view.catch_up_after());
             view.emit(latest.as_ref(), now, &mut self.frame, &mut self.stats);
         }
         self.stats.tick_in.clear();

@@ -3,8 +3,11 @@
 //!
 //! Memory per connection is bounded by its number of subscribed symbols whatever the tick rate: the
 //! index marks a slot dirty at most once until the connection drains it, and draining reads the
-//! symbol's *latest* state. How many ticks were merged is not counted per tick; it falls out of `seq`
-//! (`conflated = seq - last_sent_seq - 1`), because `seq` grows by one per accepted tick.
+//! symbol's state since the connection's last send. A connection at most `RECENT_TICKS` behind gets
+//! every tick's update (the index's shared bytes, so nothing is encoded per connection); one further
+//! behind, or paced by `max_hz`, gets one update from what it was sent to the latest. How many ticks
+//! were merged is not counted per tick; it falls out of `seq` (`conflated = seq - last_sent_seq - 1`),
+//! because `seq` grows by one per accepted tick.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,8 +33,17 @@ pub struct Published {
     pub seq: u64,
     pub quote: Quote,
     pub tick_in: Option<Instant>,
-    /// The update of tick `seq` against tick `seq - 1`, already a frame.
-    pub shared: Option<ByteString>,
+    /// The updates of every tick after the connection's last `seq` up to `seq`, oldest first, when
+    /// the index still holds them all; empty otherwise.
+    pub catch_up: Vec<Recent>,
+}
+
+/// One tick's update (against the tick before it), encoded once by the index as a one-message
+/// frame, and when the tick entered the index.
+#[derive(Clone, Debug)]
+pub struct Recent {
+    pub frame: ByteString,
+    pub tick_in: Instant,
 }
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -170,6 +182,12 @@ impl SlotView {
         self.next_at = None;
     }
 
+    /// The `seq` after which this connection wants every tick (`Index::read_since`): none before its
+    /// snapshot, and none under `max_hz`, which asks for merged updates.
+    pub fn catch_up_after(&self) -> Option<u64> {
+        (!self.snapshot_pending && self.min_interval.is_none()).then_some(self.sent_seq)
+    }
+
     /// Writes into `frame` what this connection is owed for the symbol, given its latest state `now`
     /// (`None`: no tick yet, so no snapshot yet either).
     pub fn emit(
@@ -203,20 +221,24 @@ impl SlotView {
             }
         }
         if p.seq > self.sent_seq {
-            let conflated = p.seq - self.sent_seq - 1;
-            match &p.shared {
-                // In sync: this connection's delta is the tick's own, encoded once by the index.
-                Some(bytes) if conflated == 0 => frame.push_shared(bytes),
-                _ => {
-                    frame.push(|s| encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated))
+            let behind = p.seq - self.sent_seq;
+            if p.catch_up.len() as u64 == behind && self.min_interval.is_none() {
+                // Keeping up: every tick's own update, as the index encoded it once for everyone.
+                for recent in &p.catch_up {
+                    frame.push_shared(&recent.frame);
+                    stats.tick_in.push(recent.tick_in);
                 }
+                stats.updates += behind;
+            } else {
+                let conflated = behind - 1;
+                frame.push(|s| encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated));
+                stats.updates += 1;
+                stats.conflated += conflated;
+                stats.tick_in.extend(p.tick_in);
             }
             self.sent = p.quote;
             self.sent_seq = p.seq;
             self.next_at = self.min_interval.map(|d| now + d);
-            stats.updates += 1;
-            stats.conflated += conflated;
-            stats.tick_in.extend(p.tick_in);
         }
         if p.quote.status != self.sent_status {
             frame.push(|s| encode_status(s, symbol, p.quote.status));
@@ -238,7 +260,7 @@ mod tests {
     use super::*;
     use crate::delta::client_view::{of_quote, View};
     use crate::feed::FeedEvent;
-    use crate::index::Index;
+    use crate::index::{Index, RECENT_TICKS};
     use crate::metrics::Metrics;
     use crate::model::Tick;
     use proptest::prelude::*;
@@ -266,7 +288,7 @@ mod tests {
         let mut stats = EmitStats::default();
         for slot in dirty {
             let s = &mut slots[slot as usize];
-            let latest = s.entry.read();
+            let latest = s.entry.read_since(s.catch_up_after());
             s.emit(latest.as_ref(), now, &mut frame, &mut stats);
         }
         match frame.take() {
@@ -312,15 +334,9 @@ mod tests {
         entry.subscribe(&conn, 0);
         drain(&conn, &mut slots, Instant::now());
         idx.apply(FeedEvent::Tick(tick(101, None)));
-        let shared = entry
-            .read()
-            .unwrap()
-            .shared
-            .expect("subscribers, so encoded once");
-        let mut dirty = Vec::new();
-        conn.take(&mut dirty);
+        let latest = entry.read_since(slots[0].catch_up_after());
+        let shared = latest.as_ref().unwrap().catch_up[0].frame.clone();
         let mut frame = FrameBuilder::default();
-        let latest = entry.read();
         slots[0].emit(
             latest.as_ref(),
             Instant::now(),
@@ -329,6 +345,34 @@ mod tests {
         );
         let f = frame.take().unwrap();
         assert_eq!(f.as_bytes().as_ptr(), shared.as_bytes().as_ptr());
+    }
+
+    #[test]
+    fn a_connection_a_few_ticks_behind_gets_every_tick_in_one_frame() {
+        let idx = index();
+        let entry = idx.register("AAPL".into());
+        idx.apply(FeedEvent::Tick(tick(100, Some(1))));
+        let conn = ConnPending::new();
+        let mut slots = vec![SlotView::new(entry.clone(), None)];
+        entry.subscribe(&conn, 0);
+        drain(&conn, &mut slots, Instant::now());
+        for i in 0..RECENT_TICKS as i64 {
+            idx.apply(FeedEvent::Tick(tick(101 + i, None)));
+        }
+        let msgs = drain(&conn, &mut slots, Instant::now());
+        assert_eq!(msgs.len(), RECENT_TICKS, "one update per tick");
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(m["seq"], 2 + i as u64);
+            assert!(m.get("conflated").is_none(), "{m}");
+        }
+        assert_eq!(msgs[RECENT_TICKS - 1]["bid"], "1.64");
+        // One tick more than the index keeps: the connection is not keeping up, one merged update.
+        for i in 0..=RECENT_TICKS as i64 {
+            idx.apply(FeedEvent::Tick(tick(200 + i, None)));
+        }
+        let msgs = drain(&conn, &mut slots, Instant::now());
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0]["conflated"], RECENT_TICKS as u64);
     }
 
     #[test]

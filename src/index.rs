@@ -17,23 +17,32 @@
 //!
 //! Backpressure, index → connection: the fan-out never awaits and never queues per tick. It only
 //! marks the connection's slot for the symbol dirty (`ConnPending::mark`, at most one entry per
-//! subscribed symbol) and wakes its task; the task later reads whatever is latest. That is the
-//! conflation, and it is why a slow client costs the ingest task no more than a fast one.
+//! subscribed symbol) and wakes its task; the task later reads what happened since it last sent.
+//! The symbol keeps its last `RECENT_TICKS` updates encoded (once, shared by every connection), so a
+//! connection a few ticks behind gets each of them; one further behind cannot keep up and gets one
+//! merged update instead. That is the conflation, and it is why a slow client costs the ingest task
+//! no more than a fast one.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytestring::ByteString;
 use dashmap::DashMap;
 
-use crate::conflate::{lock, ConnPending, Published};
+use crate::conflate::{lock, ConnPending, Published, Recent};
 use crate::delta::encode_update;
 use crate::feed::FeedEvent;
 use crate::metrics::{FeedCounters, Metrics};
 use crate::model::{FeedId, Quote, Status, Symbol, Tick};
 use crate::normalize::normalize;
 use crate::protocol::one_message_frame;
+
+/// How many of a symbol's latest updates stay encoded for connections that are behind. A batch of
+/// ticks arriving together (a feed's poll, a replay's 10 ms step) is far smaller, so a client that
+/// keeps up is never conflated; one more than this many ticks behind on a symbol is not keeping up.
+/// Costs at most this many small frames per symbol that has subscribers, whatever the connections.
+pub const RECENT_TICKS: usize = 64;
 
 pub struct Index {
     symbols: DashMap<Symbol, Arc<SymbolEntry>>,
@@ -54,8 +63,9 @@ struct SymbolState {
     quote: Quote,
     /// When the latest tick entered the index: the start of `quotegw_tick_to_write_seconds`.
     tick_in: Option<Instant>,
-    /// The latest tick's update as a one-message frame, encoded once for every in-sync subscriber.
-    shared: Option<ByteString>,
+    /// The updates of the last ticks (`seq - recent.len() + 1 ..= seq`), each a one-message frame
+    /// encoded once for every subscriber; empty when the latest tick had no subscriber.
+    recent: VecDeque<Recent>,
     /// Every feed that has served this symbol, in priority (`FeedId`) order; usually one.
     sources: Vec<Source>,
     /// The feed whose quote is published; kept while every source is stale, so that the same feed
@@ -100,11 +110,21 @@ impl SymbolState {
         let prev = self.quote;
         self.quote = now;
         self.seq += 1;
-        self.tick_in = Some(Instant::now());
+        let tick_in = Instant::now();
+        self.tick_in = Some(tick_in);
         // The first tick has no update (subscribers get a snapshot), and with no subscriber nobody
-        // would read the bytes.
-        self.shared = (self.seq > 1 && listeners)
-            .then(|| one_message_frame(|s| encode_update(s, symbol, self.seq, &prev, &now, 0)));
+        // would read the bytes; the ring restarts so that it stays contiguous up to `seq`.
+        if self.seq > 1 && listeners {
+            if self.recent.len() == RECENT_TICKS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Recent {
+                frame: one_message_frame(|s| encode_update(s, symbol, self.seq, &prev, &now, 0)),
+                tick_in,
+            });
+        } else {
+            self.recent.clear();
+        }
     }
 }
 
@@ -283,12 +303,28 @@ impl SymbolEntry {
 
     /// The latest state, or `None` before the first tick (a subscriber's snapshot waits for it).
     pub fn read(&self) -> Option<Published> {
+        self.read_since(None)
+    }
+
+    /// The latest state plus, for a connection last sent `seq = after`, the encoded updates of every
+    /// tick since, when the ring still holds all of them (otherwise `catch_up` is empty).
+    pub fn read_since(&self, after: Option<u64>) -> Option<Published> {
         let st = lock(&self.state);
-        (st.seq > 0).then(|| Published {
+        if st.seq == 0 {
+            return None;
+        }
+        let mut catch_up = Vec::new();
+        if let Some(sent) = after.filter(|&sent| sent < st.seq) {
+            let behind = (st.seq - sent) as usize;
+            if behind <= st.recent.len() {
+                catch_up.extend(st.recent.range(st.recent.len() - behind..).cloned());
+            }
+        }
+        Some(Published {
             seq: st.seq,
             quote: st.quote,
             tick_in: st.tick_in,
-            shared: st.shared.clone(),
+            catch_up,
         })
     }
 

@@ -338,6 +338,9 @@ pub struct FrameBuilder {
     count: usize,
     /// A lone shared message (already `[...]`), kept by reference until a second message arrives.
     single_shared: Option<ByteString>,
+    /// The last frame's length: the next frame's buffer is allocated at that size when it starts,
+    /// so an idle connection holds no buffer between frames.
+    capacity_hint: usize,
 }
 
 impl FrameBuilder {
@@ -360,6 +363,9 @@ impl FrameBuilder {
     }
 
     fn separator(&mut self) {
+        if self.count == 0 || self.single_shared.is_some() {
+            self.buf.reserve(self.capacity_hint);
+        }
         if let Some(single) = self.single_shared.take() {
             self.buf.push('[');
             self.buf.push_str(inner(&single));
@@ -396,11 +402,8 @@ impl FrameBuilder {
             return Some(single);
         }
         self.buf.push(']');
-        let capacity = self.buf.len();
-        Some(ByteString::from(std::mem::replace(
-            &mut self.buf,
-            String::with_capacity(capacity),
-        )))
+        self.capacity_hint = self.buf.len();
+        Some(ByteString::from(std::mem::take(&mut self.buf)))
     }
 }
 

@@ -181,6 +181,11 @@ impl Connection {
         let shutdown = self.shared.shutdown.clone();
         let pending = self.pending.clone();
         let expires = self.grant.remaining().map(|left| Instant::now() + left);
+        // Timers armed once and re-armed when due, not per wake-up: a busy connection wakes for
+        // every frame, and registering timers each time costs as much as the frame's own work.
+        let expiry = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now));
+        let idle = tokio::time::sleep_until(self.last_heard + idle_timeout);
+        tokio::pin!(expiry, idle);
         enum Event {
             Expired,
             Shutdown,
@@ -195,17 +200,24 @@ impl Connection {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Event::Shutdown,
-                _ = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => Event::Expired,
+                _ = &mut expiry, if expires.is_some() => Event::Expired,
                 msg = stream.recv() => Event::Frame(msg),
                 _ = pending.wait() => Event::Dirty,
                 _ = tokio::time::sleep_until(deferred_until.unwrap_or_else(Instant::now)), if deferred_until.is_some() => Event::Deferred,
-                _ = tokio::time::sleep_until(self.last_heard + idle_timeout) => Event::Idle,
+                _ = &mut idle => Event::Idle,
                 _ = ping.tick() => Event::Ping,
             };
             match event {
                 Event::Expired => return End::Close(close::POLICY, "token expired"),
                 Event::Shutdown => return End::Close(close::GOING_AWAY, "gateway shutting down"),
-                Event::Idle => return End::Close(close::NORMAL, "idle timeout"),
+                Event::Idle => {
+                    let due = self.last_heard + idle_timeout;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    return End::Close(close::NORMAL, "idle timeout");
+                }
                 Event::Frame(None) => return End::Gone,
                 Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
                 Event::Frame(Some(Ok(msg))) => {

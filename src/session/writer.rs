@@ -1,5 +1,6 @@
 //! Session, outbound: dirty slots → frames → the socket, and the slow-consumer timeout.
 
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,7 +32,7 @@ impl Connection {
             let Some(view) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue; // unsubscribed since it was marked
             };
-            let latest = view.entry.read();
+            let latest = view.entry.read_since(view.catch_up_after());
             if let Emitted::NotBefore(at) = view.emit(
                 latest.as_ref(),
                 now.into_std(),
@@ -103,9 +104,15 @@ async fn deliver(
     timeout: Duration,
     send: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
 ) -> Result<(), End> {
-    match tokio::time::timeout(timeout, send).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(actix_ws::Closed)) => Err(End::Gone),
-        Err(_elapsed) => Err(End::SlowConsumer),
-    }
+    let mut send = std::pin::pin!(send);
+    // Nearly every send completes at once (actix-ws has room): only a blocked one arms a timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+    let done = match first {
+        Poll::Ready(done) => done,
+        Poll::Pending => match tokio::time::timeout(timeout, send).await {
+            Ok(done) => done,
+            Err(_elapsed) => return Err(End::SlowConsumer),
+        },
+    };
+    done.map_err(|actix_ws::Closed| End::Gone)
 }
