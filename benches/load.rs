@@ -35,7 +35,7 @@ const CONNECT_CONCURRENCY: usize = 100;
 const CLIENT_READ_BUFFER: usize = 4096;
 /// How long all clients may take to connect and receive every snapshot, and how long they may take
 /// to close at the end: a server that cannot keep up makes a run fail or report, never hang.
-const SETUP_LIMIT: Duration = Duration::from_secs(180);
+const SETUP_LIMIT: Duration = Duration::from_secs(60);
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Parser, Debug)]
