@@ -5,17 +5,19 @@
 //! 1,000; reported per tick, so time / N is the cost of one delivery before the syscall.
 //!
 //! Run: `cargo bench --bench fanout` (HTML report under target/criterion/). The `in_sync` group is the
-//! usual fast-client case (shared bytes, no per-connection encoding); `conflated` applies 10 ticks
-//! before each drain, so every connection encodes its own merged delta.
+//! usual fast-client case (shared bytes, no per-connection encoding); `catch_up` applies 10 ticks
+//! before each drain, which every connection receives as 10 shared updates in one frame; `conflated`
+//! applies `RECENT_TICKS + 1`, one more than the index keeps, so every connection encodes its own
+//! merged delta. Throughput counts deliveries (updates written).
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use quotegw::conflate::{ConnPending, EmitStats, SlotView};
+use quotegw::conflate::{ConnPending, EmitStats, Recent, SlotView};
 use quotegw::feed::FeedEvent;
-use quotegw::index::Index;
+use quotegw::index::{Index, RECENT_TICKS};
 use quotegw::metrics::Metrics;
 use quotegw::model::Tick;
 use quotegw::protocol::FrameBuilder;
@@ -27,6 +29,7 @@ struct Conn {
     dirty: Vec<u32>,
     frame: FrameBuilder,
     stats: EmitStats,
+    catch_up: Vec<Recent>,
 }
 
 impl Conn {
@@ -35,8 +38,13 @@ impl Conn {
         self.pending.take(&mut self.dirty);
         for slot in self.dirty.drain(..) {
             let view = &mut self.slots[slot as usize];
-            let latest = view.entry.read_since(view.catch_up_after());
+            let reuse = std::mem::take(&mut self.catch_up);
+            let latest = view.entry.read_since(view.catch_up_after(), reuse);
             view.emit(latest.as_ref(), now, &mut self.frame, &mut self.stats);
+            if let Some(p) = latest {
+                self.catch_up = p.catch_up;
+                self.catch_up.clear();
+            }
         }
         self.stats.tick_in.clear();
         self.frame.take().map_or(0, |f| f.len())
@@ -85,6 +93,7 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
                 dirty: Vec::new(),
                 frame: FrameBuilder::default(),
                 stats: EmitStats::default(),
+                catch_up: Vec::new(),
             }
         })
         .collect();
@@ -95,13 +104,13 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
     (index, conns)
 }
 
-/// Applies `ticks_per_drain` ticks, then drains every connection once.
-fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64) {
+/// Applies `ticks_per_drain` ticks, then drains every connection once (`updates_per_drain` each).
+fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64, updates_per_drain: u64) {
     let mut group = c.benchmark_group(name);
     for n in [1usize, 100, 1_000] {
         let (index, mut conns) = setup(n);
         let mut i = 2;
-        group.throughput(Throughput::Elements(n as u64));
+        group.throughput(Throughput::Elements(n as u64 * updates_per_drain));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 for _ in 0..ticks_per_drain {
@@ -121,8 +130,9 @@ fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64) {
 }
 
 fn fanout(c: &mut Criterion) {
-    group(c, "in_sync", 1);
-    group(c, "conflated", 10);
+    group(c, "in_sync", 1, 1);
+    group(c, "catch_up", 10, 10);
+    group(c, "conflated", RECENT_TICKS as i64 + 1, 1);
 }
 
 criterion_group!(benches, fanout);

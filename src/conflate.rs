@@ -288,7 +288,7 @@ mod tests {
         let mut stats = EmitStats::default();
         for slot in dirty {
             let s = &mut slots[slot as usize];
-            let latest = s.entry.read_since(s.catch_up_after());
+            let latest = s.entry.read_since(s.catch_up_after(), Vec::new());
             s.emit(latest.as_ref(), now, &mut frame, &mut stats);
         }
         match frame.take() {
@@ -334,7 +334,7 @@ mod tests {
         entry.subscribe(&conn, 0);
         drain(&conn, &mut slots, Instant::now());
         idx.apply(FeedEvent::Tick(tick(101, None)));
-        let latest = entry.read_since(slots[0].catch_up_after());
+        let latest = entry.read_since(slots[0].catch_up_after(), Vec::new());
         let shared = latest.as_ref().unwrap().catch_up[0].frame.clone();
         let mut frame = FrameBuilder::default();
         slots[0].emit(

@@ -303,17 +303,18 @@ impl SymbolEntry {
 
     /// The latest state, or `None` before the first tick (a subscriber's snapshot waits for it).
     pub fn read(&self) -> Option<Published> {
-        self.read_since(None)
+        self.read_since(None, Vec::new())
     }
 
     /// The latest state plus, for a connection last sent `seq = after`, the encoded updates of every
-    /// tick since, when the ring still holds all of them (otherwise `catch_up` is empty).
-    pub fn read_since(&self, after: Option<u64>) -> Option<Published> {
+    /// tick since, when the ring still holds all of them (otherwise `catch_up` is empty). `catch_up`
+    /// is an empty vector to fill, so that a connection reuses one allocation for every read.
+    pub fn read_since(&self, after: Option<u64>, mut catch_up: Vec<Recent>) -> Option<Published> {
         let st = lock(&self.state);
         if st.seq == 0 {
             return None;
         }
-        let mut catch_up = Vec::new();
+        catch_up.clear();
         if let Some(sent) = after.filter(|&sent| sent < st.seq) {
             let behind = (st.seq - sent) as usize;
             if behind <= st.recent.len() {

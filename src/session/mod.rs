@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{Grant, IpGuard};
 use crate::config::LimitsConfig;
-use crate::conflate::{ConnPending, EmitStats, SlotView};
+use crate::conflate::{ConnPending, EmitStats, Recent, SlotView};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
@@ -122,6 +122,8 @@ pub struct Connection {
     frame: FrameBuilder,
     stats: EmitStats,
     scratch: Vec<u32>,
+    /// Lent to `SymbolEntry::read_since` for each read, so catching up allocates nothing.
+    catch_up: Vec<Recent>,
     ops: TokenBucket,
     errors: TokenBucket,
     last_heard: Instant,
@@ -159,6 +161,7 @@ impl Connection {
             frame: FrameBuilder::default(),
             stats: EmitStats::default(),
             scratch: Vec::new(),
+            catch_up: Vec::new(),
             last_heard: now,
             pong_owed: None,
             fragments: None,
