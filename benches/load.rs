@@ -8,6 +8,10 @@
 //!   cargo bench --bench load -- idle --clients 1000          # RSS per idle connection
 //!   cargo bench --bench load -- fanout --clients 1000 --symbols-per-client 1 --universe 1 --rate 2000
 //!   cargo bench --bench load -- ramp --clients 1000 --universe 1   # highest clean rate into N clients
+//!   cargo bench --bench load -- run w2 --server bun --runs 3   # a comparison workload (W0..W4)
+//! against quotegw or a peer (benches/peers/); benches/compare.sh runs all of them, see
+//! docs/benchmarks.md. Every phase is bounded (setup 60 s, teardown 20 s, 10 s per handshake), so a
+//! server that cannot keep up yields a report, never a hang.
 //! `cargo bench --bench load -- --help` lists every flag. Each run prints a readable table and one JSON
 //! line (prefixed `RESULT `). The server runs on core 0 and the harness on core 1 (`taskset`) unless
 //! `--no-pin`. Under `cargo test` (no `--bench` argument) it runs a few-second smoke run that asserts
