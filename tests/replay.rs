@@ -109,9 +109,9 @@ async fn receive_replay(speed: &str) -> Received {
 }
 
 /// Three replays of the same file give the same messages. A client is conflated only when its
-/// writer falls more than one tick interval behind, which on a shared 2-core machine can happen
-/// for reasons outside the gateway; such a run still has to agree with the others on every `seq`
-/// it did receive, and the test keeps going until it has three unconflated runs to compare whole.
+/// writer falls more than `RECENT_TICKS` ticks of a symbol behind, which a stall of the shared
+/// 2-core machine can still cause; such a run has to agree with the others on every `seq` it did
+/// receive, and the test keeps going until it has three unconflated runs to compare whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_file_gives_the_same_messages_every_run() {
     let _serial = SERIAL.lock().await;
