@@ -299,8 +299,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_slow_connection_gets_the_latest_value_once_with_the_merged_count() {
+    /// One connection subscribed to AAPL (one tick in, `seq` 1) that has taken its snapshot.
+    fn subscribed_after_snapshot() -> (Index, Arc<SymbolEntry>, Arc<ConnPending>, Vec<SlotView>) {
         let idx = index();
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, Some(1))));
@@ -311,6 +311,12 @@ mod tests {
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0]["type"], "snapshot");
         assert_eq!(snap[0]["seq"], 1);
+        (idx, entry, conn, slots)
+    }
+
+    #[test]
+    fn a_slow_connection_gets_the_latest_value_once_with_the_merged_count() {
+        let (idx, _entry, conn, mut slots) = subscribed_after_snapshot();
 
         for i in 0..1000 {
             idx.apply(FeedEvent::Tick(tick(101 + i, None)));
@@ -326,13 +332,7 @@ mod tests {
 
     #[test]
     fn an_in_sync_connection_gets_the_shared_bytes() {
-        let idx = index();
-        let entry = idx.register("AAPL".into());
-        idx.apply(FeedEvent::Tick(tick(100, Some(1))));
-        let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.clone(), None)];
-        entry.subscribe(&conn, 0);
-        drain(&conn, &mut slots, Instant::now());
+        let (idx, entry, _conn, mut slots) = subscribed_after_snapshot();
         idx.apply(FeedEvent::Tick(tick(101, None)));
         let latest = entry.read_since(slots[0].catch_up_after(), Vec::new());
         let shared = latest.as_ref().unwrap().catch_up[0].frame.clone();
@@ -349,13 +349,7 @@ mod tests {
 
     #[test]
     fn a_connection_a_few_ticks_behind_gets_every_tick_in_one_frame() {
-        let idx = index();
-        let entry = idx.register("AAPL".into());
-        idx.apply(FeedEvent::Tick(tick(100, Some(1))));
-        let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.clone(), None)];
-        entry.subscribe(&conn, 0);
-        drain(&conn, &mut slots, Instant::now());
+        let (idx, _entry, conn, mut slots) = subscribed_after_snapshot();
         for i in 0..RECENT_TICKS as i64 {
             idx.apply(FeedEvent::Tick(tick(101 + i, None)));
         }
