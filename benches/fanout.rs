@@ -37,14 +37,12 @@ impl Conn {
     fn drain(&mut self, now: Instant) -> usize {
         self.pending.take(&mut self.dirty);
         for slot in self.dirty.drain(..) {
-            let view = &mut self.slots[slot as usize];
-            let reuse = std::mem::take(&mut self.catch_up);
-            let latest = view.entry.read_since(view.catch_up_after(), reuse);
-            view.emit(latest.as_ref(), now, &mut self.frame, &mut self.stats);
-            if let Some(p) = latest {
-                self.catch_up = p.catch_up;
-                self.catch_up.clear();
-            }
+            self.slots[slot as usize].emit_latest(
+                &mut self.catch_up,
+                now,
+                &mut self.frame,
+                &mut self.stats,
+            );
         }
         self.stats.tick_in.clear();
         self.frame.take().map_or(0, |f| f.len())

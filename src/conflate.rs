@@ -182,10 +182,32 @@ impl SlotView {
         self.next_at = None;
     }
 
-    /// The `seq` after which this connection wants every tick (`Index::read_since`): none before its
-    /// snapshot, and none under `max_hz`, which asks for merged updates.
-    pub fn catch_up_after(&self) -> Option<u64> {
+    /// The `seq` after which this connection wants every tick (`SymbolEntry::read_since`): none
+    /// before its snapshot, and none under `max_hz`, which asks for merged updates.
+    fn catch_up_after(&self) -> Option<u64> {
         (!self.snapshot_pending && self.min_interval.is_none()).then_some(self.sent_seq)
+    }
+
+    /// Reads the symbol's state since this connection's last send and writes what it is owed (see
+    /// `emit`). `scratch` lends the catch-up vector for the read and gets it back emptied, so a
+    /// connection reads with one allocation for its whole life.
+    pub fn emit_latest(
+        &mut self,
+        scratch: &mut Vec<Recent>,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let latest = self
+            .entry
+            .read_since(self.catch_up_after(), std::mem::take(scratch));
+        let emitted = self.emit(latest.as_ref(), now, frame, stats);
+        if let Some(p) = latest {
+            // The frame holds its own references to the shared updates.
+            *scratch = p.catch_up;
+            scratch.clear();
+        }
+        emitted
     }
 
     /// Writes into `frame` what this connection is owed for the symbol, given its latest state `now`
@@ -287,9 +309,7 @@ mod tests {
         let mut frame = FrameBuilder::default();
         let mut stats = EmitStats::default();
         for slot in dirty {
-            let s = &mut slots[slot as usize];
-            let latest = s.entry.read_since(s.catch_up_after(), Vec::new());
-            s.emit(latest.as_ref(), now, &mut frame, &mut stats);
+            slots[slot as usize].emit_latest(&mut Vec::new(), now, &mut frame, &mut stats);
         }
         match frame.take() {
             None => vec![],

@@ -122,7 +122,7 @@ pub struct Connection {
     frame: FrameBuilder,
     stats: EmitStats,
     scratch: Vec<u32>,
-    /// Lent to `SymbolEntry::read_since` for each read, so catching up allocates nothing.
+    /// Lent to `SlotView::emit_latest` for each read, so catching up allocates nothing.
     catch_up: Vec<Recent>,
     ops: TokenBucket,
     errors: TokenBucket,

@@ -32,10 +32,8 @@ impl Connection {
             let Some(view) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue; // unsubscribed since it was marked
             };
-            let reuse = std::mem::take(&mut self.catch_up);
-            let latest = view.entry.read_since(view.catch_up_after(), reuse);
-            if let Emitted::NotBefore(at) = view.emit(
-                latest.as_ref(),
+            if let Emitted::NotBefore(at) = view.emit_latest(
+                &mut self.catch_up,
                 now.into_std(),
                 &mut self.frame,
                 &mut self.stats,
@@ -45,12 +43,6 @@ impl Connection {
                     self.deferred.push(slot);
                 }
                 self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
-            }
-            if let Some(p) = latest {
-                // The frame holds its own references; the vector goes back, emptied, for reuse.
-                let mut reuse = p.catch_up;
-                reuse.clear();
-                self.catch_up = reuse;
             }
             if self.frame.len_bytes() >= FRAME_TARGET_BYTES {
                 self.send_frame().await?;
