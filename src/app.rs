@@ -10,12 +10,14 @@
 //! 5 s.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use actix_http::HttpService;
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
 use actix_web::{web, App, HttpServer};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -24,10 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::access::Access;
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
-use crate::http::{ops_routes, routes, AppState};
+use crate::http::{ops_routes, routes, upgrade, AppState};
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::session::socket::PeerFd;
 use crate::session::SessionShared;
 
 /// How long actix waits for connections after the shutdown signal; sessions close with 1001 within
@@ -272,27 +273,43 @@ async fn run(
     };
     let with_ops = listeners.ops.is_none();
     let public_state = state.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(public_state.clone())
-            .configure(|cfg| routes(cfg, with_ops))
-    })
-    .workers(workers)
-    // Our own limit answers 503; actix's per-worker cap only has to stay out of its way.
-    .max_connections(config.limits.max_connections + 1024)
-    // A client must finish its upgrade request within this (slow-loris handshakes are dropped).
-    .client_request_timeout(Duration::from_millis(config.limits.handshake_timeout_ms))
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-    .on_connect(|conn, ext| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            // Small frames, sent as soon as they are ready: latency over packet count.
-            let _ = tcp.set_nodelay(true);
-            ext.insert(PeerFd(tcp.as_raw_fd()));
-        }
-    })
-    .listen(listeners.public)?
-    .run();
+    // actix-web's HttpServer cannot hand an upgraded connection over, so the public listener is
+    // assembled from the parts HttpServer uses (actix-server + actix-http), with `http::upgrade` as
+    // actix-http's upgrade service and the routes as its HTTP service.
+    let handshake_timeout = Duration::from_millis(config.limits.handshake_timeout_ms);
+    let builder = actix_server::Server::build();
+    let draining = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(workers)
+        // Our own limit answers 503; actix's per-worker cap only has to stay out of its way.
+        .max_concurrent_connections(config.limits.max_connections + 1024)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .listen("quotegw-public", listeners.public, move || {
+            let app = App::new()
+                .app_data(public_state.clone())
+                .configure(|cfg| routes(cfg, with_ops))
+                .into_factory()
+                .map_err(|e| e.error_response());
+            let upgrade_state = public_state.clone();
+            let draining = draining.clone();
+            HttpService::build()
+                // A client must finish its request within this (slow-loris handshakes are dropped).
+                .client_request_timeout(handshake_timeout)
+                // Idle keep-alive connections close when shutdown starts.
+                .graceful_shutdown_signal(move || {
+                    let draining = draining.clone();
+                    async move { draining.notified().await }
+                })
+                .upgrade(fn_service(move |(req, framed)| {
+                    upgrade(req, framed, upgrade_state.clone())
+                }))
+                // AppConfig only feeds URL generation and connection_info's fallback host, neither
+                // of which the routes use.
+                .h1(map_config(app, |()| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
     let mut handles = vec![server.handle()];
     let ops_server = match listeners.ops {
         Some(l) => {

@@ -5,13 +5,23 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use actix_web::body::MessageBody;
-use actix_web::{web, HttpRequest, HttpResponse};
+use std::future::Future;
 
-use crate::access::{token_of, Access};
+use futures_util::future::{Either, FutureExt, TryFutureExt};
+use std::time::Duration;
+
+use actix_codec::{Encoder, Framed, FramedParts};
+use actix_http::body::BodySize;
+use actix_http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use actix_http::{h1, ws, ConnectionType, HttpMessage, Request, Response, StatusCode};
+use actix_web::{web, HttpResponse};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::access::{token_of, Access, IpGuard};
 use crate::feed::FeedHealth;
-use crate::session::socket::{PeerFd, SocketHandle};
-use crate::session::{Connection, SessionShared};
+use crate::session::socket::WsSocket;
+use crate::session::{Connection, ConnectionGuard, SessionShared};
 
 /// What the routes need, shared by every worker.
 pub struct AppState {
@@ -55,7 +65,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
             }),
         );
     }
-    cfg.route("/ws", web::get().to(ws));
+    cfg.route("/ws", web::get().to(ws_without_upgrade));
     if with_ops {
         ops_routes(cfg);
     }
@@ -67,85 +77,200 @@ pub fn ops_routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz));
 }
 
-async fn ws(
-    req: HttpRequest,
-    body: web::Payload,
+/// A plain `GET /ws` (no `Upgrade` header): upgrade requests never reach the routes, see `upgrade`.
+async fn ws_without_upgrade() -> HttpResponse {
+    HttpResponse::build(StatusCode::UPGRADE_REQUIRED)
+        .insert_header(("Upgrade", "websocket"))
+        .body("/ws is a WebSocket endpoint: send Upgrade: websocket\n")
+}
+
+/// A refused upgrade: the HTTP response, and the reason label for `connections_refused`.
+struct Refused {
+    status: StatusCode,
+    header: Option<(&'static str, &'static str)>,
+    message: String,
+    reason: &'static str,
+}
+
+impl Refused {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            header: None,
+            message: message.into(),
+            reason,
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Refused {
+        self.header = Some((name, value));
+        self
+    }
+}
+
+/// An admitted upgrade: what the token allows and the places the connection holds.
+struct Admitted {
+    grant: crate::access::Grant,
+    guards: (ConnectionGuard, Option<IpGuard>),
+}
+
+/// Every request that asks for `Connection: Upgrade` comes here instead of the routes: actix-http
+/// hands over the connection, so the gateway owns the socket from the handshake on (see
+/// `session/socket.rs` for why). `/ws` becomes a session; anything refused gets one HTTP response
+/// and the connection is closed.
+///
+/// The returned future lives, inside actix's connection task, for the whole session, so it is kept
+/// to the session's own state: the handshake (and the request and HTTP buffers it owns) runs boxed
+/// and is freed before the session starts.
+pub fn upgrade(
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
     state: web::Data<AppState>,
-) -> actix_web::Result<HttpResponse> {
+) -> impl Future<Output = Result<(), actix_web::Error>> {
+    // Combinators rather than an async block: the generator layout would keep the handshake's
+    // result and the session side by side.
+    Box::pin(handshake(req, framed, state)).and_then(|admitted| match admitted {
+        Some(connection) => Either::Left(connection.run().map(Ok)),
+        None => Either::Right(std::future::ready(Ok(()))),
+    })
+}
+
+/// Answers the upgrade request: 101 and the session's `Connection`, or a refusal and `None`.
+async fn handshake(
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+    state: web::Data<AppState>,
+) -> Result<Option<Connection>, actix_web::Error> {
     let sessions = &state.sessions;
-    let refused =
-        |reason: &str, mut response: actix_web::HttpResponseBuilder, message: &'static str| {
+    let FramedParts {
+        mut io,
+        mut codec,
+        read_buf,
+        mut write_buf,
+        ..
+    } = framed.into_parts();
+    let admitted = admit(&state, &req);
+    let (response, body) = match &admitted {
+        Ok(_) => (ws::handshake_response(req.head()).message_body(())?, ""),
+        Err(refusal) => {
             sessions
                 .metrics
                 .connections_refused
-                .with_label_values(&[reason])
+                .with_label_values(&[refusal.reason])
                 .inc();
-            Ok(response.body(message))
-        };
-    let unavailable = || {
-        let mut r = HttpResponse::ServiceUnavailable();
-        r.insert_header(("Retry-After", "5"));
-        r
+            let mut response = Response::with_body(refusal.status, ());
+            if let Some((name, value)) = refusal.header {
+                response.headers_mut().insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response.head_mut().set_connection_type(ConnectionType::Close);
+            (response, refusal.message.as_str())
+        }
+    };
+    let size = if admitted.is_ok() {
+        BodySize::None
+    } else {
+        BodySize::Sized(body.len() as u64)
+    };
+    codec.encode(h1::Message::Item((response, size)), &mut write_buf)?;
+    write_buf.extend_from_slice(body.as_bytes());
+    let limits = &sessions.limits;
+    let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
+    let sent = tokio::time::timeout(handshake_timeout, io.write_all(&write_buf)).await;
+    let Ok(admitted) = admitted else {
+        let _ = tokio::time::timeout(handshake_timeout, io.shutdown()).await;
+        return Ok(None);
+    };
+    if !matches!(sent, Ok(Ok(()))) {
+        return Ok(None); // the client did not take its own handshake response
+    }
+    // Small frames, sent as soon as they are ready: latency over packet count.
+    let _ = io.set_nodelay(true);
+    let socket = WsSocket::new(io, &read_buf, limits.max_frame_bytes);
+    Ok(Some(Connection::new(
+        sessions.clone(),
+        admitted.guards,
+        admitted.grant,
+        socket,
+    )))
+}
+
+/// The checks an upgrade passes, cheapest first; everything is refused before the upgrade, so a
+/// refused client costs one HTTP response.
+fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
+    let sessions = &state.sessions;
+    let unavailable = |reason, message: &str| {
+        Refused::new(StatusCode::SERVICE_UNAVAILABLE, reason, message).with_header("retry-after", "5")
     };
     if sessions.shutdown.is_cancelled() {
-        return refused(
+        return Err(unavailable(
             "shutting_down",
-            unavailable(),
             "the gateway is shutting down\n",
-        );
+        ));
     }
-    // Everything below is refused before the upgrade, so a refused client costs one HTTP response.
+    if req.path() != "/ws" {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "only /ws accepts an upgrade\n",
+        ));
+    }
+    if let Err(e) = ws::verify_handshake(req.head()) {
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            format!("not a WebSocket handshake: {e}\n"),
+        ));
+    }
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let access = &state.access;
     if let Err(r) = access.check_origin(header("origin")) {
-        return refused(
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
             r.reason(),
-            HttpResponse::Forbidden(),
             "this Origin may not open a WebSocket here\n",
-        );
+        ));
     }
-    let token = token_of(req.query_string(), header("authorization"));
+    let token = token_of(req.uri().query().unwrap_or(""), header("authorization"));
     let grant = match access.authorize(token.as_deref()) {
         Ok(g) => g,
         Err(r) => {
-            let mut response = HttpResponse::Unauthorized();
-            response.insert_header(("WWW-Authenticate", "Bearer"));
-            return refused(
+            return Err(Refused::new(
+                StatusCode::UNAUTHORIZED,
                 r.reason(),
-                response,
                 "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
-            );
+            )
+            .with_header("www-authenticate", "Bearer"))
         }
     };
     let ip_guard = match req.peer_addr().map(|a| access.admit_ip(a.ip())) {
         Some(Ok(g)) => Some(g),
         Some(Err(r)) => {
-            let mut response = HttpResponse::TooManyRequests();
-            response.insert_header(("Retry-After", "5"));
-            return refused(
+            return Err(Refused::new(
+                StatusCode::TOO_MANY_REQUESTS,
                 r.reason(),
-                response,
                 "too many connections from this address\n",
-            );
+            )
+            .with_header("retry-after", "5"))
         }
         None => None,
     };
     let Some(guard) = sessions.admit() else {
-        return refused(
+        return Err(unavailable(
             "max_connections",
-            unavailable(),
             "too many connections; retry later\n",
-        );
+        ));
     };
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let stream = stream.max_frame_size(sessions.limits.max_frame_bytes);
-    let (response, body) = response.into_parts();
-    let (socket, body) = SocketHandle::new(req.conn_data::<PeerFd>().copied(), body);
-    let connection = Connection::new(sessions.clone(), (guard, ip_guard), grant, session, socket);
-    // Spawned on this worker's local set: the connection task and actix's dispatcher for this socket
-    // share a thread (SocketHandle relies on it).
-    actix_web::rt::spawn(connection.run(stream));
-    Ok(response.set_body(body.boxed()))
+    Ok(Admitted {
+        grant,
+        guards: (guard, ip_guard),
+    })
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

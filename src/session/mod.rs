@@ -15,12 +15,15 @@ pub mod socket;
 mod writer;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{CloseReason, MessageStream, ProtocolError, Session};
+use actix_http::ws::{CloseCode, CloseReason, Frame, ProtocolError};
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::model::Symbol;
 use crate::protocol::{close, FrameBuilder};
 use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
-use socket::SocketHandle;
+use socket::{SendError, WsSocket};
 
 /// How long a close frame may take to leave (shutdown, idle, protocol errors) before the socket is
 /// shut down without it.
@@ -90,10 +93,6 @@ impl End {
     fn from_protocol_error(e: &ProtocolError) -> End {
         match e {
             ProtocolError::Overflow => End::Close(close::TOO_BIG, "frame over max_frame_bytes"),
-            // actix-ws reports invalid UTF-8 in a text frame as an InvalidData I/O error.
-            ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
-                End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8")
-            }
             ProtocolError::Io(_) => End::Gone,
             _ => End::Close(close::PROTOCOL_ERROR, "websocket protocol error"),
         }
@@ -108,8 +107,7 @@ struct Fragments {
 
 pub struct Connection {
     shared: Arc<SessionShared>,
-    session: Session,
-    socket: SocketHandle,
+    socket: WsSocket,
     pending: Arc<ConnPending>,
     /// Subscribed symbols: slot id → view. Slot ids are reused, so the vector never outgrows the
     /// most symbols this connection held at once.
@@ -140,8 +138,7 @@ impl Connection {
         shared: Arc<SessionShared>,
         guards: (ConnectionGuard, Option<IpGuard>),
         grant: Grant,
-        session: Session,
-        socket: SocketHandle,
+        socket: WsSocket,
     ) -> Connection {
         let now = Instant::now();
         let limits = &shared.limits;
@@ -150,7 +147,6 @@ impl Connection {
             errors: TokenBucket::new(ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST, now.into_std()),
             latency: shared.metrics.tick_to_write.local(),
             shared,
-            session,
             socket,
             pending: ConnPending::new(),
             slots: Vec::new(),
@@ -171,12 +167,15 @@ impl Connection {
     }
 
     /// Serves the connection until it ends, then closes it as the protocol says.
-    pub async fn run(mut self, mut stream: MessageStream) {
-        let end = self.serve(&mut stream).await;
-        self.finish(end).await;
+    pub fn run(self) -> impl Future<Output = ()> {
+        async fn serve(mut connection: Connection) -> (Connection, End) {
+            let end = connection.serve().await;
+            (connection, end)
+        }
+        serve(self).then(|(connection, end)| connection.finish(end))
     }
 
-    async fn serve(&mut self, stream: &mut MessageStream) -> End {
+    async fn serve(&mut self) -> End {
         let limits = &self.shared.limits;
         let ping_every = Duration::from_millis(limits.ping_interval_ms);
         let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
@@ -192,7 +191,7 @@ impl Connection {
         enum Event {
             Expired,
             Shutdown,
-            Frame(Option<Result<actix_ws::Message, ProtocolError>>),
+            Frame(Option<Result<Frame, ProtocolError>>),
             Dirty,
             Deferred,
             Ping,
@@ -204,7 +203,7 @@ impl Connection {
                 biased;
                 _ = shutdown.cancelled() => Event::Shutdown,
                 _ = &mut expiry, if expires.is_some() => Event::Expired,
-                msg = stream.recv() => Event::Frame(msg),
+                msg = self.socket.recv() => Event::Frame(msg),
                 _ = pending.wait() => Event::Dirty,
                 _ = tokio::time::sleep_until(deferred_until.unwrap_or_else(Instant::now)), if deferred_until.is_some() => Event::Deferred,
                 _ = &mut idle => Event::Idle,
@@ -244,8 +243,16 @@ impl Connection {
         }
     }
 
-    /// Leaves the index, then closes as `end` says; if the close frame cannot leave, shuts the socket.
-    async fn finish(mut self, end: End) {
+    /// Leaves the index, then closes as `end` says: the close frame goes after everything already
+    /// written, and a connection whose close cannot leave within its grace is reset.
+    ///
+    /// Boxed: the close path's futures are bigger than the whole serving state, and every idle
+    /// connection would otherwise carry their space in its task.
+    fn finish(self, end: End) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(self.close(end))
+    }
+
+    async fn close(mut self, end: End) {
         self.pending.close();
         for (slot, view) in self.slots.drain(..).enumerate() {
             if let Some(view) = view {
@@ -257,7 +264,8 @@ impl Connection {
         let (code, reason, grace) = match end {
             End::Gone => return,
             End::ClientClosed(reason) => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.session.close(reason)).await;
+                // Echoed, as RFC 6455 §5.5.1 asks.
+                self.socket.close(reason, CLOSE_GRACE).await;
                 return;
             }
             End::SlowConsumer => {
@@ -274,12 +282,18 @@ impl Connection {
             .inc();
         tracing::debug!(code, reason, "closing connection");
         let close = CloseReason {
-            code: code.into(),
+            code: CloseCode::from(code),
             description: Some(reason.to_string()),
         };
-        match tokio::time::timeout(grace, self.session.close(Some(close))).await {
-            Ok(_) => {}
-            Err(_) => self.socket.shut_down(),
+        self.socket.close(Some(close), grace).await;
+    }
+}
+
+impl From<SendError> for End {
+    fn from(e: SendError) -> End {
+        match e {
+            SendError::Stalled(_) => End::SlowConsumer,
+            SendError::Io(_) => End::Gone,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Session, inbound: client frames → ops, with the op rate limit, the abuse limit, the symbol limit,
 //! and the close codes for frames the protocol refuses.
 
-use actix_ws::{Item, Message};
+use actix_http::ws::{Frame, Item};
 use bytes::BytesMut;
 use std::time::Instant;
 
@@ -13,20 +13,26 @@ use crate::protocol::{
 
 impl Connection {
     /// Handles one client frame; `Some` ends the connection.
-    pub(super) fn on_message(&mut self, msg: Message) -> Option<End> {
-        match msg {
-            Message::Text(text) => self.on_text(&text),
-            Message::Binary(_) => Some(End::Close(
+    pub(super) fn on_message(&mut self, frame: Frame) -> Option<End> {
+        match frame {
+            Frame::Text(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.on_text(text),
+                Err(_) => Some(End::Close(
+                    close::INVALID_PAYLOAD,
+                    "text frame is not valid UTF-8",
+                )),
+            },
+            Frame::Binary(_) => Some(End::Close(
                 close::UNSUPPORTED_DATA,
                 "binary frames are not accepted; send JSON text",
             )),
-            Message::Ping(payload) => {
+            Frame::Ping(payload) => {
                 self.pong_owed = Some(payload);
                 None
             }
-            Message::Pong(_) | Message::Nop => None,
-            Message::Close(reason) => Some(End::ClientClosed(reason)),
-            Message::Continuation(item) => self.on_fragment(item),
+            Frame::Pong(_) => None,
+            Frame::Close(reason) => Some(End::ClientClosed(reason)),
+            Frame::Continuation(item) => self.on_fragment(item),
         }
     }
 

@@ -1,88 +1,288 @@
-//! The last resort of a connection's close: tearing its TCP socket down when actix cannot.
+//! The upgraded TCP connection, owned by its session: WebSocket frames in and out, with no queue,
+//! task or buffer between the session and the kernel.
 //!
-//! actix-http never times out a blocked write: for a peer that stopped reading, the dispatcher waits
-//! for writability forever, and a close frame queued behind ~2.8 MiB of unread data never leaves.
-//! After its own grace period the gateway shuts the socket down (`shutdown(2)`), which fails the
-//! dispatcher's pending write so that actix drops the connection and frees its file descriptor.
-//!
-//! Why a raw fd and `unsafe`: `HttpServer::on_connect` only lends the `TcpStream`. Duplicating the fd
-//! there would be safe but would double the fds per connection, and this machine's hard limit is
-//! 20,000: 10,000 connections would not fit. Recording the fd number is sound because the number is
-//! only used while `alive` is true, see `SocketHandle::shut_down`.
+//! Why not actix-ws: its `Session` sends every frame through a channel to actix-http's dispatcher,
+//! which copies it into an 8 KiB write buffer and keeps an 8 KiB read buffer for the connection's
+//! whole life. Measured (docs/benchmarks.md), that was 16 of 18 KiB per idle connection and a copy,
+//! a channel hop and a wake-up per frame. Here the frame the session built goes to the socket in one
+//! `writev` (header + shared payload bytes), and the read buffer exists only while bytes are waiting
+//! to be parsed. Frames are parsed by actix-http's WebSocket codec, the same one actix-ws uses.
 
-use std::cell::Cell;
-use std::os::fd::RawFd;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::time::Duration;
 
-use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::web::Bytes;
+use actix_codec::Decoder;
+use actix_http::ws::{CloseReason, Codec, Frame, OpCode, ProtocolError};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-/// The connection's fd number, recorded by `on_connect` into the connection's extensions.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerFd(pub RawFd);
+/// Bytes asked of the kernel per read. Clients send small ops, so one read nearly always holds all.
+const READ_CHUNK: usize = 4096;
+/// Most buffers handed to one `writev` when a backlog drains.
+const WRITE_SLICES: usize = 16;
+/// At most this much is read and thrown away after our close frame, while waiting for the peer's.
+const LINGER_DISCARD_BYTES: usize = 64 * 1024;
 
-/// Lets a connection task shut its own socket down.
-pub struct SocketHandle {
-    fd: Option<RawFd>,
-    alive: Rc<Cell<bool>>,
+/// Why a send did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The socket took no byte for the whole timeout: the peer is not reading.
+    #[error("the socket accepted nothing for {0:?}")]
+    Stalled(Duration),
+    /// The peer is gone (reset, broken pipe).
+    #[error("socket write failed: {0}")]
+    Io(#[from] io::Error),
 }
 
-impl SocketHandle {
-    /// Wraps the WebSocket response body so that `alive` turns false as soon as actix drops it.
-    pub fn new(fd: Option<PeerFd>, body: BoxBody) -> (SocketHandle, TrackedBody) {
-        let alive = Rc::new(Cell::new(true));
-        (
-            SocketHandle {
-                fd: fd.map(|f| f.0),
-                alive: alive.clone(),
-            },
-            TrackedBody { inner: body, alive },
-        )
-    }
+pub struct WsSocket {
+    io: TcpStream,
+    codec: Codec,
+    max_frame_bytes: usize,
+    /// Received bytes not yet parsed into a frame; no allocation while there are none.
+    read_buf: BytesMut,
+    read_closed: bool,
+    /// Frame bytes the kernel has not taken yet, in order; empty unless the peer reads slower than
+    /// we write.
+    unsent: VecDeque<Bytes>,
+}
 
-    /// Shuts the socket down in both directions, if actix still holds it.
-    #[allow(unsafe_code)]
-    pub fn shut_down(&self) {
-        use std::os::fd::FromRawFd;
-        let Some(fd) = self.fd else { return };
-        if !self.alive.get() {
-            return;
+impl WsSocket {
+    /// `leftover`: bytes that arrived after the handshake request, already read by actix.
+    pub fn new(io: TcpStream, leftover: &[u8], max_frame_bytes: usize) -> WsSocket {
+        WsSocket {
+            io,
+            codec: Codec::new().max_size(max_frame_bytes),
+            max_frame_bytes,
+            read_buf: BytesMut::from(leftover),
+            read_closed: false,
+            unsent: VecDeque::new(),
         }
-        // SAFETY: `alive` is true only while actix's response body for this connection exists, and
-        // the body is dropped no later than the dispatcher that owns the TcpStream with this fd, so
-        // the fd is open and still this connection's. The dispatcher and this task run on the same
-        // actix worker thread (handler tasks are spawned locally), so nothing can close the fd between
-        // the check above and the call below. ManuallyDrop: the fd stays owned by actix.
-        let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// The next frame from the client; `None` once the client closed its side.
+    /// Cancel-safe: partial frames stay in `read_buf`.
+    pub async fn recv(&mut self) -> Option<Result<Frame, ProtocolError>> {
+        loop {
+            match self.parse() {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.read_closed {
+                return None;
+            }
+            if let Err(e) = self.io.readable().await {
+                return Some(Err(ProtocolError::Io(e)));
+            }
+            self.read_buf.reserve(READ_CHUNK);
+            match self.io.try_read_buf(&mut self.read_buf) {
+                Ok(0) => self.read_closed = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Some(Err(ProtocolError::Io(e))),
+            }
+        }
+    }
+
+    fn parse(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if self.read_buf.is_empty() {
+            // Idle connections hold no read buffer (the biggest part of an idle connection's cost).
+            if self.read_buf.capacity() > 0 {
+                self.read_buf = BytesMut::new();
+            }
+            return Ok(None);
+        }
+        // The codec waits for a whole frame before it checks the size; refuse from the header, so
+        // that a client announcing a huge frame cannot make us buffer it first.
+        if declared_len(&self.read_buf).is_some_and(|len| len > self.max_frame_bytes as u64) {
+            self.read_buf = BytesMut::new();
+            return Err(ProtocolError::Overflow);
+        }
+        self.codec.decode(&mut self.read_buf)
+    }
+
+    /// Starts sending one unfragmented frame: written at once if the socket takes it (the common
+    /// case: no allocation, no copy, one syscall), otherwise the rest waits in `unsent` for `drain`.
+    pub fn start(&mut self, opcode: OpCode, payload: Bytes) -> io::Result<()> {
+        let mut head = [0u8; 10];
+        let head_len = frame_head(&mut head, opcode, payload.len());
+        let head = &head[..head_len];
+        if self.unsent.is_empty() {
+            let written = match self
+                .io
+                .try_write_vectored(&[IoSlice::new(head), IoSlice::new(&payload)])
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            if written >= head_len {
+                let rest = written - head_len;
+                if rest < payload.len() {
+                    self.unsent.push_back(payload.slice(rest..));
+                }
+                return Ok(());
+            }
+            self.unsent
+                .push_back(Bytes::copy_from_slice(&head[written..]));
+        } else {
+            self.unsent.push_back(Bytes::copy_from_slice(head));
+        }
+        if !payload.is_empty() {
+            self.unsent.push_back(payload);
+        }
+        Ok(())
+    }
+
+    /// Whether everything started has reached the kernel.
+    pub fn is_drained(&self) -> bool {
+        self.unsent.is_empty()
+    }
+
+    /// Writes what is left of the started frames. `Stalled` if the socket accepts nothing for
+    /// `stall`: every byte it takes restarts the clock.
+    pub async fn drain(&mut self, stall: Duration) -> Result<(), SendError> {
+        while !self.unsent.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .unsent
+                .iter()
+                .take(WRITE_SLICES)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match self.io.try_write_vectored(&slices) {
+                Ok(n) => self.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match tokio::time::timeout(stall, self.io.writable()).await {
+                        Ok(ready) => ready?,
+                        Err(_elapsed) => return Err(SendError::Stalled(stall)),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A drained backlog leaves no buffer behind.
+        self.unsent = VecDeque::new();
+        Ok(())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.unsent.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.unsent.pop_front();
+        }
+    }
+
+    /// Sends a close frame (after whatever is unsent), then closes politely: our side is shut so
+    /// the client sees the close and then end-of-stream, and what the client still sends is read
+    /// and dropped until it closes too. Closing a socket with unread bytes in it would make the
+    /// kernel send a reset, and a reset can destroy the close frame before the client reads it.
+    /// Everything is bounded by `grace`; past it the connection is reset.
+    pub async fn close(mut self, reason: Option<CloseReason>, grace: Duration) {
+        // RFC 6455 §5.5.1: the code, then the reason in UTF-8 (ours are short constants).
+        let mut payload = Vec::new();
+        if let Some(reason) = reason {
+            payload.extend_from_slice(&u16::from(reason.code).to_be_bytes());
+            payload.extend_from_slice(reason.description.unwrap_or_default().as_bytes());
+        }
+        let polite = async {
+            self.start(OpCode::Close, payload.into()).ok()?;
+            self.drain(grace).await.ok()?;
+            self.io.shutdown().await.ok()?;
+            self.read_until_closed().await;
+            Some(())
+        };
+        if tokio::time::timeout(grace, polite).await.ok().flatten().is_none() {
+            self.reset();
+        }
+    }
+
+    async fn read_until_closed(&mut self) {
+        let mut discarded = 0;
+        let mut scratch = [0u8; 1024];
+        while discarded < LINGER_DISCARD_BYTES {
+            if self.io.readable().await.is_err() {
+                return;
+            }
+            match self.io.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Drops the connection at once, with a reset: for peers that take nothing (slow consumers past
+    /// their grace). Their unsent data would otherwise sit in the kernel until TCP gives up.
+    pub fn reset(self) {
+        let _ = self.io.set_zero_linger();
     }
 }
 
-/// The WebSocket response body, unchanged, plus the `alive` flag.
-pub struct TrackedBody {
-    inner: BoxBody,
-    alive: Rc<Cell<bool>>,
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        self.alive.set(false);
+/// Writes the header of an unmasked, final frame of `len` payload bytes (RFC 6455 §5.2); returns
+/// its length.
+fn frame_head(head: &mut [u8; 10], opcode: OpCode, len: usize) -> usize {
+    head[0] = 0x80 | u8::from(opcode);
+    if len < 126 {
+        head[1] = len as u8;
+        2
+    } else if len <= usize::from(u16::MAX) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
     }
 }
 
-impl MessageBody for TrackedBody {
-    type Error = <BoxBody as MessageBody>::Error;
+/// The payload length a frame header announces, once enough of the header has arrived.
+fn declared_len(buf: &[u8]) -> Option<u64> {
+    let len7 = buf.get(1)? & 0x7f;
+    match len7 {
+        126 => Some(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?).into()),
+        127 => Some(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
+        n => Some(n.into()),
+    }
+}
 
-    fn size(&self) -> BodySize {
-        self.inner.size()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames we write parse as the same frames in a client's codec.
+    #[test]
+    fn headers_round_trip_through_a_client_codec() {
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 200_000] {
+            let payload = vec![b'x'; len];
+            let mut head = [0u8; 10];
+            let n = frame_head(&mut head, OpCode::Text, len);
+            let mut wire = BytesMut::from(&head[..n]);
+            wire.extend_from_slice(&payload);
+            assert_eq!(declared_len(&wire), Some(len as u64));
+            let mut client = Codec::new().client_mode().max_size(1 << 20);
+            match client.decode(&mut wire).unwrap() {
+                Some(Frame::Text(got)) => assert_eq!(got.len(), len),
+                other => panic!("{len}: {other:?}"),
+            }
+            assert!(wire.is_empty());
+        }
     }
 
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_next(cx)
+    #[test]
+    fn a_partial_header_announces_nothing_yet() {
+        assert_eq!(declared_len(&[0x81]), None);
+        assert_eq!(declared_len(&[0x81, 0xfe, 0x01]), None);
+        assert_eq!(declared_len(&[0x81, 0xfe, 0x01, 0x00]), Some(256));
     }
 }

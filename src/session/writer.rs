@@ -1,8 +1,9 @@
 //! Session, outbound: dirty slots → frames → the socket, and the slow-consumer timeout.
 
-use std::task::Poll;
 use std::time::Duration;
 
+use actix_http::ws::OpCode;
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{Connection, End};
@@ -17,8 +18,7 @@ impl Connection {
     /// says, batched into as few frames as fit `FRAME_TARGET_BYTES`.
     pub(super) async fn flush(&mut self) -> Result<(), End> {
         if let Some(payload) = self.pong_owed.take() {
-            let timeout = self.slow_consumer_timeout();
-            deliver(timeout, self.session.pong(&payload)).await?;
+            self.send(OpCode::Pong, payload).await?;
         }
         let now = Instant::now();
         let mut dirty = std::mem::take(&mut self.scratch);
@@ -59,8 +59,7 @@ impl Connection {
             return Ok(());
         };
         let bytes = frame.len() as u64;
-        let timeout = self.slow_consumer_timeout();
-        deliver(timeout, self.session.text(frame)).await?;
+        self.send(OpCode::Text, frame.into_bytes()).await?;
         let handed = std::time::Instant::now();
         let m = &self.shared.metrics;
         m.frames_sent.inc();
@@ -85,33 +84,22 @@ impl Connection {
     }
 
     pub(super) async fn send_ping(&mut self) -> Result<(), End> {
-        let timeout = self.slow_consumer_timeout();
-        deliver(timeout, self.session.ping(b"")).await
+        self.send(OpCode::Ping, Bytes::new()).await
     }
 
-    fn slow_consumer_timeout(&self) -> Duration {
-        Duration::from_millis(self.shared.limits.slow_consumer_timeout_ms)
+    /// Sends one frame and waits until the kernel has all of it.
+    ///
+    /// Backpressure is decided here: nearly always the socket takes the frame at once and nothing
+    /// waits. When it does not (the client's receive window and the kernel's send buffer are full),
+    /// the session stops reading and writing until it does, while the index keeps merging this
+    /// connection's updates into its slots. A socket that accepts no byte for
+    /// `slow_consumer_timeout_ms` is a slow consumer (close 4008).
+    async fn send(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), End> {
+        self.socket.start(opcode, payload).map_err(|_| End::Gone)?;
+        if !self.socket.is_drained() {
+            let stall = Duration::from_millis(self.shared.limits.slow_consumer_timeout_ms);
+            self.socket.drain(stall).await?;
+        }
+        Ok(())
     }
-}
-
-/// Awaits one send into actix-ws, for at most `timeout`.
-///
-/// actix-ws queues 32 messages and then the socket buffers ~2.8 MiB before a send blocks; a send
-/// that stays blocked for the whole timeout means the socket accepted nothing in that time, which
-/// is the protocol's definition of a slow consumer (close 4008).
-async fn deliver(
-    timeout: Duration,
-    send: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
-) -> Result<(), End> {
-    let mut send = std::pin::pin!(send);
-    // Nearly every send completes at once (actix-ws has room): only a blocked one arms a timer.
-    let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
-    let done = match first {
-        Poll::Ready(done) => done,
-        Poll::Pending => match tokio::time::timeout(timeout, send).await {
-            Ok(done) => done,
-            Err(_elapsed) => return Err(End::SlowConsumer),
-        },
-    };
-    done.map_err(|actix_ws::Closed| End::Gone)
 }
