@@ -169,7 +169,9 @@ async fn handshake(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            response.head_mut().set_connection_type(ConnectionType::Close);
+            response
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
             (response, refusal.message.as_str())
         }
     };
@@ -206,7 +208,8 @@ async fn handshake(
 fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     let sessions = &state.sessions;
     let unavailable = |reason, message: &str| {
-        Refused::new(StatusCode::SERVICE_UNAVAILABLE, reason, message).with_header("retry-after", "5")
+        Refused::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
+            .with_header("retry-after", "5")
     };
     if sessions.shutdown.is_cancelled() {
         return Err(unavailable(

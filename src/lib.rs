@@ -17,7 +17,7 @@
 //! [`protocol`] holds the wire contract, [`model`] the shared types, [`config`] the TOML config,
 //! [`metrics`] the Prometheus registry, [`app`] the wiring and graceful shutdown, and [`record`] the
 //! `quotegw record` command (feeds → a recorded-feed file).
-#![deny(unsafe_code)] // one audited exception: session::socket (see its module doc)
+#![forbid(unsafe_code)]
 
 pub mod access;
 pub mod app;

@@ -14,7 +14,10 @@ export function loadTicks(path) {
 }
 
 /**
- * Plays `ticks` in a loop at `speed` × recorded timing, in 10 ms batches (as quotegw's pacing does).
+ * Plays `ticks` in a loop at `speed` × recorded timing, checking every millisecond (the timer's
+ * finest step): the recorded ticks are 1 ms apart and quotegw's replay emits each when it is due,
+ * so every server sees the same cadence. (Until 2026-11-23 the peers emitted in 10 ms batches,
+ * which gave them a tenth of quotegw's socket writes; docs/benchmarks.md has both.)
  * For each tick calls `emit(symbol, payload)` with the update frame, already serialized.
  */
 export function play(ticks, speed, quotes, emit) {
@@ -51,7 +54,7 @@ export function play(ticks, speed, quotes, emit) {
         pass += 1;
       }
     }
-  }, 10);
+  }, 1);
 }
 
 /**

@@ -200,7 +200,12 @@ impl WsSocket {
             self.read_until_closed().await;
             Some(())
         };
-        if tokio::time::timeout(grace, polite).await.ok().flatten().is_none() {
+        if tokio::time::timeout(grace, polite)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
             self.reset();
         }
     }
