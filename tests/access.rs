@@ -317,3 +317,39 @@ async fn permessage_deflate_is_never_negotiated() {
     assert_eq!(status, 101);
     assert!(!head.contains("sec-websocket-extensions"), "{head}");
 }
+
+/// Upgrade requests are answered by the gateway itself (it takes the connection over from actix):
+/// one to another path is refused, a plain GET of /ws is told to upgrade, and neither disturbs a
+/// connected client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_ws_upgrades_and_a_plain_get_of_ws_is_told_to() {
+    let gw = gateway("").await;
+    let mut control = gw.client().await;
+    control.subscribe(&["AAPL"]).await;
+
+    let (status, head) = upgrade(gw.addr, "/metrics", &[]).await;
+    assert_eq!(status, 404, "{head}");
+    assert_eq!(
+        gw.metric("quotegw_connections_refused_total{reason=\"not_found\"}")
+            .await,
+        1.0
+    );
+    // No Sec-WebSocket-Key: not a WebSocket handshake.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let (status, body) = support::http_get(gw.addr, "/ws").await;
+    assert_eq!(status, 426, "{body}");
+    assert!(body.contains("Upgrade: websocket"), "{body}");
+
+    gw.push(tick("AAPL", 2, &[("bid", "1.01")])).await;
+    let update = control.expect("update").await;
+    assert_eq!(update["bid"], "1.01");
+}

@@ -211,6 +211,28 @@ async fn fragmented_messages_that_never_finish_are_closed() {
     back_to_baseline(&gw, 1.0, fds, rss, "unfinished fragments").await;
 }
 
+/// A header announcing a 1 GiB frame is refused from the header, without waiting for (and buffering)
+/// the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_announcing_a_gigabyte_is_refused_before_its_payload() {
+    let _serial = SERIAL.lock().await;
+    let gw = gateway("max_frame_bytes = 4096").await;
+    let mut ctrl = gw.client().await;
+    ctrl.subscribe(&["CTRL"]).await;
+    let (fds, rss) = (fd_count(), rss_bytes());
+
+    let mut liar = RawClient::connect(gw.addr).await;
+    let mut head = vec![0x81, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]); // the mask; no payload follows
+    liar.send_bytes(&head).await.unwrap();
+    let (_, close) = liar.read_to_close().await;
+    assert_eq!(close.map(|(c, _)| c), Some(1009));
+
+    control_still_served(&gw, &mut ctrl, 2).await;
+    back_to_baseline(&gw, 1.0, fds, rss, "gigabyte frame header").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_dropped_without_a_close_frame_leave_nothing_behind() {
     let _serial = SERIAL.lock().await;

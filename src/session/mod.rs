@@ -5,9 +5,10 @@
 //! keeps the order the protocol needs for free: an op's `ack` is written before the snapshots it
 //! causes, and after an unsubscribe's `ack` there is no slot left to write from.
 //!
-//! While a frame is being handed to a socket that does not take it, the task reads nothing: a client
-//! that does not read is not served, and its ops wait in TCP. The send is bounded by
-//! `slow_consumer_timeout_ms` (close 4008); the index never waits for any of this.
+//! The task owns the TCP socket too (`socket.rs`): frames go from the session to the kernel with
+//! nothing queued in between. While a frame waits for a socket that does not take it, the task
+//! reads nothing: a client that does not read is not served, and its ops wait in TCP. The wait is
+//! bounded by `slow_consumer_timeout_ms` (close 4008); the index never waits for any of this.
 
 mod limits;
 mod reader;

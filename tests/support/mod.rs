@@ -425,6 +425,11 @@ impl RawClient {
             .expect("send");
     }
 
+    /// Sends bytes as they are (a hand-made frame header, say).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.tcp.write_all(bytes).await
+    }
+
     /// Sends one masked frame: `fin` false starts or continues a fragmented message (opcode 0x0
     /// for a continuation).
     pub async fn send_frame(
