@@ -182,13 +182,16 @@ impl Connection {
         let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let shutdown = self.shared.shutdown.clone();
+        // Registered once: a future made per loop turn would join and leave the token's waiter
+        // list, under its lock, on every wake-up of every connection.
+        let shutdown = shutdown.cancelled();
         let pending = self.pending.clone();
         let expires = self.grant.remaining().map(|left| Instant::now() + left);
         // Timers armed once and re-armed when due, not per wake-up: a busy connection wakes for
         // every frame, and registering timers each time costs as much as the frame's own work.
         let expiry = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now));
         let idle = tokio::time::sleep_until(self.last_heard + idle_timeout);
-        tokio::pin!(expiry, idle);
+        tokio::pin!(expiry, idle, shutdown);
         enum Event {
             Expired,
             Shutdown,
@@ -202,7 +205,7 @@ impl Connection {
             let deferred_until = self.deferred_until;
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Event::Shutdown,
+                _ = &mut shutdown => Event::Shutdown,
                 _ = &mut expiry, if expires.is_some() => Event::Expired,
                 msg = self.socket.recv() => Event::Frame(msg),
                 _ = pending.wait() => Event::Dirty,

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use actix_codec::Decoder;
@@ -64,24 +65,32 @@ impl WsSocket {
     /// The next frame from the client; `None` once the client closed its side.
     /// Cancel-safe: partial frames stay in `read_buf`.
     pub async fn recv(&mut self) -> Option<Result<Frame, ProtocolError>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// `recv`, polled. Readiness is awaited with `poll_read_ready`, which keeps this task's waker in
+    /// the socket's own slot: the session polls for client frames on every wake-up, and the
+    /// `readable()` future would add and remove a waiter (under a lock) each time.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame, ProtocolError>>> {
         loop {
             match self.parse() {
-                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(None) => {}
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Poll::Ready(Some(Err(e))),
             }
             if self.read_closed {
-                return None;
+                return Poll::Ready(None);
             }
-            if let Err(e) = self.io.readable().await {
-                return Some(Err(ProtocolError::Io(e)));
+            if let Err(e) = ready!(self.io.poll_read_ready(cx)) {
+                return Poll::Ready(Some(Err(ProtocolError::Io(e))));
             }
             self.read_buf.reserve(READ_CHUNK);
             match self.io.try_read_buf(&mut self.read_buf) {
                 Ok(0) => self.read_closed = true,
                 Ok(_) => {}
+                // Readiness was stale; the next poll_read_ready registers for the next event.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Some(Err(ProtocolError::Io(e))),
+                Err(e) => return Poll::Ready(Some(Err(ProtocolError::Io(e)))),
             }
         }
     }
