@@ -964,7 +964,13 @@ fn main() {
                         let r = ramp(c.clone(), pin).await;
                         best.push(r);
                     }
-                    best.sort_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s));
+                    // A ramp's result is the highest clean step: a run with none ranks below
+                    // every run that held one, whatever its first step delivered.
+                    best.sort_by(|a, b| {
+                        (a.clean, a.deliveries_per_s)
+                            .partial_cmp(&(b.clean, b.deliveries_per_s))
+                            .unwrap_or(std::cmp::Ordering::Equal)
+                    });
                     let median = best[best.len() / 2].clone();
                     println!(
                         "MEDIAN {}",
