@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason, Frame, ProtocolError};
 use bytes::BytesMut;
-use futures_util::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -168,12 +167,9 @@ impl Connection {
     }
 
     /// Serves the connection until it ends, then closes it as the protocol says.
-    pub fn run(self) -> impl Future<Output = ()> {
-        async fn serve(mut connection: Connection) -> (Connection, End) {
-            let end = connection.serve().await;
-            (connection, end)
-        }
-        serve(self).then(|(connection, end)| connection.finish(end))
+    pub async fn run(mut self) {
+        let end = self.serve().await;
+        self.finish(end).await;
     }
 
     async fn serve(&mut self) -> End {
