@@ -150,8 +150,12 @@ async fn handshake(
         ..
     } = framed.into_parts();
     let admitted = admit(&state, &req);
-    let (response, body) = match &admitted {
-        Ok(_) => (ws::handshake_response(req.head()).message_body(())?, ""),
+    let (response, body, size) = match &admitted {
+        Ok(_) => (
+            ws::handshake_response(req.head()).message_body(())?,
+            "",
+            BodySize::None,
+        ),
         Err(refusal) => {
             sessions
                 .metrics
@@ -172,13 +176,9 @@ async fn handshake(
             response
                 .head_mut()
                 .set_connection_type(ConnectionType::Close);
-            (response, refusal.message.as_str())
+            let body = refusal.message.as_str();
+            (response, body, BodySize::Sized(body.len() as u64))
         }
-    };
-    let size = if admitted.is_ok() {
-        BodySize::None
-    } else {
-        BodySize::Sized(body.len() as u64)
     };
     codec.encode(h1::Message::Item((response, size)), &mut write_buf)?;
     write_buf.extend_from_slice(body.as_bytes());
