@@ -66,6 +66,8 @@ pub struct LimitsConfig {
     pub ping_interval_ms: u64,
     pub max_connections_per_ip: usize,
     pub handshake_timeout_ms: u64,
+    /// Least time between two frames of updates on one connection; 0 sends each as soon as it can.
+    pub min_frame_interval_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -81,6 +83,7 @@ impl Default for LimitsConfig {
             ping_interval_ms: 15_000,
             max_connections_per_ip: 256,
             handshake_timeout_ms: 5_000,
+            min_frame_interval_ms: 16,
         }
     }
 }
@@ -169,6 +172,12 @@ impl Config {
                 return Err((format!("limits.{key}"), "must be greater than 0".into()));
             }
         }
+        if l.min_frame_interval_ms > 1000 {
+            return Err((
+                "limits.min_frame_interval_ms".into(),
+                "must be between 0 (no batching window) and 1000".into(),
+            ));
+        }
         if !(256..=16 * 1024 * 1024).contains(&l.max_frame_bytes) {
             return Err((
                 "limits.max_frame_bytes".into(),
@@ -217,6 +226,12 @@ mod tests {
         assert_eq!((c.limits.ops_per_second, c.limits.ops_burst), (50, 100));
         assert_eq!(c.limits.slow_consumer_timeout_ms, 10_000);
         assert_eq!(c.limits.idle_timeout_ms, 45_000);
+        assert_eq!(c.limits.min_frame_interval_ms, 16);
+        assert_eq!(
+            c.limits.min_frame_interval_ms,
+            LimitsConfig::default().min_frame_interval_ms,
+            "a config without [limits] gets the same batching window as the documented default"
+        );
         assert_eq!(c.feeds.len(), 1);
     }
 
@@ -238,6 +253,12 @@ mod tests {
             e,
             "my.toml: key 'limits.ops_per_second': must be greater than 0"
         );
+        let e = err("[limits]\nmin_frame_interval_ms = 5000\n");
+        assert_eq!(
+            e,
+            "my.toml: key 'limits.min_frame_interval_ms': must be between 0 (no batching window) and 1000"
+        );
+        assert!(Config::parse("[limits]\nmin_frame_interval_ms = 0\n", "my.toml").is_ok());
         let e = err("[[feeds]]\nkind = \"simulated\"\nname = \"a\"\nticks_per_second = 0\n");
         assert!(e.contains("key 'feeds[0].ticks_per_second'"), "{e}");
         let e = err("[[feeds]]\nkind = \"carrier-pigeon\"\nname = \"a\"\n");

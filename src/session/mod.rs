@@ -182,6 +182,9 @@ impl Connection {
         // list, under its lock, on every wake-up of every connection.
         let shutdown = shutdown.cancelled();
         let pending = self.pending.clone();
+        let frame_interval = Duration::from_millis(limits.min_frame_interval_ms);
+        // Set after a frame leaves: until then, news waits (see the flush below).
+        let mut held_until: Option<Instant> = None;
         let expires = self.grant.remaining().map(|left| Instant::now() + left);
         // Timers armed once and re-armed when due, not per wake-up: a busy connection wakes for
         // every frame, and registering timers each time costs as much as the frame's own work.
@@ -193,19 +196,23 @@ impl Connection {
             Shutdown,
             Frame(Option<Result<Frame, ProtocolError>>),
             Dirty,
-            Deferred,
+            Timer,
             Ping,
             Idle,
         }
         loop {
-            let deferred_until = self.deferred_until;
+            // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
+            // looks at those after the interval anyway).
+            let timer = held_until.or(self.deferred_until);
             let event = tokio::select! {
                 biased;
                 _ = &mut shutdown => Event::Shutdown,
                 _ = &mut expiry, if expires.is_some() => Event::Expired,
                 msg = self.socket.recv() => Event::Frame(msg),
-                _ = pending.wait() => Event::Dirty,
-                _ = tokio::time::sleep_until(deferred_until.unwrap_or_else(Instant::now)), if deferred_until.is_some() => Event::Deferred,
+                // Not listened to within the frame interval: the index keeps marking slots, and
+                // the timer below collects them all into one frame.
+                _ = pending.wait(), if held_until.is_none() => Event::Dirty,
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Event::Timer,
                 _ = &mut idle => Event::Idle,
                 _ = ping.tick() => Event::Ping,
             };
@@ -230,15 +237,28 @@ impl Connection {
                         return end;
                     }
                 }
-                Event::Dirty | Event::Deferred => {}
+                Event::Dirty => {}
+                Event::Timer => held_until = None,
                 Event::Ping => {
                     if let Err(end) = self.send_ping().await {
                         return end;
                     }
+                    if held_until.is_some() {
+                        continue;
+                    }
                 }
             }
-            if let Err(end) = self.flush().await {
-                return end;
+            let started = Instant::now();
+            match self.flush().await {
+                Err(end) => return end,
+                // Batching is decided here: after a frame, updates wait out `min_frame_interval_ms`
+                // and then leave together. A connection that was quiet gets its next update at
+                // once; a hot one costs one write per interval instead of one per tick (a write to
+                // a socket costs far more than adding an update to a frame).
+                Ok(true) if !frame_interval.is_zero() => {
+                    held_until = Some(started + frame_interval);
+                }
+                Ok(_) => {}
             }
         }
     }

@@ -15,8 +15,8 @@ const FRAME_TARGET_BYTES: usize = 32 * 1024;
 
 impl Connection {
     /// Writes everything owed: a pong, then for every dirty (or due deferred) slot whatever its view
-    /// says, batched into as few frames as fit `FRAME_TARGET_BYTES`.
-    pub(super) async fn flush(&mut self) -> Result<(), End> {
+    /// says, batched into as few frames as fit `FRAME_TARGET_BYTES`. True when a frame left.
+    pub(super) async fn flush(&mut self) -> Result<bool, End> {
         if let Some(payload) = self.pong_owed.take() {
             self.send(OpCode::Pong, payload).await?;
         }
@@ -28,6 +28,7 @@ impl Connection {
             dirty.append(&mut self.deferred);
             self.deferred_until = None;
         }
+        let mut sent = false;
         for &slot in &dirty {
             let Some(view) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue; // unsubscribed since it was marked
@@ -45,18 +46,18 @@ impl Connection {
                 self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
             }
             if self.frame.len_bytes() >= FRAME_TARGET_BYTES {
-                self.send_frame().await?;
+                sent |= self.send_frame().await?;
             }
         }
         dirty.clear();
         self.scratch = dirty;
-        self.send_frame().await
+        Ok(self.send_frame().await? | sent)
     }
 
-    /// Hands the current frame to the socket and accounts for it.
-    async fn send_frame(&mut self) -> Result<(), End> {
+    /// Hands the current frame to the socket and accounts for it; false when there was none.
+    async fn send_frame(&mut self) -> Result<bool, End> {
         let Some(frame) = self.frame.take() else {
-            return Ok(());
+            return Ok(false);
         };
         let bytes = frame.len() as u64;
         self.send(OpCode::Text, frame.into_bytes()).await?;
@@ -80,7 +81,7 @@ impl Connection {
         s.updates = 0;
         s.conflated = 0;
         s.snapshots = 0;
-        Ok(())
+        Ok(true)
     }
 
     pub(super) async fn send_ping(&mut self) -> Result<(), End> {
