@@ -84,10 +84,9 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
     let mut conns: Vec<Conn> = (0..n)
         .map(|_| {
             let pending = ConnPending::new();
-            entry.subscribe(&pending, 0);
             Conn {
+                slots: vec![SlotView::new(entry.subscribe(&pending, 0), None)],
                 pending,
-                slots: vec![SlotView::new(entry.clone(), None)],
                 dirty: Vec::new(),
                 frame: FrameBuilder::default(),
                 stats: EmitStats::default(),

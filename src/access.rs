@@ -120,6 +120,17 @@ impl Refusal {
     }
 }
 
+/// The `Access-Control-Allow-Origin` a response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorsOrigin<'a> {
+    /// No allow-list: `*`.
+    Any,
+    /// This Origin is on the allow-list: echoed.
+    Echo(&'a str),
+    /// Not on the list (or no Origin header while a list is set): no header, the browser refuses.
+    Refused,
+}
+
 /// What a granted connection may do.
 #[derive(Debug, Clone, Default)]
 pub struct Grant {
@@ -256,6 +267,21 @@ impl Access {
         }
     }
 
+    /// What a cross-origin read of the gateway's files may see (`Access-Control-Allow-Origin`):
+    /// the same allow-list as the WebSocket's Origin check.
+    pub fn cors_origin<'a>(&self, origin: Option<&'a str>) -> CorsOrigin<'a> {
+        match origin {
+            _ if self.allowed_origins.is_empty() => CorsOrigin::Any,
+            Some(o) if self.allowed_origins.iter().any(|a| a == o) => CorsOrigin::Echo(o),
+            _ => CorsOrigin::Refused,
+        }
+    }
+
+    /// Whether the CORS answer depends on the request's Origin (so caches must key on it).
+    pub fn cors_varies_by_origin(&self) -> bool {
+        !self.allowed_origins.is_empty()
+    }
+
     /// The token check: `token` from `?token=` or `Authorization: Bearer`.
     pub fn authorize(&self, token: Option<&str>) -> Result<Grant, Refusal> {
         match &self.verifier {
@@ -303,8 +329,12 @@ impl Access {
                     ),
                     Some(_) => return Err(Refusal::Unauthorized),
                 };
+                // Checked: an `exp` past what the clock can represent would panic the addition.
+                let expires_at = UNIX_EPOCH
+                    .checked_add(Duration::from_secs(exp))
+                    .ok_or(Refusal::Unauthorized)?;
                 Ok(Grant {
-                    expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp)),
+                    expires_at: Some(expires_at),
                     symbols,
                 })
             }

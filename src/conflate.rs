@@ -17,7 +17,7 @@ use bytestring::ByteString;
 use tokio::sync::Notify;
 
 use crate::delta::{encode_snapshot, encode_status, encode_update};
-use crate::index::SymbolEntry;
+use crate::index::{Subscription, SymbolEntry};
 use crate::model::{Quote, Status};
 use crate::protocol::FrameBuilder;
 
@@ -31,19 +31,22 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Debug)]
 pub struct Published {
     pub seq: u64,
+    /// The symbol's change counter (ticks and status-only changes), see `index.rs`.
+    pub version: u64,
     pub quote: Quote,
     pub tick_in: Option<Instant>,
-    /// The updates of every tick after the connection's last `seq` up to `seq`, oldest first, when
-    /// the index still holds them all; empty otherwise.
+    /// The changes after the connection's last `version` up to `version`, oldest first, when the
+    /// index still holds them all; empty otherwise.
     pub catch_up: Vec<Recent>,
 }
 
-/// One tick's update (against the tick before it), encoded once by the index as a one-message
-/// frame, and when the tick entered the index.
+/// One change, encoded once by the index as a frame: a tick's update (against the tick before it,
+/// followed by a `status` message when the tick changed the status), or a status-only change.
 #[derive(Clone, Debug)]
 pub struct Recent {
     pub frame: ByteString,
-    pub tick_in: Instant,
+    /// When the tick entered the index; `None` for a status-only change (no update in it).
+    pub tick_in: Option<Instant>,
 }
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -150,12 +153,15 @@ pub enum Emitted {
     NotBefore(Instant),
 }
 
-/// One connection's view of one subscribed symbol: what it was last sent, and its pacing.
+/// One connection's view of one subscribed symbol: what it was last sent, and its pacing. It holds
+/// the connection's subscription: dropping the view leaves the symbol's subscriber list.
 pub struct SlotView {
-    pub entry: Arc<SymbolEntry>,
+    subscription: Subscription,
     sent: Quote,
     /// 0 until the snapshot went out (`seq` starts at 1).
     sent_seq: u64,
+    /// The symbol's `version` this connection is up to.
+    sent_version: u64,
     sent_status: Status,
     snapshot_pending: bool,
     min_interval: Option<Duration>,
@@ -163,16 +169,21 @@ pub struct SlotView {
 }
 
 impl SlotView {
-    pub fn new(entry: Arc<SymbolEntry>, max_hz: Option<f64>) -> SlotView {
+    pub fn new(subscription: Subscription, max_hz: Option<f64>) -> SlotView {
         SlotView {
-            entry,
+            subscription,
             sent: Quote::default(),
             sent_seq: 0,
+            sent_version: 0,
             sent_status: Status::Live,
             snapshot_pending: true,
             min_interval: interval(max_hz),
             next_at: None,
         }
+    }
+
+    pub fn entry(&self) -> &Arc<SymbolEntry> {
+        self.subscription.entry()
     }
 
     /// Subscribing again re-sends the snapshot and applies the new `max_hz` (PROTOCOL.md).
@@ -182,10 +193,10 @@ impl SlotView {
         self.next_at = None;
     }
 
-    /// The `seq` after which this connection wants every tick (`SymbolEntry::read_since`): none
-    /// before its snapshot, and none under `max_hz`, which asks for merged updates.
+    /// The `version` after which this connection wants every change (`SymbolEntry::read_since`):
+    /// none before its snapshot, and none under `max_hz`, which asks for merged updates.
     fn catch_up_after(&self) -> Option<u64> {
-        (!self.snapshot_pending && self.min_interval.is_none()).then_some(self.sent_seq)
+        (!self.snapshot_pending && self.min_interval.is_none()).then_some(self.sent_version)
     }
 
     /// Reads the symbol's state since this connection's last send and writes what it is owed (see
@@ -199,7 +210,7 @@ impl SlotView {
         stats: &mut EmitStats,
     ) -> Emitted {
         let latest = self
-            .entry
+            .entry()
             .read_since(self.catch_up_after(), std::mem::take(scratch));
         let emitted = self.emit(latest.as_ref(), now, frame, stats);
         if let Some(p) = latest {
@@ -222,19 +233,19 @@ impl SlotView {
         let Some(p) = latest else {
             return Emitted::Nothing;
         };
-        let symbol = &*self.entry.symbol;
+        let symbol = &*self.subscription.entry().symbol;
         if self.snapshot_pending {
             frame.push(|s| encode_snapshot(s, symbol, p.seq, &p.quote));
             self.snapshot_pending = false;
-            self.sent = p.quote;
-            self.sent_seq = p.seq;
             self.sent_status = p.quote.status;
-            self.next_at = self.min_interval.map(|d| now + d);
+            self.sent_version = p.version;
+            self.sent_seq = p.seq;
+            self.sent = p.quote;
+            self.next_at = self.pace_from(now);
             stats.snapshots += 1;
             return Emitted::Wrote;
         }
-        let news = p.seq > self.sent_seq || p.quote.status != self.sent_status;
-        if !news {
+        if p.version <= self.sent_version {
             return Emitted::Nothing;
         }
         if let Some(at) = self.next_at {
@@ -242,39 +253,52 @@ impl SlotView {
                 return Emitted::NotBefore(at);
             }
         }
-        if p.seq > self.sent_seq {
-            let behind = p.seq - self.sent_seq;
-            if p.catch_up.len() as u64 == behind && self.min_interval.is_none() {
-                // Keeping up: every tick's own update, as the index encoded it once for everyone.
-                for recent in &p.catch_up {
-                    frame.push_shared(&recent.frame);
-                    stats.tick_in.push(recent.tick_in);
+        let behind = p.version - self.sent_version;
+        if p.catch_up.len() as u64 == behind && self.min_interval.is_none() {
+            // Keeping up: every change as the index encoded it once for everyone, status flips in
+            // their place among the updates.
+            for recent in &p.catch_up {
+                frame.push_shared(&recent.frame);
+                if let Some(tick_in) = recent.tick_in {
+                    stats.tick_in.push(tick_in);
+                    stats.updates += 1;
                 }
-                stats.updates += behind;
-            } else {
-                let conflated = behind - 1;
+            }
+        } else {
+            // Behind, or paced by max_hz: one update from what this connection has to the latest,
+            // then the latest status (never one older than the prices it follows).
+            if p.seq > self.sent_seq {
+                let conflated = p.seq - self.sent_seq - 1;
                 frame.push(|s| encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated));
                 stats.updates += 1;
                 stats.conflated += conflated;
                 stats.tick_in.extend(p.tick_in);
+                self.next_at = self.pace_from(now);
             }
-            self.sent = p.quote;
-            self.sent_seq = p.seq;
-            self.next_at = self.min_interval.map(|d| now + d);
+            if p.quote.status != self.sent_status {
+                frame.push(|s| encode_status(s, symbol, p.quote.status));
+            }
         }
-        if p.quote.status != self.sent_status {
-            frame.push(|s| encode_status(s, symbol, p.quote.status));
-            self.sent_status = p.quote.status;
-        }
+        self.sent_status = p.quote.status;
+        self.sent_version = p.version;
+        self.sent_seq = p.seq;
+        self.sent = p.quote;
         Emitted::Wrote
+    }
+
+    /// When the next update may go under `max_hz`: `None` when unpaced.
+    fn pace_from(&self, now: Instant) -> Option<Instant> {
+        // Checked: `min_interval` comes from a client's number; an instant past the clock's range
+        // would panic the connection's task.
+        self.min_interval.and_then(|d| now.checked_add(d))
     }
 }
 
+/// The least time between two updates of one symbol for a `max_hz`. Parsing bounds `max_hz` to
+/// `protocol::MAX_HZ_RANGE` (0.001 to 1000, so 1 ms to 1000 s); the conversion is checked anyway,
+/// since a client supplied the number.
 fn interval(max_hz: Option<f64>) -> Option<Duration> {
-    // Parsing guarantees max_hz is finite and > 0; rates beyond 1 MHz mean "unlimited".
-    max_hz
-        .filter(|hz| *hz < 1e6)
-        .map(|hz| Duration::from_secs_f64(1.0 / hz))
+    max_hz.and_then(|hz| Duration::try_from_secs_f64(1.0 / hz).ok())
 }
 
 #[cfg(test)]
@@ -325,8 +349,7 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, Some(1))));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.clone(), None)];
-        entry.subscribe(&conn, 0);
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), None)];
         let snap = drain(&conn, &mut slots, Instant::now());
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0]["type"], "snapshot");
@@ -395,8 +418,7 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.clone(), Some(2.0))];
-        entry.subscribe(&conn, 0);
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), Some(2.0))];
         let t0 = Instant::now();
         assert_eq!(drain(&conn, &mut slots, t0).len(), 1);
         idx.apply(FeedEvent::Tick(tick(101, None)));
@@ -431,8 +453,7 @@ mod tests {
         let idx = index();
         let entry = idx.register("AAPL".into());
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.clone(), None)];
-        entry.subscribe(&conn, 0);
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), None)];
         assert!(drain(&conn, &mut slots, Instant::now()).is_empty());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let msgs = drain(&conn, &mut slots, Instant::now());
@@ -471,8 +492,7 @@ mod tests {
             let idx = index();
             let entry = idx.register("AAPL".into());
             let conn = ConnPending::new();
-            let mut slots = vec![SlotView::new(entry.clone(), None)];
-            entry.subscribe(&conn, 0);
+            let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), None)];
             let mut view: Option<View> = None;
             let mut status = "live".to_string();
             for step in steps.iter().chain([Step::Drain].iter()) {

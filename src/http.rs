@@ -14,11 +14,11 @@ use actix_codec::{Encoder, Framed, FramedParts};
 use actix_http::body::BodySize;
 use actix_http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_http::{h1, ws, ConnectionType, HttpMessage, Request, Response, StatusCode};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::access::{token_of, Access, IpGuard};
+use crate::access::{token_of, Access, CorsOrigin, IpGuard};
 use crate::feed::FeedHealth;
 use crate::session::socket::WsSocket;
 use crate::session::{Connection, ConnectionGuard, SessionShared};
@@ -50,18 +50,20 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Browsers and CDNs may keep an asset this long before revalidating it with its `ETag`: short, so
+/// that a gateway upgrade reaches browsers within minutes, and a revalidation costs a 304.
+const ASSET_CACHE_CONTROL: &str = "public, max-age=300";
+
 /// The public routes: the WebSocket and the widget; with `with_ops`, also `/metrics`, `/healthz` and
 /// `/readyz` (otherwise those are served on `metrics_listen` by `ops_routes`).
 pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
     for &(path, content_type, body) in ASSETS {
+        let etag = etag_of(body);
         cfg.route(
             path,
-            web::get().to(move || async move {
-                HttpResponse::Ok()
-                    .content_type(content_type)
-                    // Short, so that a gateway upgrade reaches browsers within minutes.
-                    .insert_header(("Cache-Control", "public, max-age=300"))
-                    .body(body)
+            web::get().to(move |req: HttpRequest, state: web::Data<AppState>| {
+                let etag = etag.clone();
+                async move { asset(&req, &state.access, content_type, body, &etag) }
             }),
         );
     }
@@ -69,6 +71,63 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
     if with_ops {
         ops_routes(cfg);
     }
+}
+
+/// One static asset, with the headers that let a page on another origin load it and a CDN cache it.
+///
+/// Module scripts are always fetched in CORS mode, so a trading UI on its own origin that embeds
+/// `<script type="module" src="https://quotes.example.com/widget/quote-ticker.js">` needs
+/// `Access-Control-Allow-Origin`, or the browser blocks the widget. The allow-list is the one the
+/// WebSocket applies (`access.allowed_origins`): an allowed Origin is echoed, any Origin gets `*`
+/// when the list is empty. The files are public, so CORS here only decides which pages may run
+/// them; the WebSocket still refuses Origins off the list on its own.
+fn asset(
+    req: &HttpRequest,
+    access: &Access,
+    content_type: &'static str,
+    body: &'static str,
+    etag: &str,
+) -> HttpResponse {
+    let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
+    let revalidated = req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut response = if revalidated {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header(("ETag", etag))
+        .insert_header(("Cache-Control", ASSET_CACHE_CONTROL));
+    match access.cors_origin(origin) {
+        CorsOrigin::Any => {
+            response.insert_header(("Access-Control-Allow-Origin", "*"));
+        }
+        CorsOrigin::Echo(allowed) => {
+            response.insert_header(("Access-Control-Allow-Origin", allowed));
+        }
+        CorsOrigin::Refused => {}
+    }
+    if access.cors_varies_by_origin() {
+        // A shared cache must not give one Origin's answer to another.
+        response.insert_header(("Vary", "Origin"));
+    }
+    if revalidated {
+        return response.finish();
+    }
+    response.content_type(content_type).body(body)
+}
+
+/// A strong `ETag` from the content (FNV-1a, 64 bits): the same file gives the same tag on every
+/// gateway and every build, so a CDN in front of several gateways keeps one copy.
+fn etag_of(body: &str) -> String {
+    let hash = body.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("\"{hash:016x}\"")
 }
 
 pub fn ops_routes(cfg: &mut web::ServiceConfig) {

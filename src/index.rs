@@ -4,16 +4,23 @@
 //! Concurrency: one ingest task applies feed events in order; connection tasks on the actix workers
 //! read quotes and change subscriptions. Each symbol has two std mutexes, never held across an
 //! `.await` and never nested with a connection's lock the other way round:
-//! - `state` (quote, seq, the shared update bytes) is held for a copy in or out, a few hundred ns;
+//! - `state` (quote, seq, the ring of recent changes) is held to apply a tick, which includes
+//!   encoding its shared update once (about a microsecond), and for a copy out;
 //! - `subscribers` is held while the ingest task marks each subscriber's slot dirty, so a reader of
 //!   `state` never waits behind a 1,000-connection fan-out.
 //!
 //! Failover: a symbol served by several feeds has one *active* source, the first feed in config
-//! order whose view of it is fresh (not marked stale by that feed). Ticks from the others only update
-//! their shadow quote (counted in `quotegw_ticks_standby_total`). When the active source goes stale
-//! the next fresh one takes over, and when a higher-priority feed is fresh again it takes back: each
-//! switch publishes the new source's full quote as one tick, so `seq` keeps growing and clients get an
-//! ordinary update. With no fresh source at all the symbol's status is `stale`.
+//! order whose view of it is fresh (not marked stale by that feed since its last tick). Ticks from
+//! the others only update their shadow quote (counted in `quotegw_ticks_standby_total`). When the
+//! active source goes stale the next fresh one takes over, and when a higher-priority feed ticks
+//! again it takes back, on that tick: each switch publishes the new source's full quote as one tick,
+//! so `seq` keeps growing, clients get an ordinary update, and the prices are ones the new source
+//! has sent while fresh. A status event alone never switches back: it would publish what the
+//! recovering feed had before its outage. With no fresh source at all the symbol's status is `stale`.
+//!
+//! Every change a client is told about (a tick, a status-only change) is a new `version`; the ring
+//! of recent changes is kept by version, so a connection that keeps up gets every status transition
+//! in its place among the updates.
 //!
 //! Backpressure, index → connection: the fan-out never awaits and never queues per tick. It only
 //! marks the connection's slot for the symbol dirty (`ConnPending::mark`, at most one entry per
@@ -29,24 +36,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dashmap::DashMap;
+use prometheus::IntGauge;
 
 use crate::conflate::{lock, ConnPending, Published, Recent};
-use crate::delta::encode_update;
+use crate::delta::{encode_status, encode_update};
 use crate::feed::FeedEvent;
 use crate::metrics::{FeedCounters, Metrics};
 use crate::model::{FeedId, Quote, Status, Symbol, Tick};
 use crate::normalize::normalize;
 use crate::protocol::one_message_frame;
 
-/// How many of a symbol's latest updates stay encoded for connections that are behind. A batch of
-/// ticks arriving together (a feed's poll, a replay's 10 ms step) is far smaller, so a client that
-/// keeps up is never conflated; one more than this many ticks behind on a symbol is not keeping up.
-/// Costs at most this many small frames per symbol that has subscribers, whatever the connections.
+/// How many of a symbol's latest changes (ticks, and status changes) stay encoded for connections
+/// that are behind. A batch of ticks arriving together (a feed's poll, a replay's 10 ms step) is far
+/// smaller, so a client that keeps up is never conflated; one more than this many changes behind on
+/// a symbol is not keeping up. Costs at most this many small frames per symbol that has
+/// subscribers, whatever the connections.
 pub const RECENT_TICKS: usize = 64;
 
 pub struct Index {
     symbols: DashMap<Symbol, Arc<SymbolEntry>>,
     feeds: Vec<FeedCounters>,
+    /// `quotegw_subscriptions`, kept by the subscriber lists themselves (see `Subscription`).
+    subscriptions: IntGauge,
 }
 
 pub struct SymbolEntry {
@@ -55,34 +66,41 @@ pub struct SymbolEntry {
     subscribers: Mutex<Vec<Subscriber>>,
     /// Read without the lock to decide whether a tick's shared update is worth encoding.
     subscriber_count: AtomicUsize,
+    subscriptions: IntGauge,
 }
 
 #[derive(Default)]
 struct SymbolState {
     seq: u64,
+    /// +1 for every change a client is told about: each tick (with its `seq`) and each status-only
+    /// change (same `seq`). Connections catch up by version, so a status flip between two ticks
+    /// keeps its place among them.
+    version: u64,
     quote: Quote,
     /// When the latest tick entered the index: the start of `quotegw_tick_to_write_seconds`.
     tick_in: Option<Instant>,
-    /// The updates of the last ticks (`seq - recent.len() + 1 ..= seq`), each a one-message frame
-    /// encoded once for every subscriber; empty when the latest tick had no subscriber.
+    /// The changes of the last versions (`version - recent.len() + 1 ..= version`), each encoded
+    /// once for every subscriber; empty when the latest change had no subscriber.
     recent: VecDeque<Recent>,
-    /// Every feed that has served this symbol, in priority (`FeedId`) order; usually one.
+    /// Every feed that has ticked this symbol, in priority (`FeedId`) order; usually one.
     sources: Vec<Source>,
     /// The feed whose quote is published; kept while every source is stale, so that the same feed
     /// recovering is not a switch.
     active: Option<FeedId>,
 }
 
-/// One feed's view of a symbol.
+/// One feed's view of a symbol: created by the feed's first tick for it, never by a status event.
 struct Source {
     feed: FeedId,
     quote: Quote,
-    /// False while the feed says its data for the symbol is stale (an upstream outage).
+    /// False from the feed saying its data for the symbol is stale (an upstream outage) until its
+    /// next tick: only a tick shows the feed has current prices again.
     fresh: bool,
 }
 
 impl SymbolState {
-    fn source(&mut self, feed: FeedId) -> &mut Source {
+    /// The feed's source, created empty on its first tick.
+    fn source_for_tick(&mut self, feed: FeedId) -> &mut Source {
         let i = match self.sources.binary_search_by_key(&feed, |s| s.feed) {
             Ok(i) => i,
             Err(i) => {
@@ -100,28 +118,56 @@ impl SymbolState {
         &mut self.sources[i]
     }
 
-    /// The feed that should be published: the first fresh source.
-    fn preferred(&self) -> Option<FeedId> {
-        self.sources.iter().find(|s| s.fresh).map(|s| s.feed)
+    fn source(&mut self, feed: FeedId) -> Option<&mut Source> {
+        self.sources.iter_mut().find(|s| s.feed == feed)
     }
 
-    /// Publishes a new quote as the next `seq`, encoding the shared update when anyone listens.
+    /// The feed that should be published: the first fresh source.
+    fn preferred(&self) -> Option<&Source> {
+        self.sources.iter().find(|s| s.fresh)
+    }
+
+    /// Publishes a new quote as the next `seq`, encoding the shared update (and the status change it
+    /// carries, if any) when anyone listens.
     fn publish(&mut self, symbol: &str, now: Quote, listeners: bool) {
         let prev = self.quote;
         self.quote = now;
         self.seq += 1;
         let tick_in = Instant::now();
         self.tick_in = Some(tick_in);
-        // The first tick has no update (subscribers get a snapshot), and with no subscriber nobody
-        // would read the bytes; the ring restarts so that it stays contiguous up to `seq`.
-        if self.seq > 1 && listeners {
+        // The first tick has no update: subscribers get a snapshot.
+        let (seq, first) = (self.seq, self.seq == 1);
+        self.record(listeners && !first, || Recent {
+            frame: one_message_frame(|s| {
+                encode_update(s, symbol, seq, &prev, &now, 0);
+                if now.status != prev.status {
+                    s.push(',');
+                    encode_status(s, symbol, now.status);
+                }
+            }),
+            tick_in: Some(tick_in),
+        });
+    }
+
+    /// Publishes a status change without a tick: a new version with the same `seq`.
+    fn publish_status(&mut self, symbol: &str, status: Status, listeners: bool) {
+        self.quote.status = status;
+        self.record(listeners, || Recent {
+            frame: one_message_frame(|s| encode_status(s, symbol, status)),
+            tick_in: None,
+        });
+    }
+
+    /// Counts a change as the next version and keeps its encoding in the ring. With no subscriber
+    /// nobody would read the bytes; the ring then restarts so that it stays contiguous up to
+    /// `version`.
+    fn record(&mut self, keep: bool, change: impl FnOnce() -> Recent) {
+        self.version += 1;
+        if keep {
             if self.recent.len() == RECENT_TICKS {
                 self.recent.pop_front();
             }
-            self.recent.push_back(Recent {
-                frame: one_message_frame(|s| encode_update(s, symbol, self.seq, &prev, &now, 0)),
-                tick_in,
-            });
+            self.recent.push_back(change());
         } else {
             self.recent.clear();
         }
@@ -139,6 +185,7 @@ impl Index {
         Index {
             symbols: DashMap::new(),
             feeds: feeds.iter().map(|f| metrics.feed_counters(f)).collect(),
+            subscriptions: metrics.subscriptions.clone(),
         }
     }
 
@@ -152,6 +199,7 @@ impl Index {
                     state: Mutex::new(SymbolState::default()),
                     subscribers: Mutex::new(Vec::new()),
                     subscriber_count: AtomicUsize::new(0),
+                    subscriptions: self.subscriptions.clone(),
                 })
             })
             .clone()
@@ -232,11 +280,11 @@ impl SymbolEntry {
         let listeners = self.subscriber_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
-            let source = st.source(tick.feed);
+            let source = st.source_for_tick(tick.feed);
             merge(&mut source.quote, tick);
             source.fresh = true;
             let quote = source.quote;
-            match st.preferred() {
+            match st.preferred().map(|s| s.feed) {
                 Some(f) if f == tick.feed && st.active == Some(f) => {
                     // The usual case: the tick's own fields on top of the published quote.
                     let mut now = st.quote;
@@ -246,7 +294,8 @@ impl SymbolEntry {
                     st.publish(&self.symbol, now, listeners);
                 }
                 Some(f) if f == tick.feed => {
-                    // First tick, or this feed takes (back) over: publish its whole view.
+                    // First tick, or this feed takes (back) over on a fresh tick: publish its whole
+                    // view, which this tick has just brought up to date.
                     st.active = Some(f);
                     st.publish(&self.symbol, quote, listeners);
                 }
@@ -257,41 +306,41 @@ impl SymbolEntry {
         true
     }
 
-    /// A feed says its data for this symbol is stale, or live again (or halted).
+    /// A feed says its data for this symbol is stale, or live (or halted) again.
+    ///
+    /// A status event never creates a source and never makes one fresh: a feed recovering from an
+    /// outage is taken back on its first tick (`apply`), so the quote published then is one the
+    /// feed has just sent, never the one it had before the outage. Going stale can still move the
+    /// symbol to the next fresh feed, whose prices are current.
     fn set_feed_status(&self, feed: FeedId, status: Status) {
         let listeners = self.subscriber_count.load(Ordering::Relaxed) > 0;
-        let changed = {
+        {
             let mut st = lock(&self.state);
-            if st.sources.is_empty() {
-                return; // no tick yet: nothing to mark
+            let Some(source) = st.source(feed) else {
+                return; // this feed has not ticked the symbol: nothing of its own to mark
+            };
+            match status {
+                Status::Stale => source.fresh = false,
+                // Halted or live from a feed that is current; from a stale one, wait for its tick.
+                _ if source.fresh => source.quote.status = status,
+                _ => return,
             }
-            let source = st.source(feed);
-            source.fresh = status != Status::Stale;
-            if status != Status::Stale {
-                source.quote.status = status;
-            }
-            match st.preferred() {
-                Some(f) if st.active != Some(f) => {
-                    // Failover (or fail-back): the preferred feed's whole view, as the next seq.
+            match st.preferred().map(|s| (s.feed, s.quote)) {
+                Some((f, quote)) if st.active != Some(f) => {
+                    // Failover: the next fresh feed's whole view, as the next seq.
                     st.active = Some(f);
-                    let quote = st.source(f).quote;
                     st.publish(&self.symbol, quote, listeners);
-                    true
                 }
                 preferred => {
-                    let published = match preferred {
-                        Some(f) => st.source(f).quote.status,
-                        None => Status::Stale,
-                    };
-                    let changed = st.quote.status != published;
-                    st.quote.status = published;
-                    changed
+                    let published = preferred.map_or(Status::Stale, |(_, q)| q.status);
+                    if st.quote.status == published {
+                        return;
+                    }
+                    st.publish_status(&self.symbol, published, listeners);
                 }
             }
-        };
-        if changed {
-            self.fan_out();
         }
+        self.fan_out();
     }
 
     /// Marks every subscriber's slot for this symbol dirty. Never awaits (see module doc).
@@ -306,23 +355,24 @@ impl SymbolEntry {
         self.read_since(None, Vec::new())
     }
 
-    /// The latest state plus, for a connection last sent `seq = after`, the encoded updates of every
-    /// tick since, when the ring still holds all of them (otherwise `catch_up` is empty). `catch_up`
-    /// is an empty vector to fill, so that a connection reuses one allocation for every read.
+    /// The latest state plus, for a connection last sent `version = after`, the encoded changes
+    /// since, when the ring still holds all of them (otherwise `catch_up` is empty). `catch_up` is
+    /// an empty vector to fill, so that a connection reuses one allocation for every read.
     pub fn read_since(&self, after: Option<u64>, mut catch_up: Vec<Recent>) -> Option<Published> {
         let st = lock(&self.state);
         if st.seq == 0 {
             return None;
         }
         catch_up.clear();
-        if let Some(sent) = after.filter(|&sent| sent < st.seq) {
-            let behind = (st.seq - sent) as usize;
+        if let Some(sent) = after.filter(|&sent| sent < st.version) {
+            let behind = (st.version - sent) as usize;
             if behind <= st.recent.len() {
                 catch_up.extend(st.recent.range(st.recent.len() - behind..).cloned());
             }
         }
         Some(Published {
             seq: st.seq,
+            version: st.version,
             quote: st.quote,
             tick_in: st.tick_in,
             catch_up,
@@ -330,28 +380,60 @@ impl SymbolEntry {
     }
 
     /// Adds a subscriber and marks its slot, so its snapshot goes out now (or at the first tick).
-    pub fn subscribe(&self, conn: &Arc<ConnPending>, slot: u32) {
+    /// The subscription lasts as long as the returned guard.
+    pub fn subscribe(self: &Arc<Self>, conn: &Arc<ConnPending>, slot: u32) -> Subscription {
         lock(&self.subscribers).push(Subscriber {
             conn: conn.clone(),
             slot,
         });
         self.subscriber_count.fetch_add(1, Ordering::Relaxed);
+        self.subscriptions.inc();
         conn.mark(slot);
+        Subscription {
+            entry: self.clone(),
+            conn_id: conn.id(),
+            slot,
+        }
     }
 
-    pub fn unsubscribe(&self, conn: &ConnPending, slot: u32) {
+    fn unsubscribe(&self, conn_id: u64, slot: u32) {
         let mut subs = lock(&self.subscribers);
         if let Some(i) = subs
             .iter()
-            .position(|s| s.slot == slot && s.conn.id() == conn.id())
+            .position(|s| s.slot == slot && s.conn.id() == conn_id)
         {
             subs.swap_remove(i);
             self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
+            self.subscriptions.dec();
         }
     }
 
     pub fn subscriber_count(&self) -> usize {
         self.subscriber_count.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's place in one symbol's subscriber list, left when the guard is dropped.
+///
+/// Cleanup lives in `Drop` (as mini-redis ties its cleanup to guards) so that no way a connection
+/// can end (a close, a panic unwinding its task, a task cancelled mid-flight, the runtime dropping
+/// tasks at shutdown) leaves it in the fan-out, and `quotegw_subscriptions` is at every moment the
+/// sum of the subscriber lists.
+pub struct Subscription {
+    entry: Arc<SymbolEntry>,
+    conn_id: u64,
+    slot: u32,
+}
+
+impl Subscription {
+    pub fn entry(&self) -> &Arc<SymbolEntry> {
+        &self.entry
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.entry.unsubscribe(self.conn_id, self.slot);
     }
 }
 
@@ -415,10 +497,82 @@ mod tests {
         assert_eq!(state(&entry), (4, "2.02".into(), Status::Live));
         index.apply(status(1, Status::Stale)); // nobody fresh: stale, same seq
         assert_eq!(state(&entry), (4, "2.02".into(), Status::Stale));
-        index.apply(status(0, Status::Live)); // the primary recovers: its view, the next seq
-        assert_eq!(state(&entry), (5, "1.00".into(), Status::Live));
+        // The primary says it is live again: nothing is published until it sends a price.
+        index.apply(status(0, Status::Live));
+        assert_eq!(state(&entry), (4, "2.02".into(), Status::Stale));
+        index.apply(tick(0, 101)); // its first fresh tick takes the symbol back, with that price
+        assert_eq!(state(&entry), (5, "1.01".into(), Status::Live));
+    }
+
+    #[test]
+    fn fail_back_never_publishes_the_recovering_feeds_pre_outage_quote() {
+        let index = Index::new(
+            &["primary".into(), "secondary".into()],
+            Arc::new(Metrics::new()),
+        );
+        let entry = index.register("X".into());
+        index.apply(tick(0, 100));
+        index.apply(tick(1, 200));
+        index.apply(status(0, Status::Stale)); // failover: the secondary's current price
+        let p = entry.read().unwrap();
+        assert_eq!((p.seq, p.quote.bid.unwrap().to_string()), (2, "2.00".into()));
+        index.apply(tick(1, 201));
+        // Recovery announced before any price: the published quote stays the secondary's.
+        index.apply(status(0, Status::Live));
+        let p = entry.read().unwrap();
+        assert_eq!((p.seq, p.quote.bid.unwrap().to_string()), (3, "2.01".into()));
+        assert_eq!(p.quote.status, Status::Live);
+    }
+
+    #[test]
+    fn a_status_event_from_a_feed_that_never_ticked_the_symbol_changes_nothing() {
+        let index = Index::new(
+            &["primary".into(), "secondary".into()],
+            Arc::new(Metrics::new()),
+        );
+        let entry = index.register("X".into());
+        index.apply(tick(1, 200)); // only the secondary serves X
+        for s in [Status::Stale, Status::Live, Status::Stale, Status::Live] {
+            index.apply(status(0, s));
+            let p = entry.read().unwrap();
+            assert_eq!(
+                (p.seq, p.version, p.quote.bid.unwrap().to_string(), p.quote.status),
+                (1, 1, "2.00".into(), Status::Live)
+            );
+        }
+        // The secondary's own outage is a status-only change: a new version, the same seq and price.
+        index.apply(status(1, Status::Stale));
+        let p = entry.read().unwrap();
+        assert_eq!((p.seq, p.version, p.quote.status), (1, 2, Status::Stale));
+        assert_eq!(p.quote.bid.unwrap().to_string(), "2.00");
+    }
+
+    #[test]
+    fn status_changes_keep_their_place_among_the_updates_in_the_ring() {
+        let index = Index::new(&["only".into()], Arc::new(Metrics::new()));
+        let entry = index.register("X".into());
+        let conn = ConnPending::new();
+        let _sub = entry.subscribe(&conn, 0);
+        index.apply(tick(0, 100)); // version 1: the snapshot's
         index.apply(tick(0, 101));
-        assert_eq!(state(&entry), (6, "1.01".into(), Status::Live));
+        index.apply(status(0, Status::Stale));
+        index.apply(tick(0, 102)); // live again, with a price
+        let p = entry.read_since(Some(1), Vec::new()).unwrap();
+        let messages: Vec<String> = p
+            .catch_up
+            .iter()
+            .flat_map(|r| {
+                serde_json::from_str::<Vec<serde_json::Value>>(&r.frame)
+                    .unwrap()
+                    .into_iter()
+                    .map(|m| format!("{} {}", m["type"].as_str().unwrap(), m.get("status").or(m.get("seq")).unwrap()))
+            })
+            .collect();
+        assert_eq!(
+            messages,
+            ["update 2", "status \"stale\"", "update 3", "status \"live\""]
+        );
+        assert_eq!((p.seq, p.version), (3, 4));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub struct Metrics {
     registry: Registry,
     pub connections: IntGauge,
     pub subscriptions: IntGauge,
+    pub connections_stalled: IntGauge,
     pub ticks_received: IntCounterVec,
     pub ticks_rejected: IntCounterVec,
     pub updates_sent: IntCounter,
@@ -79,6 +80,7 @@ impl Metrics {
         let m = Metrics {
             connections: reg(&registry, IntGauge::new("quotegw_connections", "Open WebSocket connections.").expect("valid metric name")),
             subscriptions: reg(&registry, IntGauge::new("quotegw_subscriptions", "Symbol subscriptions over all connections.").expect("valid metric name")),
+            connections_stalled: reg(&registry, IntGauge::new("quotegw_connections_stalled", "Connections whose socket is full: the session waits for the client to read (a slow consumer in the making; closed with 4008 after slow_consumer_timeout_ms).").expect("valid metric name")),
             ticks_received: counter_vec("quotegw_ticks_received_total", "Ticks handed to the index by each feed.", &["feed"]),
             ticks_rejected: counter_vec("quotegw_ticks_rejected_total", "Ticks refused by validation (never forwarded), by feed and reason.", &["feed", "reason"]),
             updates_sent: counter("quotegw_updates_sent_total", "Update messages handed to sockets."),
@@ -98,7 +100,7 @@ impl Metrics {
             feed_bad_lines: counter_vec("quotegw_feed_bad_lines_total", "Lines of a replayed file skipped as invalid (each logged with file:line).", &["feed"]),
             ticks_standby: counter_vec("quotegw_ticks_standby_total", "Ticks from a feed that is not the active source of their symbol (failover standby), kept as that feed's shadow quote.", &["feed"]),
             poll_requests: counter_vec("quotegw_poll_requests_total", "HTTP polls sent to the upstream, by feed.", &["feed"]),
-            poll_errors: counter_vec("quotegw_poll_errors_total", "Failed HTTP polls, by feed and kind (connect, timeout, status, body, decode).", &["feed", "kind"]),
+            poll_errors: counter_vec("quotegw_poll_errors_total", "Failed HTTP polls, by feed and kind (connect, timeout, status, body, decode, bad_quote: one quote of a good answer dropped).", &["feed", "kind"]),
             poll_seconds: reg(&registry, HistogramVec::new(
                 HistogramOpts::new("quotegw_poll_seconds", "Duration of each HTTP poll, request to parsed body.")
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),

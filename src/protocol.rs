@@ -63,6 +63,11 @@ impl ErrorCode {
     }
 }
 
+/// The `max_hz` a client may ask for (PROTOCOL.md): from one update per 1,000 s to 1,000 per
+/// second. Bounded here so that no later arithmetic on it (an interval, an instant) can
+/// overflow; outside it, `bad_request`.
+pub const MAX_HZ_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1000.0;
+
 /// A client op, parsed and checked.
 #[derive(Debug, PartialEq)]
 pub enum Op {
@@ -156,11 +161,11 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
             let max_hz = match obj.get("max_hz") {
                 None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
                 Some(v) => match number(v) {
-                    Some(hz) if hz.is_finite() && hz > 0.0 => Some(hz),
+                    Some(hz) if MAX_HZ_RANGE.contains(&hz) => Some(hz),
                     _ => {
                         return Err(OpError::bad_request(
                             &id,
-                            "'max_hz' must be a number greater than 0",
+                            "'max_hz' must be a number from 0.001 to 1000 (updates per second per symbol)",
                         ))
                     }
                 },
@@ -476,7 +481,9 @@ mod tests {
             code(r#"{"op":"subscribe","symbols":[1]}"#),
             ErrorCode::BadRequest
         );
-        for hz in ["0", "-1", "\"5\"", "true", "[]"] {
+        for hz in [
+            "0", "-1", "\"5\"", "true", "[]", "1e-300", "0.0009", "1000.5", "1e308",
+        ] {
             let op = format!(r#"{{"op":"subscribe","symbols":["A"],"max_hz":{hz}}}"#);
             assert_eq!(code(&op), ErrorCode::BadRequest, "{op}");
         }

@@ -15,6 +15,8 @@ fn root() -> &'static Path {
 #[test]
 fn the_widget_works_in_chromium_against_a_replaying_gateway() {
     let screenshots = root().join("target/widget-screenshots");
+    // A screenshot left by an earlier run must not pass for this run's.
+    let _ = std::fs::remove_dir_all(&screenshots);
     let status = Command::new("node")
         .arg("tests/widget/run.mjs")
         .current_dir(root())

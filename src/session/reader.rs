@@ -1,12 +1,16 @@
 //! Session, inbound: client frames → ops, with the op rate limit, the abuse limit, the symbol limit,
 //! and the close codes for frames the protocol refuses.
 
-use actix_http::ws::{Frame, Item};
-use bytes::BytesMut;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Connection, End, Fragments};
+use actix_http::ws::{Frame, Item};
+use bytes::BytesMut;
+
+use super::connection::Fragments;
+use super::{Connection, End, Session};
 use crate::conflate::SlotView;
+use crate::index::SymbolEntry;
 use crate::protocol::{
     close, encode_ack, encode_error, encode_pong, encode_symbols, parse_request, ErrorCode, Op,
 };
@@ -16,7 +20,7 @@ impl Connection {
     pub(super) fn on_message(&mut self, frame: Frame) -> Option<End> {
         match frame {
             Frame::Text(bytes) => match std::str::from_utf8(&bytes) {
-                Ok(text) => self.on_text(text),
+                Ok(text) => self.session.on_text(text, Instant::now()),
                 Err(_) => Some(End::Close(
                     close::INVALID_PAYLOAD,
                     "text frame is not valid UTF-8",
@@ -38,7 +42,7 @@ impl Connection {
 
     /// Reassembles a fragmented message, bounded by `max_frame_bytes` in total.
     fn on_fragment(&mut self, item: Item) -> Option<End> {
-        let max = self.shared.limits.max_frame_bytes;
+        let max = self.session.shared.limits.max_frame_bytes;
         let (first, text, bytes, last) = match item {
             Item::FirstText(b) => (true, true, b, false),
             Item::FirstBinary(b) => (true, false, b, false),
@@ -72,29 +76,33 @@ impl Connection {
             ));
         }
         match std::str::from_utf8(&f.buf) {
-            Ok(text) => self.on_text(text),
+            Ok(text) => self.session.on_text(text, Instant::now()),
             Err(_) => Some(End::Close(
                 close::INVALID_PAYLOAD,
                 "text frame is not valid UTF-8",
             )),
         }
     }
+}
 
-    fn on_text(&mut self, text: &str) -> Option<End> {
-        if !self.ops.take(Instant::now()) {
+impl Session {
+    /// Handles one client op (a text message); its reply goes into the frame being built. `Some`
+    /// ends the connection (repeated abuse).
+    pub fn on_text(&mut self, text: &str, now: Instant) -> Option<End> {
+        if !self.ops.take(now) {
             let message = format!(
                 "more than {} ops per second (burst {}); this op was not applied",
                 self.shared.limits.ops_per_second, self.shared.limits.ops_burst
             );
-            return self.client_error(None, ErrorCode::RateLimited, &message);
+            return self.client_error(None, ErrorCode::RateLimited, &message, now);
         }
         let request = match parse_request(text) {
             Ok(r) => r,
-            Err(e) => return self.client_error(e.id.as_deref(), e.code, &e.message),
+            Err(e) => return self.client_error(e.id.as_deref(), e.code, &e.message, now),
         };
         let id = request.id.as_deref();
         match request.op {
-            Op::Subscribe { symbols, max_hz } => self.subscribe(id, symbols, max_hz),
+            Op::Subscribe { symbols, max_hz } => self.subscribe(id, symbols, max_hz, now),
             Op::Unsubscribe { symbols } => {
                 self.unsubscribe(id, symbols);
                 None
@@ -113,14 +121,20 @@ impl Connection {
     }
 
     /// Replies with an error; too many errors in a burst end the connection with 1008.
-    fn client_error(&mut self, id: Option<&str>, code: ErrorCode, message: &str) -> Option<End> {
+    fn client_error(
+        &mut self,
+        id: Option<&str>,
+        code: ErrorCode,
+        message: &str,
+        now: Instant,
+    ) -> Option<End> {
         self.shared
             .metrics
             .client_errors
             .with_label_values(&[code.as_str()])
             .inc();
         self.frame.push(|s| encode_error(s, id, code, message));
-        if self.errors.take(Instant::now()) {
+        if self.errors.take(now) {
             None
         } else {
             Some(End::Close(
@@ -135,6 +149,7 @@ impl Connection {
         id: Option<&str>,
         symbols: Vec<String>,
         max_hz: Option<f64>,
+        now: Instant,
     ) -> Option<End> {
         let max = self.shared.limits.max_symbols_per_connection;
         let symbols = dedup(symbols);
@@ -143,7 +158,7 @@ impl Connection {
                 "a subscribe may name at most {max} symbols; it named {}",
                 symbols.len()
             );
-            return self.client_error(id, ErrorCode::TooManySymbols, &message);
+            return self.client_error(id, ErrorCode::TooManySymbols, &message, now);
         }
         // Resolve everything first: too_many_symbols must leave the subscription untouched.
         let mut accepted = Vec::with_capacity(symbols.len());
@@ -166,7 +181,7 @@ impl Connection {
             let message = format!(
                 "a connection may hold at most {max} symbols; it holds {held} and this op adds {added}; nothing was applied"
             );
-            return self.client_error(id, ErrorCode::TooManySymbols, &message);
+            return self.client_error(id, ErrorCode::TooManySymbols, &message, now);
         }
         let names: Vec<&str> = accepted.iter().map(|(n, _)| *n).collect();
         // The ack goes into the frame before any snapshot: those are written when the slots drain.
@@ -186,9 +201,8 @@ impl Connection {
                         (self.slots.len() - 1) as u32
                     });
                     self.by_symbol.insert(entry.symbol.clone(), slot);
-                    self.slots[slot as usize] = Some(SlotView::new(entry.clone(), max_hz));
-                    entry.subscribe(&self.pending, slot);
-                    self.shared.metrics.subscriptions.inc();
+                    let subscription = entry.subscribe(&self.pending, slot);
+                    self.slots[slot as usize] = Some(SlotView::new(subscription, max_hz));
                 }
             }
         }
@@ -199,10 +213,9 @@ impl Connection {
         let symbols = dedup(symbols);
         for name in &symbols {
             if let Some(slot) = self.by_symbol.remove(name.as_str()) {
-                if let Some(view) = self.slots[slot as usize].take() {
-                    view.entry.unsubscribe(&self.pending, slot);
-                    self.shared.metrics.subscriptions.dec();
-                }
+                // Dropping the view ends its subscription.
+                self.slots[slot as usize] = None;
+                self.deferred.retain(|&s| s != slot);
                 self.free_slots.push(slot);
             }
         }
@@ -214,7 +227,7 @@ impl Connection {
 
 enum Target {
     Existing(u32),
-    New(std::sync::Arc<crate::index::SymbolEntry>),
+    New(Arc<SymbolEntry>),
 }
 
 /// Removes repeated symbols, keeping the first occurrence's position.

@@ -1,70 +1,67 @@
-//! Session, outbound: dirty slots → frames → the socket, and the slow-consumer timeout.
+//! Session, outbound: dirty slots → frames (`Session`), frames → the socket and the slow-consumer
+//! timeout (`Connection`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_http::ws::OpCode;
 use bytes::Bytes;
-use tokio::time::Instant;
+use bytestring::ByteString;
+use prometheus::local::LocalHistogram;
 
-use super::{Connection, End};
+use super::{Connection, End, Session};
 use crate::conflate::Emitted;
+use crate::protocol::close;
 
 /// A frame is sent once it holds this many bytes, so that a drain of many symbols (a 1,000-symbol
 /// subscribe, a slow client catching up) leaves as several frames rather than one huge one.
 const FRAME_TARGET_BYTES: usize = 32 * 1024;
 
-impl Connection {
-    /// Writes everything owed: a pong, then for every dirty (or due deferred) slot whatever its view
-    /// says, batched into as few frames as fit `FRAME_TARGET_BYTES`. True when a frame left.
-    pub(super) async fn flush(&mut self) -> Result<bool, End> {
-        if let Some(payload) = self.pong_owed.take() {
-            self.send(OpCode::Pong, payload).await?;
-        }
-        let now = Instant::now();
-        let mut dirty = std::mem::take(&mut self.scratch);
-        self.pending.take(&mut dirty);
+impl Session {
+    /// Starts a flush: every dirty slot, and every deferred one once the earliest is due.
+    pub fn begin_flush(&mut self, now: Instant) {
+        self.work.clear();
+        self.work_done = 0;
+        self.pending.take(&mut self.work);
         if self.deferred_until.is_some_and(|at| at <= now) {
             // Due or not, every deferred slot is looked at again; emit() defers those still early.
-            dirty.append(&mut self.deferred);
+            self.work.append(&mut self.deferred);
             self.deferred_until = None;
         }
-        let mut sent = false;
-        for &slot in &dirty {
+    }
+
+    /// Writes what the flush's slots are owed into the frame, until the frame holds
+    /// `FRAME_TARGET_BYTES` or every slot is done; true when every slot is done.
+    pub fn fill_frame(&mut self, now: Instant) -> bool {
+        while let Some(&slot) = self.work.get(self.work_done) {
+            self.work_done += 1;
             let Some(view) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue; // unsubscribed since it was marked
             };
-            if let Emitted::NotBefore(at) = view.emit_latest(
-                &mut self.catch_up,
-                now.into_std(),
-                &mut self.frame,
-                &mut self.stats,
-            ) {
-                let at = Instant::from_std(at);
+            if let Emitted::NotBefore(at) =
+                view.emit_latest(&mut self.catch_up, now, &mut self.frame, &mut self.stats)
+            {
                 if !self.deferred.contains(&slot) {
                     self.deferred.push(slot);
                 }
                 self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
             }
             if self.frame.len_bytes() >= FRAME_TARGET_BYTES {
-                sent |= self.send_frame().await?;
+                return false;
             }
         }
-        dirty.clear();
-        self.scratch = dirty;
-        Ok(self.send_frame().await? | sent)
+        true
     }
 
-    /// Hands the current frame to the socket and accounts for it; false when there was none.
-    async fn send_frame(&mut self) -> Result<bool, End> {
-        let Some(frame) = self.frame.take() else {
-            return Ok(false);
-        };
-        let bytes = frame.len() as u64;
-        self.send(OpCode::Text, frame.into_bytes()).await?;
-        let handed = std::time::Instant::now();
+    /// The frame built so far (replies, snapshots, updates), or `None` when nothing was written.
+    pub fn take_frame(&mut self) -> Option<ByteString> {
+        self.frame.take()
+    }
+
+    /// Accounts for a frame the socket has taken (`handed`: when), and starts the next one's counts.
+    pub fn frame_sent(&mut self, bytes: usize, handed: Instant, latency: &mut LocalHistogram) {
         let m = &self.shared.metrics;
         m.frames_sent.inc();
-        m.bytes_sent.inc_by(bytes);
+        m.bytes_sent.inc_by(bytes as u64);
         let s = &mut self.stats;
         if s.updates > 0 {
             m.updates_sent.inc_by(s.updates);
@@ -74,13 +71,43 @@ impl Connection {
             m.snapshots_sent.inc_by(s.snapshots);
         }
         for tick_in in s.tick_in.drain(..) {
-            self.latency
-                .observe(handed.saturating_duration_since(tick_in).as_secs_f64());
+            latency.observe(handed.saturating_duration_since(tick_in).as_secs_f64());
         }
-        self.latency.flush();
+        latency.flush();
         s.updates = 0;
         s.conflated = 0;
         s.snapshots = 0;
+    }
+}
+
+impl Connection {
+    /// Writes everything owed: a pong, then for every dirty (or due deferred) slot whatever its view
+    /// says, batched into as few frames as fit `FRAME_TARGET_BYTES`. True when a frame left.
+    pub(super) async fn flush(&mut self) -> Result<bool, End> {
+        if let Some(payload) = self.pong_owed.take() {
+            self.send(OpCode::Pong, payload).await?;
+        }
+        let now = Instant::now();
+        self.session.begin_flush(now);
+        let mut sent = false;
+        loop {
+            let done = self.session.fill_frame(now);
+            sent |= self.send_frame().await?;
+            if done {
+                return Ok(sent);
+            }
+        }
+    }
+
+    /// Hands the current frame to the socket and accounts for it; false when there was none.
+    async fn send_frame(&mut self) -> Result<bool, End> {
+        let Some(frame) = self.session.take_frame() else {
+            return Ok(false);
+        };
+        let bytes = frame.len();
+        self.send(OpCode::Text, frame.into_bytes()).await?;
+        self.session
+            .frame_sent(bytes, Instant::now(), &mut self.latency);
         Ok(true)
     }
 
@@ -94,13 +121,41 @@ impl Connection {
     /// waits. When it does not (the client's receive window and the kernel's send buffer are full),
     /// the session stops reading and writing until it does, while the index keeps merging this
     /// connection's updates into its slots. A socket that accepts no byte for
-    /// `slow_consumer_timeout_ms` is a slow consumer (close 4008).
+    /// `slow_consumer_timeout_ms` is a slow consumer (close 4008). Shutdown and token expiry still
+    /// end the wait: the close then goes after the unsent bytes if the socket takes them within
+    /// the close grace, and the connection is reset otherwise.
     async fn send(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), End> {
         self.socket.start(opcode, payload).map_err(|_| End::Gone)?;
-        if !self.socket.is_drained() {
-            let stall = Duration::from_millis(self.shared.limits.slow_consumer_timeout_ms);
-            self.socket.drain(stall).await?;
+        if self.socket.is_drained() {
+            return Ok(());
         }
-        Ok(())
+        let shared = &self.session.shared;
+        let stall = Duration::from_millis(shared.limits.slow_consumer_timeout_ms);
+        let _stalled = Stalled::new(&shared.metrics.connections_stalled);
+        let expires = self.expires;
+        tokio::select! {
+            drained = self.socket.drain(stall) => drained.map_err(End::from),
+            _ = shared.shutdown.cancelled() => Err(End::Close(close::GOING_AWAY, "gateway shutting down")),
+            _ = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now)), if expires.is_some() => {
+                Err(End::Close(close::POLICY, "token expired"))
+            }
+        }
+    }
+}
+
+/// Counts a connection in `quotegw_connections_stalled` while its session waits for its socket;
+/// a guard, so that a session dropped mid-wait is counted out too.
+struct Stalled<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Stalled<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Stalled<'a> {
+        gauge.inc();
+        Stalled(gauge)
+    }
+}
+
+impl Drop for Stalled<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

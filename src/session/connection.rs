@@ -1,0 +1,212 @@
+//! Session, the connection: a `Session` on its socket, driven by one select loop over client
+//! frames, dirty slots and the connection's clocks (ping, idle, token expiry, the batching window,
+//! `max_hz`, shutdown), and the close paths.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_http::ws::{CloseCode, CloseReason, Frame, ProtocolError};
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use super::socket::{SendError, WsSocket};
+use super::{ConnectionGuard, End, Session, SessionShared};
+use crate::access::{Grant, IpGuard};
+use crate::protocol::close;
+
+/// How long a close frame may take to leave (shutdown, idle, protocol errors) before the socket is
+/// shut down without it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The least time a slow consumer's 4008 close frame gets to leave (it waits behind everything the
+/// client has not read); past it, and past one more `slow_consumer_timeout_ms`, the socket is shut.
+const SLOW_CONSUMER_CLOSE_GRACE_MIN: Duration = Duration::from_secs(5);
+
+/// A fragmented text message being reassembled (`max_frame_bytes` bounds its total).
+pub(super) struct Fragments {
+    pub(super) text: bool,
+    pub(super) buf: BytesMut,
+}
+
+pub struct Connection {
+    pub(super) session: Session,
+    pub(super) socket: WsSocket,
+    pub(super) last_heard: Instant,
+    pub(super) pong_owed: Option<bytes::Bytes>,
+    pub(super) fragments: Option<Fragments>,
+    pub(super) latency: prometheus::local::LocalHistogram,
+    /// When the token expires (`None`: never, or beyond the clock's range).
+    pub(super) expires: Option<Instant>,
+    _guards: (ConnectionGuard, Option<IpGuard>),
+}
+
+impl Connection {
+    pub fn new(
+        shared: Arc<SessionShared>,
+        guards: (ConnectionGuard, Option<IpGuard>),
+        grant: Grant,
+        socket: WsSocket,
+    ) -> Connection {
+        let now = Instant::now();
+        // Checked: the expiry comes from a token's `exp`, which may be far beyond the clock's range.
+        let expires = grant.remaining().and_then(|left| now.checked_add(left));
+        Connection {
+            latency: shared.metrics.tick_to_write.local(),
+            session: Session::new(shared, grant, now.into_std()),
+            socket,
+            last_heard: now,
+            pong_owed: None,
+            fragments: None,
+            expires,
+            _guards: guards,
+        }
+    }
+
+    /// Serves the connection until it ends, then closes it as the protocol says.
+    pub async fn run(mut self) {
+        let end = self.serve().await;
+        self.finish(end).await;
+    }
+
+    async fn serve(&mut self) -> End {
+        let limits = &self.session.shared.limits;
+        let ping_every = Duration::from_millis(limits.ping_interval_ms);
+        let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
+        let frame_interval = Duration::from_millis(limits.min_frame_interval_ms);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let shutdown = self.session.shared.shutdown.clone();
+        // Registered once: a future made per loop turn would join and leave the token's waiter
+        // list, under its lock, on every wake-up of every connection.
+        let shutdown = shutdown.cancelled();
+        let pending = self.session.pending().clone();
+        // Set after a frame leaves: until then, news waits (see the flush below).
+        let mut held_until: Option<Instant> = None;
+        let expires = self.expires;
+        // Timers armed once and re-armed when due, not per wake-up: a busy connection wakes for
+        // every frame, and registering timers each time costs as much as the frame's own work.
+        let expiry = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now));
+        let idle = tokio::time::sleep_until(self.last_heard + idle_timeout);
+        tokio::pin!(expiry, idle, shutdown);
+        enum Event {
+            Expired,
+            Shutdown,
+            Frame(Option<Result<Frame, ProtocolError>>),
+            Dirty,
+            Timer,
+            Ping,
+            Idle,
+        }
+        loop {
+            // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
+            // looks at those after the interval anyway).
+            let timer = held_until.or(self.session.deferred_until().map(Instant::from_std));
+            let event = tokio::select! {
+                biased;
+                _ = &mut shutdown => Event::Shutdown,
+                _ = &mut expiry, if expires.is_some() => Event::Expired,
+                msg = self.socket.recv() => Event::Frame(msg),
+                // Not listened to within the frame interval: the index keeps marking slots, and
+                // the timer below collects them all into one frame.
+                _ = pending.wait(), if held_until.is_none() => Event::Dirty,
+                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Event::Timer,
+                _ = &mut idle => Event::Idle,
+                _ = ping.tick() => Event::Ping,
+            };
+            match event {
+                Event::Expired => return End::Close(close::POLICY, "token expired"),
+                Event::Shutdown => return End::Close(close::GOING_AWAY, "gateway shutting down"),
+                Event::Idle => {
+                    let due = self.last_heard + idle_timeout;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    return End::Close(close::NORMAL, "idle timeout");
+                }
+                Event::Frame(None) => return End::Gone,
+                Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
+                Event::Frame(Some(Ok(msg))) => {
+                    self.last_heard = Instant::now();
+                    if let Some(end) = self.on_message(msg) {
+                        // What the op already wrote (an error reply) goes out before the close.
+                        let _ = self.flush().await;
+                        return end;
+                    }
+                }
+                Event::Dirty => {}
+                Event::Timer => held_until = None,
+                Event::Ping => {
+                    if let Err(end) = self.send_ping().await {
+                        return end;
+                    }
+                    if held_until.is_some() {
+                        continue;
+                    }
+                }
+            }
+            let started = Instant::now();
+            match self.flush().await {
+                Err(end) => return end,
+                // Batching is decided here: after a frame, updates wait out `min_frame_interval_ms`
+                // and then leave together. A connection that was quiet gets its next update at
+                // once; a hot one costs one write per interval instead of one per tick (a write to
+                // a socket costs far more than adding an update to a frame).
+                Ok(true) if !frame_interval.is_zero() => {
+                    held_until = Some(started + frame_interval);
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Leaves the index, then closes as `end` says: the close frame goes after everything already
+    /// written, and a connection whose close cannot leave within its grace is reset.
+    ///
+    /// Boxed: the close path's futures are bigger than the whole serving state, and every idle
+    /// connection would otherwise carry their space in its task.
+    fn finish(self, end: End) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(self.close(end))
+    }
+
+    async fn close(mut self, end: End) {
+        // At once, not after the goodbye: the close below may wait on the socket for its grace.
+        self.session.leave_all();
+        let shared = self.session.shared.clone();
+        let metrics = &shared.metrics;
+        let (code, reason, grace) = match end {
+            End::Gone => return,
+            End::ClientClosed(reason) => {
+                // Echoed, as RFC 6455 §5.5.1 asks.
+                self.socket.close(reason, CLOSE_GRACE).await;
+                return;
+            }
+            End::SlowConsumer => {
+                metrics.slow_consumer_closes.inc();
+                let grace = Duration::from_millis(shared.limits.slow_consumer_timeout_ms)
+                    .max(SLOW_CONSUMER_CLOSE_GRACE_MIN);
+                (close::SLOW_CONSUMER, "slow consumer", grace)
+            }
+            End::Close(code, reason) => (code, reason, CLOSE_GRACE),
+        };
+        metrics
+            .closes
+            .with_label_values(&[itoa::Buffer::new().format(code)])
+            .inc();
+        tracing::debug!(code, reason, "closing connection");
+        let close = CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_string()),
+        };
+        self.socket.close(Some(close), grace).await;
+    }
+}
+
+impl From<SendError> for End {
+    fn from(e: SendError) -> End {
+        match e {
+            SendError::Stalled(_) => End::SlowConsumer,
+            SendError::Io(_) => End::Gone,
+        }
+    }
+}
