@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::start;
+use support::{start, start_with_workers};
 use support::upstream::{until_served as until, Mode, Upstream};
 
 fn poll_feed(name: &str, base: &str, symbols: &str) -> String {
@@ -116,7 +116,11 @@ async fn the_poller_survives_every_fault_marks_stale_recovers_and_never_sends_a_
         ("AAPL", "\"not-a-price\"", "\"189.20\""),
         ("MSFT", "1.5", "2"),
     ]));
-    let u = until(&mut c, &served, |m| m["type"] == "update").await;
+    // (A recovery is a tick with the whole answer: its update may carry no changed field.)
+    let u = until(&mut c, &served, |m| {
+        m["type"] == "update" && m.get("bid").is_some()
+    })
+    .await;
     assert_eq!(
         (u["symbol"].as_str(), u["bid"].as_str()),
         (Some("MSFT"), Some("1.5"))
@@ -130,8 +134,7 @@ async fn the_poller_survives_every_fault_marks_stale_recovers_and_never_sends_a_
     assert!(polls > 10.0, "{polls} polls");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_follows_the_primary_and_seq_keeps_growing() {
+async fn failover_follows_the_primary_and_seq_keeps_growing(workers: usize) {
     let primary = Upstream::start(&body(&[("X", "\"1.00\"", "\"1.01\"")])).await;
     let secondary = Upstream::start(&body(&[("X", "\"2.00\"", "\"2.01\"")])).await;
     let served: HashSet<String> = ["1.00", "1.01", "2.00", "2.01"]
@@ -143,7 +146,7 @@ async fn failover_follows_the_primary_and_seq_keeps_growing() {
         poll_feed("primary", &primary.base, r#"["X"]"#),
         poll_feed("secondary", &secondary.base, r#"["X"]"#)
     );
-    let gw = start(&config, &[]);
+    let gw = start_with_workers(workers, &config, &[]);
     let mut c = gw.client().await;
     c.send(json!({"op": "subscribe", "symbols": ["X"]})).await;
     c.expect("ack").await;
@@ -188,6 +191,120 @@ async fn failover_follows_the_primary_and_seq_keeps_growing() {
         step(&m);
     }
     println!("failover sequence: {seen:?}");
+}
+
+/// A client's reconstruction of one symbol, from the messages alone.
+#[derive(Default)]
+struct Seen {
+    seq: u64,
+    bid: Option<String>,
+    ask: Option<String>,
+}
+
+impl Seen {
+    fn apply(&mut self, m: &Value) {
+        let seq = m["seq"].as_u64().expect("quote messages carry seq");
+        assert!(
+            seq > self.seq || (m["type"] == "snapshot" && seq >= self.seq),
+            "seq only grows: {m}"
+        );
+        self.seq = seq;
+        for (field, slot) in [("bid", &mut self.bid), ("ask", &mut self.ask)] {
+            match m.get(field) {
+                Some(Value::String(p)) => *slot = Some(p.clone()),
+                Some(other) => panic!("{field} {other} published for a symbol that had prices: {m}"),
+                None => {}
+            }
+        }
+    }
+
+    fn quote(&self) -> (&str, &str) {
+        (
+            self.bid.as_deref().unwrap_or("-"),
+            self.ask.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+/// Regression (fail-back published the recovering feed's old or empty quote): two upstreams that
+/// disagree on every price. Through fail-over and fail-back every quote a client holds is one the
+/// serving feed sent while serving: never the primary's pre-outage quote after it recovers, never a
+/// null price for a symbol that had one (Y, which the primary starts serving only after its outage).
+async fn fail_back_publishes_the_recovering_feeds_fresh_quote_never_its_old_or_empty_one(
+    workers: usize,
+) {
+    let primary = Upstream::start(&body(&[("X", "\"1.00\"", "\"1.01\"")])).await;
+    let secondary = Upstream::start(&body(&[
+        ("X", "\"2.00\"", "\"2.01\""),
+        ("Y", "\"5.00\"", "\"5.01\""),
+    ]))
+    .await;
+    let config = format!(
+        "{}{}",
+        poll_feed("primary", &primary.base, r#"["X", "Y"]"#),
+        poll_feed("secondary", &secondary.base, r#"["X", "Y"]"#)
+    );
+    let gw = start_with_workers(workers, &config, &[]);
+    let mut c = gw.client().await;
+    c.send(json!({"op": "subscribe", "symbols": ["X", "Y"]}))
+        .await;
+    c.expect("ack").await;
+    let mut x = Seen::default();
+    let mut y = Seen::default();
+    // Reads until X and Y show `want`, checking every quote message against what may be shown.
+    async fn read_until(
+        c: &mut support::Client,
+        x: &mut Seen,
+        y: &mut Seen,
+        allowed_x: &[(&str, &str)],
+        want: [(&str, &str); 2],
+    ) {
+        let allowed_y = [("-", "-"), ("5.00", "5.01"), ("3.00", "3.01")];
+        while x.quote() != want[0] || y.quote() != want[1] {
+            let m = c.next().await;
+            let (seen, allowed) = match m["symbol"].as_str() {
+                Some("X") => (&mut *x, allowed_x),
+                Some("Y") => (&mut *y, &allowed_y[..]),
+                _ => panic!("unexpected message {m}"),
+            };
+            if m["type"] == "status" {
+                continue;
+            }
+            seen.apply(&m);
+            assert!(
+                allowed.contains(&seen.quote()),
+                "a quote no serving feed sent: {:?} after {m}",
+                seen.quote()
+            );
+        }
+    }
+    // The primary serves X; only the secondary has Y.
+    let before_outage = [("-", "-"), ("1.00", "1.01"), ("2.00", "2.01")];
+    read_until(&mut c, &mut x, &mut y, &before_outage, [("1.00", "1.01"), ("5.00", "5.01")]).await;
+    // Long enough for the primary to have marked Y (absent from its answers) stale: polls are
+    // `interval_ms` (50) apart and `stale_after_ms` is 600.
+    gw.wait_metric("quotegw_poll_requests_total{feed=\"primary\"}", |v| v >= 30.0)
+        .await;
+
+    // The primary fails: the secondary's current X.
+    primary.set(Mode::Status500);
+    read_until(&mut c, &mut x, &mut y, &before_outage, [("2.00", "2.01"), ("5.00", "5.01")]).await;
+
+    // While it is down its prices move, and it starts listing Y; then it answers again.
+    primary.set_body(&body(&[
+        ("X", "\"1.50\"", "\"1.51\""),
+        ("Y", "\"3.00\"", "\"3.01\""),
+    ]));
+    let failed_polls = gw
+        .wait_metric("quotegw_poll_errors_total{feed=\"primary\",kind=\"status\"}", |v| v >= 1.0)
+        .await;
+    assert!(failed_polls >= 1.0);
+    primary.set(Mode::Good);
+    // Fail-back: straight from the secondary's quote to the primary's fresh one. The pre-outage
+    // 1.00/1.01 and an empty quote (null prices) are no longer allowed.
+    let after = [("2.00", "2.01"), ("1.50", "1.51")];
+    read_until(&mut c, &mut x, &mut y, &after, [("1.50", "1.51"), ("3.00", "3.01")]).await;
+    println!("fail-back with {workers} worker(s): X seq {}, Y seq {}", x.seq, y.seq);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,3 +382,8 @@ async fn api_keys_come_from_the_environment_reach_the_upstream_and_never_the_log
         heads.first()
     );
 }
+
+crate::with_one_and_two_workers!(
+    failover_follows_the_primary_and_seq_keeps_growing,
+    fail_back_publishes_the_recovering_feeds_fresh_quote_never_its_old_or_empty_one,
+);

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use support::{start, tick};
+use support::{start_with_workers, tick};
 
 /// A client-side quote: field → JSON text, built only from messages.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -30,9 +30,8 @@ impl View {
     }
 }
 
-#[tokio::test]
-async fn subscribe_ack_snapshot_updates_reproduce_the_quote() {
-    let gw = start("", &["AAPL", "MSFT"]);
+async fn subscribe_ack_snapshot_updates_reproduce_the_quote(workers: usize) {
+    let gw = start_with_workers(workers, "", &["AAPL", "MSFT"]);
     gw.push(tick(
         "AAPL",
         1,
@@ -141,9 +140,8 @@ async fn subscribe_ack_snapshot_updates_reproduce_the_quote() {
     }
 }
 
-#[tokio::test]
-async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_snapshot() {
-    let gw = start("", &["AAPL", "MSFT"]);
+async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_snapshot(workers: usize) {
+    let gw = start_with_workers(workers, "", &["AAPL", "MSFT"]);
     gw.push(tick("AAPL", 1, &[("bid", "1.00")])).await;
     gw.push(tick("MSFT", 1, &[("bid", "2.00")])).await;
     let mut c = gw.client().await;
@@ -204,9 +202,8 @@ async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_sna
     );
 }
 
-#[tokio::test]
-async fn a_symbol_without_a_quote_gets_its_snapshot_at_the_first_tick() {
-    let gw = start("", &["AAPL", "NEW"]);
+async fn a_symbol_without_a_quote_gets_its_snapshot_at_the_first_tick(workers: usize) {
+    let gw = start_with_workers(workers, "", &["AAPL", "NEW"]);
     let mut c = gw.client().await;
     c.send(json!({"op": "subscribe", "symbols": ["NEW"]})).await;
     let ack = c.expect("ack").await;
@@ -229,9 +226,8 @@ async fn a_symbol_without_a_quote_gets_its_snapshot_at_the_first_tick() {
     );
 }
 
-#[tokio::test]
-async fn symbols_and_ping_ops() {
-    let gw = start("", &["MSFT", "AAPL"]);
+async fn symbols_and_ping_ops(workers: usize) {
+    let gw = start_with_workers(workers, "", &["MSFT", "AAPL"]);
     let mut c = gw.client().await;
     c.send(json!({"op": "symbols", "id": 4})).await;
     assert_eq!(
@@ -244,9 +240,8 @@ async fn symbols_and_ping_ops() {
     assert_eq!(c.next().await, json!({"type": "pong", "id": 12.5}));
 }
 
-#[tokio::test]
-async fn prices_leave_byte_identical_to_how_they_entered() {
-    let gw = start("", &["X"]);
+async fn prices_leave_byte_identical_to_how_they_entered(workers: usize) {
+    let gw = start_with_workers(workers, "", &["X"]);
     let prices = [
         "0.1",
         "123456.789",
@@ -287,9 +282,8 @@ async fn prices_leave_byte_identical_to_how_they_entered() {
     assert!(text.contains(&format!("\"bid\":\"{last}\"")), "{text}");
 }
 
-#[tokio::test]
-async fn invalid_ticks_are_rejected_counted_and_never_forwarded() {
-    let gw = start("", &["AAPL"]);
+async fn invalid_ticks_are_rejected_counted_and_never_forwarded(workers: usize) {
+    let gw = start_with_workers(workers, "", &["AAPL"]);
     gw.push(tick("AAPL", 1, &[("bid", "10.00")])).await;
     let mut c = gw.client().await;
     c.subscribe(&["AAPL"]).await;
@@ -319,3 +313,12 @@ async fn invalid_ticks_are_rejected_counted_and_never_forwarded() {
         5.0
     );
 }
+
+crate::with_one_and_two_workers!(
+    subscribe_ack_snapshot_updates_reproduce_the_quote,
+    unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_snapshot,
+    a_symbol_without_a_quote_gets_its_snapshot_at_the_first_tick,
+    symbols_and_ping_ops,
+    prices_leave_byte_identical_to_how_they_entered,
+    invalid_ticks_are_rejected_counted_and_never_forwarded,
+);

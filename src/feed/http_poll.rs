@@ -8,7 +8,8 @@
 //!
 //! Faults: each batch backs off exponentially with jitter after a failed poll (so a dead upstream is
 //! not hammered, and many gateways do not retry in lock-step), and a symbol without a good answer for
-//! `stale_after_ms` is marked `stale`; the first good answer makes it `live` again. A quote that fails
+//! `stale_after_ms` is marked `stale`; the first good answer is sent whole as a tick, which makes it
+//! `live` again (and, with failover, takes it back) with the prices of that answer. A quote that fails
 //! to parse is dropped whole and counted: the gateway would rather show an old price than a wrong one.
 //!
 //! Backpressure: polling is paced by the interval; a poll's ticks wait in `FeedContext::send` if the
@@ -541,8 +542,11 @@ impl Feed for HttpPollFeed {
                                 tick.symbol = symbol.clone();
                                 st.good_at = now;
                                 if st.stale {
+                                    // Recovery is a tick with the whole answer, not a status: the
+                                    // index takes a symbol back (and marks it live) only on a
+                                    // fresh tick, so it never republishes pre-outage prices.
                                     st.stale = false;
-                                    ctx.set_status(symbol.clone(), Status::Live).await?;
+                                    st.sent = Tick::default();
                                 }
                                 if let Some(change) = changes(&st.sent, &tick) {
                                     remember(&mut st.sent, &change);

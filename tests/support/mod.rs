@@ -70,7 +70,13 @@ impl Feed for ScriptedFeed {
 /// Starts a gateway: `toml` is appended to a config that listens on 127.0.0.1:0 with one worker;
 /// `symbols` are served by the scripted feed.
 pub fn start(toml: &str, symbols: &[&str]) -> TestGateway {
-    let text = format!("listen = \"127.0.0.1:0\"\nworkers = 1\n{toml}");
+    start_with_workers(1, toml, symbols)
+}
+
+/// `start` with `workers` actix workers: with more than one, sessions live on several threads and
+/// every fan-out crosses threads, as in the default of one worker per core that users run.
+pub fn start_with_workers(workers: usize, toml: &str, symbols: &[&str]) -> TestGateway {
+    let text = format!("listen = \"127.0.0.1:0\"\nworkers = {workers}\n{toml}");
     let config = Config::parse(&text, "test config").expect("test config is valid");
     let (ticks, rx) = mpsc::channel(4096);
     let feed = ScriptedFeed {
@@ -204,6 +210,31 @@ pub fn tick(symbol: &str, ts: i64, fields: &[(&str, &str)]) -> Tick {
         }
     }
     t
+}
+
+/// Runs each listed test (an `async fn(workers: usize)` of the test file) twice: with one worker
+/// and with two (the test binary's runtime has two threads either way). The tests are named
+/// `one_worker::NAME` and `two_workers::NAME`.
+#[macro_export]
+macro_rules! with_one_and_two_workers {
+    ($($name:ident),+ $(,)?) => {
+        mod one_worker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(1).await
+                }
+            )+
+        }
+        mod two_workers {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(2).await
+                }
+            )+
+        }
+    };
 }
 
 /// A WebSocket client that reads server frames as the protocol says: each is a JSON array.
