@@ -36,6 +36,31 @@
 //   --quote-ticker-tape-speed      tape scroll speed, pixels per second (a plain number) [60]
 // Parts for ::part(): container, bar, connection, body, table, row, symbol, price, badge, rejected.
 //
+// Tokens (a gateway with auth = "api_key" or "jwt"): give the widget a token from script, so that it
+// never sits in the DOM (a url attribute is visible to every script and extension on the page):
+//
+//   import { QuoteTicker } from "https://quotes.example.com/widget/quote-ticker.js";
+//   QuoteTicker.setToken(async ({ renew }) => (await fetch("/api/quote-token")).text());
+//
+// QuoteTicker.setToken(token, url?)
+//   token  a string, or a provider: a function ({ url, renew }) => string | Promise<string>; null or
+//          undefined removes it. A provider is called before EVERY connect and reconnect, so it can
+//          hand out short-lived tokens; `url` is the gateway's WebSocket URL without its query, and
+//          `renew` is true when the gateway just refused the previous token (close 1008), so a
+//          caching provider must not return the same one. A provider that throws, rejects, returns
+//          no string or takes longer than 15 s counts as a failed connect (backoff, see below).
+//   url    optional: only connections to this gateway URL (resolved as the url attribute is; a
+//          token= in its query is ignored, other query parameters count). Without it the token is
+//          the page's default, for every url that has no token of its own.
+//   The token goes to the gateway as ?token=... on the WebSocket URL (browsers cannot set headers
+//   on a WebSocket), replacing any token= in the url attribute. Tokens belong to a url, not to an
+//   element, so they never split a shared connection: one provider call per connect of the one
+//   socket, however many elements show that url. Call setToken in the module that imports the
+//   widget (or before adding the elements): a connection's first connect waits one microtask for
+//   it. Calling setToken again (even with the same provider) makes connections it covers that
+//   stopped or wait for a retry connect now; a live connection keeps its socket and uses the new
+//   token next time. A token in the url attribute still works, but is in the DOM.
+//
 // What it does, per the gateway's wire protocol (version 1):
 // - Several <quote-ticker>s on a page with the same url share ONE WebSocket. Symbol subscriptions
 //   are reference-counted: a symbol is unsubscribed when the last element showing it goes away.
@@ -44,13 +69,33 @@
 // - Shows prices exactly as the decimal strings the gateway sent; up/down flashes compare them as
 //   decimals (never as binary floats).
 // - Shows live/stale/halted per symbol, the connection state, and the symbols the gateway rejected.
-// - Reconnects with exponential backoff and jitter, and subscribes again.
+// - Reconnects and subscribes again. How soon depends on how the socket ended:
+//   - 1001 (the gateway is shutting down or restarting): after a uniformly random delay in
+//     [0, 5 s] ("full jitter"; the window grows with the backoff below when a gateway keeps doing
+//     it), so a restart does not bring every browser back in the same instant.
+//   - 1008 (policy: bad or expired token, refused Origin): with a token provider, asks it for a
+//     fresh token ({ renew: true }) and reconnects at once, one time. If that connection also ends
+//     in 1008 within 10 s of opening (or there is no provider), it stops: state "unauthorized",
+//     the gateway's reason on screen, and no retry until QuoteTicker.setToken is called or an
+//     element's attributes change (or an element joins the connection).
+//   - anything else, including a handshake the gateway refused with HTTP 401/403/429/503 (which a
+//     browser reports only as close 1006, without the status): exponential backoff, 500 ms·2^n
+//     capped at 30 s, with "equal jitter" (a random delay in [ceiling/2, ceiling]), so no retry is
+//     immediate and a refused page backs off further on every attempt; n returns to 0 once the
+//     gateway answers in protocol.
+// - Never logs a URL with its query string or fragment (tokens live there). (Chromium itself logs a
+//   failed WebSocket handshake with the full URL; only a token outside the URL avoids that.)
 // - All text goes in through textContent: a symbol or message can never become markup or script.
 // - Screen readers: a polite live region announces connection changes and rejected symbols only.
 //
 // Read-only inspection (for tests and host pages):
-// - element.connectionState: "idle" (no symbols), "connecting", "live", "reconnecting" or "failed"
-//   (the url is not a WebSocket URL); a "connectionstatechange" event fires when it changes.
+// - element.connectionState: "idle" (no symbols), "connecting", "live", "reconnecting",
+//   "unauthorized" (stopped after close 1008, see above) or "failed" (the url is not a WebSocket
+//   URL); a "connectionstatechange" event fires when it changes, with element.connectionInfo as
+//   its detail.
+// - element.connectionInfo: { state, closeCode, closeReason, retryDelayMs }: how the connection's
+//   last socket ended (null before any), and the delay chosen for the pending reconnect in ms (null
+//   when none is pending).
 // - element.displayedQuotes: { SYMBOL: { field: text shown, ..., status } } for the shown symbols.
 // - element.rejectedSymbols: [{ symbol, code }].
 // - Every value cell carries data-symbol, data-field and data-value (the raw value as received).
@@ -90,6 +135,21 @@ const CODE_TEXT = {
 // restarted gateway is not hit by every browser in the same instant, and no retry is ever immediate.
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 30000;
+// After close 1001 (gateway going away) the retry is uniformly random in [0, this] ("full jitter"):
+// every browser of a restarting gateway gets its 1001 in the same instant, and a restart (or a
+// rolling one behind a load balancer) takes seconds, so spreading the return over seconds costs a
+// user little and keeps the new gateway from taking every reconnect and resubscribe at once.
+const RESTART_JITTER_MS = 5000;
+// A connection that ends in 1008 after at least this long open was working: its next 1008 (an
+// expired token, typically) may ask the token provider again. A shorter one means the fresh token
+// did not help, and retrying would only loop.
+const POLICY_REARM_MS = 10000;
+// A token provider that has not answered after this long counts as failed.
+const TOKEN_TIMEOUT_MS = 15000;
+// Close codes the reconnect logic tells apart (see the header).
+const CLOSE_GOING_AWAY = 1001;
+const CLOSE_POLICY = 1008;
+const CLOSE_ABNORMAL = 1006;
 // Browsers cannot send WebSocket pings; the ping op keeps idle proxies from dropping the connection.
 const PING_INTERVAL_MS = 20000;
 // A subscribe op refused with rate_limited is tried again after this long.
@@ -138,6 +198,11 @@ export function compareDecimal(a, b) {
 
 const connections = new Map(); // url -> Connection
 
+// Tokens set with QuoteTicker.setToken: scope (a url without its token=, or DEFAULT_SCOPE) -> a
+// string or a provider function.
+const tokenSources = new Map();
+const DEFAULT_SCOPE = "";
+
 function defaultUrl() {
   const u = new URL("/ws", import.meta.url);
   u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
@@ -159,6 +224,55 @@ function resolveUrl(attr) {
   }
 }
 
+/** Which setToken scope a resolved url belongs to: the url without its token= parameter. */
+function tokenScope(url) {
+  const u = new URL(url);
+  u.searchParams.delete("token");
+  return u.href;
+}
+
+/** The url as it may be shown or logged: scheme, host and path; no credentials, query or fragment. */
+function redactUrl(url) {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}${u.pathname}`;
+  } catch {
+    return "(invalid url)";
+  }
+}
+
+/** Text for the console: any URL in it loses its query and fragment, and any token= its value. */
+function redactText(text) {
+  return String(text)
+    .replace(/\b([a-z][a-z0-9+.-]*:\/\/[^\s'"<>?#]*)[?#][^\s'"<>]*/gi, "$1")
+    .replace(/\btoken=[^\s&'"<>]*/gi, "token=…");
+}
+
+function withToken(url, token) {
+  const u = new URL(url);
+  u.searchParams.set("token", token);
+  return u.href;
+}
+
+/** Calls a token provider, bounded by TOKEN_TIMEOUT_MS; a throw becomes a rejection. */
+function callProvider(provider, info) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no token within ${TOKEN_TIMEOUT_MS} ms`)), TOKEN_TIMEOUT_MS);
+    Promise.resolve()
+      .then(() => provider(info))
+      .then(
+        (token) => {
+          clearTimeout(timer);
+          resolve(token);
+        },
+        (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+  });
+}
+
 function connectionFor(url) {
   let c = connections.get(url);
   if (!c) {
@@ -170,7 +284,9 @@ function connectionFor(url) {
 
 class Connection {
   constructor(url) {
-    this.url = url;
+    this.url = url; // may hold a token (from the url attribute): never log it, log safeUrl
+    this.safeUrl = redactUrl(url);
+    this.scope = tokenScope(url);
     this.state = "connecting";
     this.ws = null;
     this.widgets = new Set(); // attached elements, in attach order (the first one announces)
@@ -185,19 +301,28 @@ class Connection {
     this.socketNo = 0; // which socket a quote's snapshot came from; updates need the same one
     this.attempt = 0;
     this.retryTimer = 0;
+    this.retryDelay = null; // ms chosen for the pending reconnect
+    this.closeCode = null; // how the last socket ended
+    this.closeReason = null;
+    this.openedAt = 0; // when the current socket opened (0: not open)
+    this.policyRetried = false; // a 1008 already asked the token provider for a fresh token
+    this.awaitingToken = false; // a token provider call is under way
+    // Bumped by every open, stop and dispose: a token provider that answers after one is ignored.
+    this.generation = 0;
+    this.disposed = false;
     this.pingTimer = 0;
     this.lastHeard = 0;
     this.pingSentAt = 0;
     this.flushQueued = false;
     this.onOnline = () => {
-      if (this.state === "reconnecting" && this.retryTimer) {
-        clearTimeout(this.retryTimer);
-        this.retryTimer = 0;
-        this.open();
-      }
+      if (this.state === "reconnecting" && this.retryTimer) this.open(false);
     };
     window.addEventListener("online", this.onOnline);
-    this.open();
+    // One microtask late, so that QuoteTicker.setToken() in the module that imports this one (the
+    // same task) applies to the first connect too.
+    queueMicrotask(() => {
+      if (!this.disposed && !this.ws && !this.retryTimer && !this.awaitingToken) this.open(false);
+    });
   }
 
   attach(widget) {
@@ -276,13 +401,49 @@ class Connection {
     }
   }
 
-  open() {
+  /** The token for this url: its own from setToken, else the page's default, else none. */
+  tokenSource() {
+    return tokenSources.has(this.scope) ? tokenSources.get(this.scope) : tokenSources.get(DEFAULT_SCOPE);
+  }
+
+  /** Connects: asks the token provider first (if any), then opens the socket. */
+  async open(renew) {
+    if (this.disposed) return;
+    clearTimeout(this.retryTimer);
     this.retryTimer = 0;
+    this.retryDelay = null;
+    const generation = ++this.generation;
+    let url = this.url;
+    const source = this.tokenSource();
+    if (source !== undefined) {
+      let token = source;
+      if (typeof source === "function") {
+        this.awaitingToken = true;
+        try {
+          token = await callProvider(source, { url: this.safeUrl, renew: !!renew });
+        } catch (e) {
+          if (generation !== this.generation) return;
+          this.awaitingToken = false;
+          const why = redactText(e && e.message ? e.message : e);
+          console.warn(`quote-ticker: the token provider for ${this.safeUrl} failed: ${why}`);
+          this.retryAfterFailure();
+          return;
+        }
+        if (generation !== this.generation) return; // stopped, disposed or restarted meanwhile
+        this.awaitingToken = false;
+        if (typeof token !== "string" || !token) {
+          console.warn(`quote-ticker: the token provider for ${this.safeUrl} returned no token (want a non-empty string)`);
+          this.retryAfterFailure();
+          return;
+        }
+      }
+      url = withToken(this.url, token);
+    }
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(url);
     } catch (e) {
-      console.error(`quote-ticker: cannot open ${this.url}: ${e.message}`);
+      console.error(`quote-ticker: cannot open ${this.safeUrl}: ${redactText(e.message)}`);
       this.setState("failed");
       return;
     }
@@ -292,6 +453,7 @@ class Connection {
     this.pendingOps.clear();
     ws.onopen = () => {
       if (ws !== this.ws) return;
+      this.openedAt = Date.now();
       this.lastHeard = Date.now();
       this.pingSentAt = 0;
       this.setState("live");
@@ -306,8 +468,8 @@ class Connection {
       this.lastHeard = Date.now();
       this.receive(ev.data);
     };
-    ws.onclose = () => {
-      if (ws === this.ws) this.lost();
+    ws.onclose = (ev) => {
+      if (ws === this.ws) this.lost(ev.code, ev.reason);
     };
     // onerror is always followed by onclose, which does the work.
     ws.onerror = () => {};
@@ -319,7 +481,7 @@ class Connection {
     // half-open TCP connection can take minutes to report onclose. Counted in pings rather than
     // milliseconds because background tabs run timers late.
     if (this.pingSentAt && this.lastHeard < this.pingSentAt) {
-      this.lost();
+      this.lost(CLOSE_ABNORMAL, "no answer to ping");
       return;
     }
     this.pingSentAt = Date.now();
@@ -330,9 +492,12 @@ class Connection {
     }
   }
 
-  lost() {
+  /** The socket ended (`code` as its close event gave it): reconnect as the header describes. */
+  lost(code, reason) {
     const ws = this.ws;
+    const openedAt = this.openedAt;
     this.ws = null;
+    this.openedAt = 0;
     clearInterval(this.pingTimer);
     this.pingTimer = 0;
     if (ws) {
@@ -343,15 +508,83 @@ class Connection {
         // already closed
       }
     }
+    this.closeCode = typeof code === "number" ? code : CLOSE_ABNORMAL;
+    this.closeReason = reason ? String(reason) : "";
     if (this.widgets.size === 0) return;
-    this.setState("reconnecting");
-    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.attempt, 16));
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    if (this.closeCode === CLOSE_POLICY) {
+      if (openedAt && Date.now() - openedAt >= POLICY_REARM_MS) this.policyRetried = false;
+      if (typeof this.tokenSource() === "function" && !this.policyRetried) {
+        // One fresh token, at once: an expired token is the usual cause, and the gap shows.
+        this.policyRetried = true;
+        this.schedule(0, true);
+      } else {
+        this.stop();
+      }
+      return;
+    }
+    const ceiling = this.backoffCeiling();
+    const delay =
+      this.closeCode === CLOSE_GOING_AWAY
+        ? Math.random() * Math.max(RESTART_JITTER_MS, ceiling)
+        : ceiling / 2 + Math.random() * (ceiling / 2);
     this.attempt++;
-    this.retryTimer = setTimeout(() => this.open(), delay);
+    this.schedule(delay, false);
+  }
+
+  /** A connect that failed before any socket (the token provider): backoff as for a lost socket. */
+  retryAfterFailure() {
+    if (this.widgets.size === 0) return;
+    const ceiling = this.backoffCeiling();
+    this.attempt++;
+    this.schedule(ceiling / 2 + Math.random() * (ceiling / 2), false);
+  }
+
+  backoffCeiling() {
+    return Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.attempt, 16));
+  }
+
+  schedule(delay, renew) {
+    clearTimeout(this.retryTimer);
+    this.retryDelay = Math.round(delay);
+    this.retryTimer = setTimeout(() => this.open(renew), delay);
+    this.setState("reconnecting");
+  }
+
+  /** Close 1008 without a way to a better token: no retry until something changes (resume). */
+  stop() {
+    this.generation++;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = 0;
+    this.retryDelay = null;
+    this.awaitingToken = false;
+    const why = this.closeReason ? `: ${redactText(this.closeReason)}` : "";
+    console.warn(
+      `quote-ticker: ${this.safeUrl} closed the connection with 1008 (policy${why}); not reconnecting ` +
+        "until QuoteTicker.setToken() is called or the element's attributes change",
+    );
+    this.setState("unauthorized");
+  }
+
+  /**
+   * Something changed: a stopped connection connects again. With `newToken` (setToken was called)
+   * a connection waiting for its retry, or for its token provider, connects now as well.
+   */
+  resume(newToken) {
+    if (this.disposed) return;
+    if (this.state === "unauthorized") {
+      this.policyRetried = false;
+      this.attempt = 0;
+      this.setState("connecting");
+      this.open(false);
+    } else if (newToken && (this.retryTimer || this.awaitingToken)) {
+      this.awaitingToken = false;
+      this.open(false);
+    }
   }
 
   dispose() {
+    this.disposed = true;
+    this.generation++;
     clearTimeout(this.retryTimer);
     clearInterval(this.pingTimer);
     window.removeEventListener("online", this.onOnline);
@@ -366,6 +599,16 @@ class Connection {
       }
     }
     if (connections.get(this.url) === this) connections.delete(this.url);
+  }
+
+  /** What element.connectionInfo shows for this connection. */
+  info() {
+    return {
+      state: this.state,
+      closeCode: this.closeCode,
+      closeReason: this.closeReason,
+      retryDelayMs: this.retryDelay,
+    };
   }
 
   setState(state) {
@@ -491,7 +734,7 @@ class Connection {
     const id = m.id !== undefined ? Number(m.id) : undefined;
     const pending = id !== undefined ? this.pendingOps.get(id) : undefined;
     const code = typeof m.code === "string" ? m.code : "error";
-    if (typeof m.message === "string") console.warn(`quote-ticker: gateway error ${code}: ${m.message}`);
+    if (typeof m.message === "string") console.warn(`quote-ticker: gateway error ${code}: ${redactText(m.message)}`);
     if (!pending) return false;
     this.pendingOps.delete(id);
     for (const s of pending.symbols) this.subscribed.delete(s);
@@ -541,7 +784,8 @@ const STYLE = `
   font-size: .8em; white-space: nowrap; }
 .dot { width: .55em; height: .55em; border-radius: 50%; background: var(--quote-ticker-warn, #bf8700); flex: none; }
 .qt[data-connection="live"] .dot { background: var(--quote-ticker-live, #1a7f37); }
-.qt[data-connection="reconnecting"] .dot, .qt[data-connection="failed"] .dot {
+.qt[data-connection="reconnecting"] .dot, .qt[data-connection="failed"] .dot,
+.qt[data-connection="unauthorized"] .dot {
   background: var(--quote-ticker-down, #cf222e); }
 .qt[data-connection="connecting"] .dot, .qt[data-connection="reconnecting"] .dot {
   animation: qt-pulse 1.2s ease-in-out infinite; }
@@ -629,13 +873,17 @@ const CONNECTION_TEXT = {
   connecting: "Connecting…",
   live: "Live",
   reconnecting: "Reconnecting…",
+  unauthorized: "Not authorized",
   failed: "Invalid url",
 };
 const CONNECTION_ANNOUNCE = {
   live: "Live quotes connected.",
   reconnecting: "Quote connection lost; reconnecting.",
+  unauthorized: "Quotes stopped: the gateway refused this page's credentials.",
   failed: "Quotes unavailable: the url is not a WebSocket address.",
 };
+// The gateway's close reason is shown after "Not authorized: ", at most this many characters.
+const REASON_MAX_CHARS = 80;
 
 function el(tag, className, text) {
   const e = document.createElement(tag);
@@ -705,9 +953,41 @@ class QuoteTicker extends HTMLElement {
     this.#root = this.attachShadow({ mode: "open" });
   }
 
-  /** "idle", "connecting", "live", "reconnecting" or "failed". */
+  /**
+   * Gives connections a token without putting it in the DOM; see the header comment.
+   * @param {string | ((info: { url: string, renew: boolean }) => string | Promise<string>) | null} token
+   * @param {string} [url] only connections to this gateway url; default: every url without its own
+   */
+  static setToken(token, url) {
+    const provider = typeof token === "function";
+    if (token !== null && token !== undefined && !provider && (typeof token !== "string" || !token)) {
+      throw new TypeError("quote-ticker: setToken takes a non-empty string, a function that returns one (or a promise of one), or null");
+    }
+    let scope = DEFAULT_SCOPE;
+    if (url !== undefined && url !== null) {
+      const resolved = resolveUrl(String(url));
+      if (!resolved) throw new TypeError("quote-ticker: setToken: url is not a ws:, wss:, http: or https: URL");
+      scope = tokenScope(resolved);
+    }
+    if (token === null || token === undefined) tokenSources.delete(scope);
+    else tokenSources.set(scope, token);
+    for (const c of connections.values()) {
+      if (c.scope === scope || (scope === DEFAULT_SCOPE && !tokenSources.has(c.scope))) c.resume(true);
+    }
+  }
+
+  /** "idle", "connecting", "live", "reconnecting", "unauthorized" or "failed". */
   get connectionState() {
     return this.#state;
+  }
+
+  /** { state, closeCode, closeReason, retryDelayMs }: see the header comment. */
+  get connectionInfo() {
+    const info = this.#conn
+      ? this.#conn.info()
+      : { state: this.#state, closeCode: null, closeReason: null, retryDelayMs: null };
+    info.state = this.#state;
+    return info;
   }
 
   /** What is on screen: { SYMBOL: { field: text, ..., status } } for every shown symbol. */
@@ -781,6 +1061,7 @@ class QuoteTicker extends HTMLElement {
     if (conn) {
       conn.attach(this);
       conn.retain(symbols);
+      conn.resume(false); // a connection stopped after 1008 tries again when something changes
     }
     if (old) {
       old.release(oldSymbols);
@@ -998,7 +1279,12 @@ class QuoteTicker extends HTMLElement {
     this.#state = state;
     if (this.#nodes.box) {
       this.#nodes.box.dataset.connection = state;
-      this.#nodes.connText.textContent = CONNECTION_TEXT[state] || state;
+      let text = CONNECTION_TEXT[state] || state;
+      const reason = this.#conn && this.#conn.closeReason;
+      if (state === "unauthorized" && reason) {
+        text += `: ${reason.length > REASON_MAX_CHARS ? `${reason.slice(0, REASON_MAX_CHARS - 1)}…` : reason}`;
+      }
+      this.#nodes.connText.textContent = text;
     }
     if (before === state) return;
     // One announcement per page and connection, not one per element.
@@ -1006,7 +1292,9 @@ class QuoteTicker extends HTMLElement {
       this.#announced = state;
       this.#announce(CONNECTION_ANNOUNCE[state]);
     }
-    this.dispatchEvent(new CustomEvent("connectionstatechange", { detail: { state }, bubbles: true, composed: true }));
+    this.dispatchEvent(
+      new CustomEvent("connectionstatechange", { detail: this.connectionInfo, bubbles: true, composed: true }),
+    );
   }
 
   _quotesChanged(symbols, rejectedChanged) {

@@ -8,19 +8,36 @@
 // Defaults: QUOTEGW_BIN = target/release/quotegw or target/debug/quotegw (whichever exists),
 // QUOTEGW_CONFIG = tests/widget/gateway.toml, SCREENSHOT_DIR = target/widget-screenshots.
 // Installs what is missing first (tests/widget/ensure-browser.sh), then runs every check under one
-// overall timeout; the gateway and the browser are always stopped, on failure too. Exit 0 only when
-// every check passed. No check measures speed: every wait is a bounded poll for a condition.
+// overall timeout; the gateways, the page server and the browser are always stopped, on failure
+// too. Exit 0 only when every check passed. No check measures speed: every wait is a bounded poll
+// for a condition, and what is counted over a window is an upper bound that a slow machine can
+// only make easier to meet.
+//
+// Three gateways run: the open one of QUOTEGW_CONFIG (no allow-list, no auth), a "restricted" one
+// (the same config plus an [access] section: allowed_origins = the host pages' origin A, auth =
+// "api_key") and a "jwt" one (auth = "jwt", HS256). Their configs are written at run time into a
+// temporary directory, because origin A's port is only known then. Host pages on other origins come
+// from tests/widget/embed-server.mjs.
+//
+// The gateway serves web/ as embedded at build time. A binary older than the files on disk would
+// test old files, so the run fails on a mismatch, unless QUOTEGW_WEB_OVERLAY=1 (development only: the
+// files on disk are served through tests/widget/overlay.mjs, with the gateway's own headers).
 
 import { spawn, spawnSync } from "node:child_process";
+import crypto from "node:crypto";
 import { createRequire } from "node:module";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
+import { embedPage, startEmbedServer, tokenScript } from "./embed-server.mjs";
+import { startOverlay } from "./overlay.mjs";
+
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const OVERALL_TIMEOUT_MS = 120_000;
+const OVERALL_TIMEOUT_MS = 180_000;
 const READY_TIMEOUT_MS = 20_000;
 const STEP_TIMEOUT_MS = 15_000;
 // After a restart the widget waits out its backoff (capped at 30 s, but a gateway that is down for a
@@ -28,7 +45,37 @@ const STEP_TIMEOUT_MS = 15_000;
 const RECONNECT_TIMEOUT_MS = 40_000;
 const POLL_MS = 100;
 
+// The widget's reconnect rules (web/quote-ticker.js), restated to check them: after close 1001 a
+// delay uniform in [0, RESTART_JITTER_MS]; after any other loss (a refused handshake included) at
+// least min(BACKOFF_BASE_MS·2^n, BACKOFF_MAX_MS) / 2 between attempts n+1 and n+2 (n from 0); a
+// 1008 within 10 s of opening, after one fresh token, stops it.
+const RESTART_JITTER_MS = 5000;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+// Browsers clamp and round timers, never fire them early by more than this.
+const TIMER_SLACK_MS = 5;
+// Connections, each with its own 1001 delay, that show the jitter is not a fixed delay.
+const JITTER_WIDGETS = 8;
+// A refused page is watched until it has made this many attempts (the first and three retries).
+const REFUSED_ATTEMPTS = 4;
+// After a 1008 stop, the widget must open nothing in this long (its backoff would retry within 0.5 s).
+const STOPPED_QUIET_MS = 3000;
+
+// Credentials of the restricted and jwt gateways (test-only values).
+const API_KEY = "widget-test-api-key-5f1c2a9e";
+const WRONG_KEY = "widget-test-wrong-key-00000000";
+const JWT_SECRET = "widget-test-hs256-secret-0123456789abcdef";
+// A JWT the widget gets first in the expiry checks lives 2..3 s (exp is in whole seconds).
+const SHORT_TOKEN_S = 3;
+const LONG_TOKEN_S = 3600;
+
 const XSS_SYMBOL = "<img src=x onerror=window.__xss=1>";
+// What the gateway serves from web/: (route, content type, file).
+const WEB_ASSETS = [
+  ["/", "text/html", "web/index.html"],
+  ["/widget/quote-ticker.js", "javascript", "web/quote-ticker.js"],
+  ["/examples/trading.html", "text/html", "web/examples/trading.html"],
+];
 // Symbols of the demo page's grid whose displayed values are checked against the gateway's quotes.
 const CHECKED_SYMBOLS = ["AAPL", "MSFT", "NVDA", "JPM"];
 const PRICE_FIELDS = ["bid", "ask", "last"];
@@ -99,12 +146,29 @@ function freePort() {
 // ---------------------------------------------------------------------------------------------
 
 class Gateway {
-  constructor(bin, config, port) {
+  constructor(bin, config, port, name = "gateway") {
     this.bin = bin;
     this.config = config;
     this.port = port;
+    this.name = name;
     this.proc = null;
     this.output = [];
+    // With QUOTEGW_WEB_OVERLAY: the gateway listens here, behind tests/widget/overlay.mjs on `port`.
+    this.upstreamPort = null;
+    this.overlay = null;
+  }
+
+  /** Puts the overlay proxy (web/ from disk) on `port`; call while the gateway is stopped. */
+  async enableOverlay(files) {
+    this.upstreamPort = await freePort();
+    this.overlay = await startOverlay(this.port, this.upstreamPort, files);
+  }
+
+  /** The value of a Prometheus counter line `name{label}` in GET /metrics (0 when absent). */
+  async metric(name, label) {
+    const text = await (await fetch(`${this.base}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+    const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(label));
+    return line ? Number(line.trim().split(/\s+/).pop()) : 0;
   }
 
   get base() {
@@ -113,7 +177,8 @@ class Gateway {
 
   start() {
     // Its own process group, so that stopping it also stops anything it started.
-    const proc = spawn(this.bin, ["--config", this.config, "--listen", `127.0.0.1:${this.port}`], {
+    const listen = `127.0.0.1:${this.upstreamPort ?? this.port}`;
+    const proc = spawn(this.bin, ["--config", this.config, "--listen", listen], {
       detached: true,
       cwd: ROOT, // the config's replay path is relative to the repository root
       stdio: ["ignore", "pipe", "pipe"],
@@ -147,8 +212,8 @@ class Gateway {
         }
         await sleep(POLL_MS);
       }
-      if (!exited) fail(`gateway not ready (GET /readyz != 200) within ${READY_TIMEOUT_MS} ms`);
-      if (attempt >= 5) fail(`gateway exited during start-up (${JSON.stringify(exited)}) ${attempt} times`);
+      if (!exited) fail(`${this.name} not ready (GET /readyz != 200) within ${READY_TIMEOUT_MS} ms`);
+      if (attempt >= 5) fail(`${this.name} exited during start-up (${JSON.stringify(exited)}) ${attempt} times`);
       await sleep(500);
     }
   }
@@ -181,7 +246,7 @@ class Gateway {
   }
 
   tail(n = 40) {
-    return this.output.slice(-n).join("\n");
+    return this.output.slice(-n).map((l) => `${this.name}: ${l}`).join("\n");
   }
 }
 
@@ -190,7 +255,14 @@ class Gateway {
 // keep an independent reference view of the gateway's quotes over a separate WebSocket.
 
 function pageHelpers() {
+  // Every connectionstatechange of every widget, with the widget's connectionInfo as detail.
+  const events = [];
+  document.addEventListener("connectionstatechange", (e) => {
+    events.push({ id: e.target.id || "", t: performance.now(), ...e.detail });
+  });
   window.__qtTest = {
+    events,
+
     /** Every <quote-ticker> on the page: its state and what its cells show. */
     read() {
       const out = {};
@@ -199,6 +271,7 @@ function pageHelpers() {
         const rejectedBox = r && r.querySelector("[part=rejected]");
         const d = {
           state: w.connectionState,
+          info: w.connectionInfo || null,
           connText: (r && r.querySelector("[part=connection]")?.textContent) || "",
           rejectedText: rejectedBox && !rejectedBox.hidden ? rejectedBox.textContent : "",
           quotes: {},
@@ -300,6 +373,56 @@ function pageHelpers() {
   };
 }
 
+/** Init script for pages whose connection attempts are counted: wraps window.WebSocket. */
+function countWebSockets() {
+  const Native = window.WebSocket;
+  const attempts = (window.__wsAttempts = []);
+  window.WebSocket = class WebSocket extends Native {
+    constructor(url, protocols) {
+      attempts.push({ t: performance.now(), url: String(url) });
+      if (protocols === undefined) super(url);
+      else super(url, protocols);
+    }
+  };
+}
+
+/** An HS256 JWT, as an auth service would sign it for the gateway's jwt_hs256_secret. */
+function signJwt(claims, secret) {
+  const part = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  return `${unsigned}.${crypto.createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
+}
+
+/** GET with chosen headers (an Origin, which fetch would not let us set): status and headers. */
+function httpGet(url, headers) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { headers, timeout: 5000 }, (res) => {
+      res.resume();
+      resolve({ status: res.statusCode, headers: res.headers });
+    });
+    req.on("timeout", () => req.destroy(new Error(`GET ${url} timed out`)));
+    req.on("error", reject);
+  });
+}
+
+/** The base config with an [access] section added, written to `dir`/`name`; returns its path. */
+function writeAccessConfig(dir, name, baseConfig, accessLines) {
+  const base = fs.readFileSync(baseConfig, "utf8");
+  if (/^\s*\[access\]/m.test(base)) fail(`${baseConfig} has an [access] section; the derived ${name} adds its own`);
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, `${base}\n# Added by tests/widget/run.mjs\n[access]\n${accessLines.join("\n")}\n`);
+  return file;
+}
+
+/** Console messages and uncaught errors of one page, kept for the checks. */
+function watchPage(page, label, pageErrors) {
+  const seen = { console: [] };
+  page.on("console", (m) => seen.console.push({ type: m.type(), text: m.text() }));
+  page.on("pageerror", (e) => pageErrors.push(`${label}: ${e}`));
+  seen.errors = () => seen.console.filter((m) => m.type === "error").map((m) => m.text);
+  return seen;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 function resolveInputs() {
@@ -322,11 +445,39 @@ function loadPlaywright() {
 }
 
 async function main(state, { bin, config, shots }, chromium) {
-
+  const tmp = (state.tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-widget-")));
+  const webFiles = new Map(WEB_ASSETS.map(([route, , file]) => [route, fs.readFileSync(path.join(ROOT, file))]));
   const port = await freePort();
-  const gw = (state.gateway = new Gateway(bin, config, port));
+  const gw = new Gateway(bin, config, port, "gateway");
+  state.gateways.push(gw);
   await gw.startReady();
+  // The gateway serves web/ as compiled in: a binary older than the files on disk would test them
+  // as they were, so a difference fails the run (or, in development, is bridged on purpose).
+  const stale = [];
+  for (const [route, body] of webFiles) {
+    const res = await fetch(`${gw.base}${route}`, { signal: AbortSignal.timeout(5000) });
+    if (!Buffer.from(await res.arrayBuffer()).equals(body)) stale.push(route);
+  }
+  const overlay = stale.length > 0 && process.env.QUOTEGW_WEB_OVERLAY === "1";
+  if (stale.length && !overlay) {
+    fail(`${bin} embeds other versions of ${stale.join(", ")} than web/ on disk: rebuild it (cargo build), or set QUOTEGW_WEB_OVERLAY=1 to test the files on disk through tests/widget/overlay.mjs`);
+  }
+  if (overlay) {
+    await gw.stop();
+    await gw.enableOverlay(webFiles);
+    await gw.startReady();
+    log(`note: QUOTEGW_WEB_OVERLAY=1: ${stale.join(", ")} served from web/ on disk through an overlay proxy; the binary embeds older copies`);
+  }
   ok(`gateway ready on ${gw.base} (${path.relative(ROOT, bin) || bin}, ${path.relative(ROOT, config)})`);
+  const startGateway = async (name, configFile) => {
+    const g = new Gateway(bin, configFile, await freePort(), name);
+    state.gateways.push(g);
+    if (overlay) await g.enableOverlay(webFiles);
+    await g.startReady();
+    return g;
+  };
+  // The host pages on other origins (A and B), with the widget file as a page's own copy.
+  const embed = (state.embed = await startEmbedServer(webFiles.get("/widget/quote-ticker.js")));
 
   state.userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-widget-chromium-"));
   const context = (state.context = await chromium.launchPersistentContext(state.userDataDir, {
@@ -370,11 +521,7 @@ async function main(state, { bin, config, shots }, chromium) {
   const wsUrl = `ws://127.0.0.1:${port}/ws`;
 
   // 1. The demo page, from the gateway itself.
-  for (const [route, type, file] of [
-    ["/", "text/html", "web/index.html"],
-    ["/widget/quote-ticker.js", "javascript", "web/quote-ticker.js"],
-    ["/examples/trading.html", "text/html", "web/examples/trading.html"],
-  ]) {
+  for (const [route, type, file] of WEB_ASSETS) {
     const r = await fetch(`${gw.base}${route}`, { signal: AbortSignal.timeout(5000) });
     const got = r.headers.get("content-type") || "";
     if (r.status !== 200) fail(`GET ${route} returned ${r.status}: the gateway does not serve ${file}`);
@@ -435,19 +582,19 @@ async function main(state, { bin, config, shots }, chromium) {
   ok(`prices change; ${flashes.moves.length} moves flashed in the right direction (exact decimal comparison)`);
 
   // 5. What is shown equals the gateway's quote, by an independent client on its own socket.
-  const compareWithGateway = async (label) => {
-    await page.evaluate(([u, s]) => window.__qtTest.openReference(u, s), [wsUrl, CHECKED_SYMBOLS]);
-    await waitFor("the reference socket's snapshots", () =>
-      page.evaluate((s) => window.__qtTest.referenceReady(s), CHECKED_SYMBOLS),
+  const compareWithGateway = async (label, pg = page, widgetId = "demo-grid", url = wsUrl) => {
+    await pg.evaluate(([u, s]) => window.__qtTest.openReference(u, s), [url, CHECKED_SYMBOLS]);
+    await waitFor(`the reference socket's snapshots (${label})`, () =>
+      pg.evaluate((s) => window.__qtTest.referenceReady(s), CHECKED_SYMBOLS),
     );
     const matched = new Set();
     let last = null;
     // The feed is live, so two sockets can be a tick apart at any instant: retry until every checked
     // symbol has been seen equal at least once, within a bounded number of reads.
     for (let attempt = 0; attempt < 150 && matched.size < CHECKED_SYMBOLS.length; attempt++) {
-      last = await page.evaluate(
-        ([s, f]) => window.__qtTest.compare("demo-grid", s, f),
-        [CHECKED_SYMBOLS, PRICE_FIELDS],
+      last = await pg.evaluate(
+        ([id, s, f]) => window.__qtTest.compare(id, s, f),
+        [widgetId, CHECKED_SYMBOLS, PRICE_FIELDS],
       );
       if (last.errors.length) fail(`reference client saw a protocol violation: ${last.errors[0]}`);
       for (const [sym, diffs] of Object.entries(last.result)) if (diffs.length === 0) matched.add(sym);
@@ -456,7 +603,7 @@ async function main(state, { bin, config, shots }, chromium) {
     if (matched.size < CHECKED_SYMBOLS.length) {
       fail(`${label}: displayed quotes never equalled the gateway's for ${CHECKED_SYMBOLS.filter((s) => !matched.has(s))}: ${JSON.stringify(last.result)}`);
     }
-    await page.evaluate(() => window.__qtTest.ref.ws.close());
+    await pg.evaluate(() => window.__qtTest.ref.ws.close());
   };
   await compareWithGateway("before restart");
   ok(`displayed bid/ask/last/volume/status equal the gateway's quotes for ${CHECKED_SYMBOLS.join(", ")}`);
@@ -489,6 +636,46 @@ async function main(state, { bin, config, shots }, chromium) {
   await page.evaluate(() => ["xss-grid", "xss-tape"].forEach((id) => document.getElementById(id).remove()));
   ok(`symbol ${XSS_SYMBOL} is listed as rejected text in both layouts; no script ran, no <img>, no new socket`);
 
+  // 6b. The widget embedded by a page on ANOTHER origin (origin A, the embed server), from the
+  //     gateway's URL, as a trading UI on its own site embeds it. Module scripts are always fetched
+  //     in CORS mode: unless the gateway answers GET /widget/quote-ticker.js with
+  //     Access-Control-Allow-Origin, Chromium blocks the script ("... has been blocked by CORS
+  //     policy" in the console), <quote-ticker> is never defined, and this check fails at "the
+  //     widget to be defined on the cross-origin page". The same-origin demo page above cannot see
+  //     that: a same-origin module script needs no CORS header.
+  const xScript = `${gw.base}/widget/quote-ticker.js`;
+  embed.page(
+    "open",
+    embedPage(
+      "Cross-origin embed",
+      `  <script type="module" src="${xScript}"></script>`,
+      `  <quote-ticker id="x-grid" layout="grid" fields="bid,ask,last,volume" symbols="${CHECKED_SYMBOLS.join(",")}"></quote-ticker>\n` +
+        `  <quote-ticker id="x-tape" layout="tape" fields="last" symbols="AAPL,MSFT,AMZN"></quote-ticker>`,
+    ),
+  );
+  const xPage = await context.newPage();
+  const xSeen = watchPage(xPage, "cross-origin", pageErrors);
+  const xSockets = [];
+  xPage.on("websocket", (ws) => xSockets.push(ws.url()));
+  const readX = () => xPage.evaluate(() => window.__qtTest.read());
+  await xPage.goto(`${embed.originA}/open.html`, { waitUntil: "load" });
+  await waitFor("the widget to be defined on the cross-origin page", async () => ({
+    ok: await xPage.evaluate(() => !!customElements.get("quote-ticker")),
+    detail: { console: xSeen.errors() },
+  }));
+  await waitFor("prices in every widget of the cross-origin page, state live", async () => {
+    const missing = allPricesShown(await readX());
+    return { ok: missing.length === 0, detail: missing.slice(0, 6) };
+  });
+  if (xSockets[0] !== wsUrl) fail(`the cross-origin page's widget connected to ${xSockets[0]}, want ${wsUrl} (the host that served the script, not the page's)`);
+  await compareWithGateway("cross-origin page", xPage, "x-grid");
+  if (xSeen.errors().length) fail(`console errors on the cross-origin page: ${xSeen.errors().join(" | ")}`);
+  if (pageErrors.length) fail(`uncaught errors: ${pageErrors.join(" | ")}`);
+  ok(`page on ${embed.originA} embeds the widget from ${xScript} (Access-Control-Allow-Origin *): live on ${wsUrl}, quotes equal the gateway's, no console errors`);
+  // From here on the gateway is stopped on purpose, and Chromium itself logs each refused WebSocket
+  // ("WebSocket connection to 'ws://...' failed: ..."): those lines are expected, no others are.
+  const outageLine = (text) => text.startsWith(`WebSocket connection to '${wsUrl}`) && text.includes("failed");
+
   // 7. Stop the gateway: the widgets say so. Start it again on the same port: they resume.
   const before = (await read())["demo-grid"].quotes;
   await gw.stop("SIGKILL");
@@ -497,7 +684,11 @@ async function main(state, { bin, config, shots }, chromium) {
     const states = Object.entries(v).map(([id, w]) => `${id}:${w.state}:${w.connText}`);
     return { ok: Object.values(v).every((w) => w.state === "reconnecting" && /reconnecting/i.test(w.connText)), detail: states };
   });
-  ok("gateway killed: every widget shows reconnecting");
+  await waitFor("the cross-origin page's widgets to show reconnecting", async () => {
+    const v = await readX();
+    return { ok: Object.values(v).every((w) => w.state === "reconnecting"), detail: Object.entries(v).map(([id, w]) => `${id}:${w.state}`) };
+  });
+  ok("gateway killed: every widget shows reconnecting, on the cross-origin page too");
   await gw.startReady();
   await waitFor(
     "every widget to be live again",
@@ -519,7 +710,16 @@ async function main(state, { bin, config, shots }, chromium) {
   const open = afterRestart.filter((s) => !s.closed && s.sent.length > 0);
   if (open.length !== 1) fail(`after the restart ${open.length} widget sockets are open, want 1`);
   await compareWithGateway("after restart");
-  ok("gateway restarted on the same port: widgets resubscribed on one socket, are live, prices change and equal the gateway's");
+  await waitFor(
+    "the cross-origin page's widgets to be live again",
+    async () => {
+      const v = await readX();
+      return { ok: Object.values(v).every((w) => w.state === "live"), detail: Object.entries(v).map(([id, w]) => `${id}:${w.state}`) };
+    },
+    RECONNECT_TIMEOUT_MS,
+  );
+  await compareWithGateway("cross-origin page after restart", xPage, "x-grid");
+  ok("gateway restarted on the same port: widgets resubscribed on one socket, are live, prices change and equal the gateway's, on the cross-origin page too");
 
   // 8. The screenshot, of the healthy demo page.
   fs.mkdirSync(shots, { recursive: true });
@@ -658,6 +858,276 @@ async function main(state, { bin, config, shots }, chromium) {
   }
   ok("scripted server: halted/stale shown, null price as —, stale seqs and early updates ignored, 9.99 -> 10.01 flashes up, compareDecimal exact");
 
+  // 12. A gateway with an Origin allow-list (origin A only) and API keys. First the headers that
+  //     decide whether a page may run the widget, as the browser gets them.
+  const restrictedConfig = writeAccessConfig(tmp, "restricted.toml", config, [
+    'auth = "api_key"',
+    `api_keys = ["${API_KEY}"]`,
+    `allowed_origins = ["${embed.originA}"]`,
+  ]);
+  const rgw = await startGateway("restricted gateway", restrictedConfig);
+  const rScript = `${rgw.base}/widget/quote-ticker.js`;
+  const rWs = `ws://127.0.0.1:${rgw.port}/ws`;
+  for (const [g, origin, want, vary] of [
+    [gw, embed.originA, "*", false],
+    [rgw, embed.originA, embed.originA, true],
+    [rgw, embed.originB, undefined, true],
+  ]) {
+    const r = await httpGet(`${g.base}/widget/quote-ticker.js`, { origin });
+    const acao = r.headers["access-control-allow-origin"];
+    if (r.status !== 200 || acao !== want) {
+      fail(`${g.name}: GET /widget/quote-ticker.js with Origin ${origin}: ${r.status}, Access-Control-Allow-Origin ${JSON.stringify(acao)}; want 200, ${JSON.stringify(want)}`);
+    }
+    if (/\borigin\b/i.test(r.headers.vary || "") !== vary) fail(`${g.name}: Vary ${JSON.stringify(r.headers.vary)} for Origin ${origin}, want ${vary ? "Origin" : "none"}`);
+  }
+  ok("widget script CORS: * from the open gateway; the restricted one echoes an allowed Origin (Vary: Origin), and sends none for others");
+
+  // 13. The token hook on the restricted gateway: a page on origin A imports the widget from the
+  //     gateway (the echoed-Origin path) and gives it a provider calling its own token endpoint.
+  embed.tokenCase("good", () => API_KEY);
+  embed.tokenCase("wrong", () => WRONG_KEY);
+  embed.tokenCase("broken", () => 503);
+  const tGrid = (extra = "") =>
+    `  <quote-ticker id="t-grid" layout="grid" fields="bid,ask,last,volume" symbols="${CHECKED_SYMBOLS.join(",")}"${extra}></quote-ticker>`;
+  for (const c of ["good", "wrong", "broken"]) embed.page(`r-${c}`, embedPage(`Token: ${c}`, tokenScript(rScript, { all: c }), tGrid()));
+  const rPage = await context.newPage();
+  const rSeen = watchPage(rPage, "token page", pageErrors);
+  const rSockets = [];
+  rPage.on("websocket", (ws) => rSockets.push(ws.url()));
+  await rPage.goto(`${embed.originA}/r-good.html`, { waitUntil: "load" });
+  await waitFor("the token page's widget to be live on the restricted gateway", async () => {
+    const v = (await rPage.evaluate(() => window.__qtTest.read()))["t-grid"];
+    return { ok: !!v && v.state === "live", detail: { state: v && v.state, console: rSeen.errors() } };
+  });
+  await compareWithGateway("token page", rPage, "t-grid", `${rWs}?token=${API_KEY}`);
+  const goodCalls = embed.calls("good");
+  if (goodCalls.length !== 1 || goodCalls[0].renew) fail(`the token provider was called ${JSON.stringify(goodCalls)}, want once (before the first connect), renew false`);
+  const sentToken = new URL(rSockets[0]).searchParams.get("token");
+  if (!rSockets[0].startsWith(`${rWs}?`) || sentToken !== API_KEY) fail(`the widget's WebSocket was ${rSockets[0]}, want ${rWs}?token=<the provider's key>`);
+  const dom = await rPage.evaluate(() =>
+    [document.documentElement.outerHTML, ...[...document.querySelectorAll("quote-ticker")].flatMap((w) => [w.shadowRoot.innerHTML, ...[...w.attributes].map((a) => a.value)])].join("\n"),
+  );
+  if (dom.includes(API_KEY)) fail("the token is in the page's DOM");
+  if (rSeen.errors().length) fail(`console errors on the token page: ${rSeen.errors().join(" | ")}`);
+  ok(`setToken provider on ${embed.originA}: called once before connecting; its key reached the restricted gateway as ?token= (live; quotes equal the gateway's); not in the DOM; no console errors`);
+
+  // 14. Refused pages must not spin. A wrong key (HTTP 401), a token provider that fails, and origin
+  //     B (HTTP 403: it serves its own copy of the widget, since the gateway's script is not
+  //     CORS-readable there, and sends the right key, so only its Origin is refused) all reach the
+  //     widget as a failed WebSocket; each retry must wait at least the backoff's minimum, which
+  //     doubles: 250, 500, 1000 ms. A fourth page on origin B loads the script from the restricted
+  //     gateway: Chromium must block it (no Access-Control-Allow-Origin for B).
+  embed.page(
+    "r-self-hosted",
+    embedPage("Origin B, self-hosted widget", tokenScript("/quote-ticker.js", { all: "good" }), tGrid(` url="${rWs}"`)),
+  );
+  embed.page("r-blocked", embedPage("Origin B, widget from the restricted gateway", `  <script type="module" src="${rScript}"></script>`, tGrid()));
+  const refusedBefore = {
+    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"'),
+    unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"'),
+  };
+  const refused = {};
+  for (const [name, origin] of [["r-wrong", embed.originA], ["r-broken", embed.originA], ["r-self-hosted", embed.originB], ["r-blocked", embed.originB]]) {
+    const pg = await context.newPage();
+    await pg.addInitScript(countWebSockets);
+    refused[name] = { page: pg, seen: watchPage(pg, name, pageErrors), origin };
+  }
+  await Promise.all(Object.entries(refused).map(([name, r]) => r.page.goto(`${r.origin}/${name}.html`, { waitUntil: "load" })));
+  const attemptsOf = (name) => refused[name].page.evaluate(() => window.__wsAttempts);
+  // The failing provider's calls as its token endpoint saw them: a gap there is at least the
+  // widget's delay too (the earlier call's answer, and the later call's request, only add to it).
+  const providerCallsOf = (c) => embed.calls(c).map((call) => ({ t: call.at }));
+  const watched = await waitFor(`${REFUSED_ATTEMPTS} attempts by each refused page`, async () => {
+    const got = {
+      "r-wrong": await attemptsOf("r-wrong"),
+      "r-self-hosted": await attemptsOf("r-self-hosted"),
+      "r-broken": providerCallsOf("broken"),
+    };
+    const counts = Object.fromEntries(Object.entries(got).map(([k, v]) => [k, v.length]));
+    return { ok: Object.values(counts).every((n) => n >= REFUSED_ATTEMPTS), got, detail: counts };
+  }, 30_000);
+  for (const [name, list] of Object.entries(watched.got)) {
+    const times = list.map((a) => a.t);
+    for (let k = 1; k < times.length; k++) {
+      const least = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (k - 1)) / 2;
+      if (times[k] - times[k - 1] < least - TIMER_SLACK_MS) {
+        fail(`${name}: attempt ${k + 1} came ${Math.round(times[k] - times[k - 1])} ms after attempt ${k}, less than the backoff's ${least} ms (attempts at ${times.map(Math.round)} ms)`);
+      }
+    }
+    const v = (await refused[name].page.evaluate(() => window.__qtTest.read()))["t-grid"];
+    if (v.state !== "reconnecting" || !/reconnecting/i.test(v.connText)) fail(`${name}: the widget shows ${v.state} / ${JSON.stringify(v.connText)}, want reconnecting`);
+  }
+  for (const a of watched.got["r-wrong"]) if (new URL(a.url).searchParams.get("token") !== WRONG_KEY) fail(`r-wrong opened ${a.url}, want the provider's (wrong) key`);
+  for (const a of watched.got["r-self-hosted"]) if (new URL(a.url).searchParams.get("token") !== API_KEY) fail(`r-self-hosted opened ${a.url}, want the good key`);
+  if ((await attemptsOf("r-broken")).length !== 0) fail("r-broken opened a WebSocket without a token");
+  if (!refused["r-broken"].seen.console.some((m) => m.text.startsWith(`quote-ticker: the token provider for ${rWs} failed: `))) {
+    fail(`r-broken: no console warning that the token provider failed; console: ${JSON.stringify(refused["r-broken"].seen.console)}`);
+  }
+  const refusedAfter = {
+    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"'),
+    unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"'),
+  };
+  if (refusedAfter.origin - refusedBefore.origin < REFUSED_ATTEMPTS) fail(`the restricted gateway refused ${refusedAfter.origin - refusedBefore.origin} upgrades for their Origin, want origin B's ${REFUSED_ATTEMPTS}+`);
+  if (refusedAfter.unauthorized - refusedBefore.unauthorized < REFUSED_ATTEMPTS) fail(`the restricted gateway refused ${refusedAfter.unauthorized - refusedBefore.unauthorized} upgrades as unauthorized, want the wrong key's ${REFUSED_ATTEMPTS}+`);
+  const blocked = refused["r-blocked"];
+  if (await blocked.page.evaluate(() => !!customElements.get("quote-ticker"))) fail(`origin B ran the widget script from the restricted gateway, whose allow-list has only ${embed.originA}`);
+  if (!blocked.seen.errors().some((t) => /CORS policy/.test(t) && t.includes(rScript))) fail(`origin B: no CORS error for ${rScript}; console: ${JSON.stringify(blocked.seen.errors())}`);
+  if ((await attemptsOf("r-blocked")).length !== 0) fail("origin B opened a WebSocket without the widget");
+  ok(`refused pages back off (each retry >= 250, 500, 1000 ms after the one before) and show reconnecting: wrong key (401), failing token provider (no socket), origin B (403, counted by the gateway as origin); origin B cannot load the script from the restricted gateway (CORS)`);
+
+  // 15. "Until something changes": the wrong-key page gets a good provider and goes live at once.
+  const wrong = refused["r-wrong"].page;
+  await wrong.evaluate(() =>
+    customElements.get("quote-ticker").setToken(async () => (await fetch("/api/quote-token?case=good")).text()),
+  );
+  await waitFor("the wrong-key page to be live after setToken with a good provider", async () => {
+    const v = (await wrong.evaluate(() => window.__qtTest.read()))["t-grid"];
+    return { ok: v.state === "live", detail: v.state };
+  });
+  ok("after QuoteTicker.setToken(a good provider) the wrong-key page is live");
+  for (const r of Object.values(refused)) await r.page.close();
+
+  // 16. Close code 1008 on a gateway with JWTs: a token that expires while connected. With a
+  //     provider, one fresh token ({ renew: true }) and at once live again; when that one expires
+  //     within 10 s too, the widget stops (no retry) until setToken is called. A token in the url
+  //     attribute (no provider) stops at the first 1008; an attribute change tries again.
+  const jwtConfig = writeAccessConfig(tmp, "jwt.toml", config, ['auth = "jwt"', `jwt_hs256_secret = "${JWT_SECRET}"`]);
+  const jgw = await startGateway("jwt gateway", jwtConfig);
+  const jWs = `ws://127.0.0.1:${jgw.port}/ws`;
+  const minted = [];
+  const mint = (ttlS) => {
+    const t = signJwt({ sub: "widget-test", exp: Math.floor(Date.now() / 1000) + ttlS }, JWT_SECRET);
+    minted.push(t);
+    return t;
+  };
+  embed.tokenCase("refresh", (n) => mint(n === 1 ? SHORT_TOKEN_S : LONG_TOKEN_S));
+  embed.tokenCase("expiring", () => mint(SHORT_TOKEN_S));
+  embed.tokenCase("long", () => mint(LONG_TOKEN_S));
+  const caseUrl = (c) => `${jWs}?case=${c}`;
+  embed.page("jwt", () =>
+    embedPage(
+      "Expiring tokens",
+      tokenScript(`${jgw.base}/widget/quote-ticker.js`, { scoped: { [caseUrl("refresh")]: "refresh", [caseUrl("expiring")]: "expiring" } }),
+      [
+        `  <quote-ticker id="jwt-refresh" url="${caseUrl("refresh")}" symbols="AAPL,MSFT"></quote-ticker>`,
+        `  <quote-ticker id="jwt-expiring" url="${caseUrl("expiring")}" symbols="AAPL,MSFT"></quote-ticker>`,
+        // Minted when the page is served, with a little more time: it must still be valid when the
+        // widget connects.
+        `  <quote-ticker id="jwt-in-url" url="${caseUrl("in-url")}&amp;token=${mint(SHORT_TOKEN_S + 2)}" symbols="AAPL,MSFT"></quote-ticker>`,
+      ].join("\n"),
+    ),
+  );
+  const jPage = await context.newPage();
+  const jSeen = watchPage(jPage, "jwt page", pageErrors);
+  const jSockets = [];
+  jPage.on("websocket", (ws) => jSockets.push(ws.url()));
+  const readJ = () => jPage.evaluate(() => window.__qtTest.read());
+  const jEvents = (id) => jPage.evaluate((i) => window.__qtTest.events.filter((e) => e.id === i), id);
+  await jPage.goto(`${embed.originA}/jwt.html`, { waitUntil: "load" });
+  await waitFor("the refreshed widget live again after a 1008, and the others stopped", async () => {
+    const v = await readJ();
+    const refreshed = (await jEvents("jwt-refresh")).some((e) => e.closeCode === 1008);
+    const states = Object.fromEntries(Object.entries(v).map(([id, w]) => [id, `${w.state}: ${w.connText}`]));
+    return {
+      ok: refreshed && v["jwt-refresh"].state === "live" && v["jwt-expiring"].state === "unauthorized" && v["jwt-in-url"].state === "unauthorized",
+      detail: { states, console: jSeen.console.map((m) => m.text) },
+    };
+  }, 30_000);
+  const refreshEvents = await jEvents("jwt-refresh");
+  const expiry = refreshEvents.find((e) => e.closeCode === 1008);
+  if (expiry.state !== "reconnecting" || expiry.closeReason !== "token expired" || expiry.retryDelayMs !== 0) {
+    fail(`jwt-refresh: after the 1008 the widget said ${JSON.stringify(expiry)}, want reconnecting at once (retryDelayMs 0), reason "token expired"`);
+  }
+  const refreshCalls = embed.calls("refresh");
+  if (refreshCalls.length !== 2 || refreshCalls[0].renew || !refreshCalls[1].renew) fail(`jwt-refresh: provider calls ${JSON.stringify(refreshCalls)}, want 2: renew false, then true`);
+  const refreshTokens = jSockets.filter((u) => u.startsWith(caseUrl("refresh"))).map((u) => new URL(u).searchParams.get("token"));
+  if (refreshTokens.length !== 2 || refreshTokens[0] === refreshTokens[1]) fail(`jwt-refresh: sockets with tokens ${refreshTokens.length}, want 2 different ones`);
+  const jView = await readJ();
+  for (const id of ["jwt-expiring", "jwt-in-url"]) {
+    if (!/not authorized: token expired/i.test(jView[id].connText)) fail(`${id}: shows ${JSON.stringify(jView[id].connText)}, want "Not authorized: token expired"`);
+    const info = jView[id].info;
+    if (info.closeCode !== 1008 || info.retryDelayMs !== null) fail(`${id}: connectionInfo ${JSON.stringify(info)}, want closeCode 1008 and no retry pending`);
+  }
+  const expiringCalls = embed.calls("expiring");
+  if (expiringCalls.length < 2 || expiringCalls[0].renew || !expiringCalls.some((c) => c.renew)) fail(`jwt-expiring: provider calls ${JSON.stringify(expiringCalls)}, want a first one and a renew: true`);
+  const attemptsFor = (c) => jSockets.filter((u) => u.startsWith(caseUrl(c))).length;
+  const quiet = { expiring: attemptsFor("expiring"), inUrl: attemptsFor("in-url"), calls: expiringCalls.length };
+  await sleep(STOPPED_QUIET_MS);
+  if (attemptsFor("expiring") !== quiet.expiring || attemptsFor("in-url") !== quiet.inUrl || embed.calls("expiring").length !== quiet.calls) {
+    fail(`a widget stopped after 1008 tried again by itself within ${STOPPED_QUIET_MS} ms`);
+  }
+  ok("1008 (token expired): with a provider, one renew and live again at once; expiring again within 10 s, or with the token in the url, it stops: \"Not authorized: token expired\", no retry");
+
+  await jPage.evaluate((url) => {
+    customElements.get("quote-ticker").setToken(async ({ renew }) => (await fetch(`/api/quote-token?case=long&renew=${renew}`)).text(), url);
+  }, caseUrl("expiring"));
+  await jPage.evaluate(() => document.getElementById("jwt-in-url").setAttribute("symbols", "AAPL"));
+  await waitFor("the stopped widgets to try again: setToken, an attribute change", async () => {
+    const v = await readJ();
+    return { ok: v["jwt-expiring"].state === "live" && v["jwt-in-url"].state !== "unauthorized", detail: { expiring: v["jwt-expiring"].state, inUrl: v["jwt-in-url"].state } };
+  });
+  await jPage.evaluate(() => document.getElementById("jwt-in-url").remove()); // its token stays expired
+  ok("a widget stopped after 1008 connects again when setToken is called (live) or its attributes change");
+
+  // 17. What the widget logs never carries a query string or a token (the 1008 stop of a url with
+  //     ?token= names that url). Chromium's own lines for a refused handshake do carry the full URL;
+  //     no script can change that, so they are only counted here.
+  const allConsole = [xSeen, rSeen, jSeen, ...Object.values(refused).map((r) => r.seen)].flatMap((s) => s.console);
+  const secrets = [API_KEY, WRONG_KEY, ...minted];
+  const widgetLines = allConsole.filter((m) => m.text.startsWith("quote-ticker:")).map((m) => m.text);
+  for (const line of widgetLines) {
+    if (/[a-z]+:\/\/[^\s'"]*[?#]/i.test(line) || /token=[^…]/.test(line) || secrets.some((t) => line.includes(t))) fail(`the widget logged a URL with its query or a token: ${line}`);
+  }
+  if (!widgetLines.some((l) => l.includes(`${jWs} closed the connection with 1008`))) fail(`no widget line names the url of the stopped connection; widget lines: ${JSON.stringify(widgetLines)}`);
+  const browserLeaks = allConsole.filter((m) => !m.text.startsWith("quote-ticker:") && secrets.some((t) => m.text.includes(t))).length;
+  log(`note: Chromium's own console lines that carry a token (refused handshakes, full URL): ${browserLeaks}`);
+  ok(`${widgetLines.length} widget console lines: URLs without query, no token`);
+
+  // 18. Close 1001 (the gateway shutting down: SIGTERM) brings every connection back after a random
+  //     delay in [0, 5 s], not a fixed one: eight connections (one widget each, on urls that differ
+  //     in a query parameter) must choose delays in that range that are spread out. The chance
+  //     that eight uniform draws fall within 500 ms of each other is below 1e-6.
+  await xPage.evaluate(([base, n]) => {
+    for (let i = 1; i <= n; i++) {
+      const w = document.createElement("quote-ticker");
+      w.id = `jitter-${i}`;
+      w.setAttribute("url", `${base}?jitter=${i}`);
+      w.setAttribute("fields", "last");
+      w.setAttribute("symbols", "AAPL");
+      document.body.append(w);
+    }
+  }, [wsUrl, JITTER_WIDGETS]);
+  const allLiveX = async () => {
+    const v = await readX();
+    return { ok: Object.values(v).every((w) => w.state === "live"), detail: Object.entries(v).map(([id, w]) => `${id}:${w.state}`) };
+  };
+  await waitFor("the jitter widgets live", allLiveX);
+  const mark = await xPage.evaluate(() => window.__qtTest.events.length);
+  await gw.stop("SIGTERM");
+  const jitterIds = Array.from({ length: JITTER_WIDGETS }, (_, i) => `jitter-${i + 1}`);
+  const firstLoss = await waitFor("every jitter widget to see its connection close", async () => {
+    const first = {};
+    for (const e of (await xPage.evaluate(() => window.__qtTest.events)).slice(mark)) {
+      if (e.state === "reconnecting" && !first[e.id]) first[e.id] = e;
+    }
+    return { ok: jitterIds.every((id) => first[id]), first, detail: Object.keys(first) };
+  });
+  const delays = [];
+  for (const id of jitterIds) {
+    const e = firstLoss.first[id];
+    if (e.closeCode !== 1001) fail(`${id}: the stopping gateway closed it with ${e.closeCode}, want 1001`);
+    if (!(e.retryDelayMs >= 0 && e.retryDelayMs <= RESTART_JITTER_MS)) fail(`${id}: retry in ${e.retryDelayMs} ms after 1001, want within [0, ${RESTART_JITTER_MS}]`);
+    delays.push(e.retryDelayMs);
+  }
+  const spread = Math.max(...delays) - Math.min(...delays);
+  if (spread < 500) fail(`the 1001 retry delays ${delays} lie within ${spread} ms of each other: not jittered over [0, ${RESTART_JITTER_MS}] ms`);
+  await gw.startReady();
+  await waitFor("every widget of the cross-origin page live again after the graceful restart", allLiveX, RECONNECT_TIMEOUT_MS);
+  await compareWithGateway("cross-origin page after the graceful restart", xPage, "x-grid");
+  const xUnexpected = xSeen.errors().filter((t) => !outageLine(t));
+  if (xUnexpected.length) fail(`console errors on the cross-origin page: ${xUnexpected.join(" | ")}`);
+  ok(`close 1001 (SIGTERM): retry delays ${[...delays].sort((a, b) => a - b).join(", ")} ms (full jitter over [0, ${RESTART_JITTER_MS}]); all live again after the restart; cross-origin page: no console errors but the outages' refused WebSockets`);
+
   if (pageErrors.length) fail(`uncaught errors in the page: ${pageErrors.join(" | ")}`);
   ok("no uncaught errors in any page");
 }
@@ -667,10 +1137,16 @@ async function main(state, { bin, config, shots }, chromium) {
 async function cleanup(state) {
   const jobs = [];
   if (state.context) jobs.push(state.context.close().catch(() => {}));
-  if (state.gateway) jobs.push(state.gateway.stop("SIGKILL"));
+  for (const g of state.gateways) jobs.push(g.stop("SIGKILL"));
+  if (state.embed) jobs.push(state.embed.close());
+  for (const g of state.gateways) if (g.overlay) jobs.push(g.overlay.close());
   await Promise.race([Promise.all(jobs), sleep(10_000)]);
-  if (state.gateway) state.gateway.stopNow();
-  if (state.userDataDir) fs.rmSync(state.userDataDir, { recursive: true, force: true });
+  for (const g of state.gateways) g.stopNow();
+  removeTemp(state);
+}
+
+function removeTemp(state) {
+  for (const dir of [state.userDataDir, state.tmpDir]) if (dir) fs.rmSync(dir, { recursive: true, force: true });
 }
 
 // Installing (first run on a machine) is not part of the timed test.
@@ -684,20 +1160,20 @@ try {
   process.exit(1);
 }
 
-const state = {};
+const state = { gateways: [] };
 const watchdog = setTimeout(() => {
   // Playwright kills the browser it launched when this process exits.
   log(`FAIL: the widget test did not finish within ${OVERALL_TIMEOUT_MS / 1000} s`);
-  if (state.gateway) {
-    state.gateway.stopNow();
-    log(`gateway output (last lines):\n${state.gateway.tail()}`);
+  for (const g of state.gateways) {
+    g.stopNow();
+    log(`${g.name} output (last lines):\n${g.tail()}`);
   }
-  if (state.userDataDir) fs.rmSync(state.userDataDir, { recursive: true, force: true });
+  removeTemp(state);
   process.exit(1);
 }, OVERALL_TIMEOUT_MS);
 for (const sig of ["SIGINT", "SIGTERM"]) {
   process.on(sig, () => {
-    if (state.gateway) state.gateway.stopNow();
+    for (const g of state.gateways) g.stopNow();
     process.exit(1);
   });
 }
@@ -709,7 +1185,7 @@ try {
 } catch (e) {
   exitCode = 1;
   log(`FAIL: ${e instanceof TestFailure ? e.message : e && e.stack ? e.stack : e}`);
-  if (state.gateway) log(`gateway output (last lines):\n${state.gateway.tail()}`);
+  for (const g of state.gateways) log(`${g.name} output (last lines):\n${g.tail(20)}`);
 } finally {
   await cleanup(state);
   clearTimeout(watchdog);
