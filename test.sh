@@ -10,4 +10,6 @@ cd "$(dirname "$0")"
 # Benches are run once as a smoke check (criterion's test mode, the load harness's smoke run): speed
 # is measured with `cargo bench`, never asserted here.
 cargo test --all-targets --locked "$@"
+# The fuzzing gate first shows it can fail (a planted crash must turn run.sh red), then fuzzes.
+fuzz/selftest.sh
 fuzz/run.sh "${QUOTEGW_FUZZ_SECS:-20}"

@@ -515,12 +515,18 @@ mod tests {
         index.apply(tick(1, 200));
         index.apply(status(0, Status::Stale)); // failover: the secondary's current price
         let p = entry.read().unwrap();
-        assert_eq!((p.seq, p.quote.bid.unwrap().to_string()), (2, "2.00".into()));
+        assert_eq!(
+            (p.seq, p.quote.bid.unwrap().to_string()),
+            (2, "2.00".into())
+        );
         index.apply(tick(1, 201));
         // Recovery announced before any price: the published quote stays the secondary's.
         index.apply(status(0, Status::Live));
         let p = entry.read().unwrap();
-        assert_eq!((p.seq, p.quote.bid.unwrap().to_string()), (3, "2.01".into()));
+        assert_eq!(
+            (p.seq, p.quote.bid.unwrap().to_string()),
+            (3, "2.01".into())
+        );
         assert_eq!(p.quote.status, Status::Live);
     }
 
@@ -536,7 +542,12 @@ mod tests {
             index.apply(status(0, s));
             let p = entry.read().unwrap();
             assert_eq!(
-                (p.seq, p.version, p.quote.bid.unwrap().to_string(), p.quote.status),
+                (
+                    p.seq,
+                    p.version,
+                    p.quote.bid.unwrap().to_string(),
+                    p.quote.status
+                ),
                 (1, 1, "2.00".into(), Status::Live)
             );
         }
@@ -565,12 +576,23 @@ mod tests {
                 serde_json::from_str::<Vec<serde_json::Value>>(&r.frame)
                     .unwrap()
                     .into_iter()
-                    .map(|m| format!("{} {}", m["type"].as_str().unwrap(), m.get("status").or(m.get("seq")).unwrap()))
+                    .map(|m| {
+                        format!(
+                            "{} {}",
+                            m["type"].as_str().unwrap(),
+                            m.get("status").or(m.get("seq")).unwrap()
+                        )
+                    })
             })
             .collect();
         assert_eq!(
             messages,
-            ["update 2", "status \"stale\"", "update 3", "status \"live\""]
+            [
+                "update 2",
+                "status \"stale\"",
+                "update 3",
+                "status \"live\""
+            ]
         );
         assert_eq!((p.seq, p.version), (3, 4));
     }

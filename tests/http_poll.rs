@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{start, start_with_workers};
 use support::upstream::{until_served as until, Mode, Upstream};
+use support::{start, start_with_workers};
 
 fn poll_feed(name: &str, base: &str, symbols: &str) -> String {
     format!(
@@ -212,7 +212,9 @@ impl Seen {
         for (field, slot) in [("bid", &mut self.bid), ("ask", &mut self.ask)] {
             match m.get(field) {
                 Some(Value::String(p)) => *slot = Some(p.clone()),
-                Some(other) => panic!("{field} {other} published for a symbol that had prices: {m}"),
+                Some(other) => {
+                    panic!("{field} {other} published for a symbol that had prices: {m}")
+                }
                 None => {}
             }
         }
@@ -280,15 +282,31 @@ async fn fail_back_publishes_the_recovering_feeds_fresh_quote_never_its_old_or_e
     }
     // The primary serves X; only the secondary has Y.
     let before_outage = [("-", "-"), ("1.00", "1.01"), ("2.00", "2.01")];
-    read_until(&mut c, &mut x, &mut y, &before_outage, [("1.00", "1.01"), ("5.00", "5.01")]).await;
+    read_until(
+        &mut c,
+        &mut x,
+        &mut y,
+        &before_outage,
+        [("1.00", "1.01"), ("5.00", "5.01")],
+    )
+    .await;
     // Long enough for the primary to have marked Y (absent from its answers) stale: polls are
     // `interval_ms` (50) apart and `stale_after_ms` is 600.
-    gw.wait_metric("quotegw_poll_requests_total{feed=\"primary\"}", |v| v >= 30.0)
-        .await;
+    gw.wait_metric("quotegw_poll_requests_total{feed=\"primary\"}", |v| {
+        v >= 30.0
+    })
+    .await;
 
     // The primary fails: the secondary's current X.
     primary.set(Mode::Status500);
-    read_until(&mut c, &mut x, &mut y, &before_outage, [("2.00", "2.01"), ("5.00", "5.01")]).await;
+    read_until(
+        &mut c,
+        &mut x,
+        &mut y,
+        &before_outage,
+        [("2.00", "2.01"), ("5.00", "5.01")],
+    )
+    .await;
 
     // While it is down its prices move, and it starts listing Y; then it answers again.
     primary.set_body(&body(&[
@@ -296,15 +314,28 @@ async fn fail_back_publishes_the_recovering_feeds_fresh_quote_never_its_old_or_e
         ("Y", "\"3.00\"", "\"3.01\""),
     ]));
     let failed_polls = gw
-        .wait_metric("quotegw_poll_errors_total{feed=\"primary\",kind=\"status\"}", |v| v >= 1.0)
+        .wait_metric(
+            "quotegw_poll_errors_total{feed=\"primary\",kind=\"status\"}",
+            |v| v >= 1.0,
+        )
         .await;
     assert!(failed_polls >= 1.0);
     primary.set(Mode::Good);
     // Fail-back: straight from the secondary's quote to the primary's fresh one. The pre-outage
     // 1.00/1.01 and an empty quote (null prices) are no longer allowed.
     let after = [("2.00", "2.01"), ("1.50", "1.51")];
-    read_until(&mut c, &mut x, &mut y, &after, [("1.50", "1.51"), ("3.00", "3.01")]).await;
-    println!("fail-back with {workers} worker(s): X seq {}, Y seq {}", x.seq, y.seq);
+    read_until(
+        &mut c,
+        &mut x,
+        &mut y,
+        &after,
+        [("1.50", "1.51"), ("3.00", "3.01")],
+    )
+    .await;
+    println!(
+        "fail-back with {workers} worker(s): X seq {}, Y seq {}",
+        x.seq, y.seq
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

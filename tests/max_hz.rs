@@ -86,3 +86,61 @@ async fn max_hz_caps_the_update_rate_and_conflates() {
         "without max_hz the same client gets more"
     );
 }
+
+/// Regression (a `max_hz` of 1e-300 panicked the session, which then leaked its subscriptions):
+/// `max_hz` outside 0.001..=1000 is a `bad_request` naming the range, the connection and its
+/// subscriptions stay as they were, and once every client has gone the gauges are back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_hz_out_of_range_is_a_bad_request_and_never_kills_the_session() {
+    let gw = start("", &["AAPL", "MSFT", "NVDA"]);
+    for (i, s) in ["AAPL", "MSFT", "NVDA"].iter().enumerate() {
+        gw.push(tick(s, 1, &[("bid", &format!("{}.00", i + 1))]))
+            .await;
+    }
+    let mut clients = Vec::new();
+    for (i, bad) in ["1e-300", "1e-10", "0.0009", "1000.001", "1e308"]
+        .iter()
+        .enumerate()
+    {
+        let mut c = gw.client().await;
+        c.subscribe(&["AAPL", "MSFT", "NVDA"]).await;
+        let op = format!(r#"{{"op":"subscribe","id":{i},"symbols":["AAPL"],"max_hz":{bad}}}"#);
+        c.send_text(&op).await;
+        let e = c.expect("error").await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_u64()),
+            (Some("bad_request"), Some(i as u64)),
+            "{e}"
+        );
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains("0.001") && message.contains("1000"),
+            "{message}"
+        );
+        // The session is alive and keeps its subscriptions: a tick still reaches it.
+        c.sync("alive").await;
+        clients.push(c);
+    }
+    assert_eq!(gw.metric("quotegw_subscriptions").await, 15.0);
+    gw.push(tick("AAPL", 2, &[("bid", "1.01")])).await;
+    for c in &mut clients {
+        let u = c.until(|m| m["type"] == "update").await;
+        assert_eq!(u.last().unwrap()["bid"], "1.01");
+    }
+    // The extremes of the range are accepted.
+    let mut c = gw.client().await;
+    c.send(json!({"op": "subscribe", "symbols": ["MSFT"], "max_hz": 0.001}))
+        .await;
+    c.expect("ack").await;
+    c.expect("snapshot").await;
+    c.send(json!({"op": "subscribe", "symbols": ["NVDA"], "max_hz": 1000}))
+        .await;
+    c.expect("ack").await;
+    c.expect("snapshot").await;
+    clients.push(c);
+    for c in clients {
+        c.close().await;
+    }
+    gw.wait_metric("quotegw_connections", |v| v == 0.0).await;
+    assert_eq!(gw.metric("quotegw_subscriptions").await, 0.0);
+}

@@ -140,7 +140,9 @@ async fn subscribe_ack_snapshot_updates_reproduce_the_quote(workers: usize) {
     }
 }
 
-async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_snapshot(workers: usize) {
+async fn unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_snapshot(
+    workers: usize,
+) {
     let gw = start_with_workers(workers, "", &["AAPL", "MSFT"]);
     gw.push(tick("AAPL", 1, &[("bid", "1.00")])).await;
     gw.push(tick("MSFT", 1, &[("bid", "2.00")])).await;

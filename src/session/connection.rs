@@ -210,3 +210,122 @@ impl From<SendError> for End {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use rust_decimal::Decimal;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::LimitsConfig;
+    use crate::feed::FeedEvent;
+    use crate::index::Index;
+    use crate::metrics::Metrics;
+    use crate::model::Tick;
+
+    const SYMBOLS: [&str; 3] = ["AAPL", "MSFT", "NVDA"];
+
+    /// A masked client text frame (RFC 6455 §5.3: clients mask).
+    fn client_text(text: &str) -> Vec<u8> {
+        let mask = [7u8, 1, 2, 3];
+        let mut frame = vec![0x81, 0x80 | text.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    fn shared() -> Arc<SessionShared> {
+        let metrics = Arc::new(Metrics::new());
+        let index = Arc::new(Index::new(&["test".into()], metrics.clone()));
+        for (i, symbol) in SYMBOLS.iter().enumerate() {
+            index.apply(FeedEvent::Tick(Tick {
+                symbol: (*symbol).into(),
+                ts: 1,
+                bid: Some(Decimal::new(100 + i as i64, 2)),
+                ..Tick::default()
+            }));
+        }
+        Arc::new(SessionShared {
+            index,
+            metrics,
+            limits: LimitsConfig::default(),
+            shutdown: CancellationToken::new(),
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    fn subscribers(shared: &SessionShared) -> Vec<usize> {
+        SYMBOLS
+            .iter()
+            .map(|s| shared.index.lookup(s).unwrap().subscriber_count())
+            .collect()
+    }
+
+    /// Regression (a panicking session leaked its subscriptions): a connection task dropped while
+    /// it serves (cancelled, as a panic unwinding it or the runtime dropping it at shutdown would
+    /// end it) leaves every subscriber list and the gauges as if it never existed.
+    #[tokio::test]
+    async fn a_connection_task_dropped_mid_flight_leaves_no_subscription_behind() {
+        let shared = shared();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let guard = shared.admit().expect("a place for one connection");
+        let connection = Connection::new(
+            shared.clone(),
+            (guard, None),
+            Grant::default(),
+            WsSocket::new(server, &[], 65_536),
+        );
+        let local = tokio::task::LocalSet::new();
+        let task = local.spawn_local(connection.run());
+        local
+            .run_until(async {
+                client
+                    .write_all(&client_text(
+                        r#"{"op":"subscribe","symbols":["AAPL","MSFT","NVDA"]}"#,
+                    ))
+                    .await
+                    .unwrap();
+                // The ack and the snapshots arrive once the session has subscribed.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while got.windows(8).filter(|w| w == b"snapshot").count() < SYMBOLS.len() {
+                    let n = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buf))
+                        .await
+                        .expect("snapshots within the deadline")
+                        .unwrap();
+                    assert!(n > 0, "the session closed");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert_eq!(subscribers(&shared), [1, 1, 1]);
+                assert_eq!(shared.metrics.subscriptions.get(), 3);
+                assert_eq!(shared.metrics.connections.get(), 1);
+                task.abort();
+                assert!(task.await.unwrap_err().is_cancelled());
+            })
+            .await;
+        assert_eq!(
+            subscribers(&shared),
+            [0, 0, 0],
+            "every subscriber list is empty"
+        );
+        assert_eq!(shared.metrics.subscriptions.get(), 0);
+        assert_eq!(shared.metrics.connections.get(), 0);
+        // And the fan-out no longer reaches it.
+        shared.index.apply(FeedEvent::Tick(Tick {
+            symbol: "AAPL".into(),
+            ts: 2,
+            bid: Some(Decimal::new(1, 0)),
+            ..Tick::default()
+        }));
+        assert_eq!(subscribers(&shared), [0, 0, 0]);
+    }
+}

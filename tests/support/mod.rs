@@ -424,9 +424,14 @@ pub struct RawFrame {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
+        RawClient::connect_to(addr, "/ws").await
+    }
+
+    /// Connects to `path` (which may carry a query, e.g. `/ws?token=...`).
+    pub async fn connect_to(addr: SocketAddr, path: &str) -> RawClient {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
         let req = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         tcp.write_all(req.as_bytes()).await.expect("handshake");
