@@ -1,11 +1,18 @@
 //! The wire contract of `../shared/PROTOCOL.md`: client ops in, control messages out, error and close
 //! codes. Quote messages (snapshot, update, status) are encoded in `delta.rs`.
 //!
-//! Client ops are parsed with simd-json into a borrowed value and then checked field by field, so that
-//! every malformed op gets a message that says what to fix rather than a generic serde error.
+//! Client ops are parsed with serde_json into the raw text of the members the gateway reads, and then
+//! checked field by field, so that every malformed op gets a message that says what to fix rather
+//! than a generic serde error, and `id` is echoed exactly as the client wrote it (simd-json, used
+//! before, turns numbers into f64 or i64 first: `2.50` came back as `2.5`, and a 23-digit number
+//! made the frame `bad_json`; see docs/benchmarks.md for the cost, which is lower).
+
+use std::borrow::Cow;
 
 use bytestring::ByteString;
-use simd_json::{BorrowedValue, StaticNode};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use thiserror::Error;
 
 /// WebSocket close codes the gateway uses (PROTOCOL.md "Close codes", plus RFC 6455's 1002/1007).
@@ -119,29 +126,56 @@ impl OpError {
     }
 }
 
+/// The members of a client op the gateway reads, each kept as its raw JSON text until it is checked
+/// on its own (so every mistake gets a message naming the field, and `id` is echoed as sent).
+/// Other members are skipped without being converted, so a number of any size anywhere is fine.
+#[derive(Deserialize)]
+struct RawOp<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    symbols: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    max_hz: Option<&'a RawValue>,
+}
+
+/// A member that is there, `null` included (serde would read `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
 /// Parses one text frame into a request.
 pub fn parse_request(text: &str) -> Result<Request, OpError> {
-    // simd-json parses in place, so it needs its own mutable copy; ops are small and rate-limited.
-    let mut buf = text.as_bytes().to_vec();
-    let value = simd_json::to_borrowed_value(&mut buf).map_err(|e| OpError {
+    let bad_json = |message: String| OpError {
         code: ErrorCode::BadJson,
         id: None,
-        message: format!("the frame is not valid JSON: {e}"),
-    })?;
-    let BorrowedValue::Object(obj) = value else {
-        return Err(OpError {
-            code: ErrorCode::BadJson,
-            id: None,
-            message: "a client frame must be one JSON object".into(),
-        });
+        message,
     };
+    // A derived struct would also accept an array (its fields by position); an op is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<IgnoredAny>(text) {
+            Err(e) => bad_json(format!("the frame is not valid JSON: {e}")),
+            Ok(_) => bad_json("a client frame must be one JSON object".into()),
+        });
+    }
+    let raw: RawOp = serde_json::from_str(text).map_err(|e| match e.classify() {
+        // A key given twice: the op is ambiguous, so neither value is used.
+        serde_json::error::Category::Data => OpError::bad_request(&None, e.to_string()),
+        _ => bad_json(format!("the frame is not valid JSON: {e}")),
+    })?;
 
-    let id = match obj.get("id") {
+    // Echoed verbatim, whatever its size or form (`2.50` stays `2.50`): valid JSON text already.
+    let id = match raw.id.map(RawValue::get) {
         None => None,
-        Some(v @ BorrowedValue::String(_))
-        | Some(
-            v @ BorrowedValue::Static(StaticNode::I64(_) | StaticNode::U64(_) | StaticNode::F64(_)),
-        ) => Some(simd_json::prelude::Writable::encode(v)),
+        Some(v)
+            if v.starts_with('"')
+                || v.starts_with('-')
+                || v.starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            Some(v.to_string())
+        }
         Some(_) => {
             return Err(OpError::bad_request(
                 &None,
@@ -150,18 +184,18 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
         }
     };
 
-    let op = match obj.get("op") {
-        Some(BorrowedValue::String(op)) => op.as_ref(),
+    let op = match raw.op.map(|v| serde_json::from_str::<Cow<str>>(v.get())) {
+        Some(Ok(op)) => op,
         _ => return Err(OpError::bad_request(&id, "missing string field 'op'")),
     };
 
-    let op = match op {
+    let op = match op.as_ref() {
         "subscribe" => {
-            let symbols = symbol_list(obj.get("symbols"), "subscribe", &id)?;
-            let max_hz = match obj.get("max_hz") {
-                None | Some(BorrowedValue::Static(StaticNode::Null)) => None,
-                Some(v) => match number(v) {
-                    Some(hz) if MAX_HZ_RANGE.contains(&hz) => Some(hz),
+            let symbols = symbol_list(raw.symbols, "subscribe", &id)?;
+            let max_hz = match raw.max_hz.map(RawValue::get) {
+                None | Some("null") => None,
+                Some(v) => match serde_json::from_str::<f64>(v) {
+                    Ok(hz) if MAX_HZ_RANGE.contains(&hz) => Some(hz),
                     _ => {
                         return Err(OpError::bad_request(
                             &id,
@@ -173,7 +207,7 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
             Op::Subscribe { symbols, max_hz }
         }
         "unsubscribe" => Op::Unsubscribe {
-            symbols: symbol_list(obj.get("symbols"), "unsubscribe", &id)?,
+            symbols: symbol_list(raw.symbols, "unsubscribe", &id)?,
         },
         "symbols" => Op::Symbols,
         "ping" => Op::Ping,
@@ -191,42 +225,22 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
     Ok(Request { id, op })
 }
 
-fn number(v: &BorrowedValue) -> Option<f64> {
-    match v {
-        BorrowedValue::Static(StaticNode::I64(n)) => Some(*n as f64),
-        BorrowedValue::Static(StaticNode::U64(n)) => Some(*n as f64),
-        BorrowedValue::Static(StaticNode::F64(n)) => Some(*n),
-        _ => None,
-    }
-}
-
 fn symbol_list(
-    v: Option<&BorrowedValue>,
+    v: Option<&RawValue>,
     op: &str,
     id: &Option<String>,
 ) -> Result<Vec<String>, OpError> {
-    let Some(BorrowedValue::Array(items)) = v else {
-        return Err(OpError::bad_request(
-            id,
-            format!("{op} needs a non-empty array 'symbols'"),
-        ));
-    };
-    if items.is_empty() {
-        return Err(OpError::bad_request(
-            id,
-            format!("{op} needs a non-empty array 'symbols'"),
-        ));
+    let not_a_list = || OpError::bad_request(id, format!("{op} needs a non-empty array 'symbols'"));
+    let v = v.ok_or_else(not_a_list)?.get();
+    match serde_json::from_str::<Vec<Cow<str>>>(v) {
+        Ok(items) if items.is_empty() => Err(not_a_list()),
+        Ok(items) => Ok(items.iter().map(|s| normalize_symbol(s)).collect()),
+        // Which mistake it was, for the message: not an array, or an array of something else.
+        Err(_) => Err(match serde_json::from_str::<Vec<IgnoredAny>>(v) {
+            Ok(_) => OpError::bad_request(id, "'symbols' must contain only strings"),
+            Err(_) => not_a_list(),
+        }),
     }
-    items
-        .iter()
-        .map(|s| match s {
-            BorrowedValue::String(s) => Ok(normalize_symbol(s)),
-            _ => Err(OpError::bad_request(
-                id,
-                "'symbols' must contain only strings",
-            )),
-        })
-        .collect()
 }
 
 /// Symbols are case-insensitive on input and upper-case on output.
@@ -494,9 +508,17 @@ mod tests {
     fn json_bombs_are_bad_json_not_crashes() {
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert_eq!(code(&deep), ErrorCode::BadJson);
-        let deep_obj =
-            r#"{"op":"ping","x":"#.to_string() + &"[".repeat(10_000) + &"]".repeat(10_000) + "}";
-        assert_eq!(code(&deep_obj), ErrorCode::BadJson);
+        // Deep nesting inside a member the gateway does not read is valid JSON, skipped without
+        // recursion (the frame size bounds it); inside one it reads, it is the wrong type.
+        let nested = "[".repeat(10_000) + &"]".repeat(10_000);
+        let deep_obj = format!(r#"{{"op":"ping","x":{nested}}}"#);
+        assert_eq!(parse_request(&deep_obj).unwrap().op, Op::Ping);
+        let deep_symbols = format!(r#"{{"op":"subscribe","symbols":{nested}}}"#);
+        assert_eq!(code(&deep_symbols), ErrorCode::BadRequest);
+        let deep_id = format!(r#"{{"op":"ping","id":{nested}}}"#);
+        assert_eq!(code(&deep_id), ErrorCode::BadRequest);
+        let unclosed = r#"{"op":"ping","x":"#.to_string() + &"[".repeat(10_000);
+        assert_eq!(code(&unclosed), ErrorCode::BadJson);
         // An out-of-range number is refused by the parser rather than turned into infinity.
         assert!(parse_request(r#"{"op":"subscribe","symbols":["A"],"max_hz":1e400}"#).is_err());
         let ws = " ".repeat(64 * 1024) + r#"{"op":"ping"}"#;
@@ -510,6 +532,41 @@ mod tests {
         encode_pong(&mut out, req.id.as_deref());
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["id"], "a\"b");
+        // Regression: numbers came back re-encoded (2.50 as 2.5), and one past 64 bits made the
+        // whole frame bad_json. Any JSON number is echoed as its text.
+        for id in [
+            "2.50",
+            "12345678901234567890123",
+            "-0",
+            "1e400",
+            "0.1000000000000000000000000001",
+            r#""\u00e9""#,
+        ] {
+            let req = parse_request(&format!(r#"{{"op":"ping","id":{id}}}"#)).unwrap();
+            assert_eq!(req.id.as_deref(), Some(id));
+            let mut out = String::new();
+            encode_pong(&mut out, req.id.as_deref());
+            assert_eq!(out, format!(r#"{{"type":"pong","id":{id}}}"#));
+        }
+        // And in errors, for an op that parsed as an object.
+        let e = parse_request(r#"{"op":"nope","id":99999999999999999999999}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("99999999999999999999999"));
+        for bad in ["null", "true", "{}", "[]"] {
+            let op = format!(r#"{{"op":"ping","id":{bad}}}"#);
+            assert_eq!(code(&op), ErrorCode::BadRequest, "{op}");
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_a_bad_request() {
+        let e = parse_request(r#"{"op":"ping","op":"symbols"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("duplicate field `op`"), "{}", e.message);
+        // Members the gateway does not read may repeat.
+        assert_eq!(
+            parse_request(r#"{"op":"ping","x":1,"x":2}"#).unwrap().op,
+            Op::Ping
+        );
     }
 
     #[test]

@@ -311,6 +311,24 @@ impl Client {
         }
     }
 
+    /// The next frame's text as it arrived (no message may be queued from an earlier frame).
+    pub async fn next_text(&mut self) -> String {
+        assert!(
+            self.queue.is_empty(),
+            "messages of an earlier frame are unread"
+        );
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Ping(_))) => self.pings_seen += 1,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     pub async fn next(&mut self) -> Value {
         self.try_next().await.expect("connection open")
     }
