@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use thiserror::Error;
 
 use crate::conflate::lock;
@@ -75,9 +75,21 @@ pub struct AccessConfig {
     /// (auth = "jwt") the claim listing what the token may subscribe to: symbols or `PREFIX*`
     /// patterns. A token without the claim may subscribe to everything.
     pub jwt_symbols_claim: String,
+    /// (auth = "jwt") the `aud` a token must carry, when set (a token minted for another service
+    /// is refused).
+    pub jwt_audience: Option<String>,
+    /// (auth = "jwt") the `iss` a token must carry, when set.
+    pub jwt_issuer: Option<String>,
+    /// (auth = "jwt") clock skew allowed on `exp` and `nbf`, seconds.
+    pub jwt_leeway_secs: u64,
+    /// (auth = "jwt") refuse a token without the symbols claim, instead of granting it every symbol.
+    pub jwt_require_symbols_claim: bool,
     /// Browser Origins allowed to open a WebSocket (exact match, e.g. "https://trade.example.com");
     /// empty: any. Requests without an Origin header (non-browser clients) are not affected.
     pub allowed_origins: Vec<String>,
+    /// With `auth = "off"`, serve a non-loopback `listen` address anyway. Without it that is a
+    /// config error (protected mode, as in Redis): anonymous access must be chosen, not defaulted.
+    pub allow_anonymous: bool,
 }
 
 impl Default for AccessConfig {
@@ -88,10 +100,19 @@ impl Default for AccessConfig {
             jwt_hs256_secret: None,
             jwt_rs256_public_key_file: None,
             jwt_symbols_claim: "symbols".into(),
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
+            jwt_require_symbols_claim: false,
             allowed_origins: Vec::new(),
+            allow_anonymous: false,
         }
     }
 }
+
+/// Clock skew tolerated on a JWT's `exp` and `nbf` by default: seconds of difference between the
+/// issuer's clock and ours are normal; minutes are a misconfigured clock.
+pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
 
 #[derive(Debug, Error)]
 pub enum AccessError {
@@ -106,18 +127,44 @@ pub enum Refusal {
     Origin,
     /// 401: no token, or a bad one.
     Unauthorized,
-    /// 429: too many connections from this IP.
+    /// 429: too many connections from this IP (or IPv6 prefix).
     PerIpLimit,
+    /// 429: too many connections with this credential (API key, or JWT subject).
+    PerTokenLimit,
+    /// 429: too many failed authentications from this IP lately; the token is not even verified.
+    AuthThrottled,
 }
 
 impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Origin,
+        Refusal::Unauthorized,
+        Refusal::PerIpLimit,
+        Refusal::PerTokenLimit,
+        Refusal::AuthThrottled,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::Origin => "origin",
             Refusal::Unauthorized => "unauthorized",
             Refusal::PerIpLimit => "per_ip_limit",
+            Refusal::PerTokenLimit => "per_token_limit",
+            Refusal::AuthThrottled => "auth_throttled",
         }
     }
+}
+
+/// Who a token is, for `max_connections_per_token`: never the token itself, which stays out of
+/// memory once verified.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// The n-th configured API key.
+    ApiKey(usize),
+    /// A JWT's `sub`.
+    Subject(String),
+    /// A JWT without `sub`: a hash of the token, so each such token counts on its own.
+    Token(u64),
 }
 
 /// The `Access-Control-Allow-Origin` a response carries.
@@ -138,6 +185,8 @@ pub struct Grant {
     pub expires_at: Option<SystemTime>,
     /// Symbol patterns the token allows; `None`: every symbol.
     pub symbols: Option<Vec<String>>,
+    /// Who the token is (`None` with `auth = "off"`).
+    pub credential: Option<Credential>,
 }
 
 impl Grant {
@@ -169,18 +218,59 @@ struct JwtVerifier {
     key: jsonwebtoken::DecodingKey,
     validation: jsonwebtoken::Validation,
     symbols_claim: String,
+    require_symbols_claim: bool,
+    leeway: Duration,
+}
+
+/// The per-client limits `Access` applies (from `[limits]`).
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub max_per_ip: usize,
+    pub max_per_token: usize,
+    /// IPv6 clients are counted per prefix of this many bits (one host owns a whole /64).
+    pub ipv6_prefix_len: u8,
+    /// Failed authentications from one IP (or prefix) within `auth_failure_window` before further
+    /// attempts are refused with 429 unverified.
+    pub auth_failures: u32,
+    pub auth_failure_window: Duration,
+}
+
+impl ClientLimits {
+    pub fn from_config(limits: &crate::config::LimitsConfig) -> ClientLimits {
+        ClientLimits {
+            max_per_ip: limits.max_connections_per_ip,
+            max_per_token: limits.max_connections_per_token,
+            ipv6_prefix_len: limits.ipv6_prefix_len,
+            auth_failures: limits.auth_failures_per_ip,
+            auth_failure_window: Duration::from_millis(limits.auth_failure_window_ms),
+        }
+    }
+}
+
+/// Most addresses whose recent authentication failures are remembered. Past it, expired entries are
+/// dropped first; if none has expired, a new address is not tracked (its failures are still
+/// refused one by one, each costing a verification), so the table stays bounded against a client
+/// that owns many addresses.
+const MAX_TRACKED_FAILING_ADDRESSES: usize = 65_536;
+
+/// Recent failed authentications from one address.
+struct Failures {
+    count: u32,
+    since: Instant,
 }
 
 /// The access checks, built once at start.
 pub struct Access {
     verifier: Verifier,
     allowed_origins: Vec<String>,
-    max_per_ip: usize,
+    limits: ClientLimits,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_token: Mutex<HashMap<Credential, usize>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
 }
 
 impl Access {
-    pub fn new(config: &AccessConfig, max_per_ip: usize) -> Result<Access, AccessError> {
+    pub fn new(config: &AccessConfig, limits: ClientLimits) -> Result<Access, AccessError> {
         let verifier = match config.auth {
             AuthMode::Off => Verifier::Off,
             AuthMode::ApiKey => {
@@ -237,20 +327,38 @@ impl Access {
                 };
                 // Only the configured algorithm: a token cannot pick a weaker one (alg confusion).
                 let mut validation = Validation::new(algorithm);
-                validation.leeway = 0;
-                validation.set_required_spec_claims(&["exp"]);
+                validation.leeway = config.jwt_leeway_secs;
+                validation.validate_nbf = true;
+                let mut required = vec!["exp"];
+                match &config.jwt_audience {
+                    Some(aud) => {
+                        validation.set_audience(&[aud]);
+                        required.push("aud");
+                    }
+                    // Without a configured audience a token's `aud` is not ours to judge.
+                    None => validation.validate_aud = false,
+                }
+                if let Some(iss) = &config.jwt_issuer {
+                    validation.set_issuer(&[iss]);
+                    required.push("iss");
+                }
+                validation.set_required_spec_claims(&required);
                 Verifier::Jwt(Box::new(JwtVerifier {
                     key,
                     validation,
                     symbols_claim: config.jwt_symbols_claim.clone(),
+                    require_symbols_claim: config.jwt_require_symbols_claim,
+                    leeway: Duration::from_secs(config.jwt_leeway_secs),
                 }))
             }
         };
         Ok(Access {
             verifier,
             allowed_origins: config.allowed_origins.clone(),
-            max_per_ip,
+            limits,
             per_ip: Mutex::new(HashMap::new()),
+            per_token: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -290,11 +398,18 @@ impl Access {
                 let token = token.ok_or(Refusal::Unauthorized)?.as_bytes();
                 // Every key is compared, in constant time per key, so the answer's timing does not
                 // tell which key (or how much of one) matched.
-                let matched = keys.iter().fold(subtle::Choice::from(0), |any, k| {
-                    any | k.as_slice().ct_eq(token)
-                });
+                let mut matched = subtle::Choice::from(0);
+                let mut index = 0u64;
+                for (i, k) in keys.iter().enumerate() {
+                    let eq = k.as_slice().ct_eq(token);
+                    index.conditional_assign(&(i as u64), eq);
+                    matched |= eq;
+                }
                 if bool::from(matched) {
-                    Ok(Grant::default())
+                    Ok(Grant {
+                        credential: Some(Credential::ApiKey(index as usize)),
+                        ..Grant::default()
+                    })
                 } else {
                     Err(Refusal::Unauthorized)
                 }
@@ -304,6 +419,8 @@ impl Access {
                     key,
                     validation,
                     symbols_claim,
+                    require_symbols_claim,
+                    leeway,
                 } = jwt.as_ref();
                 let token = token.ok_or(Refusal::Unauthorized)?;
                 let data = jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(
@@ -316,6 +433,7 @@ impl Access {
                     .and_then(serde_json::Value::as_u64)
                     .ok_or(Refusal::Unauthorized)?;
                 let symbols = match data.claims.get(symbols_claim) {
+                    None if *require_symbols_claim => return Err(Refusal::Unauthorized),
                     None => None,
                     Some(serde_json::Value::Array(items)) => Some(
                         items
@@ -330,29 +448,138 @@ impl Access {
                     Some(_) => return Err(Refusal::Unauthorized),
                 };
                 // Checked: an `exp` past what the clock can represent would panic the addition.
+                // The session ends where verification would start refusing: `exp` + leeway.
                 let expires_at = UNIX_EPOCH
                     .checked_add(Duration::from_secs(exp))
+                    .and_then(|at| at.checked_add(*leeway))
                     .ok_or(Refusal::Unauthorized)?;
+                let credential = match data.claims.get("sub") {
+                    Some(serde_json::Value::String(sub)) => Credential::Subject(sub.clone()),
+                    _ => {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        token.hash(&mut h);
+                        Credential::Token(h.finish())
+                    }
+                };
                 Ok(Grant {
                     expires_at: Some(expires_at),
                     symbols,
+                    credential: Some(credential),
                 })
             }
         }
     }
 
-    /// Counts a connection from `ip` in, unless it already has `max_connections_per_ip` open.
-    pub fn admit_ip(self: &Arc<Self>, ip: IpAddr) -> Result<IpGuard, Refusal> {
-        let mut counts = lock(&self.per_ip);
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err(Refusal::PerIpLimit);
+    /// Whether auth is on (tokens are checked at all).
+    pub fn auth_required(&self) -> bool {
+        !matches!(self.verifier, Verifier::Off)
+    }
+
+    /// The address a client is counted under: an IPv4 address, or an IPv6 address cut to
+    /// `ipv6_prefix_len` bits (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let bits = u32::from(self.limits.ipv6_prefix_len.min(128));
+                    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                    IpAddr::V6((u128::from(v6) & mask).into())
+                }
+            },
         }
-        *n += 1;
+    }
+
+    /// Refuses (429, unverified) a client with `auth_failures_per_ip` failed authentications
+    /// within the window: so that a client cannot make the gateway verify (RS256: ~50 µs of CPU
+    /// each) as fast as it can send handshakes.
+    pub fn check_auth_throttle(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
+        match lock(&self.failures).get(&client) {
+            Some(f)
+                if f.count >= self.limits.auth_failures
+                    && now.duration_since(f.since) < self.limits.auth_failure_window =>
+            {
+                Err(Refusal::AuthThrottled)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `client`.
+    pub fn auth_failed(&self, client: IpAddr, now: Instant) {
+        let window = self.limits.auth_failure_window;
+        let mut failures = lock(&self.failures);
+        if failures.len() >= MAX_TRACKED_FAILING_ADDRESSES && !failures.contains_key(&client) {
+            failures.retain(|_, f| now.duration_since(f.since) < window);
+            if failures.len() >= MAX_TRACKED_FAILING_ADDRESSES {
+                return;
+            }
+        }
+        let f = failures.entry(client).or_insert(Failures {
+            count: 0,
+            since: now,
+        });
+        if now.duration_since(f.since) >= window {
+            *f = Failures {
+                count: 0,
+                since: now,
+            };
+        }
+        f.count = f.count.saturating_add(1);
+    }
+
+    /// Counts a connection from `client` (a `client_key`) in, unless it already has
+    /// `max_connections_per_ip` open.
+    pub fn admit_ip(self: &Arc<Self>, client: IpAddr) -> Result<IpGuard, Refusal> {
+        admit(&self.per_ip, client, self.limits.max_per_ip, Refusal::PerIpLimit)?;
         Ok(IpGuard {
             access: self.clone(),
-            ip,
+            ip: client,
         })
+    }
+
+    /// Counts a connection with `credential` in, unless it already has `max_connections_per_token`
+    /// open: one leaked key cannot take the whole gateway.
+    pub fn admit_token(self: &Arc<Self>, credential: Credential) -> Result<TokenGuard, Refusal> {
+        admit(
+            &self.per_token,
+            credential.clone(),
+            self.limits.max_per_token,
+            Refusal::PerTokenLimit,
+        )?;
+        Ok(TokenGuard {
+            access: self.clone(),
+            credential,
+        })
+    }
+}
+
+/// Counts one more connection under `key`, unless `max` are open.
+fn admit<K: std::hash::Hash + Eq>(
+    counts: &Mutex<HashMap<K, usize>>,
+    key: K,
+    max: usize,
+    refusal: Refusal,
+) -> Result<(), Refusal> {
+    let mut counts = lock(counts);
+    let n = counts.entry(key).or_insert(0);
+    if *n >= max {
+        return Err(refusal);
+    }
+    *n += 1;
+    Ok(())
+}
+
+/// Counts one connection under `key` out; the map holds only keys with open connections.
+fn release<K: std::hash::Hash + Eq>(counts: &Mutex<HashMap<K, usize>>, key: &K) {
+    let mut counts = lock(counts);
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -364,14 +591,27 @@ pub struct IpGuard {
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
-        let mut counts = lock(&self.access.per_ip);
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip); // the map holds only IPs with open connections
-            }
-        }
+        release(&self.access.per_ip, &self.ip);
     }
+}
+
+/// Holds one of a credential's connection places while the connection lives.
+pub struct TokenGuard {
+    access: Arc<Access>,
+    credential: Credential,
+}
+
+impl Drop for TokenGuard {
+    fn drop(&mut self) {
+        release(&self.access.per_token, &self.credential);
+    }
+}
+
+/// The places an admitted connection holds in the per-client counts.
+#[derive(Default)]
+pub struct ClientGuards {
+    pub ip: Option<IpGuard>,
+    pub token: Option<TokenGuard>,
 }
 
 /// The token of a request: `?token=` (browsers cannot set headers on a WebSocket) or a bearer token.
@@ -412,8 +652,18 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn limits() -> ClientLimits {
+        ClientLimits {
+            max_per_ip: 2,
+            max_per_token: 2,
+            ipv6_prefix_len: 64,
+            auth_failures: 3,
+            auth_failure_window: Duration::from_secs(60),
+        }
+    }
+
     fn access(config: AccessConfig) -> Arc<Access> {
-        Arc::new(Access::new(&config, 2).unwrap())
+        Arc::new(Access::new(&config, limits()).unwrap())
     }
 
     #[test]
@@ -438,7 +688,7 @@ mod tests {
                 api_keys: vec![Secret::new("short")],
                 ..AccessConfig::default()
             },
-            1
+            limits()
         )
         .is_err());
     }
@@ -468,6 +718,7 @@ mod tests {
         let g = Grant {
             expires_at: None,
             symbols: Some(vec!["AAPL".into(), "NV*".into()]),
+            credential: None,
         };
         assert!(g.allows("AAPL") && g.allows("NVDA") && !g.allows("MSFT") && !g.allows("AAP"));
         assert!(Grant::default().allows("ANY"));
@@ -481,6 +732,49 @@ mod tests {
         );
         assert_eq!(token_of("", Some("Bearer xyz")).as_deref(), Some("xyz"));
         assert_eq!(token_of("foo=bar", None), None);
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_prefix_and_credentials_per_key() {
+        let a = access(AccessConfig {
+            auth: AuthMode::ApiKey,
+            api_keys: vec![Secret::new("0123456789abcdef"), Secret::new("fedcba9876543210")],
+            ..AccessConfig::default()
+        });
+        let key = |s: &str| a.client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        let _g1 = a.admit_ip(key("2001:db8::1")).unwrap();
+        let _g2 = a.admit_ip(key("2001:db8::2")).unwrap();
+        assert_eq!(a.admit_ip(key("2001:db8::3")).err(), Some(Refusal::PerIpLimit));
+        assert!(a.admit_ip(key("2001:db8:0:1::3")).is_ok(), "another /64");
+
+        let grant = a.authorize(Some("fedcba9876543210")).unwrap();
+        assert_eq!(grant.credential, Some(Credential::ApiKey(1)));
+        let t1 = a.admit_token(Credential::ApiKey(1)).unwrap();
+        let _t2 = a.admit_token(Credential::ApiKey(1)).unwrap();
+        assert_eq!(a.admit_token(Credential::ApiKey(1)).err(), Some(Refusal::PerTokenLimit));
+        assert!(a.admit_token(Credential::ApiKey(0)).is_ok(), "another key");
+        drop(t1);
+        assert!(a.admit_token(Credential::ApiKey(1)).is_ok());
+    }
+
+    #[test]
+    fn failed_authentications_throttle_the_address_for_the_window() {
+        let a = access(AccessConfig::default());
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(a.check_auth_throttle(ip, t0).is_ok());
+            a.auth_failed(ip, t0);
+        }
+        assert_eq!(a.check_auth_throttle(ip, t0), Err(Refusal::AuthThrottled));
+        assert!(a.check_auth_throttle("10.0.0.10".parse().unwrap(), t0).is_ok());
+        let later = t0 + Duration::from_secs(61);
+        assert!(a.check_auth_throttle(ip, later).is_ok(), "the window passed");
+        a.auth_failed(ip, later);
+        assert!(a.check_auth_throttle(ip, later).is_ok(), "counting starts again");
     }
 
     #[test]

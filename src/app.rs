@@ -23,7 +23,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::Access;
+use crate::access::{Access, ClientLimits};
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::http::{ops_routes, routes, upgrade, AppState};
@@ -54,6 +54,14 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("{0}")]
     Access(#[from] crate::access::AccessError),
+    #[error("cannot raise the open-file limit (RLIMIT_NOFILE): {0}")]
+    FdLimit(std::io::Error),
+    #[error(
+        "limits.max_connections needs {needed} file descriptors (connections, each worker's headroom \
+         for refusals, listeners and feeds), but the hard open-file limit is {limit}: raise it \
+         (`ulimit -Hn`, systemd LimitNOFILE=) or lower limits.max_connections"
+    )]
+    TooFewFds { needed: u64, limit: u64 },
 }
 
 /// A gateway to start: a config plus, optionally, feeds built in code (embedders, tests).
@@ -98,9 +106,14 @@ impl Gateway {
         if feeds.is_empty() {
             return Err(StartError::NoFeeds);
         }
+        let workers = match self.config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        raise_fd_limit(&self.config, workers)?;
         let access = Arc::new(Access::new(
             &self.config.access,
-            self.config.limits.max_connections_per_ip,
+            ClientLimits::from_config(&self.config.limits),
         )?);
         let addr = self.config.listen_addr().map_err(StartError::Listen)?;
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
@@ -137,6 +150,7 @@ impl Gateway {
             .spawn(move || {
                 actix_web::rt::System::new().block_on(run(
                     config,
+                    workers,
                     feeds,
                     Listeners {
                         public: listener,
@@ -200,6 +214,30 @@ impl Drop for RunningGateway {
     }
 }
 
+/// Sockets each worker may hold beyond its share of `max_connections`: refused upgrades waiting
+/// for their answer, widget downloads, `/metrics` scrapes.
+const WORKER_HEADROOM: usize = 64;
+/// File descriptors the gateway needs beside its connections: listeners, epoll and wake-up fds of
+/// each thread, feeds' upstream connections and files, logs.
+const FD_RESERVE: u64 = 256;
+
+fn per_worker_connections(max_connections: usize, workers: usize) -> usize {
+    max_connections.div_ceil(workers) + WORKER_HEADROOM
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, and refuses to start when even that cannot
+/// hold every connection the config allows: a gateway that runs out of descriptors fails accepts,
+/// upstream polls and log files at random, long after it started.
+fn raise_fd_limit(config: &Config, workers: usize) -> Result<(), StartError> {
+    let sockets = (per_worker_connections(config.limits.max_connections, workers) * workers) as u64;
+    let needed = sockets + FD_RESERVE;
+    let limit = rlimit::increase_nofile_limit(u64::MAX).map_err(StartError::FdLimit)?;
+    if limit < needed {
+        return Err(StartError::TooFewFds { needed, limit });
+    }
+    Ok(())
+}
+
 /// The bound sockets: the public one, and the operations one when `metrics_listen` is set.
 struct Listeners {
     public: TcpListener,
@@ -208,6 +246,7 @@ struct Listeners {
 
 async fn run(
     config: Config,
+    workers: usize,
     feeds: Vec<Box<dyn Feed>>,
     listeners: Listeners,
     access: Arc<Access>,
@@ -267,10 +306,6 @@ async fn run(
         feeds: health,
         access,
     });
-    let workers = match config.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     let with_ops = listeners.ops.is_none();
     let public_state = state.clone();
     // actix-web's HttpServer cannot hand an upgraded connection over, so the public listener is
@@ -281,8 +316,10 @@ async fn run(
     let draining = builder.graceful_shutdown_signal();
     let server = builder
         .workers(workers)
-        // Our own limit answers 503; actix's per-worker cap only has to stay out of its way.
-        .max_concurrent_connections(config.limits.max_connections + 1024)
+        // A worker's share of `max_connections`, plus room to answer refusals (503, 429) and plain
+        // HTTP: so that all workers together never hold more sockets than `raise_fd_limit` made
+        // room for.
+        .max_concurrent_connections(per_worker_connections(config.limits.max_connections, workers))
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen("quotegw-public", listeners.public, move || {

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::access::AccessConfig;
+use crate::access::{AccessConfig, AuthMode};
 use crate::feed::FeedConfig;
 
 /// The default config, embedded so that `quotegw` with no flags runs exactly what
@@ -68,6 +68,17 @@ pub struct LimitsConfig {
     pub handshake_timeout_ms: u64,
     /// Least time between two frames of updates on one connection; 0 sends each as soon as it can.
     pub min_frame_interval_ms: u64,
+    /// `SO_SNDBUF` of every accepted socket, bytes (the kernel doubles it for its bookkeeping); 0
+    /// leaves the kernel's autotuning, which lets one stalled client pin up to `tcp_wmem`'s max.
+    pub send_buffer_bytes: usize,
+    /// Open connections per credential (an API key, or a JWT `sub`).
+    pub max_connections_per_token: usize,
+    /// IPv6 clients are counted per prefix of this many bits for the per-IP limits.
+    pub ipv6_prefix_len: u8,
+    /// Failed authentications from one IP (or IPv6 prefix) within `auth_failure_window_ms`, after
+    /// which its handshakes get 429 without their token being verified, until the window passes.
+    pub auth_failures_per_ip: u32,
+    pub auth_failure_window_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -84,6 +95,11 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 256,
             handshake_timeout_ms: 5_000,
             min_frame_interval_ms: 16,
+            send_buffer_bytes: 256 * 1024,
+            max_connections_per_token: 1000,
+            ipv6_prefix_len: 64,
+            auth_failures_per_ip: 10,
+            auth_failure_window_ms: 60_000,
         }
     }
 }
@@ -152,8 +168,9 @@ impl Config {
                 "must be between 0 (one per core) and 256".into(),
             ));
         }
+        self.check_protected_mode()?;
         let l = &self.limits;
-        let positive: [(&str, u64); 9] = [
+        let positive: [(&str, u64); 12] = [
             ("max_connections_per_ip", l.max_connections_per_ip as u64),
             ("handshake_timeout_ms", l.handshake_timeout_ms),
             ("max_connections", l.max_connections as u64),
@@ -166,6 +183,9 @@ impl Config {
             ("slow_consumer_timeout_ms", l.slow_consumer_timeout_ms),
             ("idle_timeout_ms", l.idle_timeout_ms),
             ("ping_interval_ms", l.ping_interval_ms),
+            ("max_connections_per_token", l.max_connections_per_token as u64),
+            ("auth_failures_per_ip", l.auth_failures_per_ip.into()),
+            ("auth_failure_window_ms", l.auth_failure_window_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -176,6 +196,18 @@ impl Config {
             return Err((
                 "limits.min_frame_interval_ms".into(),
                 "must be between 0 (no batching window) and 1000".into(),
+            ));
+        }
+        if !(1..=128).contains(&l.ipv6_prefix_len) {
+            return Err((
+                "limits.ipv6_prefix_len".into(),
+                "must be between 1 and 128 (64: one host's /64)".into(),
+            ));
+        }
+        if l.send_buffer_bytes != 0 && !(4096..=64 * 1024 * 1024).contains(&l.send_buffer_bytes) {
+            return Err((
+                "limits.send_buffer_bytes".into(),
+                "must be 0 (kernel autotuning) or between 4096 and 67108864".into(),
             ));
         }
         if !(256..=16 * 1024 * 1024).contains(&l.max_frame_bytes) {
@@ -195,6 +227,26 @@ impl Config {
             }
             feed.validate()
                 .map_err(|(key, m)| (format!("feeds[{i}].{key}"), m))?;
+        }
+        Ok(())
+    }
+
+    /// Protected mode (as Redis has it): `auth = "off"` serves anyone who can reach `listen`. On
+    /// loopback that is the machine's own users; anywhere else it must be chosen on purpose.
+    fn check_protected_mode(&self) -> Result<(), (String, String)> {
+        let addr = self.listen_addr().map_err(|m| ("listen".to_string(), m))?;
+        if self.access.auth == AuthMode::Off
+            && !self.access.allow_anonymous
+            && !addr.ip().is_loopback()
+        {
+            return Err((
+                "access.auth".into(),
+                format!(
+                    "is \"off\" while listen = {addr} is not a loopback address: anyone who can reach \
+                     it could connect. Set [access] auth = \"api_key\" or \"jwt\", or \
+                     allow_anonymous = true to serve anyone on purpose"
+                ),
+            ));
         }
         Ok(())
     }
@@ -270,5 +322,25 @@ mod tests {
         assert!(e.contains("key 'listen'"), "{e}");
         let e = err("x = [\n");
         assert!(e.starts_with("my.toml: "), "{e}");
+        let e = err("[limits]\nipv6_prefix_len = 0\n");
+        assert!(e.contains("key 'limits.ipv6_prefix_len'"), "{e}");
+        let e = err("[limits]\nsend_buffer_bytes = 100\n");
+        assert!(e.contains("key 'limits.send_buffer_bytes'"), "{e}");
+    }
+
+    #[test]
+    fn protected_mode_refuses_anonymous_access_off_loopback() {
+        let e = err("listen = \"0.0.0.0:8080\"\n");
+        assert!(e.starts_with("my.toml: key 'access.auth': is \"off\" while listen = 0.0.0.0:8080"), "{e}");
+        assert!(e.contains("allow_anonymous = true"), "{e}");
+        for ok in [
+            "listen = \"0.0.0.0:8080\"\n[access]\nallow_anonymous = true\n",
+            "listen = \"0.0.0.0:8080\"\n[access]\nauth = \"api_key\"\napi_keys = [\"0123456789abcdef\"]\n",
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"[::1]:8080\"\n",
+            "listen = \"localhost:8080\"\n",
+        ] {
+            assert!(Config::parse(ok, "ok.toml").is_ok(), "{ok}");
+        }
     }
 }

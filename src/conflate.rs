@@ -248,10 +248,14 @@ impl SlotView {
         if p.version <= self.sent_version {
             return Emitted::Nothing;
         }
-        if let Some(at) = self.next_at {
-            if now < at {
-                return Emitted::NotBefore(at);
+        if let Some(at) = self.next_at.filter(|&at| now < at) {
+            // `max_hz` paces updates, not status: a halt reaches a paced client at once (a status
+            // newer than the prices it holds, never older). The prices follow when due.
+            if p.quote.status != self.sent_status {
+                frame.push(|s| encode_status(s, symbol, p.quote.status));
+                self.sent_status = p.quote.status;
             }
+            return Emitted::NotBefore(at);
         }
         let behind = p.version - self.sent_version;
         if p.catch_up.len() as u64 == behind && self.min_interval.is_none() {
@@ -446,6 +450,33 @@ mod tests {
             (msgs[0]["bid"].as_str(), msgs[0]["conflated"].as_u64()),
             (Some("1.02"), Some(1))
         );
+    }
+
+    #[test]
+    fn max_hz_paces_updates_but_not_status_changes() {
+        let idx = index();
+        let entry = idx.register("AAPL".into());
+        idx.apply(FeedEvent::Tick(tick(100, None)));
+        let conn = ConnPending::new();
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), Some(0.001))];
+        let t0 = Instant::now();
+        assert_eq!(drain(&conn, &mut slots, t0).len(), 1, "the snapshot");
+        idx.apply(FeedEvent::Tick(Tick {
+            bid: Some(Decimal::new(101, 2)),
+            status: Some(Status::Halted),
+            ..tick(101, None)
+        }));
+        // 1 s later, 999 s before the next update may go: the halt, alone.
+        let msgs = drain(&conn, &mut slots, t0 + Duration::from_secs(1));
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert_eq!((msgs[0]["type"].as_str(), msgs[0]["status"].as_str()), (Some("status"), Some("halted")));
+        // When due, the price, and the status is not sent twice.
+        let mut frame = FrameBuilder::default();
+        let r = slots[0].emit(entry.read().as_ref(), t0 + Duration::from_secs(1000), &mut frame, &mut EmitStats::default());
+        assert_eq!(r, Emitted::Wrote);
+        let msgs: Vec<serde_json::Value> = serde_json::from_str(&frame.take().unwrap()).unwrap();
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert_eq!((msgs[0]["type"].as_str(), msgs[0]["bid"].as_str()), (Some("update"), Some("1.01")));
     }
 
     #[test]

@@ -18,8 +18,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::access::{token_of, Access, CorsOrigin, IpGuard};
+use crate::access::{token_of, Access, ClientGuards, CorsOrigin, Refusal};
 use crate::feed::FeedHealth;
+use crate::security_log;
 use crate::session::socket::WsSocket;
 use crate::session::{Connection, ConnectionGuard, SessionShared};
 
@@ -170,7 +171,7 @@ impl Refused {
 /// An admitted upgrade: what the token allows and the places the connection holds.
 struct Admitted {
     grant: crate::access::Grant,
-    guards: (ConnectionGuard, Option<IpGuard>),
+    guards: (ConnectionGuard, ClientGuards),
 }
 
 /// Every request that asks for `Connection: Upgrade` comes here instead of the routes: actix-http
@@ -221,6 +222,10 @@ async fn handshake(
                 .connections_refused
                 .with_label_values(&[refusal.reason])
                 .inc();
+            if refusal.status != StatusCode::NOT_FOUND && refusal.status != StatusCode::BAD_REQUEST
+            {
+                security_log::refused(req.peer_addr(), refusal.status.as_u16(), refusal.reason);
+            }
             let mut response = Response::with_body(refusal.status, ());
             if let Some((name, value)) = refusal.header {
                 response.headers_mut().insert(
@@ -253,6 +258,11 @@ async fn handshake(
     }
     // Small frames, sent as soon as they are ready: latency over packet count.
     let _ = io.set_nodelay(true);
+    // Kernel memory per connection is bounded here: autotuned, the send buffer of a client that
+    // stopped reading grows to `tcp_wmem`'s max (MiBs), which no gateway limit would see.
+    if limits.send_buffer_bytes > 0 {
+        let _ = socket2::SockRef::from(&io).set_send_buffer_size(limits.send_buffer_bytes);
+    }
     let socket = WsSocket::new(io, &read_buf, limits.max_frame_bytes);
     Ok(Some(Connection::new(
         sessions.clone(),
@@ -268,6 +278,10 @@ fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     let sessions = &state.sessions;
     let unavailable = |reason, message: &str| {
         Refused::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
+            .with_header("retry-after", "5")
+    };
+    let too_many = |r: Refusal, message: &str| {
+        Refused::new(StatusCode::TOO_MANY_REQUESTS, r.reason(), message)
             .with_header("retry-after", "5")
     };
     if sessions.shutdown.is_cancelled() {
@@ -299,30 +313,43 @@ fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
             "this Origin may not open a WebSocket here\n",
         ));
     }
+    let client = req.peer_addr().map(|a| access.client_key(a.ip()));
+    let now = std::time::Instant::now();
+    if let Some(client) = client.filter(|_| access.auth_required()) {
+        access
+            .check_auth_throttle(client, now)
+            .map_err(|r| too_many(r, "too many failed authentications from this address\n"))?;
+    }
     let token = token_of(req.uri().query().unwrap_or(""), header("authorization"));
     let grant = match access.authorize(token.as_deref()) {
         Ok(g) => g,
         Err(r) => {
+            if let Some(client) = client {
+                access.auth_failed(client, now);
+            }
             return Err(Refused::new(
                 StatusCode::UNAUTHORIZED,
                 r.reason(),
                 "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
             )
-            .with_header("www-authenticate", "Bearer"))
+            .with_header("www-authenticate", "Bearer"));
         }
     };
-    let ip_guard = match req.peer_addr().map(|a| access.admit_ip(a.ip())) {
-        Some(Ok(g)) => Some(g),
-        Some(Err(r)) => {
-            return Err(Refused::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                r.reason(),
-                "too many connections from this address\n",
-            )
-            .with_header("retry-after", "5"))
-        }
-        None => None,
-    };
+    let mut guards = ClientGuards::default();
+    if let Some(client) = client {
+        guards.ip = Some(
+            access
+                .admit_ip(client)
+                .map_err(|r| too_many(r, "too many connections from this address\n"))?,
+        );
+    }
+    if let Some(credential) = grant.credential.clone() {
+        guards.token = Some(
+            access
+                .admit_token(credential)
+                .map_err(|r| too_many(r, "too many connections with this token\n"))?,
+        );
+    }
     let Some(guard) = sessions.admit() else {
         return Err(unavailable(
             "max_connections",
@@ -331,7 +358,7 @@ fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     };
     Ok(Admitted {
         grant,
-        guards: (guard, ip_guard),
+        guards: (guard, guards),
     })
 }
 

@@ -15,8 +15,9 @@
 //!    `/readyz`, and the widget.
 //!
 //! [`protocol`] holds the wire contract, [`model`] the shared types, [`config`] the TOML config,
-//! [`metrics`] the Prometheus registry, [`app`] the wiring and graceful shutdown, and [`record`] the
-//! `quotegw record` command (feeds → a recorded-feed file).
+//! [`metrics`] the Prometheus registry, [`security_log`] the rate-limited log of refusals and abuse
+//! closes, [`app`] the wiring and graceful shutdown, and [`record`] the `quotegw record` command
+//! (feeds → a recorded-feed file).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -27,11 +28,13 @@ pub mod delta;
 pub mod feed;
 pub mod http;
 pub mod index;
+pub mod log_limit;
 pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod protocol;
 pub mod record;
+pub mod security_log;
 pub mod session;
 
 pub use app::{Gateway, RunningGateway, StartError};

@@ -116,7 +116,10 @@ impl Metrics {
             m.closes
                 .with_label_values(&[itoa::Buffer::new().format(code)]);
         }
-        for reason in ["max_connections", "shutting_down"] {
+        for reason in ["max_connections", "shutting_down"]
+            .into_iter()
+            .chain(crate::access::Refusal::ALL.map(|r| r.reason()))
+        {
             m.connections_refused.with_label_values(&[reason]);
         }
         m

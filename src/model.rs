@@ -13,6 +13,23 @@ use rust_decimal::Decimal;
 /// one allocation per symbol.
 pub type Symbol = Arc<str>;
 
+/// Longest symbol, in bytes (PROTOCOL.md: 1–32 characters, all ASCII).
+pub const MAX_SYMBOL_LEN: usize = 32;
+
+/// The symbol rule of PROTOCOL.md, said the same way everywhere a symbol is refused.
+pub const SYMBOL_RULE: &str =
+    "a symbol is 1-32 printable ASCII characters other than space, '\"', '\\' and ','";
+
+/// Whether `s` is a symbol as PROTOCOL.md defines it: 1–32 printable ASCII characters other than
+/// space, `"`, `\` and `,` (so it can sit in a JSON string, a comma-separated query and a NATS
+/// subject without escaping surprises). Case is not checked: symbols are upper-cased after.
+pub fn valid_symbol(s: &str) -> bool {
+    (1..=MAX_SYMBOL_LEN).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b','))
+}
+
 /// Index of a feed in the gateway's feed list; ticks carry it so that metrics and (later) failover
 /// know where a tick came from without a string per tick.
 pub type FeedId = u16;
@@ -108,6 +125,16 @@ impl Quote {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn symbols_follow_the_contract() {
+        for ok in ["AAPL", "BRK.B", "a", "X".repeat(32).as_str(), "^GSPC", "EUR/USD", "ES=F"] {
+            assert!(valid_symbol(ok), "{ok}");
+        }
+        for bad in ["", " AAPL", "AA PL", "A\"B", "A\\B", "A,B", "A\nB", "É", "X".repeat(33).as_str(), "A\u{7f}"] {
+            assert!(!valid_symbol(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn prices_compare_by_representation() {

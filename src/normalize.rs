@@ -3,10 +3,7 @@
 
 use rust_decimal::Decimal;
 
-use crate::model::{Symbol, Tick};
-
-/// Longest symbol the gateway accepts from a feed, in bytes.
-pub const MAX_SYMBOL_BYTES: usize = 64;
+use crate::model::{valid_symbol, Symbol, Tick};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RejectReason {
@@ -34,11 +31,11 @@ impl RejectReason {
 /// Validates a tick and upper-cases its symbol (symbols are upper-case on the wire).
 pub fn normalize(mut tick: Tick) -> Result<Tick, RejectReason> {
     let s = &*tick.symbol;
-    if s.is_empty() || s.len() > MAX_SYMBOL_BYTES || s.chars().any(char::is_control) {
+    if !valid_symbol(s) {
         return Err(RejectReason::BadSymbol);
     }
-    if s.chars().any(char::is_lowercase) {
-        tick.symbol = Symbol::from(s.to_uppercase());
+    if s.bytes().any(|b| b.is_ascii_lowercase()) {
+        tick.symbol = Symbol::from(s.to_ascii_uppercase());
     }
     if [tick.bid, tick.ask, tick.last]
         .into_iter()
@@ -102,5 +99,12 @@ mod tests {
             Err(RejectReason::BadSymbol)
         );
         assert_eq!(&*normalize(tick("brk.b")).unwrap().symbol, "BRK.B");
+        for bad in ["A B", "A,B", "A\"B", &"X".repeat(33)] {
+            assert_eq!(
+                normalize(tick(bad)).map(|_| ()),
+                Err(RejectReason::BadSymbol),
+                "{bad}"
+            );
+        }
     }
 }

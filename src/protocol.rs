@@ -15,6 +15,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
+use crate::model::{valid_symbol, MAX_SYMBOL_LEN, SYMBOL_RULE};
+
 /// WebSocket close codes the gateway uses (PROTOCOL.md "Close codes", plus RFC 6455's 1002/1007).
 pub mod close {
     pub const NORMAL: u16 = 1000;
@@ -234,7 +236,21 @@ fn symbol_list(
     let v = v.ok_or_else(not_a_list)?.get();
     match serde_json::from_str::<Vec<Cow<str>>>(v) {
         Ok(items) if items.is_empty() => Err(not_a_list()),
-        Ok(items) => Ok(items.iter().map(|s| normalize_symbol(s)).collect()),
+        Ok(items) => items
+            .iter()
+            .map(|s| {
+                if valid_symbol(s) {
+                    Ok(normalize_symbol(s))
+                } else {
+                    let shown: String = s.chars().take(MAX_SYMBOL_LEN).collect();
+                    let more = if shown.len() < s.len() { "…" } else { "" };
+                    Err(OpError::bad_request(
+                        id,
+                        format!("'{shown}{more}' is not a symbol: {SYMBOL_RULE}"),
+                    ))
+                }
+            })
+            .collect(),
         // Which mistake it was, for the message: not an array, or an array of something else.
         Err(_) => Err(match serde_json::from_str::<Vec<IgnoredAny>>(v) {
             Ok(_) => OpError::bad_request(id, "'symbols' must contain only strings"),
@@ -243,9 +259,9 @@ fn symbol_list(
     }
 }
 
-/// Symbols are case-insensitive on input and upper-case on output.
+/// Symbols are case-insensitive on input and upper-case on output (they are ASCII: `valid_symbol`).
 pub fn normalize_symbol(s: &str) -> String {
-    s.trim().to_uppercase()
+    s.to_ascii_uppercase()
 }
 
 /// Appends `s` as a JSON string literal (quotes and escapes included).
@@ -451,7 +467,7 @@ mod tests {
     #[test]
     fn parses_every_op() {
         assert_eq!(
-            parse_request(r#"{"op":"subscribe","id":1,"symbols":["aapl"," msft"],"max_hz":2.5}"#),
+            parse_request(r#"{"op":"subscribe","id":1,"symbols":["aapl","msft"],"max_hz":2.5}"#),
             Ok(Request {
                 id: Some("1".into()),
                 op: Op::Subscribe {

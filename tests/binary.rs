@@ -110,3 +110,173 @@ async fn sigterm_closes_every_websocket_with_1001_and_exits() {
     );
     assert!(exit.success(), "clean exit: {exit:?}");
 }
+
+/// A gateway process whose stderr lines are collected, and the address it logged.
+struct Logged {
+    child: std::process::Child,
+    addr: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Starts `command` (which must log its address) and waits for the address.
+    fn start(mut command: Command) -> Logged {
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
+        let collected = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = addr_tx.try_send(rest.split_whitespace().next().unwrap().to_string());
+                }
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(support::DEADLINE)
+            .expect("the gateway logs its address");
+        Logged { child, addr, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("quotegw-binary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Protected mode: `auth = "off"` on a non-loopback address is a config error saying how to
+/// choose; with `allow_anonymous = true` (or auth on) the gateway serves a non-loopback address,
+/// reached here through 127.0.0.1.
+#[tokio::test]
+async fn anonymous_access_off_loopback_must_be_chosen() {
+    let out = quotegw().args(["--listen", "0.0.0.0:0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("access.auth") && err.contains("not a loopback address"),
+        "{err}"
+    );
+    assert!(err.contains("allow_anonymous = true"), "{err}");
+
+    let path = config_file(
+        "anonymous.toml",
+        "listen = \"0.0.0.0:0\"\nworkers = 2\n[access]\nallow_anonymous = true\n\
+         [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 20\nticks_per_second = 200\n",
+    );
+    let mut command = quotegw();
+    command.arg("--config").arg(&path);
+    let gw = Logged::start(command);
+    let port = gw.addr.rsplit(':').next().unwrap();
+    let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]})).await;
+    c.expect("ack").await;
+    c.expect("snapshot").await;
+}
+
+/// At start the soft open-file limit is raised to the hard one; a hard limit too low for
+/// `max_connections` refuses to start, saying what to change.
+#[test]
+fn the_open_file_limit_is_raised_or_the_start_refused() {
+    let under_ulimit = |ulimit: &str| {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$0\" --listen 127.0.0.1:0"))
+            .arg(env!("CARGO_BIN_EXE_quotegw"));
+        c
+    };
+    let out = under_ulimit("-n 512").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limits.max_connections needs") && err.contains("hard open-file limit is 512"),
+        "{err}"
+    );
+
+    // A soft limit of 1,024 under a higher hard one: raised, and the gateway runs.
+    let hard: u64 = String::from_utf8(
+        Command::new("bash")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    if hard < 11_000 {
+        println!("hard limit {hard}: too low to start the default config; checked the refusal only");
+        return;
+    }
+    let gw = Logged::start(under_ulimit("-Sn 1024"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[3], cols[4], "soft raised to hard: {line}");
+}
+
+/// Security events are logged with the peer address and reason, rate-limited, never with the
+/// token: refused handshakes and abuse closes.
+#[tokio::test]
+async fn refusals_and_abuse_closes_are_logged_without_the_token() {
+    const SECRET: &str = "leaky-token-that-must-not-be-logged";
+    let path = config_file(
+        "seclog.toml",
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n[access]\nauth = \"api_key\"\n\
+         api_keys = [\"good-key-0123456789abcdef\"]\n\
+         [limits]\nauth_failures_per_ip = 1000\nmax_frame_bytes = 1024\n\
+         [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 20\nticks_per_second = 200\n",
+    );
+    let mut command = quotegw();
+    command.arg("--config").arg(&path);
+    let gw = Logged::start(command);
+    let addr: std::net::SocketAddr = gw.addr.parse().unwrap();
+    for _ in 0..200 {
+        let (status, _) = support::upgrade(addr, &format!("/ws?token={SECRET}"), &[]).await;
+        assert_eq!(status, 401);
+    }
+    // The log's limiter lets lines through again after a pause (it refills at 5 lines a second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // An abuse close: a frame over max_frame_bytes.
+    let mut c = Client::connect(&format!("ws://{addr}/ws?token=good-key-0123456789abcdef")).await;
+    c.send_text(&"x".repeat(4096)).await;
+    assert_eq!(c.expect_close().await.0, 1009);
+    let deadline = Instant::now() + support::DEADLINE;
+    while !gw.lines().iter().any(|l| l.contains("connection closed")) {
+        assert!(Instant::now() < deadline, "no close logged: {:?}", gw.lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = gw.lines();
+    assert!(lines.iter().all(|l| !l.contains(SECRET)), "a token in the log");
+    let refused: Vec<&String> = lines.iter().filter(|l| l.contains("upgrade refused")).collect();
+    println!("200 refusals → {} log lines; first: {}", refused.len(), refused[0]);
+    assert!(refused[0].contains("peer=127.0.0.1:") && refused[0].contains("reason=\"unauthorized\""), "{}", refused[0]);
+    assert!(refused[0].contains("status=401"), "{}", refused[0]);
+    assert!(refused.len() < 100, "rate-limited: {} lines", refused.len());
+    let closed = lines.iter().find(|l| l.contains("connection closed")).unwrap();
+    assert!(closed.contains("code=1009") && closed.contains("peer=127.0.0.1:"), "{closed}");
+    assert!(closed.contains("suppressed="), "{closed}");
+}

@@ -249,6 +249,26 @@ async fn invalid_utf8_closes_with_1007() {
 }
 
 #[tokio::test]
+async fn frames_that_break_rfc_6455_close_with_1002() {
+    let gw = gateway("").await;
+    let mut ctrl = control(&gw).await;
+    // A continuation frame with no message to continue.
+    let mut c = support::RawClient::connect(gw.addr).await;
+    c.send_frame(true, 0x0, b"}").await.unwrap();
+    let (_, close) = c.read_to_close().await;
+    assert_eq!(
+        close,
+        Some((1002, "continuation frame without a first fragment".to_string()))
+    );
+    // A reserved opcode.
+    let mut c = support::RawClient::connect(gw.addr).await;
+    c.send_frame(true, 0x3, b"x").await.unwrap();
+    let (_, close) = c.read_to_close().await;
+    assert_eq!(close, Some((1002, "websocket protocol error".to_string())));
+    control_still_served(&gw, &mut ctrl, 1).await;
+}
+
+#[tokio::test]
 async fn oversized_frames_and_messages_close_with_1009() {
     let gw = gateway("max_frame_bytes = 4096").await;
     let mut ctrl = control(&gw).await;

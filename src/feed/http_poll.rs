@@ -29,7 +29,8 @@ use tokio::time::Instant;
 
 use super::{fields, Feed, FeedContext, FeedError};
 use crate::access::Secret;
-use crate::model::{same_price, Status, Symbol, Tick};
+use crate::log_limit::{truncated, LogLimiter};
+use crate::model::{same_price, valid_symbol, Status, Symbol, Tick, SYMBOL_RULE};
 
 /// Answers larger than this are refused (a misbehaving upstream cannot exhaust memory).
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -128,6 +129,9 @@ impl HttpPollConfig {
         if self.symbols.is_empty() {
             return Err(("symbols".into(), "list at least one symbol".into()));
         }
+        if let Some(bad) = self.symbols.iter().find(|s| !valid_symbol(s)) {
+            return Err(("symbols".into(), format!("'{bad}' is not a symbol: {SYMBOL_RULE}")));
+        }
         if self.batch_size == 0 {
             return Err(("batch_size".into(), "must be at least 1".into()));
         }
@@ -177,6 +181,16 @@ impl HttpPollFeed {
             headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let from = attempt.previous().last().cloned();
+                match from.map(|from| redirect_allowed(&from, attempt.url())) {
+                    _ if attempt.previous().len() > MAX_REDIRECTS => {
+                        attempt.error("more than 5 redirects")
+                    }
+                    Some(Err(why)) => attempt.error(why),
+                    _ => attempt.follow(),
+                }
+            }))
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.timeout_ms))
             .user_agent(concat!("quotegw/", env!("CARGO_PKG_VERSION")))
@@ -196,12 +210,37 @@ impl HttpPollFeed {
     }
 }
 
+/// Redirects followed at most, each within the upstream's own host.
+const MAX_REDIRECTS: usize = 5;
+
+/// Whether the poller follows a redirect from `from` to `to`. Never to another host (or port):
+/// reqwest strips only `Authorization` and cookies on such a redirect, so a custom header such as
+/// `X-Api-Key` would reach whoever the upstream points at. Never from https to http: the key and
+/// the quotes would then travel in clear.
+pub fn redirect_allowed(from: &reqwest::Url, to: &reqwest::Url) -> Result<(), &'static str> {
+    // http → https on the same host and default ports is the usual upgrade, and safe.
+    let upgrade = from.scheme() == "http"
+        && to.scheme() == "https"
+        && from.port().is_none()
+        && to.port().is_none();
+    if from.scheme() == "https" && to.scheme() != "https" {
+        Err("redirect from https to http refused")
+    } else if from.host_str() != to.host_str()
+        || (from.port_or_known_default() != to.port_or_known_default() && !upgrade)
+    {
+        Err("redirect to another host refused (it would receive the request headers)")
+    } else {
+        Ok(())
+    }
+}
+
 /// Why a poll failed; the label of `quotegw_poll_errors_total`.
 #[derive(Debug)]
 enum PollError {
     Connect(String),
     Timeout,
     Status(u16),
+    Redirect(String),
     Body(String),
     Decode(String),
 }
@@ -212,6 +251,7 @@ impl PollError {
             PollError::Connect(_) => "connect",
             PollError::Timeout => "timeout",
             PollError::Status(_) => "status",
+            PollError::Redirect(_) => "redirect",
             PollError::Body(_) => "body",
             PollError::Decode(_) => "decode",
         }
@@ -224,6 +264,7 @@ impl fmt::Display for PollError {
             PollError::Connect(e) => write!(f, "cannot connect: {e}"),
             PollError::Timeout => f.write_str("no answer within timeout_ms"),
             PollError::Status(s) => write!(f, "HTTP status {s}"),
+            PollError::Redirect(e) => write!(f, "{e}"),
             PollError::Body(e) => write!(f, "reading the body failed: {e}"),
             PollError::Decode(e) => write!(f, "the body does not match [response]: {e}"),
         }
@@ -235,6 +276,10 @@ fn from_reqwest(e: reqwest::Error) -> PollError {
         PollError::Timeout
     } else if e.is_connect() {
         PollError::Connect(e.without_url().to_string())
+    } else if e.is_redirect() {
+        // The policy's own reason, without the URL (it may carry the symbols or a key).
+        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        PollError::Redirect(why)
     } else {
         PollError::Body(e.without_url().to_string())
     }
@@ -451,6 +496,8 @@ impl Feed for HttpPollFeed {
             let latency = ctx.metrics.poll_seconds.with_label_values(&[&name]);
             let error_counter =
                 |kind: &str| ctx.metrics.poll_errors.with_label_values(&[&name, kind]);
+            // What a hostile upstream can put into the log: a few lines a second, each short.
+            let log_limit = LogLimiter::new(10, 1);
             let interval = Duration::from_millis(self.config.interval_ms);
             let stale_after = Duration::from_millis(self.config.stale_after_ms);
             let mut rng = Pcg32::seed_from_u64(
@@ -524,7 +571,9 @@ impl Feed for HttpPollFeed {
                             batch.next_due = now + interval;
                             for e in &bad {
                                 error_counter("bad_quote").inc();
-                                tracing::warn!(feed = %name, "quote dropped: {e}");
+                                if let Some(suppressed) = log_limit.admit(std::time::Instant::now()) {
+                                    tracing::warn!(feed = %name, suppressed, "quote dropped: {}", truncated(e));
+                                }
                             }
                             for (symbol, mut tick) in quotes {
                                 let Some(st) = state.get_mut(symbol.as_str()) else {
@@ -560,12 +609,16 @@ impl Feed for HttpPollFeed {
                             batch.failures += 1;
                             let wait = self.backoff(batch.failures, &mut rng);
                             batch.next_due = now + wait;
-                            tracing::warn!(
-                                feed = %name,
-                                failures = batch.failures,
-                                retry_in_ms = wait.as_millis() as u64,
-                                "poll failed: {e}"
-                            );
+                            if let Some(suppressed) = log_limit.admit(std::time::Instant::now()) {
+                                tracing::warn!(
+                                    feed = %name,
+                                    failures = batch.failures,
+                                    retry_in_ms = wait.as_millis() as u64,
+                                    suppressed,
+                                    "poll failed: {}",
+                                    truncated(&e.to_string())
+                                );
+                            }
                         }
                     }
                 }
@@ -646,6 +699,19 @@ mod tests {
             changes(&sent, &rescaled).unwrap().bid.unwrap().to_string(),
             "1.1"
         );
+    }
+
+    #[test]
+    fn redirects_stay_on_the_upstreams_host_and_never_leave_https() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let ok = |a, b| redirect_allowed(&url(a), &url(b)).is_ok();
+        assert!(ok("http://q.example/v1?s=A", "http://q.example/v2?s=A"));
+        assert!(ok("https://q.example/v1", "https://q.example:443/v2"));
+        assert!(ok("http://q.example/v1", "https://q.example/v1"), "the usual upgrade");
+        assert!(!ok("http://q.example:8080/v1", "https://q.example:8443/v1"));
+        assert!(!ok("https://q.example/v1", "http://q.example/v1"));
+        assert!(!ok("http://q.example/v1", "http://evil.example/v1"));
+        assert!(!ok("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"));
     }
 
     #[test]

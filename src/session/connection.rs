@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use super::socket::{SendError, WsSocket};
 use super::{ConnectionGuard, End, Session, SessionShared};
-use crate::access::{Grant, IpGuard};
+use crate::access::{ClientGuards, Grant};
 use crate::protocol::close;
+use crate::security_log;
 
 /// How long a close frame may take to leave (shutdown, idle, protocol errors) before the socket is
 /// shut down without it.
@@ -22,6 +23,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The least time a slow consumer's 4008 close frame gets to leave (it waits behind everything the
 /// client has not read); past it, and past one more `slow_consumer_timeout_ms`, the socket is shut.
 const SLOW_CONSUMER_CLOSE_GRACE_MIN: Duration = Duration::from_secs(5);
+
+/// At most this many already-received client frames are handled before the replies are flushed,
+/// so that a client pipelining frames still gets answers (and news) at a steady pace.
+const FRAMES_PER_FLUSH: usize = 64;
 
 /// A fragmented text message being reassembled (`max_frame_bytes` bounds its total).
 pub(super) struct Fragments {
@@ -38,13 +43,13 @@ pub struct Connection {
     pub(super) latency: prometheus::local::LocalHistogram,
     /// When the token expires (`None`: never, or beyond the clock's range).
     pub(super) expires: Option<Instant>,
-    _guards: (ConnectionGuard, Option<IpGuard>),
+    _guards: (ConnectionGuard, ClientGuards),
 }
 
 impl Connection {
     pub fn new(
         shared: Arc<SessionShared>,
-        guards: (ConnectionGuard, Option<IpGuard>),
+        guards: (ConnectionGuard, ClientGuards),
         grant: Grant,
         socket: WsSocket,
     ) -> Connection {
@@ -128,10 +133,26 @@ impl Connection {
                 Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
                 Event::Frame(Some(Ok(msg))) => {
                     self.last_heard = Instant::now();
-                    if let Some(end) = self.on_message(msg) {
-                        // What the op already wrote (an error reply) goes out before the close.
-                        let _ = self.flush().await;
-                        return end;
+                    // Frames already received are handled before anything is written: pipelined
+                    // ops are answered in one frame, a burst of pings with one pong.
+                    let mut next = Some(msg);
+                    let mut budget = FRAMES_PER_FLUSH;
+                    while let Some(msg) = next.take() {
+                        if let Some(end) = self.on_message(msg) {
+                            // What the op already wrote (an error reply) goes out before the close.
+                            let _ = self.flush().await;
+                            return end;
+                        }
+                        budget -= 1;
+                        if budget > 0 {
+                            match self.socket.recv_buffered() {
+                                Ok(frame) => next = frame,
+                                Err(e) => {
+                                    let _ = self.flush().await;
+                                    return End::from_protocol_error(&e);
+                                }
+                            }
+                        }
                     }
                 }
                 Event::Dirty => {}
@@ -193,7 +214,11 @@ impl Connection {
             .closes
             .with_label_values(&[itoa::Buffer::new().format(code)])
             .inc();
-        tracing::debug!(code, reason, "closing connection");
+        if matches!(code, close::POLICY | close::TOO_BIG | close::SLOW_CONSUMER) {
+            security_log::closed(self.socket.peer_addr(), code, reason);
+        } else {
+            tracing::debug!(code, reason, "closing connection");
+        }
         let close = CloseReason {
             code: CloseCode::from(code),
             description: Some(reason.to_string()),
@@ -280,7 +305,7 @@ mod tests {
         let guard = shared.admit().expect("a place for one connection");
         let connection = Connection::new(
             shared.clone(),
-            (guard, None),
+            (guard, ClientGuards::default()),
             Grant::default(),
             WsSocket::new(server, &[], 65_536),
         );

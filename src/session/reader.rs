@@ -30,13 +30,24 @@ impl Connection {
                 close::UNSUPPORTED_DATA,
                 "binary frames are not accepted; send JSON text",
             )),
-            Frame::Ping(payload) => {
-                self.pong_owed = Some(payload);
-                None
-            }
-            Frame::Pong(_) => None,
+            Frame::Ping(payload) => match self.session.control_frame(Instant::now()) {
+                // Pings already received are answered by one pong (the latest payload, as RFC
+                // 6455 §5.5.3 allows): a ping flood costs one write per flush, not one per ping.
+                Ok(true) => {
+                    self.pong_owed = Some(payload);
+                    None
+                }
+                Ok(false) => None,
+                Err(end) => Some(end),
+            },
+            Frame::Pong(_) => self.session.control_frame(Instant::now()).err(),
             Frame::Close(reason) => Some(End::ClientClosed(reason)),
-            Frame::Continuation(item) => self.on_fragment(item),
+            Frame::Continuation(item) => match self.session.control_frame(Instant::now()) {
+                // A fragment is reassembled either way (dropping one would corrupt the message);
+                // only its cost is counted.
+                Ok(_) => self.on_fragment(item),
+                Err(end) => Some(end),
+            },
         }
     }
 
@@ -86,17 +97,42 @@ impl Connection {
 }
 
 impl Session {
+    /// Every frame a client sends costs a token of the op bucket, pings, pongs and fragments
+    /// included, so a flood of them is throttled like a flood of ops. A frame that finds the bucket
+    /// empty takes an abuse token instead and is not answered (`Ok(false)`); the connection closes
+    /// with 1008 when those run out, as it does for ops.
+    pub fn control_frame(&mut self, now: Instant) -> Result<bool, End> {
+        if self.ops.take(now) {
+            Ok(true)
+        } else if self.errors.take(now) {
+            Ok(false)
+        } else {
+            Err(End::Close(
+                close::POLICY,
+                "too many frames; slow down before reconnecting",
+            ))
+        }
+    }
+
     /// Handles one client op (a text message); its reply goes into the frame being built. `Some`
     /// ends the connection (repeated abuse).
     pub fn on_text(&mut self, text: &str, now: Instant) -> Option<End> {
+        // Parsed before the rate check, so that `rate_limited` echoes the op's `id` (a client
+        // matches the error to its op and retries it). Parsing costs less than the reply, and a
+        // flood of refused ops still ends on the abuse bucket.
+        let request = parse_request(text);
         if !self.ops.take(now) {
             let message = format!(
                 "more than {} ops per second (burst {}); this op was not applied",
                 self.shared.limits.ops_per_second, self.shared.limits.ops_burst
             );
-            return self.client_error(None, ErrorCode::RateLimited, &message, now);
+            let id = match &request {
+                Ok(r) => r.id.as_deref(),
+                Err(e) => e.id.as_deref(),
+            };
+            return self.client_error(id, ErrorCode::RateLimited, &message, now);
         }
-        let request = match parse_request(text) {
+        let request = match request {
             Ok(r) => r,
             Err(e) => return self.client_error(e.id.as_deref(), e.code, &e.message, now),
         };
@@ -108,9 +144,16 @@ impl Session {
                 None
             }
             Op::Symbols => {
+                // What this connection may subscribe to: the token's grant filters the list.
                 let all = self.shared.index.symbols_sorted();
-                self.frame
-                    .push(|s| encode_symbols(s, id, all.iter().map(|s| &**s)));
+                let grant = &self.grant;
+                self.frame.push(|s| {
+                    encode_symbols(
+                        s,
+                        id,
+                        all.iter().map(|s| &**s).filter(|s| grant.allows(s)),
+                    )
+                });
                 None
             }
             Op::Ping => {

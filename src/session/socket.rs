@@ -95,6 +95,16 @@ impl WsSocket {
         }
     }
 
+    /// The next frame already received, without waiting for the socket.
+    pub fn recv_buffered(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        self.parse()
+    }
+
+    /// The client's address, for the security log.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.io.peer_addr().ok()
+    }
+
     fn parse(&mut self) -> Result<Option<Frame>, ProtocolError> {
         if self.read_buf.is_empty() {
             // Idle connections hold no read buffer (the biggest part of an idle connection's cost).

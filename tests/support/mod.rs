@@ -392,12 +392,35 @@ impl Client {
     }
 }
 
-/// Resident memory of this process (the in-process gateway included), bytes.
+/// Bytes the kernel holds in the send queue of this process's TCP socket from `local` to
+/// `remote` (`tx_queue` in /proc/net/tcp: sent but not acknowledged, plus not yet sent); `None`
+/// when there is no such socket.
+pub fn tcp_send_queue(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => panic!("IPv4 only"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("procfs");
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&local.as_str()) && cols.get(2) == Some(&remote.as_str())).then(|| {
+            let tx = cols[4].split(':').next().expect("tx_queue:rx_queue");
+            u64::from_str_radix(tx, 16).expect("hex")
+        })
+    })
+}
+
 /// Open file descriptors of this process (the in-process gateway's sockets included).
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").expect("procfs").count()
 }
 
+/// Resident memory of this process (the in-process gateway included), bytes.
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
     status
@@ -431,6 +454,26 @@ pub fn now_ms() -> i64 {
 pub struct RawClient {
     pub tcp: TcpStream,
     buf: Vec<u8>,
+}
+
+/// One masked client frame (RFC 6455 §5.2): `fin` false starts or continues a fragmented message.
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [1u8, 2, 3, 4];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 /// A server frame as the raw client saw it.
@@ -492,22 +535,7 @@ impl RawClient {
         opcode: u8,
         payload: &[u8],
     ) -> std::io::Result<()> {
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n < 65536 => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = [1u8, 2, 3, 4];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.tcp.write_all(&frame).await
+        self.tcp.write_all(&masked_frame(fin, opcode, payload)).await
     }
 
     /// Reads server frames until a close frame or the end of the connection; returns the frames and

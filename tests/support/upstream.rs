@@ -18,6 +18,8 @@ pub enum Mode {
     Garbage,
     /// Close the connection without answering.
     Reset,
+    /// Answer 302 with this `Location`.
+    Redirect(String),
 }
 
 #[derive(Clone)]
@@ -59,6 +61,14 @@ impl Upstream {
                     up.requests
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let (mode, body) = up.state.lock().unwrap().clone();
+                    if let Mode::Redirect(location) = &mode {
+                        let response = format!(
+                            "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = sock.write_all(response.as_bytes()).await;
+                        let _ = sock.shutdown().await;
+                        return;
+                    }
                     let (status, body) = match mode {
                         Mode::Good => ("200 OK", body),
                         Mode::Status500 => ("500 Internal Server Error", "oops".to_string()),
@@ -67,7 +77,7 @@ impl Upstream {
                             ("200 OK", body)
                         }
                         Mode::Garbage => ("200 OK", "{\"data\": [ {\"sym\": ".to_string()),
-                        Mode::Reset => return,
+                        Mode::Reset | Mode::Redirect(_) => return,
                     };
                     let response = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -1,0 +1,309 @@
+//! Safe by default in production: what a hostile client gets from a gateway deployed beyond
+//! loopback. Bounded kernel memory per stalled client, connections per credential, throttled
+//! failed authentications, JWTs bound to this service, every frame rate-limited, symbols checked
+//! against the contract, and an HTTP upstream that cannot redirect the API key elsewhere.
+//! (Protected mode, the open-file limit and the security log are checked on the binary, in
+//! `tests/binary.rs`.)
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::upstream::{Mode, Upstream};
+use support::{start, tcp_send_queue, tick, upgrade, Client, RawClient, TestGateway};
+
+const KEY_A: &str = "key-a-0123456789abcdef";
+const KEY_B: &str = "key-b-0123456789abcdef";
+const HS_SECRET: &str = "a-test-secret-that-is-at-least-32-bytes-long";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn gateway(toml: &str) -> TestGateway {
+    let gw = start(toml, &["AAPL", "MSFT"]);
+    for s in ["AAPL", "MSFT"] {
+        gw.push(tick(s, 1, &[("bid", "1.00")])).await;
+    }
+    gw
+}
+
+async fn status(gw: &TestGateway, path: &str) -> u16 {
+    upgrade(gw.addr, path, &[]).await.0
+}
+
+/// A client that stops reading holds at most about `send_buffer_bytes` × 2 (the kernel doubles
+/// the value for its bookkeeping) of unsent data in the kernel, instead of the MiBs autotuning
+/// grows to; the slow-consumer clock then starts as soon as that is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_clients_unsent_bytes_stay_under_send_buffer_bytes() {
+    const SNDBUF: u64 = 64 * 1024;
+    let gw = start(
+        &format!(
+            "[limits]\nsend_buffer_bytes = {SNDBUF}\nslow_consumer_timeout_ms = 600000\n\
+             [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 500\nticks_per_second = 2000\nseed = 5\n"
+        ),
+        &[],
+    );
+    gw.wait_metric("quotegw_ticks_received_total{feed=\"sim\"}", |v| v >= 5000.0)
+        .await;
+    let mut lister = gw.client().await;
+    lister.send(json!({"op": "symbols"})).await;
+    let all = lister.expect("symbols").await["symbols"].clone();
+    lister.close().await;
+    let mut c = RawClient::connect(gw.addr).await;
+    let op = json!({"op": "subscribe", "symbols": all}).to_string();
+    for _ in 0..60 {
+        c.send_text(&op).await;
+    }
+    gw.wait_metric("quotegw_connections_stalled", |v| v == 1.0)
+        .await;
+    let client = c.tcp.local_addr().unwrap();
+    let queued = tcp_send_queue(gw.addr, client).expect("the gateway's side of the connection");
+    println!("stalled client: {queued} bytes unsent in the gateway's kernel send queue (limit {SNDBUF} × 2)");
+    assert!(queued > 0, "the socket is full");
+    assert!(queued <= 2 * SNDBUF, "{queued} bytes queued");
+}
+
+/// One leaked key cannot take the whole gateway: `max_connections_per_token` per API key and per
+/// JWT `sub`, refused with 429 before the upgrade; other credentials are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_limited_per_credential() {
+    let gw = gateway(&format!(
+        "[limits]\nmax_connections_per_token = 2\n\
+         [access]\nauth = \"api_key\"\napi_keys = [\"{KEY_A}\", \"{KEY_B}\"]\n"
+    ))
+    .await;
+    let url = |key: &str| format!("{}?token={key}", gw.url());
+    let a1 = Client::connect(&url(KEY_A)).await;
+    let mut a2 = Client::connect(&url(KEY_A)).await;
+    assert_eq!(status(&gw, &format!("/ws?token={KEY_A}")).await, 429);
+    let mut b = Client::connect(&url(KEY_B)).await;
+    b.subscribe(&["AAPL"]).await;
+    a2.subscribe(&["MSFT"]).await;
+    assert_eq!(
+        gw.metric("quotegw_connections_refused_total{reason=\"per_token_limit\"}")
+            .await,
+        1.0
+    );
+    a1.close().await;
+    gw.wait_metric("quotegw_connections", |v| v == 2.0).await;
+    Client::connect(&url(KEY_A)).await.close().await;
+
+    // JWTs count per `sub`, whichever token carries it.
+    let gw = gateway(&format!(
+        "[limits]\nmax_connections_per_token = 1\n\
+         [access]\nauth = \"jwt\"\njwt_hs256_secret = \"{HS_SECRET}\"\n"
+    ))
+    .await;
+    let t1 = hs256(json!({"sub": "alice", "exp": unix_now() + 600}));
+    let t2 = hs256(json!({"sub": "alice", "exp": unix_now() + 601}));
+    let bob = hs256(json!({"sub": "bob", "exp": unix_now() + 600}));
+    let _alice = Client::connect(&format!("{}?token={t1}", gw.url())).await;
+    assert_eq!(status(&gw, &format!("/ws?token={t2}")).await, 429);
+    Client::connect(&format!("{}?token={bob}", gw.url()))
+        .await
+        .close()
+        .await;
+}
+
+/// After `auth_failures_per_ip` failed authentications within the window, an address gets 429
+/// without its token being verified (so RS256 verification cannot be used to burn CPU), even with
+/// a good token; clients elsewhere are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_throttled_per_address() {
+    let gw = gateway(&format!(
+        "[limits]\nauth_failures_per_ip = 3\nauth_failure_window_ms = 600000\n\
+         [access]\nauth = \"api_key\"\napi_keys = [\"{KEY_A}\"]\n"
+    ))
+    .await;
+    let mut control = Client::connect(&format!("{}?token={KEY_A}", gw.url())).await;
+    control.subscribe(&["AAPL"]).await;
+    for _ in 0..3 {
+        assert_eq!(status(&gw, "/ws?token=wrong-key-0000000000").await, 401);
+    }
+    assert_eq!(status(&gw, "/ws?token=wrong-key-0000000000").await, 429);
+    assert_eq!(status(&gw, &format!("/ws?token={KEY_A}")).await, 429);
+    assert_eq!(
+        gw.metric("quotegw_connections_refused_total{reason=\"auth_throttled\"}")
+            .await,
+        2.0
+    );
+    gw.push(tick("AAPL", 2, &[("bid", "1.01")])).await;
+    assert_eq!(control.expect("update").await["bid"], "1.01");
+}
+
+/// A JWT is accepted only for this service (`jwt_audience`, `jwt_issuer`, both required claims
+/// when set), not before `nbf`, within a small leeway, and only with a symbols claim when
+/// `jwt_require_symbols_claim` is on; an `exp` beyond the clock is refused, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_are_bound_to_this_service() {
+    let gw = gateway(&format!(
+        "[access]\nauth = \"jwt\"\njwt_hs256_secret = \"{HS_SECRET}\"\n\
+         jwt_audience = \"quotes\"\njwt_issuer = \"https://auth.example\"\njwt_leeway_secs = 5\n\
+         jwt_require_symbols_claim = true\n"
+    ))
+    .await;
+    let now = unix_now();
+    let good = json!({"aud": "quotes", "iss": "https://auth.example", "exp": now + 600, "symbols": ["AAPL"]});
+    let with = |change: Value| {
+        let mut claims = good.clone();
+        for (k, v) in change.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        format!("/ws?token={}", hs256(claims))
+    };
+    assert_eq!(status(&gw, &with(json!({}))).await, 101);
+    for (what, change) in [
+        ("no aud", json!({"aud": null})),
+        ("another service's aud", json!({"aud": "billing"})),
+        ("no iss", json!({"iss": null})),
+        ("another issuer", json!({"iss": "https://evil.example"})),
+        ("not before a minute from now", json!({"nbf": now + 60})),
+        ("expired past the leeway", json!({"exp": now - 30})),
+        ("no symbols claim", json!({"symbols": null})),
+        ("exp beyond the clock", json!({"exp": u64::MAX})),
+        ("exp as a huge float", json!({"exp": 1e300})),
+    ] {
+        assert_eq!(status(&gw, &with(change)).await, 401, "{what}");
+    }
+    // Clock skew within the leeway is tolerated.
+    assert_eq!(status(&gw, &with(json!({"nbf": now + 2}))).await, 101);
+    assert_eq!(status(&gw, &with(json!({"exp": now - 1}))).await, 101);
+    // The gateway is unharmed.
+    let mut c = Client::connect(&format!("{}?{}", gw.url(), &with(json!({}))[4..])).await;
+    c.subscribe(&["AAPL"]).await;
+}
+
+/// Every frame costs a token of the op bucket: a flood of pings (each answered by at most one pong
+/// per flush) or of empty continuation frames is closed with 1008 like a flood of ops, and a client
+/// beside it is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_continuation_floods_are_rate_limited_and_pongs_coalesced() {
+    let gw = gateway("").await;
+    let mut control = gw.client().await;
+    control.subscribe(&["AAPL"]).await;
+
+    let mut c = RawClient::connect(gw.addr).await;
+    let mut flood = Vec::new();
+    for _ in 0..2000 {
+        flood.extend_from_slice(&support::masked_frame(true, 0x9, b"p"));
+    }
+    c.send_bytes(&flood).await.unwrap();
+    let (frames, close) = c.read_to_close().await;
+    let pongs = frames.iter().filter(|f| f.opcode == 0xA).count();
+    println!("2,000 pings in one write: {pongs} pongs, then {close:?}");
+    assert!(pongs < 200, "pongs coalesced: {pongs}");
+    let (code, reason) = close.expect("a close frame");
+    assert_eq!(code, 1008, "{reason}");
+
+    let mut c = RawClient::connect(gw.addr).await;
+    c.send_frame(false, 0x1, b"{").await.unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..2000 {
+        flood.extend_from_slice(&support::masked_frame(false, 0x0, b""));
+    }
+    c.send_bytes(&flood).await.unwrap();
+    let (_, close) = c.read_to_close().await;
+    assert_eq!(close.expect("a close frame").0, 1008);
+
+    gw.push(tick("AAPL", 2, &[("bid", "1.01")])).await;
+    assert_eq!(control.expect("update").await["bid"], "1.01");
+}
+
+/// Symbols follow the contract (1–32 printable ASCII characters other than space, `"`, `\` and
+/// `,`): a client's subscribe gets `bad_request` naming the rule and nothing is applied; a feed's
+/// tick for such a symbol is rejected and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symbols_outside_the_contract_are_refused_from_clients_and_feeds() {
+    let gw = gateway("").await;
+    let mut c = gw.client().await;
+    for bad in ["A B", "A,B", "A\"B", "A\\B", " AAPL", "", "ÄPFEL", &"X".repeat(33)] {
+        c.send(json!({"op": "subscribe", "symbols": ["MSFT", bad]}))
+            .await;
+        let e = c.expect("error").await;
+        assert_eq!(e["code"], "bad_request", "{bad:?}: {e}");
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains("1-32 printable ASCII characters"), "{message}");
+    }
+    // Nothing of those ops was applied: MSFT is not subscribed.
+    assert!(c.sync("none").await.len() == 1);
+    assert_eq!(gw.metric("quotegw_subscriptions").await, 0.0);
+
+    for bad in ["A,B", "SPACE BAR", &"Y".repeat(40)] {
+        gw.push(tick(bad, 2, &[("bid", "1.00")])).await;
+    }
+    gw.wait_metric(
+        "quotegw_ticks_rejected_total{feed=\"scripted\",reason=\"bad_symbol\"}",
+        |v| v == 3.0,
+    )
+    .await;
+    c.send(json!({"op": "symbols"})).await;
+    assert_eq!(c.expect("symbols").await["symbols"], json!(["AAPL", "MSFT"]));
+}
+
+/// The HTTP poller follows no redirect to another host: reqwest would forward custom headers such
+/// as `X-Api-Key` there. The poll fails (counted as `redirect`), the other host sees no request,
+/// and the symbol goes stale rather than live on someone else's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cannot_redirect_the_api_key_to_another_host() {
+    let elsewhere = Upstream::start(r#"{"data":[{"sym":"X","b":"6.66","a":"6.67","v":1}]}"#).await;
+    let up = Upstream::start(r#"{"data":[{"sym":"X","b":"1.00","a":"1.01","v":1}]}"#).await;
+    let config = format!(
+        r#"
+[[feeds]]
+kind = "http_poll"
+name = "up"
+base = "{}"
+url = "{{base}}/v1/quotes?symbols={{symbols}}"
+symbols = ["X"]
+interval_ms = 50
+timeout_ms = 300
+stale_after_ms = 600
+backoff_max_ms = 200
+headers = {{ X-Api-Key = "secret-key-123" }}
+[feeds.response]
+shape = "array"
+root = "data"
+symbol = "sym"
+fields = {{ bid = "b", ask = "a", volume = "v" }}
+"#,
+        up.base
+    );
+    let gw = start(&config, &[]);
+    let mut c = gw.client().await;
+    c.send(json!({"op": "subscribe", "symbols": ["X"]})).await;
+    c.expect("ack").await;
+    let snap = c.expect("snapshot").await;
+    assert_eq!(snap["bid"], "1.00");
+    up.set(Mode::Redirect(format!("{}/v1/quotes?symbols=X", elsewhere.base)));
+    let m = c.until(|m| m["type"] == "status").await;
+    assert_eq!(m.last().unwrap()["status"], "stale");
+    assert!(m.iter().all(|m| m.get("bid").is_none()), "{m:?}");
+    gw.wait_metric("quotegw_poll_errors_total{feed=\"up\",kind=\"redirect\"}", |v| v >= 1.0)
+        .await;
+    assert_eq!(
+        elsewhere.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the other host saw no request (and no key)"
+    );
+    // (Redirects within the upstream's own host are followed: `redirect_allowed`'s unit test.)
+}
