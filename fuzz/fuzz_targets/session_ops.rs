@@ -23,7 +23,7 @@ use quotegw::metrics::Metrics;
 use quotegw::model::{Status, Tick};
 use quotegw::session::{Session, SessionShared};
 use rust_decimal::Decimal;
-use serde_json::Value;
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// Served symbols; ZZZZ is not, so it is always rejected.
@@ -59,6 +59,18 @@ fn symbols(mask: u8) -> String {
     format!("[{}]", picked.join(","))
 }
 
+/// The parts of a server message the checks read. Other members (`id`, prices) are skipped
+/// unconverted: an echoed `id` may be a number no f64 holds, and is still JSON.
+#[derive(Deserialize)]
+struct Message {
+    #[serde(rename = "type")]
+    kind: String,
+    symbol: Option<String>,
+    seq: Option<u64>,
+    op: Option<String>,
+    symbols: Option<Vec<String>>,
+}
+
 /// What the client has seen, from the messages alone.
 #[derive(Default)]
 struct ClientView {
@@ -68,38 +80,35 @@ struct ClientView {
 
 impl ClientView {
     fn check_frame(&mut self, frame: &str) {
-        let Value::Array(messages) = serde_json::from_str::<Value>(frame).expect("frames are JSON")
-        else {
-            panic!("a frame is not a JSON array: {frame}");
-        };
+        let messages: Vec<Message> = serde_json::from_str(frame)
+            .unwrap_or_else(|e| panic!("a frame is not a JSON array of messages ({e}): {frame}"));
         assert!(!messages.is_empty(), "an empty frame");
         for m in messages {
-            let symbol = m["symbol"].as_str().map(str::to_string);
-            match (m["type"].as_str().expect("every message has a type"), symbol) {
-                ("ack", _) if m["op"] == "unsubscribe" => {
-                    for s in m["symbols"].as_array().unwrap() {
-                        self.snapshotted.remove(s.as_str().unwrap());
+            match (m.kind.as_str(), m.symbol) {
+                ("ack", _) if m.op.as_deref() == Some("unsubscribe") => {
+                    for s in m.symbols.expect("an ack lists its symbols") {
+                        self.snapshotted.remove(&s);
                     }
                 }
                 ("snapshot", Some(s)) => {
-                    let seq = m["seq"].as_u64().expect("seq");
+                    let seq = m.seq.expect("seq");
                     let last = self.last_seq.entry(s.clone()).or_default();
-                    assert!(seq >= *last, "a snapshot older than what was sent: {m}");
+                    assert!(seq >= *last, "a snapshot older than what was sent: {s} {seq}");
                     *last = seq;
                     self.snapshotted.insert(s);
                 }
                 ("update", Some(s)) => {
-                    assert!(self.snapshotted.contains(&s), "an update before its snapshot: {m}");
-                    let seq = m["seq"].as_u64().expect("seq");
-                    let last = self.last_seq.entry(s).or_default();
-                    assert!(seq > *last, "seq went backwards: {m}");
+                    assert!(self.snapshotted.contains(&s), "an update before its snapshot: {s}");
+                    let seq = m.seq.expect("seq");
+                    let last = self.last_seq.entry(s.clone()).or_default();
+                    assert!(seq > *last, "seq went backwards: {s} {seq}");
                     *last = seq;
                 }
                 ("status", Some(s)) => {
-                    assert!(self.snapshotted.contains(&s), "a status before its snapshot: {m}");
+                    assert!(self.snapshotted.contains(&s), "a status before its snapshot: {s}");
                 }
                 ("ack" | "error" | "pong" | "symbols", _) => {}
-                other => panic!("unexpected message {other:?}: {m}"),
+                (other, symbol) => panic!("unexpected message {other:?} for {symbol:?}: {frame}"),
             }
         }
     }
