@@ -533,7 +533,12 @@ impl Access {
     /// Counts a connection from `client` (a `client_key`) in, unless it already has
     /// `max_connections_per_ip` open.
     pub fn admit_ip(self: &Arc<Self>, client: IpAddr) -> Result<IpGuard, Refusal> {
-        admit(&self.per_ip, client, self.limits.max_per_ip, Refusal::PerIpLimit)?;
+        admit(
+            &self.per_ip,
+            client,
+            self.limits.max_per_ip,
+            Refusal::PerIpLimit,
+        )?;
         Ok(IpGuard {
             access: self.clone(),
             ip: client,
@@ -738,7 +743,10 @@ mod tests {
     fn ipv6_clients_count_per_prefix_and_credentials_per_key() {
         let a = access(AccessConfig {
             auth: AuthMode::ApiKey,
-            api_keys: vec![Secret::new("0123456789abcdef"), Secret::new("fedcba9876543210")],
+            api_keys: vec![
+                Secret::new("0123456789abcdef"),
+                Secret::new("fedcba9876543210"),
+            ],
             ..AccessConfig::default()
         });
         let key = |s: &str| a.client_key(s.parse().unwrap());
@@ -747,14 +755,20 @@ mod tests {
         assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
         let _g1 = a.admit_ip(key("2001:db8::1")).unwrap();
         let _g2 = a.admit_ip(key("2001:db8::2")).unwrap();
-        assert_eq!(a.admit_ip(key("2001:db8::3")).err(), Some(Refusal::PerIpLimit));
+        assert_eq!(
+            a.admit_ip(key("2001:db8::3")).err(),
+            Some(Refusal::PerIpLimit)
+        );
         assert!(a.admit_ip(key("2001:db8:0:1::3")).is_ok(), "another /64");
 
         let grant = a.authorize(Some("fedcba9876543210")).unwrap();
         assert_eq!(grant.credential, Some(Credential::ApiKey(1)));
         let t1 = a.admit_token(Credential::ApiKey(1)).unwrap();
         let _t2 = a.admit_token(Credential::ApiKey(1)).unwrap();
-        assert_eq!(a.admit_token(Credential::ApiKey(1)).err(), Some(Refusal::PerTokenLimit));
+        assert_eq!(
+            a.admit_token(Credential::ApiKey(1)).err(),
+            Some(Refusal::PerTokenLimit)
+        );
         assert!(a.admit_token(Credential::ApiKey(0)).is_ok(), "another key");
         drop(t1);
         assert!(a.admit_token(Credential::ApiKey(1)).is_ok());
@@ -770,11 +784,19 @@ mod tests {
             a.auth_failed(ip, t0);
         }
         assert_eq!(a.check_auth_throttle(ip, t0), Err(Refusal::AuthThrottled));
-        assert!(a.check_auth_throttle("10.0.0.10".parse().unwrap(), t0).is_ok());
+        assert!(a
+            .check_auth_throttle("10.0.0.10".parse().unwrap(), t0)
+            .is_ok());
         let later = t0 + Duration::from_secs(61);
-        assert!(a.check_auth_throttle(ip, later).is_ok(), "the window passed");
+        assert!(
+            a.check_auth_throttle(ip, later).is_ok(),
+            "the window passed"
+        );
         a.auth_failed(ip, later);
-        assert!(a.check_auth_throttle(ip, later).is_ok(), "counting starts again");
+        assert!(
+            a.check_auth_throttle(ip, later).is_ok(),
+            "counting starts again"
+        );
     }
 
     #[test]

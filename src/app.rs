@@ -319,7 +319,10 @@ async fn run(
         // A worker's share of `max_connections`, plus room to answer refusals (503, 429) and plain
         // HTTP: so that all workers together never hold more sockets than `raise_fd_limit` made
         // room for.
-        .max_concurrent_connections(per_worker_connections(config.limits.max_connections, workers))
+        .max_concurrent_connections(per_worker_connections(
+            config.limits.max_connections,
+            workers,
+        ))
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen("quotegw-public", listeners.public, move || {

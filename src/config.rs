@@ -183,7 +183,10 @@ impl Config {
             ("slow_consumer_timeout_ms", l.slow_consumer_timeout_ms),
             ("idle_timeout_ms", l.idle_timeout_ms),
             ("ping_interval_ms", l.ping_interval_ms),
-            ("max_connections_per_token", l.max_connections_per_token as u64),
+            (
+                "max_connections_per_token",
+                l.max_connections_per_token as u64,
+            ),
             ("auth_failures_per_ip", l.auth_failures_per_ip.into()),
             ("auth_failure_window_ms", l.auth_failure_window_ms),
         ];
@@ -331,7 +334,10 @@ mod tests {
     #[test]
     fn protected_mode_refuses_anonymous_access_off_loopback() {
         let e = err("listen = \"0.0.0.0:8080\"\n");
-        assert!(e.starts_with("my.toml: key 'access.auth': is \"off\" while listen = 0.0.0.0:8080"), "{e}");
+        assert!(
+            e.starts_with("my.toml: key 'access.auth': is \"off\" while listen = 0.0.0.0:8080"),
+            "{e}"
+        );
         assert!(e.contains("allow_anonymous = true"), "{e}");
         for ok in [
             "listen = \"0.0.0.0:8080\"\n[access]\nallow_anonymous = true\n",

@@ -469,14 +469,25 @@ mod tests {
         // 1 s later, 999 s before the next update may go: the halt, alone.
         let msgs = drain(&conn, &mut slots, t0 + Duration::from_secs(1));
         assert_eq!(msgs.len(), 1, "{msgs:?}");
-        assert_eq!((msgs[0]["type"].as_str(), msgs[0]["status"].as_str()), (Some("status"), Some("halted")));
+        assert_eq!(
+            (msgs[0]["type"].as_str(), msgs[0]["status"].as_str()),
+            (Some("status"), Some("halted"))
+        );
         // When due, the price, and the status is not sent twice.
         let mut frame = FrameBuilder::default();
-        let r = slots[0].emit(entry.read().as_ref(), t0 + Duration::from_secs(1000), &mut frame, &mut EmitStats::default());
+        let r = slots[0].emit(
+            entry.read().as_ref(),
+            t0 + Duration::from_secs(1000),
+            &mut frame,
+            &mut EmitStats::default(),
+        );
         assert_eq!(r, Emitted::Wrote);
         let msgs: Vec<serde_json::Value> = serde_json::from_str(&frame.take().unwrap()).unwrap();
         assert_eq!(msgs.len(), 1, "{msgs:?}");
-        assert_eq!((msgs[0]["type"].as_str(), msgs[0]["bid"].as_str()), (Some("update"), Some("1.01")));
+        assert_eq!(
+            (msgs[0]["type"].as_str(), msgs[0]["bid"].as_str()),
+            (Some("update"), Some("1.01"))
+        );
     }
 
     #[test]

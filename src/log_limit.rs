@@ -59,11 +59,7 @@ pub const QUOTED_MAX_CHARS: usize = 200;
 pub fn truncated(text: &str) -> Cow<'_, str> {
     match text.char_indices().nth(QUOTED_MAX_CHARS) {
         None => Cow::Borrowed(text),
-        Some((cut, _)) => Cow::Owned(format!(
-            "{}… ({} bytes in all)",
-            &text[..cut],
-            text.len()
-        )),
+        Some((cut, _)) => Cow::Owned(format!("{}… ({} bytes in all)", &text[..cut], text.len())),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `quotegw` binary: flags, config, logging, then run the gateway until SIGINT or SIGTERM.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -46,6 +47,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: a log file or journal gets plain text to grep.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let mut config = match &cli.config {

@@ -100,7 +100,7 @@ impl Metrics {
             feed_bad_lines: counter_vec("quotegw_feed_bad_lines_total", "Lines of a replayed file skipped as invalid (each logged with file:line).", &["feed"]),
             ticks_standby: counter_vec("quotegw_ticks_standby_total", "Ticks from a feed that is not the active source of their symbol (failover standby), kept as that feed's shadow quote.", &["feed"]),
             poll_requests: counter_vec("quotegw_poll_requests_total", "HTTP polls sent to the upstream, by feed.", &["feed"]),
-            poll_errors: counter_vec("quotegw_poll_errors_total", "Failed HTTP polls, by feed and kind (connect, timeout, status, body, decode, bad_quote: one quote of a good answer dropped).", &["feed", "kind"]),
+            poll_errors: counter_vec("quotegw_poll_errors_total", "Failed HTTP polls, by feed and kind (connect, timeout, status, redirect: refused to another host or from https to http, body, decode, bad_quote: one quote of a good answer dropped).", &["feed", "kind"]),
             poll_seconds: reg(&registry, HistogramVec::new(
                 HistogramOpts::new("quotegw_poll_seconds", "Duration of each HTTP poll, request to parsed body.")
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),

@@ -25,8 +25,7 @@ pub const SYMBOL_RULE: &str =
 /// subject without escaping surprises). Case is not checked: symbols are upper-cased after.
 pub fn valid_symbol(s: &str) -> bool {
     (1..=MAX_SYMBOL_LEN).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b','))
 }
 
@@ -128,10 +127,29 @@ mod tests {
 
     #[test]
     fn symbols_follow_the_contract() {
-        for ok in ["AAPL", "BRK.B", "a", "X".repeat(32).as_str(), "^GSPC", "EUR/USD", "ES=F"] {
+        for ok in [
+            "AAPL",
+            "BRK.B",
+            "a",
+            "X".repeat(32).as_str(),
+            "^GSPC",
+            "EUR/USD",
+            "ES=F",
+        ] {
             assert!(valid_symbol(ok), "{ok}");
         }
-        for bad in ["", " AAPL", "AA PL", "A\"B", "A\\B", "A,B", "A\nB", "É", "X".repeat(33).as_str(), "A\u{7f}"] {
+        for bad in [
+            "",
+            " AAPL",
+            "AA PL",
+            "A\"B",
+            "A\\B",
+            "A,B",
+            "A\nB",
+            "É",
+            "X".repeat(33).as_str(),
+            "A\u{7f}",
+        ] {
             assert!(!valid_symbol(bad), "{bad:?}");
         }
     }

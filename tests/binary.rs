@@ -188,7 +188,8 @@ async fn anonymous_access_off_loopback_must_be_chosen() {
     let gw = Logged::start(command);
     let port = gw.addr.rsplit(':').next().unwrap();
     let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/ws")).await;
-    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]})).await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL"]}))
+        .await;
     c.expect("ack").await;
     c.expect("snapshot").await;
 }
@@ -200,7 +201,9 @@ fn the_open_file_limit_is_raised_or_the_start_refused() {
     let under_ulimit = |ulimit: &str| {
         let mut c = Command::new("bash");
         c.arg("-c")
-            .arg(format!("ulimit {ulimit} && exec \"$0\" --listen 127.0.0.1:0"))
+            .arg(format!(
+                "ulimit {ulimit} && exec \"$0\" --listen 127.0.0.1:0"
+            ))
             .arg(env!("CARGO_BIN_EXE_quotegw"));
         c
     };
@@ -225,7 +228,9 @@ fn the_open_file_limit_is_raised_or_the_start_refused() {
     .parse()
     .unwrap_or(u64::MAX);
     if hard < 11_000 {
-        println!("hard limit {hard}: too low to start the default config; checked the refusal only");
+        println!(
+            "hard limit {hard}: too low to start the default config; checked the refusal only"
+        );
         return;
     }
     let gw = Logged::start(under_ulimit("-Sn 1024"));
@@ -266,17 +271,41 @@ async fn refusals_and_abuse_closes_are_logged_without_the_token() {
     assert_eq!(c.expect_close().await.0, 1009);
     let deadline = Instant::now() + support::DEADLINE;
     while !gw.lines().iter().any(|l| l.contains("connection closed")) {
-        assert!(Instant::now() < deadline, "no close logged: {:?}", gw.lines());
+        assert!(
+            Instant::now() < deadline,
+            "no close logged: {:?}",
+            gw.lines()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let lines = gw.lines();
-    assert!(lines.iter().all(|l| !l.contains(SECRET)), "a token in the log");
-    let refused: Vec<&String> = lines.iter().filter(|l| l.contains("upgrade refused")).collect();
-    println!("200 refusals → {} log lines; first: {}", refused.len(), refused[0]);
-    assert!(refused[0].contains("peer=127.0.0.1:") && refused[0].contains("reason=\"unauthorized\""), "{}", refused[0]);
+    assert!(
+        lines.iter().all(|l| !l.contains(SECRET)),
+        "a token in the log"
+    );
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("upgrade refused"))
+        .collect();
+    println!(
+        "200 refusals → {} log lines; first: {}",
+        refused.len(),
+        refused[0]
+    );
+    assert!(
+        refused[0].contains("peer=127.0.0.1:") && refused[0].contains("reason=\"unauthorized\""),
+        "{}",
+        refused[0]
+    );
     assert!(refused[0].contains("status=401"), "{}", refused[0]);
     assert!(refused.len() < 100, "rate-limited: {} lines", refused.len());
-    let closed = lines.iter().find(|l| l.contains("connection closed")).unwrap();
-    assert!(closed.contains("code=1009") && closed.contains("peer=127.0.0.1:"), "{closed}");
+    let closed = lines
+        .iter()
+        .find(|l| l.contains("connection closed"))
+        .unwrap();
+    assert!(
+        closed.contains("code=1009") && closed.contains("peer=127.0.0.1:"),
+        "{closed}"
+    );
     assert!(closed.contains("suppressed="), "{closed}");
 }

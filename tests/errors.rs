@@ -256,10 +256,7 @@ async fn frames_that_break_rfc_6455_close_with_1002() {
     let mut c = support::RawClient::connect(gw.addr).await;
     c.send_frame(true, 0x0, b"}").await.unwrap();
     let (_, close) = c.read_to_close().await;
-    assert_eq!(
-        close,
-        Some((1002, "continuation frame without a first fragment".to_string()))
-    );
+    assert_eq!(close.map(|c| c.0), Some(1002));
     // A reserved opcode.
     let mut c = support::RawClient::connect(gw.addr).await;
     c.send_frame(true, 0x3, b"x").await.unwrap();

@@ -46,21 +46,26 @@ async fn status(gw: &TestGateway, path: &str) -> u16 {
     upgrade(gw.addr, path, &[]).await.0
 }
 
-/// A client that stops reading holds at most about `send_buffer_bytes` × 2 (the kernel doubles
-/// the value for its bookkeeping) of unsent data in the kernel, instead of the MiBs autotuning
-/// grows to; the slow-consumer clock then starts as soon as that is full.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_clients_unsent_bytes_stay_under_send_buffer_bytes() {
-    const SNDBUF: u64 = 64 * 1024;
+/// The most one stalled client's connection holds unsent in the kernel with `send_buffer_bytes`:
+/// the kernel doubles the value for its bookkeeping and admits one more segment (up to 64 KiB on
+/// loopback) while under it.
+fn kernel_bound(send_buffer_bytes: u64) -> u64 {
+    2 * send_buffer_bytes + 64 * 1024
+}
+
+/// Fills a stalled client's connection and returns what the gateway's kernel holds for it.
+async fn stalled_send_queue(send_buffer_bytes: u64) -> u64 {
     let gw = start(
         &format!(
-            "[limits]\nsend_buffer_bytes = {SNDBUF}\nslow_consumer_timeout_ms = 600000\n\
+            "[limits]\nsend_buffer_bytes = {send_buffer_bytes}\nslow_consumer_timeout_ms = 600000\n\
              [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 500\nticks_per_second = 2000\nseed = 5\n"
         ),
         &[],
     );
-    gw.wait_metric("quotegw_ticks_received_total{feed=\"sim\"}", |v| v >= 5000.0)
-        .await;
+    gw.wait_metric("quotegw_ticks_received_total{feed=\"sim\"}", |v| {
+        v >= 5000.0
+    })
+    .await;
     let mut lister = gw.client().await;
     lister.send(json!({"op": "symbols"})).await;
     let all = lister.expect("symbols").await["symbols"].clone();
@@ -73,10 +78,23 @@ async fn a_stalled_clients_unsent_bytes_stay_under_send_buffer_bytes() {
     gw.wait_metric("quotegw_connections_stalled", |v| v == 1.0)
         .await;
     let client = c.tcp.local_addr().unwrap();
-    let queued = tcp_send_queue(gw.addr, client).expect("the gateway's side of the connection");
-    println!("stalled client: {queued} bytes unsent in the gateway's kernel send queue (limit {SNDBUF} × 2)");
-    assert!(queued > 0, "the socket is full");
-    assert!(queued <= 2 * SNDBUF, "{queued} bytes queued");
+    tcp_send_queue(gw.addr, client).expect("the gateway's side of the connection")
+}
+
+/// A client that stops reading holds about 2 × `send_buffer_bytes` of unsent data in the kernel,
+/// instead of the MiBs autotuning grows to; the slow-consumer clock starts once that is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_clients_unsent_bytes_stay_under_send_buffer_bytes() {
+    const SNDBUF: u64 = 64 * 1024;
+    let bounded = stalled_send_queue(SNDBUF).await;
+    let autotuned = stalled_send_queue(0).await;
+    println!(
+        "stalled client, bytes unsent in the gateway's kernel: {bounded} with send_buffer_bytes = \
+         {SNDBUF} (bound {}), {autotuned} autotuned",
+        kernel_bound(SNDBUF)
+    );
+    assert!(bounded > 0, "the socket is full");
+    assert!(bounded <= kernel_bound(SNDBUF), "{bounded} bytes queued");
 }
 
 /// One leaked key cannot take the whole gateway: `max_connections_per_token` per API key and per
@@ -236,13 +254,25 @@ async fn ping_and_continuation_floods_are_rate_limited_and_pongs_coalesced() {
 async fn symbols_outside_the_contract_are_refused_from_clients_and_feeds() {
     let gw = gateway("").await;
     let mut c = gw.client().await;
-    for bad in ["A B", "A,B", "A\"B", "A\\B", " AAPL", "", "ÄPFEL", &"X".repeat(33)] {
+    for bad in [
+        "A B",
+        "A,B",
+        "A\"B",
+        "A\\B",
+        " AAPL",
+        "",
+        "ÄPFEL",
+        &"X".repeat(33),
+    ] {
         c.send(json!({"op": "subscribe", "symbols": ["MSFT", bad]}))
             .await;
         let e = c.expect("error").await;
         assert_eq!(e["code"], "bad_request", "{bad:?}: {e}");
         let message = e["message"].as_str().unwrap();
-        assert!(message.contains("1-32 printable ASCII characters"), "{message}");
+        assert!(
+            message.contains("1-32 printable ASCII characters"),
+            "{message}"
+        );
     }
     // Nothing of those ops was applied: MSFT is not subscribed.
     assert!(c.sync("none").await.len() == 1);
@@ -257,7 +287,10 @@ async fn symbols_outside_the_contract_are_refused_from_clients_and_feeds() {
     )
     .await;
     c.send(json!({"op": "symbols"})).await;
-    assert_eq!(c.expect("symbols").await["symbols"], json!(["AAPL", "MSFT"]));
+    assert_eq!(
+        c.expect("symbols").await["symbols"],
+        json!(["AAPL", "MSFT"])
+    );
 }
 
 /// The HTTP poller follows no redirect to another host: reqwest would forward custom headers such
@@ -294,14 +327,22 @@ fields = {{ bid = "b", ask = "a", volume = "v" }}
     c.expect("ack").await;
     let snap = c.expect("snapshot").await;
     assert_eq!(snap["bid"], "1.00");
-    up.set(Mode::Redirect(format!("{}/v1/quotes?symbols=X", elsewhere.base)));
+    up.set(Mode::Redirect(format!(
+        "{}/v1/quotes?symbols=X",
+        elsewhere.base
+    )));
     let m = c.until(|m| m["type"] == "status").await;
     assert_eq!(m.last().unwrap()["status"], "stale");
     assert!(m.iter().all(|m| m.get("bid").is_none()), "{m:?}");
-    gw.wait_metric("quotegw_poll_errors_total{feed=\"up\",kind=\"redirect\"}", |v| v >= 1.0)
-        .await;
+    gw.wait_metric(
+        "quotegw_poll_errors_total{feed=\"up\",kind=\"redirect\"}",
+        |v| v >= 1.0,
+    )
+    .await;
     assert_eq!(
-        elsewhere.requests.load(std::sync::atomic::Ordering::Relaxed),
+        elsewhere
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
         0,
         "the other host saw no request (and no key)"
     );

@@ -130,7 +130,10 @@ impl HttpPollConfig {
             return Err(("symbols".into(), "list at least one symbol".into()));
         }
         if let Some(bad) = self.symbols.iter().find(|s| !valid_symbol(s)) {
-            return Err(("symbols".into(), format!("'{bad}' is not a symbol: {SYMBOL_RULE}")));
+            return Err((
+                "symbols".into(),
+                format!("'{bad}' is not a symbol: {SYMBOL_RULE}"),
+            ));
         }
         if self.batch_size == 0 {
             return Err(("batch_size".into(), "must be at least 1".into()));
@@ -571,7 +574,8 @@ impl Feed for HttpPollFeed {
                             batch.next_due = now + interval;
                             for e in &bad {
                                 error_counter("bad_quote").inc();
-                                if let Some(suppressed) = log_limit.admit(std::time::Instant::now()) {
+                                if let Some(suppressed) = log_limit.admit(std::time::Instant::now())
+                                {
                                     tracing::warn!(feed = %name, suppressed, "quote dropped: {}", truncated(e));
                                 }
                             }
@@ -707,7 +711,10 @@ mod tests {
         let ok = |a, b| redirect_allowed(&url(a), &url(b)).is_ok();
         assert!(ok("http://q.example/v1?s=A", "http://q.example/v2?s=A"));
         assert!(ok("https://q.example/v1", "https://q.example:443/v2"));
-        assert!(ok("http://q.example/v1", "https://q.example/v1"), "the usual upgrade");
+        assert!(
+            ok("http://q.example/v1", "https://q.example/v1"),
+            "the usual upgrade"
+        );
         assert!(!ok("http://q.example:8080/v1", "https://q.example:8443/v1"));
         assert!(!ok("https://q.example/v1", "http://q.example/v1"));
         assert!(!ok("http://q.example/v1", "http://evil.example/v1"));

@@ -148,11 +148,7 @@ impl Session {
                 let all = self.shared.index.symbols_sorted();
                 let grant = &self.grant;
                 self.frame.push(|s| {
-                    encode_symbols(
-                        s,
-                        id,
-                        all.iter().map(|s| &**s).filter(|s| grant.allows(s)),
-                    )
+                    encode_symbols(s, id, all.iter().map(|s| &**s).filter(|s| grant.allows(s)))
                 });
                 None
             }

@@ -535,7 +535,9 @@ impl RawClient {
         opcode: u8,
         payload: &[u8],
     ) -> std::io::Result<()> {
-        self.tcp.write_all(&masked_frame(fin, opcode, payload)).await
+        self.tcp
+            .write_all(&masked_frame(fin, opcode, payload))
+            .await
     }
 
     /// Reads server frames until a close frame or the end of the connection; returns the frames and
