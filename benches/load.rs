@@ -12,6 +12,8 @@
 //! against quotegw or a peer (benches/peers/); benches/compare.sh runs all of them, see
 //! docs/benchmarks.md. Every phase is bounded (setup 60 s, teardown 20 s, 10 s per handshake), so a
 //! server that cannot keep up yields a report, never a hang.
+//! `QUOTEGW_LOAD_LIMITS` adds lines to the gateway's `[limits]` (to compare settings on one
+//! workload, e.g. `QUOTEGW_LOAD_LIMITS="send_buffer_bytes = 0"`).
 //! `cargo bench --bench load -- --help` lists every flag. Each run prints a readable table and one JSON
 //! line (prefixed `RESULT `). The server runs on core 0 and the harness on core 1 (`taskset`) unless
 //! `--no-pin`. Under `cargo test` (no `--bench` argument) it runs a few-second smoke run that asserts
@@ -319,11 +321,15 @@ impl Server {
                         c.universe, c.rate
                     ),
                 };
+                // Lines for [limits] to compare settings on the same workload, e.g.
+                // QUOTEGW_LOAD_LIMITS="send_buffer_bytes = 0".
+                let extra = std::env::var("QUOTEGW_LOAD_LIMITS").unwrap_or_default();
                 std::fs::write(
                     &config,
                     format!(
                         "listen = \"127.0.0.1:{port}\"\nworkers = {}\n[limits]\nmax_connections = 100000\n\
-                         max_connections_per_ip = 100000\nmax_symbols_per_connection = 100000\n[[feeds]]\n{feed}",
+                         max_connections_per_ip = 100000\nmax_connections_per_token = 100000\n\
+                         max_symbols_per_connection = 100000\n{extra}\n[[feeds]]\n{feed}",
                         c.workers
                     ),
                 )

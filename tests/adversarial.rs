@@ -157,10 +157,27 @@ async fn subscription_floods_are_refused_whole() {
         (Some("too_many_symbols"), Some(1))
     );
 
+    // Symbols longer than the contract's 32 characters: refused whole, naming the rule.
     let long: Vec<String> = (0..100)
         .map(|i| format!("{i}{}", "X".repeat(300)))
         .collect();
     c.send(json!({"op": "subscribe", "id": 2, "symbols": long}))
+        .await;
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_i64()),
+        (Some("bad_request"), Some(2))
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("1-32 printable ASCII"),
+        "{e}"
+    );
+    // Served-looking but unknown symbols: each rejected in the ack.
+    let unknown: Vec<String> = (0..100).map(|i| format!("NOPE{i}")).collect();
+    c.send(json!({"op": "subscribe", "id": 3, "symbols": unknown}))
         .await;
     let ack = c.expect("ack").await;
     assert_eq!(ack["symbols"], json!([]));

@@ -414,6 +414,74 @@ async fn api_keys_come_from_the_environment_reach_the_upstream_and_never_the_log
     );
 }
 
+/// A hostile upstream cannot fill the log: a quote whose bad value is a megabyte long, polled every
+/// 50 ms, is logged cut short, a few lines and then about one a second, each saying how many were
+/// held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_upstreams_values_are_logged_short_and_rate_limited() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let huge = "9".repeat(1 << 20);
+    let up = Upstream::start(&body(&[("AAPL", &format!("\"{huge}x\""), "\"1.01\"")])).await;
+    let dir = std::env::temp_dir().join(format!("quotegw-poll-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("poll.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\n{}",
+            poll_feed("up", &up.base, r#"["AAPL"]"#)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quotegw"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    // 60 polls, each with the bad quote.
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    while up.requests.load(std::sync::atomic::Ordering::Relaxed) < 60 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream was not polled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = reader.join().unwrap();
+    let dropped: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("quote dropped"))
+        .collect();
+    let longest = lines.iter().map(String::len).max().unwrap_or(0);
+    println!(
+        "{} polls of a 1 MiB bad value: {} 'quote dropped' lines, the longest log line {longest} bytes",
+        up.requests.load(std::sync::atomic::Ordering::Relaxed),
+        dropped.len()
+    );
+    assert!(!dropped.is_empty(), "the bad quote is logged");
+    assert!(longest < 1000, "log lines are cut short: {longest} bytes");
+    assert!(dropped.len() < 30, "rate-limited: {} lines", dropped.len());
+    assert!(
+        dropped
+            .iter()
+            .any(|l| l.contains("suppressed=") && !l.contains("suppressed=0")),
+        "a line says how many were held back"
+    );
+}
+
 crate::with_one_and_two_workers!(
     failover_follows_the_primary_and_seq_keeps_growing,
     fail_back_publishes_the_recovering_feeds_fresh_quote_never_its_old_or_empty_one,

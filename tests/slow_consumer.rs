@@ -103,20 +103,29 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
         mib(rss_max - rss_start)
     );
 
+    // The fast client goes on reading from here on: one that stopped for the seconds below would
+    // be a slow consumer too (its kernel buffers hold well under a second of this feed).
     // The first slow client reads again: it gets what was buffered, then the 4008 close.
-    let (code, reason) = slow[0].expect_close().await;
+    let (code, reason) = while_reading(&mut fast, slow[0].expect_close()).await;
     assert_eq!((code, reason.as_str()), (4008, "slow consumer"));
 
     // The second never reads: after the close grace the gateway tears the socket down, its place in
     // max_connections is freed, and reading it now ends without a close frame.
-    gw.wait_metric("quotegw_connections", |v| v == 1.0).await;
+    while_reading(
+        &mut fast,
+        gw.wait_metric("quotegw_connections", |v| v == 1.0),
+    )
+    .await;
     let mut c: Client = slow.pop().unwrap();
-    let end = loop {
-        match c.try_next().await {
-            Ok(_) => continue,
-            Err(e) => break e,
+    let end = while_reading(&mut fast, async {
+        loop {
+            match c.try_next().await {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
         }
-    };
+    })
+    .await;
     assert!(
         matches!(end, Closed::NoCloseFrame(_)),
         "socket torn down, got {end:?}"
@@ -132,6 +141,17 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
         .await;
     let last = m.last().expect("until returns the match last");
     assert_eq!(last["type"], "update", "{last}");
+}
+
+/// Runs `work` while reading (and dropping) what `fast` is sent.
+async fn while_reading<T>(fast: &mut Client, work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = fast.next() => {}
+        }
+    }
 }
 
 crate::with_one_and_two_workers!(

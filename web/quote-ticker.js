@@ -68,7 +68,9 @@
 //   updates before the snapshot and any seq that is not greater than the last one applied.
 // - Shows prices exactly as the decimal strings the gateway sent; up/down flashes compare them as
 //   decimals (never as binary floats).
-// - Shows live/stale/halted per symbol, the connection state, and the symbols the gateway rejected.
+// - Shows live/stale/halted per symbol, the connection state, and the symbols the gateway rejected;
+//   a string that is not a symbol by the protocol's rule (1–32 printable ASCII characters other than
+//   space, '"', '\' and ',') is shown as rejected ("bad_request") without being sent.
 // - Reconnects and subscribes again. How soon depends on how the socket ended:
 //   - 1001 (the gateway is shutting down or restarting): after a uniformly random delay in
 //     [0, 5 s] ("full jitter"; the window grows with the backoff below when a gateway keeps doing
@@ -100,6 +102,8 @@
 // - element.rejectedSymbols: [{ symbol, code }].
 // - Every value cell carries data-symbol, data-field and data-value (the raw value as received).
 
+// PROTOCOL.md: a symbol is 1–32 printable ASCII characters other than space, '"', '\' and ','.
+const SYMBOL_RULE = /^[\x21\x23-\x2B\x2D-\x5B\x5D-\x7E]{1,32}$/;
 const DEFAULT_FIELDS = ["bid", "ask", "last", "volume"];
 const PRICE_FIELDS = new Set(["bid", "ask", "last"]);
 const INTEGER_FIELDS = new Set(["bid_size", "ask_size", "last_size", "volume"]);
@@ -335,13 +339,25 @@ class Connection {
   }
 
   retain(symbols) {
+    let rejectedChanged = false;
     for (const s of symbols) {
       const n = this.refs.get(s) || 0;
       this.refs.set(s, n + 1);
-      if (n === 0) {
-        this.toUnsubscribe.delete(s);
-        if (!this.subscribed.has(s)) this.toSubscribe.add(s);
+      if (n !== 0) continue;
+      if (!SYMBOL_RULE.test(s)) {
+        // Not a symbol by the protocol's rule: the gateway would refuse the whole op (bad_request)
+        // with the good symbols in it, so it is shown as rejected here and never sent.
+        this.rejected.set(s, "bad_request");
+        rejectedChanged = true;
+        continue;
       }
+      this.toUnsubscribe.delete(s);
+      if (!this.subscribed.has(s)) this.toSubscribe.add(s);
+    }
+    if (rejectedChanged) {
+      queueMicrotask(() => {
+        for (const w of this.widgets) w._quotesChanged(new Set(), true);
+      });
     }
     this.queueFlush();
   }

@@ -70,6 +70,9 @@ const SHORT_TOKEN_S = 3;
 const LONG_TOKEN_S = 3600;
 
 const XSS_SYMBOL = "<img src=x onerror=window.__xss=1>";
+// Hostile too, but a symbol by the protocol's rule (no space, quote, backslash or comma): the widget
+// sends it, and the gateway echoes it back in `ack.rejected`.
+const XSS_SYMBOL_SENT = "<svg/onload=window.__xss=2>";
 // What the gateway serves from web/: (route, content type, file).
 const WEB_ASSETS = [
   ["/", "text/html", "web/index.html"],
@@ -366,8 +369,8 @@ function pageHelpers() {
     },
 
     shadowImgCount() {
-      let n = document.querySelectorAll("img").length;
-      for (const w of document.querySelectorAll("*")) if (w.shadowRoot) n += w.shadowRoot.querySelectorAll("img").length;
+      let n = document.querySelectorAll("img, svg").length;
+      for (const w of document.querySelectorAll("*")) if (w.shadowRoot) n += w.shadowRoot.querySelectorAll("img, svg").length;
       return n;
     },
   };
@@ -610,31 +613,37 @@ async function main(state, { bin, config, shots }, chromium) {
 
   // 6. A hostile symbol is text, runs nothing, and opens no extra socket.
   const socketsBefore = widgetSockets().length;
-  await page.evaluate((symbol) => {
+  await page.evaluate(([symbol, sent]) => {
     for (const layout of ["grid", "tape"]) {
       const w = document.createElement("quote-ticker");
       w.id = `xss-${layout}`;
       w.setAttribute("layout", layout);
-      w.setAttribute("symbols", `AAPL,${symbol}`);
+      w.setAttribute("symbols", `AAPL,${symbol},${sent}`);
       document.querySelector("main").append(w);
     }
-  }, XSS_SYMBOL);
-  await waitFor("the hostile symbol in the rejected list of both new widgets", async () => {
+  }, [XSS_SYMBOL, XSS_SYMBOL_SENT]);
+  await waitFor("the hostile symbols in the rejected list of both new widgets", async () => {
     const v = await read();
     const texts = ["xss-grid", "xss-tape"].map((id) => v[id] && v[id].rejectedText);
-    return { ok: texts.every((t) => t && t.toLowerCase().includes(XSS_SYMBOL.toLowerCase())), detail: texts };
+    const shows = (t) => t && [XSS_SYMBOL, XSS_SYMBOL_SENT].every((x) => t.toLowerCase().includes(x.toLowerCase()));
+    return { ok: texts.every(shows), detail: texts };
   });
   await sleep(500);
   const xss = await page.evaluate(() => ({ flag: window.__xss, imgs: window.__qtTest.shadowImgCount() }));
-  if (xss.flag !== undefined) fail(`the symbol ${XSS_SYMBOL} ran script (window.__xss = ${xss.flag})`);
-  if (xss.imgs !== 0) fail(`the symbol ${XSS_SYMBOL} became markup: ${xss.imgs} <img> element(s) on the page`);
+  if (xss.flag !== undefined) fail(`a hostile symbol ran script (window.__xss = ${xss.flag})`);
+  if (xss.imgs !== 0) fail(`a hostile symbol became markup: ${xss.imgs} <img>/<svg> element(s) on the page`);
   const rejected = await page.evaluate(() => document.getElementById("xss-grid").rejectedSymbols);
-  if (rejected.length !== 1 || rejected[0].code !== "unknown_symbol") fail(`rejectedSymbols = ${JSON.stringify(rejected)}, want one unknown_symbol`);
+  // The one with spaces is not a symbol by the protocol's rule: rejected by the widget itself, never
+  // sent (the gateway would refuse the whole op, AAPL with it). The other comes back from the gateway.
+  const codes = Object.fromEntries(rejected.map((r) => [r.symbol, r.code]));
+  if (rejected.length !== 2 || codes[XSS_SYMBOL.toUpperCase()] !== "bad_request" || codes[XSS_SYMBOL_SENT.toUpperCase()] !== "unknown_symbol") {
+    fail(`rejectedSymbols = ${JSON.stringify(rejected)}, want ${XSS_SYMBOL} bad_request and ${XSS_SYMBOL_SENT} unknown_symbol`);
+  }
   const xssView = (await read())["xss-grid"];
   if (!xssView.quotes.AAPL || !decimal.test(xssView.quotes.AAPL.last.text)) fail("the valid symbol next to the hostile one shows no price");
   if (widgetSockets().length !== socketsBefore) fail("adding widgets opened another WebSocket");
   await page.evaluate(() => ["xss-grid", "xss-tape"].forEach((id) => document.getElementById(id).remove()));
-  ok(`symbol ${XSS_SYMBOL} is listed as rejected text in both layouts; no script ran, no <img>, no new socket`);
+  ok(`symbols ${XSS_SYMBOL} (refused by the widget) and ${XSS_SYMBOL_SENT} (by the gateway) are listed as rejected text in both layouts; no script ran, no <img>/<svg>, no new socket`);
 
   // 6b. The widget embedded by a page on ANOTHER origin (origin A, the embed server), from the
   //     gateway's URL, as a trading UI on its own site embeds it. Module scripts are always fetched
