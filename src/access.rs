@@ -66,8 +66,9 @@ pub enum AuthMode {
 pub struct AccessConfig {
     /// The one switch: "off", "api_key" or "jwt".
     pub auth: AuthMode,
-    /// (auth = "api_key") accepted keys, each a value or "${ENV_VAR}".
-    pub api_keys: Vec<Secret>,
+    /// (auth = "api_key") accepted keys, each a value or "${ENV_VAR}", or a table
+    /// `{ key = "...", tier = "delayed" }` giving the key its entitlement tier.
+    pub api_keys: Vec<ApiKeyEntry>,
     /// (auth = "jwt") the HS256 shared secret, a value or "${ENV_VAR}".
     pub jwt_hs256_secret: Option<Secret>,
     /// (auth = "jwt") a PEM file with the RS256 public key.
@@ -110,6 +111,112 @@ impl Default for AccessConfig {
     }
 }
 
+/// One `api_keys` entry: a key, or a key with its tier.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ApiKeyEntry {
+    Key(Secret),
+    WithTier { key: Secret, tier: Tier },
+}
+
+impl ApiKeyEntry {
+    fn parts(&self) -> (&Secret, Option<Tier>) {
+        match self {
+            ApiKeyEntry::Key(k) => (k, None),
+            ApiKeyEntry::WithTier { key, tier } => (key, Some(*tier)),
+        }
+    }
+}
+
+impl From<Secret> for ApiKeyEntry {
+    fn from(key: Secret) -> ApiKeyEntry {
+        ApiKeyEntry::Key(key)
+    }
+}
+
+/// An entitlement tier: how fresh the data a credential may see is. Exchanges license real-time
+/// data per user; delayed and snapshot-rate data are licensed apart and shown to users without
+/// real-time rights.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Every tick as it happens.
+    #[default]
+    Realtime,
+    /// Every message shows the quote as it was `[tiers.delayed] delay_ms` ago.
+    Delayed,
+    /// At most one update per symbol per `[tiers.throttled] interval_ms`.
+    Throttled,
+}
+
+impl Tier {
+    fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "realtime" => Some(Tier::Realtime),
+            "delayed" => Some(Tier::Delayed),
+            "throttled" => Some(Tier::Throttled),
+            _ => None,
+        }
+    }
+}
+
+/// `[tiers]` in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TiersConfig {
+    /// The tier of a credential that names none (and of every client with `auth = "off"`).
+    pub default: Tier,
+    /// (auth = "jwt") the claim naming a token's tier.
+    pub jwt_claim: String,
+    /// The delayed tier. Absent: it is not offered (a credential naming it is refused) and the
+    /// index keeps no history.
+    pub delayed: Option<DelayedTierConfig>,
+    pub throttled: ThrottledTierConfig,
+}
+
+impl Default for TiersConfig {
+    fn default() -> Self {
+        TiersConfig {
+            default: Tier::Realtime,
+            jwt_claim: "tier".into(),
+            delayed: None,
+            throttled: ThrottledTierConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelayedTierConfig {
+    /// How old what a delayed client sees is, ms (15 minutes, the common exchange rule).
+    pub delay_ms: u64,
+    /// The history keeps a symbol's latest state per bucket of this many ms: ticks within one
+    /// bucket reach a delayed client merged.
+    pub granularity_ms: u64,
+}
+
+impl Default for DelayedTierConfig {
+    fn default() -> Self {
+        DelayedTierConfig {
+            delay_ms: 900_000,
+            granularity_ms: 250,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottledTierConfig {
+    /// At most one update per symbol per this many ms, whatever `max_hz` asks.
+    pub interval_ms: u64,
+}
+
+impl Default for ThrottledTierConfig {
+    fn default() -> Self {
+        ThrottledTierConfig { interval_ms: 1000 }
+    }
+}
+
 /// Clock skew tolerated on a JWT's `exp` and `nbf` by default: seconds of difference between the
 /// issuer's clock and ours are normal; minutes are a misconfigured clock.
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
@@ -118,6 +225,8 @@ pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
 pub enum AccessError {
     #[error("access.{key}: {message}")]
     Config { key: &'static str, message: String },
+    #[error("tiers: {0}")]
+    Tiers(String),
 }
 
 /// Why an upgrade was refused; the `reason` label of `quotegw_connections_refused_total`.
@@ -187,6 +296,8 @@ pub struct Grant {
     pub symbols: Option<Vec<String>>,
     /// Who the token is (`None` with `auth = "off"`).
     pub credential: Option<Credential>,
+    /// What the token may see.
+    pub tier: Tier,
 }
 
 impl Grant {
@@ -210,7 +321,8 @@ impl Grant {
 
 enum Verifier {
     Off,
-    ApiKeys(Vec<Vec<u8>>),
+    /// Each key with its tier.
+    ApiKeys(Vec<(Vec<u8>, Tier)>),
     Jwt(Box<JwtVerifier>),
 }
 
@@ -220,6 +332,7 @@ struct JwtVerifier {
     symbols_claim: String,
     require_symbols_claim: bool,
     leeway: Duration,
+    tier_claim: String,
 }
 
 /// The per-client limits `Access` applies (from `[limits]`).
@@ -264,26 +377,45 @@ pub struct Access {
     verifier: Verifier,
     allowed_origins: Vec<String>,
     limits: ClientLimits,
+    default_tier: Tier,
+    delayed_offered: bool,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     per_token: Mutex<HashMap<Credential, usize>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
 }
 
 impl Access {
-    pub fn new(config: &AccessConfig, limits: ClientLimits) -> Result<Access, AccessError> {
+    pub fn new(
+        config: &AccessConfig,
+        limits: ClientLimits,
+        tiers: &TiersConfig,
+    ) -> Result<Access, AccessError> {
+        let delayed_offered = tiers.delayed.is_some();
+        if tiers.default == Tier::Delayed && !delayed_offered {
+            return Err(AccessError::Tiers(
+                "default = \"delayed\" needs a [tiers.delayed] table".into(),
+            ));
+        }
         let verifier = match config.auth {
             AuthMode::Off => Verifier::Off,
             AuthMode::ApiKey => {
                 let keys = config
                     .api_keys
                     .iter()
-                    .map(|k| k.resolve().map(String::into_bytes))
+                    .map(|entry| {
+                        let (key, tier) = entry.parts();
+                        let tier = tier.unwrap_or(tiers.default);
+                        if tier == Tier::Delayed && !delayed_offered {
+                            return Err("a key with tier = \"delayed\" needs a [tiers.delayed] table".to_string());
+                        }
+                        key.resolve().map(|k| (k.into_bytes(), tier))
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|message| AccessError::Config {
                         key: "api_keys",
                         message,
                     })?;
-                if keys.is_empty() || keys.iter().any(|k| k.len() < 16) {
+                if keys.is_empty() || keys.iter().any(|(k, _)| k.len() < 16) {
                     return Err(AccessError::Config {
                         key: "api_keys",
                         message: "list at least one key of 16 or more characters".into(),
@@ -349,6 +481,7 @@ impl Access {
                     symbols_claim: config.jwt_symbols_claim.clone(),
                     require_symbols_claim: config.jwt_require_symbols_claim,
                     leeway: Duration::from_secs(config.jwt_leeway_secs),
+                    tier_claim: tiers.jwt_claim.clone(),
                 }))
             }
         };
@@ -356,6 +489,8 @@ impl Access {
             verifier,
             allowed_origins: config.allowed_origins.clone(),
             limits,
+            default_tier: tiers.default,
+            delayed_offered,
             per_ip: Mutex::new(HashMap::new()),
             per_token: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -393,21 +528,26 @@ impl Access {
     /// The token check: `token` from `?token=` or `Authorization: Bearer`.
     pub fn authorize(&self, token: Option<&str>) -> Result<Grant, Refusal> {
         match &self.verifier {
-            Verifier::Off => Ok(Grant::default()),
+            Verifier::Off => Ok(Grant {
+                tier: self.default_tier,
+                ..Grant::default()
+            }),
             Verifier::ApiKeys(keys) => {
                 let token = token.ok_or(Refusal::Unauthorized)?.as_bytes();
                 // Every key is compared, in constant time per key, so the answer's timing does not
                 // tell which key (or how much of one) matched.
                 let mut matched = subtle::Choice::from(0);
                 let mut index = 0u64;
-                for (i, k) in keys.iter().enumerate() {
+                for (i, (k, _)) in keys.iter().enumerate() {
                     let eq = k.as_slice().ct_eq(token);
                     index.conditional_assign(&(i as u64), eq);
                     matched |= eq;
                 }
                 if bool::from(matched) {
+                    let index = index as usize;
                     Ok(Grant {
-                        credential: Some(Credential::ApiKey(index as usize)),
+                        credential: Some(Credential::ApiKey(index)),
+                        tier: keys[index].1,
                         ..Grant::default()
                     })
                 } else {
@@ -421,6 +561,7 @@ impl Access {
                     symbols_claim,
                     require_symbols_claim,
                     leeway,
+                    tier_claim,
                 } = jwt.as_ref();
                 let token = token.ok_or(Refusal::Unauthorized)?;
                 let data = jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(
@@ -462,10 +603,19 @@ impl Access {
                         Credential::Token(h.finish())
                     }
                 };
+                let tier = match data.claims.get(tier_claim) {
+                    None => self.default_tier,
+                    Some(v) => v
+                        .as_str()
+                        .and_then(Tier::parse)
+                        .filter(|t| *t != Tier::Delayed || self.delayed_offered)
+                        .ok_or(Refusal::Unauthorized)?,
+                };
                 Ok(Grant {
                     expires_at: Some(expires_at),
                     symbols,
                     credential: Some(credential),
+                    tier,
                 })
             }
         }
@@ -630,7 +780,7 @@ pub fn token_of(query: &str, authorization: Option<&str>) -> Option<String> {
     })
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -668,7 +818,7 @@ mod tests {
     }
 
     fn access(config: AccessConfig) -> Arc<Access> {
-        Arc::new(Access::new(&config, limits()).unwrap())
+        Arc::new(Access::new(&config, limits(), &TiersConfig::default()).unwrap())
     }
 
     #[test]
@@ -676,8 +826,8 @@ mod tests {
         let a = access(AccessConfig {
             auth: AuthMode::ApiKey,
             api_keys: vec![
-                Secret::new("0123456789abcdef"),
-                Secret::new("fedcba9876543210"),
+                Secret::new("0123456789abcdef").into(),
+                Secret::new("fedcba9876543210").into(),
             ],
             ..AccessConfig::default()
         });
@@ -690,10 +840,11 @@ mod tests {
         assert!(Access::new(
             &AccessConfig {
                 auth: AuthMode::ApiKey,
-                api_keys: vec![Secret::new("short")],
+                api_keys: vec![Secret::new("short").into()],
                 ..AccessConfig::default()
             },
-            limits()
+            limits(),
+            &TiersConfig::default()
         )
         .is_err());
     }
@@ -724,6 +875,7 @@ mod tests {
             expires_at: None,
             symbols: Some(vec!["AAPL".into(), "NV*".into()]),
             credential: None,
+            tier: Tier::Realtime,
         };
         assert!(g.allows("AAPL") && g.allows("NVDA") && !g.allows("MSFT") && !g.allows("AAP"));
         assert!(Grant::default().allows("ANY"));
@@ -744,8 +896,8 @@ mod tests {
         let a = access(AccessConfig {
             auth: AuthMode::ApiKey,
             api_keys: vec![
-                Secret::new("0123456789abcdef"),
-                Secret::new("fedcba9876543210"),
+                Secret::new("0123456789abcdef").into(),
+                Secret::new("fedcba9876543210").into(),
             ],
             ..AccessConfig::default()
         });

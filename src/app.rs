@@ -10,13 +10,15 @@
 //! 5 s.
 
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix_http::HttpService;
-use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_http::KeepAlive;
+use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App, HttpServer};
 use thiserror::Error;
@@ -27,9 +29,10 @@ use crate::access::{Access, ClientLimits};
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::http::{ops_routes, routes, upgrade, AppState};
-use crate::index::Index;
+use crate::index::{HistoryConfig, Index};
 use crate::metrics::Metrics;
-use crate::session::SessionShared;
+use crate::session::{sse, SessionShared};
+use tokio::net::TcpStream;
 
 /// How long actix waits for connections after the shutdown signal; sessions close with 1001 within
 /// about a second (their close grace), so this is a backstop that keeps exit under 5 s.
@@ -114,6 +117,7 @@ impl Gateway {
         let access = Arc::new(Access::new(
             &self.config.access,
             ClientLimits::from_config(&self.config.limits),
+            &self.config.tiers,
         )?);
         let addr = self.config.listen_addr().map_err(StartError::Listen)?;
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
@@ -254,7 +258,14 @@ async fn run(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let names: Vec<String> = feeds.iter().map(|f| f.name().to_string()).collect();
-    let index = Arc::new(Index::new(&names, metrics.clone()));
+    let mut index = Index::new(&names, metrics.clone());
+    if let Some(delayed) = &config.tiers.delayed {
+        index.keep_history(HistoryConfig {
+            keep_ms: delayed.delay_ms as i64,
+            granularity_ms: delayed.granularity_ms as i64,
+        });
+    }
+    let index = Arc::new(index);
     for feed in &feeds {
         for symbol in feed.symbols() {
             index.register(symbol);
@@ -300,6 +311,7 @@ async fn run(
             index,
             metrics,
             limits: config.limits.clone(),
+            tiers: config.tiers.clone(),
             shutdown: shutdown.clone(),
             connections: AtomicUsize::new(0),
         }),
@@ -333,10 +345,13 @@ async fn run(
                 .map_err(|e| e.error_response());
             let upgrade_state = public_state.clone();
             let draining = draining.clone();
-            HttpService::build()
+            let http = HttpService::build()
                 // A client must finish its request within this (slow-loris handshakes are dropped).
                 .client_request_timeout(handshake_timeout)
-                // Idle keep-alive connections close when shutdown starts.
+                // One request per connection: so that `/v1/stream` is always a connection's first
+                // request, which `sse::is_stream_request` can see (a reverse proxy in front keeps
+                // connections to clients alive).
+                .keep_alive(KeepAlive::Disabled)
                 .graceful_shutdown_signal(move || {
                     let draining = draining.clone();
                     async move { draining.notified().await }
@@ -347,7 +362,28 @@ async fn run(
                 // AppConfig only feeds URL generation and connection_info's fallback host, neither
                 // of which the routes use.
                 .h1(map_config(app, |()| AppConfig::default()))
-                .tcp()
+                .tcp();
+            // A connection whose first request is `GET /v1/stream` is an SSE session that owns its
+            // socket (`session/sse.rs`); every other goes to actix-http.
+            let stream_state = public_state.clone();
+            fn_factory(move || {
+                let http = http.new_service(());
+                let stream_state = stream_state.clone();
+                async move {
+                    let http = Rc::new(http.await?);
+                    Ok::<_, ()>(fn_service(move |io: TcpStream| {
+                        let (http, state) = (http.clone(), stream_state.clone());
+                        async move {
+                            if sse::is_stream_request(&io, handshake_timeout).await {
+                                sse::serve(io, state).await;
+                                Ok(())
+                            } else {
+                                http.call(io).await
+                            }
+                        }
+                    }))
+                }
+            })
         })?
         .run();
     let mut handles = vec![server.handle()];

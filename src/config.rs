@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::access::{AccessConfig, AuthMode};
+use crate::access::{AccessConfig, AuthMode, Tier, TiersConfig};
 use crate::feed::FeedConfig;
 
 /// The default config, embedded so that `quotegw` with no flags runs exactly what
@@ -49,6 +49,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub access: AccessConfig,
+    #[serde(default)]
+    pub tiers: TiersConfig,
     #[serde(default)]
     pub feeds: Vec<FeedConfig>,
 }
@@ -219,6 +221,7 @@ impl Config {
                 "must be between 256 and 16777216".into(),
             ));
         }
+        self.check_tiers()?;
         let mut names = std::collections::HashSet::new();
         for (i, feed) in self.feeds.iter().enumerate() {
             let name = feed.name();
@@ -249,6 +252,36 @@ impl Config {
                      it could connect. Set [access] auth = \"api_key\" or \"jwt\", or \
                      allow_anonymous = true to serve anyone on purpose"
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_tiers(&self) -> Result<(), (String, String)> {
+        let t = &self.tiers;
+        if let Some(d) = &t.delayed {
+            if d.delay_ms == 0 || d.delay_ms > 86_400_000 {
+                return Err((
+                    "tiers.delayed.delay_ms".into(),
+                    "must be between 1 and 86400000 (a day)".into(),
+                ));
+            }
+            if !(10..=d.delay_ms.max(10)).contains(&d.granularity_ms) {
+                return Err((
+                    "tiers.delayed.granularity_ms".into(),
+                    "must be at least 10 and at most delay_ms".into(),
+                ));
+            }
+        } else if t.default == Tier::Delayed {
+            return Err((
+                "tiers.default".into(),
+                "is \"delayed\", which needs a [tiers.delayed] table".into(),
+            ));
+        }
+        if !(1..=3_600_000).contains(&t.throttled.interval_ms) {
+            return Err((
+                "tiers.throttled.interval_ms".into(),
+                "must be between 1 and 3600000".into(),
             ));
         }
         Ok(())

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
-use crate::delta::{encode_snapshot, encode_status, encode_update};
+use crate::delta::{encode_snapshot, encode_status, encode_update, with_delayed_ms};
 use crate::index::{Subscription, SymbolEntry};
 use crate::model::{Quote, Status};
-use crate::protocol::FrameBuilder;
+use crate::frame::FrameBuilder;
 
 /// Locks a std mutex, ignoring poisoning: every critical section in the pipeline is a plain copy or a
 /// push that leaves the data consistent even if a panic unwound through it.
@@ -45,6 +45,11 @@ pub struct Published {
 #[derive(Clone, Debug)]
 pub struct Recent {
     pub frame: ByteString,
+    /// Bytes of the update object in `frame` (0: a status-only change), so that an SSE stream can
+    /// take the messages apart without parsing.
+    pub update_len: u32,
+    /// The symbol's `seq` after the change.
+    pub seq: u64,
     /// When the tick entered the index; `None` for a status-only change (no update in it).
     pub tick_in: Option<Instant>,
 }
@@ -149,8 +154,40 @@ pub struct EmitStats {
 pub enum Emitted {
     Nothing,
     Wrote,
-    /// There is news, but `max_hz` says not before this instant.
+    /// There is news (or, delayed, there will be), but not before this instant: `max_hz`, a
+    /// throttled tier, or a delayed tier's clock. What could go now may have been written.
     NotBefore(Instant),
+    /// The client fell behind and asked to be closed rather than conflated (`on_lag: "close"`).
+    Lagged,
+}
+
+/// How one subscription is served: what the client asked (`max_hz`, `on_lag`) within what its
+/// entitlement tier allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pacing {
+    /// Least time between two updates of the symbol (`max_hz`, or a throttled tier's interval).
+    pub min_interval: Option<Duration>,
+    /// Close the connection instead of merging ticks when it falls behind (pacing is not lag).
+    pub close_on_lag: bool,
+    /// Show the symbol as it was this long ago (the delayed tier), from the index's history.
+    pub delay: Option<Delay>,
+}
+
+/// The delayed tier: the symbol as it was `delay_ms` ago, at the history's granularity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delay {
+    pub delay_ms: i64,
+    pub granularity_ms: i64,
+}
+
+impl Pacing {
+    /// `max_hz` as the protocol gives it (parsing bounds it to 0.001..=1000), as a pacing.
+    pub fn max_hz(max_hz: Option<f64>) -> Pacing {
+        Pacing {
+            min_interval: interval(max_hz),
+            ..Pacing::default()
+        }
+    }
 }
 
 /// One connection's view of one subscribed symbol: what it was last sent, and its pacing. It holds
@@ -164,12 +201,12 @@ pub struct SlotView {
     sent_version: u64,
     sent_status: Status,
     snapshot_pending: bool,
-    min_interval: Option<Duration>,
+    pacing: Pacing,
     next_at: Option<Instant>,
 }
 
 impl SlotView {
-    pub fn new(subscription: Subscription, max_hz: Option<f64>) -> SlotView {
+    pub fn new(subscription: Subscription, pacing: Pacing) -> SlotView {
         SlotView {
             subscription,
             sent: Quote::default(),
@@ -177,7 +214,7 @@ impl SlotView {
             sent_version: 0,
             sent_status: Status::Live,
             snapshot_pending: true,
-            min_interval: interval(max_hz),
+            pacing,
             next_at: None,
         }
     }
@@ -186,17 +223,17 @@ impl SlotView {
         self.subscription.entry()
     }
 
-    /// Subscribing again re-sends the snapshot and applies the new `max_hz` (PROTOCOL.md).
-    pub fn resubscribe(&mut self, max_hz: Option<f64>) {
+    /// Subscribing again re-sends the snapshot and applies the new pacing (PROTOCOL.md).
+    pub fn resubscribe(&mut self, pacing: Pacing) {
         self.snapshot_pending = true;
-        self.min_interval = interval(max_hz);
+        self.pacing = pacing;
         self.next_at = None;
     }
 
     /// The `version` after which this connection wants every change (`SymbolEntry::read_since`):
-    /// none before its snapshot, and none under `max_hz`, which asks for merged updates.
+    /// none before its snapshot, and none when paced, which asks for merged updates.
     fn catch_up_after(&self) -> Option<u64> {
-        (!self.snapshot_pending && self.min_interval.is_none()).then_some(self.sent_version)
+        (!self.snapshot_pending && self.pacing.min_interval.is_none()).then_some(self.sent_version)
     }
 
     /// Reads the symbol's state since this connection's last send and writes what it is owed (see
@@ -209,6 +246,9 @@ impl SlotView {
         frame: &mut FrameBuilder,
         stats: &mut EmitStats,
     ) -> Emitted {
+        if let Some(delay) = self.pacing.delay {
+            return self.emit_delayed(delay, crate::feed::now_ms(), now, frame, stats);
+        }
         let latest = self
             .entry()
             .read_since(self.catch_up_after(), std::mem::take(scratch));
@@ -235,7 +275,9 @@ impl SlotView {
         };
         let symbol = &*self.subscription.entry().symbol;
         if self.snapshot_pending {
-            frame.push(|s| encode_snapshot(s, symbol, p.seq, &p.quote));
+            frame.push_quote("snapshot", symbol, p.seq, |s| {
+                encode_snapshot(s, symbol, p.seq, &p.quote)
+            });
             self.snapshot_pending = false;
             self.sent_status = p.quote.status;
             self.sent_version = p.version;
@@ -249,38 +291,49 @@ impl SlotView {
             return Emitted::Nothing;
         }
         if let Some(at) = self.next_at.filter(|&at| now < at) {
-            // `max_hz` paces updates, not status: a halt reaches a paced client at once (a status
+            // Pacing is for updates, not status: a halt reaches a paced client at once (a status
             // newer than the prices it holds, never older). The prices follow when due.
             if p.quote.status != self.sent_status {
-                frame.push(|s| encode_status(s, symbol, p.quote.status));
+                frame.push_quote("status", symbol, p.seq, |s| {
+                    encode_status(s, symbol, p.quote.status)
+                });
                 self.sent_status = p.quote.status;
             }
             return Emitted::NotBefore(at);
         }
         let behind = p.version - self.sent_version;
-        if p.catch_up.len() as u64 == behind && self.min_interval.is_none() {
+        if p.catch_up.len() as u64 == behind && self.pacing.min_interval.is_none() {
             // Keeping up: every change as the index encoded it once for everyone, status flips in
             // their place among the updates.
             for recent in &p.catch_up {
-                frame.push_shared(&recent.frame);
+                frame.push_shared(&recent.frame, recent.update_len as usize, symbol, recent.seq);
                 if let Some(tick_in) = recent.tick_in {
                     stats.tick_in.push(tick_in);
                     stats.updates += 1;
                 }
             }
         } else {
-            // Behind, or paced by max_hz: one update from what this connection has to the latest,
-            // then the latest status (never one older than the prices it follows).
+            // Behind, or paced: one update from what this connection has to the latest, then the
+            // latest status (never one older than the prices it follows).
             if p.seq > self.sent_seq {
                 let conflated = p.seq - self.sent_seq - 1;
-                frame.push(|s| encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated));
+                if conflated > 0 && self.pacing.close_on_lag && self.pacing.min_interval.is_none()
+                {
+                    // Merging is what this client asked never to get: it is closed instead.
+                    return Emitted::Lagged;
+                }
+                frame.push_quote("update", symbol, p.seq, |s| {
+                    encode_update(s, symbol, p.seq, &self.sent, &p.quote, conflated)
+                });
                 stats.updates += 1;
                 stats.conflated += conflated;
                 stats.tick_in.extend(p.tick_in);
                 self.next_at = self.pace_from(now);
             }
             if p.quote.status != self.sent_status {
-                frame.push(|s| encode_status(s, symbol, p.quote.status));
+                frame.push_quote("status", symbol, p.seq, |s| {
+                    encode_status(s, symbol, p.quote.status)
+                });
             }
         }
         self.sent_status = p.quote.status;
@@ -290,18 +343,80 @@ impl SlotView {
         Emitted::Wrote
     }
 
-    /// When the next update may go under `max_hz`: `None` when unpaced.
+    /// The delayed tier: what this connection is owed of the symbol as it was `delay_ms` before
+    /// `now_ms`, and when to look again. Every message carries `delayed_ms`; ticks within one
+    /// history bucket arrive merged (`conflated` counts them), as the tier's granularity says.
+    fn emit_delayed(
+        &mut self,
+        delay: Delay,
+        now_ms: i64,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let past = self.entry().read_past(now_ms - delay.delay_ms);
+        let symbol = &*self.subscription.entry().symbol;
+        let delayed_ms = Some(delay.delay_ms as u64);
+        let mut wrote = false;
+        if let Some(e) = past.entry {
+            if self.snapshot_pending {
+                frame.push_quote("snapshot", symbol, e.seq, |s| {
+                    with_delayed_ms(s, delayed_ms, |s| encode_snapshot(s, symbol, e.seq, &e.quote))
+                });
+                self.snapshot_pending = false;
+                self.sent_status = e.quote.status;
+                stats.snapshots += 1;
+                wrote = true;
+            } else {
+                if e.seq > self.sent_seq {
+                    let conflated = e.seq - self.sent_seq - 1;
+                    frame.push_quote("update", symbol, e.seq, |s| {
+                        with_delayed_ms(s, delayed_ms, |s| {
+                            encode_update(s, symbol, e.seq, &self.sent, &e.quote, conflated)
+                        })
+                    });
+                    stats.updates += 1;
+                    stats.conflated += conflated;
+                    wrote = true;
+                }
+                if e.quote.status != self.sent_status {
+                    frame.push_quote("status", symbol, e.seq, |s| {
+                        with_delayed_ms(s, delayed_ms, |s| encode_status(s, symbol, e.quote.status))
+                    });
+                    self.sent_status = e.quote.status;
+                    wrote = true;
+                }
+            }
+            self.sent_seq = e.seq;
+            self.sent = e.quote;
+        }
+        // The next look: when the next kept bucket ends, delayed; with none kept yet, no change
+        // can show before the current bucket ends, delayed.
+        let g = delay.granularity_ms;
+        let due_ms = past
+            .next_end_ms
+            .unwrap_or(now_ms - now_ms.rem_euclid(g) + g)
+            + delay.delay_ms;
+        let wait = Duration::from_millis(due_ms.saturating_sub(now_ms).max(1) as u64);
+        match now.checked_add(wait) {
+            Some(at) => Emitted::NotBefore(at),
+            None if wrote => Emitted::Wrote,
+            None => Emitted::Nothing,
+        }
+    }
+
+    /// When the next update may go under the pacing: `None` when unpaced.
     fn pace_from(&self, now: Instant) -> Option<Instant> {
         // Checked: `min_interval` comes from a client's number; an instant past the clock's range
         // would panic the connection's task.
-        self.min_interval.and_then(|d| now.checked_add(d))
+        self.pacing.min_interval.and_then(|d| now.checked_add(d))
     }
 }
 
 /// The least time between two updates of one symbol for a `max_hz`. Parsing bounds `max_hz` to
 /// `protocol::MAX_HZ_RANGE` (0.001 to 1000, so 1 ms to 1000 s); the conversion is checked anyway,
 /// since a client supplied the number.
-fn interval(max_hz: Option<f64>) -> Option<Duration> {
+pub fn interval(max_hz: Option<f64>) -> Option<Duration> {
     max_hz.and_then(|hz| Duration::try_from_secs_f64(1.0 / hz).ok())
 }
 
@@ -353,7 +468,7 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, Some(1))));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), None)];
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::default())];
         let snap = drain(&conn, &mut slots, Instant::now());
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0]["type"], "snapshot");
@@ -422,7 +537,7 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), Some(2.0))];
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::max_hz(Some(2.0)))];
         let t0 = Instant::now();
         assert_eq!(drain(&conn, &mut slots, t0).len(), 1);
         idx.apply(FeedEvent::Tick(tick(101, None)));
@@ -458,7 +573,7 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), Some(0.001))];
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::max_hz(Some(0.001)))];
         let t0 = Instant::now();
         assert_eq!(drain(&conn, &mut slots, t0).len(), 1, "the snapshot");
         idx.apply(FeedEvent::Tick(Tick {
@@ -495,7 +610,7 @@ mod tests {
         let idx = index();
         let entry = idx.register("AAPL".into());
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), None)];
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::default())];
         assert!(drain(&conn, &mut slots, Instant::now()).is_empty());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let msgs = drain(&conn, &mut slots, Instant::now());
@@ -534,7 +649,7 @@ mod tests {
             let idx = index();
             let entry = idx.register("AAPL".into());
             let conn = ConnPending::new();
-            let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0), None)];
+            let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::default())];
             let mut view: Option<View> = None;
             let mut status = "live".to_string();
             for step in steps.iter().chain([Step::Drain].iter()) {
@@ -549,7 +664,7 @@ mod tests {
                         }));
                     }
                     Step::Resubscribe => {
-                        slots[0].resubscribe(None);
+                        slots[0].resubscribe(Pacing::default());
                         conn.mark(0);
                     }
                     Step::Drain => {

@@ -81,6 +81,18 @@ pub fn encode_status(out: &mut String, symbol: &str, status: Status) {
     out.push_str("\"}");
 }
 
+/// Writes a message with `"delayed_ms":N` as its last member (PROTOCOL.md: present only for a
+/// delayed entitlement).
+pub fn with_delayed_ms(out: &mut String, delayed_ms: Option<u64>, encode: impl FnOnce(&mut String)) {
+    encode(out);
+    if let Some(ms) = delayed_ms {
+        out.pop(); // the closing brace
+        out.push_str(r#","delayed_ms":"#);
+        out.push_str(itoa::Buffer::new().format(ms));
+        out.push('}');
+    }
+}
+
 fn push_head_numbers(out: &mut String, seq: u64, ts: i64) {
     let mut buf = itoa::Buffer::new();
     out.push_str(r#","seq":"#);

@@ -18,11 +18,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::access::{token_of, Access, ClientGuards, CorsOrigin, Refusal};
+use crate::access::{Access, CorsOrigin};
+use crate::admit::{admit, Admitted, ClientRequest, Refused};
 use crate::feed::FeedHealth;
-use crate::security_log;
+use crate::frame::Framing;
 use crate::session::socket::WsSocket;
-use crate::session::{Connection, ConnectionGuard, SessionShared};
+use crate::session::{Connection, SessionShared, Transport};
 
 /// What the routes need, shared by every worker.
 pub struct AppState {
@@ -69,6 +70,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
         );
     }
     cfg.route("/ws", web::get().to(ws_without_upgrade));
+    crate::rest::routes(cfg);
     if with_ops {
         ops_routes(cfg);
     }
@@ -144,36 +146,6 @@ async fn ws_without_upgrade() -> HttpResponse {
         .body("/ws is a WebSocket endpoint: send Upgrade: websocket\n")
 }
 
-/// A refused upgrade: the HTTP response, and the reason label for `connections_refused`.
-struct Refused {
-    status: StatusCode,
-    header: Option<(&'static str, &'static str)>,
-    message: String,
-    reason: &'static str,
-}
-
-impl Refused {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refused {
-        Refused {
-            status,
-            header: None,
-            message: message.into(),
-            reason,
-        }
-    }
-
-    fn with_header(mut self, name: &'static str, value: &'static str) -> Refused {
-        self.header = Some((name, value));
-        self
-    }
-}
-
-/// An admitted upgrade: what the token allows and the places the connection holds.
-struct Admitted {
-    grant: crate::access::Grant,
-    guards: (ConnectionGuard, ClientGuards),
-}
-
 /// Every request that asks for `Connection: Upgrade` comes here instead of the routes: actix-http
 /// hands over the connection, so the gateway owns the socket from the handshake on (see
 /// `session/socket.rs` for why). `/ws` becomes a session; anything refused gets one HTTP response
@@ -209,7 +181,7 @@ async fn handshake(
         mut write_buf,
         ..
     } = framed.into_parts();
-    let admitted = admit(&state, &req);
+    let admitted = admit_upgrade(&state, &req);
     let (response, body, size) = match &admitted {
         Ok(_) => (
             ws::handshake_response(req.head()).message_body(())?,
@@ -217,15 +189,7 @@ async fn handshake(
             BodySize::None,
         ),
         Err(refusal) => {
-            sessions
-                .metrics
-                .connections_refused
-                .with_label_values(&[refusal.reason])
-                .inc();
-            if refusal.status != StatusCode::NOT_FOUND && refusal.status != StatusCode::BAD_REQUEST
-            {
-                security_log::refused(req.peer_addr(), refusal.status.as_u16(), refusal.reason);
-            }
+            refusal.record(&state, req.peer_addr());
             let mut response = Response::with_body(refusal.status, ());
             if let Some((name, value)) = refusal.header {
                 response.headers_mut().insert(
@@ -264,35 +228,27 @@ async fn handshake(
         let _ = socket2::SockRef::from(&io).set_send_buffer_size(limits.send_buffer_bytes);
     }
     let socket = WsSocket::new(io, &read_buf, limits.max_frame_bytes);
+    let Admitted {
+        grant,
+        guards,
+        connection,
+    } = admitted;
+    let connection = connection.expect("a stream is admitted with a connection place");
     Ok(Some(Connection::new(
         sessions.clone(),
-        admitted.guards,
-        admitted.grant,
+        (connection, guards),
+        grant,
         socket,
+        Framing::JsonArray,
     )))
 }
 
-/// The checks an upgrade passes, cheapest first; everything is refused before the upgrade, so a
-/// refused client costs one HTTP response.
-fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
-    let sessions = &state.sessions;
-    let unavailable = |reason, message: &str| {
-        Refused::new(StatusCode::SERVICE_UNAVAILABLE, reason, message)
-            .with_header("retry-after", "5")
-    };
-    let too_many = |r: Refusal, message: &str| {
-        Refused::new(StatusCode::TOO_MANY_REQUESTS, r.reason(), message)
-            .with_header("retry-after", "5")
-    };
-    if sessions.shutdown.is_cancelled() {
-        return Err(unavailable(
-            "shutting_down",
-            "the gateway is shutting down\n",
-        ));
-    }
+/// The checks of a WebSocket upgrade: what makes it one, then admission (`admit.rs`).
+fn admit_upgrade(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     if req.path() != "/ws" {
         return Err(Refused::new(
             StatusCode::NOT_FOUND,
+            "bad_request",
             "not_found",
             "only /ws accepts an upgrade\n",
         ));
@@ -300,66 +256,22 @@ fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     if let Err(e) = ws::verify_handshake(req.head()) {
         return Err(Refused::new(
             StatusCode::BAD_REQUEST,
+            "bad_request",
             "bad_handshake",
             format!("not a WebSocket handshake: {e}\n"),
         ));
     }
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let access = &state.access;
-    if let Err(r) = access.check_origin(header("origin")) {
-        return Err(Refused::new(
-            StatusCode::FORBIDDEN,
-            r.reason(),
-            "this Origin may not open a WebSocket here\n",
-        ));
-    }
-    let client = req.peer_addr().map(|a| access.client_key(a.ip()));
-    let now = std::time::Instant::now();
-    if let Some(client) = client.filter(|_| access.auth_required()) {
-        access
-            .check_auth_throttle(client, now)
-            .map_err(|r| too_many(r, "too many failed authentications from this address\n"))?;
-    }
-    let token = token_of(req.uri().query().unwrap_or(""), header("authorization"));
-    let grant = match access.authorize(token.as_deref()) {
-        Ok(g) => g,
-        Err(r) => {
-            if let Some(client) = client {
-                access.auth_failed(client, now);
-            }
-            return Err(Refused::new(
-                StatusCode::UNAUTHORIZED,
-                r.reason(),
-                "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
-            )
-            .with_header("www-authenticate", "Bearer"));
-        }
-    };
-    let mut guards = ClientGuards::default();
-    if let Some(client) = client {
-        guards.ip = Some(
-            access
-                .admit_ip(client)
-                .map_err(|r| too_many(r, "too many connections from this address\n"))?,
-        );
-    }
-    if let Some(credential) = grant.credential.clone() {
-        guards.token = Some(
-            access
-                .admit_token(credential)
-                .map_err(|r| too_many(r, "too many connections with this token\n"))?,
-        );
-    }
-    let Some(guard) = sessions.admit() else {
-        return Err(unavailable(
-            "max_connections",
-            "too many connections; retry later\n",
-        ));
-    };
-    Ok(Admitted {
-        grant,
-        guards: (guard, guards),
-    })
+    admit(
+        state,
+        &ClientRequest {
+            origin: header("origin"),
+            query: req.uri().query().unwrap_or(""),
+            authorization: header("authorization"),
+            peer: req.peer_addr(),
+        },
+        Some(Transport::Ws),
+    )
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {

@@ -44,7 +44,7 @@ use crate::feed::FeedEvent;
 use crate::metrics::{FeedCounters, Metrics};
 use crate::model::{FeedId, Quote, Status, Symbol, Tick};
 use crate::normalize::normalize;
-use crate::protocol::one_message_frame;
+use crate::frame::one_message_frame;
 
 /// How many of a symbol's latest changes (ticks, and status changes) stay encoded for connections
 /// that are behind. A batch of ticks arriving together (a feed's poll, a replay's 10 ms step) is far
@@ -58,15 +58,46 @@ pub struct Index {
     feeds: Vec<FeedCounters>,
     /// `quotegw_subscriptions`, kept by the subscriber lists themselves (see `Subscription`).
     subscriptions: IntGauge,
+    history: Option<HistoryConfig>,
+}
+
+/// How much of each symbol's past the index keeps, for the delayed entitlement tier: the latest
+/// state per `granularity_ms` bucket, for `keep_ms`. Memory per symbol is at most
+/// `keep_ms / granularity_ms + 2` entries of `size_of::<HistoryEntry>()` bytes, less for a symbol
+/// that ticks less often than once a bucket (docs/protocol.md, "Entitlement tiers").
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryConfig {
+    pub keep_ms: i64,
+    pub granularity_ms: i64,
+}
+
+/// A symbol's state at the end of one history bucket.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryEntry {
+    /// The bucket's start, Unix epoch ms (gateway clock).
+    pub bucket_ms: i64,
+    pub seq: u64,
+    pub quote: Quote,
+}
+
+/// A symbol as it was: the last complete bucket before the time asked for, and when the next
+/// bucket kept ends (`None`: none is kept yet).
+#[derive(Clone, Copy, Debug)]
+pub struct PastState {
+    pub entry: Option<HistoryEntry>,
+    pub next_end_ms: Option<i64>,
 }
 
 pub struct SymbolEntry {
     pub symbol: Symbol,
     state: Mutex<SymbolState>,
     subscribers: Mutex<Vec<Subscriber>>,
-    /// Read without the lock to decide whether a tick's shared update is worth encoding.
+    /// Every subscriber (the gauge and the invariants), and those the fan-out marks (whether a
+    /// change's shared bytes are worth encoding), read without the lock.
     subscriber_count: AtomicUsize,
+    live_count: AtomicUsize,
     subscriptions: IntGauge,
+    history: Option<HistoryConfig>,
 }
 
 #[derive(Default)]
@@ -82,6 +113,8 @@ struct SymbolState {
     /// The changes of the last versions (`version - recent.len() + 1 ..= version`), each encoded
     /// once for every subscriber; empty when the latest change had no subscriber.
     recent: VecDeque<Recent>,
+    /// The latest state per time bucket, oldest first (only with a `HistoryConfig`).
+    history: VecDeque<HistoryEntry>,
     /// Every feed that has ticked this symbol, in priority (`FeedId`) order; usually one.
     sources: Vec<Source>,
     /// The feed whose quote is published; kept while every source is stale, so that the same feed
@@ -137,25 +170,56 @@ impl SymbolState {
         self.tick_in = Some(tick_in);
         // The first tick has no update: subscribers get a snapshot.
         let (seq, first) = (self.seq, self.seq == 1);
-        self.record(listeners && !first, || Recent {
-            frame: one_message_frame(|s| {
+        self.record(listeners && !first, || {
+            let mut update_len = 0;
+            let frame = one_message_frame(|s| {
+                let start = s.len();
                 encode_update(s, symbol, seq, &prev, &now, 0);
+                update_len = s.len() - start;
                 if now.status != prev.status {
                     s.push(',');
                     encode_status(s, symbol, now.status);
                 }
-            }),
-            tick_in: Some(tick_in),
+            });
+            Recent {
+                frame,
+                update_len: update_len as u32,
+                seq,
+                tick_in: Some(tick_in),
+            }
         });
     }
 
     /// Publishes a status change without a tick: a new version with the same `seq`.
     fn publish_status(&mut self, symbol: &str, status: Status, listeners: bool) {
         self.quote.status = status;
+        let seq = self.seq;
         self.record(listeners, || Recent {
             frame: one_message_frame(|s| encode_status(s, symbol, status)),
+            update_len: 0,
+            seq,
             tick_in: None,
         });
+    }
+
+    /// Keeps the state just published as its time bucket's latest, and forgets what is older than
+    /// any delayed client can still be shown.
+    fn remember(&mut self, history: HistoryConfig, now_ms: i64) {
+        let g = history.granularity_ms;
+        let entry = HistoryEntry {
+            bucket_ms: now_ms - now_ms.rem_euclid(g),
+            seq: self.seq,
+            quote: self.quote,
+        };
+        match self.history.back_mut() {
+            Some(last) if last.bucket_ms == entry.bucket_ms => *last = entry,
+            _ => self.history.push_back(entry),
+        }
+        // The entry before the oldest one still wanted stays: it is the state at that time.
+        let oldest_wanted = now_ms - history.keep_ms - g;
+        while self.history.len() > 1 && self.history[1].bucket_ms + g <= oldest_wanted {
+            self.history.pop_front();
+        }
     }
 
     /// Counts a change as the next version and keeps its encoding in the ring. With no subscriber
@@ -177,6 +241,8 @@ impl SymbolState {
 struct Subscriber {
     conn: Arc<ConnPending>,
     slot: u32,
+    /// Marked on every change; a delayed subscriber is not (its news comes from the clock).
+    live: bool,
 }
 
 impl Index {
@@ -186,7 +252,13 @@ impl Index {
             symbols: DashMap::new(),
             feeds: feeds.iter().map(|f| metrics.feed_counters(f)).collect(),
             subscriptions: metrics.subscriptions.clone(),
+            history: None,
         }
+    }
+
+    /// Keeps each symbol's past (for the delayed tier); set before any symbol is registered.
+    pub fn keep_history(&mut self, history: HistoryConfig) {
+        self.history = Some(history);
     }
 
     /// Declares a symbol as served, before any tick for it.
@@ -199,7 +271,9 @@ impl Index {
                     state: Mutex::new(SymbolState::default()),
                     subscribers: Mutex::new(Vec::new()),
                     subscriber_count: AtomicUsize::new(0),
+                    live_count: AtomicUsize::new(0),
                     subscriptions: self.subscriptions.clone(),
+                    history: self.history,
                 })
             })
             .clone()
@@ -277,7 +351,7 @@ impl Index {
 impl SymbolEntry {
     /// Applies a normalized tick; false when its feed is a standby for this symbol.
     fn apply(&self, tick: &Tick) -> bool {
-        let listeners = self.subscriber_count.load(Ordering::Relaxed) > 0;
+        let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
             let source = st.source_for_tick(tick.feed);
@@ -301,9 +375,16 @@ impl SymbolEntry {
                 }
                 _ => return false,
             }
+            self.remember(&mut st);
         }
         self.fan_out();
         true
+    }
+
+    fn remember(&self, st: &mut SymbolState) {
+        if let Some(history) = self.history {
+            st.remember(history, crate::feed::now_ms());
+        }
     }
 
     /// A feed says its data for this symbol is stale, or live (or halted) again.
@@ -313,7 +394,7 @@ impl SymbolEntry {
     /// feed has just sent, never the one it had before the outage. Going stale can still move the
     /// symbol to the next fresh feed, whose prices are current.
     fn set_feed_status(&self, feed: FeedId, status: Status) {
-        let listeners = self.subscriber_count.load(Ordering::Relaxed) > 0;
+        let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
             let Some(source) = st.source(feed) else {
@@ -339,14 +420,32 @@ impl SymbolEntry {
                     st.publish_status(&self.symbol, published, listeners);
                 }
             }
+            self.remember(&mut st);
         }
         self.fan_out();
     }
 
     /// Marks every subscriber's slot for this symbol dirty. Never awaits (see module doc).
     fn fan_out(&self) {
-        for sub in lock(&self.subscribers).iter() {
+        for sub in lock(&self.subscribers).iter().filter(|s| s.live) {
             sub.conn.mark(sub.slot);
+        }
+    }
+
+    /// The symbol as it was at `at_ms` (gateway clock): the state at the end of the last complete
+    /// history bucket before it, so a delayed client never sees a tick later than its delay allows.
+    pub fn read_past(&self, at_ms: i64) -> PastState {
+        let Some(g) = self.history.map(|h| h.granularity_ms) else {
+            return PastState {
+                entry: None,
+                next_end_ms: None,
+            };
+        };
+        let st = lock(&self.state);
+        let done = st.history.partition_point(|e| e.bucket_ms + g <= at_ms);
+        PastState {
+            entry: done.checked_sub(1).map(|i| st.history[i]),
+            next_end_ms: st.history.get(done).map(|e| e.bucket_ms + g),
         }
     }
 
@@ -380,13 +479,23 @@ impl SymbolEntry {
     }
 
     /// Adds a subscriber and marks its slot, so its snapshot goes out now (or at the first tick).
-    /// The subscription lasts as long as the returned guard.
-    pub fn subscribe(self: &Arc<Self>, conn: &Arc<ConnPending>, slot: u32) -> Subscription {
+    /// A `live` subscriber is marked on every change; a delayed one only counts (its news comes
+    /// from the clock). The subscription lasts as long as the returned guard.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        conn: &Arc<ConnPending>,
+        slot: u32,
+        live: bool,
+    ) -> Subscription {
         lock(&self.subscribers).push(Subscriber {
             conn: conn.clone(),
             slot,
+            live,
         });
         self.subscriber_count.fetch_add(1, Ordering::Relaxed);
+        if live {
+            self.live_count.fetch_add(1, Ordering::Relaxed);
+        }
         self.subscriptions.inc();
         conn.mark(slot);
         Subscription {
@@ -402,7 +511,9 @@ impl SymbolEntry {
             .iter()
             .position(|s| s.slot == slot && s.conn.id() == conn_id)
         {
-            subs.swap_remove(i);
+            if subs.swap_remove(i).live {
+                self.live_count.fetch_sub(1, Ordering::Relaxed);
+            }
             self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
             self.subscriptions.dec();
         }
@@ -563,7 +674,7 @@ mod tests {
         let index = Index::new(&["only".into()], Arc::new(Metrics::new()));
         let entry = index.register("X".into());
         let conn = ConnPending::new();
-        let _sub = entry.subscribe(&conn, 0);
+        let _sub = entry.subscribe(&conn, 0, true);
         index.apply(tick(0, 100)); // version 1: the snapshot's
         index.apply(tick(0, 101));
         index.apply(status(0, Status::Stale));

@@ -21,11 +21,13 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admit;
 pub mod app;
 pub mod config;
 pub mod conflate;
 pub mod delta;
 pub mod feed;
+pub mod frame;
 pub mod http;
 pub mod index;
 pub mod log_limit;
@@ -34,6 +36,7 @@ pub mod model;
 pub mod normalize;
 pub mod protocol;
 pub mod record;
+pub mod rest;
 pub mod security_log;
 pub mod session;
 

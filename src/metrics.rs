@@ -19,12 +19,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
-    pub connections: IntGauge,
+    pub connections: IntGaugeVec,
     pub subscriptions: IntGauge,
     pub connections_stalled: IntGauge,
     pub ticks_received: IntCounterVec,
     pub ticks_rejected: IntCounterVec,
-    pub updates_sent: IntCounter,
+    pub updates_sent: IntCounterVec,
     pub updates_conflated: IntCounter,
     pub snapshots_sent: IntCounter,
     pub frames_sent: IntCounter,
@@ -78,12 +78,12 @@ impl Metrics {
             )
         };
         let m = Metrics {
-            connections: reg(&registry, IntGauge::new("quotegw_connections", "Open WebSocket connections.").expect("valid metric name")),
+            connections: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_connections", "Open client connections, by transport (ws: WebSocket, sse: /v1/stream)."), &["transport"]).expect("valid metric name")),
             subscriptions: reg(&registry, IntGauge::new("quotegw_subscriptions", "Symbol subscriptions over all connections.").expect("valid metric name")),
             connections_stalled: reg(&registry, IntGauge::new("quotegw_connections_stalled", "Connections whose socket is full: the session waits for the client to read (a slow consumer in the making; closed with 4008 after slow_consumer_timeout_ms).").expect("valid metric name")),
             ticks_received: counter_vec("quotegw_ticks_received_total", "Ticks handed to the index by each feed.", &["feed"]),
             ticks_rejected: counter_vec("quotegw_ticks_rejected_total", "Ticks refused by validation (never forwarded), by feed and reason.", &["feed", "reason"]),
-            updates_sent: counter("quotegw_updates_sent_total", "Update messages handed to sockets."),
+            updates_sent: counter_vec("quotegw_updates_sent_total", "Update messages handed to sockets, by transport (ws, sse).", &["transport"]),
             updates_conflated: counter("quotegw_updates_conflated_total", "Upstream ticks merged into a later update instead of being sent on their own (the sum of 'conflated')."),
             snapshots_sent: counter("quotegw_snapshots_sent_total", "Snapshot messages handed to sockets."),
             frames_sent: counter("quotegw_frames_sent_total", "WebSocket text frames handed to sockets."),
@@ -108,6 +108,10 @@ impl Metrics {
             ).expect("valid histogram")),
             registry,
         };
+        for transport in ["ws", "sse"] {
+            m.connections.with_label_values(&[transport]);
+            m.updates_sent.with_label_values(&[transport]);
+        }
         // Every error code appears from the start, so dashboards and alerts see 0 rather than nothing.
         for code in ErrorCode::ALL {
             m.client_errors.with_label_values(&[code.as_str()]);

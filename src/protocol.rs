@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 
-use bytestring::ByteString;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -77,12 +76,23 @@ impl ErrorCode {
 /// overflow; outside it, `bad_request`.
 pub const MAX_HZ_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1000.0;
 
+/// What a subscription wants when the client falls behind (PROTOCOL.md, "Slow consumers").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnLag {
+    /// Merged updates with `conflated` counts (the default).
+    #[default]
+    Conflate,
+    /// Close the connection (4008) rather than merge: for clients that must see every tick.
+    Close,
+}
+
 /// A client op, parsed and checked.
 #[derive(Debug, PartialEq)]
 pub enum Op {
     Subscribe {
         symbols: Vec<String>,
         max_hz: Option<f64>,
+        on_lag: OnLag,
     },
     Unsubscribe {
         symbols: Vec<String>,
@@ -141,6 +151,8 @@ struct RawOp<'a> {
     symbols: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     max_hz: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    on_lag: Option<&'a RawValue>,
 }
 
 /// A member that is there, `null` included (serde would read `null` as absent).
@@ -206,7 +218,21 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
                     }
                 },
             };
-            Op::Subscribe { symbols, max_hz }
+            let on_lag = match raw.on_lag.map(RawValue::get) {
+                None | Some("null") | Some(r#""conflate""#) => OnLag::Conflate,
+                Some(r#""close""#) => OnLag::Close,
+                Some(_) => {
+                    return Err(OpError::bad_request(
+                        &id,
+                        r#"'on_lag' must be "conflate" or "close""#,
+                    ))
+                }
+            };
+            Op::Subscribe {
+                symbols,
+                max_hz,
+                on_lag,
+            }
         }
         "unsubscribe" => Op::Unsubscribe {
             symbols: symbol_list(raw.symbols, "unsubscribe", &id)?,
@@ -364,98 +390,6 @@ pub fn encode_pong(out: &mut String, id: Option<&str>) {
     out.push('}');
 }
 
-/// Builds one server frame: a JSON array of messages (PROTOCOL.md: "every frame the server sends is a
-/// JSON array"). A frame holding only one shared, pre-encoded update is that update's own bytes, not a
-/// copy: the serialize-once, send-many case.
-#[derive(Default)]
-pub struct FrameBuilder {
-    buf: String,
-    count: usize,
-    /// A lone shared message (already `[...]`), kept by reference until a second message arrives.
-    single_shared: Option<ByteString>,
-    /// The last frame's length: the next frame's buffer is allocated at that size when it starts,
-    /// so an idle connection holds no buffer between frames.
-    capacity_hint: usize,
-}
-
-impl FrameBuilder {
-    /// Appends a message written by `encode`.
-    pub fn push(&mut self, encode: impl FnOnce(&mut String)) {
-        self.separator();
-        encode(&mut self.buf);
-        self.count += 1;
-    }
-
-    /// Appends a shared one-message frame (`[{...}]`, as the index encodes each tick's update).
-    pub fn push_shared(&mut self, one_message_frame: &ByteString) {
-        if self.count == 0 {
-            self.single_shared = Some(one_message_frame.clone());
-        } else {
-            self.separator();
-            self.buf.push_str(inner(one_message_frame));
-        }
-        self.count += 1;
-    }
-
-    fn separator(&mut self) {
-        if self.count == 0 || self.single_shared.is_some() {
-            self.buf.reserve(self.capacity_hint);
-        }
-        if let Some(single) = self.single_shared.take() {
-            self.buf.push('[');
-            self.buf.push_str(inner(&single));
-            self.buf.push(',');
-        } else if self.count == 0 {
-            self.buf.push('[');
-        } else {
-            self.buf.push(',');
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn messages(&self) -> usize {
-        self.count
-    }
-
-    /// Bytes so far (the shared case counts its own length).
-    pub fn len_bytes(&self) -> usize {
-        self.single_shared
-            .as_ref()
-            .map_or(self.buf.len(), |s| s.len())
-    }
-
-    /// The finished frame, or `None` when nothing was pushed; the builder is empty again after.
-    pub fn take(&mut self) -> Option<ByteString> {
-        if self.count == 0 {
-            return None;
-        }
-        self.count = 0;
-        if let Some(single) = self.single_shared.take() {
-            return Some(single);
-        }
-        self.buf.push(']');
-        self.capacity_hint = self.buf.len();
-        Some(ByteString::from(std::mem::take(&mut self.buf)))
-    }
-}
-
-/// `{...}` of a `[{...}]` one-message frame.
-fn inner(one_message_frame: &str) -> &str {
-    &one_message_frame[1..one_message_frame.len() - 1]
-}
-
-/// Wraps one encoded message as a frame, the form in which the index shares each tick's update.
-pub fn one_message_frame(encode: impl FnOnce(&mut String)) -> ByteString {
-    let mut s = String::with_capacity(192);
-    s.push('[');
-    encode(&mut s);
-    s.push(']');
-    ByteString::from(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,7 +406,8 @@ mod tests {
                 id: Some("1".into()),
                 op: Op::Subscribe {
                     symbols: vec!["AAPL".into(), "MSFT".into()],
-                    max_hz: Some(2.5)
+                    max_hz: Some(2.5),
+                    on_lag: OnLag::Conflate,
                 }
             })
         );
@@ -574,6 +509,21 @@ mod tests {
     }
 
     #[test]
+    fn on_lag_is_conflate_or_close() {
+        let op = |v: &str| parse_request(&format!(r#"{{"op":"subscribe","symbols":["A"]{v}}}"#));
+        let on_lag = |v: &str| match op(v).unwrap().op {
+            Op::Subscribe { on_lag, .. } => on_lag,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(on_lag(""), OnLag::Conflate);
+        assert_eq!(on_lag(r#","on_lag":"conflate""#), OnLag::Conflate);
+        assert_eq!(on_lag(r#","on_lag":"close""#), OnLag::Close);
+        for bad in [r#""CLOSE""#, "1", r#""drop""#] {
+            assert_eq!(op(&format!(r#","on_lag":{bad}"#)).unwrap_err().code, ErrorCode::BadRequest);
+        }
+    }
+
+    #[test]
     fn a_key_given_twice_is_a_bad_request() {
         let e = parse_request(r#"{"op":"ping","op":"symbols"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
@@ -583,27 +533,6 @@ mod tests {
             parse_request(r#"{"op":"ping","x":1,"x":2}"#).unwrap().op,
             Op::Ping
         );
-    }
-
-    #[test]
-    fn frames_are_arrays_and_share_a_lone_update() {
-        let shared = one_message_frame(|s| s.push_str(r#"{"u":1}"#));
-        let mut f = FrameBuilder::default();
-        assert!(f.take().is_none());
-        f.push_shared(&shared);
-        let one = f.take().unwrap();
-        assert_eq!(&*one, r#"[{"u":1}]"#);
-        assert_eq!(
-            one.as_bytes().as_ptr(),
-            shared.as_bytes().as_ptr(),
-            "no copy"
-        );
-        f.push_shared(&shared);
-        f.push(|s| s.push_str(r#"{"a":2}"#));
-        f.push_shared(&shared);
-        assert_eq!(&*f.take().unwrap(), r#"[{"u":1},{"a":2},{"u":1}]"#);
-        f.push(|s| s.push_str("{}"));
-        assert_eq!(&*f.take().unwrap(), "[{}]");
     }
 
     #[test]

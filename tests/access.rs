@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -239,7 +241,7 @@ async fn connections_per_ip_are_limited_with_429() {
     assert_eq!(status, 429, "{head}");
     // One leaves, one more may come; the held ones still work.
     held.pop().unwrap().close().await;
-    gw.wait_metric("quotegw_connections", |v| v == 2.0).await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == 2.0).await;
     held.push(gw.client().await);
     held[0].subscribe(&["AAPL"]).await;
 }

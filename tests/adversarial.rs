@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -37,7 +39,7 @@ async fn control_still_served(gw: &TestGateway, c: &mut Client, n: u32) {
 
 /// Waits for the gateway's connection count, and checks fds and RSS against the baseline.
 async fn back_to_baseline(gw: &TestGateway, connections: f64, fds: usize, rss: u64, what: &str) {
-    gw.wait_metric("quotegw_connections", |v| v == connections)
+    gw.wait_metric(WS_CONNECTIONS, |v| v == connections)
         .await;
     let deadline = tokio::time::Instant::now() + support::DEADLINE;
     while fd_count() > fds + 4 {
@@ -291,7 +293,7 @@ async fn a_thousand_connections_dropped_without_a_close_frame_leave_nothing_behi
         }
         control_still_served(&gw, &mut ctrl, 10 + round).await;
         gw.wait_metric("quotegw_subscriptions", |v| v == 1.0).await;
-        gw.wait_metric("quotegw_connections", |v| v == 1.0).await;
+        gw.wait_metric(WS_CONNECTIONS, |v| v == 1.0).await;
         println!(
             "round {round}: 1,000 dropped connections, RSS at peak {:.1} MiB",
             peak as f64 / 1048576.0

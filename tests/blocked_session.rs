@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -65,7 +67,7 @@ async fn shutdown_reaches_a_session_blocked_on_a_full_socket(workers: usize) {
         "the blocked session took the 1001 close path (not dropped by actix)"
     );
     assert_eq!(metrics.subscriptions.get(), 0);
-    assert_eq!(metrics.connections.get(), 0);
+    assert_eq!(metrics.connections.with_label_values(&["ws"]).get(), 0);
     assert_eq!(metrics.connections_stalled.get(), 0);
     read_to_end(&mut c, 1001).await;
 }
@@ -103,7 +105,7 @@ async fn token_expiry_reaches_a_session_blocked_on_a_full_socket(workers: usize)
     gw.wait_metric("quotegw_connections_stalled", |v| v == 0.0)
         .await;
     read_to_end(&mut c, 1008).await;
-    gw.wait_metric("quotegw_connections", |v| v == 0.0).await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == 0.0).await;
 }
 
 crate::with_one_and_two_workers!(

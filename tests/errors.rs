@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use futures_util::SinkExt;
 use serde_json::json;
 use support::{start, tick, Client, TestGateway};
@@ -322,7 +324,7 @@ async fn connections_over_max_connections_get_503_before_the_upgrade() {
     );
     // A place frees up when a connection ends.
     drop(_second);
-    gw.wait_metric("quotegw_connections", |v| v == 1.0).await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == 1.0).await;
     let _third = gw.client().await;
 }
 

@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -119,7 +121,7 @@ async fn connections_are_limited_per_credential() {
         1.0
     );
     a1.close().await;
-    gw.wait_metric("quotegw_connections", |v| v == 2.0).await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == 2.0).await;
     Client::connect(&url(KEY_A)).await.close().await;
 
     // JWTs count per `sub`, whichever token carries it.

@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -141,6 +143,6 @@ async fn max_hz_out_of_range_is_a_bad_request_and_never_kills_the_session() {
     for c in clients {
         c.close().await;
     }
-    gw.wait_metric("quotegw_connections", |v| v == 0.0).await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == 0.0).await;
     assert_eq!(gw.metric("quotegw_subscriptions").await, 0.0);
 }

@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -113,7 +115,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
     // max_connections is freed, and reading it now ends without a close frame.
     while_reading(
         &mut fast,
-        gw.wait_metric("quotegw_connections", |v| v == 1.0),
+        gw.wait_metric(WS_CONNECTIONS, |v| v == 1.0),
     )
     .await;
     let mut c: Client = slow.pop().unwrap();

@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::WS_CONNECTIONS;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -137,7 +139,7 @@ async fn churn(workers: usize, secs: u64) {
                 .collect::<Vec<_>>(),
         )
     };
-    gw.wait_metric("quotegw_connections", |v| v == 0.0).await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == 0.0).await;
     let totals = Arc::new(Totals::default());
     let (fds_before, rss_before) = (fd_count(), rss_bytes());
     let mut samples = Vec::new();
@@ -159,7 +161,7 @@ async fn churn(workers: usize, secs: u64) {
     while let Some(done) = live.join_next().await {
         done.expect("a client's life ends without a panic");
     }
-    gw.wait_metric("quotegw_connections", |v| v == 0.0).await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == 0.0).await;
     gw.wait_metric("quotegw_subscriptions", |v| v == 0.0).await;
     let deadline = Instant::now() + support::DEADLINE;
     while fd_count() > fds_before + 4 && Instant::now() < deadline {

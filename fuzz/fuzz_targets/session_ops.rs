@@ -18,6 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use quotegw::access::Grant;
 use quotegw::config::LimitsConfig;
 use quotegw::feed::FeedEvent;
+use quotegw::frame::Framing;
 use quotegw::index::Index;
 use quotegw::metrics::Metrics;
 use quotegw::model::{Status, Tick};
@@ -146,12 +147,13 @@ fuzz_target!(|data: &[u8]| {
             max_symbols_per_connection: 2,
             ..LimitsConfig::default()
         },
+        tiers: Default::default(),
         shutdown: CancellationToken::new(),
         connections: AtomicUsize::new(0),
     });
     let start = Instant::now();
     let mut now = start;
-    let mut session = Session::new(shared.clone(), Grant::default(), now);
+    let mut session = Session::new(shared.clone(), Grant::default(), Framing::JsonArray, now);
     let mut latency = metrics.tick_to_write.local();
     let mut client = ClientView::default();
     let mut input = Bytes(data.iter());
@@ -163,7 +165,8 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let hz = MAX_HZ[usize::from(input.next().unwrap_or(0)) % MAX_HZ.len()];
                 let hz = if hz.is_empty() { String::new() } else { format!(r#","max_hz":{hz}"#) };
-                text = Some(format!(r#"{{"op":"subscribe","symbols":{}{hz}}}"#, symbols(arg)));
+                let on_lag = if arg & 0x80 != 0 { r#","on_lag":"close""# } else { "" };
+                text = Some(format!(r#"{{"op":"subscribe","symbols":{}{hz}{on_lag}}}"#, symbols(arg)));
             }
             1 => text = Some(format!(r#"{{"op":"unsubscribe","symbols":{}}}"#, symbols(arg))),
             2 => {
@@ -201,8 +204,15 @@ fuzz_target!(|data: &[u8]| {
                         client.check_frame(&frame);
                         session.frame_sent(frame.len(), now, &mut latency);
                     }
-                    if done {
-                        break;
+                    match done {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        // Closed for lag (on_lag close): the connection ends.
+                        Err(_) => {
+                            drop(session);
+                            check_lists(&shared, None);
+                            return;
+                        }
                     }
                 }
             }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::socket::{SendError, WsSocket};
 use super::{ConnectionGuard, End, Session, SessionShared};
 use crate::access::{ClientGuards, Grant};
+use crate::frame::Framing;
 use crate::protocol::close;
 use crate::security_log;
 
@@ -52,13 +53,14 @@ impl Connection {
         guards: (ConnectionGuard, ClientGuards),
         grant: Grant,
         socket: WsSocket,
+        framing: Framing,
     ) -> Connection {
         let now = Instant::now();
         // Checked: the expiry comes from a token's `exp`, which may be far beyond the clock's range.
         let expires = grant.remaining().and_then(|left| now.checked_add(left));
         Connection {
             latency: shared.metrics.tick_to_write.local(),
-            session: Session::new(shared, grant, now.into_std()),
+            session: Session::new(shared, grant, framing, now.into_std()),
             socket,
             last_heard: now,
             pong_owed: None,
@@ -92,6 +94,9 @@ impl Connection {
         // every frame, and registering timers each time costs as much as the frame's own work.
         let expiry = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now));
         let idle = tokio::time::sleep_until(self.last_heard + idle_timeout);
+        // An SSE client sends nothing after its request, by design: only a WebSocket can be idle.
+        // A dead SSE client is found by writing to it (the ping comments at the latest).
+        let sse = self.session.framing() == Framing::Sse;
         tokio::pin!(expiry, idle, shutdown);
         enum Event {
             Expired,
@@ -115,7 +120,7 @@ impl Connection {
                 // the timer below collects them all into one frame.
                 _ = pending.wait(), if held_until.is_none() => Event::Dirty,
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Event::Timer,
-                _ = &mut idle => Event::Idle,
+                _ = &mut idle, if !sse => Event::Idle,
                 _ = ping.tick() => Event::Ping,
             };
             match event {
@@ -158,7 +163,14 @@ impl Connection {
                 Event::Dirty => {}
                 Event::Timer => held_until = None,
                 Event::Ping => {
-                    if let Err(end) = self.send_ping().await {
+                    let sent = if sse {
+                        // A comment line: proxies see traffic, clients ignore it.
+                        self.session.comment("ping");
+                        self.send_frame().await.map(|_| ())
+                    } else {
+                        self.send_ping().await
+                    };
+                    if let Err(end) = sent {
                         return end;
                     }
                     if held_until.is_some() {
@@ -219,6 +231,13 @@ impl Connection {
         } else {
             tracing::debug!(code, reason, "closing connection");
         }
+        if self.session.framing() == Framing::Sse {
+            // An SSE stream has no close frame: a last comment says why it ends.
+            self.session.comment(reason);
+            if let Some(last) = self.session.take_frame() {
+                let _ = self.socket.start(actix_http::ws::OpCode::Text, last.into_bytes());
+            }
+        }
         let close = CloseReason {
             code: CloseCode::from(code),
             description: Some(reason.to_string()),
@@ -248,6 +267,7 @@ mod tests {
 
     use super::*;
     use crate::config::LimitsConfig;
+    use crate::session::Transport;
     use crate::feed::FeedEvent;
     use crate::index::Index;
     use crate::metrics::Metrics;
@@ -279,6 +299,7 @@ mod tests {
             index,
             metrics,
             limits: LimitsConfig::default(),
+            tiers: Default::default(),
             shutdown: CancellationToken::new(),
             connections: AtomicUsize::new(0),
         })
@@ -302,12 +323,15 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let guard = shared.admit().expect("a place for one connection");
+        let guard = shared
+            .admit(Transport::Ws)
+            .expect("a place for one connection");
         let connection = Connection::new(
             shared.clone(),
             (guard, ClientGuards::default()),
             Grant::default(),
             WsSocket::new(server, &[], 65_536),
+            Framing::JsonArray,
         );
         let local = tokio::task::LocalSet::new();
         let task = local.spawn_local(connection.run());
@@ -332,7 +356,7 @@ mod tests {
                 }
                 assert_eq!(subscribers(&shared), [1, 1, 1]);
                 assert_eq!(shared.metrics.subscriptions.get(), 3);
-                assert_eq!(shared.metrics.connections.get(), 1);
+                assert_eq!(shared.metrics.connections.with_label_values(&["ws"]).get(), 1);
                 task.abort();
                 assert!(task.await.unwrap_err().is_cancelled());
             })
@@ -343,7 +367,7 @@ mod tests {
             "every subscriber list is empty"
         );
         assert_eq!(shared.metrics.subscriptions.get(), 0);
-        assert_eq!(shared.metrics.connections.get(), 0);
+        assert_eq!(shared.metrics.connections.with_label_values(&["ws"]).get(), 0);
         // And the fan-out no longer reaches it.
         shared.index.apply(FeedEvent::Tick(Tick {
             symbol: "AAPL".into(),

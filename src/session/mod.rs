@@ -20,23 +20,25 @@ mod connection;
 mod limits;
 mod reader;
 pub mod socket;
+pub mod sse;
 mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_http::ws::{CloseReason, ProtocolError};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::Grant;
+use crate::access::{Grant, Tier, TiersConfig};
 use crate::config::LimitsConfig;
-use crate::conflate::{ConnPending, EmitStats, Recent, SlotView};
+use crate::conflate::{ConnPending, Delay, EmitStats, Pacing, Recent, SlotView};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
-use crate::protocol::{close, FrameBuilder};
+use crate::frame::{FrameBuilder, Framing};
+use crate::protocol::{close, OnLag};
 pub use connection::Connection;
 use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
 
@@ -45,30 +47,67 @@ pub struct SessionShared {
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
     pub limits: LimitsConfig,
+    pub tiers: TiersConfig,
     pub shutdown: CancellationToken,
     pub connections: AtomicUsize,
 }
 
+/// How a connection reaches its client: the `transport` label of the metrics that tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket (`/ws`).
+    Ws,
+    /// Server-Sent Events (`/v1/stream`).
+    Sse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+
+    fn of(framing: Framing) -> Transport {
+        match framing {
+            Framing::JsonArray => Transport::Ws,
+            Framing::Sse => Transport::Sse,
+        }
+    }
+}
+
 impl SessionShared {
-    /// Counts a connection in, unless `max_connections` are open: the caller then refuses the upgrade.
-    pub fn admit(self: &Arc<Self>) -> Option<ConnectionGuard> {
+    /// Counts a connection in, unless `max_connections` are open (streams of every transport
+    /// together): the caller then refuses it.
+    pub fn admit(self: &Arc<Self>, transport: Transport) -> Option<ConnectionGuard> {
         let before = self.connections.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        self.metrics.connections.inc();
-        Some(ConnectionGuard(self.clone()))
+        let gauge = self
+            .metrics
+            .connections
+            .with_label_values(&[transport.as_str()]);
+        gauge.inc();
+        Some(ConnectionGuard {
+            shared: self.clone(),
+            gauge,
+        })
     }
 }
 
 /// Holds one place in `max_connections` for as long as the connection task runs.
-pub struct ConnectionGuard(Arc<SessionShared>);
+pub struct ConnectionGuard {
+    shared: Arc<SessionShared>,
+    gauge: prometheus::IntGauge,
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-        self.0.metrics.connections.dec();
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
     }
 }
 
@@ -121,11 +160,17 @@ pub struct Session {
     errors: TokenBucket,
     /// What the token allows, and when it expires.
     grant: Grant,
+    /// `quotegw_updates_sent_total` for this connection's transport, resolved once.
+    updates_sent: prometheus::IntCounter,
 }
 
 impl Session {
-    pub fn new(shared: Arc<SessionShared>, grant: Grant, now: Instant) -> Session {
+    pub fn new(shared: Arc<SessionShared>, grant: Grant, framing: Framing, now: Instant) -> Session {
         let limits = &shared.limits;
+        let updates_sent = shared
+            .metrics
+            .updates_sent
+            .with_label_values(&[Transport::of(framing).as_str()]);
         Session {
             ops: TokenBucket::new(limits.ops_per_second, limits.ops_burst, now),
             errors: TokenBucket::new(ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST, now),
@@ -136,13 +181,54 @@ impl Session {
             by_symbol: HashMap::new(),
             deferred: Vec::new(),
             deferred_until: None,
-            frame: FrameBuilder::default(),
+            frame: FrameBuilder::new(framing),
             stats: EmitStats::default(),
             work: Vec::new(),
             work_done: 0,
             catch_up: Vec::new(),
+            updates_sent,
             grant,
         }
+    }
+
+    /// How a subscription is served: what the client asked within what its tier allows.
+    pub fn pacing(&self, max_hz: Option<f64>, on_lag: OnLag) -> Pacing {
+        let mut pacing = Pacing::max_hz(max_hz);
+        pacing.close_on_lag = on_lag == OnLag::Close;
+        let tiers = &self.shared.tiers;
+        match self.grant.tier {
+            Tier::Realtime => {}
+            Tier::Throttled => {
+                // At most one update per interval whatever max_hz asks: the slower one wins.
+                let floor = Duration::from_millis(tiers.throttled.interval_ms);
+                pacing.min_interval = Some(pacing.min_interval.map_or(floor, |d| d.max(floor)));
+            }
+            Tier::Delayed => {
+                // Access refuses the delayed tier when it is not configured.
+                if let Some(d) = &tiers.delayed {
+                    pacing.delay = Some(Delay {
+                        delay_ms: d.delay_ms as i64,
+                        granularity_ms: d.granularity_ms as i64,
+                    });
+                }
+            }
+        }
+        pacing
+    }
+
+    /// How this connection's messages are framed.
+    pub fn framing(&self) -> Framing {
+        self.frame.framing()
+    }
+
+    /// (SSE) a comment line into the next write.
+    pub fn comment(&mut self, text: &str) {
+        self.frame.push_comment(text);
+    }
+
+    /// What the token allows.
+    pub fn grant(&self) -> &Grant {
+        &self.grant
     }
 
     /// The symbols this connection is subscribed to.

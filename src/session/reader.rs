@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::connection::Fragments;
 use super::{Connection, End, Session};
-use crate::conflate::SlotView;
+use crate::conflate::{Pacing, SlotView};
 use crate::index::SymbolEntry;
 use crate::protocol::{
     close, encode_ack, encode_error, encode_pong, encode_symbols, parse_request, ErrorCode, Op,
@@ -138,7 +138,14 @@ impl Session {
         };
         let id = request.id.as_deref();
         match request.op {
-            Op::Subscribe { symbols, max_hz } => self.subscribe(id, symbols, max_hz, now),
+            Op::Subscribe {
+                symbols,
+                max_hz,
+                on_lag,
+            } => {
+                let pacing = self.pacing(max_hz, on_lag);
+                self.subscribe(id, symbols, pacing, now)
+            }
             Op::Unsubscribe { symbols } => {
                 self.unsubscribe(id, symbols);
                 None
@@ -183,11 +190,12 @@ impl Session {
         }
     }
 
-    fn subscribe(
+    /// Subscribes to `symbols` (replying with the ack); `None` unless the op ends the connection.
+    pub fn subscribe(
         &mut self,
         id: Option<&str>,
         symbols: Vec<String>,
-        max_hz: Option<f64>,
+        pacing: Pacing,
         now: Instant,
     ) -> Option<End> {
         let max = self.shared.limits.max_symbols_per_connection;
@@ -230,7 +238,7 @@ impl Session {
             match target {
                 Target::Existing(slot) => {
                     if let Some(view) = self.slots[slot as usize].as_mut() {
-                        view.resubscribe(max_hz);
+                        view.resubscribe(pacing);
                     }
                     self.pending.mark(slot);
                 }
@@ -240,8 +248,9 @@ impl Session {
                         (self.slots.len() - 1) as u32
                     });
                     self.by_symbol.insert(entry.symbol.clone(), slot);
-                    let subscription = entry.subscribe(&self.pending, slot);
-                    self.slots[slot as usize] = Some(SlotView::new(subscription, max_hz));
+                    let subscription =
+                        entry.subscribe(&self.pending, slot, pacing.delay.is_none());
+                    self.slots[slot as usize] = Some(SlotView::new(subscription, pacing));
                 }
             }
         }

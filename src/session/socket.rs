@@ -39,6 +39,9 @@ pub enum SendError {
 
 pub struct WsSocket {
     io: TcpStream,
+    /// Bytes as they are, no WebSocket framing: an SSE stream over an HTTP response (what the
+    /// client sends is read and dropped, only its end matters).
+    raw: bool,
     codec: Codec,
     max_frame_bytes: usize,
     /// Received bytes not yet parsed into a frame; no allocation while there are none.
@@ -54,11 +57,21 @@ impl WsSocket {
     pub fn new(io: TcpStream, leftover: &[u8], max_frame_bytes: usize) -> WsSocket {
         WsSocket {
             io,
+            raw: false,
             codec: Codec::new().max_size(max_frame_bytes),
             max_frame_bytes,
             read_buf: BytesMut::from(leftover),
             read_closed: false,
             unsent: VecDeque::new(),
+        }
+    }
+
+    /// A socket that carries bytes as they are (an SSE response): `start` writes payloads without a
+    /// frame header, `recv` only waits for the client to close, and `close` sends no close frame.
+    pub fn raw(io: TcpStream) -> WsSocket {
+        WsSocket {
+            raw: true,
+            ..WsSocket::new(io, &[], 0)
         }
     }
 
@@ -106,6 +119,10 @@ impl WsSocket {
     }
 
     fn parse(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if self.raw {
+            // Nothing a client sends on an SSE stream means anything.
+            self.read_buf.clear();
+        }
         if self.read_buf.is_empty() {
             // Idle connections hold no read buffer (the biggest part of an idle connection's cost).
             if self.read_buf.capacity() > 0 {
@@ -126,7 +143,11 @@ impl WsSocket {
     /// case: no allocation, no copy, one syscall), otherwise the rest waits in `unsent` for `drain`.
     pub fn start(&mut self, opcode: OpCode, payload: Bytes) -> io::Result<()> {
         let mut head = [0u8; 10];
-        let head_len = frame_head(&mut head, opcode, payload.len());
+        let head_len = if self.raw {
+            0
+        } else {
+            frame_head(&mut head, opcode, payload.len())
+        };
         let head = &head[..head_len];
         if self.unsent.is_empty() {
             let written = match self
@@ -146,7 +167,7 @@ impl WsSocket {
             }
             self.unsent
                 .push_back(Bytes::copy_from_slice(&head[written..]));
-        } else {
+        } else if !head.is_empty() {
             self.unsent.push_back(Bytes::copy_from_slice(head));
         }
         if !payload.is_empty() {
@@ -213,7 +234,9 @@ impl WsSocket {
             payload.extend_from_slice(reason.description.unwrap_or_default().as_bytes());
         }
         let polite = async {
-            self.start(OpCode::Close, payload.into()).ok()?;
+            if !self.raw {
+                self.start(OpCode::Close, payload.into()).ok()?;
+            }
             self.drain(grace).await.ok()?;
             self.io.shutdown().await.ok()?;
             self.read_until_closed().await;

@@ -30,26 +30,34 @@ impl Session {
     }
 
     /// Writes what the flush's slots are owed into the frame, until the frame holds
-    /// `FRAME_TARGET_BYTES` or every slot is done; true when every slot is done.
-    pub fn fill_frame(&mut self, now: Instant) -> bool {
+    /// `FRAME_TARGET_BYTES` or every slot is done; `Ok(true)` when every slot is done. A
+    /// subscription made with `on_lag: "close"` that fell behind ends the connection (4008).
+    pub fn fill_frame(&mut self, now: Instant) -> Result<bool, End> {
         while let Some(&slot) = self.work.get(self.work_done) {
             self.work_done += 1;
             let Some(view) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue; // unsubscribed since it was marked
             };
-            if let Emitted::NotBefore(at) =
-                view.emit_latest(&mut self.catch_up, now, &mut self.frame, &mut self.stats)
-            {
-                if !self.deferred.contains(&slot) {
-                    self.deferred.push(slot);
+            match view.emit_latest(&mut self.catch_up, now, &mut self.frame, &mut self.stats) {
+                Emitted::NotBefore(at) => {
+                    if !self.deferred.contains(&slot) {
+                        self.deferred.push(slot);
+                    }
+                    self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
                 }
-                self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
+                Emitted::Lagged => {
+                    return Err(End::Close(
+                        close::SLOW_CONSUMER,
+                        "lagged: subscribed with on_lag close",
+                    ))
+                }
+                Emitted::Nothing | Emitted::Wrote => {}
             }
             if self.frame.len_bytes() >= FRAME_TARGET_BYTES {
-                return false;
+                return Ok(false);
             }
         }
-        true
+        Ok(true)
     }
 
     /// The frame built so far (replies, snapshots, updates), or `None` when nothing was written.
@@ -64,7 +72,7 @@ impl Session {
         m.bytes_sent.inc_by(bytes as u64);
         let s = &mut self.stats;
         if s.updates > 0 {
-            m.updates_sent.inc_by(s.updates);
+            self.updates_sent.inc_by(s.updates);
             m.updates_conflated.inc_by(s.conflated);
         }
         if s.snapshots > 0 {
@@ -93,14 +101,14 @@ impl Connection {
         loop {
             let done = self.session.fill_frame(now);
             sent |= self.send_frame().await?;
-            if done {
+            if done? {
                 return Ok(sent);
             }
         }
     }
 
     /// Hands the current frame to the socket and accounts for it; false when there was none.
-    async fn send_frame(&mut self) -> Result<bool, End> {
+    pub(super) async fn send_frame(&mut self) -> Result<bool, End> {
         let Some(frame) = self.session.take_frame() else {
             return Ok(false);
         };

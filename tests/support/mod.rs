@@ -24,6 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The series of open WebSocket connections in `/metrics`.
+pub const WS_CONNECTIONS: &str = "quotegw_connections{transport=\"ws\"}";
+
 /// How long a test waits for something that should happen; reaching it fails the test. It bounds a
 /// broken run, it is not a performance threshold.
 pub const DEADLINE: Duration = Duration::from_secs(30);

@@ -1,0 +1,185 @@
+//! Stage 6, HTTP, admission: the checks every client passes before it gets anything, whatever it
+//! asks for (a WebSocket, an SSE stream, a REST snapshot), and the refusal each check answers with.
+//! The policy is `access.rs`; this is its order and its HTTP form.
+//!
+//! Cheapest first, each answered before any session exists: shutting down (503), the Origin
+//! allow-list (403), recent failed authentications from the address (429, unverified), the token
+//! (401), connections from the address and with the credential (429), then `max_connections` (503,
+//! for streams only: a REST request takes no connection place).
+
+use std::net::SocketAddr;
+
+use actix_http::StatusCode;
+
+use crate::access::{token_of, ClientGuards, Grant, Refusal};
+use crate::http::AppState;
+use crate::security_log;
+use crate::session::{ConnectionGuard, Transport};
+
+/// The parts of a request that admission reads.
+pub struct ClientRequest<'a> {
+    pub origin: Option<&'a str>,
+    pub query: &'a str,
+    pub authorization: Option<&'a str>,
+    pub peer: Option<SocketAddr>,
+}
+
+/// An admitted client: what its token allows and the places it holds (released on `Drop`).
+pub struct Admitted {
+    pub grant: Grant,
+    pub guards: ClientGuards,
+    /// Its place in `max_connections` (streams only).
+    pub connection: Option<ConnectionGuard>,
+}
+
+/// A refusal: the HTTP status, the error code of the contract's table for JSON answers, the
+/// reason label of `quotegw_connections_refused_total`, and a message saying what to do.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+    pub header: Option<(&'static str, &'static str)>,
+}
+
+impl Refused {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Refused {
+        Refused {
+            status,
+            code,
+            reason,
+            message: message.into(),
+            header: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Refused {
+        self.header = Some((name, value));
+        self
+    }
+
+    /// A 400 about the request itself.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Refused {
+        Refused::new(StatusCode::BAD_REQUEST, code, "bad_request", message)
+    }
+
+    /// The JSON body of REST and SSE refusals: `{"error":{"code":...,"message":...}}`.
+    pub fn json_body(&self) -> String {
+        let mut out = String::from(r#"{"error":{"code":""#);
+        out.push_str(self.code);
+        out.push_str(r#"","message":"#);
+        crate::protocol::push_json_str(&mut out, self.message.trim_end());
+        out.push_str("}}");
+        out
+    }
+
+    /// Counts the refusal, and logs it when it is a security event (not a 400 or a 404).
+    pub fn record(&self, state: &AppState, peer: Option<SocketAddr>) {
+        state
+            .sessions
+            .metrics
+            .connections_refused
+            .with_label_values(&[self.reason])
+            .inc();
+        if self.status != StatusCode::NOT_FOUND && self.status != StatusCode::BAD_REQUEST {
+            security_log::refused(peer, self.status.as_u16(), self.reason);
+        }
+    }
+}
+
+/// Runs every check on `req`. A stream (`transport`) also takes a place in `max_connections`.
+pub fn admit(
+    state: &AppState,
+    req: &ClientRequest,
+    transport: Option<Transport>,
+) -> Result<Admitted, Refused> {
+    let sessions = &state.sessions;
+    let unavailable = |reason, message: &str| {
+        Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate_limited",
+            reason,
+            message,
+        )
+        .with_header("retry-after", "5")
+    };
+    let too_many = |r: Refusal, message: &str| {
+        Refused::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            r.reason(),
+            message,
+        )
+        .with_header("retry-after", "5")
+    };
+    if sessions.shutdown.is_cancelled() {
+        return Err(unavailable(
+            "shutting_down",
+            "the gateway is shutting down\n",
+        ));
+    }
+    let access = &state.access;
+    if let Err(r) = access.check_origin(req.origin) {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "unauthorized",
+            r.reason(),
+            "this Origin may not use this gateway\n",
+        ));
+    }
+    let client = req.peer.map(|a| access.client_key(a.ip()));
+    let now = std::time::Instant::now();
+    if let Some(client) = client.filter(|_| access.auth_required()) {
+        access
+            .check_auth_throttle(client, now)
+            .map_err(|r| too_many(r, "too many failed authentications from this address\n"))?;
+    }
+    let token = token_of(req.query, req.authorization);
+    let grant = match access.authorize(token.as_deref()) {
+        Ok(g) => g,
+        Err(r) => {
+            if let Some(client) = client {
+                access.auth_failed(client, now);
+            }
+            return Err(Refused::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                r.reason(),
+                "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
+            )
+            .with_header("www-authenticate", "Bearer"));
+        }
+    };
+    let mut guards = ClientGuards::default();
+    if let Some(client) = client {
+        guards.ip = Some(
+            access
+                .admit_ip(client)
+                .map_err(|r| too_many(r, "too many connections from this address\n"))?,
+        );
+    }
+    if let Some(credential) = grant.credential.clone() {
+        guards.token = Some(
+            access
+                .admit_token(credential)
+                .map_err(|r| too_many(r, "too many connections with this token\n"))?,
+        );
+    }
+    let connection = match transport {
+        None => None,
+        Some(transport) => Some(sessions.admit(transport).ok_or_else(|| {
+            unavailable("max_connections", "too many connections; retry later\n")
+        })?),
+    };
+    Ok(Admitted {
+        grant,
+        guards,
+        connection,
+    })
+}

@@ -1,0 +1,281 @@
+//! Stage 6, HTTP beside the WebSocket: `GET /v1/quotes?symbols=...` (snapshots, exactly as on
+//! `/ws`) and `GET /v1/symbols` (what this credential may subscribe to). Same access rules as
+//! `/ws` (`admit.rs`: Origin, token, per-client limits; a request takes no connection place), the
+//! same symbol rule and per-connection symbol limit, the credential's tier, CORS for allowed
+//! Origins (with preflight, since a browser sending `Authorization` asks first), and
+//! `Cache-Control: no-store`: a quote is only true now. Errors are
+//! `{"error":{"code":...,"message":...}}` with the matching status.
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::access::{CorsOrigin, Grant, Tier};
+use crate::admit::{admit, Admitted, ClientRequest, Refused};
+use crate::delta::{encode_snapshot, with_delayed_ms};
+use crate::http::AppState;
+use crate::model::{valid_symbol, SYMBOL_RULE};
+use crate::protocol::{normalize_symbol, push_json_str, ErrorCode};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/quotes", web::get().to(quotes))
+        .route("/v1/symbols", web::get().to(symbols))
+        .route("/v1/stream", web::get().to(stream_on_a_used_connection))
+        .route("/v1/{tail:.*}", web::method(actix_web::http::Method::OPTIONS).to(preflight));
+}
+
+/// A query string, percent-decoded (`+` is a space, as forms send it).
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn parse(query: &str) -> Query {
+        Query(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (crate::access::percent_decode(k), crate::access::percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// The `symbols` parameter: comma-separated, each a symbol by the contract's rule, upper-cased,
+/// repeats dropped, at most `max` of them.
+pub fn symbols_param(query: &Query, max: usize) -> Result<Vec<String>, Refused> {
+    let Some(list) = query.get("symbols").filter(|l| !l.is_empty()) else {
+        return Err(Refused::bad_request(
+            "bad_request",
+            "give the symbols as ?symbols=AAPL,MSFT",
+        ));
+    };
+    let mut symbols: Vec<String> = Vec::new();
+    for s in list.split(',') {
+        if !valid_symbol(s) {
+            let shown: String = s.chars().take(32).collect();
+            return Err(Refused::bad_request(
+                "bad_request",
+                format!("'{shown}' is not a symbol: {SYMBOL_RULE}"),
+            ));
+        }
+        let s = normalize_symbol(s);
+        if !symbols.contains(&s) {
+            symbols.push(s);
+        }
+        if symbols.len() > max {
+            return Err(Refused::bad_request(
+                "too_many_symbols",
+                format!("a request may name at most {max} symbols"),
+            ));
+        }
+    }
+    Ok(symbols)
+}
+
+/// Splits `symbols` into those this credential gets and those it does not (with why).
+pub fn resolve(
+    state: &AppState,
+    grant: &Grant,
+    symbols: Vec<String>,
+) -> (Vec<String>, Vec<(String, ErrorCode)>) {
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for s in symbols {
+        if !grant.allows(&s) {
+            rejected.push((s, ErrorCode::Unauthorized));
+        } else if state.sessions.index.lookup(&s).is_none() {
+            rejected.push((s, ErrorCode::UnknownSymbol));
+        } else {
+            accepted.push(s);
+        }
+    }
+    (accepted, rejected)
+}
+
+/// The admission checks for one REST request; the guards live as long as the request.
+fn admit_request(state: &AppState, req: &HttpRequest) -> Result<Admitted, Refused> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    admit(
+        state,
+        &ClientRequest {
+            origin: header("origin"),
+            query: req.query_string(),
+            authorization: header("authorization"),
+            peer: req.peer_addr(),
+        },
+        None,
+    )
+}
+
+/// A JSON answer with the headers every `/v1` answer carries.
+fn json(state: &AppState, req: &HttpRequest, status: StatusCode, body: String) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response
+        .content_type("application/json")
+        .insert_header(("Cache-Control", "no-store"));
+    cors(state, req, &mut response);
+    response.body(body)
+}
+
+fn cors(state: &AppState, req: &HttpRequest, response: &mut actix_web::HttpResponseBuilder) {
+    let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
+    match state.access.cors_origin(origin) {
+        CorsOrigin::Any => {
+            response.insert_header(("Access-Control-Allow-Origin", "*"));
+        }
+        CorsOrigin::Echo(o) => {
+            response.insert_header(("Access-Control-Allow-Origin", o.to_string()));
+        }
+        CorsOrigin::Refused => {}
+    }
+    if state.access.cors_varies_by_origin() {
+        response.insert_header(("Vary", "Origin"));
+    }
+}
+
+fn refusal(state: &AppState, req: &HttpRequest, refused: Refused) -> HttpResponse {
+    refused.record(state, req.peer_addr());
+    let mut response = HttpResponse::build(refused.status);
+    response
+        .content_type("application/json")
+        .insert_header(("Cache-Control", "no-store"));
+    if let Some(header) = refused.header {
+        response.insert_header(header);
+    }
+    cors(state, req, &mut response);
+    response.body(refused.json_body())
+}
+
+/// `GET /v1/quotes?symbols=AAPL,MSFT` → `{"quotes":[snapshots],"rejected":[...]}`. A served
+/// symbol without a quote yet is in neither list (it has nothing to show; `/readyz` says when
+/// every feed has delivered). A delayed credential gets the quotes as they were its delay ago.
+async fn quotes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let admitted = match admit_request(&state, &req) {
+        Ok(a) => a,
+        Err(r) => return refusal(&state, &req, r),
+    };
+    let limit = state.sessions.limits.max_symbols_per_connection;
+    let symbols = match symbols_param(&Query::parse(req.query_string()), limit) {
+        Ok(s) => s,
+        Err(r) => return refusal(&state, &req, r),
+    };
+    let grant = &admitted.grant;
+    let (accepted, rejected) = resolve(&state, grant, symbols);
+    let delay = match grant.tier {
+        Tier::Delayed => state.sessions.tiers.delayed.map(|d| d.delay_ms),
+        Tier::Realtime | Tier::Throttled => None,
+    };
+    let mut body = String::from(r#"{"quotes":["#);
+    let mut first = true;
+    for symbol in &accepted {
+        let Some(entry) = state.sessions.index.lookup(symbol) else {
+            continue;
+        };
+        let state_now = match delay {
+            None => entry.read().map(|p| (p.seq, p.quote)),
+            Some(ms) => entry
+                .read_past(crate::feed::now_ms() - ms as i64)
+                .entry
+                .map(|e| (e.seq, e.quote)),
+        };
+        let Some((seq, quote)) = state_now else {
+            continue;
+        };
+        if !first {
+            body.push(',');
+        }
+        first = false;
+        with_delayed_ms(&mut body, delay, |s| {
+            encode_snapshot(s, &entry.symbol, seq, &quote)
+        });
+    }
+    body.push_str(r#"],"rejected":["#);
+    for (i, (symbol, code)) in rejected.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r#"{"symbol":"#);
+        push_json_str(&mut body, symbol);
+        body.push_str(r#","code":""#);
+        body.push_str(code.as_str());
+        body.push_str("\"}");
+    }
+    body.push_str("]}");
+    json(&state, &req, StatusCode::OK, body)
+}
+
+/// `GET /v1/symbols` → `{"symbols":[...]}`: what this credential may subscribe to, sorted.
+async fn symbols(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let admitted = match admit_request(&state, &req) {
+        Ok(a) => a,
+        Err(r) => return refusal(&state, &req, r),
+    };
+    let all = state.sessions.index.symbols_sorted();
+    let mut body = String::from(r#"{"symbols":["#);
+    for (i, s) in all
+        .iter()
+        .filter(|s| admitted.grant.allows(s))
+        .enumerate()
+    {
+        if i > 0 {
+            body.push(',');
+        }
+        push_json_str(&mut body, s);
+    }
+    body.push_str("]}");
+    json(&state, &req, StatusCode::OK, body)
+}
+
+/// A CORS preflight for `/v1/...`: a browser asks before sending `Authorization` (or
+/// `Last-Event-ID`) cross-origin.
+async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
+    if state.access.cors_origin(origin) == CorsOrigin::Refused {
+        return HttpResponse::Forbidden().finish();
+    }
+    let mut response = HttpResponse::NoContent();
+    cors(&state, &req, &mut response);
+    response
+        .insert_header(("Access-Control-Allow-Methods", "GET"))
+        .insert_header(("Access-Control-Allow-Headers", "Authorization, Last-Event-ID"))
+        .insert_header(("Access-Control-Max-Age", "600"))
+        .finish()
+}
+
+/// `/v1/stream` is taken over from the connection's first bytes (`session::sse`); this answers
+/// the only way it can reach a route: as a later request on a connection (pipelining), which the
+/// gateway does not keep alive for.
+async fn stream_on_a_used_connection(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let refused = Refused::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rate_limited",
+        "bad_request",
+        "open /v1/stream as the first request of a connection",
+    )
+    .with_header("retry-after", "1");
+    refusal(&state, &req, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_percent_decoded_and_symbols_checked() {
+        let q = Query::parse("symbols=aapl%2CMSFT,aapl&max_hz=2&token=a%2Bb");
+        assert_eq!(q.get("token"), Some("a+b"));
+        assert_eq!(symbols_param(&q, 10).unwrap(), ["AAPL", "MSFT"]);
+        let e = symbols_param(&Query::parse("symbols=A+B"), 10).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_request"));
+        let e = symbols_param(&Query::parse("symbols=A,B,C"), 2).unwrap_err();
+        assert_eq!(e.code, "too_many_symbols");
+        assert!(symbols_param(&Query::parse(""), 2).is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! Stage 5, the session over Server-Sent Events: `GET /v1/stream?symbols=...[&max_hz=...]`, for
+//! `curl -N`, `EventSource` and networks whose proxies break WebSockets. It is a session like any
+//! other: the same slots, conflation, `max_hz`, batching and slow-consumer rule, counted in
+//! `max_connections` and the per-client limits, ended at shutdown and token expiry.
+//!
+//! Like a WebSocket, the stream owns its socket (`WsSocket::raw`), so that a client that stops
+//! reading is closed after `slow_consumer_timeout_ms` (actix's response bodies give no way to
+//! give up on a stalled socket). The public listener hands a connection here when its first bytes
+//! are `GET /v1/stream` (`is_stream_request`); since the gateway does not keep plain HTTP
+//! connections alive, every request is the first on its connection. The response is delimited by
+//! the connection's end (HTTP/1.1 allows it with `Connection: close`): events need no chunk framing.
+
+use std::time::{Duration, Instant};
+
+use actix_codec::Decoder;
+use actix_http::{h1, StatusCode};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::socket::WsSocket;
+use super::{Connection, Transport};
+use crate::access::CorsOrigin;
+use crate::admit::{admit, Admitted, ClientRequest, Refused};
+use crate::frame::Framing;
+use crate::http::AppState;
+use crate::protocol::{ErrorCode, OnLag, MAX_HZ_RANGE};
+use crate::rest::{resolve, symbols_param, Query};
+
+/// The request line that starts a stream (then `?` or a space).
+const STREAM_PREFIX: &[u8] = b"GET /v1/stream";
+/// A request head larger than this is refused (431).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Whether a new connection's first request is `GET /v1/stream`, looking at its first bytes
+/// without taking them (the connection goes to actix otherwise). A client that sends its request
+/// line slowly is looked at again with growing pauses, within `timeout`.
+pub async fn is_stream_request(io: &TcpStream, timeout: Duration) -> bool {
+    let mut buf = [0u8; STREAM_PREFIX.len() + 1];
+    let mut pause = Duration::from_millis(2);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if tokio::time::timeout_at(deadline, io.readable()).await.is_err() {
+            return false;
+        }
+        let n = match io.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        let seen = &buf[..n];
+        if n == 0 || !STREAM_PREFIX.starts_with(&seen[..n.min(STREAM_PREFIX.len())]) {
+            return false;
+        }
+        if n == buf.len() {
+            return matches!(buf[STREAM_PREFIX.len()], b'?' | b' ');
+        }
+        // Part of a matching request line: wait for the rest (peeking does not consume, so the
+        // socket stays readable; pause rather than spin).
+        if tokio::time::Instant::now() + pause > deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Serves a connection whose request is `GET /v1/stream`: reads the request, admits it, answers
+/// with the event stream (or a JSON error) and runs the session until it ends.
+pub async fn serve(mut io: TcpStream, state: actix_web::web::Data<AppState>) {
+    let limits = &state.sessions.limits;
+    let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
+    let Ok(Some(req)) = tokio::time::timeout(handshake_timeout, read_head(&mut io)).await else {
+        return; // too slow, too large, or not HTTP: nothing worth answering
+    };
+    let peer = io.peer_addr().ok();
+    let header = |name| req.head().headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = header("origin");
+    let cors = match state.access.cors_origin(origin) {
+        CorsOrigin::Any => Some("*".to_string()),
+        CorsOrigin::Echo(o) => Some(o.to_string()),
+        CorsOrigin::Refused => None,
+    };
+    let query = req.uri().query().unwrap_or("");
+    let admitted = admit(
+        &state,
+        &ClientRequest {
+            origin,
+            query,
+            authorization: header("authorization"),
+            peer,
+        },
+        Some(Transport::Sse),
+    )
+    .and_then(|admitted| stream_request(&state, query, admitted));
+    let start = match admitted {
+        Ok(start) => start,
+        Err(refusal) => {
+            refusal.record(&state, peer);
+            let _ = respond_error(&mut io, &refusal, cors.as_deref(), handshake_timeout).await;
+            return;
+        }
+    };
+    let StreamStart {
+        admitted:
+            Admitted {
+                grant,
+                guards,
+                connection: place,
+            },
+        symbols,
+        rejected,
+        max_hz,
+        on_lag,
+    } = start;
+    let place = place.expect("a stream is admitted with a connection place");
+    let mut head = String::from(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\
+         cache-control: no-store\r\nconnection: close\r\nx-accel-buffering: no\r\n",
+    );
+    if let Some(cors) = &cors {
+        head.push_str("access-control-allow-origin: ");
+        head.push_str(cors);
+        head.push_str("\r\nvary: Origin\r\n");
+    }
+    head.push_str("\r\n");
+    // How long a client waits before reconnecting (EventSource's default is ~3 s), and what was
+    // refused, as comments a client may read or ignore.
+    head.push_str("retry: 1000\n\n");
+    for (symbol, code) in &rejected {
+        head.push_str(": rejected ");
+        head.push_str(symbol);
+        head.push(' ');
+        head.push_str(code.as_str());
+        head.push_str("\n\n");
+    }
+    if !matches!(
+        tokio::time::timeout(handshake_timeout, io.write_all(head.as_bytes())).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let _ = io.set_nodelay(true);
+    if limits.send_buffer_bytes > 0 {
+        let _ = socket2::SockRef::from(&io).set_send_buffer_size(limits.send_buffer_bytes);
+    }
+    let mut connection = Connection::new(
+        state.sessions.clone(),
+        (place, guards),
+        grant,
+        WsSocket::raw(io),
+        Framing::Sse,
+    );
+    let pacing = connection.session.pacing(max_hz, on_lag);
+    connection
+        .session
+        .subscribe(None, symbols, pacing, Instant::now());
+    connection.run().await;
+}
+
+/// What an admitted stream asks for.
+struct StreamStart {
+    admitted: Admitted,
+    /// The symbols it gets, and those it asked for but does not (with why).
+    symbols: Vec<String>,
+    rejected: Vec<(String, ErrorCode)>,
+    max_hz: Option<f64>,
+    on_lag: OnLag,
+}
+
+/// Reads the query of an admitted stream: `symbols` (required), `max_hz`, `on_lag`. Symbols the
+/// token may not have or the gateway does not serve are reported, not fatal, unless none is left.
+fn stream_request(
+    state: &AppState,
+    query: &str,
+    admitted: Admitted,
+) -> Result<StreamStart, Refused> {
+    let params = Query::parse(query);
+    let symbols = symbols_param(&params, state.sessions.limits.max_symbols_per_connection)?;
+    let max_hz = match params.get("max_hz") {
+        None => None,
+        Some(v) => match v.parse::<f64>() {
+            Ok(hz) if MAX_HZ_RANGE.contains(&hz) => Some(hz),
+            _ => {
+                return Err(Refused::bad_request(
+                    "bad_request",
+                    "'max_hz' must be a number from 0.001 to 1000 (updates per second per symbol)",
+                ))
+            }
+        },
+    };
+    let on_lag = match params.get("on_lag") {
+        None | Some("conflate") => OnLag::Conflate,
+        Some("close") => OnLag::Close,
+        Some(_) => {
+            return Err(Refused::bad_request(
+                "bad_request",
+                r#"'on_lag' must be "conflate" or "close""#,
+            ))
+        }
+    };
+    let (symbols, rejected) = resolve(state, &admitted.grant, symbols);
+    if symbols.is_empty() {
+        let unauthorized = rejected.iter().any(|(_, c)| *c == ErrorCode::Unauthorized);
+        let status = if unauthorized {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let code = rejected.first().map_or("bad_request", |(_, c)| c.as_str());
+        return Err(Refused::new(
+            status,
+            code,
+            "bad_request",
+            "none of the symbols can be streamed",
+        ));
+    }
+    Ok(StreamStart {
+        admitted,
+        symbols,
+        rejected,
+        max_hz,
+        on_lag,
+    })
+}
+
+/// Reads an HTTP/1 request head (a GET has no body); `None` if it is not one within bounds.
+async fn read_head(io: &mut TcpStream) -> Option<actix_http::Request> {
+    let mut codec = h1::Codec::default();
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Ok(Some(h1::Message::Item(req))) = codec.decode(&mut buf) {
+            return Some(req);
+        }
+        if buf.len() >= MAX_HEAD_BYTES {
+            return None;
+        }
+        if io.read_buf(&mut buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// A refusal as JSON, then the connection's end.
+async fn respond_error(
+    io: &mut TcpStream,
+    refusal: &Refused,
+    cors: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let body = refusal.json_body();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+         connection: close\r\ncontent-length: {}\r\n",
+        refusal.status.as_u16(),
+        refusal.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if let Some((name, value)) = refusal.header {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(cors) = cors {
+        head.push_str(&format!("access-control-allow-origin: {cors}\r\nvary: Origin\r\n"));
+    }
+    head.push_str("\r\n");
+    head.push_str(&body);
+    tokio::time::timeout(timeout, async {
+        io.write_all(head.as_bytes()).await?;
+        io.shutdown().await
+    })
+    .await
+    .unwrap_or(Ok(()))
+}
