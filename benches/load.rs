@@ -33,6 +33,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The gateway's `max_connections` here: above W0's 10,000 clients, and within what the open-file
+/// limit of a machine like this one (20,000) can hold, which the gateway checks at start.
+const MAX_CONNECTIONS: usize = 12_000;
 /// Latency histogram resolution: 1 ms buckets (the resolution of `ts`), the last one open-ended.
 const LATENCY_BUCKETS_MS: usize = 10_000;
 /// Clients connect this many at a time, so the accept backlog never overflows.
@@ -327,7 +330,7 @@ impl Server {
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = \"127.0.0.1:{port}\"\nworkers = {}\n[limits]\nmax_connections = 100000\n\
+                        "listen = \"127.0.0.1:{port}\"\nworkers = {}\n[limits]\nmax_connections = {MAX_CONNECTIONS}\n\
                          max_connections_per_ip = 100000\nmax_connections_per_token = 100000\n\
                          max_symbols_per_connection = 100000\n{extra}\n[[feeds]]\n{feed}",
                         c.workers
