@@ -17,10 +17,10 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use quotegw::conflate::{ConnPending, EmitStats, Pacing, Recent, SlotView};
 use quotegw::feed::FeedEvent;
+use quotegw::frame::FrameBuilder;
 use quotegw::index::{Index, RECENT_TICKS};
 use quotegw::metrics::Metrics;
 use quotegw::model::Tick;
-use quotegw::frame::FrameBuilder;
 use rust_decimal::Decimal;
 
 struct Conn {
@@ -85,7 +85,10 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
         .map(|_| {
             let pending = ConnPending::new();
             Conn {
-                slots: vec![SlotView::new(entry.subscribe(&pending, 0, true), Pacing::default())],
+                slots: vec![SlotView::new(
+                    entry.subscribe(&pending, 0, true),
+                    Pacing::default(),
+                )],
                 pending,
                 dirty: Vec::new(),
                 frame: FrameBuilder::default(),

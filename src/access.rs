@@ -406,7 +406,10 @@ impl Access {
                         let (key, tier) = entry.parts();
                         let tier = tier.unwrap_or(tiers.default);
                         if tier == Tier::Delayed && !delayed_offered {
-                            return Err("a key with tier = \"delayed\" needs a [tiers.delayed] table".to_string());
+                            return Err(
+                                "a key with tier = \"delayed\" needs a [tiers.delayed] table"
+                                    .to_string(),
+                            );
                         }
                         key.resolve().map(|k| (k.into_bytes(), tier))
                     })

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use actix_http::HttpService;
 use actix_http::KeepAlive;
-use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt};
+use actix_service::{
+    fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory,
+    ServiceFactoryExt,
+};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App, HttpServer};
 use thiserror::Error;

@@ -17,9 +17,9 @@ use bytestring::ByteString;
 use tokio::sync::Notify;
 
 use crate::delta::{encode_snapshot, encode_status, encode_update, with_delayed_ms};
+use crate::frame::FrameBuilder;
 use crate::index::{Subscription, SymbolEntry};
 use crate::model::{Quote, Status};
-use crate::frame::FrameBuilder;
 
 /// Locks a std mutex, ignoring poisoning: every critical section in the pipeline is a plain copy or a
 /// push that leaves the data consistent even if a panic unwound through it.
@@ -306,7 +306,12 @@ impl SlotView {
             // Keeping up: every change as the index encoded it once for everyone, status flips in
             // their place among the updates.
             for recent in &p.catch_up {
-                frame.push_shared(&recent.frame, recent.update_len as usize, symbol, recent.seq);
+                frame.push_shared(
+                    &recent.frame,
+                    recent.update_len as usize,
+                    symbol,
+                    recent.seq,
+                );
                 if let Some(tick_in) = recent.tick_in {
                     stats.tick_in.push(tick_in);
                     stats.updates += 1;
@@ -317,8 +322,7 @@ impl SlotView {
             // latest status (never one older than the prices it follows).
             if p.seq > self.sent_seq {
                 let conflated = p.seq - self.sent_seq - 1;
-                if conflated > 0 && self.pacing.close_on_lag && self.pacing.min_interval.is_none()
-                {
+                if conflated > 0 && self.pacing.close_on_lag && self.pacing.min_interval.is_none() {
                     // Merging is what this client asked never to get: it is closed instead.
                     return Emitted::Lagged;
                 }
@@ -361,7 +365,9 @@ impl SlotView {
         if let Some(e) = past.entry {
             if self.snapshot_pending {
                 frame.push_quote("snapshot", symbol, e.seq, |s| {
-                    with_delayed_ms(s, delayed_ms, |s| encode_snapshot(s, symbol, e.seq, &e.quote))
+                    with_delayed_ms(s, delayed_ms, |s| {
+                        encode_snapshot(s, symbol, e.seq, &e.quote)
+                    })
                 });
                 self.snapshot_pending = false;
                 self.sent_status = e.quote.status;
@@ -468,7 +474,10 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, Some(1))));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::default())];
+        let mut slots = vec![SlotView::new(
+            entry.subscribe(&conn, 0, true),
+            Pacing::default(),
+        )];
         let snap = drain(&conn, &mut slots, Instant::now());
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0]["type"], "snapshot");
@@ -537,7 +546,10 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::max_hz(Some(2.0)))];
+        let mut slots = vec![SlotView::new(
+            entry.subscribe(&conn, 0, true),
+            Pacing::max_hz(Some(2.0)),
+        )];
         let t0 = Instant::now();
         assert_eq!(drain(&conn, &mut slots, t0).len(), 1);
         idx.apply(FeedEvent::Tick(tick(101, None)));
@@ -573,7 +585,10 @@ mod tests {
         let entry = idx.register("AAPL".into());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::max_hz(Some(0.001)))];
+        let mut slots = vec![SlotView::new(
+            entry.subscribe(&conn, 0, true),
+            Pacing::max_hz(Some(0.001)),
+        )];
         let t0 = Instant::now();
         assert_eq!(drain(&conn, &mut slots, t0).len(), 1, "the snapshot");
         idx.apply(FeedEvent::Tick(Tick {
@@ -610,7 +625,10 @@ mod tests {
         let idx = index();
         let entry = idx.register("AAPL".into());
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::default())];
+        let mut slots = vec![SlotView::new(
+            entry.subscribe(&conn, 0, true),
+            Pacing::default(),
+        )];
         assert!(drain(&conn, &mut slots, Instant::now()).is_empty());
         idx.apply(FeedEvent::Tick(tick(100, None)));
         let msgs = drain(&conn, &mut slots, Instant::now());

@@ -83,7 +83,11 @@ pub fn encode_status(out: &mut String, symbol: &str, status: Status) {
 
 /// Writes a message with `"delayed_ms":N` as its last member (PROTOCOL.md: present only for a
 /// delayed entitlement).
-pub fn with_delayed_ms(out: &mut String, delayed_ms: Option<u64>, encode: impl FnOnce(&mut String)) {
+pub fn with_delayed_ms(
+    out: &mut String,
+    delayed_ms: Option<u64>,
+    encode: impl FnOnce(&mut String),
+) {
     encode(out);
     if let Some(ms) = delayed_ms {
         out.pop(); // the closing brace

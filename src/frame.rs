@@ -223,12 +223,15 @@ mod tests {
 
     #[test]
     fn sse_writes_one_event_per_message_from_the_same_bytes() {
-        let both = one_message_frame(|s| s.push_str(r#"{"type":"update","seq":5},{"type":"status"}"#));
+        let both =
+            one_message_frame(|s| s.push_str(r#"{"type":"update","seq":5},{"type":"status"}"#));
         let status = one_message_frame(|s| s.push_str(r#"{"type":"status"}"#));
         let mut f = FrameBuilder::new(Framing::Sse);
         f.push(|s| s.push_str("{\"type\":\"pong\"}"));
         assert!(f.take().is_none(), "no op replies on an SSE stream");
-        f.push_quote("snapshot", "AAPL", 4, |s| s.push_str(r#"{"type":"snapshot"}"#));
+        f.push_quote("snapshot", "AAPL", 4, |s| {
+            s.push_str(r#"{"type":"snapshot"}"#)
+        });
         f.push_shared(&both, r#"{"type":"update","seq":5}"#.len(), "AAPL", 5);
         f.push_shared(&status, 0, "AAPL", 5);
         f.push_comment("ping");

@@ -41,10 +41,10 @@ use prometheus::IntGauge;
 use crate::conflate::{lock, ConnPending, Published, Recent};
 use crate::delta::{encode_status, encode_update};
 use crate::feed::FeedEvent;
+use crate::frame::one_message_frame;
 use crate::metrics::{FeedCounters, Metrics};
 use crate::model::{FeedId, Quote, Status, Symbol, Tick};
 use crate::normalize::normalize;
-use crate::frame::one_message_frame;
 
 /// How many of a symbol's latest changes (ticks, and status changes) stay encoded for connections
 /// that are behind. A batch of ticks arriving together (a feed's poll, a replay's 10 ms step) is far

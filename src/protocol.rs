@@ -519,7 +519,10 @@ mod tests {
         assert_eq!(on_lag(r#","on_lag":"conflate""#), OnLag::Conflate);
         assert_eq!(on_lag(r#","on_lag":"close""#), OnLag::Close);
         for bad in [r#""CLOSE""#, "1", r#""drop""#] {
-            assert_eq!(op(&format!(r#","on_lag":{bad}"#)).unwrap_err().code, ErrorCode::BadRequest);
+            assert_eq!(
+                op(&format!(r#","on_lag":{bad}"#)).unwrap_err().code,
+                ErrorCode::BadRequest
+            );
         }
     }
 

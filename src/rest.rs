@@ -22,7 +22,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/quotes", web::get().to(quotes))
         .route("/v1/symbols", web::get().to(symbols))
         .route("/v1/stream", web::get().to(stream_on_a_used_connection))
-        .route("/v1/{tail:.*}", web::method(actix_web::http::Method::OPTIONS).to(preflight));
+        .route(
+            "/v1/{tail:.*}",
+            web::method(actix_web::http::Method::OPTIONS).to(preflight),
+        );
 }
 
 /// A query string, percent-decoded (`+` is a space, as forms send it).
@@ -36,7 +39,10 @@ impl Query {
                 .filter(|p| !p.is_empty())
                 .map(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (crate::access::percent_decode(k), crate::access::percent_decode(v))
+                    (
+                        crate::access::percent_decode(k),
+                        crate::access::percent_decode(v),
+                    )
                 })
                 .collect(),
         )
@@ -219,11 +225,7 @@ async fn symbols(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     };
     let all = state.sessions.index.symbols_sorted();
     let mut body = String::from(r#"{"symbols":["#);
-    for (i, s) in all
-        .iter()
-        .filter(|s| admitted.grant.allows(s))
-        .enumerate()
-    {
+    for (i, s) in all.iter().filter(|s| admitted.grant.allows(s)).enumerate() {
         if i > 0 {
             body.push(',');
         }
@@ -244,7 +246,10 @@ async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     cors(&state, &req, &mut response);
     response
         .insert_header(("Access-Control-Allow-Methods", "GET"))
-        .insert_header(("Access-Control-Allow-Headers", "Authorization, Last-Event-ID"))
+        .insert_header((
+            "Access-Control-Allow-Headers",
+            "Authorization, Last-Event-ID",
+        ))
         .insert_header(("Access-Control-Max-Age", "600"))
         .finish()
 }

@@ -39,8 +39,7 @@ async fn control_still_served(gw: &TestGateway, c: &mut Client, n: u32) {
 
 /// Waits for the gateway's connection count, and checks fds and RSS against the baseline.
 async fn back_to_baseline(gw: &TestGateway, connections: f64, fds: usize, rss: u64, what: &str) {
-    gw.wait_metric(WS_CONNECTIONS, |v| v == connections)
-        .await;
+    gw.wait_metric(WS_CONNECTIONS, |v| v == connections).await;
     let deadline = tokio::time::Instant::now() + support::DEADLINE;
     while fd_count() > fds + 4 {
         assert!(

@@ -113,11 +113,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_and_costs_bounded_memor
 
     // The second never reads: after the close grace the gateway tears the socket down, its place in
     // max_connections is freed, and reading it now ends without a close frame.
-    while_reading(
-        &mut fast,
-        gw.wait_metric(WS_CONNECTIONS, |v| v == 1.0),
-    )
-    .await;
+    while_reading(&mut fast, gw.wait_metric(WS_CONNECTIONS, |v| v == 1.0)).await;
     let mut c: Client = slow.pop().unwrap();
     let end = while_reading(&mut fast, async {
         loop {

@@ -235,7 +235,9 @@ impl Connection {
             // An SSE stream has no close frame: a last comment says why it ends.
             self.session.comment(reason);
             if let Some(last) = self.session.take_frame() {
-                let _ = self.socket.start(actix_http::ws::OpCode::Text, last.into_bytes());
+                let _ = self
+                    .socket
+                    .start(actix_http::ws::OpCode::Text, last.into_bytes());
             }
         }
         let close = CloseReason {
@@ -267,11 +269,11 @@ mod tests {
 
     use super::*;
     use crate::config::LimitsConfig;
-    use crate::session::Transport;
     use crate::feed::FeedEvent;
     use crate::index::Index;
     use crate::metrics::Metrics;
     use crate::model::Tick;
+    use crate::session::Transport;
 
     const SYMBOLS: [&str; 3] = ["AAPL", "MSFT", "NVDA"];
 
@@ -356,7 +358,10 @@ mod tests {
                 }
                 assert_eq!(subscribers(&shared), [1, 1, 1]);
                 assert_eq!(shared.metrics.subscriptions.get(), 3);
-                assert_eq!(shared.metrics.connections.with_label_values(&["ws"]).get(), 1);
+                assert_eq!(
+                    shared.metrics.connections.with_label_values(&["ws"]).get(),
+                    1
+                );
                 task.abort();
                 assert!(task.await.unwrap_err().is_cancelled());
             })
@@ -367,7 +372,10 @@ mod tests {
             "every subscriber list is empty"
         );
         assert_eq!(shared.metrics.subscriptions.get(), 0);
-        assert_eq!(shared.metrics.connections.with_label_values(&["ws"]).get(), 0);
+        assert_eq!(
+            shared.metrics.connections.with_label_values(&["ws"]).get(),
+            0
+        );
         // And the fan-out no longer reaches it.
         shared.index.apply(FeedEvent::Tick(Tick {
             symbol: "AAPL".into(),

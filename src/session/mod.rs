@@ -34,10 +34,10 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{Grant, Tier, TiersConfig};
 use crate::config::LimitsConfig;
 use crate::conflate::{ConnPending, Delay, EmitStats, Pacing, Recent, SlotView};
+use crate::frame::{FrameBuilder, Framing};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
-use crate::frame::{FrameBuilder, Framing};
 use crate::protocol::{close, OnLag};
 pub use connection::Connection;
 use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
@@ -165,7 +165,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(shared: Arc<SessionShared>, grant: Grant, framing: Framing, now: Instant) -> Session {
+    pub fn new(
+        shared: Arc<SessionShared>,
+        grant: Grant,
+        framing: Framing,
+        now: Instant,
+    ) -> Session {
         let limits = &shared.limits;
         let updates_sent = shared
             .metrics

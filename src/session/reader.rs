@@ -248,8 +248,7 @@ impl Session {
                         (self.slots.len() - 1) as u32
                     });
                     self.by_symbol.insert(entry.symbol.clone(), slot);
-                    let subscription =
-                        entry.subscribe(&self.pending, slot, pacing.delay.is_none());
+                    let subscription = entry.subscribe(&self.pending, slot, pacing.delay.is_none());
                     self.slots[slot as usize] = Some(SlotView::new(subscription, pacing));
                 }
             }

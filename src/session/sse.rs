@@ -40,7 +40,10 @@ pub async fn is_stream_request(io: &TcpStream, timeout: Duration) -> bool {
     let mut pause = Duration::from_millis(2);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if tokio::time::timeout_at(deadline, io.readable()).await.is_err() {
+        if tokio::time::timeout_at(deadline, io.readable())
+            .await
+            .is_err()
+        {
             return false;
         }
         let n = match io.peek(&mut buf).await {
@@ -176,18 +179,17 @@ fn stream_request(
 ) -> Result<StreamStart, Refused> {
     let params = Query::parse(query);
     let symbols = symbols_param(&params, state.sessions.limits.max_symbols_per_connection)?;
-    let max_hz = match params.get("max_hz") {
-        None => None,
-        Some(v) => match v.parse::<f64>() {
-            Ok(hz) if MAX_HZ_RANGE.contains(&hz) => Some(hz),
-            _ => {
-                return Err(Refused::bad_request(
+    let max_hz =
+        match params.get("max_hz") {
+            None => None,
+            Some(v) => match v.parse::<f64>() {
+                Ok(hz) if MAX_HZ_RANGE.contains(&hz) => Some(hz),
+                _ => return Err(Refused::bad_request(
                     "bad_request",
                     "'max_hz' must be a number from 0.001 to 1000 (updates per second per symbol)",
-                ))
-            }
-        },
-    };
+                )),
+            },
+        };
     let on_lag = match params.get("on_lag") {
         None | Some("conflate") => OnLag::Conflate,
         Some("close") => OnLag::Close,
@@ -259,7 +261,9 @@ async fn respond_error(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     if let Some(cors) = cors {
-        head.push_str(&format!("access-control-allow-origin: {cors}\r\nvary: Origin\r\n"));
+        head.push_str(&format!(
+            "access-control-allow-origin: {cors}\r\nvary: Origin\r\n"
+        ));
     }
     head.push_str("\r\n");
     head.push_str(&body);

@@ -567,6 +567,41 @@ impl RawClient {
         }
     }
 
+    /// Reads server frames until a message matches `pred` (returned) or the connection closes
+    /// (its close frame returned, if any).
+    pub async fn read_until_message(
+        &mut self,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value, Option<(u16, String)>> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(frame) = self.parse_frame() {
+                match frame.opcode {
+                    0x8 => {
+                        let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+                        let reason = String::from_utf8_lossy(&frame.payload[2..]).to_string();
+                        return Err(Some((code, reason)));
+                    }
+                    0x1 => {
+                        let msgs: Vec<Value> =
+                            serde_json::from_slice(&frame.payload).expect("a JSON array");
+                        if let Some(m) = msgs.into_iter().find(|m| pred(m)) {
+                            return Ok(m);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let read = tokio::time::timeout(DEADLINE, self.tcp.read(&mut chunk))
+                .await
+                .expect("data or close within the deadline");
+            match read {
+                Ok(0) | Err(_) => return Err(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
     fn parse_frame(&mut self) -> Option<RawFrame> {
         let b = &self.buf;
         if b.len() < 2 {
@@ -589,4 +624,134 @@ impl RawClient {
         self.buf.drain(..header + len);
         Some(RawFrame { opcode, payload })
     }
+}
+
+/// A Server-Sent Events client on a bare TCP socket, reading the stream as it arrives (like
+/// `curl -N`): the response head, then events and comments one at a time.
+pub struct SseClient {
+    pub tcp: TcpStream,
+    buf: Vec<u8>,
+    /// The response's status and head (lower-cased).
+    pub status: u16,
+    pub head: String,
+    /// Comment lines seen so far (without the leading `: `).
+    pub comments: Vec<String>,
+}
+
+/// One event: its `event:`, `id:` and `data:` (parsed as JSON).
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: Value,
+}
+
+impl SseClient {
+    /// `GET path_and_query` with `headers`; reads the response head.
+    pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.expect("request");
+        let mut c = SseClient {
+            tcp,
+            buf: Vec::new(),
+            status: 0,
+            head: String::new(),
+            comments: Vec::new(),
+        };
+        let end = loop {
+            if let Some(i) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(c.fill().await > 0, "closed before the response head");
+        };
+        c.head = String::from_utf8_lossy(&c.buf[..end]).to_ascii_lowercase();
+        c.status = c.head[9..12].parse().expect("status");
+        c.buf.drain(..end);
+        c
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(DEADLINE, self.tcp.read(&mut chunk))
+            .await
+            .expect("data within the deadline")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The rest of a non-stream answer (an error's JSON body), until the connection ends.
+    pub async fn body(&mut self) -> String {
+        while self.fill().await > 0 {}
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+
+    /// The next event (comments are collected on the way); `None` when the stream ended.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8(self.buf[..i].to_vec()).expect("UTF-8 events");
+                self.buf.drain(..i + 2);
+                let (mut event, mut id, mut data) = (String::new(), String::new(), None);
+                for line in block.lines() {
+                    if let Some(c) = line.strip_prefix(": ") {
+                        self.comments.push(c.to_string());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        assert!(data.is_none(), "one data line per event: {block}");
+                        data = Some(serde_json::from_str(v).expect("data is JSON"));
+                    } else if line.starts_with("retry: ") {
+                    } else {
+                        panic!("unexpected line {line:?} in {block:?}");
+                    }
+                }
+                if let Some(data) = data {
+                    return Some(SseEvent { event, id, data });
+                }
+            }
+            if self.fill().await == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// The next event, which must be there.
+    pub async fn event(&mut self) -> SseEvent {
+        self.next_event().await.expect("an event")
+    }
+}
+
+/// One HTTP/1.1 request with `headers`; returns the status, the head (lower-cased) and the body
+/// (the gateway closes plain HTTP connections after each answer).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("an answer within the deadline")
+        .expect("read");
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head[9..12].parse().expect("status code");
+    (status, head.to_ascii_lowercase(), body.to_string())
 }

@@ -1,0 +1,360 @@
+//! Entitlement tiers from one feed, chosen per credential (realtime, delayed, throttled), and the
+//! per-subscription lag policy (`on_lag`). A short delay (2 s at 100 ms granularity) and a short
+//! throttle interval (500 ms) stand for the production 15 minutes and 1 s.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::{http, start_with_workers, tick, upgrade, Client, RawClient, SseClient, TestGateway};
+
+const REALTIME: &str = "key-realtime-0123456789";
+const DELAYED: &str = "key-delayed-0123456789";
+const THROTTLED: &str = "key-throttled-012345678";
+const DELAY_MS: u64 = 2000;
+const GRANULARITY_MS: u64 = 100;
+const INTERVAL_MS: u64 = 500;
+/// How far apart two things one process sees at "the same" moment may be (scheduling on a busy
+/// 2-core machine); it loosens the checks below, never tightens them.
+const SLACK_MS: u64 = 150;
+
+fn tiers_config() -> String {
+    format!(
+        "[access]\nauth = \"api_key\"\napi_keys = [\"{REALTIME}\", {{ key = \"{DELAYED}\", tier = \"delayed\" }}, \
+         {{ key = \"{THROTTLED}\", tier = \"throttled\" }}]\n\
+         [tiers.delayed]\ndelay_ms = {DELAY_MS}\ngranularity_ms = {GRANULARITY_MS}\n\
+         [tiers.throttled]\ninterval_ms = {INTERVAL_MS}\n"
+    )
+}
+
+async fn client(gw: &TestGateway, key: &str) -> Client {
+    Client::connect(&format!("{}?token={key}", gw.url())).await
+}
+
+/// Pushes a tick of X every 20 ms until dropped.
+fn ticking(gw: &TestGateway) -> tokio::task::JoinHandle<()> {
+    let ticks = gw.ticks.clone();
+    tokio::spawn(async move {
+        for i in 2.. {
+            let bid = format!("{}.{:02}", 10 + i / 100, i % 100);
+            if ticks.send(tick("X", i, &[("bid", &bid)])).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// A realtime client's record of X: when it saw each seq, and the bid at that seq.
+#[derive(Default)]
+struct Seen {
+    at: HashMap<u64, Instant>,
+    bid: HashMap<u64, String>,
+    last: u64,
+}
+
+impl Seen {
+    fn record(&mut self, m: &Value) {
+        let seq = m["seq"].as_u64().unwrap();
+        assert!(
+            m.get("conflated").is_none(),
+            "a realtime client that keeps up: {m}"
+        );
+        assert!(m.get("delayed_ms").is_none(), "{m}");
+        if self.last > 0 {
+            assert_eq!(seq, self.last + 1, "every tick, in order");
+        }
+        self.last = seq;
+        self.at.insert(seq, Instant::now());
+        self.bid.insert(seq, m["bid"].as_str().unwrap().to_string());
+    }
+
+    /// The seqs the realtime client had between `from` and `to` (the last seen at each end).
+    fn seq_range(&self, from: Instant, to: Instant) -> (u64, u64) {
+        let at = |t: Instant| {
+            self.at
+                .iter()
+                .filter(|(_, &a)| a <= t)
+                .map(|(&s, _)| s)
+                .max()
+                .unwrap_or(0)
+        };
+        (at(from), at(to))
+    }
+}
+
+/// A delayed client's snapshot equals the state a realtime client saw `delay_ms` earlier, to the
+/// seq (within the history's granularity), and its updates follow the feed's history shifted by the
+/// delay, every message saying `delayed_ms`; a throttled client never gets two updates of a symbol
+/// closer than the interval, whatever its `max_hz`; a realtime client beside them gets every tick.
+async fn tiers_serve_one_feed_three_ways(workers: usize) {
+    let gw = start_with_workers(workers, &tiers_config(), &["X"]);
+    gw.push(tick("X", 1, &[("bid", "10.00")])).await;
+    let mut realtime = client(&gw, REALTIME).await;
+    realtime
+        .send(json!({"op": "subscribe", "symbols": ["X"]}))
+        .await;
+    realtime.expect("ack").await;
+    let mut seen = Seen::default();
+    let snap = realtime.expect("snapshot").await;
+    seen.last = snap["seq"].as_u64().unwrap();
+    seen.at.insert(seen.last, Instant::now());
+    seen.bid
+        .insert(seen.last, snap["bid"].as_str().unwrap().to_string());
+    let pusher = ticking(&gw);
+    // Let the history grow past the delay.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(DELAY_MS + 600) {
+        seen.record(&realtime.expect("update").await);
+    }
+
+    // The delayed client's snapshot: X as it was 2 s ago.
+    let mut delayed = client(&gw, DELAYED).await;
+    let asked = Instant::now();
+    delayed
+        .send(json!({"op": "subscribe", "symbols": ["X"], "max_hz": 1000}))
+        .await;
+    delayed.expect("ack").await;
+    let snap = delayed.expect("snapshot").await;
+    let got = Instant::now();
+    assert_eq!(snap["delayed_ms"], DELAY_MS, "{snap}");
+    let seq = snap["seq"].as_u64().unwrap();
+    let delay = Duration::from_millis(DELAY_MS);
+    let (lo, hi) = seen.seq_range(
+        asked - delay - Duration::from_millis(GRANULARITY_MS + SLACK_MS),
+        got - delay + Duration::from_millis(SLACK_MS),
+    );
+    println!("delayed snapshot at seq {seq}; the realtime client had {lo}..={hi} then");
+    assert!((lo..=hi).contains(&seq), "seq {seq} not in {lo}..={hi}");
+    assert_eq!(
+        snap["bid"].as_str(),
+        seen.bid.get(&seq).map(String::as_str),
+        "to the seq"
+    );
+
+    // Its updates, and a throttled client's, for a while; the realtime client keeps reading.
+    let mut throttled = client(&gw, THROTTLED).await;
+    throttled
+        .send(json!({"op": "subscribe", "symbols": ["X"], "max_hz": 1000}))
+        .await;
+    throttled.expect("ack").await;
+    throttled.expect("snapshot").await;
+    let mut throttled_at = Vec::new();
+    let mut delayed_updates = 0;
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        tokio::select! {
+            m = realtime.next() => seen.record(&m),
+            m = delayed.next() => {
+                assert_eq!(m["delayed_ms"], DELAY_MS, "{m}");
+                let s = m["seq"].as_u64().unwrap();
+                if m["type"] == "update" {
+                    delayed_updates += 1;
+                    let rt = seen.at[&s];
+                    let lag = Instant::now().duration_since(rt);
+                    assert!(
+                        lag + Duration::from_millis(SLACK_MS) >= delay,
+                        "seq {s} shown {lag:?} after the realtime client saw it"
+                    );
+                    assert_eq!(m["bid"].as_str(), seen.bid.get(&s).map(String::as_str), "{m}");
+                }
+            }
+            m = throttled.next() => {
+                if m["type"] == "update" {
+                    throttled_at.push(Instant::now());
+                }
+            }
+        }
+    }
+    pusher.abort();
+    let gaps: Vec<u128> = throttled_at
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    println!(
+        "delayed: {delayed_updates} updates; throttled: {} updates, gaps {gaps:?} ms",
+        throttled_at.len()
+    );
+    assert!(delayed_updates >= 5, "the delayed client follows the feed");
+    assert!(throttled_at.len() >= 2, "the throttled client is served");
+    assert!(
+        gaps.iter()
+            .all(|&g| g + u128::from(SLACK_MS) >= u128::from(INTERVAL_MS)),
+        "two updates closer than the interval: {gaps:?}"
+    );
+    assert!(
+        throttled_at.len() as u64 <= 2500 / INTERVAL_MS + 1,
+        "{}",
+        throttled_at.len()
+    );
+
+    // REST and SSE follow the credential's tier.
+    let (status, _, body) = http(
+        gw.addr,
+        "GET",
+        &format!("/v1/quotes?symbols=X&token={DELAYED}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let q = &serde_json::from_str::<Value>(&body).unwrap()["quotes"][0];
+    assert_eq!(q["delayed_ms"], DELAY_MS, "{q}");
+    assert!(
+        q["seq"].as_u64().unwrap() < seen.last,
+        "shows the past: {q}"
+    );
+    let mut sse = SseClient::connect(
+        gw.addr,
+        &format!("/v1/stream?symbols=X&token={DELAYED}"),
+        &[],
+    )
+    .await;
+    let e = sse.event().await;
+    assert_eq!(
+        (e.event.as_str(), &e.data["delayed_ms"]),
+        ("snapshot", &json!(DELAY_MS))
+    );
+}
+
+/// The tier can come from a JWT claim (`[tiers] jwt_claim`); a tier the gateway does not offer,
+/// or does not know, is refused at the handshake.
+async fn jwt_tier_claims(workers: usize) {
+    let secret = "a-test-secret-that-is-at-least-32-bytes-long";
+    let gw = start_with_workers(
+        workers,
+        &format!(
+            "[access]\nauth = \"jwt\"\njwt_hs256_secret = \"{secret}\"\n\
+             [tiers]\njwt_claim = \"entitlement\"\n[tiers.throttled]\ninterval_ms = {INTERVAL_MS}\n"
+        ),
+        &["X"],
+    );
+    gw.push(tick("X", 1, &[("bid", "10.00")])).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = |claims: Value| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    for (entitlement, status) in [
+        ("delayed", 401),
+        ("gold", 401),
+        ("realtime", 101),
+        ("throttled", 101),
+    ] {
+        let t = token(json!({"exp": exp, "entitlement": entitlement}));
+        assert_eq!(
+            upgrade(gw.addr, &format!("/ws?token={t}"), &[]).await.0,
+            status,
+            "{entitlement}"
+        );
+    }
+    let t = token(json!({"exp": exp, "entitlement": "throttled"}));
+    let mut c = Client::connect(&format!("{}?token={t}", gw.url())).await;
+    c.send(json!({"op": "subscribe", "symbols": ["X"]})).await;
+    c.expect("ack").await;
+    c.expect("snapshot").await;
+    let pusher = ticking(&gw);
+    let first = c.expect("update").await;
+    let at = Instant::now();
+    let second = c.expect("update").await;
+    pusher.abort();
+    assert!(
+        at.elapsed() + Duration::from_millis(SLACK_MS) >= Duration::from_millis(INTERVAL_MS),
+        "throttled by the claim: {first} then {second} after {:?}",
+        at.elapsed()
+    );
+    assert!(second["conflated"].as_u64().unwrap_or(0) > 0, "{second}");
+}
+
+/// `on_lag: "close"`: a client that falls behind (its socket stalled while the symbol ticked past
+/// what the index keeps) is closed with 4008 instead of getting a merged update; the same client
+/// with the default gets the merge (`conflated`), and `max_hz` pacing is never lag.
+async fn on_lag_close_closes_instead_of_conflating(workers: usize) {
+    let gw = start_with_workers(
+        workers,
+        "[limits]\nslow_consumer_timeout_ms = 600000\nsend_buffer_bytes = 16384\n\
+         [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 500\nticks_per_second = 2000\nseed = 9\n",
+        &["X"],
+    );
+    gw.push(tick("X", 1, &[("bid", "10.00")])).await;
+    gw.wait_metric("quotegw_ticks_received_total{feed=\"sim\"}", |v| {
+        v >= 5000.0
+    })
+    .await;
+    let (_, _, body) = http(gw.addr, "GET", "/v1/symbols", &[]).await;
+    let all: Vec<Value> = serde_json::from_str::<Value>(&body).unwrap()["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| *s != "X")
+        .cloned()
+        .collect();
+    // Snapshots of every other symbol, re-sent by each subscribe: enough to fill the sockets.
+    let fill = json!({"op": "subscribe", "symbols": all}).to_string();
+    // Three clients subscribe to X, each its own way, then fill their sockets without reading.
+    let mut clients = Vec::new();
+    for x in [
+        json!({"op": "subscribe", "symbols": ["X"], "on_lag": "close"}),
+        json!({"op": "subscribe", "symbols": ["X"]}),
+        json!({"op": "subscribe", "symbols": ["X"], "on_lag": "close", "max_hz": 1}),
+    ] {
+        let mut c = RawClient::connect(gw.addr).await;
+        c.send_text(&x.to_string()).await;
+        for _ in 0..40 {
+            c.send_text(&fill).await;
+        }
+        clients.push(c);
+    }
+    gw.wait_metric("quotegw_connections_stalled", |v| v == 3.0)
+        .await;
+    // X ticks far past what the index keeps (64 changes) while they are stalled.
+    for i in 0..200 {
+        gw.push(tick("X", 2 + i, &[("bid", &format!("11.{:02}", i % 100))]))
+            .await;
+    }
+    // Each reads what was held back, until its next update of X, or its close.
+    let mut outcomes = Vec::new();
+    for c in &mut clients {
+        let x = c
+            .read_until_message(|m| m["symbol"] == "X" && m["type"] == "update")
+            .await;
+        outcomes.push(x);
+    }
+    println!("on_lag close / default / close with max_hz: {outcomes:?}");
+    let Err(Some((code, reason))) = &outcomes[0] else {
+        panic!("on_lag close: not closed: {:?}", outcomes[0]);
+    };
+    assert_eq!(*code, 4008, "{reason}");
+    assert!(reason.contains("on_lag"), "{reason}");
+    let merged = |o: &Result<Value, Option<(u16, String)>>| -> Option<u64> {
+        o.as_ref()
+            .ok()
+            .map(|m| m["conflated"].as_u64().unwrap_or(0))
+    };
+    assert!(
+        merged(&outcomes[1]).is_some_and(|n| n > 0),
+        "the default conflates: {:?}",
+        outcomes[1]
+    );
+    assert!(
+        merged(&outcomes[2]).is_some_and(|n| n > 0),
+        "max_hz pacing is not lag: {:?}",
+        outcomes[2]
+    );
+}
+
+crate::with_one_and_two_workers!(
+    tiers_serve_one_feed_three_ways,
+    jwt_tier_claims,
+    on_lag_close_closes_instead_of_conflating,
+);
