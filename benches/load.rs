@@ -12,6 +12,8 @@
 //! against quotegw or a peer (benches/peers/); benches/compare.sh runs all of them, see
 //! docs/benchmarks.md. Every phase is bounded (setup 60 s, teardown 20 s, 10 s per handshake), so a
 //! server that cannot keep up yields a report, never a hang.
+//! `--transport sse` has the clients read `/v1/stream` instead of WebSockets (quotegw only), e.g.
+//!   cargo bench --bench load -- fanout --clients 1000 --symbols-per-client 10 --transport sse
 //! `QUOTEGW_LOAD_LIMITS` adds lines to the gateway's `[limits]` (to compare settings on one
 //! workload, e.g. `QUOTEGW_LOAD_LIMITS="send_buffer_bytes = 0"`).
 //! `cargo bench --bench load -- --help` lists every flag. Each run prints a readable table and one JSON
@@ -111,6 +113,7 @@ fn preset(p: Preset, server: ServerKind) -> (&'static str, Common) {
         // Every server plays the same recorded ticks (restamped at emission).
         source: Source::File,
         churn_per_s: 0,
+        transport: Transport::Ws,
     };
     match p {
         Preset::W0 => (
@@ -202,6 +205,16 @@ struct Common {
     /// Extra short-lived clients connected (and, a second later, disconnected) per second.
     #[arg(long, default_value_t = 0)]
     churn_per_s: u32,
+    /// How the clients read quotegw: WebSockets, or Server-Sent Events (`/v1/stream`).
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: Transport,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Transport {
+    Ws,
+    Sse,
 }
 
 #[derive(Deserialize)]
@@ -534,6 +547,100 @@ fn zipf_pick(universe: &[String], n: usize, seed: u64) -> Vec<String> {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
+/// A client's connection: a WebSocket, or the address an SSE stream is opened at (its symbols go
+/// in the request, so `client` opens it).
+enum Conn {
+    Ws(Box<Ws>),
+    Sse(String),
+}
+
+/// An SSE stream read as it arrives.
+struct SseStream {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl SseStream {
+    async fn open(addr: &str, symbols: &[String]) -> Result<SseStream, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let req = format!(
+            "GET /v1/stream?symbols={} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+            symbols.join(",")
+        );
+        tcp.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = tcp.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before the response head".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        if !buf.starts_with(b"HTTP/1.1 200") {
+            return Err(String::from_utf8_lossy(&buf[..end]).into_owned());
+        }
+        buf.drain(..end);
+        Ok(SseStream { tcp, buf })
+    }
+
+    /// The `data:` of every event complete after the next read, as one JSON array (a read plays
+    /// the part of a WebSocket frame); `None` when the stream ended.
+    async fn next_batch(&mut self) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; CLIENT_READ_BUFFER];
+        loop {
+            let mut batch = String::from("[");
+            while let Some(i) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let event = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    if batch.len() > 1 {
+                        batch.push(',');
+                    }
+                    batch.push_str(data);
+                }
+            }
+            if batch.len() > 1 {
+                batch.push(']');
+                return Some(batch);
+            }
+            match self.tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// What `client` reads from.
+enum Reader {
+    Ws(Box<Ws>),
+    Sse(SseStream),
+}
+
+impl Reader {
+    /// The next text frame (or batch of events); `None` when the connection ended.
+    async fn next_text(&mut self) -> Option<String> {
+        match self {
+            Reader::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                    Some(Ok(_)) => continue,
+                }
+            },
+            Reader::Sse(s) => s.next_batch().await,
+        }
+    }
+}
+
 /// Connects one client, retrying a few times; a handshake gets `CONNECT_LIMIT` per attempt, so
 /// a server too busy to answer fails the connection instead of stalling the harness.
 async fn connect(addr: &str) -> Result<Ws, String> {
@@ -561,17 +668,30 @@ async fn connect(addr: &str) -> Result<Ws, String> {
 
 /// One client: subscribe, wait for every snapshot, then read and check until `stop`.
 async fn client(
-    mut ws: Ws,
+    conn: Conn,
     symbols: Vec<String>,
     slow_rate: Option<u32>,
     stats: Arc<Stats>,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let sub = format!(
-        "{{\"op\":\"subscribe\",\"symbols\":{}}}",
-        serde_json::to_string(&symbols).expect("strings serialize")
-    );
-    ws.send(Message::text(sub)).await.expect("send subscribe");
+    let mut reader = match conn {
+        Conn::Ws(mut ws) => {
+            let sub = format!(
+                "{{\"op\":\"subscribe\",\"symbols\":{}}}",
+                serde_json::to_string(&symbols).expect("strings serialize")
+            );
+            ws.send(Message::text(sub)).await.expect("send subscribe");
+            Reader::Ws(ws)
+        }
+        Conn::Sse(addr) => match SseStream::open(&addr, &symbols).await {
+            Ok(s) => Reader::Sse(s),
+            Err(e) => {
+                eprintln!("cannot open the stream: {e}");
+                stats.closed_early.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
     // (last seq) per symbol; None until the snapshot.
     let mut last: HashMap<String, Option<u64>> =
         symbols.iter().map(|s| (s.clone(), None)).collect();
@@ -591,15 +711,11 @@ async fn client(
     loop {
         let msg = tokio::select! {
             _ = &mut stopped => break,
-            m = ws.next() => m,
+            m = reader.next_text() => m,
         };
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                stats.closed_early.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            Some(Ok(_)) => continue,
+        let Some(text) = msg else {
+            stats.closed_early.fetch_add(1, Ordering::Relaxed);
+            break;
         };
         let counting = stats.counting.load(Ordering::Relaxed);
         let received = now_ms();
@@ -659,13 +775,16 @@ async fn client(
             tokio::time::sleep(p).await;
         }
     }
-    let _ = ws.close(None).await;
+    if let Reader::Ws(mut ws) = reader {
+        let _ = (*ws).close(None).await;
+    }
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Report {
     workload: String,
     server: Option<ServerKind>,
+    transport: Option<Transport>,
     clients: usize,
     symbols_per_client: usize,
     universe: usize,
@@ -714,8 +833,17 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     while connected < c.clients && setup_started.elapsed() < SETUP_LIMIT {
         let batch = CONNECT_CONCURRENCY.min(c.clients - connected);
         let remaining = SETUP_LIMIT.saturating_sub(setup_started.elapsed());
-        let batch_connects =
-            futures_util::future::join_all((0..batch).map(|_| connect(&server.addr)));
+        let transport = c.transport;
+        let addr = server.addr.clone();
+        let batch_connects = futures_util::future::join_all((0..batch).map(|_| {
+            let addr = addr.clone();
+            async move {
+                match transport {
+                    Transport::Ws => connect(&addr).await.map(|ws| Conn::Ws(Box::new(ws))),
+                    Transport::Sse => Ok(Conn::Sse(addr)),
+                }
+            }
+        }));
         let Ok(conns) = tokio::time::timeout(remaining, batch_connects).await else {
             break;
         };
@@ -828,6 +956,7 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     Report {
         workload: name.to_string(),
         server: Some(c.server),
+        transport: Some(c.transport),
         clients: c.clients,
         symbols_per_client: c.symbols_per_client,
         universe: c.universe,
@@ -1082,8 +1211,21 @@ fn smoke() {
         server: ServerKind::Quotegw,
         source: Source::Simulated,
         churn_per_s: 5,
+        transport: Transport::Ws,
     };
-    let r = runtime.block_on(run_once("smoke", &c, false));
+    for transport in [Transport::Ws, Transport::Sse] {
+        smoke_run(
+            &runtime,
+            &Common {
+                transport,
+                ..c.clone()
+            },
+        );
+    }
+}
+
+fn smoke_run(runtime: &tokio::runtime::Runtime, c: &Common) {
+    let r = runtime.block_on(run_once("smoke", c, false));
     print(&r);
     assert!(r.deliveries_per_s > 0.0, "updates were delivered");
     assert_eq!(r.seq_regressions, 0, "seq never goes backwards");

@@ -7,12 +7,14 @@
 //! 2. [`normalize`]: every tick is checked (symbol, prices > 0, sizes ≥ 0) or rejected and counted;
 //! 3. [`index`]: symbol → latest quote, `seq`, subscribers; applies the tick and marks each
 //!    subscriber's slot dirty, never waiting for a connection;
-//! 4. [`conflate`] and [`delta`]: per connection, one pending slot per symbol (latest wins) and the
-//!    update against what that connection was last sent, encoded once when it is the tick's own;
+//! 4. [`conflate`], [`delta`] and [`frame`]: per connection, one pending slot per symbol (latest
+//!    wins) and the update against what that connection was last sent, encoded once when it is the
+//!    tick's own, laid out as WebSocket frames or SSE events;
 //! 5. [`session`]: one task per WebSocket that reads ops and drains its slots into frames, closing
 //!    slow consumers with 4008;
-//! 6. [`http`]: `/ws` (after [`access`]: Origin, token, per-IP limit), `/metrics`, `/healthz`,
-//!    `/readyz`, and the widget.
+//! 6. [`http`]: `/ws` (after [`admit`], which applies [`access`]: Origin, token, per-client limits),
+//!    [`rest`] (`/v1/quotes`, `/v1/symbols`), `/v1/stream` (an SSE session, `session::sse`),
+//!    `/metrics`, `/healthz`, `/readyz`, and the widget.
 //!
 //! [`protocol`] holds the wire contract, [`model`] the shared types, [`config`] the TOML config,
 //! [`metrics`] the Prometheus registry, [`security_log`] the rate-limited log of refusals and abuse
