@@ -32,7 +32,7 @@ use crate::access::{Access, ClientLimits};
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::http::{ops_routes, routes, upgrade, AppState};
-use crate::index::{HistoryConfig, Index};
+use crate::index::{ChangeLog, HistoryConfig, Index};
 use crate::metrics::Metrics;
 use crate::session::{sse, SessionShared};
 use tokio::net::TcpStream;
@@ -268,11 +268,22 @@ async fn run(
             granularity_ms: delayed.granularity_ms as i64,
         });
     }
+    let changes = config.publish.as_ref().map(|_| {
+        let changes = Arc::new(ChangeLog::default());
+        index.publish_changes(changes.clone());
+        changes
+    });
     let index = Arc::new(index);
     for feed in &feeds {
         for symbol in feed.symbols() {
             index.register(symbol);
         }
+    }
+    // A scale-out ingest reads its cache before any feed runs, so that `seq` goes on from it.
+    if let (Some(publish), Some(changes)) = (config.publish.clone(), changes) {
+        crate::publish::start(publish, index.clone(), changes, shutdown.clone())
+            .await
+            .map_err(std::io::Error::other)?;
     }
     tracing::info!(feeds = ?names, symbols = index.len(), "index ready");
 

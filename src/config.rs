@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::access::{AccessConfig, AuthMode, Tier, TiersConfig};
 use crate::feed::FeedConfig;
+use crate::publish::PublishConfig;
 
 /// The default config, embedded so that `quotegw` with no flags runs exactly what
 /// `config/quotegw.toml` documents.
@@ -51,6 +52,9 @@ pub struct Config {
     pub access: AccessConfig,
     #[serde(default)]
     pub tiers: TiersConfig,
+    /// Publish every change of a symbol's state to NATS: this gateway is a scale-out ingest.
+    #[serde(default)]
+    pub publish: Option<PublishConfig>,
     #[serde(default)]
     pub feeds: Vec<FeedConfig>,
 }
@@ -222,6 +226,21 @@ impl Config {
             ));
         }
         self.check_tiers()?;
+        if let Some(p) = &self.publish {
+            p.validate()?;
+            if self.feeds.iter().any(|f| matches!(f, FeedConfig::Nats(_))) {
+                return Err((
+                    "publish".into(),
+                    "an edge (a feed of kind \"nats\") cannot also publish: one ingest assigns seq".into(),
+                ));
+            }
+        }
+        if self.feeds.iter().any(|f| matches!(f, FeedConfig::Nats(_))) && self.feeds.len() > 1 {
+            return Err((
+                "feeds".into(),
+                "a feed of kind \"nats\" is the edge's only feed (the ingest does the failover)".into(),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, feed) in self.feeds.iter().enumerate() {
             let name = feed.name();

@@ -31,6 +31,8 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Debug)]
 pub struct Published {
     pub seq: u64,
+    /// How many times the symbol's source restarted with a lower `seq` (see `index.rs`).
+    pub restarts: u64,
     /// The symbol's change counter (ticks and status-only changes), see `index.rs`.
     pub version: u64,
     pub quote: Quote,
@@ -159,6 +161,9 @@ pub enum Emitted {
     NotBefore(Instant),
     /// The client fell behind and asked to be closed rather than conflated (`on_lag: "close"`).
     Lagged,
+    /// The symbol's source restarted and its `seq` went down (a scale-out ingest that lost its
+    /// state): the connection must start over with fresh snapshots (close 1012).
+    Restarted,
 }
 
 /// How one subscription is served: what the client asked (`max_hz`, `on_lag`) within what its
@@ -199,6 +204,8 @@ pub struct SlotView {
     sent_seq: u64,
     /// The symbol's `version` this connection is up to.
     sent_version: u64,
+    /// The symbol's source restarts this connection's view was made under.
+    sent_restarts: u64,
     sent_status: Status,
     snapshot_pending: bool,
     pacing: Pacing,
@@ -212,6 +219,7 @@ impl SlotView {
             sent: Quote::default(),
             sent_seq: 0,
             sent_version: 0,
+            sent_restarts: 0,
             sent_status: Status::Live,
             snapshot_pending: true,
             pacing,
@@ -280,6 +288,7 @@ impl SlotView {
             });
             self.snapshot_pending = false;
             self.sent_status = p.quote.status;
+            self.sent_restarts = p.restarts;
             self.sent_version = p.version;
             self.sent_seq = p.seq;
             self.sent = p.quote;
@@ -289,6 +298,10 @@ impl SlotView {
         }
         if p.version <= self.sent_version {
             return Emitted::Nothing;
+        }
+        if p.restarts != self.sent_restarts {
+            // `seq` went down: no update can follow what this connection holds.
+            return Emitted::Restarted;
         }
         if let Some(at) = self.next_at.filter(|&at| now < at) {
             // Pacing is for updates, not status: a halt reaches a paced client at once (a status

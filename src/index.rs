@@ -59,6 +59,47 @@ pub struct Index {
     /// `quotegw_subscriptions`, kept by the subscriber lists themselves (see `Subscription`).
     subscriptions: IntGauge,
     history: Option<HistoryConfig>,
+    changes: Option<Arc<ChangeLog>>,
+}
+
+/// The symbols that changed since their consumer last looked (a scale-out ingest's publisher),
+/// each listed at most once: a consumer that falls behind (NATS away) holds one entry per symbol,
+/// however many ticks pass. The consumer reads each symbol's latest state when it gets to it.
+#[derive(Default)]
+pub struct ChangeLog {
+    pending: Mutex<Vec<Arc<SymbolEntry>>>,
+    notify: tokio::sync::Notify,
+}
+
+impl ChangeLog {
+    fn mark(&self, entry: &Arc<SymbolEntry>) {
+        if !entry.queued.swap(true, Ordering::AcqRel) {
+            lock(&self.pending).push(entry.clone());
+            self.notify.notify_one();
+        }
+    }
+
+    /// Every symbol, as changed: a consumer that must send everything again (a new NATS server).
+    pub fn mark_all(&self, index: &Index) {
+        for e in index.symbols.iter() {
+            self.mark(e.value());
+        }
+    }
+
+    /// Waits for a change, then takes the changed symbols (each unmarked before it is read, so a
+    /// change after the read is listed again).
+    pub async fn take(&self, out: &mut Vec<Arc<SymbolEntry>>) {
+        loop {
+            std::mem::swap(&mut *lock(&self.pending), out);
+            if !out.is_empty() {
+                for e in out.iter() {
+                    e.queued.store(false, Ordering::Release);
+                }
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// How much of each symbol's past the index keeps, for the delayed entitlement tier: the latest
@@ -98,11 +139,18 @@ pub struct SymbolEntry {
     live_count: AtomicUsize,
     subscriptions: IntGauge,
     history: Option<HistoryConfig>,
+    /// Listed in the `ChangeLog` and not yet read by its consumer.
+    queued: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct SymbolState {
     seq: u64,
+    /// How many times the symbol's source restarted with a lower `seq` (a scale-out ingest that
+    /// lost its state): a connection that saw another count must start over (close 1012).
+    restarts: u64,
+    /// (scale-out edge) the newest `(term, version)` applied from the bus.
+    remote: Option<(u64, u64)>,
     /// +1 for every change a client is told about: each tick (with its `seq`) and each status-only
     /// change (same `seq`). Connections catch up by version, so a status flip between two ticks
     /// keeps its place among them.
@@ -132,16 +180,20 @@ struct Source {
 }
 
 impl SymbolState {
-    /// The feed's source, created empty on its first tick.
+    /// The feed's source, created on its first tick: empty, or, for a symbol seeded from a
+    /// scale-out cache before any feed ticked (`Index::seed`), the seeded quote, so that a partial
+    /// first tick updates it instead of blanking what it leaves out.
     fn source_for_tick(&mut self, feed: FeedId) -> &mut Source {
+        let seeded = self.active.is_none() && self.seq > 0;
         let i = match self.sources.binary_search_by_key(&feed, |s| s.feed) {
             Ok(i) => i,
             Err(i) => {
+                let quote = if seeded { self.quote } else { Quote::default() };
                 self.sources.insert(
                     i,
                     Source {
                         feed,
-                        quote: Quote::default(),
+                        quote,
                         fresh: true,
                     },
                 );
@@ -163,18 +215,31 @@ impl SymbolState {
     /// Publishes a new quote as the next `seq`, encoding the shared update (and the status change it
     /// carries, if any) when anyone listens.
     fn publish(&mut self, symbol: &str, now: Quote, listeners: bool) {
+        let seq = self.seq + 1;
+        self.publish_at(symbol, now, seq, listeners);
+    }
+
+    /// Publishes a quote at `seq`: the next one for a tick; for a state from a scale-out ingest,
+    /// the ingest's (ticks it merged before this one count in `conflated`, and a lower `seq` is a
+    /// restarted source, counted in `restarts`).
+    fn publish_at(&mut self, symbol: &str, now: Quote, seq: u64, listeners: bool) {
         let prev = self.quote;
+        let prev_seq = self.seq;
+        if seq < prev_seq {
+            self.restarts += 1;
+        }
         self.quote = now;
-        self.seq += 1;
+        self.seq = seq;
         let tick_in = Instant::now();
         self.tick_in = Some(tick_in);
+        let conflated = seq.saturating_sub(prev_seq + 1);
         // The first tick has no update: subscribers get a snapshot.
-        let (seq, first) = (self.seq, self.seq == 1);
+        let first = prev_seq == 0;
         self.record(listeners && !first, || {
             let mut update_len = 0;
             let frame = one_message_frame(|s| {
                 let start = s.len();
-                encode_update(s, symbol, seq, &prev, &now, 0);
+                encode_update(s, symbol, seq, &prev, &now, conflated);
                 update_len = s.len() - start;
                 if now.status != prev.status {
                     s.push(',');
@@ -253,6 +318,7 @@ impl Index {
             feeds: feeds.iter().map(|f| metrics.feed_counters(f)).collect(),
             subscriptions: metrics.subscriptions.clone(),
             history: None,
+            changes: None,
         }
     }
 
@@ -274,6 +340,7 @@ impl Index {
                     live_count: AtomicUsize::new(0),
                     subscriptions: self.subscriptions.clone(),
                     history: self.history,
+                    queued: Default::default(),
                 })
             })
             .clone()
@@ -307,6 +374,45 @@ impl Index {
                 symbol,
                 status,
             } => self.set_status(feed, &symbol, status),
+            FeedEvent::State { feed, state } => self.apply_state(feed, &state),
+        }
+    }
+
+    /// Sends every change to `changes` from now on (a scale-out ingest's publisher); set before
+    /// any feed runs.
+    pub fn publish_changes(&mut self, changes: Arc<ChangeLog>) {
+        self.changes = Some(changes);
+    }
+
+    /// Starts a symbol from a state kept elsewhere (a scale-out ingest's cache): its `seq` goes on
+    /// from there instead of restarting at 1, and its quote is what the next tick updates.
+    pub fn seed(&self, symbol: Symbol, seq: u64, quote: Quote) {
+        let entry = self.register(symbol);
+        let mut st = lock(&entry.state);
+        if st.seq == 0 {
+            st.seq = seq;
+            st.quote = quote;
+        }
+    }
+
+    fn changed(&self, entry: &Arc<SymbolEntry>) {
+        if let Some(changes) = &self.changes {
+            changes.mark(entry);
+        }
+    }
+
+    /// (scale-out edge) a symbol's whole state from the bus: kept if it is newer than what the
+    /// entry has, by `(term, version)`; a duplicate or a late message changes nothing.
+    fn apply_state(&self, feed: FeedId, state: &crate::bus::State) {
+        if let Some(c) = self.counters(feed) {
+            c.received.inc();
+        }
+        let entry = match self.lookup(&state.symbol) {
+            Some(e) => e,
+            None => self.register(state.symbol.clone()),
+        };
+        if entry.apply_state(feed, state) {
+            self.changed(&entry);
         }
     }
 
@@ -334,22 +440,25 @@ impl Index {
             Some(e) => e,
             None => self.register(tick.symbol.clone()),
         };
-        if !entry.apply(&tick) {
-            if let Some(c) = counters {
-                c.standby.inc();
-            }
+        if entry.apply(&tick) {
+            self.changed(&entry);
+        } else if let Some(c) = counters {
+            c.standby.inc();
         }
     }
 
     fn set_status(&self, feed: FeedId, symbol: &str, status: Status) {
         if let Some(entry) = self.lookup(symbol) {
-            entry.set_feed_status(feed, status);
+            if entry.set_feed_status(feed, status) {
+                self.changed(&entry);
+            }
         }
     }
 }
 
 impl SymbolEntry {
-    /// Applies a normalized tick; false when its feed is a standby for this symbol.
+    /// Applies a normalized tick; false when its feed is a standby for this symbol (nothing was
+    /// published).
     fn apply(&self, tick: &Tick) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
@@ -393,18 +502,18 @@ impl SymbolEntry {
     /// outage is taken back on its first tick (`apply`), so the quote published then is one the
     /// feed has just sent, never the one it had before the outage. Going stale can still move the
     /// symbol to the next fresh feed, whose prices are current.
-    fn set_feed_status(&self, feed: FeedId, status: Status) {
+    fn set_feed_status(&self, feed: FeedId, status: Status) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
             let Some(source) = st.source(feed) else {
-                return; // this feed has not ticked the symbol: nothing of its own to mark
+                return false; // this feed has not ticked the symbol: nothing of its own to mark
             };
             match status {
                 Status::Stale => source.fresh = false,
                 // Halted or live from a feed that is current; from a stale one, wait for its tick.
                 _ if source.fresh => source.quote.status = status,
-                _ => return,
+                _ => return false,
             }
             match st.preferred().map(|s| (s.feed, s.quote)) {
                 Some((f, quote)) if st.active != Some(f) => {
@@ -415,7 +524,7 @@ impl SymbolEntry {
                 preferred => {
                     let published = preferred.map_or(Status::Stale, |(_, q)| q.status);
                     if st.quote.status == published {
-                        return;
+                        return false;
                     }
                     st.publish_status(&self.symbol, published, listeners);
                 }
@@ -423,6 +532,62 @@ impl SymbolEntry {
             self.remember(&mut st);
         }
         self.fan_out();
+        true
+    }
+
+    /// (scale-out edge) applies a state from the bus; true when something was published. The bus's
+    /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
+    /// state equal to the one held makes a stale source current again (a reload after an outage).
+    fn apply_state(&self, feed: FeedId, state: &crate::bus::State) -> bool {
+        let listeners = self.live_count.load(Ordering::Relaxed) > 0;
+        {
+            let mut st = lock(&self.state);
+            let key = (state.term, state.version);
+            match st.remote {
+                Some(held) if key < held => return false, // late or reordered
+                Some(held) if key == held => {
+                    let source = st.source_for_tick(feed);
+                    if source.fresh {
+                        return false; // a duplicate
+                    }
+                    source.fresh = true;
+                    if st.quote.status == state.quote.status {
+                        return false;
+                    }
+                    st.publish_status(&self.symbol, state.quote.status, listeners);
+                }
+                held => {
+                    let restarted = held.is_some_and(|(term, _)| state.term > term);
+                    if state.seq < st.seq && !restarted {
+                        return false; // an older state under the same term: cannot be newer
+                    }
+                    st.remote = Some(key);
+                    let source = st.source_for_tick(feed);
+                    source.quote = state.quote;
+                    source.fresh = true;
+                    st.active = Some(feed);
+                    if state.seq != st.seq {
+                        st.publish_at(&self.symbol, state.quote, state.seq, listeners);
+                    } else if state.quote.same_as(&st.quote) {
+                        return false;
+                    } else if st.quote.status != state.quote.status
+                        && state.quote.same_as(&Quote {
+                            status: state.quote.status,
+                            ..st.quote
+                        })
+                    {
+                        // A status-only change: a new version with the same seq.
+                        st.publish_status(&self.symbol, state.quote.status, listeners);
+                    } else {
+                        // Same seq, other values: only a restarted source says that; show it.
+                        st.publish_at(&self.symbol, state.quote, state.seq, listeners);
+                    }
+                }
+            }
+            self.remember(&mut st);
+        }
+        self.fan_out();
+        true
     }
 
     /// Marks every subscriber's slot for this symbol dirty. Never awaits (see module doc).
@@ -471,6 +636,7 @@ impl SymbolEntry {
         }
         Some(Published {
             seq: st.seq,
+            restarts: st.restarts,
             version: st.version,
             quote: st.quote,
             tick_in: st.tick_in,

@@ -25,6 +25,7 @@
 pub mod access;
 pub mod admit;
 pub mod app;
+pub mod bus;
 pub mod config;
 pub mod conflate;
 pub mod delta;
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod protocol;
+pub mod publish;
 pub mod record;
 pub mod rest;
 pub mod security_log;

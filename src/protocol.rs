@@ -25,9 +25,12 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// The quote source restarted and `seq` may start over (a scale-out ingest that lost its
+    /// state): reconnect and take fresh snapshots.
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const SLOW_CONSUMER: u16 = 4008;
     /// Every code the gateway sends (exported at 0 from the start).
-    pub const ALL: [u16; 8] = [
+    pub const ALL: [u16; 9] = [
         NORMAL,
         GOING_AWAY,
         PROTOCOL_ERROR,
@@ -35,6 +38,7 @@ pub mod close {
         INVALID_PAYLOAD,
         POLICY,
         TOO_BIG,
+        SERVICE_RESTART,
         SLOW_CONSUMER,
     ];
 }

@@ -166,6 +166,25 @@ pub async fn record(
                     };
                     keep(t, &mut out, &mut recorded).map_err(write_err)?;
                 }
+                // Recording an edge's bus: each state as a whole tick (recorded files have no seq).
+                Some(FeedEvent::State { state, .. }) => {
+                    let q = state.quote;
+                    let size = |n: Option<u64>| n.map(|n| n as i64);
+                    let t = Tick {
+                        symbol: state.symbol,
+                        ts: q.ts,
+                        bid: q.bid,
+                        ask: q.ask,
+                        last: q.last,
+                        bid_size: size(q.bid_size),
+                        ask_size: size(q.ask_size),
+                        last_size: size(q.last_size),
+                        volume: size(q.volume),
+                        status: Some(q.status),
+                        ..Tick::default()
+                    };
+                    keep(t, &mut out, &mut recorded).map_err(write_err)?;
+                }
                 None => break, // every feed ended (a replay without loop)
             }
         }

@@ -10,6 +10,7 @@
 
 pub mod fields;
 pub mod http_poll;
+pub mod nats;
 pub mod recording;
 pub mod replay;
 pub mod simulated;
@@ -55,6 +56,9 @@ pub enum FeedEvent {
         symbol: Symbol,
         status: Status,
     },
+    /// (scale-out edge) a symbol's whole state as an ingest published it, with its `seq`: the
+    /// index keeps the newest by `(term, version)` and assigns no `seq` of its own.
+    State { feed: FeedId, state: crate::bus::State },
 }
 
 #[derive(Debug, Error)]
@@ -136,6 +140,23 @@ impl FeedContext {
             .map_err(|_| FeedError::IndexClosed)
     }
 
+    /// (scale-out edge) hands a state from the bus to the index; readiness is the feed's to say
+    /// (`set_delivered`), once its cache is loaded.
+    pub async fn send_state(&self, state: crate::bus::State) -> Result<(), FeedError> {
+        self.events_tx
+            .send(FeedEvent::State {
+                feed: self.id,
+                state,
+            })
+            .await
+            .map_err(|_| FeedError::IndexClosed)
+    }
+
+    /// Says the feed has delivered what clients need (`/readyz`).
+    pub fn set_delivered(&self) {
+        self.health.delivered.store(true, Ordering::Relaxed);
+    }
+
     /// Marks the feed's upstream as reachable (`true`) or down.
     pub fn set_up(&self, up: bool) {
         self.health.up.store(up, Ordering::Relaxed);
@@ -150,6 +171,8 @@ pub enum FeedConfig {
     Simulated(SimulatedConfig),
     Replay(ReplayConfig),
     HttpPoll(HttpPollConfig),
+    /// A scale-out edge: states from an ingest over NATS instead of upstreams.
+    Nats(nats::NatsFeedConfig),
 }
 
 impl FeedConfig {
@@ -158,6 +181,7 @@ impl FeedConfig {
             FeedConfig::Simulated(c) => &c.name,
             FeedConfig::Replay(c) => &c.name,
             FeedConfig::HttpPoll(c) => &c.name,
+            FeedConfig::Nats(c) => &c.name,
         }
     }
 
@@ -167,6 +191,7 @@ impl FeedConfig {
             FeedConfig::Simulated(c) => c.validate(),
             FeedConfig::Replay(c) => c.validate(),
             FeedConfig::HttpPoll(c) => c.validate(),
+            FeedConfig::Nats(c) => c.validate(),
         }
     }
 
@@ -175,6 +200,7 @@ impl FeedConfig {
             FeedConfig::Simulated(c) => Ok(Box::new(simulated::SimulatedFeed::new(c.clone()))),
             FeedConfig::Replay(c) => Ok(Box::new(replay::ReplayFeed::new(c.clone())?)),
             FeedConfig::HttpPoll(c) => Ok(Box::new(http_poll::HttpPollFeed::new(c.clone())?)),
+            FeedConfig::Nats(c) => Ok(Box::new(nats::NatsFeed::new(c.clone()))),
         }
     }
 }

@@ -51,6 +51,12 @@ impl Session {
                         "lagged: subscribed with on_lag close",
                     ))
                 }
+                Emitted::Restarted => {
+                    return Err(End::Close(
+                        close::SERVICE_RESTART,
+                        "the quote source restarted: reconnect for fresh snapshots",
+                    ))
+                }
                 Emitted::Nothing | Emitted::Wrote => {}
             }
             if self.frame.len_bytes() >= FRAME_TARGET_BYTES {

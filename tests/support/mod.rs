@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod fault_proxy;
+pub mod nats;
 pub mod upstream;
 
 use std::collections::VecDeque;
@@ -74,6 +75,20 @@ impl Feed for ScriptedFeed {
 /// `symbols` are served by the scripted feed.
 pub fn start(toml: &str, symbols: &[&str]) -> TestGateway {
     start_with_workers(1, toml, symbols)
+}
+
+/// A gateway with only the feeds of its config (a scale-out edge, whose feed is NATS): `ticks` goes
+/// nowhere.
+pub fn start_config(workers: usize, toml: &str) -> TestGateway {
+    let text = format!("listen = \"127.0.0.1:0\"\nworkers = {workers}\n{toml}");
+    let config = Config::parse(&text, "test config").expect("test config is valid");
+    let gw = Gateway::new(config).start().expect("gateway starts");
+    let (ticks, _) = mpsc::channel(1);
+    TestGateway {
+        addr: gw.local_addr(),
+        gw,
+        ticks,
+    }
 }
 
 /// `start` with `workers` actix workers: with more than one, sessions live on several threads and

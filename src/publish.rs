@@ -1,0 +1,321 @@
+//! Scale-out, the ingest's side: every change of a symbol's state goes to NATS, where edges take
+//! it (docs/deployment.md). The index lists changed symbols in a `ChangeLog` (at most once each);
+//! this task reads each one's latest state and publishes it whole (`bus.rs`).
+//!
+//! Backpressure: the tick path never waits for NATS. While NATS is slow or away, the change log
+//! conflates per symbol (one entry per symbol, whatever the ticks), and this task alone waits.
+//! When a connection to NATS is (re)made, every symbol is published again and the stream ensured,
+//! so a NATS server that restarted without its store gets the whole cache back.
+//!
+//! A JetStream stream over the state subjects, one message per subject, is the last-value cache:
+//! publishes are plain core publishes that the stream captures (no per-tick acknowledgement). At
+//! start the ingest reads the cache: each symbol's `seq` goes on from it, and the new term is above
+//! the last one (and at least the start time in ms, so a lost cache still gives a higher term).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{self, State};
+use crate::index::{ChangeLog, Index, SymbolEntry};
+use crate::log_limit::LogLimiter;
+
+/// `[publish]`: this gateway is a scale-out ingest.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// The NATS server(s), e.g. "nats://10.0.0.5:4222" (comma-separated for a cluster).
+    pub nats_url: String,
+    /// The JetStream stream that is the last-value cache.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Subjects are `<prefix>.q.<SYMBOL>` and `<prefix>.hb`.
+    #[serde(default = "default_prefix")]
+    pub subject_prefix: String,
+    /// Where the cache lives: "memory" (lost when NATS restarts; the ingest publishes it again) or
+    /// "file".
+    #[serde(default)]
+    pub storage: Storage,
+    /// How often the ingest says it is alive; edges mark symbols stale after their
+    /// `stale_after_ms` without it.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// How long start-up waits for NATS to read the cache before going on under a new term
+    /// (edges then see `seq` start over, and close their clients with 1012).
+    #[serde(default = "default_cache_wait_ms")]
+    pub cache_wait_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    #[default]
+    Memory,
+    File,
+}
+
+pub fn default_stream() -> String {
+    "QUOTEGW".into()
+}
+pub fn default_prefix() -> String {
+    "quotegw".into()
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_cache_wait_ms() -> u64 {
+    5000
+}
+
+impl PublishConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        check_names(&self.stream, &self.subject_prefix)
+            .map_err(|(k, m)| (format!("publish.{k}"), m))?;
+        if !(10..=60_000).contains(&self.heartbeat_ms) {
+            return Err((
+                "publish.heartbeat_ms".into(),
+                "must be between 10 and 60000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a stream name and subject prefix NATS will take.
+pub fn check_names(stream: &str, prefix: &str) -> Result<(), (String, String)> {
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if !token_ok(stream) {
+        return Err((
+            "stream".into(),
+            "letters, digits, '_' and '-' only".into(),
+        ));
+    }
+    if !prefix.split('.').all(token_ok) {
+        return Err((
+            "subject_prefix".into(),
+            "dot-separated tokens of letters, digits, '_' and '-'".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("cannot reach NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+}
+
+/// Connects to NATS with an event channel (reconnects, slow-consumer notices), retrying the first
+/// connection in the background so a gateway starts while NATS is away.
+pub async fn connect(
+    url: &str,
+    name: &str,
+) -> Result<(async_nats::Client, mpsc::Receiver<async_nats::Event>), PublishError> {
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let events_tx = events_tx.clone();
+            // Dropped when the receiver is behind: each event only asks for a reload, and the next
+            // one asks again.
+            async move {
+                let _ = events_tx.try_send(event);
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| PublishError::Connect {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok((client, events_rx))
+}
+
+/// The stream that is the cache, created (or brought to this config) if needed.
+pub async fn ensure_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    prefix: &str,
+    storage: Storage,
+) -> Result<async_nats::jetstream::stream::Stream, String> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    js.get_or_create_stream(Config {
+        name: name.to_string(),
+        subjects: vec![bus::state_subjects(prefix), bus::heartbeat_subject(prefix)],
+        max_messages_per_subject: 1,
+        discard: DiscardPolicy::Old,
+        storage: match storage {
+            Storage::Memory => StorageType::Memory,
+            Storage::File => StorageType::File,
+        },
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Every message the cache holds under `filter`, by its last state per subject.
+pub async fn read_cache(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: &str,
+    mut each: impl FnMut(&[u8]),
+) -> Result<(), String> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            filter_subject: filter.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pending = consumer
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .num_pending;
+    if pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while pending > 0 {
+        let Some(message) = messages.next().await else {
+            return Err("the cache's consumer ended".into());
+        };
+        let message = message.map_err(|e| e.to_string())?;
+        each(&message.payload);
+        pending = message.info().map_err(|e| e.to_string())?.pending;
+    }
+    Ok(())
+}
+
+/// Reads the cache into the index (each symbol's `seq` and quote) and returns the new term.
+async fn load(config: &PublishConfig, client: &async_nats::Client, index: &Index) -> Result<u64, String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await?;
+    let mut last_term = 0;
+    let mut seeded = 0;
+    read_cache(&stream, &bus::heartbeat_subject(&config.subject_prefix), |payload| {
+        if let Ok(term) = bus::decode_heartbeat(payload) {
+            last_term = last_term.max(term);
+        }
+    })
+    .await?;
+    read_cache(&stream, &bus::state_subjects(&config.subject_prefix), |payload| {
+        if let Ok(state) = bus::decode_state(payload) {
+            last_term = last_term.max(state.term);
+            index.seed(state.symbol, state.seq, state.quote);
+            seeded += 1;
+        }
+    })
+    .await?;
+    tracing::info!(symbols = seeded, last_term, "read the scale-out cache");
+    Ok(last_term)
+}
+
+/// Connects, reads the cache (within `cache_wait_ms`), and starts the publisher and heartbeat tasks
+/// on the current thread; the index must publish its changes to `changes`.
+pub async fn start(
+    config: PublishConfig,
+    index: Arc<Index>,
+    changes: Arc<ChangeLog>,
+    shutdown: CancellationToken,
+) -> Result<(), PublishError> {
+    let (client, events) = connect(&config.nats_url, "quotegw-ingest").await?;
+    let wait = Duration::from_millis(config.cache_wait_ms);
+    let last_term = match tokio::time::timeout(wait, load(&config, &client, &index)).await {
+        Ok(Ok(term)) => term,
+        Ok(Err(e)) => {
+            tracing::warn!("scale-out cache unreadable ({e}): starting a new term, seq may start over");
+            0
+        }
+        Err(_) => {
+            tracing::warn!("NATS not reachable within {wait:?}: starting a new term, seq may start over");
+            0
+        }
+    };
+    // Above every term seen, and at least now in ms: a cache lost with NATS still gives a higher
+    // term than any before it (clocks permitting).
+    let term = (last_term + 1).max(crate::feed::now_ms().max(0) as u64);
+    tracing::info!(term, "publishing to NATS");
+    changes.mark_all(&index);
+    let heartbeat_client = client.clone();
+    let hb_subject = bus::heartbeat_subject(&config.subject_prefix);
+    let every = Duration::from_millis(config.heartbeat_ms);
+    let hb_shutdown = shutdown.clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = hb_shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let hb = bus::encode_heartbeat(term, crate::feed::now_ms());
+            let _ = heartbeat_client.publish(hb_subject.clone(), hb.into()).await;
+        }
+    });
+    actix_web::rt::spawn(publish_changes(config, client, events, index, changes, term, shutdown));
+    Ok(())
+}
+
+async fn publish_changes(
+    config: PublishConfig,
+    client: async_nats::Client,
+    mut events: mpsc::Receiver<async_nats::Event>,
+    index: Arc<Index>,
+    changes: Arc<ChangeLog>,
+    term: u64,
+    shutdown: CancellationToken,
+) {
+    let log = LogLimiter::new(5, 1);
+    let js = async_nats::jetstream::new(client.clone());
+    let mut batch: Vec<Arc<SymbolEntry>> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = client.flush().await;
+                return;
+            }
+            event = events.recv() => {
+                if let Some(async_nats::Event::Connected) = event {
+                    // A new connection may be a new server: make sure the cache exists, then
+                    // fill it with every symbol's state.
+                    if let Err(e) = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await {
+                        tracing::warn!("cannot ensure the scale-out stream: {e}");
+                    }
+                    changes.mark_all(&index);
+                }
+                continue;
+            }
+            _ = changes.take(&mut batch) => {}
+        }
+        for entry in batch.drain(..) {
+            let Some(p) = entry.read() else {
+                continue;
+            };
+            let state = State {
+                term,
+                version: p.version,
+                seq: p.seq,
+                symbol: entry.symbol.clone(),
+                quote: p.quote,
+            };
+            let subject = bus::state_subject(&config.subject_prefix, &state.symbol);
+            if let Err(e) = client.publish(subject, bus::encode_state(&state).into()).await {
+                if let Some(suppressed) = log.admit(std::time::Instant::now()) {
+                    tracing::warn!(suppressed, "publishing to NATS failed: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Scale-out on NATS with a real nats-server (started here, 127.0.0.1, a free port): one ingest
+//! assigns `seq` and publishes every symbol's state; edges serve clients from it. Every test is
+//! bounded (a few seconds of ticks); waits are polls for a condition with the support's deadline.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::nats::NatsServer;
+use support::{http, start, start_config, tick, Client, TestGateway, DEADLINE};
+
+const SYMBOLS: [&str; 3] = ["AAA", "BBB", "CCC"];
+
+fn ingest_toml(nats: &NatsServer) -> String {
+    format!(
+        "[publish]\nnats_url = \"{}\"\nheartbeat_ms = 100\ncache_wait_ms = 3000\n",
+        nats.url
+    )
+}
+
+fn edge_toml(nats: &NatsServer) -> String {
+    format!(
+        "[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{}\"\nstale_after_ms = 800\n",
+        nats.url
+    )
+}
+
+/// The quotes a gateway serves for `symbols`, by symbol (REST, the same snapshots as on /ws).
+async fn quotes(addr: SocketAddr, symbols: &[&str]) -> BTreeMap<String, Value> {
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        &format!("/v1/quotes?symbols={}", symbols.join(",")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["quotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["symbol"].as_str().unwrap().to_string(), q.clone()))
+        .collect()
+}
+
+/// Waits until every gateway in `edges` serves exactly what `reference` does for `symbols`.
+async fn converge(reference: SocketAddr, edges: &[SocketAddr], symbols: &[&str]) -> BTreeMap<String, Value> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let want = quotes(reference, symbols).await;
+        let mut all = want.len() == symbols.len();
+        for &edge in edges {
+            all &= quotes(edge, symbols).await == want;
+        }
+        if all {
+            return want;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "edges did not converge on {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ready(gw: &TestGateway) -> bool {
+    http(gw.addr, "GET", "/readyz", &[]).await.0 == 200
+}
+
+/// Pushes ticks on `symbol` every `every` until aborted.
+fn ticking(gw: &TestGateway, symbol: &'static str, every: Duration) -> tokio::task::JoinHandle<()> {
+    let ticks = gw.ticks.clone();
+    tokio::spawn(async move {
+        for i in 100.. {
+            let bid = format!("{}.{:02}", i / 100, i % 100);
+            if ticks.send(tick(symbol, i, &[("bid", &bid)])).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
+/// Reads a client's messages for `symbol`, asserting `seq` never goes backwards, until `pred`.
+async fn read_until(c: &mut Client, last: &mut HashMap<String, u64>, pred: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let m = c.next().await;
+        if let (Some(s), Some(seq)) = (m["symbol"].as_str(), m["seq"].as_u64()) {
+            let prev = last.entry(s.to_string()).or_default();
+            assert!(seq >= *prev, "seq went backwards on one connection: {prev} then {m}");
+            *prev = seq;
+        }
+        if pred(&m) {
+            return m;
+        }
+    }
+}
+
+async fn ingest_with_ticks(nats: &NatsServer) -> TestGateway {
+    let ingest = start(&ingest_toml(nats), &SYMBOLS);
+    for (i, s) in SYMBOLS.iter().enumerate() {
+        for n in 0..=i * 3 {
+            ingest
+                .push(tick(s, 1 + n as i64, &[("bid", &format!("{}.{n:02}", 10 + i)), ("ask_size", "100")]))
+                .await;
+        }
+    }
+    ingest
+}
+
+/// 1. An edge started after the ingest has run serves the ingest's snapshots (values and seq), and
+/// is not ready before its cache is loaded: the first time `/readyz` says so, every symbol is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_started_later_serves_the_ingests_snapshots() {
+    let nats = NatsServer::start();
+    let ingest = ingest_with_ticks(&nats).await;
+    let mut ic = ingest.client().await;
+    let want = ic.subscribe(&SYMBOLS).await;
+    // Give the ingest's publisher its turn, then start the edge.
+    converge(ingest.addr, &[ingest.addr], &SYMBOLS).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let edge = start_config(2, &edge_toml(&nats));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !ready(&edge).await {
+        assert!(tokio::time::Instant::now() < deadline, "edge never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = quotes(edge.addr, &SYMBOLS).await;
+    assert_eq!(first.len(), SYMBOLS.len(), "ready means loaded: {first:?}");
+    let mut ec = edge.client().await;
+    let got = ec.subscribe(&SYMBOLS).await;
+    assert_eq!(got, want, "the same snapshots, seq included");
+}
+
+/// 2. One ingest replaying a finite recording, two edges: every symbol's final `(seq, fields)` is
+/// identical on both edges and equal to an embedded gateway replaying the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_end_where_an_embedded_gateway_ends() {
+    let nats = NatsServer::start();
+    let file = format!("{}/feeds/fixtures/small.ndjson", env!("CARGO_MANIFEST_DIR"));
+    let replay = format!(
+        "[[feeds]]\nkind = \"replay\"\nname = \"rp\"\npath = \"{file}\"\nspeed = \"max\"\nstart_delay_ms = 1500\n"
+    );
+    let edge_a = start_config(1, &edge_toml(&nats));
+    let edge_b = start_config(2, &edge_toml(&nats));
+    let ingest = support::start_config(1, &format!("{}{replay}", ingest_toml(&nats)));
+    let embedded = support::start_config(1, &replay);
+    let symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "TSLA"];
+    let want = converge(embedded.addr, &[ingest.addr, edge_a.addr, edge_b.addr], &symbols).await;
+    println!("final seqs: {:?}", want.values().map(|q| q["seq"].clone()).collect::<Vec<_>>());
+    assert!(want.values().all(|q| q["seq"].as_u64() > Some(50)), "the whole file: {want:?}");
+}
+
+/// 3. nats-server killed and restarted mid-stream (its memory-stored cache is lost): edges go stale
+/// within `stale_after_ms`, recover and converge with the ingest; `seq` never goes backwards on a
+/// client's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_go_stale_while_nats_is_down_and_recover() {
+    let mut nats = NatsServer::start();
+    let ingest = ingest_with_ticks(&nats).await;
+    let edge_a = start_config(1, &edge_toml(&nats));
+    let edge_b = start_config(2, &edge_toml(&nats));
+    converge(ingest.addr, &[edge_a.addr, edge_b.addr], &SYMBOLS).await;
+    let mut clients = vec![edge_a.client().await, edge_b.client().await];
+    let mut last: Vec<HashMap<String, u64>> = vec![HashMap::new(), HashMap::new()];
+    for c in &mut clients {
+        c.subscribe(&SYMBOLS).await;
+    }
+    let pusher = ticking(&ingest, "AAA", Duration::from_millis(20));
+    for (c, l) in clients.iter_mut().zip(&mut last) {
+        read_until(c, l, |m| m["type"] == "update").await;
+    }
+    nats.kill();
+    for (c, l) in clients.iter_mut().zip(&mut last) {
+        read_until(c, l, |m| m["type"] == "status" && m["symbol"] == "AAA" && m["status"] == "stale").await;
+    }
+    nats.run();
+    for (c, l) in clients.iter_mut().zip(&mut last) {
+        read_until(c, l, |m| m["type"] == "status" && m["symbol"] == "AAA" && m["status"] == "live").await;
+        read_until(c, l, |m| m["type"] == "update" && m["symbol"] == "AAA").await;
+    }
+    pusher.abort();
+    converge(ingest.addr, &[edge_a.addr, edge_b.addr], &SYMBOLS).await;
+}
+
+/// 4. The ingest killed and restarted: `seq` goes on from the cache under a new term; edge clients
+/// stay connected and see no regression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_ingest_continues_seq_from_the_cache() {
+    let nats = NatsServer::start();
+    let ingest = ingest_with_ticks(&nats).await;
+    let edge = start_config(2, &edge_toml(&nats));
+    let before = converge(ingest.addr, &[edge.addr], &SYMBOLS).await;
+    let mut c = edge.client().await;
+    let mut last = HashMap::new();
+    c.subscribe(&SYMBOLS).await;
+    let TestGateway { gw, .. } = ingest;
+    tokio::task::spawn_blocking(move || gw.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    let ingest = start(&ingest_toml(&nats), &SYMBOLS);
+    ingest.push(tick("CCC", 99, &[("bid", "99.99")])).await;
+    let m = read_until(&mut c, &mut last, |m| m["type"] == "update" && m["symbol"] == "CCC").await;
+    let was = before["CCC"]["seq"].as_u64().unwrap();
+    assert_eq!(m["seq"].as_u64(), Some(was + 1), "seq goes on: {m}");
+    assert_eq!(m["bid"], "99.99");
+    // The other symbols kept their seq and values through the restart.
+    let after = converge(ingest.addr, &[edge.addr], &SYMBOLS).await;
+    for s in ["AAA", "BBB"] {
+        assert_eq!(after[s], before[s], "{s}");
+    }
+}
+
+/// 5. Injected gaps, duplicates and reordered messages: the edge shows the latest state,
+/// `conflated` counts the gap, duplicates and late messages produce nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
+    use quotegw::bus::{encode_heartbeat, encode_state, heartbeat_subject, state_subject, State};
+    use quotegw::model::{Quote, Status};
+    let nats = NatsServer::start();
+    let edge = start_config(1, &edge_toml(&nats));
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let term = 7;
+    let hb = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.publish(heartbeat_subject("quotegw"), encode_heartbeat(term, 0).into()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let send = |version: u64, seq: u64, bid: i64| {
+        let client = client.clone();
+        async move {
+            let state = State {
+                term,
+                version,
+                seq,
+                symbol: "GAP".into(),
+                quote: Quote {
+                    ts: seq as i64,
+                    bid: Some(rust_decimal::Decimal::new(bid, 2)),
+                    status: Status::Live,
+                    ..Quote::default()
+                },
+            };
+            client
+                .publish(state_subject("quotegw", "GAP"), encode_state(&state).into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+        }
+    };
+    send(1, 1, 100).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while quotes(edge.addr, &["GAP"]).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the first state never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = edge.client().await;
+    assert_eq!(c.subscribe(&["GAP"]).await[0]["seq"], 1);
+    send(2, 2, 200).await;
+    send(5, 5, 500).await; // versions 3 and 4 lost: a gap of 2 ticks
+    send(5, 5, 500).await; // a duplicate
+    send(4, 4, 400).await; // a late one
+    send(6, 6, 600).await;
+    let seen: Vec<Value> = c.until(|m| m["seq"] == 6).await;
+    hb.abort();
+    let updates: Vec<(u64, String, u64)> = seen
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["bid"].as_str().unwrap().to_string(),
+                m["conflated"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        updates,
+        [(2, "2.00".into(), 0), (5, "5.00".into(), 2), (6, "6.00".into(), 0)],
+        "the gap counted, the duplicate and the late one dropped"
+    );
+    assert_eq!(quotes(edge.addr, &["GAP"]).await["GAP"]["bid"], "6.00");
+}
+
+/// 6. A slow edge (its process stopped with SIGSTOP past the server's write deadline) is cut by
+/// NATS; when it runs again it reloads and converges, and the other edge is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let nats = NatsServer::start();
+    let many: Vec<String> = (0..200).map(|i| format!("S{i:03}")).collect();
+    let symbols: Vec<&str> = many.iter().map(String::as_str).collect();
+    let ingest = start(&ingest_toml(&nats), &symbols);
+    for s in &symbols {
+        ingest.push(tick(s, 1, &[("bid", "1.00")])).await;
+    }
+    let fast = start_config(1, &edge_toml(&nats));
+    let path = std::env::temp_dir().join(format!("quotegw-edge-{}.toml", std::process::id()));
+    std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\nworkers = 1\n{}", edge_toml(&nats))).unwrap();
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_quotegw"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
+    let stderr = slow.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = addr_tx.try_send(rest.split_whitespace().next().unwrap().to_string());
+            }
+        }
+    });
+    let slow_addr: SocketAddr = addr_rx.recv_timeout(DEADLINE).unwrap().parse().unwrap();
+    converge(ingest.addr, &[fast.addr, slow_addr], &symbols[..5]).await;
+    let mut watcher = fast.client().await;
+    watcher.subscribe(&["S000"]).await;
+    // A heavy stream of states while the slow edge is stopped.
+    let ticks = ingest.ticks.clone();
+    let all = many.clone();
+    let pusher = tokio::spawn(async move {
+        for i in 0i64.. {
+            let s = &all[(i % 200) as usize];
+            let bid = format!("{}.{:02}", 2 + i / 100, i % 100);
+            if ticks.send(tick(s, 2 + i, &[("bid", &bid), ("volume", &i.to_string())])).await.is_err() {
+                return;
+            }
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let pid = slow.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // Meanwhile the other edge's client keeps getting updates, and nothing goes stale for it.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut updates = 0;
+    while tokio::time::Instant::now() < until {
+        let m = watcher.next().await;
+        assert_ne!(m["status"], "stale", "the other edge is unaffected: {m}");
+        updates += 1;
+    }
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    pusher.abort();
+    println!("the running edge's client got {updates} updates while the other was stopped");
+    converge(ingest.addr, &[fast.addr, slow_addr], &symbols).await;
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
+
+/// 7. A client that moves from edge A to edge B mid-stream gets a snapshot with `seq` at least
+/// the last it saw, and the same values as any edge at that `seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moving_between_edges_never_goes_back() {
+    let nats = NatsServer::start();
+    let ingest = ingest_with_ticks(&nats).await;
+    let edge_a = start_config(1, &edge_toml(&nats));
+    let edge_b = start_config(2, &edge_toml(&nats));
+    converge(ingest.addr, &[edge_a.addr, edge_b.addr], &SYMBOLS).await;
+    let pusher = ticking(&ingest, "AAA", Duration::from_millis(5));
+    let mut a = edge_a.client().await;
+    let mut last = HashMap::new();
+    a.subscribe(&["AAA"]).await;
+    for _ in 0..20 {
+        read_until(&mut a, &mut last, |m| m["type"] == "update").await;
+    }
+    let seen = last["AAA"];
+    drop(a); // the edge died, or the load balancer moved the client
+    let mut b = edge_b.client().await;
+    b.send(json!({"op": "subscribe", "symbols": ["AAA"]})).await;
+    b.expect("ack").await;
+    let snap = b.expect("snapshot").await;
+    assert!(snap["seq"].as_u64().unwrap() >= seen, "{snap} after seq {seen}");
+    pusher.abort();
+    let finale = converge(ingest.addr, &[edge_a.addr, edge_b.addr], &SYMBOLS).await;
+    let mut again = edge_a.client().await;
+    assert_eq!(again.subscribe(&["AAA"]).await[0], finale["AAA"], "the same values at one seq");
+}

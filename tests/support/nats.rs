@@ -1,0 +1,101 @@
+//! A real NATS server (Debian's `nats-server`, JetStream on) for the scale-out tests: installed when
+//! missing, started on 127.0.0.1 on a free port with its own store directory, killed on drop. It can
+//! be stopped and started again on the same port and store, as an operator's restart would.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = "/usr/sbin/nats-server";
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    dir: PathBuf,
+}
+
+/// Installs Debian's nats-server when it is not there (as the browser tests do with chromium).
+fn ensure_installed() {
+    if Path::new(BIN).exists() {
+        return;
+    }
+    eprintln!("nats: installing Debian's nats-server");
+    let status = Command::new("bash")
+        .args([
+            "-c",
+            "DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server",
+        ])
+        .status()
+        .expect("apt-get runs");
+    assert!(status.success() && Path::new(BIN).exists(), "nats-server could not be installed");
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        ensure_installed();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!(
+            "quotegw-nats-{}-{port}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a store dir");
+        let mut server = NatsServer {
+            child: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+        };
+        server.run();
+        server
+    }
+
+    /// Starts the process (again) and waits until it accepts connections.
+    pub fn run(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        // A short write deadline: a client that stops reading is cut after 1 s (a slow consumer).
+        let conf = self.dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{}\nwrite_deadline: \"1s\"\njetstream {{ store_dir: \"{}\" }}\n",
+                self.port,
+                self.dir.join("store").display()
+            ),
+        )
+        .expect("write nats.conf");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL: a crash, not a polite shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
