@@ -207,6 +207,10 @@ impl Connection {
         self.session.leave_all();
         let shared = self.session.shared.clone();
         let metrics = &shared.metrics;
+        // A 4008 waits behind everything the client has not read (a lagging `on_lag: "close"`
+        // client is reading, but behind a backlog): it gets a slow consumer's grace.
+        let slow_grace = Duration::from_millis(shared.limits.slow_consumer_timeout_ms)
+            .max(SLOW_CONSUMER_CLOSE_GRACE_MIN);
         let (code, reason, grace) = match end {
             End::Gone => return,
             End::ClientClosed(reason) => {
@@ -216,10 +220,9 @@ impl Connection {
             }
             End::SlowConsumer => {
                 metrics.slow_consumer_closes.inc();
-                let grace = Duration::from_millis(shared.limits.slow_consumer_timeout_ms)
-                    .max(SLOW_CONSUMER_CLOSE_GRACE_MIN);
-                (close::SLOW_CONSUMER, "slow consumer", grace)
+                (close::SLOW_CONSUMER, "slow consumer", slow_grace)
             }
+            End::Close(close::SLOW_CONSUMER, reason) => (close::SLOW_CONSUMER, reason, slow_grace),
             End::Close(code, reason) => (code, reason, CLOSE_GRACE),
         };
         metrics
