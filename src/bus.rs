@@ -24,7 +24,7 @@ use crate::model::{valid_symbol, Quote, Status, Symbol};
 pub const WIRE_VERSION: u64 = 1;
 
 /// A symbol's state as it travels.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct State {
     pub term: u64,
     pub version: u64,

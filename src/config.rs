@@ -384,6 +384,22 @@ mod tests {
     }
 
     #[test]
+    fn every_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Err(e) = Config::load(&path) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "{checked}");
+    }
+
+    #[test]
     fn protected_mode_refuses_anonymous_access_off_loopback() {
         let e = err("listen = \"0.0.0.0:8080\"\n");
         assert!(
