@@ -14,6 +14,9 @@
 //! server that cannot keep up yields a report, never a hang.
 //! `--transport sse` has the clients read `/v1/stream` instead of WebSockets (quotegw only), e.g.
 //!   cargo bench --bench load -- fanout --clients 1000 --symbols-per-client 10 --transport sse
+//! `--topology edge` measures a scale-out edge (docs/deployment.md): nats-server and an ingest
+//! playing the feed run on the harness's core, the edge on the server's, e.g.
+//!   cargo bench --bench load -- fanout --clients 200 --symbols-per-client 10 --rate 20000 --topology edge
 //! `QUOTEGW_LOAD_LIMITS` adds lines to the gateway's `[limits]` (to compare settings on one
 //! workload, e.g. `QUOTEGW_LOAD_LIMITS="send_buffer_bytes = 0"`).
 //! `cargo bench --bench load -- --help` lists every flag. Each run prints a readable table and one JSON
@@ -114,6 +117,7 @@ fn preset(p: Preset, server: ServerKind) -> (&'static str, Common) {
         source: Source::File,
         churn_per_s: 0,
         transport: Transport::Ws,
+        topology: Topology::Embedded,
     };
     match p {
         Preset::W0 => (
@@ -208,6 +212,17 @@ struct Common {
     /// How the clients read quotegw: WebSockets, or Server-Sent Events (`/v1/stream`).
     #[arg(long, value_enum, default_value = "ws")]
     transport: Transport,
+    /// quotegw alone (`embedded`), or a scale-out `edge` measured behind nats-server and an
+    /// ingest that run the feed (both on the harness's core: the edge is alone on its own).
+    #[arg(long, value_enum, default_value = "embedded")]
+    topology: Topology,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Topology {
+    Embedded,
+    Edge,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -299,6 +314,8 @@ struct Server {
     child: Child,
     addr: String,
     kind: ServerKind,
+    /// (scale-out) nats-server and the ingest, stopped with the server.
+    helpers: Vec<Child>,
     _dir: TempDir,
 }
 
@@ -324,6 +341,7 @@ impl Server {
         let root = env!("CARGO_MANIFEST_DIR");
         let peers =
             std::env::var("QUOTEGW_PEERS_DIR").unwrap_or_else(|_| format!("{root}/target/peers"));
+        let mut helpers = Vec::new();
         let (program, args): (String, Vec<String>) = match c.server {
             ServerKind::Quotegw => {
                 let config = dir.join("load.toml");
@@ -340,12 +358,52 @@ impl Server {
                 // Lines for [limits] to compare settings on the same workload, e.g.
                 // QUOTEGW_LOAD_LIMITS="send_buffer_bytes = 0".
                 let extra = std::env::var("QUOTEGW_LOAD_LIMITS").unwrap_or_default();
+                let limits = format!(
+                    "[limits]\nmax_connections = {MAX_CONNECTIONS}\n\
+                     max_connections_per_ip = 100000\nmax_connections_per_token = 100000\n\
+                     max_symbols_per_connection = 100000\n{extra}\n"
+                );
+                let feed = match c.topology {
+                    Topology::Embedded => feed,
+                    Topology::Edge => {
+                        // nats-server and an ingest playing the feed, on the harness's core; the
+                        // edge (the server measured) takes the states over NATS.
+                        let nats_port = free_port();
+                        let nats = Command::new("taskset")
+                            .args(["-c", "1", "/usr/sbin/nats-server", "-js", "-a", "127.0.0.1"])
+                            .args(["-p", &nats_port.to_string(), "-sd"])
+                            .arg(dir.join("nats"))
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .expect("start nats-server (apt-get install nats-server)");
+                        helpers.push(nats);
+                        let url = format!("nats://127.0.0.1:{nats_port}");
+                        let ingest_config = dir.join("ingest.toml");
+                        std::fs::write(
+                            &ingest_config,
+                            format!(
+                                "listen = \"127.0.0.1:{}\"\nworkers = 1\n[publish]\nnats_url = \"{url}\"\n[[feeds]]\n{feed}",
+                                free_port()
+                            ),
+                        )
+                        .expect("write the ingest's config");
+                        let ingest = Command::new("taskset")
+                            .args(["-c", "1", env!("CARGO_BIN_EXE_quotegw"), "--config"])
+                            .arg(&ingest_config)
+                            .env("RUST_LOG", "warn")
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .expect("start the ingest");
+                        helpers.push(ingest);
+                        format!("kind = \"nats\"\nname = \"bus\"\nnats_url = \"{url}\"\n")
+                    }
+                };
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = \"127.0.0.1:{port}\"\nworkers = {}\n[limits]\nmax_connections = {MAX_CONNECTIONS}\n\
-                         max_connections_per_ip = 100000\nmax_connections_per_token = 100000\n\
-                         max_symbols_per_connection = 100000\n{extra}\n[[feeds]]\n{feed}",
+                        "listen = \"127.0.0.1:{port}\"\nworkers = {}\n{limits}[[feeds]]\n{feed}",
                         c.workers
                     ),
                 )
@@ -392,6 +450,7 @@ impl Server {
             child,
             addr,
             kind: c.server,
+            helpers,
             _dir: TempDir(dir),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -449,8 +508,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.helpers.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -785,6 +846,7 @@ struct Report {
     workload: String,
     server: Option<ServerKind>,
     transport: Option<Transport>,
+    topology: Option<Topology>,
     clients: usize,
     symbols_per_client: usize,
     universe: usize,
@@ -957,6 +1019,7 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
         workload: name.to_string(),
         server: Some(c.server),
         transport: Some(c.transport),
+        topology: Some(c.topology),
         clients: c.clients,
         symbols_per_client: c.symbols_per_client,
         universe: c.universe,
@@ -1212,6 +1275,7 @@ fn smoke() {
         source: Source::Simulated,
         churn_per_s: 5,
         transport: Transport::Ws,
+        topology: Topology::Embedded,
     };
     for transport in [Transport::Ws, Transport::Sse] {
         smoke_run(

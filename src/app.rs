@@ -281,7 +281,8 @@ async fn run(
     }
     // A scale-out ingest reads its cache before any feed runs, so that `seq` goes on from it.
     if let (Some(publish), Some(changes)) = (config.publish.clone(), changes) {
-        crate::publish::start(publish, index.clone(), changes, shutdown.clone())
+        let published = metrics.bus_published.clone();
+        crate::publish::start(publish, index.clone(), changes, published, shutdown.clone())
             .await
             .map_err(std::io::Error::other)?;
     }

@@ -73,9 +73,13 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Result<u64, String> {
         v: u64,
         term: u64,
     }
-    let hb: Heartbeat = serde_json::from_slice(bytes).map_err(|e| format!("not a heartbeat: {e}"))?;
+    let hb: Heartbeat =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a heartbeat: {e}"))?;
     if hb.v != WIRE_VERSION {
-        return Err(format!("heartbeat of wire version {} (this gateway reads {WIRE_VERSION})", hb.v));
+        return Err(format!(
+            "heartbeat of wire version {} (this gateway reads {WIRE_VERSION})",
+            hb.v
+        ));
     }
     Ok(hb.term)
 }
@@ -85,9 +89,7 @@ pub fn encode_state(state: &State) -> String {
     // members go first.
     let mut body = String::with_capacity(256);
     encode_snapshot(&mut body, &state.symbol, state.seq, &state.quote);
-    let fields = body
-        .split_once(r#","ts":"#)
-        .map_or("", |(_, rest)| rest);
+    let fields = body.split_once(r#","ts":"#).map_or("", |(_, rest)| rest);
     let mut out = String::with_capacity(body.len() + 64);
     out.push_str(r#"{"v":"#);
     out.push_str(itoa::Buffer::new().format(WIRE_VERSION));
@@ -129,7 +131,10 @@ struct Wire<'a> {
 pub fn decode_state(bytes: &[u8]) -> Result<State, String> {
     let w: Wire = serde_json::from_slice(bytes).map_err(|e| format!("not a state message: {e}"))?;
     if w.v != WIRE_VERSION {
-        return Err(format!("state of wire version {} (this gateway reads {WIRE_VERSION})", w.v));
+        return Err(format!(
+            "state of wire version {} (this gateway reads {WIRE_VERSION})",
+            w.v
+        ));
     }
     if !valid_symbol(&w.symbol) {
         return Err(format!("'{}' is not a symbol", w.symbol));
@@ -183,9 +188,16 @@ mod tests {
         let text = encode_state(&state);
         assert!(text.starts_with(r#"{"v":1,"term":1796107698261,"ver":1042,"seq":1040,"symbol":"BRK.B","ts":1732200000123,"bid":"189.10","ask":null"#), "{text}");
         let back = decode_state(text.as_bytes()).unwrap();
-        assert_eq!(back.quote.bid.unwrap().to_string(), "189.10", "the scale survives");
+        assert_eq!(
+            back.quote.bid.unwrap().to_string(),
+            "189.10",
+            "the scale survives"
+        );
         assert!(back.quote.same_as(&state.quote));
-        assert_eq!((back.term, back.version, back.seq, &*back.symbol), (state.term, 1042, 1040, "BRK.B"));
+        assert_eq!(
+            (back.term, back.version, back.seq, &*back.symbol),
+            (state.term, 1042, 1040, "BRK.B")
+        );
         assert!(decode_state(text.replace(r#""v":1"#, r#""v":2"#).as_bytes()).is_err());
         assert_eq!(decode_heartbeat(encode_heartbeat(7, 1).as_bytes()), Ok(7));
     }

@@ -231,14 +231,16 @@ impl Config {
             if self.feeds.iter().any(|f| matches!(f, FeedConfig::Nats(_))) {
                 return Err((
                     "publish".into(),
-                    "an edge (a feed of kind \"nats\") cannot also publish: one ingest assigns seq".into(),
+                    "an edge (a feed of kind \"nats\") cannot also publish: one ingest assigns seq"
+                        .into(),
                 ));
             }
         }
         if self.feeds.iter().any(|f| matches!(f, FeedConfig::Nats(_))) && self.feeds.len() > 1 {
             return Err((
                 "feeds".into(),
-                "a feed of kind \"nats\" is the edge's only feed (the ingest does the failover)".into(),
+                "a feed of kind \"nats\" is the edge's only feed (the ingest does the failover)"
+                    .into(),
             ));
         }
         let mut names = std::collections::HashSet::new();

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub poll_requests: IntCounterVec,
     pub poll_errors: IntCounterVec,
     pub poll_seconds: HistogramVec,
+    pub bus_published: IntCounter,
 }
 
 /// The counters of one feed, resolved once.
@@ -106,6 +107,7 @@ impl Metrics {
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 &["feed"],
             ).expect("valid histogram")),
+            bus_published: counter("quotegw_bus_published_total", "Symbol states a scale-out ingest published to NATS (conflated per symbol while NATS is slow or away)."),
             registry,
         };
         for transport in ["ws", "sse"] {

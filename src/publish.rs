@@ -94,10 +94,7 @@ pub fn check_names(stream: &str, prefix: &str) -> Result<(), (String, String)> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     };
     if !token_ok(stream) {
-        return Err((
-            "stream".into(),
-            "letters, digits, '_' and '-' only".into(),
-        ));
+        return Err(("stream".into(), "letters, digits, '_' and '-' only".into()));
     }
     if !prefix.split('.').all(token_ok) {
         return Err((
@@ -135,10 +132,21 @@ pub async fn connect(
         .connect(url)
         .await
         .map_err(|e| PublishError::Connect {
-            url: url.to_string(),
+            url: without_credentials(url),
             message: e.to_string(),
         })?;
     Ok((client, events_rx))
+}
+
+/// A NATS URL as it may be logged: `nats://user:secret@host` shows as `nats://…@host`.
+fn without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}…{}", &u[..scheme + 3], &u[at..]),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The stream that is the cache, created (or brought to this config) if needed.
@@ -200,24 +208,36 @@ pub async fn read_cache(
 }
 
 /// Reads the cache into the index (each symbol's `seq` and quote) and returns the new term.
-async fn load(config: &PublishConfig, client: &async_nats::Client, index: &Index) -> Result<u64, String> {
+async fn load(
+    config: &PublishConfig,
+    client: &async_nats::Client,
+    index: &Index,
+) -> Result<u64, String> {
     let js = async_nats::jetstream::new(client.clone());
     let stream = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await?;
     let mut last_term = 0;
     let mut seeded = 0;
-    read_cache(&stream, &bus::heartbeat_subject(&config.subject_prefix), |payload| {
-        if let Ok(term) = bus::decode_heartbeat(payload) {
-            last_term = last_term.max(term);
-        }
-    })
+    read_cache(
+        &stream,
+        &bus::heartbeat_subject(&config.subject_prefix),
+        |payload| {
+            if let Ok(term) = bus::decode_heartbeat(payload) {
+                last_term = last_term.max(term);
+            }
+        },
+    )
     .await?;
-    read_cache(&stream, &bus::state_subjects(&config.subject_prefix), |payload| {
-        if let Ok(state) = bus::decode_state(payload) {
-            last_term = last_term.max(state.term);
-            index.seed(state.symbol, state.seq, state.quote);
-            seeded += 1;
-        }
-    })
+    read_cache(
+        &stream,
+        &bus::state_subjects(&config.subject_prefix),
+        |payload| {
+            if let Ok(state) = bus::decode_state(payload) {
+                last_term = last_term.max(state.term);
+                index.seed(state.symbol, state.seq, state.quote);
+                seeded += 1;
+            }
+        },
+    )
     .await?;
     tracing::info!(symbols = seeded, last_term, "read the scale-out cache");
     Ok(last_term)
@@ -229,6 +249,7 @@ pub async fn start(
     config: PublishConfig,
     index: Arc<Index>,
     changes: Arc<ChangeLog>,
+    published: prometheus::IntCounter,
     shutdown: CancellationToken,
 ) -> Result<(), PublishError> {
     let (client, events) = connect(&config.nats_url, "quotegw-ingest").await?;
@@ -236,11 +257,15 @@ pub async fn start(
     let last_term = match tokio::time::timeout(wait, load(&config, &client, &index)).await {
         Ok(Ok(term)) => term,
         Ok(Err(e)) => {
-            tracing::warn!("scale-out cache unreadable ({e}): starting a new term, seq may start over");
+            tracing::warn!(
+                "scale-out cache unreadable ({e}): starting a new term, seq may start over"
+            );
             0
         }
         Err(_) => {
-            tracing::warn!("NATS not reachable within {wait:?}: starting a new term, seq may start over");
+            tracing::warn!(
+                "NATS not reachable within {wait:?}: starting a new term, seq may start over"
+            );
             0
         }
     };
@@ -261,61 +286,102 @@ pub async fn start(
                 _ = tick.tick() => {}
             }
             let hb = bus::encode_heartbeat(term, crate::feed::now_ms());
-            let _ = heartbeat_client.publish(hb_subject.clone(), hb.into()).await;
+            let _ = heartbeat_client
+                .publish(hb_subject.clone(), hb.into())
+                .await;
         }
     });
-    actix_web::rt::spawn(publish_changes(config, client, events, index, changes, term, shutdown));
+    let publisher = Publisher {
+        config,
+        client,
+        index,
+        changes,
+        term,
+        published,
+    };
+    actix_web::rt::spawn(publisher.run(events, shutdown));
     Ok(())
 }
 
-async fn publish_changes(
+/// The task that publishes what the index's change log lists.
+struct Publisher {
     config: PublishConfig,
     client: async_nats::Client,
-    mut events: mpsc::Receiver<async_nats::Event>,
     index: Arc<Index>,
     changes: Arc<ChangeLog>,
     term: u64,
-    shutdown: CancellationToken,
-) {
-    let log = LogLimiter::new(5, 1);
-    let js = async_nats::jetstream::new(client.clone());
-    let mut batch: Vec<Arc<SymbolEntry>> = Vec::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = client.flush().await;
-                return;
-            }
-            event = events.recv() => {
-                if let Some(async_nats::Event::Connected) = event {
-                    // A new connection may be a new server: make sure the cache exists, then
-                    // fill it with every symbol's state.
-                    if let Err(e) = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await {
-                        tracing::warn!("cannot ensure the scale-out stream: {e}");
+    published: prometheus::IntCounter,
+}
+
+impl Publisher {
+    async fn run(self, mut events: mpsc::Receiver<async_nats::Event>, shutdown: CancellationToken) {
+        let Publisher {
+            config,
+            client,
+            index,
+            changes,
+            term,
+            published,
+        } = self;
+        let log = LogLimiter::new(5, 1);
+        let js = async_nats::jetstream::new(client.clone());
+        let mut batch: Vec<Arc<SymbolEntry>> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = client.flush().await;
+                    return;
+                }
+                event = events.recv() => {
+                    if let Some(async_nats::Event::Connected) = event {
+                        // A new connection may be a new server: make sure the cache exists, then
+                        // fill it with every symbol's state.
+                        if let Err(e) = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await {
+                            tracing::warn!("cannot ensure the scale-out stream: {e}");
+                        }
+                        changes.mark_all(&index);
                     }
-                    changes.mark_all(&index);
+                    continue;
                 }
-                continue;
+                _ = changes.take(&mut batch) => {}
             }
-            _ = changes.take(&mut batch) => {}
-        }
-        for entry in batch.drain(..) {
-            let Some(p) = entry.read() else {
-                continue;
-            };
-            let state = State {
-                term,
-                version: p.version,
-                seq: p.seq,
-                symbol: entry.symbol.clone(),
-                quote: p.quote,
-            };
-            let subject = bus::state_subject(&config.subject_prefix, &state.symbol);
-            if let Err(e) = client.publish(subject, bus::encode_state(&state).into()).await {
-                if let Some(suppressed) = log.admit(std::time::Instant::now()) {
-                    tracing::warn!(suppressed, "publishing to NATS failed: {e}");
+            for entry in batch.drain(..) {
+                let Some(p) = entry.read() else {
+                    continue;
+                };
+                let state = State {
+                    term,
+                    version: p.version,
+                    seq: p.seq,
+                    symbol: entry.symbol.clone(),
+                    quote: p.quote,
+                };
+                let subject = bus::state_subject(&config.subject_prefix, &state.symbol);
+                match client
+                    .publish(subject, bus::encode_state(&state).into())
+                    .await
+                {
+                    Ok(()) => published.inc(),
+                    Err(e) => {
+                        if let Some(suppressed) = log.admit(std::time::Instant::now()) {
+                            tracing::warn!(suppressed, "publishing to NATS failed: {e}");
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_credentials_never_reach_a_message() {
+        assert_eq!(
+            without_credentials("nats://ingest:s3cret@10.0.0.5:4222,nats://10.0.0.6:4222"),
+            "nats://…@10.0.0.5:4222,nats://10.0.0.6:4222"
+        );
     }
 }

@@ -48,7 +48,11 @@ async fn quotes(addr: SocketAddr, symbols: &[&str]) -> BTreeMap<String, Value> {
 }
 
 /// Waits until every gateway in `edges` serves exactly what `reference` does for `symbols`.
-async fn converge(reference: SocketAddr, edges: &[SocketAddr], symbols: &[&str]) -> BTreeMap<String, Value> {
+async fn converge(
+    reference: SocketAddr,
+    edges: &[SocketAddr],
+    symbols: &[&str],
+) -> BTreeMap<String, Value> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let want = quotes(reference, symbols).await;
@@ -59,7 +63,10 @@ async fn converge(reference: SocketAddr, edges: &[SocketAddr], symbols: &[&str])
         if all {
             return want;
         }
-        assert!(tokio::time::Instant::now() < deadline, "edges did not converge on {want:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "edges did not converge on {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -83,12 +90,19 @@ fn ticking(gw: &TestGateway, symbol: &'static str, every: Duration) -> tokio::ta
 }
 
 /// Reads a client's messages for `symbol`, asserting `seq` never goes backwards, until `pred`.
-async fn read_until(c: &mut Client, last: &mut HashMap<String, u64>, pred: impl Fn(&Value) -> bool) -> Value {
+async fn read_until(
+    c: &mut Client,
+    last: &mut HashMap<String, u64>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     loop {
         let m = c.next().await;
         if let (Some(s), Some(seq)) = (m["symbol"].as_str(), m["seq"].as_u64()) {
             let prev = last.entry(s.to_string()).or_default();
-            assert!(seq >= *prev, "seq went backwards on one connection: {prev} then {m}");
+            assert!(
+                seq >= *prev,
+                "seq went backwards on one connection: {prev} then {m}"
+            );
             *prev = seq;
         }
         if pred(&m) {
@@ -102,7 +116,11 @@ async fn ingest_with_ticks(nats: &NatsServer) -> TestGateway {
     for (i, s) in SYMBOLS.iter().enumerate() {
         for n in 0..=i * 3 {
             ingest
-                .push(tick(s, 1 + n as i64, &[("bid", &format!("{}.{n:02}", 10 + i)), ("ask_size", "100")]))
+                .push(tick(
+                    s,
+                    1 + n as i64,
+                    &[("bid", &format!("{}.{n:02}", 10 + i)), ("ask_size", "100")],
+                ))
                 .await;
         }
     }
@@ -147,12 +165,19 @@ async fn two_edges_end_where_an_embedded_gateway_ends() {
     let ingest = support::start_config(1, &format!("{}{replay}", ingest_toml(&nats)));
     let embedded = support::start_config(1, &replay);
     let symbols = ["AAPL", "MSFT", "NVDA", "SPY", "TSLA"];
-    let want = converge(embedded.addr, &[ingest.addr, edge_a.addr, edge_b.addr], &symbols).await;
+    let want = converge(
+        embedded.addr,
+        &[ingest.addr, edge_a.addr, edge_b.addr],
+        &symbols,
+    )
+    .await;
     // The whole file: each symbol's final seq is its number of ticks in it.
     let mut ticks: HashMap<String, u64> = HashMap::new();
     for line in std::fs::read_to_string(&file).unwrap().lines() {
         let t: Value = serde_json::from_str(line).unwrap();
-        *ticks.entry(t["symbol"].as_str().unwrap().to_string()).or_default() += 1;
+        *ticks
+            .entry(t["symbol"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     for (symbol, q) in &want {
         assert_eq!(q["seq"].as_u64(), ticks.get(symbol).copied(), "{symbol}");
@@ -180,11 +205,17 @@ async fn edges_go_stale_while_nats_is_down_and_recover() {
     }
     nats.kill();
     for (c, l) in clients.iter_mut().zip(&mut last) {
-        read_until(c, l, |m| m["type"] == "status" && m["symbol"] == "AAA" && m["status"] == "stale").await;
+        read_until(c, l, |m| {
+            m["type"] == "status" && m["symbol"] == "AAA" && m["status"] == "stale"
+        })
+        .await;
     }
     nats.run();
     for (c, l) in clients.iter_mut().zip(&mut last) {
-        read_until(c, l, |m| m["type"] == "status" && m["symbol"] == "AAA" && m["status"] == "live").await;
+        read_until(c, l, |m| {
+            m["type"] == "status" && m["symbol"] == "AAA" && m["status"] == "live"
+        })
+        .await;
         read_until(c, l, |m| m["type"] == "update" && m["symbol"] == "AAA").await;
     }
     pusher.abort();
@@ -209,7 +240,10 @@ async fn a_restarted_ingest_continues_seq_from_the_cache() {
         .unwrap();
     let ingest = start(&ingest_toml(&nats), &SYMBOLS);
     ingest.push(tick("CCC", 99, &[("bid", "99.99")])).await;
-    let m = read_until(&mut c, &mut last, |m| m["type"] == "update" && m["symbol"] == "CCC").await;
+    let m = read_until(&mut c, &mut last, |m| {
+        m["type"] == "update" && m["symbol"] == "CCC"
+    })
+    .await;
     let was = before["CCC"]["seq"].as_u64().unwrap();
     assert_eq!(m["seq"].as_u64(), Some(was + 1), "seq goes on: {m}");
     assert_eq!(m["bid"], "99.99");
@@ -234,7 +268,12 @@ async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
         let client = client.clone();
         tokio::spawn(async move {
             loop {
-                let _ = client.publish(heartbeat_subject("quotegw"), encode_heartbeat(term, 0).into()).await;
+                let _ = client
+                    .publish(
+                        heartbeat_subject("quotegw"),
+                        encode_heartbeat(term, 0).into(),
+                    )
+                    .await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -269,7 +308,10 @@ async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
     }
     send(1, 1, 100).await;
     while quotes(edge.addr, &["GAP"]).await.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the first state never arrived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first state never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut c = edge.client().await;
@@ -293,7 +335,11 @@ async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
         .collect();
     assert_eq!(
         updates,
-        [(2, "2.00".into(), 0), (5, "5.00".into(), 2), (6, "6.00".into(), 0)],
+        [
+            (2, "2.00".into(), 0),
+            (5, "5.00".into(), 2),
+            (6, "6.00".into(), 0)
+        ],
         "the gap counted, the duplicate and the late one dropped"
     );
     assert_eq!(quotes(edge.addr, &["GAP"]).await["GAP"]["bid"], "6.00");
@@ -314,7 +360,14 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
     }
     let fast = start_config(1, &edge_toml(&nats));
     let path = std::env::temp_dir().join(format!("quotegw-edge-{}.toml", std::process::id()));
-    std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\nworkers = 1\n{}", edge_toml(&nats))).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nworkers = 1\n{}",
+            edge_toml(&nats)
+        ),
+    )
+    .unwrap();
     let mut slow = Command::new(env!("CARGO_BIN_EXE_quotegw"))
         .arg("--config")
         .arg(&path)
@@ -345,7 +398,11 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
         for i in 0i64.. {
             let s = &all[(i % 200) as usize];
             let bid = format!("{}.{:02}", 2 + i / 100, i % 100);
-            if ticks.send(tick(s, 2 + i, &[("bid", &bid), ("volume", &i.to_string())])).await.is_err() {
+            if ticks
+                .send(tick(s, 2 + i, &[("bid", &bid), ("volume", &i.to_string())]))
+                .await
+                .is_err()
+            {
                 return;
             }
             if i % 20 == 0 {
@@ -354,7 +411,11 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
         }
     });
     let pid = slow.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
     // Meanwhile the other edge's client keeps getting updates, and nothing goes stale for it.
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let mut updates = 0;
@@ -363,7 +424,11 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
         assert_ne!(m["status"], "stale", "the other edge is unaffected: {m}");
         updates += 1;
     }
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
     pusher.abort();
     println!("the running edge's client got {updates} updates while the other was stopped");
     converge(ingest.addr, &[fast.addr, slow_addr], &symbols).await;
@@ -401,9 +466,16 @@ async fn a_client_moving_between_edges_never_goes_back() {
     b.send(json!({"op": "subscribe", "symbols": ["AAA"]})).await;
     b.expect("ack").await;
     let snap = b.expect("snapshot").await;
-    assert!(snap["seq"].as_u64().unwrap() >= seen, "{snap} after seq {seen}");
+    assert!(
+        snap["seq"].as_u64().unwrap() >= seen,
+        "{snap} after seq {seen}"
+    );
     pusher.abort();
     let finale = converge(ingest.addr, &[edge_a.addr, edge_b.addr], &SYMBOLS).await;
     let mut again = edge_a.client().await;
-    assert_eq!(again.subscribe(&["AAA"]).await[0], finale["AAA"], "the same values at one seq");
+    assert_eq!(
+        again.subscribe(&["AAA"]).await[0],
+        finale["AAA"],
+        "the same values at one seq"
+    );
 }

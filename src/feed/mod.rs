@@ -58,7 +58,10 @@ pub enum FeedEvent {
     },
     /// (scale-out edge) a symbol's whole state as an ingest published it, with its `seq`: the
     /// index keeps the newest by `(term, version)` and assigns no `seq` of its own.
-    State { feed: FeedId, state: crate::bus::State },
+    State {
+        feed: FeedId,
+        state: crate::bus::State,
+    },
 }
 
 #[derive(Debug, Error)]

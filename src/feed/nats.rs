@@ -93,7 +93,10 @@ struct Edge {
 
 impl Edge {
     fn new(config: NatsFeedConfig, ctx: FeedContext) -> Edge {
-        let bad_messages = ctx.metrics.feed_bad_lines.with_label_values(&[&config.name]);
+        let bad_messages = ctx
+            .metrics
+            .feed_bad_lines
+            .with_label_values(&[&config.name]);
         Edge {
             bad_messages,
             config,
@@ -203,9 +206,11 @@ impl Edge {
             }
         };
         let mut payloads = Vec::new();
-        let read = read_cache(&stream, &bus::state_subjects(&self.config.subject_prefix), |p| {
-            payloads.push(p.to_vec())
-        })
+        let read = read_cache(
+            &stream,
+            &bus::state_subjects(&self.config.subject_prefix),
+            |p| payloads.push(p.to_vec()),
+        )
         .await;
         if let Err(e) = read {
             tracing::warn!(feed = %self.config.name, "cannot read the cache: {e}");

@@ -29,7 +29,10 @@ fn ensure_installed() {
         ])
         .status()
         .expect("apt-get runs");
-    assert!(status.success() && Path::new(BIN).exists(), "nats-server could not be installed");
+    assert!(
+        status.success() && Path::new(BIN).exists(),
+        "nats-server could not be installed"
+    );
 }
 
 impl NatsServer {
@@ -39,10 +42,7 @@ impl NatsServer {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let dir = std::env::temp_dir().join(format!(
-            "quotegw-nats-{}-{port}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("quotegw-nats-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a store dir");
         let mut server = NatsServer {
