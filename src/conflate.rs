@@ -633,6 +633,64 @@ mod tests {
         );
     }
 
+    /// A scale-out edge: states keep the ingest's seq (a gap is `conflated`), and a seq that goes
+    /// down under a new term (an ingest that lost its cache) ends the connections that held the
+    /// old one, which then start over with fresh snapshots.
+    #[test]
+    fn a_restarted_source_ends_the_views_that_held_the_old_seq() {
+        use crate::bus::State;
+        let idx = index();
+        let state = |term, version, seq, bid| FeedEvent::State {
+            feed: 0,
+            state: State {
+                term,
+                version,
+                seq,
+                symbol: "AAPL".into(),
+                quote: Quote {
+                    ts: 1,
+                    bid: Some(Decimal::new(bid, 2)),
+                    ..Quote::default()
+                },
+            },
+        };
+        idx.apply(state(1, 10, 100, 100));
+        let entry = idx.lookup("AAPL").unwrap();
+        let conn = ConnPending::new();
+        let mut slots = vec![SlotView::new(
+            entry.subscribe(&conn, 0, true),
+            Pacing::default(),
+        )];
+        let snap = drain(&conn, &mut slots, Instant::now());
+        assert_eq!(snap[0]["seq"], 100);
+        idx.apply(state(1, 12, 103, 103)); // two states lost on the way
+        let msgs = drain(&conn, &mut slots, Instant::now());
+        assert_eq!(
+            (msgs[0]["seq"].as_u64(), msgs[0]["conflated"].as_u64()),
+            (Some(103), Some(2))
+        );
+        idx.apply(state(1, 11, 101, 101)); // a late one: nothing
+        assert!(drain(&conn, &mut slots, Instant::now()).is_empty());
+        idx.apply(state(2, 1, 5, 500)); // a new term with a lower seq: the source restarted
+        let mut dirty = Vec::new();
+        conn.take(&mut dirty);
+        let mut frame = FrameBuilder::default();
+        let emitted = slots[0].emit_latest(
+            &mut Vec::new(),
+            Instant::now(),
+            &mut frame,
+            &mut EmitStats::default(),
+        );
+        assert_eq!(emitted, Emitted::Restarted);
+        // A new connection simply gets the new state.
+        let conn2 = ConnPending::new();
+        let mut fresh = vec![SlotView::new(
+            entry.subscribe(&conn2, 0, true),
+            Pacing::default(),
+        )];
+        assert_eq!(drain(&conn2, &mut fresh, Instant::now())[0]["seq"], 5);
+    }
+
     #[test]
     fn nothing_before_the_first_tick_then_a_snapshot() {
         let idx = index();
