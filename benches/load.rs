@@ -990,7 +990,12 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
         })
     });
 
-    let ticks0 = server.metric("quotegw_ticks_received_total{feed=\"sim\"}");
+    // What the measured server takes in: ticks from its feed, or on an edge, states from NATS.
+    let ticks_in = match c.topology {
+        Topology::Embedded => "quotegw_ticks_received_total{feed=\"sim\"}",
+        Topology::Edge => "quotegw_ticks_received_total{feed=\"bus\"}",
+    };
+    let ticks0 = server.metric(ticks_in);
     let (cpu0, _) = server.usage();
     let started = Instant::now();
     stats.counting.store(true, Ordering::Relaxed);
@@ -998,7 +1003,7 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     stats.counting.store(false, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
     let (cpu1, rss) = server.usage();
-    let ticks1 = server.metric("quotegw_ticks_received_total{feed=\"sim\"}");
+    let ticks1 = server.metric(ticks_in);
     stop.notify_waiters();
     let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
     if tokio::time::timeout(TEARDOWN_LIMIT, futures_util::future::join_all(tasks))

@@ -62,37 +62,76 @@ pub struct Index {
     changes: Option<Arc<ChangeLog>>,
 }
 
-/// The symbols that changed since their consumer last looked (a scale-out ingest's publisher),
-/// each listed at most once: a consumer that falls behind (NATS away) holds one entry per symbol,
-/// however many ticks pass. The consumer reads each symbol's latest state when it gets to it.
+/// Every change of every symbol, in order, for one consumer (a scale-out ingest's publisher, which
+/// sends each to NATS). Backpressure is decided here: the tick path never waits for the consumer.
+/// While it keeps up, every change is kept whole (up to `CHANGE_LOG_CAPACITY` between two reads,
+/// about 10 MiB); past that (NATS away or too slow) changes are conflated per symbol: the symbol is
+/// listed once, however many ticks pass, and the consumer reads its latest state when it gets to
+/// it (an edge counts the `seq` it skipped in `conflated`).
 #[derive(Default)]
 pub struct ChangeLog {
-    pending: Mutex<Vec<Arc<SymbolEntry>>>,
+    pending: Mutex<Changes>,
     notify: tokio::sync::Notify,
 }
 
+/// What a `ChangeLog`'s consumer takes in one read.
+#[derive(Default)]
+pub struct Changes {
+    /// Each change whole, in the order they happened.
+    pub states: Vec<Change>,
+    /// Symbols changed while `states` was full, or all of them (`mark_all`), each once: publish
+    /// their latest state (`SymbolEntry::read`), after `states`.
+    pub behind: Vec<Arc<SymbolEntry>>,
+}
+
+/// One change of a symbol's state, as published to clients.
+pub struct Change {
+    pub symbol: Symbol,
+    pub version: u64,
+    pub seq: u64,
+    pub quote: Quote,
+}
+
+/// How many changes a `ChangeLog` keeps whole between two reads of its consumer.
+pub const CHANGE_LOG_CAPACITY: usize = 65_536;
+
 impl ChangeLog {
-    fn mark(&self, entry: &Arc<SymbolEntry>) {
-        if !entry.queued.swap(true, Ordering::AcqRel) {
-            lock(&self.pending).push(entry.clone());
-            self.notify.notify_one();
+    /// Called under the symbol's state lock, so a symbol's changes are listed in version order.
+    fn record(&self, entry: &Arc<SymbolEntry>, st: &SymbolState) {
+        let mut pending = lock(&self.pending);
+        if pending.states.len() < CHANGE_LOG_CAPACITY {
+            pending.states.push(Change {
+                symbol: entry.symbol.clone(),
+                version: st.version,
+                seq: st.seq,
+                quote: st.quote,
+            });
+        } else if !entry.queued.swap(true, Ordering::AcqRel) {
+            pending.behind.push(entry.clone());
         }
+        drop(pending);
+        self.notify.notify_one();
     }
 
     /// Every symbol, as changed: a consumer that must send everything again (a new NATS server).
     pub fn mark_all(&self, index: &Index) {
+        let mut pending = lock(&self.pending);
         for e in index.symbols.iter() {
-            self.mark(e.value());
+            if !e.queued.swap(true, Ordering::AcqRel) {
+                pending.behind.push(e.value().clone());
+            }
         }
+        drop(pending);
+        self.notify.notify_one();
     }
 
-    /// Waits for a change, then takes the changed symbols (each unmarked before it is read, so a
-    /// change after the read is listed again).
-    pub async fn take(&self, out: &mut Vec<Arc<SymbolEntry>>) {
+    /// Waits for changes, then takes them all into `out` (left empty by the caller). A symbol in
+    /// `behind` is unlisted before its state is read, so a change after the read is listed again.
+    pub async fn take(&self, out: &mut Changes) {
         loop {
             std::mem::swap(&mut *lock(&self.pending), out);
-            if !out.is_empty() {
-                for e in out.iter() {
+            if !out.states.is_empty() || !out.behind.is_empty() {
+                for e in &out.behind {
                     e.queued.store(false, Ordering::Release);
                 }
                 return;
@@ -141,6 +180,8 @@ pub struct SymbolEntry {
     history: Option<HistoryConfig>,
     /// Listed in the `ChangeLog` and not yet read by its consumer.
     queued: std::sync::atomic::AtomicBool,
+    /// Where every change goes (a scale-out ingest), besides this entry's subscribers.
+    changes: Option<Arc<ChangeLog>>,
 }
 
 #[derive(Default)]
@@ -341,6 +382,7 @@ impl Index {
                     subscriptions: self.subscriptions.clone(),
                     history: self.history,
                     queued: Default::default(),
+                    changes: self.changes.clone(),
                 })
             })
             .clone()
@@ -395,12 +437,6 @@ impl Index {
         }
     }
 
-    fn changed(&self, entry: &Arc<SymbolEntry>) {
-        if let Some(changes) = &self.changes {
-            changes.mark(entry);
-        }
-    }
-
     /// (scale-out edge) a symbol's whole state from the bus: kept if it is newer than what the
     /// entry has, by `(term, version)`; a duplicate or a late message changes nothing.
     fn apply_state(&self, feed: FeedId, state: &crate::bus::State) {
@@ -411,9 +447,7 @@ impl Index {
             Some(e) => e,
             None => self.register(state.symbol.clone()),
         };
-        if entry.apply_state(feed, state) {
-            self.changed(&entry);
-        }
+        entry.apply_state(feed, state);
     }
 
     fn counters(&self, feed: FeedId) -> Option<&FeedCounters> {
@@ -440,18 +474,15 @@ impl Index {
             Some(e) => e,
             None => self.register(tick.symbol.clone()),
         };
-        if entry.apply(&tick) {
-            self.changed(&entry);
-        } else if let Some(c) = counters {
+        let published = entry.apply(&tick);
+        if let (false, Some(c)) = (published, counters) {
             c.standby.inc();
         }
     }
 
     fn set_status(&self, feed: FeedId, symbol: &str, status: Status) {
         if let Some(entry) = self.lookup(symbol) {
-            if entry.set_feed_status(feed, status) {
-                self.changed(&entry);
-            }
+            entry.set_feed_status(feed, status);
         }
     }
 }
@@ -459,7 +490,7 @@ impl Index {
 impl SymbolEntry {
     /// Applies a normalized tick; false when its feed is a standby for this symbol (nothing was
     /// published).
-    fn apply(&self, tick: &Tick) -> bool {
+    fn apply(self: &Arc<Self>, tick: &Tick) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
@@ -484,15 +515,20 @@ impl SymbolEntry {
                 }
                 _ => return false,
             }
-            self.remember(&mut st);
+            self.published(&mut st);
         }
         self.fan_out();
         true
     }
 
-    fn remember(&self, st: &mut SymbolState) {
+    /// After every change, under the state lock: keeps it in the history (delayed tier) and
+    /// lists it for a scale-out ingest's publisher.
+    fn published(self: &Arc<Self>, st: &mut SymbolState) {
         if let Some(history) = self.history {
             st.remember(history, crate::feed::now_ms());
+        }
+        if let Some(changes) = &self.changes {
+            changes.record(self, st);
         }
     }
 
@@ -502,7 +538,7 @@ impl SymbolEntry {
     /// outage is taken back on its first tick (`apply`), so the quote published then is one the
     /// feed has just sent, never the one it had before the outage. Going stale can still move the
     /// symbol to the next fresh feed, whose prices are current.
-    fn set_feed_status(&self, feed: FeedId, status: Status) -> bool {
+    fn set_feed_status(self: &Arc<Self>, feed: FeedId, status: Status) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
@@ -529,7 +565,7 @@ impl SymbolEntry {
                     st.publish_status(&self.symbol, published, listeners);
                 }
             }
-            self.remember(&mut st);
+            self.published(&mut st);
         }
         self.fan_out();
         true
@@ -538,7 +574,7 @@ impl SymbolEntry {
     /// (scale-out edge) applies a state from the bus; true when something was published. The bus's
     /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
     /// state equal to the one held makes a stale source current again (a reload after an outage).
-    fn apply_state(&self, feed: FeedId, state: &crate::bus::State) -> bool {
+    fn apply_state(self: &Arc<Self>, feed: FeedId, state: &crate::bus::State) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
@@ -584,7 +620,7 @@ impl SymbolEntry {
                     }
                 }
             }
-            self.remember(&mut st);
+            self.published(&mut st);
         }
         self.fan_out();
         true
@@ -749,6 +785,67 @@ mod tests {
             symbol: "X".into(),
             status,
         }
+    }
+
+    /// A scale-out ingest's publisher gets every change whole and in order, status-only ones
+    /// included; once it is `CHANGE_LOG_CAPACITY` changes behind, one entry per symbol.
+    #[test]
+    fn the_change_log_keeps_every_change_until_its_consumer_is_far_behind() {
+        let mut index = Index::new(&["feed".into()], Arc::new(Metrics::new()));
+        let log = Arc::new(ChangeLog::default());
+        index.publish_changes(log.clone());
+        let take = || {
+            let mut out = Changes::default();
+            futures_util::FutureExt::now_or_never(log.take(&mut out)).expect("changes pending");
+            out
+        };
+        index.apply(tick(0, 100));
+        index.apply(tick(0, 101));
+        index.apply(status(0, Status::Halted));
+        index.apply(tick(0, 102));
+        let got = take();
+        let seen: Vec<(u64, u64, String, Status)> = got
+            .states
+            .iter()
+            .map(|c| {
+                (
+                    c.version,
+                    c.seq,
+                    c.quote.bid.unwrap().to_string(),
+                    c.quote.status,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, 1, "1.00".into(), Status::Live),
+                (2, 2, "1.01".into(), Status::Live),
+                (3, 2, "1.01".into(), Status::Halted),
+                (4, 3, "1.02".into(), Status::Halted), // a tick does not end a halt
+            ]
+        );
+        assert!(got.behind.is_empty());
+        for i in 0..CHANGE_LOG_CAPACITY as i64 + 10 {
+            index.apply(tick(0, 200 + i));
+        }
+        let got = take();
+        assert_eq!(got.states.len(), CHANGE_LOG_CAPACITY);
+        assert_eq!(
+            got.behind.len(),
+            1,
+            "one entry for the rest, however many ticks"
+        );
+        let latest = got.behind[0].read().unwrap();
+        assert_eq!(latest.seq, 3 + CHANGE_LOG_CAPACITY as u64 + 10);
+        // Read: the next change is kept whole again.
+        index.apply(tick(0, 1));
+        assert_eq!((take().states.len(), take_is_empty(&log)), (1, true));
+    }
+
+    fn take_is_empty(log: &ChangeLog) -> bool {
+        let mut out = Changes::default();
+        futures_util::FutureExt::now_or_never(log.take(&mut out)).is_none()
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Scale-out, the ingest's side: every change of a symbol's state goes to NATS, where edges take
-//! it (docs/deployment.md). The index lists changed symbols in a `ChangeLog` (at most once each);
-//! this task reads each one's latest state and publishes it whole (`bus.rs`).
+//! it (docs/deployment.md). The index lists every change in a `ChangeLog`; this task publishes
+//! each one whole (`bus.rs`).
 //!
-//! Backpressure: the tick path never waits for NATS. While NATS is slow or away, the change log
-//! conflates per symbol (one entry per symbol, whatever the ticks), and this task alone waits.
+//! Backpressure: the tick path never waits for NATS. While NATS is slow or away, this task alone
+//! waits, and once the change log holds `CHANGE_LOG_CAPACITY` changes it conflates per symbol (one
+//! entry per symbol, whatever the ticks; this task then reads the symbol's latest state).
 //! When a connection to NATS is (re)made, every symbol is published again and the stream ensured,
 //! so a NATS server that restarted without its store gets the whole cache back.
 //!
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{self, State};
-use crate::index::{ChangeLog, Index, SymbolEntry};
+use crate::index::{Change, ChangeLog, Changes, Index};
 use crate::log_limit::LogLimiter;
 
 /// `[publish]`: this gateway is a scale-out ingest.
@@ -325,7 +326,7 @@ impl Publisher {
         } = self;
         let log = LogLimiter::new(5, 1);
         let js = async_nats::jetstream::new(client.clone());
-        let mut batch: Vec<Arc<SymbolEntry>> = Vec::new();
+        let mut batch = Changes::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -345,18 +346,23 @@ impl Publisher {
                 }
                 _ = changes.take(&mut batch) => {}
             }
-            for entry in batch.drain(..) {
-                let Some(p) = entry.read() else {
-                    continue;
-                };
-                let state = State {
-                    term,
+            let behind = batch.behind.drain(..).filter_map(|entry| {
+                entry.read().map(|p| Change {
+                    symbol: entry.symbol.clone(),
                     version: p.version,
                     seq: p.seq,
-                    symbol: entry.symbol.clone(),
                     quote: p.quote,
+                })
+            });
+            for change in batch.states.drain(..).chain(behind) {
+                let subject = bus::state_subject(&config.subject_prefix, &change.symbol);
+                let state = State {
+                    term,
+                    version: change.version,
+                    seq: change.seq,
+                    symbol: change.symbol,
+                    quote: change.quote,
                 };
-                let subject = bus::state_subject(&config.subject_prefix, &state.symbol);
                 match client
                     .publish(subject, bus::encode_state(&state).into())
                     .await

@@ -300,20 +300,20 @@ async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
             client.flush().await.unwrap();
         }
     };
-    // Ready means subscribed (the edge subscribes before it loads the cache): nothing is missed.
+    // An edge with an empty cache is not ready; the first state makes it ready. The edge may
+    // not have subscribed yet when the first send goes out, so send it (a duplicate changes
+    // nothing) until the edge holds it.
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !ready(&edge).await {
-        assert!(tokio::time::Instant::now() < deadline, "edge never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    send(1, 1, 100).await;
+    assert!(!ready(&edge).await, "ready with nothing to show");
     while quotes(edge.addr, &["GAP"]).await.is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the first state never arrived"
         );
+        send(1, 1, 100).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(ready(&edge).await, "the first state makes the edge ready");
     let mut c = edge.client().await;
     assert_eq!(c.subscribe(&["GAP"]).await[0]["seq"], 1);
     send(2, 2, 200).await;
@@ -477,5 +477,67 @@ async fn a_client_moving_between_edges_never_goes_back() {
         again.subscribe(&["AAA"]).await[0],
         finale["AAA"],
         "the same values at one seq"
+    );
+}
+
+/// 8. The ingest restarts after NATS lost its (memory) cache: a new term starts `seq` over. A client
+/// of the edge that held the old `seq` is closed with 1012 (never shown a `seq` going down); a
+/// client that subscribes afterwards gets the new state; a symbol the new ingest has not ticked
+/// yet keeps serving its last state, stale, until it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_that_lost_the_cache_ends_the_old_seq_with_1012() {
+    let mut nats = NatsServer::start();
+    let ingest = ingest_with_ticks(&nats).await;
+    let edge = start_config(2, &edge_toml(&nats));
+    let before = converge(ingest.addr, &[edge.addr], &SYMBOLS).await;
+    let mut c = edge.client().await;
+    let mut last = HashMap::new();
+    c.subscribe(&["CCC"]).await;
+    let TestGateway { gw, .. } = ingest;
+    tokio::task::spawn_blocking(move || gw.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    nats.kill();
+    nats.run(); // memory storage: the cache is gone
+    let ingest = start(&ingest_toml(&nats), &SYMBOLS);
+    ingest.push(tick("CCC", 99, &[("bid", "99.99")])).await;
+    // Bounded as a whole: pings alone would keep a per-frame deadline from ever firing.
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match c.try_next().await {
+                Ok(m) => {
+                    if let (Some(s), Some(seq)) = (m["symbol"].as_str(), m["seq"].as_u64()) {
+                        let prev = last.entry(s.to_string()).or_insert(0);
+                        assert!(
+                            seq >= *prev,
+                            "seq went down on a connection: {prev} then {m}"
+                        );
+                        *prev = seq;
+                    }
+                }
+                Err(support::Closed::Code(code, reason)) => return (code, reason),
+                Err(other) => panic!("ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the client holding the old seq is closed");
+    assert_eq!(closed.0, 1012, "{}", closed.1);
+    let mut fresh = edge.client().await;
+    let snap = &fresh.subscribe(&["CCC"]).await[0];
+    assert_eq!(
+        (snap["seq"].as_u64(), snap["bid"].as_str()),
+        (Some(1), Some("99.99"))
+    );
+    assert!(
+        before["CCC"]["seq"].as_u64().unwrap() > 1,
+        "the old seq was higher"
+    );
+    let aaa = &quotes(edge.addr, &["AAA"]).await["AAA"];
+    assert_eq!(
+        (aaa["seq"].clone(), aaa["status"].as_str()),
+        (before["AAA"]["seq"].clone(), Some("stale")),
+        "an old price is never shown as live"
     );
 }

@@ -5,7 +5,8 @@
 //!
 //! Start and recovery: the feed subscribes to the state subjects first (so nothing is missed),
 //! then loads every symbol's last state from the JetStream cache, and only then says it has
-//! delivered (`/readyz`). It loads again whenever what it holds may be incomplete: a (re)connection
+//! delivered (`/readyz`), or, when the cache was empty (no ingest has published yet), once the
+//! first state arrives: an edge with nothing to show is not ready. It loads again whenever what it holds may be incomplete: a (re)connection
 //! to NATS, the client dropping messages for a slow consumer, or heartbeats coming back.
 //!
 //! Staleness: while NATS is away, or no ingest heartbeat arrived for `stale_after_ms`, every symbol
@@ -87,6 +88,8 @@ struct Edge {
     /// Every symbol a state arrived for: what goes stale when the ingest is away.
     known: HashSet<Symbol>,
     stale: bool,
+    /// `/readyz` was told: the cache is loaded and held at least one state.
+    delivered: bool,
     log: LogLimiter,
     bad_messages: prometheus::IntCounter,
 }
@@ -103,6 +106,7 @@ impl Edge {
             ctx,
             known: HashSet::new(),
             stale: false,
+            delivered: false,
             log: LogLimiter::new(5, 1),
         }
     }
@@ -122,14 +126,14 @@ impl Edge {
         let mut heartbeats = subscribe(bus::heartbeat_subject(&prefix))
             .await
             .map_err(|e| FeedError::Setup(format!("cannot subscribe: {e}")))?;
-        // Ready only once the cache is in: a client never gets an empty or partial edge.
+        // Ready only once the cache is in: a client never gets a partial edge.
         while !self.reload(&client).await? {
             tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
-        self.ctx.set_delivered();
+        self.ready_if_any();
         self.ctx.set_up(true);
         let stale_after = Duration::from_millis(self.config.stale_after_ms);
         let mut last_heartbeat = Instant::now();
@@ -142,6 +146,9 @@ impl Edge {
                         return Err(FeedError::Setup("the NATS subscription ended".into()));
                     };
                     self.take(&message.payload).await?;
+                    if !self.delivered {
+                        self.ready_if_any();
+                    }
                 }
                 message = heartbeats.next() => {
                     if message.is_none() {
@@ -169,6 +176,15 @@ impl Edge {
                     }
                 }
             }
+        }
+    }
+
+    /// An empty edge (the ingest has published nothing yet) is not ready: a client sent to it
+    /// would be told every symbol is unknown.
+    fn ready_if_any(&mut self) {
+        if !self.delivered && !self.known.is_empty() {
+            self.delivered = true;
+            self.ctx.set_delivered();
         }
     }
 
