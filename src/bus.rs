@@ -81,6 +81,9 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Result<u64, String> {
             hb.v
         ));
     }
+    if hb.term > MAX_COUNTER {
+        return Err(format!("term {} is above {MAX_COUNTER}", hb.term));
+    }
     Ok(hb.term)
 }
 
@@ -128,6 +131,10 @@ struct Wire<'a> {
 }
 
 /// Decodes a state message; prices from their text, exactly.
+/// The largest `term`, `ver` and `seq` taken: the largest integer every JSON reader holds exactly
+/// (a JavaScript client's `seq`), and far from `u64` overflow when an ingest adds 1 to a cached one.
+pub const MAX_COUNTER: u64 = (1 << 53) - 1;
+
 pub fn decode_state(bytes: &[u8]) -> Result<State, String> {
     let w: Wire = serde_json::from_slice(bytes).map_err(|e| format!("not a state message: {e}"))?;
     if w.v != WIRE_VERSION {
@@ -138,6 +145,11 @@ pub fn decode_state(bytes: &[u8]) -> Result<State, String> {
     }
     if !valid_symbol(&w.symbol) {
         return Err(format!("'{}' is not a symbol", w.symbol));
+    }
+    for (name, n) in [("term", w.term), ("ver", w.ver), ("seq", w.seq)] {
+        if n > MAX_COUNTER {
+            return Err(format!("{name} {n} is above {MAX_COUNTER}"));
+        }
     }
     let price = |raw: Option<&RawValue>| raw.map_or(Ok(None), fields::price);
     let quote = Quote {
@@ -199,6 +211,17 @@ mod tests {
             (state.term, 1042, 1040, "BRK.B")
         );
         assert!(decode_state(text.replace(r#""v":1"#, r#""v":2"#).as_bytes()).is_err());
+        // A counter an ingest could not add 1 to, or a JavaScript client could not hold.
+        for field in [r#""term":1796107698261"#, r#""ver":1042"#, r#""seq":1040"#] {
+            let name = field.split(':').next().unwrap();
+            let big = text.replace(field, &format!("{name}:9007199254740992"));
+            assert!(
+                decode_state(big.as_bytes()).unwrap_err().contains("above"),
+                "{big}"
+            );
+            let max = text.replace(field, &format!("{name}:9007199254740991"));
+            assert!(decode_state(max.as_bytes()).is_ok(), "{max}");
+        }
         assert_eq!(decode_heartbeat(encode_heartbeat(7, 1).as_bytes()), Ok(7));
     }
 

@@ -317,7 +317,11 @@ impl SlotView {
         let behind = p.version - self.sent_version;
         if p.catch_up.len() as u64 == behind && self.pacing.min_interval.is_none() {
             // Keeping up: every change as the index encoded it once for everyone, status flips in
-            // their place among the updates.
+            // their place among the updates. On an edge a change may already skip a `seq` (the
+            // ingest merged ticks, or NATS lost one): a merge all the same for `on_lag: "close"`.
+            if self.pacing.close_on_lag && skips_a_seq(&p.catch_up, self.sent_seq) {
+                return Emitted::Lagged;
+            }
             for recent in &p.catch_up {
                 frame.push_shared(
                     &recent.frame,
@@ -387,6 +391,10 @@ impl SlotView {
                 stats.snapshots += 1;
                 wrote = true;
             } else {
+                if e.seq < self.sent_seq {
+                    // The source restarted (an edge whose ingest lost its cache): `seq` went down.
+                    return Emitted::Restarted;
+                }
                 if e.seq > self.sent_seq {
                     let conflated = e.seq - self.sent_seq - 1;
                     frame.push_quote("update", symbol, e.seq, |s| {
@@ -437,6 +445,18 @@ impl SlotView {
 /// since a client supplied the number.
 pub fn interval(max_hz: Option<f64>) -> Option<Duration> {
     max_hz.and_then(|hz| Duration::try_from_secs_f64(1.0 / hz).ok())
+}
+
+/// Whether the updates in `changes`, after `sent_seq`, skip a `seq` (status-only changes keep theirs).
+fn skips_a_seq(changes: &[Recent], sent_seq: u64) -> bool {
+    let mut last = sent_seq;
+    for r in changes.iter().filter(|r| r.update_len > 0) {
+        if r.seq > last + 1 {
+            return true;
+        }
+        last = r.seq;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -661,14 +681,36 @@ mod tests {
             entry.subscribe(&conn, 0, true),
             Pacing::default(),
         )];
+        let strict = ConnPending::new();
+        let never_merge = Pacing {
+            close_on_lag: true,
+            ..Pacing::default()
+        };
+        let mut strict_slots = vec![SlotView::new(
+            entry.subscribe(&strict, 0, true),
+            never_merge,
+        )];
         let snap = drain(&conn, &mut slots, Instant::now());
         assert_eq!(snap[0]["seq"], 100);
+        assert_eq!(
+            drain(&strict, &mut strict_slots, Instant::now())[0]["seq"],
+            100
+        );
         idx.apply(state(1, 12, 103, 103)); // two states lost on the way
         let msgs = drain(&conn, &mut slots, Instant::now());
         assert_eq!(
             (msgs[0]["seq"].as_u64(), msgs[0]["conflated"].as_u64()),
             (Some(103), Some(2))
         );
+        // A client that asked never to be sent a merge is closed instead, though it kept up.
+        strict.take(&mut Vec::new());
+        let emitted = strict_slots[0].emit_latest(
+            &mut Vec::new(),
+            Instant::now(),
+            &mut FrameBuilder::default(),
+            &mut EmitStats::default(),
+        );
+        assert_eq!(emitted, Emitted::Lagged);
         idx.apply(state(1, 11, 101, 101)); // a late one: nothing
         assert!(drain(&conn, &mut slots, Instant::now()).is_empty());
         idx.apply(state(2, 1, 5, 500)); // a new term with a lower seq: the source restarted

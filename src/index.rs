@@ -229,7 +229,15 @@ impl SymbolState {
         let i = match self.sources.binary_search_by_key(&feed, |s| s.feed) {
             Ok(i) => i,
             Err(i) => {
-                let quote = if seeded { self.quote } else { Quote::default() };
+                // A tick is current: the seeded quote's `stale` is not the feed's.
+                let quote = if seeded {
+                    Quote {
+                        status: Status::default(),
+                        ..self.quote
+                    }
+                } else {
+                    Quote::default()
+                };
                 self.sources.insert(
                     i,
                     Source {
@@ -427,13 +435,17 @@ impl Index {
     }
 
     /// Starts a symbol from a state kept elsewhere (a scale-out ingest's cache): its `seq` goes on
-    /// from there instead of restarting at 1, and its quote is what the next tick updates.
+    /// from there instead of restarting at 1, and its quote is what the next tick updates. It is
+    /// `stale` until a feed ticks it: the cache cannot say whether its price is still current.
     pub fn seed(&self, symbol: Symbol, seq: u64, quote: Quote) {
         let entry = self.register(symbol);
         let mut st = lock(&entry.state);
         if st.seq == 0 {
             st.seq = seq;
-            st.quote = quote;
+            st.quote = Quote {
+                status: Status::Stale,
+                ..quote
+            };
         }
     }
 
@@ -615,7 +627,9 @@ impl SymbolEntry {
                         // A status-only change: a new version with the same seq.
                         st.publish_status(&self.symbol, state.quote.status, listeners);
                     } else {
-                        // Same seq, other values: only a restarted source says that; show it.
+                        // Same seq, other values: only a restarted source says that. A connection
+                        // holding this seq cannot be sent an update with it: it starts over.
+                        st.restarts += 1;
                         st.publish_at(&self.symbol, state.quote, state.seq, listeners);
                     }
                 }

@@ -13,13 +13,14 @@
 //! start the ingest reads the cache: each symbol's `seq` goes on from it, and the new term is above
 //! the last one (and at least the start time in ms, so a lost cache still gives a higher term).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{self, State};
@@ -117,18 +118,15 @@ pub enum PublishError {
 pub async fn connect(
     url: &str,
     name: &str,
-) -> Result<(async_nats::Client, mpsc::Receiver<async_nats::Event>), PublishError> {
-    let (events_tx, events_rx) = mpsc::channel(64);
+) -> Result<(async_nats::Client, Arc<ConnectionEvents>), PublishError> {
+    let events = Arc::new(ConnectionEvents::default());
+    let seen = events.clone();
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .event_callback(move |event| {
-            let events_tx = events_tx.clone();
-            // Dropped when the receiver is behind: each event only asks for a reload, and the next
-            // one asks again.
-            async move {
-                let _ = events_tx.try_send(event);
-            }
+            seen.note(&event);
+            async {}
         })
         .connect(url)
         .await
@@ -136,7 +134,54 @@ pub async fn connect(
             url: without_credentials(url),
             message: e.to_string(),
         })?;
-    Ok((client, events_rx))
+    Ok((client, events))
+}
+
+/// What happened to a NATS connection since its owner last looked. Each kind is kept as a flag,
+/// not queued: none is ever lost (a queue that was full would drop the one reconnection that
+/// asks to refill the cache), and a burst of slow-consumer events is one reload.
+#[derive(Default)]
+pub struct ConnectionEvents {
+    connected: AtomicBool,
+    disconnected: AtomicBool,
+    slow_consumer: AtomicBool,
+    notify: Notify,
+}
+
+/// The kinds of event seen since the last look (a disconnection and a reconnection may both be).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seen {
+    pub connected: bool,
+    pub disconnected: bool,
+    pub slow_consumer: bool,
+}
+
+impl ConnectionEvents {
+    fn note(&self, event: &async_nats::Event) {
+        let flag = match event {
+            async_nats::Event::Connected => &self.connected,
+            async_nats::Event::Disconnected => &self.disconnected,
+            async_nats::Event::SlowConsumer(_) => &self.slow_consumer,
+            _ => return,
+        };
+        flag.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Waits until something happened, and says what.
+    pub async fn next(&self) -> Seen {
+        loop {
+            let seen = Seen {
+                connected: self.connected.swap(false, Ordering::AcqRel),
+                disconnected: self.disconnected.swap(false, Ordering::AcqRel),
+                slow_consumer: self.slow_consumer.swap(false, Ordering::AcqRel),
+            };
+            if seen.connected || seen.disconnected || seen.slow_consumer {
+                return seen;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// A NATS URL as it may be logged: `nats://user:secret@host` shows as `nats://…@host`.
@@ -173,13 +218,25 @@ pub async fn ensure_stream(
     .map_err(|e| e.to_string())
 }
 
-/// Every message the cache holds under `filter`, by its last state per subject.
+/// How long one request to JetStream about the cache (or one message of a cache read) may take
+/// before the read fails and is tried again later.
+pub const CACHE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every message the cache holds under `filter`, by its last state per subject, up to the last
+/// one stored when the read starts: a read never chases an ingest that keeps publishing (what comes
+/// later reaches an edge on its subscription, which is made before the read).
 pub async fn read_cache(
     stream: &async_nats::jetstream::stream::Stream,
     filter: &str,
     mut each: impl FnMut(&[u8]),
 ) -> Result<(), String> {
     use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let last = stream
+        .get_info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
     let mut consumer = stream
         .create_consumer(OrderedConfig {
             deliver_policy: DeliverPolicy::LastPerSubject,
@@ -198,12 +255,17 @@ pub async fn read_cache(
     }
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     while pending > 0 {
-        let Some(message) = messages.next().await else {
+        let next = tokio::time::timeout(CACHE_REQUEST_TIMEOUT, messages.next()).await;
+        let Some(message) = next.map_err(|_| "the cache stopped sending")? else {
             return Err("the cache's consumer ended".into());
         };
         let message = message.map_err(|e| e.to_string())?;
         each(&message.payload);
-        pending = message.info().map_err(|e| e.to_string())?.pending;
+        let info = message.info().map_err(|e| e.to_string())?;
+        if info.stream_sequence >= last {
+            break;
+        }
+        pending = info.pending;
     }
     Ok(())
 }
@@ -315,7 +377,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(self, mut events: mpsc::Receiver<async_nats::Event>, shutdown: CancellationToken) {
+    async fn run(self, events: Arc<ConnectionEvents>, shutdown: CancellationToken) {
         let Publisher {
             config,
             client,
@@ -333,8 +395,8 @@ impl Publisher {
                     let _ = client.flush().await;
                     return;
                 }
-                event = events.recv() => {
-                    if let Some(async_nats::Event::Connected) = event {
+                seen = events.next() => {
+                    if seen.connected {
                         // A new connection may be a new server: make sure the cache exists, then
                         // fill it with every symbol's state.
                         if let Err(e) = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await {

@@ -25,7 +25,9 @@ use super::{Feed, FeedContext, FeedError};
 use crate::bus;
 use crate::log_limit::{truncated, LogLimiter};
 use crate::model::{Status, Symbol};
-use crate::publish::{check_names, connect, default_prefix, default_stream, read_cache};
+use crate::publish::{
+    check_names, connect, default_prefix, default_stream, read_cache, CACHE_REQUEST_TIMEOUT,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +115,7 @@ impl Edge {
 
     async fn run(mut self) -> Result<(), FeedError> {
         let prefix = self.config.subject_prefix.clone();
-        let (client, mut events) = connect(&self.config.nats_url, "quotegw-edge")
+        let (client, events) = connect(&self.config.nats_url, "quotegw-edge")
             .await
             .map_err(|e| FeedError::Setup(e.to_string()))?;
         let subscribe = |subject: String| {
@@ -160,16 +162,18 @@ impl Edge {
                         self.recover(&client).await?;
                     }
                 }
-                event = events.recv() => match event {
-                    Some(async_nats::Event::Disconnected) => self.mark_stale("NATS connection lost").await?,
-                    Some(async_nats::Event::Connected) if self.stale => self.recover(&client).await?,
-                    Some(async_nats::Event::SlowConsumer(_)) => {
+                seen = events.next() => {
+                    if seen.disconnected {
+                        self.mark_stale("NATS connection lost").await?;
+                    }
+                    if seen.connected && self.stale {
+                        self.recover(&client).await?;
+                    } else if seen.slow_consumer {
                         // The client dropped messages for us: what we hold may be behind.
                         tracing::warn!(feed = %self.config.name, "slow consumer: reloading from the cache");
                         self.reload(&client).await?;
                     }
-                    _ => {}
-                },
+                }
                 _ = check.tick() => {
                     if !self.stale && last_heartbeat.elapsed() >= stale_after {
                         self.mark_stale("no ingest heartbeat").await?;
@@ -209,7 +213,10 @@ impl Edge {
 
     /// Loads every symbol's last state from the cache; false if the cache cannot be read now.
     async fn reload(&mut self, client: &async_nats::Client) -> Result<bool, FeedError> {
-        let js = async_nats::jetstream::new(client.clone());
+        let mut js = async_nats::jetstream::new(client.clone());
+        // The feed task reads no state while it waits here: a request lost on a dying connection
+        // must not hold it for the client's default 10 s.
+        js.set_timeout(CACHE_REQUEST_TIMEOUT);
         let stream = match js.get_stream(&self.config.stream).await {
             Ok(s) => s,
             Err(e) => {
