@@ -82,6 +82,16 @@ async fn converge(
     }
 }
 
+/// A child process killed (and reaped) when dropped, a panicking test included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn ready(gw: &TestGateway) -> bool {
     http(gw.addr, "GET", "/readyz", &[]).await.0 == 200
 }
@@ -401,15 +411,18 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
         ),
     )
     .unwrap();
-    let mut slow = Command::new(env!("CARGO_BIN_EXE_quotegw"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed on drop: a failing assertion must not leave the process behind.
+    let mut slow = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_quotegw"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
-    let stderr = slow.stderr.take().unwrap();
+    let stderr = slow.0.stderr.take().unwrap();
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let lines = log.clone();
     std::thread::spawn(move || {
@@ -443,7 +456,7 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
             }
         }
     });
-    let pid = slow.id().to_string();
+    let pid = slow.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
         .status()
@@ -465,8 +478,7 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
     pusher.abort();
     println!("the running edge's client got {updates} updates while the other was stopped");
     converge(ingest.addr, &[fast.addr, slow_addr], &symbols).await;
-    let _ = slow.kill();
-    let _ = slow.wait();
+    drop(slow);
     // It did fall behind and reload (cut by NATS, or told it dropped messages), not just catch up.
     let log = log.lock().unwrap();
     let reloads: Vec<&String> = log
