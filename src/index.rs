@@ -400,6 +400,14 @@ impl Index {
         self.symbols.get(symbol).map(|e| e.value().clone())
     }
 
+    /// A symbol no feed declared (a replayed file, an upstream listing a new ticker, a state from
+    /// the bus) becomes served on its first valid tick or state. The read lock first: the write
+    /// lock is taken only for a new symbol.
+    fn lookup_or_register(&self, symbol: &Symbol) -> Arc<SymbolEntry> {
+        self.lookup(symbol)
+            .unwrap_or_else(|| self.register(symbol.clone()))
+    }
+
     /// Every served symbol, sorted (the `symbols` op).
     pub fn symbols_sorted(&self) -> Vec<Symbol> {
         let mut v: Vec<Symbol> = self.symbols.iter().map(|e| e.key().clone()).collect();
@@ -455,11 +463,8 @@ impl Index {
         if let Some(c) = self.counters(feed) {
             c.received.inc();
         }
-        let entry = match self.lookup(&state.symbol) {
-            Some(e) => e,
-            None => self.register(state.symbol.clone()),
-        };
-        entry.apply_state(feed, state);
+        self.lookup_or_register(&state.symbol)
+            .apply_state(feed, state);
     }
 
     fn counters(&self, feed: FeedId) -> Option<&FeedCounters> {
@@ -480,13 +485,7 @@ impl Index {
                 return;
             }
         };
-        // A symbol no feed declared (a replayed file, an upstream listing a new ticker) becomes
-        // served on its first valid tick.
-        let entry = match self.lookup(&tick.symbol) {
-            Some(e) => e,
-            None => self.register(tick.symbol.clone()),
-        };
-        let published = entry.apply(&tick);
+        let published = self.lookup_or_register(&tick.symbol).apply(&tick);
         if let (false, Some(c)) = (published, counters) {
             c.standby.inc();
         }
@@ -550,18 +549,18 @@ impl SymbolEntry {
     /// outage is taken back on its first tick (`apply`), so the quote published then is one the
     /// feed has just sent, never the one it had before the outage. Going stale can still move the
     /// symbol to the next fresh feed, whose prices are current.
-    fn set_feed_status(self: &Arc<Self>, feed: FeedId, status: Status) -> bool {
+    fn set_feed_status(self: &Arc<Self>, feed: FeedId, status: Status) {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
             let Some(source) = st.source(feed) else {
-                return false; // this feed has not ticked the symbol: nothing of its own to mark
+                return; // this feed has not ticked the symbol: nothing of its own to mark
             };
             match status {
                 Status::Stale => source.fresh = false,
                 // Halted or live from a feed that is current; from a stale one, wait for its tick.
                 _ if source.fresh => source.quote.status = status,
-                _ => return false,
+                _ => return,
             }
             match st.preferred().map(|s| (s.feed, s.quote)) {
                 Some((f, quote)) if st.active != Some(f) => {
@@ -572,7 +571,7 @@ impl SymbolEntry {
                 preferred => {
                     let published = preferred.map_or(Status::Stale, |(_, q)| q.status);
                     if st.quote.status == published {
-                        return false;
+                        return;
                     }
                     st.publish_status(&self.symbol, published, listeners);
                 }
@@ -580,34 +579,33 @@ impl SymbolEntry {
             self.published(&mut st);
         }
         self.fan_out();
-        true
     }
 
-    /// (scale-out edge) applies a state from the bus; true when something was published. The bus's
+    /// (scale-out edge) applies a state from the bus, publishing it when it is news. The bus's
     /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
     /// state equal to the one held makes a stale source current again (a reload after an outage).
-    fn apply_state(self: &Arc<Self>, feed: FeedId, state: &crate::bus::State) -> bool {
+    fn apply_state(self: &Arc<Self>, feed: FeedId, state: &crate::bus::State) {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
             let key = (state.term, state.version);
             match st.remote {
-                Some(held) if key < held => return false, // late or reordered
+                Some(held) if key < held => return, // late or reordered
                 Some(held) if key == held => {
                     let source = st.source_for_tick(feed);
                     if source.fresh {
-                        return false; // a duplicate
+                        return; // a duplicate
                     }
                     source.fresh = true;
                     if st.quote.status == state.quote.status {
-                        return false;
+                        return;
                     }
                     st.publish_status(&self.symbol, state.quote.status, listeners);
                 }
                 held => {
                     let restarted = held.is_some_and(|(term, _)| state.term > term);
                     if state.seq < st.seq && !restarted {
-                        return false; // an older state under the same term: cannot be newer
+                        return; // an older state under the same term: cannot be newer
                     }
                     st.remote = Some(key);
                     let source = st.source_for_tick(feed);
@@ -617,7 +615,7 @@ impl SymbolEntry {
                     if state.seq != st.seq {
                         st.publish_at(&self.symbol, state.quote, state.seq, listeners);
                     } else if state.quote.same_as(&st.quote) {
-                        return false;
+                        return;
                     } else if st.quote.status != state.quote.status
                         && state.quote.same_as(&Quote {
                             status: state.quote.status,
@@ -637,7 +635,6 @@ impl SymbolEntry {
             self.published(&mut st);
         }
         self.fan_out();
-        true
     }
 
     /// Marks every subscriber's slot for this symbol dirty. Never awaits (see module doc).

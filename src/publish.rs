@@ -335,8 +335,9 @@ pub async fn start(
     // Above every term seen, and at least now in ms: a cache lost with NATS still gives a higher
     // term than any before it (clocks permitting).
     let term = (last_term + 1).max(crate::feed::now_ms().max(0) as u64);
+    // Every symbol goes out when the publisher sees the connection's `Connected` event (the first
+    // connection raises it too), not here as well.
     tracing::info!(term, "publishing to NATS");
-    changes.mark_all(&index);
     let heartbeat_client = client.clone();
     let hb_subject = bus::heartbeat_subject(&config.subject_prefix);
     let every = Duration::from_millis(config.heartbeat_ms);

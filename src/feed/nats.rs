@@ -148,9 +148,7 @@ impl Edge {
                         return Err(FeedError::Setup("the NATS subscription ended".into()));
                     };
                     self.take(&message.payload).await?;
-                    if !self.delivered {
-                        self.ready_if_any();
-                    }
+                    self.ready_if_any();
                 }
                 message = heartbeats.next() => {
                     if message.is_none() {
