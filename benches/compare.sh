@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Reproduces the side-by-side comparison in docs/benchmarks.md: quotegw (1 worker, and 2 workers
-# unpinned), Bun's pub/sub (uWebSockets) and Node 20 + ws, on workloads W0..W4 of benches/load.rs,
-# median of RUNS (default 3) runs each. The server runs on core 0 and the harness on core 1. The peers
+# Reproduces the side-by-side comparison in docs/benchmarks.md: quotegw (1 worker with the default
+# config; with `min_frame_interval_ms = 16`; 2 workers on one core; 2 workers unpinned), Bun's pub/sub
+# (uWebSockets) and Node 20 + ws, on the workloads of benches/load.rs, median of RUNS (default 3) runs
+# each. LABELS picks servers (default: all of the above), e.g. LABELS="quotegw bun". The server runs on core 0 and the harness on core 1. The peers
 # are installed from npm into target/peers/ when missing. Writes target/compare/results.jsonl and
 # prints the markdown tables.
-#   benches/compare.sh [WORKLOAD...]     (default: w0 w1 w2 w3 w4)
+#   benches/compare.sh [WORKLOAD...]     (default: w0 w5 hot1k hot2k hot3k hot5k w1 w2 w3 w4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${RUNS:-3}"
@@ -23,11 +24,16 @@ mkdir -p "$out"
 : > "$out/results.jsonl"
 : > "$out/stderr.txt"
 workloads=("$@")
-[ ${#workloads[@]} -gt 0 ] || workloads=(w0 w1 w2 w3 w4)
+[ ${#workloads[@]} -gt 0 ] || workloads=(w0 w5 hot1k hot2k hot3k hot5k w1 w2 w3 w4)
 for w in "${workloads[@]}"; do
-  for label in quotegw quotegw-2w bun node; do
+  for label in ${LABELS:-quotegw quotegw-16ms quotegw-2w1c quotegw-2w bun node}; do
+    export QUOTEGW_LOAD_LIMITS=""
     case "$label" in
       quotegw) args=(--server quotegw) ;;
+      # The operator's hard cap: at most one frame per 16 ms per connection.
+      quotegw-16ms) args=(--server quotegw); export QUOTEGW_LOAD_LIMITS="min_frame_interval_ms = 16" ;;
+      # Two workers on the server's one core: threads must pay for themselves.
+      quotegw-2w1c) args=(--server quotegw --workers 2) ;;
       quotegw-2w) args=(--server quotegw --workers 2 --no-pin) ;;
       *) args=(--server "$label") ;;
     esac

@@ -4,6 +4,9 @@
 //! way the session writer does (read the latest, emit the delta, take the frame bytes). N = 1, 100 and
 //! 1,000; reported per tick, so time / N is the cost of one delivery before the syscall.
 //!
+//! `shards` splits 1,000 connections × 10 symbols over one and two worker threads, each with its own
+//! fan-out shard (`fanout.rs`), to show that a worker per core scales.
+//!
 //! Run: `cargo bench --bench fanout` (HTML report under target/criterion/). The `in_sync` group is the
 //! usual fast-client case (shared bytes, no per-connection encoding); `catch_up` applies 10 ticks
 //! before each drain, which every connection receives as 10 shared updates in one frame; `conflated`
@@ -15,10 +18,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use quotegw::conflate::{ConnPending, EmitStats, Pacing, Recent, SlotView};
+use quotegw::conflate::{EmitStats, Pacing, SlotView};
+use quotegw::fanout::ConnPending;
 use quotegw::feed::FeedEvent;
 use quotegw::frame::FrameBuilder;
-use quotegw::index::{Index, RECENT_TICKS};
+use quotegw::index::{Index, Recent, RECENT_TICKS};
 use quotegw::metrics::Metrics;
 use quotegw::model::Tick;
 use rust_decimal::Decimal;
@@ -129,10 +133,131 @@ fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64, updates_per_drain:
     group.finish();
 }
 
+/// Symbols and connections of the `shards` group: every connection subscribes to every symbol.
+const SHARD_SYMBOLS: usize = 10;
+const SHARD_CONNECTIONS: usize = 1_000;
+
+/// The per-worker fan-out on real threads: each round the bench thread (the ingest) applies one
+/// tick to each of `SHARD_SYMBOLS` symbols, then each of `shards` worker threads delivers its
+/// shard's news and drains its share of `SHARD_CONNECTIONS` connections, as the worker's task and
+/// its connections' flushes do. The same work split over one shard and over two: on a machine with
+/// a core per worker, deliveries/s should grow about 2× from one shard to two.
+fn shards(c: &mut Criterion) {
+    use std::sync::{mpsc, Barrier};
+    let mut group = c.benchmark_group("shards");
+    group.throughput(Throughput::Elements(
+        (SHARD_SYMBOLS * SHARD_CONNECTIONS) as u64,
+    ));
+    for shards in [1usize, 2] {
+        let index = Arc::new(Index::new(&["bench".to_string()], Arc::new(Metrics::new())));
+        let symbols: Vec<String> = (0..SHARD_SYMBOLS).map(|i| format!("S{i}")).collect();
+        for s in &symbols {
+            index.register(s.as_str().into());
+            index.apply(FeedEvent::Tick(Tick {
+                symbol: s.as_str().into(),
+                ..tick(1)
+            }));
+        }
+        // Start and end of each round; `stop` ends the workers after the last one.
+        let barrier = Arc::new(Barrier::new(shards + 1));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (delivered_tx, delivered_rx) = mpsc::sync_channel(2);
+        let workers: Vec<_> = (0..shards)
+            .map(|_| {
+                let (index, symbols, barrier, stop) = (
+                    index.clone(),
+                    symbols.clone(),
+                    barrier.clone(),
+                    stop.clone(),
+                );
+                let delivered_tx = delivered_tx.clone();
+                std::thread::spawn(move || {
+                    // Connections are created on the worker's thread: its shard serves them.
+                    let mut conns: Vec<Conn> = (0..SHARD_CONNECTIONS / shards)
+                        .map(|_| {
+                            let pending = ConnPending::new();
+                            let slots = symbols
+                                .iter()
+                                .enumerate()
+                                .map(|(slot, s)| {
+                                    let entry = index.lookup(s).unwrap();
+                                    SlotView::new(
+                                        entry.subscribe(&pending, slot as u32, true),
+                                        Pacing::default(),
+                                    )
+                                })
+                                .collect();
+                            Conn {
+                                slots,
+                                pending,
+                                dirty: Vec::new(),
+                                frame: FrameBuilder::default(),
+                                stats: EmitStats::default(),
+                                catch_up: Vec::new(),
+                            }
+                        })
+                        .collect();
+                    let now = Instant::now();
+                    for c in &mut conns {
+                        c.drain(now); // the snapshots
+                    }
+                    let mut updates = 0u64;
+                    loop {
+                        barrier.wait();
+                        if stop.load(std::sync::atomic::Ordering::Acquire) {
+                            break;
+                        }
+                        let now = Instant::now();
+                        for c in &mut conns {
+                            c.drain(now);
+                            updates += c.stats.updates;
+                            c.stats.updates = 0;
+                        }
+                        barrier.wait();
+                    }
+                    delivered_tx.send(updates).unwrap();
+                })
+            })
+            .collect();
+        let mut i = 2;
+        group.bench_with_input(BenchmarkId::from_parameter(shards), &shards, |b, _| {
+            b.iter(|| {
+                for s in &symbols {
+                    index.apply(FeedEvent::Tick(Tick {
+                        symbol: s.as_str().into(),
+                        ..tick(i)
+                    }));
+                }
+                i += 1;
+                barrier.wait(); // the workers drain...
+                barrier.wait(); // ...and are done
+            })
+        });
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        barrier.wait();
+        drop(delivered_tx);
+        let updates: u64 = workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap();
+                delivered_rx.recv().unwrap()
+            })
+            .sum();
+        // Every connection got every tick: the shards lost nothing.
+        assert_eq!(
+            updates % (SHARD_SYMBOLS * SHARD_CONNECTIONS) as u64,
+            0,
+            "each round delivers every symbol's tick to every connection"
+        );
+    }
+    group.finish();
+}
+
 fn fanout(c: &mut Criterion) {
     group(c, "in_sync", 1, 1);
     group(c, "catch_up", 10, 10);
     group(c, "conflated", RECENT_TICKS as i64 + 1, 1);
+    shards(c);
 }
 
 criterion_group!(benches, fanout);

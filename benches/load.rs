@@ -61,7 +61,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone)]
 enum Workload {
-    /// One of the comparison workloads (W0..W4, defined in `preset`), against quotegw or a peer.
+    /// One of the comparison workloads (W0..W5, Hot1k..Hot5k, defined in `preset`), against
+    /// quotegw or a peer.
     Run {
         #[arg(value_enum)]
         preset: Preset,
@@ -99,6 +100,17 @@ enum Preset {
     W3,
     /// W2 with 200 connects and disconnects per second.
     W4,
+    /// 2,000 clients × 10 symbols, Zipf over 500, 5,000 ticks/s drawn uniformly over the 500: a
+    /// rate every server sustains (issue 13's multi-symbol workload).
+    W5,
+    /// 1,000 clients on 1 hot symbol at a fixed 1,000 ticks/s (issue 13).
+    Hot1k,
+    /// The same at 2,000 ticks/s.
+    Hot2k,
+    /// The same at 3,000 ticks/s.
+    Hot3k,
+    /// The same at 5,000 ticks/s: past one core for every server; shows how each degrades.
+    Hot5k,
 }
 
 fn preset(p: Preset, server: ServerKind) -> (&'static str, Common) {
@@ -141,6 +153,31 @@ fn preset(p: Preset, server: ServerKind) -> (&'static str, Common) {
             },
         ),
         Preset::W2 => ("fanout", w2),
+        Preset::W5 => (
+            "fanout",
+            Common {
+                clients: 2000,
+                symbols_per_client: 10,
+                rate: 5000,
+                source: Source::Uniform,
+                ..w2
+            },
+        ),
+        Preset::Hot1k | Preset::Hot2k | Preset::Hot3k | Preset::Hot5k => (
+            "fanout",
+            Common {
+                clients: 1000,
+                symbols_per_client: 1,
+                universe: 1,
+                rate: match p {
+                    Preset::Hot1k => 1000,
+                    Preset::Hot2k => 2000,
+                    Preset::Hot3k => 3000,
+                    _ => 5000,
+                },
+                ..w2
+            },
+        ),
         Preset::W3 => (
             "fanout",
             Common {
@@ -174,6 +211,9 @@ enum Source {
     Simulated,
     /// A recorded file of the simulated feed, replayed and restamped by every server alike.
     File,
+    /// A file of ticks each moving one symbol's bid, the symbol drawn uniformly (the independent
+    /// load client's pattern, issue 13), replayed and restamped by every server alike.
+    Uniform,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -332,12 +372,15 @@ impl Server {
         let dir = std::env::temp_dir().join(format!("quotegw-load-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let port = free_port();
-        let source = if c.server == ServerKind::Quotegw {
-            c.source
-        } else {
-            Source::File
+        let source = match (c.server, c.source) {
+            (ServerKind::Quotegw, s) | (_, s @ Source::Uniform) => s,
+            _ => Source::File,
         };
-        let ticks = (source == Source::File).then(|| ticks_file(c.universe, c.rate));
+        let ticks = match source {
+            Source::Simulated => None,
+            Source::File => Some(ticks_file(c.universe, c.rate)),
+            Source::Uniform => Some(uniform_ticks_file(c.universe, c.rate)),
+        };
         let root = env!("CARGO_MANIFEST_DIR");
         let peers =
             std::env::var("QUOTEGW_PEERS_DIR").unwrap_or_else(|_| format!("{root}/target/peers"));
@@ -540,6 +583,55 @@ fn ticks_file(universe: usize, rate: u32) -> std::path::PathBuf {
         assert!(status.success(), "quotegw record failed");
         std::fs::rename(&partial, &file).expect("rename the tick file");
     }
+    file
+}
+
+/// Ticks that each move one symbol's bid by a cent, the symbol drawn uniformly over `universe`
+/// (deterministic), `rate` a second for 30 s, after one full quote per symbol (the simulated
+/// feed's first lines): made once and cached under target/load-ticks/.
+fn uniform_ticks_file(universe: usize, rate: u32) -> std::path::PathBuf {
+    let simulated = ticks_file(universe, rate);
+    let file = simulated.with_file_name(format!("u{universe}-r{rate}-uniform.ndjson"));
+    if file.exists() {
+        return file;
+    }
+    #[derive(Deserialize)]
+    struct First {
+        ts: i64,
+        symbol: String,
+        bid: String,
+    }
+    let text = std::fs::read_to_string(&simulated).expect("read the simulated ticks");
+    let mut out = String::new();
+    let mut bids = Vec::new();
+    let mut t0 = 0;
+    for line in text.lines().take(universe) {
+        let first: First = serde_json::from_str(line).expect("a simulated tick");
+        t0 = first.ts;
+        let cents = (first.bid.parse::<f64>().expect("a bid") * 100.0).round() as i64;
+        bids.push((first.symbol, cents));
+        out.push_str(line);
+        out.push('\n');
+    }
+    let mut rng = 42u64;
+    for i in 0..(rate as u64 * 30) {
+        // A 64-bit LCG (Knuth's MMIX constants): uniform enough to spread ticks over symbols.
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let (symbol, cents) = &mut bids[((rng >> 33) % universe as u64) as usize];
+        *cents += if rng & (1 << 20) == 0 { 1 } else { -1 };
+        *cents = (*cents).max(1);
+        let ts = t0 + 1 + (i * 1000 / rate as u64) as i64;
+        out.push_str(&format!(
+            "{{\"ts\":{ts},\"symbol\":\"{symbol}\",\"bid\":\"{}.{:02}\"}}\n",
+            *cents / 100,
+            *cents % 100
+        ));
+    }
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, out).expect("write the uniform ticks");
+    std::fs::rename(&partial, &file).expect("rename the uniform ticks");
     file
 }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use thiserror::Error;
 
-use crate::conflate::lock;
+use crate::sync::lock;
 
 /// A secret from the config: the value itself, or `${NAME}` to read the environment variable NAME at
 /// start. Never shown by `Debug`.

@@ -32,7 +32,7 @@ use crate::access::{Access, ClientLimits};
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::http::{ops_routes, routes, upgrade, AppState};
-use crate::index::{ChangeLog, HistoryConfig, Index};
+use crate::index::{ChangeLog, HistoryConfig, Index, CATCH_UP_MARGIN};
 use crate::metrics::Metrics;
 use crate::session::{sse, SessionShared};
 use tokio::net::TcpStream;
@@ -262,6 +262,9 @@ async fn run(
 ) -> std::io::Result<()> {
     let names: Vec<String> = feeds.iter().map(|f| f.name().to_string()).collect();
     let mut index = Index::new(&names, metrics.clone());
+    index.keep_catch_up_for(
+        Duration::from_millis(config.limits.min_frame_interval_ms) + CATCH_UP_MARGIN,
+    );
     if let Some(delayed) = &config.tiers.delayed {
         index.keep_history(HistoryConfig {
             keep_ms: delayed.delay_ms as i64,

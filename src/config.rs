@@ -72,7 +72,8 @@ pub struct LimitsConfig {
     pub ping_interval_ms: u64,
     pub max_connections_per_ip: usize,
     pub handshake_timeout_ms: u64,
-    /// Least time between two frames of updates on one connection; 0 sends each as soon as it can.
+    /// Least time between two frames of updates on one connection (a hard cap an operator may set);
+    /// 0, the default, adds no delay: what became due while the worker was busy leaves together.
     pub min_frame_interval_ms: u64,
     /// `SO_SNDBUF` of every accepted socket, bytes (the kernel doubles it for its bookkeeping); 0
     /// leaves the kernel's autotuning, which lets one stalled client pin up to `tcp_wmem`'s max.
@@ -100,7 +101,7 @@ impl Default for LimitsConfig {
             ping_interval_ms: 15_000,
             max_connections_per_ip: 256,
             handshake_timeout_ms: 5_000,
-            min_frame_interval_ms: 16,
+            min_frame_interval_ms: 0,
             send_buffer_bytes: 256 * 1024,
             max_connections_per_token: 1000,
             ipv6_prefix_len: 64,
@@ -335,7 +336,7 @@ mod tests {
         assert_eq!((c.limits.ops_per_second, c.limits.ops_burst), (50, 100));
         assert_eq!(c.limits.slow_consumer_timeout_ms, 10_000);
         assert_eq!(c.limits.idle_timeout_ms, 45_000);
-        assert_eq!(c.limits.min_frame_interval_ms, 16);
+        assert_eq!(c.limits.min_frame_interval_ms, 0);
         assert_eq!(
             c.limits.min_frame_interval_ms,
             LimitsConfig::default().min_frame_interval_ms,

@@ -9,137 +9,13 @@
 //! were merged is not counted per tick; it falls out of `seq` (`conflated = seq - last_sent_seq - 1`),
 //! because `seq` grows by one per accepted tick.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use bytestring::ByteString;
-use tokio::sync::Notify;
 
 use crate::delta::{encode_snapshot, encode_status, encode_update, with_delayed_ms};
 use crate::frame::FrameBuilder;
-use crate::index::{Subscription, SymbolEntry};
+use crate::index::{Published, Recent, Subscription, SymbolEntry};
 use crate::model::{Quote, Status};
-
-/// Locks a std mutex, ignoring poisoning: every critical section in the pipeline is a plain copy or a
-/// push that leaves the data consistent even if a panic unwound through it.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A symbol's latest state, copied out of the index for one connection.
-#[derive(Clone, Debug)]
-pub struct Published {
-    pub seq: u64,
-    /// How many times the symbol's source restarted with a lower `seq` (see `index.rs`).
-    pub restarts: u64,
-    /// The symbol's change counter (ticks and status-only changes), see `index.rs`.
-    pub version: u64,
-    pub quote: Quote,
-    pub tick_in: Option<Instant>,
-    /// The changes after the connection's last `version` up to `version`, oldest first, when the
-    /// index still holds them all; empty otherwise.
-    pub catch_up: Vec<Recent>,
-}
-
-/// One change, encoded once by the index as a frame: a tick's update (against the tick before it,
-/// followed by a `status` message when the tick changed the status), or a status-only change.
-#[derive(Clone, Debug)]
-pub struct Recent {
-    pub frame: ByteString,
-    /// Bytes of the update object in `frame` (0: a status-only change), so that an SSE stream can
-    /// take the messages apart without parsing.
-    pub update_len: u32,
-    /// The symbol's `seq` after the change.
-    pub seq: u64,
-    /// When the tick entered the index; `None` for a status-only change (no update in it).
-    pub tick_in: Option<Instant>,
-}
-
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
-/// The part of a connection the index touches: which of its slots have news, and its wake-up.
-pub struct ConnPending {
-    id: u64,
-    dirty: Mutex<Dirty>,
-    notify: Notify,
-}
-
-#[derive(Default)]
-struct Dirty {
-    /// Slots with news, each at most once.
-    list: Vec<u32>,
-    /// `flags[slot]` is true while `slot` is in `list`.
-    flags: Vec<bool>,
-    closed: bool,
-}
-
-impl ConnPending {
-    pub fn new() -> Arc<ConnPending> {
-        Arc::new(ConnPending {
-            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-            dirty: Mutex::new(Dirty::default()),
-            notify: Notify::new(),
-        })
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Index side: there is news for `slot`. Constant time, never awaits, never grows past one entry
-    /// per slot: this is where a slow connection's backlog is conflated away. Only the first mark
-    /// after a drain wakes the connection task, so a hot symbol costs one wake per drain, not per tick.
-    pub fn mark(&self, slot: u32) {
-        let wake = {
-            let mut d = lock(&self.dirty);
-            let i = slot as usize;
-            if d.closed {
-                return;
-            }
-            if d.flags.len() <= i {
-                d.flags.resize(i + 1, false);
-            }
-            if d.flags[i] {
-                false
-            } else {
-                d.flags[i] = true;
-                d.list.push(slot);
-                d.list.len() == 1
-            }
-        };
-        if wake {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Connection side: moves the dirty slots into `out` (which should be empty) and clears them.
-    pub fn take(&self, out: &mut Vec<u32>) {
-        let mut d = lock(&self.dirty);
-        std::mem::swap(&mut d.list, out);
-        for &slot in out.iter() {
-            d.flags[slot as usize] = false;
-        }
-    }
-
-    /// Waits until some slot is marked (returns at once if one was marked since the last wait).
-    pub async fn wait(&self) {
-        self.notify.notified().await
-    }
-
-    /// Stops accepting marks (the connection is going away) and frees the lists.
-    pub fn close(&self) {
-        let mut d = lock(&self.dirty);
-        d.closed = true;
-        d.list = Vec::new();
-        d.flags = Vec::new();
-    }
-
-    /// Slots currently waiting; never more than the connection's subscribed symbols.
-    pub fn pending(&self) -> usize {
-        lock(&self.dirty).list.len()
-    }
-}
 
 /// What a connection emitted for a symbol in one drain; summed per frame for the metrics.
 #[derive(Default, Debug)]
@@ -463,6 +339,7 @@ fn skips_a_seq(changes: &[Recent], sent_seq: u64) -> bool {
 mod tests {
     use super::*;
     use crate::delta::client_view::{of_quote, View};
+    use crate::fanout::ConnPending;
     use crate::feed::FeedEvent;
     use crate::index::{Index, RECENT_TICKS};
     use crate::metrics::Metrics;

@@ -6,8 +6,8 @@
 //! `.await` and never nested with a connection's lock the other way round:
 //! - `state` (quote, seq, the ring of recent changes) is held to apply a tick, which includes
 //!   encoding its shared update once (about a microsecond), and for a copy out;
-//! - `subscribers` is held while the ingest task marks each subscriber's slot dirty, so a reader of
-//!   `state` never waits behind a 1,000-connection fan-out.
+//! - `links` (one per worker shard with subscribers, `fanout.rs`) is held while the ingest task
+//!   queues the change for each shard: a handful of entries, whatever the connections.
 //!
 //! Failover: a symbol served by several feeds has one *active* source, the first feed in config
 //! order whose view of it is fresh (not marked stale by that feed since its last tick). Ticks from
@@ -23,8 +23,9 @@
 //! in its place among the updates.
 //!
 //! Backpressure, index → connection: the fan-out never awaits and never queues per tick. It only
-//! marks the connection's slot for the symbol dirty (`ConnPending::mark`, at most one entry per
-//! subscribed symbol) and wakes its task; the task later reads what happened since it last sent.
+//! queues the symbol for each worker shard with subscribers (at most once until the shard takes
+//! it), and the shard marks each connection's slot dirty (`ConnPending::mark`, at most one entry per
+//! subscribed symbol); the connection later reads what happened since it last sent.
 //! The symbol keeps its last `RECENT_TICKS` updates encoded (once, shared by every connection), so a
 //! connection a few ticks behind gets each of them; one further behind cannot keep up and gets one
 //! merged update instead. That is the conflation, and it is why a slow client costs the ingest task
@@ -33,25 +34,69 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
 use dashmap::DashMap;
 use prometheus::IntGauge;
 
-use crate::conflate::{lock, ConnPending, Published, Recent};
 use crate::delta::{encode_status, encode_update};
+use crate::fanout::{ConnPending, Link};
 use crate::feed::FeedEvent;
 use crate::frame::one_message_frame;
 use crate::metrics::{FeedCounters, Metrics};
 use crate::model::{FeedId, Quote, Status, Symbol, Tick};
 use crate::normalize::normalize;
+use crate::sync::lock;
 
 /// How many of a symbol's latest changes (ticks, and status changes) stay encoded for connections
-/// that are behind. A batch of ticks arriving together (a feed's poll, a replay's 10 ms step) is far
-/// smaller, so a client that keeps up is never conflated; one more than this many changes behind on
-/// a symbol is not keeping up. Costs at most this many small frames per symbol that has
-/// subscribers, whatever the connections.
+/// that are behind, whatever their age. A batch of ticks arriving together (a feed's poll, a
+/// replay's 10 ms step) is far smaller.
 pub const RECENT_TICKS: usize = 64;
+
+/// The most changes a symbol's ring keeps: past `RECENT_TICKS`, a change stays while it is younger
+/// than the index's catch-up window (`Index::keep_catch_up_for`), so a symbol ticking faster than
+/// 64 per window is not conflated for clients that keep up. Memory: about 170 bytes per kept change
+/// (its encoded frame and this header), so at most ~700 KiB for a symbol ticking over 15,000 times
+/// a second with a 16 ms batching window, and in all about (tick rate × window × 170 B) for
+/// symbols that have subscribers.
+pub const RECENT_MAX: usize = 4096;
+
+/// How much longer than the batching window a change stays in the ring: a client that keeps up
+/// reads at least once per window plus one pass of its worker over its connections, which a loaded
+/// or preempted worker can stretch to tens of milliseconds.
+pub const CATCH_UP_MARGIN: Duration = Duration::from_millis(250);
+
+/// A symbol's latest state, copied out of the index for one connection.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub seq: u64,
+    /// How many times the symbol's source restarted with a lower `seq` (see `index.rs`).
+    pub restarts: u64,
+    /// The symbol's change counter (ticks and status-only changes), see `index.rs`.
+    pub version: u64,
+    pub quote: Quote,
+    pub tick_in: Option<Instant>,
+    /// The changes after the connection's last `version` up to `version`, oldest first, when the
+    /// index still holds them all; empty otherwise.
+    pub catch_up: Vec<Recent>,
+}
+
+/// One change, encoded once by the index as a frame: a tick's update (against the tick before it,
+/// followed by a `status` message when the tick changed the status), or a status-only change.
+#[derive(Clone, Debug)]
+pub struct Recent {
+    pub frame: ByteString,
+    /// Bytes of the update object in `frame` (0: a status-only change), so that an SSE stream can
+    /// take the messages apart without parsing.
+    pub update_len: u32,
+    /// The symbol's `seq` after the change.
+    pub seq: u64,
+    /// When the tick entered the index; `None` for a status-only change (no update in it).
+    pub tick_in: Option<Instant>,
+    /// When the change was applied: how long the ring keeps it past `RECENT_TICKS`.
+    pub at: Instant,
+}
 
 pub struct Index {
     symbols: DashMap<Symbol, Arc<SymbolEntry>>,
@@ -59,6 +104,7 @@ pub struct Index {
     /// `quotegw_subscriptions`, kept by the subscriber lists themselves (see `Subscription`).
     subscriptions: IntGauge,
     history: Option<HistoryConfig>,
+    keep_for: Duration,
     changes: Option<Arc<ChangeLog>>,
 }
 
@@ -171,7 +217,9 @@ pub struct PastState {
 pub struct SymbolEntry {
     pub symbol: Symbol,
     state: Mutex<SymbolState>,
-    subscribers: Mutex<Vec<Subscriber>>,
+    /// One link per worker shard with subscribers to this symbol (`fanout.rs`): a change is handed
+    /// to each worker once, and the worker marks its own connections.
+    links: Mutex<Vec<Arc<Link>>>,
     /// Every subscriber (the gauge and the invariants), and those the fan-out marks (whether a
     /// change's shared bytes are worth encoding), read without the lock.
     subscriber_count: AtomicUsize,
@@ -202,6 +250,8 @@ struct SymbolState {
     /// The changes of the last versions (`version - recent.len() + 1 ..= version`), each encoded
     /// once for every subscriber; empty when the latest change had no subscriber.
     recent: VecDeque<Recent>,
+    /// How long a change stays in `recent` past the first `RECENT_TICKS` (`Index::keep_catch_up_for`).
+    keep_for: Duration,
     /// The latest state per time bucket, oldest first (only with a `HistoryConfig`).
     history: VecDeque<HistoryEntry>,
     /// Every feed that has ticked this symbol, in priority (`FeedId`) order; usually one.
@@ -300,6 +350,7 @@ impl SymbolState {
                 update_len: update_len as u32,
                 seq,
                 tick_in: Some(tick_in),
+                at: tick_in,
             }
         });
     }
@@ -313,6 +364,7 @@ impl SymbolState {
             update_len: 0,
             seq,
             tick_in: None,
+            at: Instant::now(),
         });
     }
 
@@ -342,21 +394,21 @@ impl SymbolState {
     fn record(&mut self, keep: bool, change: impl FnOnce() -> Recent) {
         self.version += 1;
         if keep {
-            if self.recent.len() == RECENT_TICKS {
+            let change = change();
+            // Past the first `RECENT_TICKS`, a change leaves once older than the catch-up window.
+            while let Some(oldest) = self.recent.front() {
+                let full = self.recent.len() >= RECENT_MAX;
+                let aged = change.at.saturating_duration_since(oldest.at) >= self.keep_for;
+                if self.recent.len() < RECENT_TICKS || (!full && !aged) {
+                    break;
+                }
                 self.recent.pop_front();
             }
-            self.recent.push_back(change());
+            self.recent.push_back(change);
         } else {
             self.recent.clear();
         }
     }
-}
-
-struct Subscriber {
-    conn: Arc<ConnPending>,
-    slot: u32,
-    /// Marked on every change; a delayed subscriber is not (its news comes from the clock).
-    live: bool,
 }
 
 impl Index {
@@ -367,6 +419,7 @@ impl Index {
             feeds: feeds.iter().map(|f| metrics.feed_counters(f)).collect(),
             subscriptions: metrics.subscriptions.clone(),
             history: None,
+            keep_for: Duration::ZERO,
             changes: None,
         }
     }
@@ -376,6 +429,14 @@ impl Index {
         self.history = Some(history);
     }
 
+    /// How long each symbol keeps its encoded changes for connections behind, past the first
+    /// `RECENT_TICKS` (at most `RECENT_MAX`): the batching window plus `CATCH_UP_MARGIN`, so that
+    /// no client that keeps up is conflated whatever a symbol's rate. Set before any symbol is
+    /// registered; zero (the default) keeps exactly `RECENT_TICKS`.
+    pub fn keep_catch_up_for(&mut self, window: Duration) {
+        self.keep_for = window;
+    }
+
     /// Declares a symbol as served, before any tick for it.
     pub fn register(&self, symbol: Symbol) -> Arc<SymbolEntry> {
         self.symbols
@@ -383,8 +444,11 @@ impl Index {
             .or_insert_with(|| {
                 Arc::new(SymbolEntry {
                     symbol,
-                    state: Mutex::new(SymbolState::default()),
-                    subscribers: Mutex::new(Vec::new()),
+                    state: Mutex::new(SymbolState {
+                        keep_for: self.keep_for,
+                        ..SymbolState::default()
+                    }),
+                    links: Mutex::new(Vec::new()),
                     subscriber_count: AtomicUsize::new(0),
                     live_count: AtomicUsize::new(0),
                     subscriptions: self.subscriptions.clone(),
@@ -637,10 +701,11 @@ impl SymbolEntry {
         self.fan_out();
     }
 
-    /// Marks every subscriber's slot for this symbol dirty. Never awaits (see module doc).
+    /// Hands the change to every worker shard with live subscribers (at most once until the shard
+    /// takes it). Never awaits (see module doc).
     fn fan_out(&self) {
-        for sub in lock(&self.subscribers).iter().filter(|s| s.live) {
-            sub.conn.mark(sub.slot);
+        for link in lock(&self.links).iter() {
+            link.queue();
         }
     }
 
@@ -700,11 +765,18 @@ impl SymbolEntry {
         slot: u32,
         live: bool,
     ) -> Subscription {
-        lock(&self.subscribers).push(Subscriber {
-            conn: conn.clone(),
-            slot,
-            live,
-        });
+        let link = {
+            let mut links = lock(&self.links);
+            match links.iter().find(|l| Arc::ptr_eq(l.shard(), conn.shard())) {
+                Some(link) => link.clone(),
+                None => {
+                    let link = Link::new(conn.shard().clone());
+                    links.push(link.clone());
+                    link
+                }
+            }
+        };
+        link.add(conn, slot, live);
         self.subscriber_count.fetch_add(1, Ordering::Relaxed);
         if live {
             self.live_count.fetch_add(1, Ordering::Relaxed);
@@ -713,22 +785,24 @@ impl SymbolEntry {
         conn.mark(slot);
         Subscription {
             entry: self.clone(),
+            link,
             conn_id: conn.id(),
             slot,
         }
     }
 
-    fn unsubscribe(&self, conn_id: u64, slot: u32) {
-        let mut subs = lock(&self.subscribers);
-        if let Some(i) = subs
-            .iter()
-            .position(|s| s.slot == slot && s.conn.id() == conn_id)
-        {
-            if subs.swap_remove(i).live {
+    fn unsubscribe(&self, link: &Arc<Link>, conn_id: u64, slot: u32) {
+        let (removed, empty) = link.remove(conn_id, slot);
+        if let Some(live) = removed {
+            if live {
                 self.live_count.fetch_sub(1, Ordering::Relaxed);
             }
             self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
             self.subscriptions.dec();
+        }
+        if empty {
+            // Only the link's own worker adds to it, and this runs on that worker: it stays empty.
+            lock(&self.links).retain(|l| !Arc::ptr_eq(l, link));
         }
     }
 
@@ -745,6 +819,7 @@ impl SymbolEntry {
 /// sum of the subscriber lists.
 pub struct Subscription {
     entry: Arc<SymbolEntry>,
+    link: Arc<Link>,
     conn_id: u64,
     slot: u32,
 }
@@ -757,7 +832,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.entry.unsubscribe(self.conn_id, self.slot);
+        self.entry.unsubscribe(&self.link, self.conn_id, self.slot);
     }
 }
 
@@ -980,6 +1055,39 @@ mod tests {
             ]
         );
         assert_eq!((p.seq, p.version), (3, 4));
+    }
+
+    /// Regression (issue 13: a symbol ticking more than 64 times in one batching window was merged
+    /// for every client): the ring keeps every change of the catch-up window, up to `RECENT_MAX`,
+    /// and exactly `RECENT_TICKS` without a window.
+    #[test]
+    fn the_ring_keeps_the_catch_up_window_not_a_fixed_count() {
+        let behind_after = |window: Duration, ticks: i64| {
+            let mut index = Index::new(&["only".into()], Arc::new(Metrics::new()));
+            index.keep_catch_up_for(window);
+            let entry = index.register("X".into());
+            let conn = ConnPending::new();
+            let _sub = entry.subscribe(&conn, 0, true);
+            for bid in 0..ticks {
+                index.apply(tick(0, 100 + bid));
+            }
+            // A client that got the first tick's snapshot and has read nothing since.
+            let p = entry.read_since(Some(1), Vec::new()).unwrap();
+            (p.catch_up.len(), p.catch_up.first().map(|r| r.seq))
+        };
+        let hour = Duration::from_secs(3600);
+        assert_eq!(behind_after(hour, 1_001), (1_000, Some(2)), "every change");
+        assert_eq!(
+            behind_after(Duration::ZERO, 1_001),
+            (0, None),
+            "1,000 behind with only RECENT_TICKS kept: conflated"
+        );
+        assert_eq!(behind_after(Duration::ZERO, RECENT_TICKS as i64 + 1).0, 64);
+        assert_eq!(
+            behind_after(hour, RECENT_MAX as i64 + 2),
+            (0, None),
+            "past RECENT_MAX: conflated, memory stays bounded"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod bus;
 pub mod config;
 pub mod conflate;
 pub mod delta;
+pub mod fanout;
 pub mod feed;
 pub mod frame;
 pub mod http;
@@ -43,6 +44,7 @@ pub mod record;
 pub mod rest;
 pub mod security_log;
 pub mod session;
+pub mod sync;
 
 pub use app::{Gateway, RunningGateway, StartError};
 pub use config::Config;

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::conflate::lock;
+use crate::sync::lock;
 
 /// A token bucket for log lines: a burst, then a steady rate; lines over it are counted, and the
 /// next line let through says how many were suppressed.

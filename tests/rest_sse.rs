@@ -394,12 +394,15 @@ async fn sse_streams_are_refused_and_paced_like_sessions(workers: usize) {
     assert!(conflated > 0, "merged, with conflated counts");
 }
 
-/// A reader that stops is conflated (it finds merged updates when it reads again) and, past
-/// `slow_consumer_timeout_ms`, closed; a WebSocket client beside it is unaffected.
+/// A reader that falls behind is conflated (it finds merged updates when it reads again) and, once
+/// it stops reading for `slow_consumer_timeout_ms`, closed; a WebSocket client beside it is
+/// unaffected. Merging starts once the reader is further behind than the index's catch-up window
+/// (the batching window + 250 ms): the reader stalls its socket, stays stalled past that, reads a
+/// little (its connection then writes what it is owed, merged), and stops.
 async fn a_slow_sse_reader_is_conflated_then_closed(workers: usize) {
     let gw = start_with_workers(
         workers,
-        "[limits]\nslow_consumer_timeout_ms = 1000\nsend_buffer_bytes = 16384\n\
+        "[limits]\nslow_consumer_timeout_ms = 3000\nsend_buffer_bytes = 16384\n\
          [[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 500\nticks_per_second = 20000\nseed = 7\n",
         &[],
     );
@@ -426,10 +429,37 @@ async fn a_slow_sse_reader_is_conflated_then_closed(workers: usize) {
     }
     let mut fast = gw.client().await;
     fast.subscribe(&["AAPL"]).await;
-    // The slow reader reads nothing from here on; the fast client keeps reading.
+    // The slow reader reads nothing until its socket is full and has stayed full for longer than
+    // the catch-up window; the fast client keeps reading.
+    let stalled = gw.wait_metric("quotegw_connections_stalled", |v| v >= 1.0);
+    tokio::pin!(stalled);
+    let mut fast_seq = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stalled => break,
+            m = fast.next() => fast_seq = m["seq"].as_u64().unwrap_or(fast_seq),
+        }
+    }
+    let behind = tokio::time::sleep(Duration::from_millis(600));
+    tokio::pin!(behind);
+    loop {
+        tokio::select! {
+            _ = &mut behind => break,
+            m = fast.next() => fast_seq = m["seq"].as_u64().unwrap_or(fast_seq),
+        }
+    }
+    // Reading makes room: the connection writes what it is owed, merged where it is further
+    // behind than the window. The reader reads until it sees a merge (bounded: a reader that kept
+    // reading would catch up, and nothing would be merged any more), then nothing more.
+    let mut merged = 0;
+    for _ in 0..100_000 {
+        merged += slow.event().await.data["conflated"].as_u64().unwrap_or(0);
+        if merged > 0 {
+            break;
+        }
+    }
     let closed = gw.wait_metric("quotegw_slow_consumer_closes_total", |v| v >= 1.0);
     tokio::pin!(closed);
-    let mut fast_seq = 0;
     loop {
         tokio::select! {
             _ = &mut closed => break,
@@ -437,7 +467,6 @@ async fn a_slow_sse_reader_is_conflated_then_closed(workers: usize) {
         }
     }
     // What it reads now: what the kernel held, merged updates among it, then the end.
-    let mut merged = 0;
     while let Some(e) = slow.next_event().await {
         merged += e.data["conflated"].as_u64().unwrap_or(0);
     }

@@ -317,18 +317,36 @@ async fn on_lag_close_closes_instead_of_conflating(workers: usize) {
     }
     gw.wait_metric("quotegw_connections_stalled", |v| v == 3.0)
         .await;
-    // X ticks far past what the index keeps (64 changes) while they are stalled.
-    for i in 0..200 {
+    // X ticks far past what the index keeps while they are stalled: in a burst, so more than the
+    // most changes a symbol keeps for its catch-up window (`RECENT_MAX`, 4,096).
+    for i in 0..4_200 {
         gw.push(tick("X", 2 + i, &[("bid", &format!("11.{:02}", i % 100))]))
             .await;
     }
-    // Each reads what was held back, until its next update of X, or its close.
+    // All applied before anyone reads: a client reading while the index still applies the burst
+    // would keep up with it.
+    gw.wait_metric("quotegw_ticks_received_total{feed=\"scripted\"}", |v| {
+        v >= 4_201.0
+    })
+    .await;
+    // Each reads what was held back, until X's last update (counting what was merged on the way),
+    // or its close.
     let mut outcomes = Vec::new();
     for c in &mut clients {
-        let x = c
-            .read_until_message(|m| m["symbol"] == "X" && m["type"] == "update")
+        let merged = std::cell::Cell::new(0);
+        let last = c
+            .read_until_message(|m| {
+                if m["symbol"] == "X" && m["type"] == "update" {
+                    merged.set(merged.get() + m["conflated"].as_u64().unwrap_or(0));
+                    return m["seq"] == 4_201;
+                }
+                false
+            })
             .await;
-        outcomes.push(x);
+        outcomes.push(last.map(|mut m| {
+            m["conflated"] = merged.get().into();
+            m
+        }));
     }
     println!("on_lag close / default / close with max_hz: {outcomes:?}");
     let Err(Some((code, reason))) = &outcomes[0] else {

@@ -72,6 +72,8 @@ impl Connection {
 
     /// Serves the connection until it ends, then closes it as the protocol says.
     pub async fn run(mut self) {
+        // The worker's fan-out task, started by its first connection (`fanout.rs`).
+        self.session.pending().shard().ensure_running();
         let end = self.serve().await;
         self.finish(end).await;
     }

@@ -33,9 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{Grant, Tier, TiersConfig};
 use crate::config::LimitsConfig;
-use crate::conflate::{ConnPending, Delay, EmitStats, Pacing, Recent, SlotView};
+use crate::conflate::{Delay, EmitStats, Pacing, SlotView};
+use crate::fanout::ConnPending;
 use crate::frame::{FrameBuilder, Framing};
 use crate::index::Index;
+use crate::index::Recent;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
 use crate::protocol::{close, OnLag};

@@ -18,6 +18,10 @@ pub struct NatsServer {
 
 /// Installs Debian's nats-server when it is not there (as the browser tests do with chromium).
 fn ensure_installed() {
+    // One install at a time: the tests of a binary start together, and concurrent apt-get runs fail
+    // on dpkg's lock (another test binary installing waits for it too, `DPkg::Lock::Timeout`).
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     if Path::new(BIN).exists() {
         return;
     }
@@ -25,7 +29,7 @@ fn ensure_installed() {
     let status = Command::new("bash")
         .args([
             "-c",
-            "DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server",
+            "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq nats-server",
         ])
         .status()
         .expect("apt-get runs");

@@ -13,8 +13,8 @@ playwright_version="1.64.1"
 if [ ! -x /usr/bin/chromium ]; then
   echo "ensure-browser: installing Debian chromium" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq chromium >&2
+  apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium >&2
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

@@ -1,0 +1,365 @@
+//! Stage 4, the per-worker fan-out: a tick reaches each worker once, and the worker marks its own
+//! connections.
+//!
+//! Every thread that serves connections (an actix worker) has one [`Shard`]. A symbol's entry in
+//! the index lists one [`Link`] per shard that has subscribers for it, and each link lists that
+//! shard's subscribers. The ingest task, applying a tick, queues the symbol's links in their
+//! shards' inboxes (once per link until the shard takes it: the dedup is the link's `queued` flag)
+//! and wakes a shard only when its inbox was empty. So a batch of ticks costs one cross-thread
+//! hand-off per worker, not one wake per connection: the expensive part of the old fan-out, where
+//! every tick woke every subscribed task on another thread.
+//!
+//! On its own thread the shard then marks each subscriber's slot ([`ConnPending::mark`]) and wakes
+//! the connection task, a same-thread wake. Connections woken in one pass write in the same pass
+//! of the worker's task queue, and whatever was marked while the worker was busy leaves in their
+//! next frame: batches grow by themselves under load, and a quiet worker writes at once (this is how
+//! uWebSockets corks). A connection about to take its dirty slots first delivers its shard's inbox
+//! itself (`ConnPending::take`), so it never writes without the news already applied.
+//!
+//! The shard is a consumer of the index's changes like `ChangeLog` (a scale-out ingest's
+//! publisher): when ticks come from NATS on an edge, they enter the index as states and reach the
+//! shards through the same links.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::sync::lock;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The shard of connections created on this thread.
+    static CURRENT: Arc<Shard> = Arc::new(Shard::default());
+}
+
+/// One worker's fan-out: the inbox the ingest task fills and the task that empties it.
+#[derive(Default)]
+pub struct Shard {
+    /// Links with news, each at most once (`Link::queued`).
+    inbox: Mutex<Vec<Arc<Link>>>,
+    /// Set (under the inbox's lock) when the inbox holds something: lets a connection's `take`
+    /// skip the lock when there is nothing to deliver.
+    news: AtomicBool,
+    notify: Notify,
+    /// Whether this shard's delivery task runs (`ensure_running`).
+    running: AtomicBool,
+    /// Links queued and delivered, for the fan-out benchmark and tests.
+    delivered: AtomicUsize,
+}
+
+impl Shard {
+    /// This thread's shard.
+    pub fn current() -> Arc<Shard> {
+        CURRENT.with(Arc::clone)
+    }
+
+    /// Starts this shard's delivery task on the current `LocalSet` unless it runs: called by each
+    /// connection task when it starts, so the task exists on every worker that serves connections
+    /// (and again on a thread whose runtime was replaced, which dropped the old task).
+    pub fn ensure_running(self: &Arc<Self>) {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shard = self.clone();
+        tokio::task::spawn_local(async move {
+            // Cleared when the task is dropped with its runtime, so the next connection restarts it.
+            let _running = Running(shard.clone());
+            loop {
+                shard.notify.notified().await;
+                shard.deliver();
+            }
+        });
+    }
+
+    /// Ingest side: `link` has news. The first link queued after a delivery wakes the shard: one
+    /// cross-thread wake per worker per batch of ticks.
+    fn push(&self, link: Arc<Link>) {
+        let wake = {
+            let mut inbox = lock(&self.inbox);
+            inbox.push(link);
+            self.news.store(true, Ordering::Release);
+            inbox.len() == 1
+        };
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Worker side: marks the slot of every live subscriber of every queued link. Never awaits; a
+    /// slot already marked is left as it is (`ConnPending::mark`), so this costs one mark per
+    /// subscriber per pass whatever the number of ticks behind it.
+    pub fn deliver(&self) {
+        if !self.news.load(Ordering::Acquire) {
+            return;
+        }
+        let links = {
+            let mut inbox = lock(&self.inbox);
+            self.news.store(false, Ordering::Release);
+            std::mem::take(&mut *inbox)
+        };
+        self.delivered.fetch_add(links.len(), Ordering::Relaxed);
+        for link in links {
+            // Cleared before the marks, and with an acquiring swap: a tick applied after this
+            // queues the link again, and the connections marked below read every tick before it.
+            link.queued.swap(false, Ordering::AcqRel);
+            for sub in lock(&link.subs).iter().filter(|s| s.live) {
+                sub.conn.mark(sub.slot);
+            }
+        }
+    }
+
+    /// How many queued links this shard has delivered.
+    pub fn delivered(&self) -> usize {
+        self.delivered.load(Ordering::Relaxed)
+    }
+}
+
+struct Running(Arc<Shard>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
+/// One shard's subscribers to one symbol. Listed in the symbol's entry while it has subscribers;
+/// only its shard's thread touches `subs` (subscribe, unsubscribe, deliver), so that lock is never
+/// contended.
+pub struct Link {
+    shard: Arc<Shard>,
+    /// In the shard's inbox, not yet delivered.
+    queued: AtomicBool,
+    /// Live subscribers (marked on every change), read by the ingest without a lock.
+    live: AtomicUsize,
+    subs: Mutex<Vec<Subscriber>>,
+}
+
+struct Subscriber {
+    conn: Arc<ConnPending>,
+    slot: u32,
+    /// Marked on every change; a delayed subscriber is not (its news comes from the clock).
+    live: bool,
+}
+
+impl Link {
+    pub fn new(shard: Arc<Shard>) -> Arc<Link> {
+        Arc::new(Link {
+            shard,
+            queued: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            subs: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn shard(&self) -> &Arc<Shard> {
+        &self.shard
+    }
+
+    /// Ingest side: the symbol changed. Never awaits, never grows past one inbox entry per link.
+    pub fn queue(self: &Arc<Self>) {
+        if self.live.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.shard.push(self.clone());
+        }
+    }
+
+    pub fn add(&self, conn: &Arc<ConnPending>, slot: u32, live: bool) {
+        lock(&self.subs).push(Subscriber {
+            conn: conn.clone(),
+            slot,
+            live,
+        });
+        if live {
+            self.live.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Removes a subscriber: `Some(live)` if it was there, and whether the link is now empty.
+    pub fn remove(&self, conn_id: u64, slot: u32) -> (Option<bool>, bool) {
+        let mut subs = lock(&self.subs);
+        let removed = subs
+            .iter()
+            .position(|s| s.slot == slot && s.conn.id() == conn_id)
+            .map(|i| subs.swap_remove(i).live);
+        if removed == Some(true) {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        (removed, subs.is_empty())
+    }
+}
+
+/// The part of a connection its shard touches: which of its slots have news, and its wake-up.
+pub struct ConnPending {
+    id: u64,
+    shard: Arc<Shard>,
+    dirty: Mutex<Dirty>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct Dirty {
+    /// Slots with news, each at most once.
+    list: Vec<u32>,
+    /// `flags[slot]` is true while `slot` is in `list`.
+    flags: Vec<bool>,
+    closed: bool,
+}
+
+impl ConnPending {
+    /// A connection served by this thread's shard.
+    pub fn new() -> Arc<ConnPending> {
+        Arc::new(ConnPending {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            shard: Shard::current(),
+            dirty: Mutex::new(Dirty::default()),
+            notify: Notify::new(),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn shard(&self) -> &Arc<Shard> {
+        &self.shard
+    }
+
+    /// There is news for `slot`. Constant time, never awaits, never grows past one entry per
+    /// slot: this is where a slow connection's backlog is conflated away. Only the first mark after
+    /// a take wakes the connection task, so a hot symbol costs one wake per frame, not per tick.
+    pub fn mark(&self, slot: u32) {
+        let wake = {
+            let mut d = lock(&self.dirty);
+            let i = slot as usize;
+            if d.closed {
+                return;
+            }
+            if d.flags.len() <= i {
+                d.flags.resize(i + 1, false);
+            }
+            if d.flags[i] {
+                false
+            } else {
+                d.flags[i] = true;
+                d.list.push(slot);
+                d.list.len() == 1
+            }
+        };
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Connection side: delivers the shard's news, then moves the dirty slots into `out` (which
+    /// should be empty) and clears them.
+    pub fn take(&self, out: &mut Vec<u32>) {
+        self.shard.deliver();
+        let mut d = lock(&self.dirty);
+        std::mem::swap(&mut d.list, out);
+        for &slot in out.iter() {
+            d.flags[slot as usize] = false;
+        }
+    }
+
+    /// Waits until some slot is marked (returns at once if one was marked since the last wait).
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// Stops accepting marks (the connection is going away) and frees the lists.
+    pub fn close(&self) {
+        let mut d = lock(&self.dirty);
+        d.closed = true;
+        d.list = Vec::new();
+        d.flags = Vec::new();
+    }
+
+    /// Slots waiting (after the shard's news is delivered); never more than the connection's
+    /// subscribed symbols.
+    pub fn pending(&self) -> usize {
+        self.shard.deliver();
+        lock(&self.dirty).list.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::feed::FeedEvent;
+    use crate::index::Index;
+    use crate::metrics::Metrics;
+    use crate::model::Tick;
+
+    fn tick(bid: i64) -> FeedEvent {
+        FeedEvent::Tick(Tick {
+            symbol: "X".into(),
+            ts: bid,
+            bid: Some(Decimal::new(bid, 2)),
+            ..Tick::default()
+        })
+    }
+
+    /// A batch of ticks is handed to each worker once, whatever the number of connections or
+    /// ticks, and the worker marks its own connections: each thread has its shard and its link.
+    #[test]
+    fn a_batch_of_ticks_reaches_each_shard_once_and_each_shard_marks_its_own_connections() {
+        let index = Arc::new(Index::new(&["f".into()], Arc::new(Metrics::new())));
+        let entry = index.register("X".into());
+        index.apply(tick(100));
+        let here: Vec<_> = (0..3).map(|_| ConnPending::new()).collect();
+        let subs: Vec<_> = (0..3).map(|i| entry.subscribe(&here[i], 0, true)).collect();
+        let shard = Shard::current();
+        let (to_other, on_other) = std::sync::mpsc::sync_channel::<()>(1);
+        let (ready, other_ready) = std::sync::mpsc::sync_channel(1);
+        let other = {
+            let entry = entry.clone();
+            std::thread::spawn(move || {
+                let conn = ConnPending::new();
+                let sub = entry.subscribe(&conn, 5, true);
+                let mut slots = Vec::new();
+                conn.take(&mut slots); // the snapshot's mark
+                ready.send(conn.shard().clone()).unwrap();
+                on_other.recv().unwrap();
+                let other_shard = conn.shard().clone();
+                let queued_before = other_shard.delivered();
+                conn.take(&mut slots);
+                let delivered = other_shard.delivered() - queued_before;
+                drop(sub);
+                (slots, delivered)
+            })
+        };
+        let other_shard = other_ready.recv().unwrap();
+        assert!(!Arc::ptr_eq(&shard, &other_shard), "one shard per thread");
+        let mut slots = Vec::new();
+        for conn in &here {
+            conn.take(&mut slots); // the snapshots' marks
+            slots.clear();
+        }
+        let before = shard.delivered();
+        for bid in 101..111 {
+            index.apply(tick(bid));
+        }
+        for conn in &here {
+            assert_eq!(
+                conn.pending(),
+                1,
+                "every connection of this worker is marked"
+            );
+        }
+        assert_eq!(shard.delivered() - before, 1, "ten ticks, one hand-off");
+        to_other.send(()).unwrap();
+        let (other_slots, other_delivered) = other.join().unwrap();
+        assert_eq!(other_slots, [5], "the other worker marked its connection");
+        assert_eq!(other_delivered, 1, "ten ticks, one hand-off there too");
+        drop(subs);
+        assert_eq!(entry.subscriber_count(), 0);
+    }
+}
