@@ -5,9 +5,9 @@
 //! default) that run the HTTP server and every WebSocket connection task, plus its accept thread.
 //!
 //! Shutdown (SIGINT/SIGTERM in `main.rs`, or `RunningGateway::shutdown`): one cancellation token
-//! stops accepting, makes every connection close with 1001, and stops the feeds; actix then waits
-//! at most `SHUTDOWN_GRACE_SECS` for connections before dropping them, so the process exits within
-//! 5 s.
+//! stops accepting, makes every connection close with 1001, and stops the feeds; the gateway waits
+//! at most `SHUTDOWN_GRACE_SECS` for the sessions and actix 1 s more for HTTP requests before
+//! dropping them, so the process exits within 5 s.
 
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::session::{sse, SessionShared};
 use tokio::net::TcpStream;
 
-/// How long actix waits for connections after the shutdown signal; sessions close with 1001 within
+/// How long the gateway waits for sessions after the shutdown signal; they close with 1001 within
 /// about a second (their close grace), so this is a backstop that keeps exit under 5 s.
 const SHUTDOWN_GRACE_SECS: u64 = 3;
 /// The ingest task applies up to this many queued feed events per wake-up.
@@ -221,22 +221,20 @@ impl Drop for RunningGateway {
     }
 }
 
-/// Sockets each worker may hold beyond its share of `max_connections`: refused upgrades waiting
-/// for their answer, widget downloads, `/metrics` scrapes.
-const WORKER_HEADROOM: usize = 64;
+/// Sockets each worker may hold that are not sessions yet (or never will be): HTTP requests, upgrade
+/// handshakes, refusals waiting for their answer, widget downloads, `/metrics` scrapes. A session
+/// leaves actix's count when its handshake is done (it runs as its own task, see `http::upgrade`),
+/// and `max_connections` caps sessions; so actix accepts at most this many more per worker.
+const HANDSHAKES_PER_WORKER: usize = 256;
 /// File descriptors the gateway needs beside its connections: listeners, epoll and wake-up fds of
 /// each thread, feeds' upstream connections and files, logs.
 const FD_RESERVE: u64 = 256;
-
-fn per_worker_connections(max_connections: usize, workers: usize) -> usize {
-    max_connections.div_ceil(workers) + WORKER_HEADROOM
-}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, and refuses to start when even that cannot
 /// hold every connection the config allows: a gateway that runs out of descriptors fails accepts,
 /// upstream polls and log files at random, long after it started.
 fn raise_fd_limit(config: &Config, workers: usize) -> Result<(), StartError> {
-    let sockets = (per_worker_connections(config.limits.max_connections, workers) * workers) as u64;
+    let sockets = (config.limits.max_connections + HANDSHAKES_PER_WORKER * workers) as u64;
     let needed = sockets + FD_RESERVE;
     let limit = rlimit::increase_nofile_limit(u64::MAX).map_err(StartError::FdLimit)?;
     if limit < needed {
@@ -331,6 +329,7 @@ async fn run(
             limits: config.limits.clone(),
             tiers: config.tiers.clone(),
             shutdown: shutdown.clone(),
+            closing: Default::default(),
             connections: AtomicUsize::new(0),
         }),
         feeds: health,
@@ -338,6 +337,7 @@ async fn run(
     });
     let with_ops = listeners.ops.is_none();
     let public_state = state.clone();
+    let sessions = state.sessions.clone();
     // actix-web's HttpServer cannot hand an upgraded connection over, so the public listener is
     // assembled from the parts HttpServer uses (actix-server + actix-http), with `http::upgrade` as
     // actix-http's upgrade service and the routes as its HTTP service.
@@ -346,15 +346,12 @@ async fn run(
     let draining = builder.graceful_shutdown_signal();
     let server = builder
         .workers(workers)
-        // A worker's share of `max_connections`, plus room to answer refusals (503, 429) and plain
-        // HTTP: so that all workers together never hold more sockets than `raise_fd_limit` made
-        // room for.
-        .max_concurrent_connections(per_worker_connections(
-            config.limits.max_connections,
-            workers,
-        ))
+        // Sockets not yet sessions, per worker: with `max_connections` for the sessions, all
+        // workers together never hold more sockets than `raise_fd_limit` made room for.
+        .max_concurrent_connections(HANDSHAKES_PER_WORKER)
         .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        // Only HTTP requests and handshakes by then: the sessions were waited for (below).
+        .shutdown_timeout(1)
         .listen("quotegw-public", listeners.public, move || {
             let app = App::new()
                 .app_data(public_state.clone())
@@ -422,6 +419,21 @@ async fn run(
     actix_web::rt::spawn(async move {
         shutdown.cancelled().await;
         tracing::info!("shutting down: closing connections with 1001");
+        sessions
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        // Sessions are their own tasks on the workers, not actix's connections: each closes with
+        // 1001 within its close grace; the workers (and any session still closing) stop after
+        // that, or after SHUTDOWN_GRACE_SECS.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(SHUTDOWN_GRACE_SECS);
+        while sessions
+            .connections
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for handle in handles {
             handle.stop(true).await;
         }

@@ -16,18 +16,42 @@
 //! uWebSockets corks). A connection about to take its dirty slots first delivers its shard's inbox
 //! itself (`ConnPending::take`), so it never writes without the news already applied.
 //!
+//! The shard is also its connections' clock: each connection says when it next needs the time
+//! (`ConnPending::set_due`: its next ping, idle check or token expiry), and one tick of the shard
+//! every `CLOCK_TICK` wakes those that are due, and all of them when their gateway shuts down. No
+//! connection arms a timer of its own, so a wake-up polls no timers, and an idle connection's task
+//! holds none.
+//!
 //! The shard is a consumer of the index's changes like `ChangeLog` (a scale-out ingest's
 //! publisher): when ticks come from NATS on an edge, they enter the index as states and reach the
 //! shards through the same links.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use crate::sync::lock;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How often a shard looks at its connections' deadlines: the precision of pings, idle timeouts,
+/// token expiry and shutdown.
+pub const CLOCK_TICK: Duration = Duration::from_millis(50);
+
+/// `ConnPending::due`: no deadline.
+const NEVER: u64 = u64::MAX;
+
+/// The clock's origin: deadlines are milliseconds since this instant.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn clock_ms(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64
+}
 
 thread_local! {
     /// The shard of connections created on this thread.
@@ -47,6 +71,8 @@ pub struct Shard {
     running: AtomicBool,
     /// Links queued and delivered, for the fan-out benchmark and tests.
     delivered: AtomicUsize,
+    /// The connections this shard keeps time for (`clock_in`), and their gateway's closing flag.
+    clocked: Mutex<Vec<(Arc<ConnPending>, Arc<AtomicBool>)>>,
 }
 
 impl Shard {
@@ -66,10 +92,39 @@ impl Shard {
         tokio::task::spawn_local(async move {
             // Cleared when the task is dropped with its runtime, so the next connection restarts it.
             let _running = Running(shard.clone());
+            let mut clock = tokio::time::interval(CLOCK_TICK);
+            clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                shard.notify.notified().await;
-                shard.deliver();
+                tokio::select! {
+                    biased;
+                    _ = shard.notify.notified() => shard.deliver(),
+                    _ = clock.tick() => shard.tick(Instant::now()),
+                }
             }
+        });
+    }
+
+    /// Keeps time for `conn` (until it closes): it gets a clock event when its deadline
+    /// (`ConnPending::set_due`) passes, and at once when `closing` is set (its gateway shuts down).
+    pub fn clock_in(&self, conn: Arc<ConnPending>, closing: Arc<AtomicBool>) {
+        lock(&self.clocked).push((conn, closing));
+    }
+
+    /// One clock tick: wakes every connection that is due or whose gateway is closing, and forgets
+    /// closed ones. Atomic loads only, for every connection of the worker.
+    pub fn tick(&self, now: Instant) {
+        let now_ms = clock_ms(now);
+        lock(&self.clocked).retain(|(conn, closing)| {
+            if conn.gone.load(Ordering::Acquire) {
+                return false;
+            }
+            let due = conn.due.load(Ordering::Acquire) <= now_ms;
+            if due || closing.load(Ordering::Acquire) {
+                // Fired once per deadline: the connection sets its next one when it handles this.
+                conn.due.store(NEVER, Ordering::Release);
+                conn.clock_event();
+            }
+            true
         });
     }
 
@@ -198,6 +253,10 @@ pub struct ConnPending {
     shard: Arc<Shard>,
     dirty: Mutex<Dirty>,
     notify: Notify,
+    /// When the connection next needs its clock (`clock_ms`), or `NEVER`.
+    due: AtomicU64,
+    /// Closed: the shard's clock forgets it.
+    gone: AtomicBool,
 }
 
 #[derive(Default)]
@@ -206,6 +265,8 @@ struct Dirty {
     list: Vec<u32>,
     /// `flags[slot]` is true while `slot` is in `list`.
     flags: Vec<bool>,
+    /// The shard's clock fired for this connection (a deadline passed, or its gateway closes).
+    clock: bool,
     closed: bool,
 }
 
@@ -217,7 +278,35 @@ impl ConnPending {
             shard: Shard::current(),
             dirty: Mutex::new(Dirty::default()),
             notify: Notify::new(),
+            due: AtomicU64::new(NEVER),
+            gone: AtomicBool::new(false),
         })
+    }
+
+    /// When this connection next needs a clock event (`None`: never, until its gateway closes).
+    pub fn set_due(&self, at: Option<Instant>) {
+        self.due
+            .store(at.map_or(NEVER, clock_ms), Ordering::Release);
+    }
+
+    /// Clock side: wakes the connection with a clock event.
+    fn clock_event(&self) {
+        let wake = {
+            let mut d = lock(&self.dirty);
+            if d.closed || d.clock {
+                return;
+            }
+            d.clock = true;
+            d.list.is_empty()
+        };
+        if wake {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Connection side: whether the clock fired since the last call.
+    pub fn take_clock(&self) -> bool {
+        std::mem::take(&mut lock(&self.dirty).clock)
     }
 
     pub fn id(&self) -> u64 {
@@ -272,6 +361,7 @@ impl ConnPending {
 
     /// Stops accepting marks (the connection is going away) and frees the lists.
     pub fn close(&self) {
+        self.gone.store(true, Ordering::Release);
         let mut d = lock(&self.dirty);
         d.closed = true;
         d.list = Vec::new();

@@ -149,6 +149,7 @@ fuzz_target!(|data: &[u8]| {
         },
         tiers: Default::default(),
         shutdown: CancellationToken::new(),
+        closing: Default::default(),
         connections: AtomicUsize::new(0),
     });
     let start = Instant::now();

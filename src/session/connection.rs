@@ -1,9 +1,10 @@
 //! Session, the connection: a `Session` on its socket, driven by one select loop over client
-//! frames, dirty slots and the connection's clocks (ping, idle, token expiry, the batching window,
-//! `max_hz`, shutdown), and the close paths.
+//! frames, dirty slots and clock events (ping, idle, token expiry and shutdown, kept by the
+//! worker's shard), and the batching window's or `max_hz`'s timer; and the close paths.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,31 +84,29 @@ impl Connection {
         let ping_every = Duration::from_millis(limits.ping_interval_ms);
         let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
         let frame_interval = Duration::from_millis(limits.min_frame_interval_ms);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        let shutdown = self.session.shared.shutdown.clone();
-        // Registered once: a future made per loop turn would join and leave the token's waiter
-        // list, under its lock, on every wake-up of every connection.
-        let shutdown = shutdown.cancelled();
         let pending = self.session.pending().clone();
+        // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle
+        // timeout, token expiry and shutdown arrive as clock events through `pending`, so the
+        // loop below arms no timer of its own but the batching window's and `max_hz`'s.
+        pending
+            .shard()
+            .clock_in(pending.clone(), self.session.shared.closing.clone());
+        let mut next_ping = Instant::now() + ping_every;
         // Set after a frame leaves: until then, news waits (see the flush below).
         let mut held_until: Option<Instant> = None;
-        let expires = self.expires;
-        // Timers armed once and re-armed when due, not per wake-up: a busy connection wakes for
-        // every frame, and registering timers each time costs as much as the frame's own work.
-        let expiry = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now));
-        let idle = tokio::time::sleep_until(self.last_heard + idle_timeout);
         // An SSE client sends nothing after its request, by design: only a WebSocket can be idle.
         // A dead SSE client is found by writing to it (the ping comments at the latest).
         let sse = self.session.framing() == Framing::Sse;
-        tokio::pin!(expiry, idle, shutdown);
+        let expires = self.expires;
+        let deadline = move |last_heard: Instant, next_ping: Instant| {
+            let idle = (!sse).then_some(last_heard + idle_timeout);
+            [Some(next_ping), idle, expires].into_iter().flatten().min()
+        };
+        pending.set_due(deadline(self.last_heard, next_ping).map(Instant::into_std));
         enum Event {
-            Expired,
-            Shutdown,
             Frame(Option<Result<Frame, ProtocolError>>),
             Dirty,
             Timer,
-            Ping,
-            Idle,
         }
         loop {
             // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
@@ -115,27 +114,13 @@ impl Connection {
             let timer = held_until.or(self.session.deferred_until().map(Instant::from_std));
             let event = tokio::select! {
                 biased;
-                _ = &mut shutdown => Event::Shutdown,
-                _ = &mut expiry, if expires.is_some() => Event::Expired,
                 msg = self.socket.recv() => Event::Frame(msg),
-                // Not listened to within the frame interval: the index keeps marking slots, and
-                // the timer below collects them all into one frame.
-                _ = pending.wait(), if held_until.is_none() => Event::Dirty,
+                // Marks and clock events. Within the frame interval a mark only wakes the task
+                // once (the first after a flush); the timer below collects them into one frame.
+                _ = pending.wait() => Event::Dirty,
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Event::Timer,
-                _ = &mut idle, if !sse => Event::Idle,
-                _ = ping.tick() => Event::Ping,
             };
             match event {
-                Event::Expired => return End::Close(close::POLICY, "token expired"),
-                Event::Shutdown => return End::Close(close::GOING_AWAY, "gateway shutting down"),
-                Event::Idle => {
-                    let due = self.last_heard + idle_timeout;
-                    if due > Instant::now() {
-                        idle.as_mut().reset(due);
-                        continue;
-                    }
-                    return End::Close(close::NORMAL, "idle timeout");
-                }
                 Event::Frame(None) => return End::Gone,
                 Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
                 Event::Frame(Some(Ok(msg))) => {
@@ -162,31 +147,49 @@ impl Connection {
                         }
                     }
                 }
-                Event::Dirty => {}
-                Event::Timer => held_until = None,
-                Event::Ping => {
-                    let sent = if sse {
-                        // A comment line: proxies see traffic, clients ignore it.
-                        self.session.comment("ping");
-                        self.send_frame().await.map(|_| ())
-                    } else {
-                        self.send_ping().await
-                    };
-                    if let Err(end) = sent {
-                        return end;
+                Event::Dirty => {
+                    if pending.take_clock() {
+                        let now = Instant::now();
+                        if self.session.shared.closing.load(Ordering::Acquire) {
+                            return End::Close(close::GOING_AWAY, "gateway shutting down");
+                        }
+                        if self.expires.is_some_and(|at| at <= now) {
+                            return End::Close(close::POLICY, "token expired");
+                        }
+                        if !sse && self.last_heard + idle_timeout <= now {
+                            return End::Close(close::NORMAL, "idle timeout");
+                        }
+                        if next_ping <= now {
+                            next_ping = now + ping_every;
+                            let sent = if sse {
+                                // A comment line: proxies see traffic, clients ignore it.
+                                self.session.comment("ping");
+                                self.send_frame().await.map(|_| ())
+                            } else {
+                                self.send_ping().await
+                            };
+                            if let Err(end) = sent {
+                                return end;
+                            }
+                        }
+                        pending
+                            .set_due(deadline(self.last_heard, next_ping).map(Instant::into_std));
                     }
                     if held_until.is_some() {
                         continue;
                     }
                 }
+                Event::Timer => held_until = None,
             }
             let started = Instant::now();
             match self.flush().await {
                 Err(end) => return end,
-                // Batching is decided here: after a frame, updates wait out `min_frame_interval_ms`
-                // and then leave together. A connection that was quiet gets its next update at
-                // once; a hot one costs one write per interval instead of one per tick (a write to
-                // a socket costs far more than adding an update to a frame).
+                // Batching is decided here. By default (no interval) a connection writes as soon
+                // as it has news; what became due while its worker was busy with others leaves in
+                // that one frame, so frames grow by themselves under load (the way uWebSockets
+                // corks) and a quiet gateway writes at once. With `min_frame_interval_ms`, after a
+                // frame, updates wait out the interval and then leave together: a hard cap on
+                // frames per connection, for fewer writes at up to that much latency.
                 Ok(true) if !frame_interval.is_zero() => {
                     held_until = Some(started + frame_interval);
                 }
@@ -308,6 +311,7 @@ mod tests {
             limits: LimitsConfig::default(),
             tiers: Default::default(),
             shutdown: CancellationToken::new(),
+            closing: Default::default(),
             connections: AtomicUsize::new(0),
         })
     }

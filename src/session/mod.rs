@@ -24,7 +24,7 @@ pub mod sse;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,6 @@ use crate::conflate::{Delay, EmitStats, Pacing, SlotView};
 use crate::fanout::ConnPending;
 use crate::frame::{FrameBuilder, Framing};
 use crate::index::Index;
-use crate::index::Recent;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
 use crate::protocol::{close, OnLag};
@@ -51,6 +50,9 @@ pub struct SessionShared {
     pub limits: LimitsConfig,
     pub tiers: TiersConfig,
     pub shutdown: CancellationToken,
+    /// Set when the gateway shuts down (after `shutdown` is cancelled): the worker shards' clocks
+    /// wake every session, which then closes with 1001 (`fanout.rs`, `Shard::tick`).
+    pub closing: Arc<AtomicBool>,
     pub connections: AtomicUsize,
 }
 
@@ -156,8 +158,6 @@ pub struct Session {
     /// The slots of the flush in progress, and how far `fill_frame` got through them.
     work: Vec<u32>,
     work_done: usize,
-    /// Lent to `SlotView::emit_latest` for each read, so catching up allocates nothing.
-    catch_up: Vec<Recent>,
     ops: TokenBucket,
     errors: TokenBucket,
     /// What the token allows, and when it expires.
@@ -192,7 +192,6 @@ impl Session {
             stats: EmitStats::default(),
             work: Vec::new(),
             work_done: 0,
-            catch_up: Vec::new(),
             updates_sent,
             grant,
         }

@@ -157,7 +157,8 @@ pub async fn serve(mut io: TcpStream, state: actix_web::web::Data<AppState>) {
     connection
         .session
         .subscribe(None, symbols, pacing, Instant::now());
-    connection.run().await;
+    // Its own task, like a WebSocket session (`http::upgrade`): actix's connection task ends here.
+    tokio::task::spawn_local(connection.run());
 }
 
 /// What an admitted stream asks for.

@@ -16,6 +16,12 @@ use crate::protocol::close;
 /// subscribe, a slow client catching up) leaves as several frames rather than one huge one.
 const FRAME_TARGET_BYTES: usize = 32 * 1024;
 
+thread_local! {
+    /// Lent to `SlotView::emit_latest` for each read, so catching up allocates nothing: one per
+    /// worker rather than one per connection, which an idle connection would carry for nothing.
+    static CATCH_UP: std::cell::RefCell<Vec<crate::index::Recent>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Session {
     /// Starts a flush: every dirty slot, and every deferred one once the earliest is due.
     pub fn begin_flush(&mut self, now: Instant) {
@@ -38,7 +44,10 @@ impl Session {
             let Some(view) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue; // unsubscribed since it was marked
             };
-            match view.emit_latest(&mut self.catch_up, now, &mut self.frame, &mut self.stats) {
+            let emitted = CATCH_UP.with_borrow_mut(|catch_up| {
+                view.emit_latest(catch_up, now, &mut self.frame, &mut self.stats)
+            });
+            match emitted {
                 Emitted::NotBefore(at) => {
                     if !self.deferred.contains(&slot) {
                         self.deferred.push(slot);
@@ -143,6 +152,12 @@ impl Connection {
         if self.socket.is_drained() {
             return Ok(());
         }
+        // Boxed: only a connection whose socket is full waits here, and the wait's timers would
+        // otherwise be part of every connection's task, idle ones included.
+        Box::pin(self.wait_for_socket()).await
+    }
+
+    async fn wait_for_socket(&mut self) -> Result<(), End> {
         let shared = &self.session.shared;
         let stall = Duration::from_millis(shared.limits.slow_consumer_timeout_ms);
         let _stalled = Stalled::new(&shared.metrics.connections_stalled);
@@ -157,8 +172,6 @@ impl Connection {
     }
 }
 
-/// Counts a connection in `quotegw_connections_stalled` while its session waits for its socket;
-/// a guard, so that a session dropped mid-wait is counted out too.
 struct Stalled<'a>(&'a prometheus::IntGauge);
 
 impl<'a> Stalled<'a> {
