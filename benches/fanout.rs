@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use quotegw::conflate::{EmitStats, Pacing, SlotView};
 use quotegw::fanout::ConnPending;
 use quotegw::feed::FeedEvent;
 use quotegw::frame::FrameBuilder;
 use quotegw::index::{Index, Recent, RECENT_TICKS};
 use quotegw::metrics::Metrics;
 use quotegw::model::Tick;
+use quotegw::view::{EmitStats, Pacing, SlotView};
 use rust_decimal::Decimal;
 
 struct Conn {

@@ -1,4 +1,4 @@
-//! Stage 6, HTTP, before the upgrade: who may open a WebSocket and what they may subscribe to.
+//! Stage 8, HTTP, before the upgrade: who may open a WebSocket and what they may subscribe to.
 //!
 //! Checks run in this order, each answering before any WebSocket exists, so a refused client costs
 //! one small HTTP response: the Origin allow-list (403, cross-site WebSocket hijacking), the token

@@ -1,4 +1,4 @@
-//! Stage 6, HTTP, admission: the checks every client passes before it gets anything, whatever it
+//! Stage 8, HTTP, admission: the checks every client passes before it gets anything, whatever it
 //! asks for (a WebSocket, an SSE stream, a REST snapshot), and the refusal each check answers with.
 //! The policy is `access.rs`; this is its order and its HTTP form.
 //!

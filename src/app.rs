@@ -32,7 +32,7 @@ use crate::access::{Access, ClientLimits};
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::http::{ops_routes, routes, upgrade, AppState};
-use crate::index::{ChangeLog, HistoryConfig, Index, CATCH_UP_MARGIN};
+use crate::ingest;
 use crate::metrics::Metrics;
 use crate::session::{sse, SessionShared};
 use tokio::net::TcpStream;
@@ -40,8 +40,6 @@ use tokio::net::TcpStream;
 /// How long the gateway waits for sessions after the shutdown signal; they close with 1001 within
 /// about a second (their close grace), so this is a backstop that keeps exit under 5 s.
 const SHUTDOWN_GRACE_SECS: u64 = 3;
-/// The ingest task applies up to this many queued feed events per wake-up.
-const INGEST_BATCH: usize = 256;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -259,21 +257,7 @@ async fn run(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let names: Vec<String> = feeds.iter().map(|f| f.name().to_string()).collect();
-    let mut index = Index::new(&names, metrics.clone());
-    index.keep_catch_up_for(
-        Duration::from_millis(config.limits.min_frame_interval_ms) + CATCH_UP_MARGIN,
-    );
-    if let Some(delayed) = &config.tiers.delayed {
-        index.keep_history(HistoryConfig {
-            keep_ms: delayed.delay_ms as i64,
-            granularity_ms: delayed.granularity_ms as i64,
-        });
-    }
-    let changes = config.publish.as_ref().map(|_| {
-        let changes = Arc::new(ChangeLog::default());
-        index.publish_changes(changes.clone());
-        changes
-    });
+    let (index, changes) = ingest::index(&config, &names, metrics.clone());
     let index = Arc::new(index);
     for feed in &feeds {
         for symbol in feed.symbols() {
@@ -289,16 +273,8 @@ async fn run(
     }
     tracing::info!(feeds = ?names, symbols = index.len(), "index ready");
 
-    let (events_tx, mut events_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
-    let ingest_index = index.clone();
-    actix_web::rt::spawn(async move {
-        let mut batch = Vec::with_capacity(INGEST_BATCH);
-        while events_rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
-            for event in batch.drain(..) {
-                ingest_index.apply(event);
-            }
-        }
-    });
+    let (events_tx, events_rx) = mpsc::channel(TICK_CHANNEL_CAPACITY);
+    ingest::spawn(index.clone(), events_rx);
 
     let mut health = Vec::new();
     for (id, feed) in feeds.into_iter().enumerate() {

@@ -1,4 +1,4 @@
-//! Stage 4, encode: which fields changed, and the JSON of `snapshot`, `update` and `status` messages.
+//! Stage 6, encode: which fields changed, and the JSON of `snapshot`, `update` and `status` messages.
 //!
 //! This is the per-update hot path, so it writes JSON by hand into a reused `String` (no serde, no
 //! intermediate value). Field order is fixed and matches `docs/protocol.md`.
@@ -133,7 +133,7 @@ fn push_size(out: &mut String, name: &str, size: Option<u64>) {
 }
 
 /// A client-side view built only from wire messages: what a careful client holds. Used by the unit
-/// and property tests here and in `conflate.rs` to check the gateway against the protocol text.
+/// and property tests here and in `view.rs` to check the gateway against the protocol text.
 #[cfg(test)]
 pub(crate) mod client_view {
     use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Stage 5, frames: the messages one connection is owed, laid out for its transport. A WebSocket
+//! Stage 6, frames: the messages one connection is owed, laid out for its transport. A WebSocket
 //! frame is a JSON array of messages (PROTOCOL.md); a Server-Sent Events stream writes each message
 //! as an event (`event:` its type, `id:` `SYMBOL:seq`, `data:` the same JSON object).
 //!

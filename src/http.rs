@@ -1,4 +1,4 @@
-//! Stage 6, HTTP: the WebSocket upgrade at `/ws` (with the refusals that happen before it), the
+//! Stage 8, HTTP: the WebSocket upgrade at `/ws` (with the refusals that happen before it), the
 //! operational endpoints `/metrics`, `/healthz`, `/readyz`, and the ticker widget with its demo pages
 //! (`web/`, embedded in the binary so that one file is the whole deployment).
 

@@ -1,18 +1,23 @@
 //! quotegw: a real-time stock-quote streaming gateway.
 //!
 //! # Layout
-//! One tick travels, stage by stage:
+//! One tick travels, stage by stage, one module each:
 //!
 //! 1. [`feed`]: adapters (one trait, one config enum) produce ticks into a bounded channel;
-//! 2. [`normalize`]: every tick is checked (symbol, prices > 0, sizes ≥ 0) or rejected and counted;
-//! 3. [`index`]: symbol → latest quote, `seq`, subscribers; applies the tick and marks each
-//!    subscriber's slot dirty, never waiting for a connection;
-//! 4. [`conflate`], [`delta`] and [`frame`]: per connection, one pending slot per symbol (latest
-//!    wins) and the update against what that connection was last sent, encoded once when it is the
-//!    tick's own, laid out as WebSocket frames or SSE events;
-//! 5. [`session`]: one task per WebSocket that reads ops and drains its slots into frames, closing
-//!    slow consumers with 4008;
-//! 6. [`http`]: `/ws` (after [`admit`], which applies [`access`]: Origin, token, per-client limits),
+//! 2. [`ingest`]: the one task that applies them in order; [`normalize`] checks every tick
+//!    (symbol, prices > 0, sizes ≥ 0) or rejects and counts it;
+//! 3. [`index`]: symbol → latest quote, `seq`, the recent changes encoded once, and one link per
+//!    worker with subscribers; never waits for a connection;
+//! 4. [`fanout`]: one shard per worker: a batch of ticks reaches each worker once, and the worker
+//!    marks its own connections' slots (one pending slot per symbol, latest wins) and keeps their
+//!    clocks;
+//! 5. [`view`]: per connection and symbol, what it was last sent and what it is owed now (every
+//!    change, or one merged update when it fell behind; `max_hz`, tiers, `on_lag`);
+//! 6. [`delta`] and [`frame`]: the messages' JSON, and their layout as WebSocket frames or SSE
+//!    events;
+//! 7. [`session`]: one task per connection that reads ops and drains its slots into frames, and
+//!    its socket (`session::socket`), closing slow consumers with 4008;
+//! 8. [`http`]: `/ws` (after [`admit`], which applies [`access`]: Origin, token, per-client limits),
 //!    [`rest`] (`/v1/quotes`, `/v1/symbols`), `/v1/stream` (an SSE session, `session::sse`),
 //!    `/metrics`, `/healthz`, `/readyz`, and the widget.
 //!
@@ -27,16 +32,17 @@ pub mod admit;
 pub mod app;
 pub mod bus;
 pub mod config;
-pub mod conflate;
 pub mod delta;
 pub mod fanout;
 pub mod feed;
 pub mod frame;
 pub mod http;
 pub mod index;
+pub mod ingest;
 pub mod log_limit;
 pub mod metrics;
 pub mod model;
+pub mod nats;
 pub mod normalize;
 pub mod protocol;
 pub mod publish;
@@ -45,6 +51,7 @@ pub mod rest;
 pub mod security_log;
 pub mod session;
 pub mod sync;
+pub mod view;
 
 pub use app::{Gateway, RunningGateway, StartError};
 pub use config::Config;

@@ -1,4 +1,4 @@
-//! Stage 6, HTTP beside the WebSocket: `GET /v1/quotes?symbols=...` (snapshots, exactly as on
+//! Stage 8, HTTP beside the WebSocket: `GET /v1/quotes?symbols=...` (snapshots, exactly as on
 //! `/ws`) and `GET /v1/symbols` (what this credential may subscribe to). Same access rules as
 //! `/ws` (`admit.rs`: Origin, token, per-client limits; a request takes no connection place), the
 //! same symbol rule and per-connection symbol limit, the credential's tier, CORS for allowed

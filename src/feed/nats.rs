@@ -25,7 +25,7 @@ use super::{Feed, FeedContext, FeedError};
 use crate::bus;
 use crate::log_limit::{truncated, LogLimiter};
 use crate::model::{Status, Symbol};
-use crate::publish::{
+use crate::nats::{
     check_names, connect, default_prefix, default_stream, read_cache, CACHE_REQUEST_TIMEOUT,
 };
 

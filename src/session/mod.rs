@@ -1,4 +1,4 @@
-//! Stage 5, the WebSocket session: one task per connection, on the actix worker that accepted it.
+//! Stage 7, the WebSocket session: one task per connection, on the actix worker that accepted it.
 //!
 //! The task owns everything about its connection. [`Session`] is the part without I/O: the ops a
 //! client sends (`reader.rs`: limits, subscribe, unsubscribe), the per-symbol views, and the frames
@@ -33,13 +33,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{Grant, Tier, TiersConfig};
 use crate::config::LimitsConfig;
-use crate::conflate::{Delay, EmitStats, Pacing, SlotView};
 use crate::fanout::ConnPending;
 use crate::frame::{FrameBuilder, Framing};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
 use crate::protocol::{close, OnLag};
+use crate::view::{Delay, EmitStats, Pacing, SlotView};
 pub use connection::Connection;
 use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
 

@@ -9,11 +9,11 @@ use bytes::BytesMut;
 
 use super::connection::Fragments;
 use super::{Connection, End, Session};
-use crate::conflate::{Pacing, SlotView};
 use crate::index::SymbolEntry;
 use crate::protocol::{
     close, encode_ack, encode_error, encode_pong, encode_symbols, parse_request, ErrorCode, Op,
 };
+use crate::view::{Pacing, SlotView};
 
 impl Connection {
     /// Handles one client frame; `Some` ends the connection.

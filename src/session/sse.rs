@@ -1,4 +1,4 @@
-//! Stage 5, the session over Server-Sent Events: `GET /v1/stream?symbols=...[&max_hz=...]`, for
+//! Stage 7, the session over Server-Sent Events: `GET /v1/stream?symbols=...[&max_hz=...]`, for
 //! `curl -N`, `EventSource` and networks whose proxies break WebSockets. It is a session like any
 //! other: the same slots, conflation, `max_hz`, batching and slow-consumer rule, counted in
 //! `max_connections` and the per-client limits, ended at shutdown and token expiry.

@@ -9,8 +9,8 @@ use bytestring::ByteString;
 use prometheus::local::LocalHistogram;
 
 use super::{Connection, End, Session};
-use crate::conflate::Emitted;
 use crate::protocol::close;
+use crate::view::Emitted;
 
 /// A frame is sent once it holds this many bytes, so that a drain of many symbols (a 1,000-symbol
 /// subscribe, a slow client catching up) leaves as several frames rather than one huge one.

@@ -1,11 +1,13 @@
-//! Stage 4, conflation: per-connection pending slots (latest wins, merged count, wake the writer) and
-//! the decision of what one connection is owed for one symbol.
+//! Stage 5, the per-connection view: what one connection was last sent for one symbol, and the
+//! decision of what it is owed now (conflation, pacing, tiers).
 //!
 //! Memory per connection is bounded by its number of subscribed symbols whatever the tick rate: the
-//! index marks a slot dirty at most once until the connection drains it, and draining reads the
-//! symbol's state since the connection's last send. A connection at most `RECENT_TICKS` behind gets
-//! every tick's update (the index's shared bytes, so nothing is encoded per connection); one further
-//! behind, or paced by `max_hz`, gets one update from what it was sent to the latest. How many ticks
+//! worker's shard marks a slot dirty at most once until the connection drains it (`fanout.rs`), and
+//! draining reads the symbol's state since the connection's last send. A connection whose changes
+//! the index still holds (its last `RECENT_TICKS`, and those of the catch-up window up to
+//! `RECENT_MAX`) gets every tick's update (the index's shared bytes, so nothing is encoded per
+//! connection); one further behind, or paced by `max_hz`, gets one update from what it was sent to
+//! the latest. How many ticks
 //! were merged is not counted per tick; it falls out of `seq` (`conflated = seq - last_sent_seq - 1`),
 //! because `seq` grows by one per accepted tick.
 
