@@ -31,7 +31,7 @@ async fn stalled_client(gw: &TestGateway, token: Option<&str>) -> RawClient {
     lister.send(json!({"op": "symbols"})).await;
     let all = lister.expect("symbols").await["symbols"].clone();
     lister.close().await;
-    let mut c = RawClient::connect_to(gw.addr, &format!("/ws{query}")).await;
+    let mut c = RawClient::connect_unread(gw.addr, &format!("/ws{query}")).await;
     let op = json!({"op": "subscribe", "symbols": all}).to_string();
     // 90 × ~70 KB of snapshots: far more than the kernel's buffers on both sides hold.
     for _ in 0..90 {

@@ -21,10 +21,8 @@ scrape="${1:-}"
 
 if ! command -v promtool >/dev/null; then
   echo "dashboards: installing Debian prometheus for promtool" >&2
-  [ "$(id -u)" = 0 ] || die "promtool is missing and installing it needs root: apt-get install prometheus"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends prometheus >&2
+  tests/support/apt-install.sh /usr/bin/promtool --no-install-recommends prometheus \
+    || die "promtool could not be installed (see above)"
   command -v promtool >/dev/null || die "the prometheus package installed no promtool"
 fi
 

@@ -508,7 +508,22 @@ impl RawClient {
 
     /// Connects to `path` (which may carry a query, e.g. `/ws?token=...`).
     pub async fn connect_to(addr: SocketAddr, path: &str) -> RawClient {
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        RawClient::handshake(tcp, addr, path).await
+    }
+
+    /// Connects with a fixed, small receive buffer, for a client that stops reading and must stay
+    /// stalled. Linux grows an unlocked receive buffer of a socket nobody reads (when its queue
+    /// is pruned, up to `tcp_rmem`'s max, 6 MiB by default), so a "stalled" client would still
+    /// take megabytes and keep up with a burst; setting SO_RCVBUF before connecting locks it.
+    pub async fn connect_unread(addr: SocketAddr, path: &str) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        let tcp = socket.connect(addr).await.expect("connect");
+        RawClient::handshake(tcp, addr, path).await
+    }
+
+    async fn handshake(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> RawClient {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

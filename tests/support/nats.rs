@@ -16,23 +16,18 @@ pub struct NatsServer {
     dir: PathBuf,
 }
 
-/// Installs Debian's nats-server when it is not there (as the browser tests do with chromium).
+/// Installs Debian's nats-server when it is not there, through the script every test install uses
+/// (one install at a time across test binaries: see tests/support/apt-install.sh).
 fn ensure_installed() {
-    // One install at a time: the tests of a binary start together, and concurrent apt-get runs fail
-    // on dpkg's lock (another test binary installing waits for it too, `DPkg::Lock::Timeout`).
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     if Path::new(BIN).exists() {
         return;
     }
     eprintln!("nats: installing Debian's nats-server");
-    let status = Command::new("bash")
-        .args([
-            "-c",
-            "DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq nats-server",
-        ])
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/apt-install.sh");
+    let status = Command::new(script)
+        .args([BIN, "nats-server"])
         .status()
-        .expect("apt-get runs");
+        .expect("tests/support/apt-install.sh runs");
     assert!(
         status.success() && Path::new(BIN).exists(),
         "nats-server could not be installed"

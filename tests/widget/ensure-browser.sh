@@ -12,9 +12,7 @@ playwright_version="1.64.1"
 
 if [ ! -x /usr/bin/chromium ]; then
   echo "ensure-browser: installing Debian chromium" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
-  apt-get -o DPkg::Lock::Timeout=300 install -y -qq chromium >&2
+  "$root/tests/support/apt-install.sh" /usr/bin/chromium chromium
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
