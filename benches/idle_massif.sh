@@ -4,11 +4,11 @@
 # snapshot read), takes a heap snapshot, and prints the bytes per connection of the largest allocation sites.
 # RSS per connection (W0 of benches/compare.sh) also counts allocator slack and kernel socket memory;
 # this says which of our structures the heap part is.
-#   benches/idle_massif.sh [N]     (default 2000; needs valgrind: apt-get install valgrind)
+#   benches/idle_massif.sh [N]     (default 2000; installs Debian's valgrind when it is missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-2000}"
-command -v valgrind >/dev/null || { echo "idle_massif: valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
+tests/support/apt-install.sh /usr/bin/valgrind valgrind
 cargo build --release --locked --bin quotegw >&2
 dir="$(mktemp -d)"
 trap 'kill "$gw" "${holder:-}" 2>/dev/null || true; rm -rf "$dir"' EXIT

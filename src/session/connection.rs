@@ -77,6 +77,7 @@ impl Connection {
     /// argument and the body's own binding of it), and this future is every connection's task, so
     /// that was 840 bytes more per idle connection. An `async move` block uses the captured value
     /// in place.
+    #[allow(clippy::manual_async_fn)] // on purpose, see above and `task_size` below
     pub fn run(mut self) -> impl std::future::Future<Output = ()> {
         async move {
             // The worker's fan-out task, started by its first connection (`fanout.rs`).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian packages for a test, once, when FILE (what the package provides) is missing:
+# Installs Debian packages for a test (or a bench script), once, when FILE (what the package provides) is missing:
 #   tests/support/apt-install.sh FILE PACKAGE [apt-get install options...]
 # Test binaries run at the same time (web, dashboards, scale-out), and two apt-get runs on a fresh
 # machine collide on /var/lib/apt/lists/lock, which apt's DPkg::Lock::Timeout does not wait for

@@ -517,7 +517,12 @@ impl RawClient {
     /// is pruned, up to `tcp_rmem`'s max, 6 MiB by default), so a "stalled" client would still
     /// take megabytes and keep up with a burst; setting SO_RCVBUF before connecting locks it.
     pub async fn connect_unread(addr: SocketAddr, path: &str) -> RawClient {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
         socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
         let tcp = socket.connect(addr).await.expect("connect");
         RawClient::handshake(tcp, addr, path).await
