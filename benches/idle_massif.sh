@@ -30,8 +30,8 @@ symbols = ["IDLE"]
 ticks_per_second = 1
 seed = 1
 EOF
-valgrind --tool=massif --massif-out-file="$dir/massif.out" --pages-as-heap=no --threshold=0.5 \
-  --peak-inaccuracy=0 target/release/quotegw --config "$dir/idle.toml" 2>"$dir/valgrind.log" &
+valgrind --tool=massif --massif-out-file="$dir/massif.out" --threshold=0.5 \
+  target/release/quotegw --config "$dir/idle.toml" 2>"$dir/valgrind.log" &
 gw=$!
 # The idle connections (held open by a background python), then a heap snapshot with all of them open.
 python3 - "$port" "$n" "$dir/ready" <<'PY' &
@@ -98,7 +98,7 @@ for line in snap.splitlines():
     m = re.match(r"^( *)n\d+: (\d+) (?:0x[0-9A-F]+: )?(.*)", line)
     if m:
         nodes.append((len(m.group(1)), int(m.group(2)), re.sub(r" \((?:in |/).*\)$", "", m.group(3))))
-chain, last_depth = None, -1
+chain = None  # [depth, bytes, names, depth of its last frame]
 def flush(chain):
     if chain and chain[1] >= total * 0.02:
         names = [x for x in chain[2] if x != "UnknownInlinedFun"]

@@ -19,6 +19,7 @@ for attempt in 1 2 3 4 5; do
      && apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >&2; then
     break
   fi
+  [ "$attempt" = 5 ] && break
   echo "apt-install: attempt $attempt failed (another apt-get?), retrying" >&2
   sleep $((attempt * 5))
 done
