@@ -9,12 +9,16 @@
 //! hand-off per worker, not one wake per connection: the expensive part of the old fan-out, where
 //! every tick woke every subscribed task on another thread.
 //!
-//! On its own thread the shard then marks each subscriber's slot ([`ConnPending::mark`]) and wakes
-//! the connection task, a same-thread wake. Connections woken in one pass write in the same pass
-//! of the worker's task queue, and whatever was marked while the worker was busy leaves in their
-//! next frame: batches grow by themselves under load, and a quiet worker writes at once (this is how
-//! uWebSockets corks). A connection about to take its dirty slots first delivers its shard's inbox
-//! itself (`ConnPending::take`), so it never writes without the news already applied.
+//! On its own thread the shard then marks each subscriber's slot ([`ConnPending::mark`]) and, in the
+//! same pass, writes each marked connection's frame itself, one connection after the other, through
+//! the worker's writer (`WriteNow`, `session::connection::write_now`): whatever was marked while the
+//! worker was busy leaves in one frame per connection, back to back, so batches grow by themselves
+//! under load and a quiet worker writes at once (this is how uWebSockets corks). A connection's
+//! task is woken only when the pass cannot write for it: its task is using the socket (a client
+//! frame, a socket that did not take a frame), a clock event or a batching window is pending, or
+//! the connection must end. A connection about to take its dirty slots from its own task first
+//! delivers its shard's inbox itself (`ConnPending::take`), so it never writes without the news
+//! already applied.
 //!
 //! The shard is also its connections' clock: each connection says when it next needs the time
 //! (`ConnPending::set_due`: its next ping, idle check or token expiry), and one tick of the shard
@@ -26,7 +30,7 @@
 //! publisher): when ticks come from NATS on an edge, they enter the index as states and reach the
 //! shards through the same links.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -84,7 +88,10 @@ impl Shard {
     /// Starts this shard's delivery task on the current `LocalSet` unless it runs: called by each
     /// connection task when it starts, so the task exists on every worker that serves connections
     /// (and again on a thread whose runtime was replaced, which dropped the old task).
-    pub fn ensure_running(self: &Arc<Self>) {
+    ///
+    /// `write` is the worker's writer (`session::write_now`): the shard hands it every connection
+    /// its pass marked, and wakes the connection's task only for those it could not write.
+    pub fn ensure_running(self: &Arc<Self>, write: WriteNow) {
         if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -94,14 +101,29 @@ impl Shard {
             let _running = Running(shard.clone());
             let mut clock = tokio::time::interval(CLOCK_TICK);
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut marked = Vec::new();
             loop {
                 tokio::select! {
                     biased;
-                    _ = shard.notify.notified() => shard.deliver(),
+                    _ = shard.notify.notified() => shard.deliver_and_write(&mut marked, write),
                     _ = clock.tick() => shard.tick(Instant::now()),
                 }
             }
         });
+    }
+
+    /// One pass of the shard: marks every subscriber of every queued link, then writes each marked
+    /// connection's frame right here, one after the other (uWebSockets' cork: what the pass
+    /// marked leaves in one frame per connection, back to back). A connection `write` cannot
+    /// serve at once (its task is busy with the socket, a clock event or a window is pending, the
+    /// frame did not fit the socket) is woken and writes from its own task, as before.
+    fn deliver_and_write(&self, marked: &mut Vec<Arc<ConnPending>>, write: WriteNow) {
+        self.deliver_with(|conn| marked.push(conn.clone()));
+        for conn in marked.drain(..) {
+            if !write(&conn) {
+                conn.wake();
+            }
+        }
     }
 
     /// Keeps time for `conn` (until it closes): it gets a clock event when its deadline
@@ -146,6 +168,11 @@ impl Shard {
     /// slot already marked is left as it is (`ConnPending::mark`), so this costs one mark per
     /// subscriber per pass whatever the number of ticks behind it.
     pub fn deliver(&self) {
+        self.deliver_with(|conn| conn.wake());
+    }
+
+    /// `deliver`, calling `first_mark` for each connection that had no dirty slot before.
+    fn deliver_with(&self, mut first_mark: impl FnMut(&Arc<ConnPending>)) {
         if !self.news.load(Ordering::Acquire) {
             return;
         }
@@ -160,7 +187,9 @@ impl Shard {
             // queues the link again, and the connections marked below read every tick before it.
             link.queued.swap(false, Ordering::AcqRel);
             for sub in lock(&link.subs).iter().filter(|s| s.live) {
-                sub.conn.mark(sub.slot);
+                if sub.conn.mark_quiet(sub.slot) {
+                    first_mark(&sub.conn);
+                }
             }
         }
     }
@@ -257,7 +286,15 @@ pub struct ConnPending {
     due: AtomicU64,
     /// Closed: the shard's clock forgets it.
     gone: AtomicBool,
+    /// Where the worker's writer finds the connection (`WriteNow`), or `NO_WRITER`.
+    writer_key: AtomicU32,
 }
+
+const NO_WRITER: u32 = u32::MAX;
+
+/// The worker's writer: writes a connection's marked slots at once, from the shard's pass, and
+/// says whether it did (false: the connection's task must be woken to do it).
+pub type WriteNow = fn(&ConnPending) -> bool;
 
 #[derive(Default)]
 struct Dirty {
@@ -280,6 +317,7 @@ impl ConnPending {
             notify: Notify::new(),
             due: AtomicU64::new(NEVER),
             gone: AtomicBool::new(false),
+            writer_key: AtomicU32::new(NO_WRITER),
         })
     }
 
@@ -321,37 +359,73 @@ impl ConnPending {
     /// slot: this is where a slow connection's backlog is conflated away. Only the first mark after
     /// a take wakes the connection task, so a hot symbol costs one wake per frame, not per tick.
     pub fn mark(&self, slot: u32) {
-        let wake = {
-            let mut d = lock(&self.dirty);
-            let i = slot as usize;
-            if d.closed {
-                return;
-            }
-            if d.flags.len() <= i {
-                d.flags.resize(i + 1, false);
-            }
-            if d.flags[i] {
-                false
-            } else {
-                d.flags[i] = true;
-                d.list.push(slot);
-                d.list.len() == 1
-            }
-        };
-        if wake {
-            self.notify.notify_one();
+        if self.mark_quiet(slot) {
+            self.wake();
         }
     }
 
-    /// Connection side: delivers the shard's news, then moves the dirty slots into `out` (which
-    /// should be empty) and clears them.
+    /// `mark` without the wake-up: true when the connection had no dirty slot before, and so
+    /// needs one (or a write on its behalf, `Shard::deliver_and_write`).
+    fn mark_quiet(&self, slot: u32) -> bool {
+        let mut d = lock(&self.dirty);
+        let i = slot as usize;
+        if d.closed {
+            return false;
+        }
+        if d.flags.len() <= i {
+            d.flags.resize(i + 1, false);
+        }
+        if d.flags[i] {
+            false
+        } else {
+            d.flags[i] = true;
+            d.list.push(slot);
+            d.list.len() == 1
+        }
+    }
+
+    /// Wakes the connection's task.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Connection side: delivers the shard's news, then appends the dirty slots to `out` and
+    /// clears them.
     pub fn take(&self, out: &mut Vec<u32>) {
         self.shard.deliver();
+        self.take_marked(out);
+    }
+
+    /// `take` without delivering the shard's news first: for a write made by the shard's own
+    /// pass, whose news is what it just delivered (what came since wakes the shard again).
+    pub fn take_marked(&self, out: &mut Vec<u32>) {
         let mut d = lock(&self.dirty);
-        std::mem::swap(&mut d.list, out);
-        for &slot in out.iter() {
-            d.flags[slot as usize] = false;
+        let Dirty { list, flags, .. } = &mut *d;
+        for &slot in list.iter() {
+            flags[slot as usize] = false;
         }
+        if out.is_empty() {
+            std::mem::swap(&mut d.list, out);
+        } else {
+            out.append(&mut d.list);
+        }
+    }
+
+    /// Whether a clock event waits for the connection's task.
+    pub fn clock_pending(&self) -> bool {
+        lock(&self.dirty).clock
+    }
+
+    /// The key the worker's writer registered this connection under (`set_writer_key`).
+    pub fn writer_key(&self) -> Option<u32> {
+        let key = self.writer_key.load(Ordering::Acquire);
+        (key != NO_WRITER).then_some(key)
+    }
+
+    /// Registers the connection with its worker's writer (`None`: not anymore).
+    pub fn set_writer_key(&self, key: Option<u32>) {
+        self.writer_key
+            .store(key.unwrap_or(NO_WRITER), Ordering::Release);
     }
 
     /// Waits until some slot is marked (returns at once if one was marked since the last wait).
@@ -420,6 +494,7 @@ mod tests {
                 on_other.recv().unwrap();
                 let other_shard = conn.shard().clone();
                 let queued_before = other_shard.delivered();
+                slots.clear();
                 conn.take(&mut slots);
                 let delivered = other_shard.delivered() - queued_before;
                 drop(sub);

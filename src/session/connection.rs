@@ -2,8 +2,10 @@
 //! frames, dirty slots and clock events (ping, idle, token expiry and shutdown, kept by the
 //! worker's shard), and the batching window's or `max_hz`'s timer; and the close paths.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use tokio::time::Instant;
 use super::socket::{SendError, WsSocket};
 use super::{ConnectionGuard, End, Session, SessionShared};
 use crate::access::{ClientGuards, Grant};
+use crate::fanout::ConnPending;
 use crate::frame::Framing;
 use crate::protocol::close;
 use crate::security_log;
@@ -45,6 +48,9 @@ pub struct Connection {
     pub(super) latency: prometheus::local::LocalHistogram,
     /// When the token expires (`None`: never, or beyond the clock's range).
     pub(super) expires: Option<Instant>,
+    /// Set by a write from the shard's pass that found the connection's end (`write_now`): the
+    /// task, woken for it, ends the connection.
+    pub(super) ending: Option<End>,
     _guards: (ConnectionGuard, ClientGuards),
 }
 
@@ -67,6 +73,7 @@ impl Connection {
             pong_owed: None,
             fragments: None,
             expires,
+            ending: None,
             _guards: guards,
         }
     }
@@ -74,135 +81,31 @@ impl Connection {
     /// Serves the connection until it ends, then closes it as the protocol says.
     ///
     /// Not an `async fn`: rustc keeps an `async fn`'s by-value argument twice in its future (the
-    /// argument and the body's own binding of it), and this future is every connection's task, so
-    /// that was 840 bytes more per idle connection. An `async move` block uses the captured value
-    /// in place.
+    /// argument and the body's own binding of it), and this future is every connection's task.
+    /// The connection itself lives beside the task, shared with the worker's shard, which writes
+    /// its news without waking the task when it can (`write_now`).
     #[allow(clippy::manual_async_fn)] // on purpose, see above and `task_size` below
-    pub fn run(mut self) -> impl std::future::Future<Output = ()> {
+    pub fn run(self) -> impl std::future::Future<Output = ()> {
+        // Moved to the heap before the future is made: a value the `async` block captured would
+        // keep its space in the future for the task's whole life.
+        let pending = self.session.pending().clone();
+        let this = Rc::new(RefCell::new(self));
         async move {
             // The worker's fan-out task, started by its first connection (`fanout.rs`).
-            self.session.pending().shard().ensure_running();
-            let end = self.serve().await;
-            self.finish(end).await;
-        }
-    }
-
-    async fn serve(&mut self) -> End {
-        let limits = &self.session.shared.limits;
-        let ping_every = Duration::from_millis(limits.ping_interval_ms);
-        let idle_timeout = Duration::from_millis(limits.idle_timeout_ms);
-        let frame_interval = Duration::from_millis(limits.min_frame_interval_ms);
-        let pending = self.session.pending().clone();
-        // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle
-        // timeout, token expiry and shutdown arrive as clock events through `pending`, so the
-        // loop below arms no timer of its own but the batching window's and `max_hz`'s.
-        pending
-            .shard()
-            .clock_in(pending.clone(), self.session.shared.closing.clone());
-        let mut next_ping = Instant::now() + ping_every;
-        // Set after a frame leaves: until then, news waits (see the flush below).
-        let mut held_until: Option<Instant> = None;
-        // An SSE client sends nothing after its request, by design: only a WebSocket can be idle.
-        // A dead SSE client is found by writing to it (the ping comments at the latest).
-        let sse = self.session.framing() == Framing::Sse;
-        let expires = self.expires;
-        let deadline = move |last_heard: Instant, next_ping: Instant| {
-            let idle = (!sse).then_some(last_heard + idle_timeout);
-            [Some(next_ping), idle, expires].into_iter().flatten().min()
-        };
-        pending.set_due(deadline(self.last_heard, next_ping).map(Instant::into_std));
-        enum Event {
-            Frame(Option<Result<Frame, ProtocolError>>),
-            Dirty,
-            Timer,
-        }
-        loop {
-            // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
-            // looks at those after the interval anyway).
-            let timer = held_until.or(self.session.deferred_until().map(Instant::from_std));
-            let event = tokio::select! {
-                biased;
-                msg = self.socket.recv() => Event::Frame(msg),
-                // Marks and clock events. Within the frame interval a mark only wakes the task
-                // once (the first after a flush); the timer below collects them into one frame.
-                _ = pending.wait() => Event::Dirty,
-                _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Event::Timer,
+            pending.shard().ensure_running(write_now);
+            let end = {
+                let _registered = Registered::new(&pending, &this);
+                serve(&this, &pending).await
             };
-            match event {
-                Event::Frame(None) => return End::Gone,
-                Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
-                Event::Frame(Some(Ok(msg))) => {
-                    self.last_heard = Instant::now();
-                    // Frames already received are handled before anything is written: pipelined
-                    // ops are answered in one frame, a burst of pings with one pong.
-                    let mut next = Some(msg);
-                    let mut budget = FRAMES_PER_FLUSH;
-                    while let Some(msg) = next.take() {
-                        if let Some(end) = self.on_message(msg) {
-                            // What the op already wrote (an error reply) goes out before the close.
-                            let _ = self.flush().await;
-                            return end;
-                        }
-                        budget -= 1;
-                        if budget > 0 {
-                            match self.socket.recv_buffered() {
-                                Ok(frame) => next = frame,
-                                Err(e) => {
-                                    let _ = self.flush().await;
-                                    return End::from_protocol_error(&e);
-                                }
-                            }
-                        }
-                    }
-                }
-                Event::Dirty => {
-                    if pending.take_clock() {
-                        let now = Instant::now();
-                        if self.session.shared.closing.load(Ordering::Acquire) {
-                            return End::Close(close::GOING_AWAY, "gateway shutting down");
-                        }
-                        if self.expires.is_some_and(|at| at <= now) {
-                            return End::Close(close::POLICY, "token expired");
-                        }
-                        if !sse && self.last_heard + idle_timeout <= now {
-                            return End::Close(close::NORMAL, "idle timeout");
-                        }
-                        if next_ping <= now {
-                            next_ping = now + ping_every;
-                            let sent = if sse {
-                                // A comment line: proxies see traffic, clients ignore it.
-                                self.session.comment("ping");
-                                self.send_frame().await.map(|_| ())
-                            } else {
-                                self.send_ping().await
-                            };
-                            if let Err(end) = sent {
-                                return end;
-                            }
-                        }
-                        pending
-                            .set_due(deadline(self.last_heard, next_ping).map(Instant::into_std));
-                    }
-                    if held_until.is_some() {
-                        continue;
-                    }
-                }
-                Event::Timer => held_until = None,
-            }
-            let started = Instant::now();
-            match self.flush().await {
-                Err(end) => return end,
-                // Batching is decided here. By default (no interval) a connection writes as soon
-                // as it has news; what became due while its worker was busy with others leaves in
-                // that one frame, so frames grow by themselves under load (the way uWebSockets
-                // corks) and a quiet gateway writes at once. With `min_frame_interval_ms`, after a
-                // frame, updates wait out the interval and then leave together: a hard cap on
-                // frames per connection, for fewer writes at up to that much latency.
-                Ok(true) if !frame_interval.is_zero() => {
-                    held_until = Some(started + frame_interval);
-                }
-                Ok(_) => {}
-            }
+            // Always the only strong reference by now: the registry holds a `Weak`, and a write
+            // from the shard holds its `Rc` only while it runs, never across an await.
+            let Ok(this) = Rc::try_unwrap(this) else {
+                return;
+            };
+            // Its own statement: a temporary in the awaited expression would keep the moved-out
+            // connection's space in this future.
+            let close = this.into_inner().finish(end);
+            close.await;
         }
     }
 
@@ -262,6 +165,210 @@ impl Connection {
         };
         self.socket.close(Some(close), grace).await;
     }
+}
+
+/// Serves a connection until it ends: one select loop over client frames, dirty slots and clock
+/// events, and the batching window's or `max_hz`'s timer.
+///
+/// The connection is shared with the worker's shard, which writes its news itself when it can
+/// (`write_now`). This loop borrows it only while it handles an event, and keeps the borrow across
+/// a wait for a full socket on purpose: a shard pass meanwhile finds the connection busy and wakes
+/// this task instead, so one connection's writes never interleave.
+#[allow(clippy::await_holding_refcell_ref)] // on purpose, see above
+async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
+    let (ping_every, idle_timeout, frame_interval, sse, expires, closing) = {
+        let conn = this.borrow();
+        let limits = &conn.session.shared.limits;
+        (
+            Duration::from_millis(limits.ping_interval_ms),
+            Duration::from_millis(limits.idle_timeout_ms),
+            Duration::from_millis(limits.min_frame_interval_ms),
+            // An SSE client sends nothing after its request, by design: only a WebSocket can be
+            // idle. A dead SSE client is found by writing to it (the ping comments at the latest).
+            conn.session.framing() == Framing::Sse,
+            conn.expires,
+            conn.session.shared.closing.clone(),
+        )
+    };
+    // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle timeout,
+    // token expiry and shutdown arrive as clock events through `pending`, so the loop below arms
+    // no timer of its own but the batching window's and `max_hz`'s.
+    pending.shard().clock_in(pending.clone(), closing.clone());
+    let mut next_ping = Instant::now() + ping_every;
+    // Set after a frame leaves: until then, news waits (see the flush below).
+    let mut held_until: Option<Instant> = None;
+    let deadline = move |last_heard: Instant, next_ping: Instant| {
+        let idle = (!sse).then_some(last_heard + idle_timeout);
+        [Some(next_ping), idle, expires].into_iter().flatten().min()
+    };
+    pending.set_due(deadline(this.borrow().last_heard, next_ping).map(Instant::into_std));
+    enum Event {
+        Frame(Option<Result<Frame, ProtocolError>>),
+        Dirty,
+        Timer,
+    }
+    loop {
+        // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
+        // looks at those after the interval anyway).
+        let timer = held_until.or(this
+            .borrow()
+            .session
+            .deferred_until()
+            .map(Instant::from_std));
+        let event = tokio::select! {
+            biased;
+            msg = std::future::poll_fn(|cx| this.borrow_mut().socket.poll_recv(cx)) => Event::Frame(msg),
+            // Marks the shard could not write itself, and clock events. Within the frame interval
+            // a mark only wakes the task once (the first after a flush); the timer below collects
+            // them into one frame.
+            _ = pending.wait() => Event::Dirty,
+            _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Event::Timer,
+        };
+        let mut conn = this.borrow_mut();
+        // A write from the shard's pass found the end (`write_now`), and woke this task for it.
+        if let Some(end) = conn.ending.take() {
+            return end;
+        }
+        match event {
+            Event::Frame(None) => return End::Gone,
+            Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
+            Event::Frame(Some(Ok(msg))) => {
+                conn.last_heard = Instant::now();
+                // Frames already received are handled before anything is written: pipelined
+                // ops are answered in one frame, a burst of pings with one pong.
+                let mut next = Some(msg);
+                let mut budget = FRAMES_PER_FLUSH;
+                while let Some(msg) = next.take() {
+                    if let Some(end) = conn.on_message(msg) {
+                        // What the op already wrote (an error reply) goes out before the close.
+                        let _ = conn.flush().await;
+                        return end;
+                    }
+                    budget -= 1;
+                    if budget > 0 {
+                        match conn.socket.recv_buffered() {
+                            Ok(frame) => next = frame,
+                            Err(e) => {
+                                let _ = conn.flush().await;
+                                return End::from_protocol_error(&e);
+                            }
+                        }
+                    }
+                }
+            }
+            Event::Dirty => {
+                if pending.take_clock() {
+                    let now = Instant::now();
+                    if closing.load(Ordering::Acquire) {
+                        return End::Close(close::GOING_AWAY, "gateway shutting down");
+                    }
+                    if expires.is_some_and(|at| at <= now) {
+                        return End::Close(close::POLICY, "token expired");
+                    }
+                    if !sse && conn.last_heard + idle_timeout <= now {
+                        return End::Close(close::NORMAL, "idle timeout");
+                    }
+                    if next_ping <= now {
+                        next_ping = now + ping_every;
+                        let sent = if sse {
+                            // A comment line: proxies see traffic, clients ignore it.
+                            conn.session.comment("ping");
+                            conn.send_frame().await.map(|_| ())
+                        } else {
+                            conn.send_ping().await
+                        };
+                        if let Err(end) = sent {
+                            return end;
+                        }
+                    }
+                    pending.set_due(deadline(conn.last_heard, next_ping).map(Instant::into_std));
+                }
+                if held_until.is_some() {
+                    continue;
+                }
+            }
+            Event::Timer => held_until = None,
+        }
+        let started = Instant::now();
+        match conn.flush().await {
+            Err(end) => return end,
+            // Batching is decided here and in the shard's pass. By default (no interval) news is
+            // written as soon as the worker gets to it: the shard's pass writes every connection
+            // it marked, back to back (`write_now`), and what became due while the worker was busy
+            // leaves in that one frame, so frames grow by themselves under load (the way
+            // uWebSockets corks) and a quiet gateway writes at once. With `min_frame_interval_ms`,
+            // after a frame, updates wait out the interval and then leave together from this task:
+            // a hard cap on frames per connection, for fewer writes at up to that much latency.
+            Ok(true) if !frame_interval.is_zero() => {
+                held_until = Some(started + frame_interval);
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+thread_local! {
+    /// This worker's connections, for its shard's writes (`write_now`): a connection's
+    /// `writer_key` is its index here.
+    static WRITERS: RefCell<Writers> = RefCell::default();
+}
+
+#[derive(Default)]
+struct Writers {
+    conns: Vec<Weak<RefCell<Connection>>>,
+    free: Vec<u32>,
+}
+
+/// A connection's place in `WRITERS`, for as long as its task serves it (released on drop, so a
+/// cancelled task leaves no entry behind).
+struct Registered<'a> {
+    pending: &'a ConnPending,
+    key: u32,
+}
+
+impl<'a> Registered<'a> {
+    fn new(pending: &'a ConnPending, conn: &Rc<RefCell<Connection>>) -> Registered<'a> {
+        let key = WRITERS.with_borrow_mut(|w| match w.free.pop() {
+            Some(key) => {
+                w.conns[key as usize] = Rc::downgrade(conn);
+                key
+            }
+            None => {
+                w.conns.push(Rc::downgrade(conn));
+                (w.conns.len() - 1) as u32
+            }
+        });
+        pending.set_writer_key(Some(key));
+        Registered { pending, key }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.pending.set_writer_key(None);
+        // `try_with`: a runtime dropped at thread exit may drop this after the registry.
+        let _ = WRITERS.try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.conns[self.key as usize] = Weak::new();
+            w.free.push(self.key);
+        });
+    }
+}
+
+/// The worker's writer (`fanout::WriteNow`): writes a connection's news from the shard's pass
+/// unless its task is using it (then the borrow fails, and the shard wakes the task).
+fn write_now(pending: &ConnPending) -> bool {
+    let Some(key) = pending.writer_key() else {
+        return false;
+    };
+    let Some(conn) = WRITERS.with_borrow(|w| w.conns.get(key as usize).and_then(Weak::upgrade))
+    else {
+        return false;
+    };
+    let Ok(mut conn) = conn.try_borrow_mut() else {
+        return false;
+    };
+    conn.write_now()
 }
 
 impl From<SendError> for End {
@@ -413,18 +520,25 @@ mod task_size {
         std::mem::size_of::<Fut>()
     }
 
-    /// Every connection's task is `run`'s future, idle ones included: it must hold the connection
-    /// once, beside the serving loop's future, not twice (as an `async fn run(self)` would).
+    fn future_size2<A, B, F: FnOnce(A, B) -> Fut, Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every connection's task is `run`'s future, idle ones included: it holds the serving loop's
+    /// future and two pointers, and the connection once, beside it on the heap (shared with the
+    /// worker's shard), not inside it (an `async fn run(self)` would hold it twice, and an `async`
+    /// block capturing it once for the task's whole life).
     #[test]
     fn a_connection_task_holds_its_connection_once() {
         let run = future_size(&Connection::run);
-        let serve = future_size::<&'static mut Connection, _, _>(&Connection::serve);
+        let serve =
+            future_size2::<&'static RefCell<Connection>, &'static Arc<ConnPending>, _, _>(&serve);
         let connection = std::mem::size_of::<Connection>();
-        println!("run {run} B = connection {connection} B + serve {serve} B + state");
+        println!("run {run} B = serve {serve} B + state; connection {connection} B on the heap");
         assert!(
-            run < connection * 2,
-            "run's future ({run} B) holds the {connection}-byte connection twice"
+            run < connection,
+            "run's future ({run} B) holds the {connection}-byte connection"
         );
-        assert!(run <= connection + serve + 64, "run {run}, serve {serve}");
+        assert!(run <= serve + 64, "run {run}, serve {serve}");
     }
 }

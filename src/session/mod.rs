@@ -1,11 +1,15 @@
 //! Stage 7, the WebSocket session: one task per connection, on the actix worker that accepted it.
 //!
-//! The task owns everything about its connection. [`Session`] is the part without I/O: the ops a
-//! client sends (`reader.rs`: limits, subscribe, unsubscribe), the per-symbol views, and the frames
-//! its dirty slots drain into (`writer.rs`). [`Connection`] (`connection.rs`) adds the socket
-//! (`socket.rs`) and the clocks (ping, idle, token expiry, batching, shutdown). Doing reads and
-//! writes in one task keeps the order the protocol needs for free: an op's `ack` is written before
-//! the snapshots it causes, and after an unsubscribe's `ack` there is no slot left to write from.
+//! [`Session`] is the part of a connection without I/O: the ops a client sends (`reader.rs`:
+//! limits, subscribe, unsubscribe), the per-symbol views, and the frames its dirty slots drain into
+//! (`writer.rs`). [`Connection`] (`connection.rs`) adds the socket (`socket.rs`) and the clocks
+//! (ping, idle, token expiry, batching, shutdown). The connection's task reads, answers ops and
+//! handles clock events; news is written by the worker's shard in its pass (`fanout.rs`,
+//! `Connection::write_now`) while the task is parked, and by the task when the pass hands it back
+//! (a full socket, a window, an end). Both run on the worker's one thread and take the connection
+//! in turn (a `RefCell`: the pass skips a connection its task holds), so the order the protocol
+//! needs comes for free: an op's `ack` is written before the snapshots it causes, and after an
+//! unsubscribe's `ack` there is no slot left to write from.
 //!
 //! Frames go from the session to the kernel with nothing queued in between. While a frame waits for
 //! a socket that does not take it, the task reads nothing: a client that does not read is not

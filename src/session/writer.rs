@@ -25,9 +25,26 @@ thread_local! {
 impl Session {
     /// Starts a flush: every dirty slot, and every deferred one once the earliest is due.
     pub fn begin_flush(&mut self, now: Instant) {
-        self.work.clear();
-        self.work_done = 0;
+        self.keep_unfinished_work();
         self.pending.take(&mut self.work);
+        self.add_due_deferred(now);
+    }
+
+    /// `begin_flush` for a write made by the worker's shard in its pass (`Connection::write_now`):
+    /// the slots it marked, without delivering the shard's inbox again.
+    pub fn begin_flush_in_pass(&mut self, now: Instant) {
+        self.keep_unfinished_work();
+        self.pending.take_marked(&mut self.work);
+        self.add_due_deferred(now);
+    }
+
+    /// Slots a flush has not reached yet (its last frame did not fit the socket) stay first in line.
+    fn keep_unfinished_work(&mut self) {
+        self.work.drain(..self.work_done);
+        self.work_done = 0;
+    }
+
+    fn add_due_deferred(&mut self, now: Instant) {
         if self.deferred_until.is_some_and(|at| at <= now) {
             // Due or not, every deferred slot is looked at again; emit() defers those still early.
             self.work.append(&mut self.deferred);
@@ -107,6 +124,10 @@ impl Connection {
     /// Writes everything owed: a pong, then for every dirty (or due deferred) slot whatever its view
     /// says, batched into as few frames as fit `FRAME_TARGET_BYTES`. True when a frame left.
     pub(super) async fn flush(&mut self) -> Result<bool, End> {
+        if !self.socket.is_drained() {
+            // What a write from the shard's pass left unsent goes first (`write_now`).
+            Box::pin(self.wait_for_socket()).await?;
+        }
         if let Some(payload) = self.pong_owed.take() {
             self.send(OpCode::Pong, payload).await?;
         }
@@ -120,6 +141,52 @@ impl Connection {
                 return Ok(sent);
             }
         }
+    }
+
+    /// Writes the connection's marked slots now, from its worker's shard pass
+    /// (`fanout::Shard::deliver_and_write`), without waking its task: true when everything marked
+    /// left and the socket took all of it. False leaves the rest to the task, which the shard then
+    /// wakes: a window or a clock event is pending, a frame did not fit the socket (the task waits
+    /// for it, with the slow-consumer timeout), `max_hz` moved a deadline (the task's timer), or
+    /// the connection must end (`ending`).
+    ///
+    /// Backpressure stays where it was: nothing waits here, and a socket that does not take a
+    /// frame hands the connection back to its task, which stops writing until the socket drains.
+    pub(super) fn write_now(&mut self) -> bool {
+        let pass_writes = self.session.shared.limits.min_frame_interval_ms == 0;
+        if !pass_writes
+            || self.ending.is_some()
+            || self.pong_owed.is_some()
+            || !self.socket.is_drained()
+            || self.session.pending().clock_pending()
+        {
+            return false;
+        }
+        let now = Instant::now();
+        let deferred_before = self.session.deferred_until();
+        self.session.begin_flush_in_pass(now);
+        loop {
+            let done = self.session.fill_frame(now);
+            if let Some(frame) = self.session.take_frame() {
+                let bytes = frame.len();
+                if self.socket.start(OpCode::Text, frame.into_bytes()).is_err() {
+                    self.ending = Some(End::Gone);
+                    return false;
+                }
+                self.session
+                    .frame_sent(bytes, Instant::now(), &mut self.latency);
+            }
+            match done {
+                Err(end) => {
+                    self.ending = Some(end);
+                    return false;
+                }
+                Ok(true) => break,
+                Ok(false) if !self.socket.is_drained() => return false,
+                Ok(false) => {}
+            }
+        }
+        self.socket.is_drained() && self.session.deferred_until() == deferred_before
     }
 
     /// Hands the current frame to the socket and accounts for it; false when there was none.
