@@ -16,9 +16,9 @@
 //! under load and a quiet worker writes at once (this is how uWebSockets corks). A connection's
 //! task is woken only when the pass cannot write for it: its task is using the socket (a client
 //! frame, a socket that did not take a frame), a clock event or a batching window is pending, or
-//! the connection must end. A connection about to take its dirty slots from its own task first
-//! delivers its shard's inbox itself (`ConnPending::take`), so it never writes without the news
-//! already applied.
+//! the connection must end. News is delivered by the pass only, even when a connection's task
+//! writes (`ConnPending::take`): a task delivering it would mark, and so wake, every connection
+//! the pass would have written.
 //!
 //! The shard is also its connections' clock: each connection says when it next needs the time
 //! (`ConnPending::set_due`: its next ping, idle check or token expiry), and one tick of the shard
@@ -108,6 +108,10 @@ impl Shard {
                     _ = shard.notify.notified() => shard.deliver_and_write(&mut marked, write),
                     _ = clock.tick() => shard.tick(Instant::now()),
                 }
+                // Under load the inbox has news again by the end of every pass, and `notified`
+                // would be ready at once forever: the pass yields to the worker's other tasks
+                // (handshakes, client ops, writes handed back) after each turn, so none starves.
+                tokio::task::yield_now().await;
             }
         });
     }
@@ -389,17 +393,30 @@ impl ConnPending {
         self.notify.notify_one();
     }
 
-    /// Connection side: delivers the shard's news, then appends the dirty slots to `out` and
-    /// clears them.
+    /// Connection side: appends the dirty slots to `out` and clears them. The shard's news is
+    /// left to the shard's pass, which writes it for every connection in one go: a task delivering
+    /// it here would turn every connection that pass would have written into a woken task. Only
+    /// where no pass runs (a thread without the shard's task: unit tests, benchmarks) is it
+    /// delivered here.
     pub fn take(&self, out: &mut Vec<u32>) {
-        self.shard.deliver();
-        self.take_marked(out);
+        if !self.shard.running.load(Ordering::Acquire) {
+            self.shard.deliver();
+        }
+        let mut d = lock(&self.dirty);
+        let Dirty { list, flags, .. } = &mut *d;
+        for &slot in list.iter() {
+            flags[slot as usize] = false;
+        }
+        out.append(list);
     }
 
-    /// `take` without delivering the shard's news first: for a write made by the shard's own
-    /// pass, whose news is what it just delivered (what came since wakes the shard again).
-    pub fn take_marked(&self, out: &mut Vec<u32>) {
+    /// `take` for a write made by the shard's own pass, whose news is what it just delivered;
+    /// takes nothing and returns false while a clock event waits (the task handles both).
+    pub fn take_marked(&self, out: &mut Vec<u32>) -> bool {
         let mut d = lock(&self.dirty);
+        if d.clock {
+            return false;
+        }
         let Dirty { list, flags, .. } = &mut *d;
         for &slot in list.iter() {
             flags[slot as usize] = false;
@@ -409,11 +426,7 @@ impl ConnPending {
         } else {
             out.append(&mut d.list);
         }
-    }
-
-    /// Whether a clock event waits for the connection's task.
-    pub fn clock_pending(&self) -> bool {
-        lock(&self.dirty).clock
+        true
     }
 
     /// The key the worker's writer registered this connection under (`set_writer_key`).

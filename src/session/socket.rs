@@ -5,7 +5,8 @@
 //! which copies it into an 8 KiB write buffer and keeps an 8 KiB read buffer for the connection's
 //! whole life. Measured (docs/benchmarks.md), that was 16 of 18 KiB per idle connection and a copy,
 //! a channel hop and a wake-up per frame. Here the frame the session built goes to the socket in one
-//! `writev` (header + shared payload bytes), and the read buffer exists only while bytes are waiting
+//! syscall (`send` of a small frame copied with its header, or `writev` of header + shared payload
+//! bytes), and the read buffer exists only while bytes are waiting
 //! to be parsed. Frames are parsed by actix-http's WebSocket codec, the same one actix-ws uses.
 
 use std::collections::VecDeque;

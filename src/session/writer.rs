@@ -31,11 +31,14 @@ impl Session {
     }
 
     /// `begin_flush` for a write made by the worker's shard in its pass (`Connection::write_now`):
-    /// the slots it marked, without delivering the shard's inbox again.
-    pub fn begin_flush_in_pass(&mut self, now: Instant) {
+    /// the slots it marked. False, and nothing taken, while a clock event waits for the task.
+    pub fn begin_flush_in_pass(&mut self, now: Instant) -> bool {
         self.keep_unfinished_work();
-        self.pending.take_marked(&mut self.work);
+        if !self.pending.take_marked(&mut self.work) {
+            return false;
+        }
         self.add_due_deferred(now);
+        true
     }
 
     /// Slots a flush has not reached yet (its last frame did not fit the socket) stay first in line.
@@ -158,13 +161,14 @@ impl Connection {
             || self.ending.is_some()
             || self.pong_owed.is_some()
             || !self.socket.is_drained()
-            || self.session.pending().clock_pending()
         {
             return false;
         }
         let now = Instant::now();
         let deferred_before = self.session.deferred_until();
-        self.session.begin_flush_in_pass(now);
+        if !self.session.begin_flush_in_pass(now) {
+            return false;
+        }
         loop {
             let done = self.session.fill_frame(now);
             if let Some(frame) = self.session.take_frame() {
@@ -173,8 +177,8 @@ impl Connection {
                     self.ending = Some(End::Gone);
                     return false;
                 }
-                self.session
-                    .frame_sent(bytes, Instant::now(), &mut self.latency);
+                // `now` for the time handed: one clock read per write, microseconds early.
+                self.session.frame_sent(bytes, now, &mut self.latency);
             }
             match done {
                 Err(end) => {
