@@ -540,4 +540,63 @@ mod tests {
         drop(subs);
         assert_eq!(entry.subscriber_count(), 0);
     }
+
+    thread_local! {
+        /// The index the busy writer below feeds, and its next bid.
+        static BUSY: std::cell::RefCell<Option<(Arc<Index>, i64)>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// A writer whose every write brings news: each pass of the shard leaves its inbox non-empty,
+    /// as a worker under load sees it.
+    fn busy_writer(conn: &ConnPending) -> bool {
+        conn.take_marked(&mut Vec::new());
+        BUSY.with_borrow_mut(|busy| {
+            if let Some((index, next)) = busy.as_mut() {
+                *next += 1;
+                index.apply(tick(*next));
+            }
+        });
+        true
+    }
+
+    /// Regression: under load the shard's inbox has news again by the end of every pass, and the
+    /// pass never gave the worker back, so handshakes and client ops on that worker starved
+    /// (clients not served after 30 s at 5,000 ticks/s). The pass must yield after each turn.
+    #[test]
+    fn a_shard_with_news_after_every_pass_still_lets_the_workers_other_tasks_run() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async {
+                let index = Arc::new(Index::new(&["f".into()], Arc::new(Metrics::new())));
+                let entry = index.register("X".into());
+                index.apply(tick(100));
+                let conn = ConnPending::new();
+                let _sub = entry.subscribe(&conn, 0, true);
+                BUSY.set(Some((index.clone(), 1_000)));
+                conn.shard().ensure_running(busy_writer);
+                conn.take(&mut Vec::new()); // the snapshot's mark
+                index.apply(tick(101)); // the first news; every write brings the next
+                                        // Another task of this worker, e.g. a handshake: it must get its turns.
+                let other = tokio::task::spawn_local(async {
+                    for _ in 0..100 {
+                        tokio::task::yield_now().await;
+                    }
+                });
+                other.await.unwrap();
+                let passes = conn.shard().delivered();
+                BUSY.set(None);
+                done.send(passes).unwrap();
+            });
+        });
+        // A liveness check, not a timing: a starving worker never answers at all.
+        let passes = finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the worker's other task ran while the shard always had news");
+        assert!(passes > 1, "the shard was busy meanwhile ({passes} passes)");
+    }
 }
