@@ -564,7 +564,7 @@ mod tests {
     /// (clients not served after 30 s at 5,000 ticks/s). The pass must yield after each turn.
     #[test]
     fn a_shard_with_news_after_every_pass_still_lets_the_workers_other_tasks_run() {
-        let (done, finished) = std::sync::mpsc::channel();
+        let (done, finished) = std::sync::mpsc::sync_channel(1);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
