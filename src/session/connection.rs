@@ -8,11 +8,12 @@ use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason, Frame, ProtocolError};
 use bytes::BytesMut;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::socket::{SendError, WsSocket};
 use super::{ConnectionGuard, End, Session, SessionShared};
@@ -176,32 +177,23 @@ impl Connection {
 /// this task instead, so one connection's writes never interleave.
 #[allow(clippy::await_holding_refcell_ref)] // on purpose, see above
 async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
-    let (ping_every, idle_timeout, frame_interval, sse, expires, closing) = {
+    // Only what must survive an iteration is kept in this future (every idle connection carries
+    // it): the rest is read from the connection when it is needed.
+    {
+        // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle timeout,
+        // token expiry and shutdown arrive as clock events through `pending`, so the loop below
+        // arms no timer of its own but the batching window's and `max_hz`'s.
         let conn = this.borrow();
-        let limits = &conn.session.shared.limits;
-        (
-            Duration::from_millis(limits.ping_interval_ms),
-            Duration::from_millis(limits.idle_timeout_ms),
-            Duration::from_millis(limits.min_frame_interval_ms),
-            // An SSE client sends nothing after its request, by design: only a WebSocket can be
-            // idle. A dead SSE client is found by writing to it (the ping comments at the latest).
-            conn.session.framing() == Framing::Sse,
-            conn.expires,
-            conn.session.shared.closing.clone(),
-        )
-    };
-    // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle timeout,
-    // token expiry and shutdown arrive as clock events through `pending`, so the loop below arms
-    // no timer of its own but the batching window's and `max_hz`'s.
-    pending.shard().clock_in(pending.clone(), closing.clone());
-    let mut next_ping = Instant::now() + ping_every;
+        pending
+            .shard()
+            .clock_in(pending.clone(), conn.session.shared.closing.clone());
+    }
+    let mut next_ping = Instant::now() + this.borrow().ping_every();
+    pending.set_due(this.borrow().deadline(next_ping));
     // Set after a frame leaves: until then, news waits (see the flush below).
     let mut held_until: Option<Instant> = None;
-    let deadline = move |last_heard: Instant, next_ping: Instant| {
-        let idle = (!sse).then_some(last_heard + idle_timeout);
-        [Some(next_ping), idle, expires].into_iter().flatten().min()
-    };
-    pending.set_due(deadline(this.borrow().last_heard, next_ping).map(Instant::into_std));
+    // The window's or `max_hz`'s timer, boxed: only connections that use them have one.
+    let mut timer: Option<Pin<Box<Sleep>>> = None;
     enum Event {
         Frame(Option<Result<Frame, ProtocolError>>),
         Dirty,
@@ -210,11 +202,17 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
     loop {
         // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
         // looks at those after the interval anyway).
-        let timer = held_until.or(this
+        let due = held_until.or(this
             .borrow()
             .session
             .deferred_until()
             .map(Instant::from_std));
+        match (due, timer.as_mut()) {
+            (None, _) => timer = None,
+            (Some(at), Some(sleep)) if sleep.deadline() != at => sleep.as_mut().reset(at),
+            (Some(_), Some(_)) => {}
+            (Some(at), None) => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
         let event = tokio::select! {
             biased;
             msg = std::future::poll_fn(|cx| this.borrow_mut().socket.poll_recv(cx)) => Event::Frame(msg),
@@ -222,7 +220,7 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
             // a mark only wakes the task once (the first after a flush); the timer below collects
             // them into one frame.
             _ = pending.wait() => Event::Dirty,
-            _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => Event::Timer,
+            _ = std::future::poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.is_some() => Event::Timer,
         };
         let mut conn = this.borrow_mut();
         // A write from the shard's pass found the end (`write_now`), and woke this task for it.
@@ -241,7 +239,7 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
                 while let Some(msg) = next.take() {
                     if let Some(end) = conn.on_message(msg) {
                         // What the op already wrote (an error reply) goes out before the close.
-                        let _ = conn.flush().await;
+                        let _ = conn.flush_boxed().await;
                         return end;
                     }
                     budget -= 1;
@@ -249,7 +247,7 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
                         match conn.socket.recv_buffered() {
                             Ok(frame) => next = frame,
                             Err(e) => {
-                                let _ = conn.flush().await;
+                                let _ = conn.flush_boxed().await;
                                 return End::from_protocol_error(&e);
                             }
                         }
@@ -259,18 +257,18 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
             Event::Dirty => {
                 if pending.take_clock() {
                     let now = Instant::now();
-                    if closing.load(Ordering::Acquire) {
+                    if conn.session.shared.closing.load(Ordering::Acquire) {
                         return End::Close(close::GOING_AWAY, "gateway shutting down");
                     }
-                    if expires.is_some_and(|at| at <= now) {
+                    if conn.expires.is_some_and(|at| at <= now) {
                         return End::Close(close::POLICY, "token expired");
                     }
-                    if !sse && conn.last_heard + idle_timeout <= now {
+                    if !conn.is_sse() && conn.last_heard + conn.idle_timeout() <= now {
                         return End::Close(close::NORMAL, "idle timeout");
                     }
                     if next_ping <= now {
-                        next_ping = now + ping_every;
-                        let sent = if sse {
+                        next_ping = now + conn.ping_every();
+                        let sent = if conn.is_sse() {
                             // A comment line: proxies see traffic, clients ignore it.
                             conn.session.comment("ping");
                             conn.send_frame().await.map(|_| ())
@@ -281,7 +279,7 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
                             return end;
                         }
                     }
-                    pending.set_due(deadline(conn.last_heard, next_ping).map(Instant::into_std));
+                    pending.set_due(conn.deadline(next_ping));
                 }
                 if held_until.is_some() {
                     continue;
@@ -290,7 +288,9 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
             Event::Timer => held_until = None,
         }
         let started = Instant::now();
-        match conn.flush().await {
+        let frame_interval =
+            Duration::from_millis(conn.session.shared.limits.min_frame_interval_ms);
+        match conn.flush_boxed().await {
             Err(end) => return end,
             // Batching is decided here and in the shard's pass. By default (no interval) news is
             // written as soon as the worker gets to it: the shard's pass writes every connection
@@ -304,6 +304,40 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
             }
             Ok(_) => {}
         }
+    }
+}
+
+impl Connection {
+    /// An SSE client sends nothing after its request, by design: only a WebSocket can be idle. A
+    /// dead SSE client is found by writing to it (the ping comments at the latest).
+    fn is_sse(&self) -> bool {
+        self.session.framing() == Framing::Sse
+    }
+
+    fn ping_every(&self) -> Duration {
+        Duration::from_millis(self.session.shared.limits.ping_interval_ms)
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.session.shared.limits.idle_timeout_ms)
+    }
+
+    /// When the shard's clock must next wake this connection: its next ping, idle check or token
+    /// expiry.
+    fn deadline(&self, next_ping: Instant) -> Option<std::time::Instant> {
+        let idle = (!self.is_sse()).then(|| self.last_heard + self.idle_timeout());
+        [Some(next_ping), idle, self.expires]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Instant::into_std)
+    }
+
+    /// `flush`, boxed: the serving loop is every connection's task, and flush's future (about
+    /// 200 bytes) would otherwise be part of it while the connection idles. Most news leaves
+    /// from the shard's pass (`write_now`), so the task flushes rarely.
+    fn flush_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<bool, End>> + '_>> {
+        Box::pin(self.flush())
     }
 }
 
