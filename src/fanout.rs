@@ -89,7 +89,7 @@ impl Shard {
     /// connection task when it starts, so the task exists on every worker that serves connections
     /// (and again on a thread whose runtime was replaced, which dropped the old task).
     ///
-    /// `write` is the worker's writer (`session::write_now`): the shard hands it every connection
+    /// `write` is the worker's writer (`session::connection::write_now`): the shard hands it every connection
     /// its pass marked, and wakes the connection's task only for those it could not write.
     pub fn ensure_running(self: &Arc<Self>, write: WriteNow) {
         if self.running.swap(true, Ordering::AcqRel) {
@@ -580,8 +580,9 @@ mod tests {
                 BUSY.set(Some((index.clone(), 1_000)));
                 conn.shard().ensure_running(busy_writer);
                 conn.take(&mut Vec::new()); // the snapshot's mark
-                index.apply(tick(101)); // the first news; every write brings the next
-                                        // Another task of this worker, e.g. a handshake: it must get its turns.
+                                            // The first news; every write brings the next.
+                index.apply(tick(101));
+                // Another task of this worker, e.g. a handshake: it must get its turns.
                 let other = tokio::task::spawn_local(async {
                     for _ in 0..100 {
                         tokio::task::yield_now().await;

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 /// Bytes asked of the kernel per read. Clients send small ops, so one read nearly always holds all.
 const READ_CHUNK: usize = 4096;
-/// Frames up to this size (header included) are copied and written with `send` (`write_now`).
+/// Frames up to this size (header included) are copied and written with `send` (`try_write_frame`).
 const SEND_COPY_BYTES: usize = 1024;
 /// Most buffers handed to one `writev` when a backlog drains.
 const WRITE_SLICES: usize = 16;
@@ -156,7 +156,7 @@ impl WsSocket {
         };
         let head = &head[..head_len];
         if self.unsent.is_empty() {
-            let written = match self.write_now(head, &payload) {
+            let written = match self.try_write_frame(head, &payload) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(e) => return Err(e),
@@ -185,7 +185,7 @@ impl WsSocket {
     /// handed to `send(2)`: measured, that is cheaper in the kernel than `writev(2)`'s file layer
     /// and its iovec import (docs/benchmarks.md), and the copy is a few hundred bytes. Larger
     /// frames go with `writev`, uncopied.
-    fn write_now(&self, head: &[u8], payload: &[u8]) -> io::Result<usize> {
+    fn try_write_frame(&self, head: &[u8], payload: &[u8]) -> io::Result<usize> {
         let len = head.len() + payload.len();
         if len > SEND_COPY_BYTES {
             return self
