@@ -89,9 +89,10 @@ impl Shard {
     /// connection task when it starts, so the task exists on every worker that serves connections
     /// (and again on a thread whose runtime was replaced, which dropped the old task).
     ///
-    /// `write` is the worker's writer (`session::connection::write_now`): the shard hands it every connection
-    /// its pass marked, and wakes the connection's task only for those it could not write.
-    pub fn ensure_running(self: &Arc<Self>, write: WriteNow) {
+    /// `writer` is the worker's writer (`session::connection::write_now`): the shard hands it
+    /// every connection its pass marked, and wakes the connection's task only for those it could
+    /// not write.
+    pub fn ensure_running(self: &Arc<Self>, writer: Writer) {
         if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -105,9 +106,10 @@ impl Shard {
             loop {
                 tokio::select! {
                     biased;
-                    _ = shard.notify.notified() => shard.deliver_and_write(&mut marked, write),
+                    _ = shard.notify.notified() => shard.deliver_and_write(&mut marked, writer.write),
                     _ = clock.tick() => shard.tick(Instant::now()),
                 }
+                (writer.end_of_pass)();
                 // Under load the inbox has news again by the end of every pass, and `notified`
                 // would be ready at once forever: the pass yields to the worker's other tasks
                 // (handshakes, client ops, writes handed back) after each turn, so none starves.
@@ -299,6 +301,16 @@ const NO_WRITER: u32 = u32::MAX;
 /// The worker's writer: writes a connection's marked slots at once, from the shard's pass, and
 /// says whether it did (false: the connection's task must be woken to do it).
 pub type WriteNow = fn(&ConnPending) -> bool;
+
+/// What the shard's task calls on its worker's connections (`Shard::ensure_running`).
+#[derive(Clone, Copy)]
+pub struct Writer {
+    /// Per connection its pass marked.
+    pub write: WriteNow,
+    /// After every pass and clock tick: publishes what the worker buffers (its latency
+    /// observations).
+    pub end_of_pass: fn(),
+}
 
 #[derive(Default)]
 struct Dirty {
@@ -578,9 +590,12 @@ mod tests {
                 let conn = ConnPending::new();
                 let _sub = entry.subscribe(&conn, 0, true);
                 BUSY.set(Some((index.clone(), 1_000)));
-                conn.shard().ensure_running(busy_writer);
-                conn.take(&mut Vec::new()); // the snapshot's mark
-                                            // The first news; every write brings the next.
+                conn.shard().ensure_running(Writer {
+                    write: busy_writer,
+                    end_of_pass: || {},
+                });
+                // The snapshot's mark, then the first news; every write brings the next.
+                conn.take(&mut Vec::new());
                 index.apply(tick(101));
                 // Another task of this worker, e.g. a handshake: it must get its turns.
                 let other = tokio::task::spawn_local(async {

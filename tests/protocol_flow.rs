@@ -316,7 +316,28 @@ async fn invalid_ticks_are_rejected_counted_and_never_forwarded(workers: usize) 
     );
 }
 
+/// Every update written is timed in `quotegw_tick_to_write_seconds`, whichever writes it (the
+/// worker's shard pass or the connection's task): workers buffer the observations and publish them
+/// after each pass, so a regression there leaves the histogram empty.
+async fn every_update_written_is_timed_from_tick_to_write(workers: usize) {
+    let gw = start_with_workers(workers, "", &["AAPL"]);
+    gw.push(tick("AAPL", 1, &[("bid", "1.00")])).await;
+    let mut a = gw.client().await;
+    a.send(json!({"op": "subscribe", "symbols": ["AAPL"]}))
+        .await;
+    a.expect("ack").await;
+    a.expect("snapshot").await;
+    for i in 2..=6 {
+        gw.push(tick("AAPL", i, &[("bid", &format!("1.0{i}"))]))
+            .await;
+        a.expect("update").await;
+    }
+    gw.wait_metric("quotegw_tick_to_write_seconds_count", |v| v >= 5.0)
+        .await;
+}
+
 crate::with_one_and_two_workers!(
+    every_update_written_is_timed_from_tick_to_write,
     subscribe_ack_snapshot_updates_reproduce_the_quote,
     unsubscribe_stops_updates_after_its_ack_and_resubscribe_resends_the_snapshot,
     a_symbol_without_a_quote_gets_its_snapshot_at_the_first_tick,

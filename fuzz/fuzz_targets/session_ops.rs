@@ -155,7 +155,6 @@ fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
     let mut session = Session::new(shared.clone(), Grant::default(), Framing::JsonArray, now);
-    let mut latency = metrics.tick_to_write.local();
     let mut client = ClientView::default();
     let mut input = Bytes(data.iter());
     let mut ts = 0;
@@ -203,7 +202,7 @@ fuzz_target!(|data: &[u8]| {
                     let done = session.fill_frame(now);
                     if let Some(frame) = session.take_frame() {
                         client.check_frame(&frame);
-                        session.frame_sent(frame.len(), now, &mut latency);
+                        session.frame_sent(frame.len(), now);
                     }
                     match done {
                         Ok(true) => break,

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use super::socket::{SendError, WsSocket};
 use super::{ConnectionGuard, End, Session, SessionShared};
 use crate::access::{ClientGuards, Grant};
-use crate::fanout::ConnPending;
+use crate::fanout::{ConnPending, Writer};
 use crate::frame::Framing;
 use crate::protocol::close;
 use crate::security_log;
@@ -46,7 +46,6 @@ pub struct Connection {
     pub(super) last_heard: Instant,
     pub(super) pong_owed: Option<bytes::Bytes>,
     pub(super) fragments: Option<Fragments>,
-    pub(super) latency: prometheus::local::LocalHistogram,
     /// When the token expires (`None`: never, or beyond the clock's range).
     pub(super) expires: Option<Instant>,
     /// Set by a write from the shard's pass that found the connection's end (`write_now`): the
@@ -67,7 +66,6 @@ impl Connection {
         // Checked: the expiry comes from a token's `exp`, which may be far beyond the clock's range.
         let expires = grant.remaining().and_then(|left| now.checked_add(left));
         Connection {
-            latency: shared.metrics.tick_to_write.local(),
             session: Session::new(shared, grant, framing, now.into_std()),
             socket,
             last_heard: now,
@@ -93,7 +91,10 @@ impl Connection {
         let this = Rc::new(RefCell::new(self));
         async move {
             // The worker's fan-out task, started by its first connection (`fanout.rs`).
-            pending.shard().ensure_running(write_now);
+            pending.shard().ensure_running(Writer {
+                write: write_now,
+                end_of_pass: super::writer::publish_latency,
+            });
             let end = {
                 let _registered = Registered::new(&pending, &this);
                 serve(&this, &pending).await
@@ -389,7 +390,7 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// The worker's writer (`fanout::WriteNow`): writes a connection's news from the shard's pass
+/// The worker's writer (`fanout::Writer::write`): writes a connection's news from the shard's pass
 /// unless its task is using it (then the borrow fails, and the shard wakes the task).
 fn write_now(pending: &ConnPending) -> bool {
     let Some(key) = pending.writer_key() else {

@@ -7,8 +7,11 @@ use actix_http::ws::OpCode;
 use bytes::Bytes;
 use bytestring::ByteString;
 use prometheus::local::LocalHistogram;
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 
 use super::{Connection, End, Session};
+use crate::metrics::Metrics;
 use crate::protocol::close;
 use crate::view::Emitted;
 
@@ -20,6 +23,45 @@ thread_local! {
     /// Lent to `SlotView::emit_latest` for each read, so catching up allocates nothing: one per
     /// worker rather than one per connection, which an idle connection would carry for nothing.
     static CATCH_UP: std::cell::RefCell<Vec<crate::index::Recent>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+thread_local! {
+    /// This worker's `quotegw_tick_to_write_seconds` observations, per gateway (a process may run
+    /// several, as the tests do), published by `publish_latency` at the end of every shard pass
+    /// and clock tick rather than per frame: one buffer per worker instead of one per connection
+    /// (192 bytes each), and one flush per pass.
+    static LATENCY: RefCell<Vec<(Weak<Metrics>, LocalHistogram)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records `seconds` of tick-to-write for the gateway of `metrics`, on this worker's buffer.
+fn observe_latency(metrics: &Arc<Metrics>, seconds: impl Iterator<Item = f64>) {
+    LATENCY.with_borrow_mut(|all| {
+        // Held `Weak`s keep their allocation, so an address is never a later gateway's.
+        let i = match all
+            .iter()
+            .position(|(m, _)| std::ptr::eq(m.as_ptr(), Arc::as_ptr(metrics)))
+        {
+            Some(i) => i,
+            None => {
+                all.push((Arc::downgrade(metrics), metrics.tick_to_write.local()));
+                all.len() - 1
+            }
+        };
+        for s in seconds {
+            all[i].1.observe(s);
+        }
+    });
+}
+
+/// Publishes this worker's buffered tick-to-write observations (the shard's `end_of_pass`), and
+/// forgets the buffers of gateways that are gone.
+pub fn publish_latency() {
+    let _ = LATENCY.try_with(|all| {
+        all.borrow_mut().retain(|(metrics, local)| {
+            local.flush();
+            metrics.strong_count() > 0
+        })
+    });
 }
 
 impl Session {
@@ -101,7 +143,7 @@ impl Session {
     }
 
     /// Accounts for a frame the socket has taken (`handed`: when), and starts the next one's counts.
-    pub fn frame_sent(&mut self, bytes: usize, handed: Instant, latency: &mut LocalHistogram) {
+    pub fn frame_sent(&mut self, bytes: usize, handed: Instant) {
         let m = &self.shared.metrics;
         m.frames_sent.inc();
         m.bytes_sent.inc_by(bytes as u64);
@@ -113,10 +155,14 @@ impl Session {
         if s.snapshots > 0 {
             m.snapshots_sent.inc_by(s.snapshots);
         }
-        for tick_in in s.tick_in.drain(..) {
-            latency.observe(handed.saturating_duration_since(tick_in).as_secs_f64());
+        if !s.tick_in.is_empty() {
+            observe_latency(
+                m,
+                s.tick_in
+                    .drain(..)
+                    .map(|tick_in| handed.saturating_duration_since(tick_in).as_secs_f64()),
+            );
         }
-        latency.flush();
         s.updates = 0;
         s.conflated = 0;
         s.snapshots = 0;
@@ -178,7 +224,7 @@ impl Connection {
                     return false;
                 }
                 // `now` for the time handed: one clock read per write, microseconds early.
-                self.session.frame_sent(bytes, now, &mut self.latency);
+                self.session.frame_sent(bytes, now);
             }
             match done {
                 Err(end) => {
@@ -200,8 +246,7 @@ impl Connection {
         };
         let bytes = frame.len();
         self.send(OpCode::Text, frame.into_bytes()).await?;
-        self.session
-            .frame_sent(bytes, Instant::now(), &mut self.latency);
+        self.session.frame_sent(bytes, Instant::now());
         Ok(true)
     }
 
