@@ -323,6 +323,21 @@ struct Dirty {
     closed: bool,
 }
 
+impl Dirty {
+    /// Appends the marked slots to `out` and clears them.
+    fn move_into(&mut self, out: &mut Vec<u32>) {
+        for &slot in &self.list {
+            self.flags[slot as usize] = false;
+        }
+        if out.is_empty() {
+            // No copy: `out` takes the list, and the list `out`'s empty buffer.
+            std::mem::swap(&mut self.list, out);
+        } else {
+            out.append(&mut self.list);
+        }
+    }
+}
+
 impl ConnPending {
     /// A connection served by this thread's shard.
     pub fn new() -> Arc<ConnPending> {
@@ -414,12 +429,7 @@ impl ConnPending {
         if !self.shard.running.load(Ordering::Acquire) {
             self.shard.deliver();
         }
-        let mut d = lock(&self.dirty);
-        let Dirty { list, flags, .. } = &mut *d;
-        for &slot in list.iter() {
-            flags[slot as usize] = false;
-        }
-        out.append(list);
+        lock(&self.dirty).move_into(out);
     }
 
     /// `take` for a write made by the shard's own pass, whose news is what it just delivered;
@@ -429,15 +439,7 @@ impl ConnPending {
         if d.clock {
             return false;
         }
-        let Dirty { list, flags, .. } = &mut *d;
-        for &slot in list.iter() {
-            flags[slot as usize] = false;
-        }
-        if out.is_empty() {
-            std::mem::swap(&mut d.list, out);
-        } else {
-            out.append(&mut d.list);
-        }
+        d.move_into(out);
         true
     }
 

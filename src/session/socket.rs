@@ -78,15 +78,12 @@ impl WsSocket {
         }
     }
 
-    /// The next frame from the client; `None` once the client closed its side.
-    /// Cancel-safe: partial frames stay in `read_buf`.
-    pub async fn recv(&mut self) -> Option<Result<Frame, ProtocolError>> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// `recv`, polled. Readiness is awaited with `poll_read_ready`, which keeps this task's waker in
-    /// the socket's own slot: the session polls for client frames on every wake-up, and the
-    /// `readable()` future would add and remove a waiter (under a lock) each time.
+    /// The next frame from the client; `None` once the client closed its side. Polled (the
+    /// session's task holds the connection only while it polls: the shard's pass writes between).
+    /// Cancel-safe: partial frames stay in `read_buf`. Readiness is awaited with
+    /// `poll_read_ready`, which keeps this task's waker in the socket's own slot: the session
+    /// polls for client frames on every wake-up, and the `readable()` future would add and remove
+    /// a waiter (under a lock) each time.
     pub(super) fn poll_recv(
         &mut self,
         cx: &mut Context<'_>,

@@ -1,14 +1,14 @@
 //! Session, outbound: dirty slots → frames (`Session`), frames → the socket and the slow-consumer
 //! timeout (`Connection`).
 
+use std::cell::RefCell;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use actix_http::ws::OpCode;
 use bytes::Bytes;
 use bytestring::ByteString;
 use prometheus::local::LocalHistogram;
-use std::cell::RefCell;
-use std::sync::{Arc, Weak};
 
 use super::{Connection, End, Session};
 use crate::metrics::Metrics;
