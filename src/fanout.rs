@@ -32,6 +32,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -286,8 +287,8 @@ impl Link {
 pub struct ConnPending {
     id: u64,
     shard: Arc<Shard>,
+    /// Its marks and its task's wake-up, behind one lock: a mark is one lock and at most one wake.
     dirty: Mutex<Dirty>,
-    notify: Notify,
     /// When the connection next needs its clock (`clock_ms`), or `NEVER`.
     due: AtomicU64,
     /// Closed: the shard's clock forgets it.
@@ -321,6 +322,11 @@ struct Dirty {
     /// The shard's clock fired for this connection (a deadline passed, or its gateway closes).
     clock: bool,
     closed: bool,
+    /// A wake-up the task has not seen yet (`wake` before the task waited).
+    woken: bool,
+    /// The connection task, while it waits (`poll_wait`). Not a `Notify`: its `Notified` future
+    /// would add 80 bytes to every connection's task.
+    waker: Option<Waker>,
 }
 
 impl Dirty {
@@ -345,7 +351,6 @@ impl ConnPending {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             shard: Shard::current(),
             dirty: Mutex::new(Dirty::default()),
-            notify: Notify::new(),
             due: AtomicU64::new(NEVER),
             gone: AtomicBool::new(false),
             writer_key: AtomicU32::new(NO_WRITER),
@@ -369,7 +374,7 @@ impl ConnPending {
             d.list.is_empty()
         };
         if wake {
-            self.notify.notify_one();
+            self.wake();
         }
     }
 
@@ -417,7 +422,15 @@ impl ConnPending {
 
     /// Wakes the connection's task.
     pub fn wake(&self) {
-        self.notify.notify_one();
+        let waker = {
+            let mut d = lock(&self.dirty);
+            d.woken = true;
+            d.waker.take()
+        };
+        // Outside the lock: the task may run (and take the lock) before `wake` returns.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Connection side: appends the dirty slots to `out` and clears them. The shard's news is
@@ -455,9 +468,17 @@ impl ConnPending {
             .store(key.unwrap_or(NO_WRITER), Ordering::Release);
     }
 
-    /// Waits until some slot is marked (returns at once if one was marked since the last wait).
-    pub async fn wait(&self) {
-        self.notify.notified().await
+    /// Ready once the connection was woken (a slot marked, a clock event, the pass handing it a
+    /// write) since the last time it was ready.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut d = lock(&self.dirty);
+        if std::mem::take(&mut d.woken) {
+            return Poll::Ready(());
+        }
+        if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            d.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Stops accepting marks (the connection is going away) and frees the lists.
@@ -467,6 +488,7 @@ impl ConnPending {
         d.closed = true;
         d.list = Vec::new();
         d.flags = Vec::new();
+        d.waker = None;
     }
 
     /// Slots waiting (after the shard's news is delivered); never more than the connection's

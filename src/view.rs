@@ -86,9 +86,42 @@ pub struct SlotView {
     sent_restarts: u64,
     sent_status: Status,
     snapshot_pending: bool,
+    /// `None`: unpaced (`Pacing::default()`), as most subscriptions are; boxed, since every view
+    /// would otherwise carry the 64 bytes.
+    paced: Option<Box<Paced>>,
+}
+
+struct Paced {
     pacing: Pacing,
+    /// When the next update may go.
     next_at: Option<Instant>,
 }
+
+impl Paced {
+    /// An update went `now`: when the next may go under the pacing.
+    fn went(paced: &mut Option<Box<Paced>>, now: Instant) {
+        if let Some(p) = paced {
+            // Checked: `min_interval` comes from a client's number; an instant past the clock's
+            // range would panic the connection's task.
+            p.next_at = p.pacing.min_interval.and_then(|d| now.checked_add(d));
+        }
+    }
+
+    fn new(pacing: Pacing) -> Option<Box<Paced>> {
+        (pacing != UNPACED).then(|| {
+            Box::new(Paced {
+                pacing,
+                next_at: None,
+            })
+        })
+    }
+}
+
+const UNPACED: Pacing = Pacing {
+    min_interval: None,
+    close_on_lag: false,
+    delay: None,
+};
 
 impl SlotView {
     pub fn new(subscription: Subscription, pacing: Pacing) -> SlotView {
@@ -100,9 +133,16 @@ impl SlotView {
             sent_restarts: 0,
             sent_status: Status::Live,
             snapshot_pending: true,
-            pacing,
-            next_at: None,
+            paced: Paced::new(pacing),
         }
+    }
+
+    fn pacing(&self) -> &Pacing {
+        self.paced.as_ref().map_or(&UNPACED, |p| &p.pacing)
+    }
+
+    fn next_at(&self) -> Option<Instant> {
+        self.paced.as_ref().and_then(|p| p.next_at)
     }
 
     pub fn entry(&self) -> &Arc<SymbolEntry> {
@@ -112,14 +152,14 @@ impl SlotView {
     /// Subscribing again re-sends the snapshot and applies the new pacing (PROTOCOL.md).
     pub fn resubscribe(&mut self, pacing: Pacing) {
         self.snapshot_pending = true;
-        self.pacing = pacing;
-        self.next_at = None;
+        self.paced = Paced::new(pacing);
     }
 
     /// The `version` after which this connection wants every change (`SymbolEntry::read_since`):
     /// none before its snapshot, and none when paced, which asks for merged updates.
     fn catch_up_after(&self) -> Option<u64> {
-        (!self.snapshot_pending && self.pacing.min_interval.is_none()).then_some(self.sent_version)
+        (!self.snapshot_pending && self.pacing().min_interval.is_none())
+            .then_some(self.sent_version)
     }
 
     /// Reads the symbol's state since this connection's last send and writes what it is owed (see
@@ -132,7 +172,7 @@ impl SlotView {
         frame: &mut FrameBuilder,
         stats: &mut EmitStats,
     ) -> Emitted {
-        if let Some(delay) = self.pacing.delay {
+        if let Some(delay) = self.pacing().delay {
             return self.emit_delayed(delay, crate::feed::now_ms(), now, frame, stats);
         }
         let latest = self
@@ -170,7 +210,7 @@ impl SlotView {
             self.sent_version = p.version;
             self.sent_seq = p.seq;
             self.sent = p.quote;
-            self.next_at = self.pace_from(now);
+            Paced::went(&mut self.paced, now);
             stats.snapshots += 1;
             return Emitted::Wrote;
         }
@@ -181,7 +221,7 @@ impl SlotView {
             // `seq` went down: no update can follow what this connection holds.
             return Emitted::Restarted;
         }
-        if let Some(at) = self.next_at.filter(|&at| now < at) {
+        if let Some(at) = self.next_at().filter(|&at| now < at) {
             // Pacing is for updates, not status: a halt reaches a paced client at once (a status
             // newer than the prices it holds, never older). The prices follow when due.
             if p.quote.status != self.sent_status {
@@ -193,11 +233,12 @@ impl SlotView {
             return Emitted::NotBefore(at);
         }
         let behind = p.version - self.sent_version;
-        if p.catch_up.len() as u64 == behind && self.pacing.min_interval.is_none() {
+        let pacing = *self.pacing();
+        if p.catch_up.len() as u64 == behind && pacing.min_interval.is_none() {
             // Keeping up: every change as the index encoded it once for everyone, status flips in
             // their place among the updates. On an edge a change may already skip a `seq` (the
             // ingest merged ticks, or NATS lost one): a merge all the same for `on_lag: "close"`.
-            if self.pacing.close_on_lag && skips_a_seq(&p.catch_up, self.sent_seq) {
+            if pacing.close_on_lag && skips_a_seq(&p.catch_up, self.sent_seq) {
                 return Emitted::Lagged;
             }
             for recent in &p.catch_up {
@@ -217,7 +258,7 @@ impl SlotView {
             // latest status (never one older than the prices it follows).
             if p.seq > self.sent_seq {
                 let conflated = p.seq - self.sent_seq - 1;
-                if conflated > 0 && self.pacing.close_on_lag && self.pacing.min_interval.is_none() {
+                if conflated > 0 && pacing.close_on_lag && pacing.min_interval.is_none() {
                     // Merging is what this client asked never to get: it is closed instead.
                     return Emitted::Lagged;
                 }
@@ -227,7 +268,7 @@ impl SlotView {
                 stats.updates += 1;
                 stats.conflated += conflated;
                 stats.tick_in.extend(p.tick_in);
-                self.next_at = self.pace_from(now);
+                Paced::went(&mut self.paced, now);
             }
             if p.quote.status != self.sent_status {
                 frame.push_quote("status", symbol, p.seq, |s| {
@@ -308,13 +349,6 @@ impl SlotView {
             None if wrote => Emitted::Wrote,
             None => Emitted::Nothing,
         }
-    }
-
-    /// When the next update may go under the pacing: `None` when unpaced.
-    fn pace_from(&self, now: Instant) -> Option<Instant> {
-        // Checked: `min_interval` comes from a client's number; an instant past the clock's range
-        // would panic the connection's task.
-        self.pacing.min_interval.and_then(|d| now.checked_add(d))
     }
 }
 

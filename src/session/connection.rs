@@ -30,10 +30,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// client has not read); past it, and past one more `slow_consumer_timeout_ms`, the socket is shut.
 const SLOW_CONSUMER_CLOSE_GRACE_MIN: Duration = Duration::from_secs(5);
 
-/// At most this many already-received client frames are handled before the replies are flushed,
-/// so that a client pipelining frames still gets answers (and news) at a steady pace.
-const FRAMES_PER_FLUSH: usize = 64;
-
 /// A fragmented text message being reassembled (`max_frame_bytes` bounds its total).
 pub(super) struct Fragments {
     pub(super) text: bool,
@@ -44,13 +40,15 @@ pub struct Connection {
     pub(super) session: Session,
     pub(super) socket: WsSocket,
     pub(super) last_heard: Instant,
-    pub(super) pong_owed: Option<bytes::Bytes>,
-    pub(super) fragments: Option<Fragments>,
+    // The three rare states are boxed: every idle connection would otherwise carry their 104
+    // bytes (a pong owed, a fragmented message, an end found by the shard's pass).
+    pub(super) pong_owed: Option<Box<bytes::Bytes>>,
+    pub(super) fragments: Option<Box<Fragments>>,
     /// When the token expires (`None`: never, or beyond the clock's range).
     pub(super) expires: Option<Instant>,
     /// Set by a write from the shard's pass that found the connection's end (`write_now`): the
     /// task, woken for it, ends the connection.
-    pub(super) ending: Option<End>,
+    pub(super) ending: Option<Box<End>>,
     _guards: (ConnectionGuard, ClientGuards),
 }
 
@@ -220,39 +218,22 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
             // Marks the shard could not write itself, and clock events. Within the frame interval
             // a mark only wakes the task once (the first after a flush); the timer below collects
             // them into one frame.
-            _ = pending.wait() => Event::Dirty,
+            _ = std::future::poll_fn(|cx| pending.poll_wait(cx)) => Event::Dirty,
             _ = std::future::poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.is_some() => Event::Timer,
         };
         let mut conn = this.borrow_mut();
         // A write from the shard's pass found the end (`write_now`), and woke this task for it.
         if let Some(end) = conn.ending.take() {
-            return end;
+            return *end;
         }
         match event {
             Event::Frame(None) => return End::Gone,
             Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
             Event::Frame(Some(Ok(msg))) => {
-                conn.last_heard = Instant::now();
-                // Frames already received are handled before anything is written: pipelined
-                // ops are answered in one frame, a burst of pings with one pong.
-                let mut next = Some(msg);
-                let mut budget = FRAMES_PER_FLUSH;
-                while let Some(msg) = next.take() {
-                    if let Some(end) = conn.on_message(msg) {
-                        // What the op already wrote (an error reply) goes out before the close.
-                        let _ = conn.flush_boxed().await;
-                        return end;
-                    }
-                    budget -= 1;
-                    if budget > 0 {
-                        match conn.socket.recv_buffered() {
-                            Ok(frame) => next = frame,
-                            Err(e) => {
-                                let _ = conn.flush_boxed().await;
-                                return End::from_protocol_error(&e);
-                            }
-                        }
-                    }
+                if let Some(end) = conn.on_messages(msg) {
+                    // What the ops already wrote (an error reply) goes out before the close.
+                    let _ = conn.flush_boxed().await;
+                    return end;
                 }
             }
             Event::Dirty => {
@@ -269,14 +250,7 @@ async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
                     }
                     if next_ping <= now {
                         next_ping = now + conn.ping_every();
-                        let sent = if conn.is_sse() {
-                            // A comment line: proxies see traffic, clients ignore it.
-                            conn.session.comment("ping");
-                            conn.send_frame().await.map(|_| ())
-                        } else {
-                            conn.send_ping().await
-                        };
-                        if let Err(end) = sent {
+                        if let Err(end) = conn.ping_boxed().await {
                             return end;
                         }
                     }
@@ -337,6 +311,18 @@ impl Connection {
     /// `flush`, boxed: the serving loop is every connection's task, and flush's future (about
     /// 200 bytes) would otherwise be part of it while the connection idles. Most news leaves
     /// from the shard's pass (`write_now`), so the task flushes rarely.
+    fn ping_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), End>> + '_>> {
+        Box::pin(async move {
+            if self.is_sse() {
+                // A comment line: proxies see traffic, clients ignore it.
+                self.session.comment("ping");
+                self.send_frame().await.map(|_| ())
+            } else {
+                self.send_ping().await
+            }
+        })
+    }
+
     fn flush_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<bool, End>> + '_>> {
         Box::pin(self.flush())
     }
@@ -575,5 +561,11 @@ mod task_size {
             "run's future ({run} B) holds the {connection}-byte connection"
         );
         assert!(run <= serve + 64, "run {run}, serve {serve}");
+        // Tokio aligns a task's cell to 128 bytes (header 32, scheduler and id 16, trailer 48, the
+        // future's stage): up to 280 bytes of future it takes 384 bytes per connection, past it 512.
+        assert!(
+            run <= 280,
+            "run's future is {run} B: the task cell grows to 512 B"
+        );
     }
 }

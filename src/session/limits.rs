@@ -10,8 +10,9 @@ pub const ABUSE_ERRORS_PER_SECOND: u32 = 2;
 /// A token bucket: `capacity` tokens, refilled continuously at `per_second`.
 #[derive(Debug)]
 pub struct TokenBucket {
-    capacity: f64,
-    per_second: f64,
+    // As configured (u32), not f64: two buckets in every connection.
+    capacity: u32,
+    per_second: u32,
     tokens: f64,
     last: Instant,
 }
@@ -19,8 +20,8 @@ pub struct TokenBucket {
 impl TokenBucket {
     pub fn new(per_second: u32, capacity: u32, now: Instant) -> TokenBucket {
         TokenBucket {
-            capacity: f64::from(capacity),
-            per_second: f64::from(per_second),
+            capacity,
+            per_second,
             tokens: f64::from(capacity),
             last: now,
         }
@@ -30,7 +31,8 @@ impl TokenBucket {
     pub fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        self.tokens =
+            (self.tokens + elapsed * f64::from(self.per_second)).min(f64::from(self.capacity));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

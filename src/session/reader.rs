@@ -15,7 +15,36 @@ use crate::protocol::{
 };
 use crate::view::{Pacing, SlotView};
 
+/// At most this many already-received client frames are handled before the replies are flushed,
+/// so that a client pipelining frames still gets answers (and news) at a steady pace.
+const FRAMES_PER_FLUSH: usize = 64;
+
 impl Connection {
+    /// Handles `first` and the frames already received after it, up to `FRAMES_PER_FLUSH`, before
+    /// anything is written: pipelined ops are answered in one frame, a burst of pings with one
+    /// pong. `Some` ends the connection (after a flush of what the ops wrote).
+    ///
+    /// Not async, and not part of the serving loop: the frames it holds would otherwise keep their
+    /// space in every connection's task.
+    pub(super) fn on_messages(&mut self, first: Frame) -> Option<End> {
+        self.last_heard = tokio::time::Instant::now();
+        let mut next = Some(first);
+        let mut budget = FRAMES_PER_FLUSH;
+        while let Some(msg) = next.take() {
+            if let Some(end) = self.on_message(msg) {
+                return Some(end);
+            }
+            budget -= 1;
+            if budget > 0 {
+                match self.socket.recv_buffered() {
+                    Ok(frame) => next = frame,
+                    Err(e) => return Some(End::from_protocol_error(&e)),
+                }
+            }
+        }
+        None
+    }
+
     /// Handles one client frame; `Some` ends the connection.
     pub(super) fn on_message(&mut self, frame: Frame) -> Option<End> {
         match frame {
@@ -34,7 +63,7 @@ impl Connection {
                 // Pings already received are answered by one pong (the latest payload, as RFC
                 // 6455 §5.5.3 allows): a ping flood costs one write per flush, not one per ping.
                 Ok(true) => {
-                    self.pong_owed = Some(payload);
+                    self.pong_owed = Some(Box::new(payload));
                     None
                 }
                 Ok(false) => None,
@@ -61,10 +90,10 @@ impl Connection {
             Item::Last(b) => (false, false, b, true),
         };
         if first {
-            self.fragments = Some(Fragments {
+            self.fragments = Some(Box::new(Fragments {
                 text,
                 buf: BytesMut::new(),
-            });
+            }));
         }
         let Some(f) = self.fragments.as_mut() else {
             return Some(End::Close(
@@ -214,8 +243,8 @@ impl Session {
         for name in &symbols {
             if !self.grant.allows(name) {
                 rejected.push((name.as_str(), ErrorCode::Unauthorized));
-            } else if let Some(&slot) = self.by_symbol.get(name.as_str()) {
-                accepted.push((name.as_str(), Target::Existing(slot)));
+            } else if let Ok(i) = self.find_symbol(name) {
+                accepted.push((name.as_str(), Target::Existing(self.by_symbol[i])));
             } else if let Some(entry) = self.shared.index.lookup(name) {
                 accepted.push((name.as_str(), Target::New(entry)));
                 added += 1;
@@ -252,9 +281,10 @@ impl Session {
                         self.slots.push(None);
                         (self.slots.len() - 1) as u32
                     });
-                    self.by_symbol.insert(entry.symbol.clone(), slot);
+                    let at = self.find_symbol(&entry.symbol).unwrap_err();
                     let subscription = entry.subscribe(&self.pending, slot, pacing.delay.is_none());
                     self.slots[slot as usize] = Some(SlotView::new(subscription, pacing));
+                    self.by_symbol.insert(at, slot);
                 }
             }
         }
@@ -264,16 +294,29 @@ impl Session {
     fn unsubscribe(&mut self, id: Option<&str>, symbols: Vec<String>) {
         let symbols = dedup(symbols);
         for name in &symbols {
-            if let Some(slot) = self.by_symbol.remove(name.as_str()) {
+            if let Ok(i) = self.find_symbol(name) {
+                let slot = self.by_symbol.remove(i);
                 // Dropping the view ends its subscription.
                 self.slots[slot as usize] = None;
-                self.deferred.retain(|&s| s != slot);
+                if let Some(d) = &mut self.deferred {
+                    d.slots.retain(|&s| s != slot);
+                }
                 self.free_slots.push(slot);
             }
         }
         let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
         self.frame
             .push(|s| encode_ack(s, id, "unsubscribe", &names, &[]));
+    }
+}
+
+impl Session {
+    /// Where `name` is in `by_symbol` (`Err`: where it would go).
+    fn find_symbol(&self, name: &str) -> Result<usize, usize> {
+        self.by_symbol.binary_search_by(|&slot| {
+            let view = self.slots[slot as usize].as_ref();
+            view.map_or("", |v| &v.entry().symbol).cmp(name)
+        })
     }
 }
 
@@ -293,4 +336,75 @@ fn dedup(symbols: Vec<String>) -> Vec<String> {
         .zip(keep)
         .filter_map(|(s, keep)| keep.then_some(s))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::access::Grant;
+    use crate::config::LimitsConfig;
+    use crate::frame::Framing;
+    use crate::index::Index;
+    use crate::metrics::Metrics;
+    use crate::session::SessionShared;
+
+    /// A connection finds its symbols by binary search over its slots (`by_symbol`): subscribes and
+    /// unsubscribes in any order, with slots reused, keep it in order and in step with the
+    /// symbols' subscriber lists.
+    #[test]
+    fn subscribes_and_unsubscribes_in_any_order_keep_every_symbol_found() {
+        let names: Vec<String> = (0..40).map(|i| format!("S{:02}", (i * 17) % 40)).collect();
+        let metrics = Arc::new(Metrics::new());
+        let index = Arc::new(Index::new(&["f".into()], metrics.clone()));
+        for name in &names {
+            index.register(name.as_str().into());
+        }
+        let shared = Arc::new(SessionShared {
+            index: index.clone(),
+            metrics,
+            limits: LimitsConfig::default(),
+            tiers: Default::default(),
+            shutdown: CancellationToken::new(),
+            closing: Default::default(),
+            connections: AtomicUsize::new(0),
+        });
+        let now = Instant::now();
+        let mut session = Session::new(shared, Grant::default(), Framing::JsonArray, now);
+        let mut model = BTreeSet::new();
+        let op = |session: &mut Session, op: &str, symbols: &[&String]| {
+            let text = serde_json::json!({"op": op, "symbols": symbols}).to_string();
+            assert!(session.on_text(&text, now).is_none(), "{text}");
+            session.take_frame();
+        };
+        // Out of order, a few at a time, with leaves in between so that slots are reused.
+        for round in 0..4 {
+            let batch: Vec<&String> = names.iter().skip(round).step_by(3).collect();
+            op(&mut session, "subscribe", &batch);
+            model.extend(batch.iter().map(|s| s.to_string()));
+            let leave: Vec<&String> = names.iter().skip(round * 2).step_by(5).collect();
+            op(&mut session, "unsubscribe", &leave);
+            for s in &leave {
+                model.remove(*s);
+            }
+            // Subscribing again to a held symbol finds its slot: nothing is added twice.
+            let again: Vec<&String> = names.iter().skip(round).step_by(7).collect();
+            op(&mut session, "subscribe", &again);
+            model.extend(again.iter().map(|s| s.to_string()));
+            let held: Vec<String> = session.subscribed().map(|s| s.to_string()).collect();
+            assert_eq!(
+                held,
+                model.iter().cloned().collect::<Vec<_>>(),
+                "round {round}"
+            );
+            for name in &names {
+                let subscribers = index.lookup(name).unwrap().subscriber_count();
+                assert_eq!(subscribers, usize::from(model.contains(name)), "{name}");
+            }
+        }
+    }
 }

@@ -127,10 +127,10 @@ impl WsSocket {
             self.read_buf.clear();
         }
         if self.read_buf.is_empty() {
-            // Idle connections hold no read buffer (the biggest part of an idle connection's cost).
-            if self.read_buf.capacity() > 0 {
-                self.read_buf = BytesMut::new();
-            }
+            // Idle connections hold no read buffer (the biggest part of an idle connection's
+            // cost), not even an empty one with no capacity left: it may still share the buffer
+            // its frames were split from.
+            self.read_buf = BytesMut::new();
             return Ok(None);
         }
         // The codec waits for a whole frame before it checks the size; refuse from the header, so

@@ -13,7 +13,7 @@ use prometheus::local::LocalHistogram;
 use super::{Connection, End, Session};
 use crate::metrics::Metrics;
 use crate::protocol::close;
-use crate::view::Emitted;
+use crate::view::{EmitStats, Emitted};
 
 /// A frame is sent once it holds this many bytes, so that a drain of many symbols (a 1,000-symbol
 /// subscribe, a slow client catching up) leaves as several frames rather than one huge one.
@@ -23,6 +23,14 @@ thread_local! {
     /// Lent to `SlotView::emit_latest` for each read, so catching up allocates nothing: one per
     /// worker rather than one per connection, which an idle connection would carry for nothing.
     static CATCH_UP: std::cell::RefCell<Vec<crate::index::Recent>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+thread_local! {
+    /// What the frame being built holds (updates, snapshots, when each update's tick came in),
+    /// until the socket takes it (`frame_sent`). One per worker, not per connection: a frame is
+    /// filled and handed to its socket without an await in between, and the rare frame that must
+    /// wait for its socket takes its counts along (`Connection::send_frame`).
+    static FRAME_STATS: RefCell<EmitStats> = RefCell::default();
 }
 
 thread_local! {
@@ -90,10 +98,9 @@ impl Session {
     }
 
     fn add_due_deferred(&mut self, now: Instant) {
-        if self.deferred_until.is_some_and(|at| at <= now) {
+        if let Some(mut d) = self.deferred.take_if(|d| d.until <= now) {
             // Due or not, every deferred slot is looked at again; emit() defers those still early.
-            self.work.append(&mut self.deferred);
-            self.deferred_until = None;
+            self.work.append(&mut d.slots);
         }
     }
 
@@ -107,15 +114,25 @@ impl Session {
                 continue; // unsubscribed since it was marked
             };
             let emitted = CATCH_UP.with_borrow_mut(|catch_up| {
-                view.emit_latest(catch_up, now, &mut self.frame, &mut self.stats)
+                FRAME_STATS.with_borrow_mut(|stats| {
+                    view.emit_latest(catch_up, now, &mut self.frame, stats)
+                })
             });
             match emitted {
-                Emitted::NotBefore(at) => {
-                    if !self.deferred.contains(&slot) {
-                        self.deferred.push(slot);
+                Emitted::NotBefore(at) => match &mut self.deferred {
+                    Some(d) => {
+                        if !d.slots.contains(&slot) {
+                            d.slots.push(slot);
+                        }
+                        d.until = d.until.min(at);
                     }
-                    self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
-                }
+                    None => {
+                        self.deferred = Some(Box::new(super::Deferred {
+                            slots: vec![slot],
+                            until: at,
+                        }))
+                    }
+                },
                 Emitted::Lagged => {
                     return Err(End::Close(
                         close::SLOW_CONSUMER,
@@ -144,10 +161,20 @@ impl Session {
 
     /// Accounts for a frame the socket has taken (`handed`: when), and starts the next one's counts.
     pub fn frame_sent(&mut self, bytes: usize, handed: Instant) {
+        FRAME_STATS.with_borrow_mut(|stats| self.frame_sent_with(bytes, handed, stats));
+    }
+
+    /// The counts of the frame just built, for a frame that waits for its socket: the worker's
+    /// other connections build theirs meanwhile.
+    fn take_frame_stats() -> EmitStats {
+        FRAME_STATS.with_borrow_mut(std::mem::take)
+    }
+
+    /// `frame_sent` with the frame's counts (`s`, cleared).
+    fn frame_sent_with(&self, bytes: usize, handed: Instant, s: &mut EmitStats) {
         let m = &self.shared.metrics;
         m.frames_sent.inc();
         m.bytes_sent.inc_by(bytes as u64);
-        let s = &mut self.stats;
         if s.updates > 0 {
             self.updates_sent.inc_by(s.updates);
             m.updates_conflated.inc_by(s.conflated);
@@ -178,7 +205,7 @@ impl Connection {
             Box::pin(self.wait_for_socket()).await?;
         }
         if let Some(payload) = self.pong_owed.take() {
-            self.send(OpCode::Pong, payload).await?;
+            self.send(OpCode::Pong, *payload).await?;
         }
         let now = Instant::now();
         self.session.begin_flush(now);
@@ -220,7 +247,7 @@ impl Connection {
             if let Some(frame) = self.session.take_frame() {
                 let bytes = frame.len();
                 if self.socket.start(OpCode::Text, frame.into_bytes()).is_err() {
-                    self.ending = Some(End::Gone);
+                    self.ending = Some(Box::new(End::Gone));
                     return false;
                 }
                 // `now` for the time handed: one clock read per write, microseconds early.
@@ -228,7 +255,7 @@ impl Connection {
             }
             match done {
                 Err(end) => {
-                    self.ending = Some(end);
+                    self.ending = Some(Box::new(end));
                     return false;
                 }
                 Ok(true) => break,
@@ -245,8 +272,19 @@ impl Connection {
             return Ok(false);
         };
         let bytes = frame.len();
-        self.send(OpCode::Text, frame.into_bytes()).await?;
-        self.session.frame_sent(bytes, Instant::now());
+        self.socket
+            .start(OpCode::Text, frame.into_bytes())
+            .map_err(|_| End::Gone)?;
+        // A frame that must wait takes its counts along: the worker's other connections fill
+        // their frames meanwhile.
+        let waits = (!self.socket.is_drained()).then(Session::take_frame_stats);
+        self.drained().await?;
+        match waits {
+            None => self.session.frame_sent(bytes, Instant::now()),
+            Some(mut stats) => self
+                .session
+                .frame_sent_with(bytes, Instant::now(), &mut stats),
+        }
         Ok(true)
     }
 
@@ -255,6 +293,12 @@ impl Connection {
     }
 
     /// Sends one frame and waits until the kernel has all of it.
+    async fn send(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), End> {
+        self.socket.start(opcode, payload).map_err(|_| End::Gone)?;
+        self.drained().await
+    }
+
+    /// Waits until the kernel has every frame started.
     ///
     /// Backpressure is decided here: nearly always the socket takes the frame at once and nothing
     /// waits. When it does not (the client's receive window and the kernel's send buffer are full),
@@ -263,8 +307,7 @@ impl Connection {
     /// `slow_consumer_timeout_ms` is a slow consumer (close 4008). Shutdown and token expiry still
     /// end the wait: the close then goes after the unsent bytes if the socket takes them within
     /// the close grace, and the connection is reset otherwise.
-    async fn send(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), End> {
-        self.socket.start(opcode, payload).map_err(|_| End::Gone)?;
+    async fn drained(&mut self) -> Result<(), End> {
         if self.socket.is_drained() {
             return Ok(());
         }
