@@ -317,8 +317,8 @@ pub struct Writer {
 struct Dirty {
     /// Slots with news, each at most once.
     list: Vec<u32>,
-    /// `flags[slot]` is true while `slot` is in `list`.
-    flags: Vec<bool>,
+    /// Which slots are in `list`.
+    flags: SlotBits,
     /// The shard's clock fired for this connection (a deadline passed, or its gateway closes).
     clock: bool,
     closed: bool,
@@ -329,11 +329,46 @@ struct Dirty {
     waker: Option<Waker>,
 }
 
+/// A set of slot ids: the first 64 in a word of their own, since most connections hold fewer
+/// symbols than that and an allocation would be part of every idle connection.
+#[derive(Default)]
+struct SlotBits {
+    low: u64,
+    high: Vec<u64>,
+}
+
+impl SlotBits {
+    /// Adds `slot`; false if it was there.
+    fn set(&mut self, slot: u32) -> bool {
+        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        let w = if word == 0 {
+            &mut self.low
+        } else {
+            if self.high.len() < word {
+                self.high.resize(word, 0);
+            }
+            &mut self.high[word - 1]
+        };
+        let was = *w & bit != 0;
+        *w |= bit;
+        !was
+    }
+
+    fn clear(&mut self, slot: u32) {
+        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        if word == 0 {
+            self.low &= !bit;
+        } else if let Some(w) = self.high.get_mut(word - 1) {
+            *w &= !bit;
+        }
+    }
+}
+
 impl Dirty {
     /// Appends the marked slots to `out` and clears them.
     fn move_into(&mut self, out: &mut Vec<u32>) {
         for &slot in &self.list {
-            self.flags[slot as usize] = false;
+            self.flags.clear(slot);
         }
         if out.is_empty() {
             // No copy: `out` takes the list, and the list `out`'s empty buffer.
@@ -404,20 +439,11 @@ impl ConnPending {
     /// needs one (or a write on its behalf, `Shard::deliver_and_write`).
     fn mark_quiet(&self, slot: u32) -> bool {
         let mut d = lock(&self.dirty);
-        let i = slot as usize;
-        if d.closed {
+        if d.closed || !d.flags.set(slot) {
             return false;
         }
-        if d.flags.len() <= i {
-            d.flags.resize(i + 1, false);
-        }
-        if d.flags[i] {
-            false
-        } else {
-            d.flags[i] = true;
-            d.list.push(slot);
-            d.list.len() == 1
-        }
+        d.list.push(slot);
+        d.list.len() == 1
     }
 
     /// Wakes the connection's task.
@@ -487,7 +513,7 @@ impl ConnPending {
         let mut d = lock(&self.dirty);
         d.closed = true;
         d.list = Vec::new();
-        d.flags = Vec::new();
+        d.flags = SlotBits::default();
         d.waker = None;
     }
 
@@ -510,6 +536,23 @@ mod tests {
     use crate::index::Index;
     use crate::metrics::Metrics;
     use crate::model::Tick;
+
+    /// A slot is in the set once, whichever word holds it (the inline one or one on the heap).
+    #[test]
+    fn slot_bits_hold_each_slot_once_inline_or_not() {
+        let mut bits = SlotBits::default();
+        let slots = [0u32, 1, 63, 64, 65, 127, 128, 999];
+        for &slot in &slots {
+            assert!(bits.set(slot), "{slot} was not there");
+            assert!(!bits.set(slot), "{slot} set twice");
+        }
+        bits.clear(64);
+        bits.clear(5000); // never set: nothing to do
+        for &slot in &slots {
+            assert_eq!(bits.set(slot), slot == 64, "{slot}");
+        }
+        assert!(bits.set(2) && bits.set(62), "neighbours are their own bits");
+    }
 
     fn tick(bid: i64) -> FeedEvent {
         FeedEvent::Tick(Tick {
