@@ -176,7 +176,7 @@ impl SlotView {
             return self.emit_delayed(delay, crate::feed::now_ms(), now, frame, stats);
         }
         let latest = self
-            .entry()
+            .subscription
             .read_since(self.catch_up_after(), std::mem::take(scratch));
         let emitted = self.emit(latest.as_ref(), now, frame, stats);
         if let Some(p) = latest {
