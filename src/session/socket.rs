@@ -5,8 +5,8 @@
 //! which copies it into an 8 KiB write buffer and keeps an 8 KiB read buffer for the connection's
 //! whole life. Measured (docs/benchmarks.md), that was 16 of 18 KiB per idle connection and a copy,
 //! a channel hop and a wake-up per frame. Here the frame the session built goes to the socket in one
-//! syscall (`send` of a small frame copied with its header, or `writev` of header + shared payload
-//! bytes), and the read buffer exists only while bytes are waiting
+//! syscall (`send` of a small frame copied with its header, or `sendmsg` of header + shared
+//! payload bytes), and the read buffer exists only while bytes are waiting
 //! to be parsed. Frames are parsed by actix-http's WebSocket codec, the same one actix-ws uses.
 
 use std::collections::VecDeque;
@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 const READ_CHUNK: usize = 4096;
 /// Frames up to this size (header included) are copied and written with `send` (`try_write_frame`).
 const SEND_COPY_BYTES: usize = 1024;
-/// Most buffers handed to one `writev` when a backlog drains.
+/// Most buffers handed to one `sendmsg` when a backlog drains.
 const WRITE_SLICES: usize = 16;
 /// At most this much is read and thrown away after our close frame, while waiting for the peer's.
 const LINGER_DISCARD_BYTES: usize = 64 * 1024;
@@ -181,13 +181,11 @@ impl WsSocket {
     /// A small frame (nearly every update frame) is copied into one buffer on the stack and
     /// handed to `send(2)`: measured, that is cheaper in the kernel than `writev(2)`'s file layer
     /// and its iovec import (docs/benchmarks.md), and the copy is a few hundred bytes. Larger
-    /// frames go with `writev`, uncopied.
+    /// frames go uncopied with `sendmsg(2)`, which skips the file layer too.
     fn try_write_frame(&self, head: &[u8], payload: &[u8]) -> io::Result<usize> {
         let len = head.len() + payload.len();
         if len > SEND_COPY_BYTES {
-            return self
-                .io
-                .try_write_vectored(&[IoSlice::new(head), IoSlice::new(payload)]);
+            return self.try_send_vectored(&[IoSlice::new(head), IoSlice::new(payload)]);
         }
         let mut buf = [0u8; SEND_COPY_BYTES];
         buf[..head.len()].copy_from_slice(head);
@@ -195,6 +193,14 @@ impl WsSocket {
         // `try_io`: a `WouldBlock` clears the socket's readiness, as tokio's own writes do.
         self.io.try_io(tokio::io::Interest::WRITABLE, || {
             socket2::SockRef::from(&self.io).send(&buf[..len])
+        })
+    }
+
+    /// `sendmsg(2)` rather than tokio's `writev(2)`: a socket's own call, without the file layer
+    /// (12 % less server CPU per delivery on a hot symbol with 16 ms frames, docs/benchmarks.md).
+    fn try_send_vectored(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.io.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(&self.io).send_vectored(slices)
         })
     }
 
@@ -213,7 +219,7 @@ impl WsSocket {
                 .take(WRITE_SLICES)
                 .map(|b| IoSlice::new(b))
                 .collect();
-            match self.io.try_write_vectored(&slices) {
+            match self.try_send_vectored(&slices) {
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match tokio::time::timeout(stall, self.io.writable()).await {
