@@ -403,16 +403,13 @@ impl From<SendError> for End {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     use rust_decimal::Decimal;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::config::LimitsConfig;
     use crate::feed::FeedEvent;
     use crate::index::Index;
     use crate::metrics::Metrics;
@@ -441,15 +438,7 @@ mod tests {
                 ..Tick::default()
             }));
         }
-        Arc::new(SessionShared {
-            index,
-            metrics,
-            limits: LimitsConfig::default(),
-            tiers: Default::default(),
-            shutdown: CancellationToken::new(),
-            closing: Default::default(),
-            connections: AtomicUsize::new(0),
-        })
+        SessionShared::with_defaults(index, metrics)
     }
 
     fn subscribers(shared: &SessionShared) -> Vec<usize> {

@@ -59,6 +59,22 @@ pub struct SessionShared {
     pub connections: AtomicUsize,
 }
 
+impl SessionShared {
+    /// For unit tests: `index` served with the default limits, nothing shutting down.
+    #[cfg(test)]
+    pub(crate) fn with_defaults(index: Arc<Index>, metrics: Arc<Metrics>) -> Arc<SessionShared> {
+        Arc::new(SessionShared {
+            index,
+            metrics,
+            limits: LimitsConfig::default(),
+            tiers: Default::default(),
+            shutdown: CancellationToken::new(),
+            closing: Default::default(),
+            connections: AtomicUsize::new(0),
+        })
+    }
+}
+
 /// How a connection reaches its client: the `transport` label of the metrics that tell them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {

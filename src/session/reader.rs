@@ -341,13 +341,9 @@ fn dedup(symbols: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::sync::atomic::AtomicUsize;
-
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::access::Grant;
-    use crate::config::LimitsConfig;
     use crate::frame::Framing;
     use crate::index::Index;
     use crate::metrics::Metrics;
@@ -364,15 +360,7 @@ mod tests {
         for name in &names {
             index.register(name.as_str().into());
         }
-        let shared = Arc::new(SessionShared {
-            index: index.clone(),
-            metrics,
-            limits: LimitsConfig::default(),
-            tiers: Default::default(),
-            shutdown: CancellationToken::new(),
-            closing: Default::default(),
-            connections: AtomicUsize::new(0),
-        });
+        let shared = SessionShared::with_defaults(index.clone(), metrics);
         let now = Instant::now();
         let mut session = Session::new(shared, Grant::default(), Framing::JsonArray, now);
         let mut model = BTreeSet::new();
