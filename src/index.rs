@@ -61,7 +61,8 @@ pub const RECENT_TICKS: usize = 64;
 /// 64 per window is not conflated for clients that keep up. Memory: about 170 bytes per kept change
 /// (its encoded frame and this header), so at most ~700 KiB for a symbol ticking over 15,000 times
 /// a second with a 16 ms batching window, and in all about (tick rate × window × 170 B) for
-/// symbols that have subscribers.
+/// symbols that have subscribers. Each worker with subscribers to the symbol keeps a copy of the
+/// ring (`Mirror`), so that bound counts once for the index and once per such worker.
 pub const RECENT_MAX: usize = 4096;
 
 /// How much longer than the batching window a change stays in the ring: a client that keeps up

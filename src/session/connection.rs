@@ -308,9 +308,8 @@ impl Connection {
             .map(Instant::into_std)
     }
 
-    /// `flush`, boxed: the serving loop is every connection's task, and flush's future (about
-    /// 200 bytes) would otherwise be part of it while the connection idles. Most news leaves
-    /// from the shard's pass (`write_now`), so the task flushes rarely.
+    /// The ping (a comment line on SSE), boxed for the same reason as `flush_boxed`: once per
+    /// `ping_interval_ms`, its future would otherwise be part of every idle connection's task.
     fn ping_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), End>> + '_>> {
         Box::pin(async move {
             if self.is_sse() {
@@ -323,6 +322,9 @@ impl Connection {
         })
     }
 
+    /// `flush`, boxed: the serving loop is every connection's task, and flush's future (about
+    /// 200 bytes) would otherwise be part of it while the connection idles. Most news leaves
+    /// from the shard's pass (`write_now`), so the task flushes rarely.
     fn flush_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<bool, End>> + '_>> {
         Box::pin(self.flush())
     }

@@ -281,6 +281,8 @@ impl Session {
                         self.slots.push(None);
                         (self.slots.len() - 1) as u32
                     });
+                    // Not held: the entry was found by this exact name, which was not in
+                    // `by_symbol` above (and `dedup` left it once in this op).
                     let at = self.find_symbol(&entry.symbol).unwrap_err();
                     let subscription = entry.subscribe(&self.pending, slot, pacing.delay.is_none());
                     self.slots[slot as usize] = Some(SlotView::new(subscription, pacing));
