@@ -200,10 +200,8 @@ impl Connection {
     /// Writes everything owed: a pong, then for every dirty (or due deferred) slot whatever its view
     /// says, batched into as few frames as fit `FRAME_TARGET_BYTES`. True when a frame left.
     pub(super) async fn flush(&mut self) -> Result<bool, End> {
-        if !self.socket.is_drained() {
-            // What a write from the shard's pass left unsent goes first (`write_now`).
-            Box::pin(self.wait_for_socket()).await?;
-        }
+        // What a write from the shard's pass left unsent goes first (`write_now`).
+        self.drained().await?;
         if let Some(payload) = self.pong_owed.take() {
             self.send(OpCode::Pong, *payload).await?;
         }
@@ -244,14 +242,14 @@ impl Connection {
         }
         loop {
             let done = self.session.fill_frame(now);
-            if let Some(frame) = self.session.take_frame() {
-                let bytes = frame.len();
-                if self.socket.start(OpCode::Text, frame.into_bytes()).is_err() {
-                    self.ending = Some(Box::new(End::Gone));
+            match self.start_frame() {
+                // `now` for the time handed: one clock read per write, microseconds early.
+                Ok(Some(bytes)) => self.session.frame_sent(bytes, now),
+                Ok(None) => {}
+                Err(end) => {
+                    self.ending = Some(Box::new(end));
                     return false;
                 }
-                // `now` for the time handed: one clock read per write, microseconds early.
-                self.session.frame_sent(bytes, now);
             }
             match done {
                 Err(end) => {
@@ -268,13 +266,9 @@ impl Connection {
 
     /// Hands the current frame to the socket and accounts for it; false when there was none.
     pub(super) async fn send_frame(&mut self) -> Result<bool, End> {
-        let Some(frame) = self.session.take_frame() else {
+        let Some(bytes) = self.start_frame()? else {
             return Ok(false);
         };
-        let bytes = frame.len();
-        self.socket
-            .start(OpCode::Text, frame.into_bytes())
-            .map_err(|_| End::Gone)?;
         // A frame that must wait takes its counts along: the worker's other connections fill
         // their frames meanwhile.
         let waits = (!self.socket.is_drained()).then(Session::take_frame_stats);
@@ -286,6 +280,19 @@ impl Connection {
                 .frame_sent_with(bytes, Instant::now(), &mut stats),
         }
         Ok(true)
+    }
+
+    /// Starts the frame built so far on the socket, without waiting (the part of a write the
+    /// shard's pass and the task share): its length, or `None` when nothing was built.
+    fn start_frame(&mut self) -> Result<Option<usize>, End> {
+        let Some(frame) = self.session.take_frame() else {
+            return Ok(None);
+        };
+        let bytes = frame.len();
+        self.socket
+            .start(OpCode::Text, frame.into_bytes())
+            .map_err(|_| End::Gone)?;
+        Ok(Some(bytes))
     }
 
     pub(super) async fn send_ping(&mut self) -> Result<(), End> {
