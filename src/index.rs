@@ -759,14 +759,12 @@ impl SymbolEntry {
     }
 
     /// Brings a shard's mirror of this symbol up to date: one lock of the symbol per change and
-    /// shard, whatever the number of the shard's connections reading it.
+    /// shard, whatever the number of the shard's connections reading it. Called with the mirror
+    /// locked, once its generation was seen to differ (generations only grow).
     fn refresh(&self, m: &mut Mirror) {
         let st = lock(&self.state);
         // Read under the lock: the generation of exactly the state copied.
         let generation = self.generation.load(Ordering::Acquire);
-        if generation == m.generation {
-            return;
-        }
         // The mirror's ring is always the whole ring of its last refresh, and the ring is
         // contiguous up to `version`: when every change since is still in it, they follow on.
         let behind = (st.version - m.head.version) as usize;
