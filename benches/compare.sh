@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the side-by-side comparison in docs/benchmarks.md: quotegw (1 worker with the default
-# config; with `min_frame_interval_ms = 16`; 2 workers on one core; 2 workers unpinned), Bun's pub/sub
+# config; with `min_frame_interval_ms = 16`; with `fanout_busy_percent = 100` (label quotegw-busy100,
+# not in the default list); 2 workers on one core; 2 workers unpinned), Bun's pub/sub
 # (uWebSockets) and Node 20 + ws, on the workloads of benches/load.rs, median of RUNS (default 3) runs
 # each. LABELS picks servers (default: all of the above), e.g. LABELS="quotegw bun". The server runs on core 0 and the harness on core 1. The peers
 # are installed from npm into target/peers/ when missing. Writes target/compare/results.jsonl and
@@ -32,6 +33,8 @@ for w in "${workloads[@]}"; do
       quotegw) args=(--server quotegw) ;;
       # The operator's hard cap: at most one frame per 16 ms per connection.
       quotegw-16ms) args=(--server quotegw); export QUOTEGW_LOAD_LIMITS="min_frame_interval_ms = 16" ;;
+      # No rest after long passes: frames grow only once the worker is saturated.
+      quotegw-busy100) args=(--server quotegw); export QUOTEGW_LOAD_LIMITS="fanout_busy_percent = 100" ;;
       # Two workers on the server's one core: threads must pay for themselves.
       quotegw-2w1c) args=(--server quotegw --workers 2) ;;
       quotegw-2w) args=(--server quotegw --workers 2 --no-pin) ;;

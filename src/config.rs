@@ -75,6 +75,12 @@ pub struct LimitsConfig {
     /// Least time between two frames of updates on one connection (a hard cap an operator may set);
     /// 0, the default, adds no delay: what became due while the worker was busy leaves together.
     pub min_frame_interval_ms: u64,
+    /// The share of a worker's time, in percent, its fan-out pass may take before batches grow:
+    /// after a pass that took `t`, the next waits until `t × (100 − p) / p` has passed (at most
+    /// `fanout::MAX_REST`, never less than 1 ms or not at all), so a loaded worker writes fewer,
+    /// fuller frames instead of one per update. A quiet worker never waits. 100 writes whenever the
+    /// worker is free (frames grow only once it is saturated).
+    pub fanout_busy_percent: u32,
     /// `SO_SNDBUF` of every accepted socket, bytes (the kernel doubles it for its bookkeeping); 0
     /// leaves the kernel's autotuning, which lets one stalled client pin up to `tcp_wmem`'s max.
     pub send_buffer_bytes: usize,
@@ -102,6 +108,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 256,
             handshake_timeout_ms: 5_000,
             min_frame_interval_ms: 0,
+            fanout_busy_percent: 80,
             send_buffer_bytes: 256 * 1024,
             max_connections_per_token: 1000,
             ipv6_prefix_len: 64,
@@ -206,6 +213,13 @@ impl Config {
             return Err((
                 "limits.min_frame_interval_ms".into(),
                 "must be between 0 (no batching window) and 1000".into(),
+            ));
+        }
+        if !(10..=100).contains(&l.fanout_busy_percent) {
+            return Err((
+                "limits.fanout_busy_percent".into(),
+                "must be between 10 and 100 (100: batches grow only when the worker is saturated)"
+                    .into(),
             ));
         }
         if !(1..=128).contains(&l.ipv6_prefix_len) {
@@ -342,6 +356,10 @@ mod tests {
             LimitsConfig::default().min_frame_interval_ms,
             "a config without [limits] gets the same batching window as the documented default"
         );
+        assert_eq!(
+            c.limits.fanout_busy_percent,
+            LimitsConfig::default().fanout_busy_percent,
+        );
         assert_eq!(c.feeds.len(), 1);
     }
 
@@ -369,6 +387,14 @@ mod tests {
             "my.toml: key 'limits.min_frame_interval_ms': must be between 0 (no batching window) and 1000"
         );
         assert!(Config::parse("[limits]\nmin_frame_interval_ms = 0\n", "my.toml").is_ok());
+        for busy in [0, 9, 101] {
+            let e = err(&format!("[limits]\nfanout_busy_percent = {busy}\n"));
+            assert_eq!(
+                e,
+                "my.toml: key 'limits.fanout_busy_percent': must be between 10 and 100 (100: batches grow only when the worker is saturated)"
+            );
+        }
+        assert!(Config::parse("[limits]\nfanout_busy_percent = 100\n", "my.toml").is_ok());
         let e = err("[[feeds]]\nkind = \"simulated\"\nname = \"a\"\nticks_per_second = 0\n");
         assert!(e.contains("key 'feeds[0].ticks_per_second'"), "{e}");
         let e = err("[[feeds]]\nkind = \"carrier-pigeon\"\nname = \"a\"\n");

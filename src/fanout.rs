@@ -45,6 +45,20 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// token expiry and shutdown.
 pub const CLOCK_TICK: Duration = Duration::from_millis(50);
 
+/// The longest rest after a pass (`rest_after`): bounds the latency the rest adds, whatever a pass
+/// took (a pass of seconds means the gateway is far past its capacity, where resting cannot help).
+pub const MAX_REST: Duration = Duration::from_millis(50);
+
+/// How long the shard rests after a pass that took `pass`, so that its passes take at most
+/// `busy_percent` of its worker's time (`limits.fanout_busy_percent`): none for a short pass (the
+/// timer's resolution is 1 ms, and a rest below it would be a fixed delay on a quiet worker),
+/// at most `MAX_REST`.
+pub fn rest_after(pass: Duration, busy_percent: u32) -> Option<Duration> {
+    let busy = busy_percent.clamp(1, 100);
+    let rest = pass * (100 - busy) / busy;
+    (rest >= Duration::from_millis(1)).then(|| rest.min(MAX_REST))
+}
+
 /// `ConnPending::due`: no deadline.
 const NEVER: u64 = u64::MAX;
 
@@ -107,7 +121,18 @@ impl Shard {
             loop {
                 tokio::select! {
                     biased;
-                    _ = shard.notify.notified() => shard.deliver_and_write(&mut marked, writer.write),
+                    _ = shard.notify.notified() => {
+                        let started = Instant::now();
+                        shard.deliver_and_write(&mut marked, writer.write);
+                        // Backpressure on the whole worker: a pass that took much of its time is
+                        // followed by a rest, so the next pass finds more ticks per connection and
+                        // writes fewer, fuller frames (`rest_after`). Ticks meanwhile wait in the
+                        // inbox (one link per symbol) and the symbols' rings, never dropped.
+                        if let Some(rest) = rest_after(started.elapsed(), writer.busy_percent) {
+                            tokio::time::sleep(rest).await;
+                            writer.rested.inc_by(rest.as_secs_f64());
+                        }
+                    }
                     _ = clock.tick() => shard.tick(Instant::now()),
                 }
                 (writer.end_of_pass)();
@@ -304,13 +329,17 @@ const NO_WRITER: u32 = u32::MAX;
 pub type WriteNow = fn(&ConnPending) -> bool;
 
 /// What the shard's task calls on its worker's connections (`Shard::ensure_running`).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Writer {
     /// Per connection its pass marked.
     pub write: WriteNow,
     /// After every pass and clock tick: publishes what the worker buffers (its latency
     /// observations).
     pub end_of_pass: fn(),
+    /// `limits.fanout_busy_percent`: how much of the worker's time passes may take (`rest_after`).
+    pub busy_percent: u32,
+    /// Counts the rests (`quotegw_fanout_rest_seconds_total`).
+    pub rested: prometheus::Counter,
 }
 
 #[derive(Default)]
@@ -554,6 +583,28 @@ mod tests {
         assert!(bits.set(2) && bits.set(62), "neighbours are their own bits");
     }
 
+    /// A pass rests in proportion to what it took, so passes take `busy_percent` of the worker's
+    /// time; a quiet worker's short passes never rest, and no rest is longer than `MAX_REST`.
+    #[test]
+    fn a_pass_rests_in_proportion_to_its_length_and_never_on_a_quiet_worker() {
+        let ms = Duration::from_millis;
+        assert_eq!(rest_after(ms(8), 80), Some(ms(2)), "8 ms busy in 10");
+        assert_eq!(rest_after(ms(10), 50), Some(ms(10)));
+        assert_eq!(rest_after(ms(3), 10), Some(ms(27)));
+        assert_eq!(rest_after(ms(40), 10), Some(MAX_REST), "capped");
+        assert_eq!(
+            rest_after(ms(3), 80),
+            None,
+            "a 0.75 ms rest is below the timer's resolution"
+        );
+        assert_eq!(
+            rest_after(Duration::from_micros(300), 25),
+            None,
+            "not for a short pass"
+        );
+        assert_eq!(rest_after(ms(500), 100), None, "100: never");
+    }
+
     fn tick(bid: i64) -> FeedEvent {
         FeedEvent::Tick(Tick {
             symbol: "X".into(),
@@ -660,6 +711,8 @@ mod tests {
                 conn.shard().ensure_running(Writer {
                     write: busy_writer,
                     end_of_pass: || {},
+                    busy_percent: 100,
+                    rested: prometheus::Counter::new("rested", "-").unwrap(),
                 });
                 // The snapshot's mark, then the first news; every write brings the next.
                 conn.take(&mut Vec::new());

@@ -89,10 +89,15 @@ impl Connection {
         let this = Rc::new(RefCell::new(self));
         async move {
             // The worker's fan-out task, started by its first connection (`fanout.rs`).
-            pending.shard().ensure_running(Writer {
-                write: write_now,
-                end_of_pass: super::writer::publish_latency,
-            });
+            {
+                let shared = &this.borrow().session.shared;
+                pending.shard().ensure_running(Writer {
+                    write: write_now,
+                    end_of_pass: super::writer::publish_latency,
+                    busy_percent: shared.limits.fanout_busy_percent,
+                    rested: shared.metrics.fanout_rest_seconds.clone(),
+                });
+            }
             let end = {
                 let _registered = Registered::new(&pending, &this);
                 serve(&this, &pending).await
