@@ -41,20 +41,7 @@ async fn every_client_gets_every_update_while_the_fan_out_rests(workers: usize) 
         clients.push(c);
     }
 
-    let ticks = gw.ticks.clone();
-    let pusher = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_millis(1));
-        // A stalled pusher must not catch up in a burst (see the module doc).
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for i in 1..=TICKS as i64 {
-            every.tick().await;
-            let bid = format!("{}.{:02}", 1 + i / 100, i % 100);
-            ticks
-                .send(tick("HOT", 1 + i, &[("bid", &bid)]))
-                .await
-                .expect("gateway feed is running");
-        }
-    });
+    let pusher = gw.push_paced("HOT", TICKS as i64, Duration::from_millis(1));
 
     let readers = clients
         .into_iter()

@@ -32,21 +32,7 @@ async fn a_hot_symbol_leaves_in_one_frame_per_interval_with_every_update() {
     let snapshot = client.subscribe(&["HOT"]).await.remove(0);
     let first_seq = snapshot["seq"].as_u64().expect("snapshot seq");
 
-    let ticks = gw.ticks.clone();
-    let pusher = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_millis(20));
-        // A stalled pusher must not catch up in a burst: the bound on ticks per interval is what
-        // keeps the index's recent-updates ring from overflowing.
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for i in 1..=TICKS {
-            every.tick().await;
-            let bid = format!("{}.{:02}", 1 + i / 100, i % 100);
-            ticks
-                .send(tick("HOT", 1 + i, &[("bid", &bid)]))
-                .await
-                .expect("gateway feed is running");
-        }
-    });
+    let pusher = gw.push_paced("HOT", TICKS, Duration::from_millis(20));
 
     let last_wanted = first_seq + TICKS as u64;
     let mut last_seq = first_seq;

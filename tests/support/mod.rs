@@ -120,6 +120,30 @@ impl TestGateway {
             .expect("gateway feed is running");
     }
 
+    /// Pushes `count` ticks of `symbol` from a task, one every `every`, with `ts` 2, 3, … and bids
+    /// 1.01, 1.02, …. A stalled pusher does not catch up in a burst: tests that bound ticks per
+    /// interval (to stay inside what the index keeps for clients behind) rely on it.
+    pub fn push_paced(
+        &self,
+        symbol: &str,
+        count: i64,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let (ticks, symbol) = (self.ticks.clone(), symbol.to_string());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for i in 1..=count {
+                interval.tick().await;
+                let bid = format!("{}.{:02}", 1 + i / 100, i % 100);
+                ticks
+                    .send(tick(&symbol, 1 + i, &[("bid", &bid)]))
+                    .await
+                    .expect("gateway feed is running");
+            }
+        })
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
