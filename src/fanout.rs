@@ -13,10 +13,12 @@
 //! same pass, writes each marked connection's frame itself, one connection after the other, through
 //! the worker's writer (`WriteNow`, `session::connection::write_now`): whatever was marked while the
 //! worker was busy leaves in one frame per connection, back to back, so batches grow by themselves
-//! under load and a quiet worker writes at once (this is how uWebSockets corks). A connection's
-//! task is woken only when the pass cannot write for it: its task is using the socket (a client
-//! frame, a socket that did not take a frame), a clock event or a batching window is pending, or
-//! the connection must end. News is delivered by the pass only, even when a connection's task
+//! under load and a quiet worker writes at once (this is how uWebSockets corks). Ticks that arrive
+//! during the pass join the frames it has still to write, and a pass that took much of the
+//! worker's time is followed by a rest (`rest_after`), so frames grow before the worker saturates.
+//! A connection's task is woken only when the pass cannot write for it: its task is using the
+//! socket (a client frame, a socket that did not take a frame), a clock event or a batching window
+//! is pending, or the connection must end. News is delivered by the pass only, even when a connection's task
 //! writes (`ConnPending::take`): a task delivering it would mark, and so wake, every connection
 //! the pass would have written.
 //!
@@ -117,13 +119,13 @@ impl Shard {
             let _running = Running(shard.clone());
             let mut clock = tokio::time::interval(CLOCK_TICK);
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut marked = Vec::new();
+            let mut pass = Pass::default();
             loop {
                 tokio::select! {
                     biased;
                     _ = shard.notify.notified() => {
                         let started = Instant::now();
-                        shard.deliver_and_write(&mut marked, writer.write);
+                        shard.deliver_and_write(&mut pass, writer.write);
                         // Backpressure on the whole worker: a pass that took much of its time is
                         // followed by a rest, so the next pass finds more ticks per connection and
                         // writes fewer, fuller frames (`rest_after`). Ticks meanwhile wait in the
@@ -149,12 +151,25 @@ impl Shard {
     /// marked leaves in one frame per connection, back to back). A connection `write` cannot
     /// serve at once (its task is busy with the socket, a clock event or a window is pending, the
     /// frame did not fit the socket) is woken and writes from its own task, as before.
-    fn deliver_and_write(&self, marked: &mut Vec<Arc<ConnPending>>, write: WriteNow) {
-        self.deliver_with(|conn| marked.push(conn.clone()));
-        for conn in marked.drain(..) {
+    ///
+    /// Ticks that arrive during the pass are delivered between its writes: a connection still to
+    /// be written in this pass is marked already, so its frame takes the new ticks along; one the
+    /// new ticks mark afresh (written earlier in this pass, or not in it) is written first in the
+    /// next pass, so a pass covers the connections it started with and ends.
+    fn deliver_and_write(&self, pass: &mut Pass, write: WriteNow) {
+        let Pass { now, next } = pass;
+        // Left over from the last pass: theirs is the oldest news.
+        std::mem::swap(now, next);
+        self.deliver_with(|conn| now.push(conn.clone()));
+        for conn in now.drain(..) {
             if !write(&conn) {
                 conn.wake();
             }
+            self.deliver_with(|conn| next.push(conn.clone()));
+        }
+        if !next.is_empty() {
+            // The next pass comes whether or not another tick does.
+            self.notify.notify_one();
         }
     }
 
@@ -230,6 +245,15 @@ impl Shard {
     pub fn delivered(&self) -> usize {
         self.delivered.load(Ordering::Relaxed)
     }
+}
+
+/// The connections of the shard's pass (`Shard::deliver_and_write`): its kept allocations.
+#[derive(Default)]
+struct Pass {
+    /// Being written in this pass.
+    now: Vec<Arc<ConnPending>>,
+    /// Marked afresh during the last pass: written first in the next one.
+    next: Vec<Arc<ConnPending>>,
 }
 
 struct Running(Arc<Shard>);
@@ -606,12 +630,7 @@ mod tests {
     }
 
     fn tick(bid: i64) -> FeedEvent {
-        FeedEvent::Tick(Tick {
-            symbol: "X".into(),
-            ts: bid,
-            bid: Some(Decimal::new(bid, 2)),
-            ..Tick::default()
-        })
+        tick_on("X", bid)
     }
 
     /// A batch of ticks is handed to each worker once, whatever the number of connections or
@@ -674,6 +693,85 @@ mod tests {
     thread_local! {
         /// The index the busy writer below feeds, and its next bid.
         static BUSY: std::cell::RefCell<Option<(Arc<Index>, i64)>> = const { std::cell::RefCell::new(None) };
+    }
+
+    fn tick_on(symbol: &str, bid: i64) -> FeedEvent {
+        FeedEvent::Tick(Tick {
+            symbol: symbol.into(),
+            ts: bid,
+            bid: Some(Decimal::new(bid, 2)),
+            ..Tick::default()
+        })
+    }
+
+    /// What `logging_writer` wrote (connection id, the slots it took), and ticks it applies during
+    /// its writes, one per write, last first.
+    type WriteLog = (Vec<(u64, Vec<u32>)>, Vec<(Arc<Index>, FeedEvent)>);
+
+    thread_local! {
+        static WRITES: std::cell::RefCell<WriteLog> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// A writer that logs what it took, then lets the next scripted tick arrive, as if it had
+    /// come while the pass was writing.
+    fn logging_writer(conn: &ConnPending) -> bool {
+        let mut slots = Vec::new();
+        conn.take_marked(&mut slots);
+        slots.sort_unstable();
+        let arriving = WRITES.with_borrow_mut(|(log, during)| {
+            log.push((conn.id(), slots));
+            during.pop()
+        });
+        if let Some((index, tick)) = arriving {
+            index.apply(tick);
+        }
+        true
+    }
+
+    /// Ticks that arrive during a pass join the frames the pass has still to write; a connection
+    /// they mark after its frame left is written first in the next pass, which comes without
+    /// another tick.
+    #[test]
+    fn ticks_during_a_pass_join_the_frames_still_to_write_and_the_rest_lead_the_next_pass() {
+        let index = Arc::new(Index::new(&["f".into()], Arc::new(Metrics::new())));
+        let (x, y) = (index.register("X".into()), index.register("Y".into()));
+        index.apply(tick_on("X", 100));
+        index.apply(tick_on("Y", 100));
+        let (a, b) = (ConnPending::new(), ConnPending::new());
+        let _subs = [
+            x.subscribe(&a, 0, true),
+            x.subscribe(&b, 0, true),
+            y.subscribe(&b, 1, true),
+        ];
+        // The snapshots' marks.
+        a.take(&mut Vec::new());
+        b.take(&mut Vec::new());
+        let shard = a.shard();
+        // Y ticks while `a` is written, X while `b` is.
+        WRITES.set((
+            Vec::new(),
+            vec![
+                (index.clone(), tick_on("X", 102)),
+                (index.clone(), tick_on("Y", 101)),
+            ],
+        ));
+        index.apply(tick_on("X", 101));
+        let mut pass = Pass::default();
+        shard.deliver_and_write(&mut pass, logging_writer);
+        assert_eq!(
+            WRITES.with_borrow_mut(|(log, _)| std::mem::take(log)),
+            [(a.id(), vec![0]), (b.id(), vec![0, 1])],
+            "b's frame took Y's tick, which came after the pass began"
+        );
+        let next: Vec<u64> = pass.next.iter().map(|c| c.id()).collect();
+        assert_eq!(next, [a.id(), b.id()], "X ticked after both were written");
+        shard.deliver_and_write(&mut pass, logging_writer);
+        assert_eq!(
+            WRITES.with_borrow_mut(|(log, _)| std::mem::take(log)),
+            [(a.id(), vec![0]), (b.id(), vec![0])]
+        );
+        assert!(pass.now.is_empty() && pass.next.is_empty());
     }
 
     /// A writer whose every write brings news: each pass of the shard leaves its inbox non-empty,
