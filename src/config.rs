@@ -79,7 +79,8 @@ pub struct LimitsConfig {
     /// after a pass that took `t`, the next waits until `t × (100 − p) / p` has passed (at most
     /// `fanout::MAX_REST`, never less than 1 ms or not at all), so a loaded worker writes fewer,
     /// fuller frames instead of one per update. A quiet worker never waits. 100 writes whenever the
-    /// worker is free (frames grow only once it is saturated).
+    /// worker is free (frames grow only once it is saturated). Workers sharing a core split it
+    /// (`fanout::rest_after`).
     pub fanout_busy_percent: u32,
     /// `SO_SNDBUF` of every accepted socket, bytes (the kernel doubles it for its bookkeeping); 0
     /// leaves the kernel's autotuning, which lets one stalled client pin up to `tcp_wmem`'s max.

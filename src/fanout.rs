@@ -51,14 +51,54 @@ pub const CLOCK_TICK: Duration = Duration::from_millis(50);
 /// took (a pass of seconds means the gateway is far past its capacity, where resting cannot help).
 pub const MAX_REST: Duration = Duration::from_millis(50);
 
-/// How long the shard rests after a pass that took `pass`, so that its passes take at most
-/// `busy_percent` of its worker's time (`limits.fanout_busy_percent`): none for a short pass (the
-/// timer's resolution is 1 ms, and a rest below it would be a fixed delay on a quiet worker),
-/// at most `MAX_REST`.
-pub fn rest_after(pass: Duration, busy_percent: u32) -> Option<Duration> {
-    let busy = busy_percent.clamp(1, 100);
-    let rest = pass * (100 - busy) / busy;
+/// What a pass of the shard cost (`rest_after`).
+#[derive(Clone, Copy)]
+pub struct Cost {
+    /// From its start to its end.
+    pub wall: Duration,
+    /// Its thread's CPU time.
+    pub cpu: Duration,
+    /// Running shards per core (`shards_per_core`).
+    pub per_core: u32,
+}
+
+/// How long the shard rests after `pass`, so that passes keep the core busy at most
+/// `busy_percent` of the time (`limits.fanout_busy_percent`): the next starts no sooner than the
+/// pass's cost × 100 / `busy_percent` after this one started. None for a short pass (the timer's
+/// resolution is 1 ms, and a rest below it would be a fixed delay on a quiet worker), at most
+/// `MAX_REST`.
+///
+/// The cost of a pass is how long it kept its core busy: its length, when the worker has a core of
+/// its own (whatever preempted it, the ingest or another process, used the core too). Workers that
+/// share a core split `busy_percent`, and a pass then costs its own CPU time, or its share of its
+/// length when the siblings ran in it: their passes are counted by their own rests.
+pub fn rest_after(pass: Cost, busy_percent: u32) -> Option<Duration> {
+    let per_core = pass.per_core.max(1);
+    let cost = pass.cpu.max(pass.wall / per_core);
+    let cycle = cost * 100 * per_core / busy_percent.clamp(1, 100);
+    let rest = cycle.saturating_sub(pass.wall);
     (rest >= Duration::from_millis(1)).then(|| rest.min(MAX_REST))
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Shards whose task runs, in the whole process (`Shard::ensure_running`).
+static SHARDS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many running shards share a core: `limits.fanout_busy_percent` is a share of a core, so
+/// workers that share one (more workers than the cores this process may run on) split it. One
+/// per core, the default, gives each its whole share.
+fn shards_per_core() -> u32 {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    SHARDS_RUNNING
+        .load(Ordering::Relaxed)
+        .div_ceil(cores)
+        .max(1) as u32
 }
 
 /// `ConnPending::due`: no deadline.
@@ -114,6 +154,7 @@ impl Shard {
             return;
         }
         let shard = self.clone();
+        SHARDS_RUNNING.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_local(async move {
             // Cleared when the task is dropped with its runtime, so the next connection restarts it.
             let _running = Running(shard.clone());
@@ -124,13 +165,15 @@ impl Shard {
                 tokio::select! {
                     biased;
                     _ = shard.notify.notified() => {
-                        let started = Instant::now();
+                        let (started, cpu_before) = (Instant::now(), thread_cpu());
                         shard.deliver_and_write(&mut pass, writer.write);
                         // Backpressure on the whole worker: a pass that took much of its time is
                         // followed by a rest, so the next pass finds more ticks per connection and
                         // writes fewer, fuller frames (`rest_after`). Ticks meanwhile wait in the
                         // inbox (one link per symbol) and the symbols' rings, never dropped.
-                        if let Some(rest) = rest_after(started.elapsed(), writer.busy_percent) {
+                        let cpu = thread_cpu().saturating_sub(cpu_before);
+                        let pass = Cost { wall: started.elapsed(), cpu, per_core: shards_per_core() };
+                        if let Some(rest) = rest_after(pass, writer.busy_percent) {
                             tokio::time::sleep(rest).await;
                             writer.rested.inc_by(rest.as_secs_f64());
                         }
@@ -260,6 +303,7 @@ struct Running(Arc<Shard>);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        SHARDS_RUNNING.fetch_sub(1, Ordering::Relaxed);
         self.0.running.store(false, Ordering::Release);
     }
 }
@@ -607,26 +651,55 @@ mod tests {
         assert!(bits.set(2) && bits.set(62), "neighbours are their own bits");
     }
 
-    /// A pass rests in proportion to what it took, so passes take `busy_percent` of the worker's
-    /// time; a quiet worker's short passes never rest, and no rest is longer than `MAX_REST`.
+    /// A pass rests so that passes keep the core busy `busy_percent` of the time; a quiet
+    /// worker's short passes never rest, and no rest is longer than `MAX_REST`.
     #[test]
-    fn a_pass_rests_in_proportion_to_its_length_and_never_on_a_quiet_worker() {
+    fn a_pass_rests_in_proportion_to_its_cost_and_never_on_a_quiet_worker() {
         let ms = Duration::from_millis;
-        assert_eq!(rest_after(ms(8), 80), Some(ms(2)), "8 ms busy in 10");
-        assert_eq!(rest_after(ms(10), 50), Some(ms(10)));
-        assert_eq!(rest_after(ms(3), 10), Some(ms(27)));
-        assert_eq!(rest_after(ms(40), 10), Some(MAX_REST), "capped");
+        let alone = |wall, cpu| Cost {
+            wall,
+            cpu,
+            per_core: 1,
+        };
         assert_eq!(
-            rest_after(ms(3), 80),
-            None,
-            "a 0.75 ms rest is below the timer's resolution"
+            rest_after(alone(ms(8), ms(8)), 80),
+            Some(ms(2)),
+            "8 ms busy in 10"
+        );
+        assert_eq!(rest_after(alone(ms(10), ms(10)), 50), Some(ms(10)));
+        assert_eq!(rest_after(alone(ms(3), ms(3)), 10), Some(ms(27)));
+        assert_eq!(
+            rest_after(alone(ms(40), ms(40)), 10),
+            Some(MAX_REST),
+            "capped"
         );
         assert_eq!(
-            rest_after(Duration::from_micros(300), 25),
+            rest_after(alone(ms(3), ms(3)), 80),
+            None,
+            "0.75 ms: under 1 ms"
+        );
+        let short = Duration::from_micros(300);
+        assert_eq!(
+            rest_after(alone(short, short), 25),
             None,
             "not for a short pass"
         );
-        assert_eq!(rest_after(ms(500), 100), None, "100: never");
+        assert_eq!(rest_after(alone(ms(500), ms(500)), 100), None, "100: never");
+        // Alone on its core, what preempted the pass (the ingest) kept the core busy too.
+        assert_eq!(rest_after(alone(ms(8), ms(6)), 80), Some(ms(2)));
+        // Two workers on one core split the share: 40 % each.
+        let shared = |wall, cpu| Cost {
+            wall,
+            cpu,
+            per_core: 2,
+        };
+        assert_eq!(
+            rest_after(shared(ms(8), ms(8)), 80),
+            Some(ms(12)),
+            "20 ms cycle"
+        );
+        // Its sibling ran during its pass: only its own CPU counts (the sibling rests for its own).
+        assert_eq!(rest_after(shared(ms(16), ms(8)), 80), Some(ms(4)));
     }
 
     fn tick(bid: i64) -> FeedEvent {
