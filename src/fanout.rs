@@ -18,9 +18,9 @@
 //! worker's time is followed by a rest (`rest_after`), so frames grow before the worker saturates.
 //! A connection's task is woken only when the pass cannot write for it: its task is using the
 //! socket (a client frame, a socket that did not take a frame), a clock event or a batching window
-//! is pending, or the connection must end. News is delivered by the pass only, even when a connection's task
-//! writes (`ConnPending::take`): a task delivering it would mark, and so wake, every connection
-//! the pass would have written.
+//! is pending, or the connection must end. News is delivered by the pass only, even when a
+//! connection's task writes (`ConnPending::take`): a task delivering it would mark, and so wake,
+//! every connection the pass would have written.
 //!
 //! The shard is also its connections' clock: each connection says when it next needs the time
 //! (`ConnPending::set_due`: its next ping, idle check or token expiry), and one tick of the shard
@@ -49,17 +49,18 @@ pub const CLOCK_TICK: Duration = Duration::from_millis(50);
 
 /// The longest rest after a pass (`rest_after`): bounds the latency the rest adds, whatever a pass
 /// took (a pass of seconds means the gateway is far past its capacity, where resting cannot help).
-pub const MAX_REST: Duration = Duration::from_millis(50);
+const MAX_REST: Duration = Duration::from_millis(50);
 
 /// What a pass of the shard cost (`rest_after`).
 #[derive(Clone, Copy)]
-pub struct Cost {
+struct Cost {
     /// From its start to its end.
-    pub wall: Duration,
-    /// Its thread's CPU time.
-    pub cpu: Duration,
+    wall: Duration,
+    /// Its thread's CPU time; only measured when shards share a core (alone, a pass costs its
+    /// length, which its CPU time never exceeds).
+    cpu: Duration,
     /// Running shards per core (`shards_per_core`).
-    pub per_core: u32,
+    per_core: u32,
 }
 
 /// How long the shard rests after `pass`, so that passes keep the core busy at most
@@ -72,7 +73,7 @@ pub struct Cost {
 /// its own (whatever preempted it, the ingest or another process, used the core too). Workers that
 /// share a core split `busy_percent`, and a pass then costs its own CPU time, or its share of its
 /// length when the siblings ran in it: their passes are counted by their own rests.
-pub fn rest_after(pass: Cost, busy_percent: u32) -> Option<Duration> {
+fn rest_after(pass: Cost, busy_percent: u32) -> Option<Duration> {
     let per_core = pass.per_core.max(1);
     let cost = pass.cpu.max(pass.wall / per_core);
     let cycle = cost * 100 * per_core / busy_percent.clamp(1, 100);
@@ -165,14 +166,18 @@ impl Shard {
                 tokio::select! {
                     biased;
                     _ = shard.notify.notified() => {
-                        let (started, cpu_before) = (Instant::now(), thread_cpu());
+                        let per_core = shards_per_core();
+                        // Two clock reads (system calls) a pass, only where they change the rest.
+                        let cpu_before = (per_core > 1).then(thread_cpu);
+                        let started = Instant::now();
                         shard.deliver_and_write(&mut pass, writer.write);
                         // Backpressure on the whole worker: a pass that took much of its time is
                         // followed by a rest, so the next pass finds more ticks per connection and
                         // writes fewer, fuller frames (`rest_after`). Ticks meanwhile wait in the
                         // inbox (one link per symbol) and the symbols' rings, never dropped.
-                        let cpu = thread_cpu().saturating_sub(cpu_before);
-                        let pass = Cost { wall: started.elapsed(), cpu, per_core: shards_per_core() };
+                        let cpu = cpu_before
+                            .map_or(Duration::ZERO, |t| thread_cpu().saturating_sub(t));
+                        let pass = Cost { wall: started.elapsed(), cpu, per_core };
                         if let Some(rest) = rest_after(pass, writer.busy_percent) {
                             tokio::time::sleep(rest).await;
                             writer.rested.inc_by(rest.as_secs_f64());
@@ -656,11 +661,12 @@ mod tests {
     #[test]
     fn a_pass_rests_in_proportion_to_its_cost_and_never_on_a_quiet_worker() {
         let ms = Duration::from_millis;
-        let alone = |wall, cpu| Cost {
+        let cost = |wall, cpu, per_core| Cost {
             wall,
             cpu,
-            per_core: 1,
+            per_core,
         };
+        let alone = |wall, cpu| cost(wall, cpu, 1);
         assert_eq!(
             rest_after(alone(ms(8), ms(8)), 80),
             Some(ms(2)),
@@ -688,11 +694,7 @@ mod tests {
         // Alone on its core, what preempted the pass (the ingest) kept the core busy too.
         assert_eq!(rest_after(alone(ms(8), ms(6)), 80), Some(ms(2)));
         // Two workers on one core split the share: 40 % each.
-        let shared = |wall, cpu| Cost {
-            wall,
-            cpu,
-            per_core: 2,
-        };
+        let shared = |wall, cpu| cost(wall, cpu, 2);
         assert_eq!(
             rest_after(shared(ms(8), ms(8)), 80),
             Some(ms(12)),

@@ -3,7 +3,8 @@
 //! and with two.
 //!
 //! At 10 % a pass over 200 connections (hundreds of microseconds at least: one send each) is
-//! followed by a rest of 9 × as long, so rests happen on any machine; the test checks they did
+//! followed by a rest at least 9 × as long (more when the test's gateways' workers outnumber the
+//! cores, which then split the share), so rests happen on any machine; the test checks they did
 //! (`quotegw_fanout_rest_seconds_total`) and that no update was lost to them. Nothing depends on
 //! how fast the machine is: the ticks are paced at 1 ms, far inside the 250 ms the index keeps
 //! every change for clients that are behind.
