@@ -303,12 +303,14 @@ pub struct Grant {
 impl Grant {
     /// Whether `symbol` (upper-case) may be subscribed to.
     pub fn allows(&self, symbol: &str) -> bool {
-        match &self.symbols {
-            None => true,
-            Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => symbol.starts_with(prefix),
-                None => p == symbol,
-            }),
+        allows(self.symbols.as_deref(), symbol)
+    }
+
+    /// What a connection keeps of the grant while it is served.
+    pub fn into_scope(self) -> Scope {
+        Scope {
+            symbols: self.symbols.map(Box::new),
+            tier: self.tier,
         }
     }
 
@@ -316,6 +318,35 @@ impl Grant {
     pub fn remaining(&self) -> Option<Duration> {
         self.expires_at
             .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+    }
+}
+
+/// What a connection keeps of its grant while it is served: 16 bytes where the whole grant takes
+/// 72 in every connection (its expiry goes to the connection's clock, its credential to the
+/// connection's `TokenGuard`).
+#[derive(Debug)]
+pub struct Scope {
+    /// Boxed: most deployments grant every symbol, and a `Vec` would take 24 bytes inline.
+    #[allow(clippy::box_collection)] // 8 bytes inline, for the rare grant with a list
+    symbols: Option<Box<Vec<String>>>,
+    pub tier: Tier,
+}
+
+impl Scope {
+    /// Whether `symbol` (upper-case) may be subscribed to.
+    pub fn allows(&self, symbol: &str) -> bool {
+        allows(self.symbols.as_deref().map(Vec::as_slice), symbol)
+    }
+}
+
+/// `patterns` (`None`: every symbol) allow `symbol`: an exact name, or a prefix ending in `*`.
+fn allows(patterns: Option<&[String]>, symbol: &str) -> bool {
+    match patterns {
+        None => true,
+        Some(patterns) => patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => symbol.starts_with(prefix),
+            None => p == symbol,
+        }),
     }
 }
 

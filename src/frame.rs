@@ -23,13 +23,14 @@ pub enum Framing {
 pub struct FrameBuilder {
     framing: Framing,
     buf: String,
-    count: usize,
+    // u32s, beside `framing`: every connection holds a builder.
+    count: u32,
     /// (JSON arrays) a lone shared message (already `[...]`), kept by reference until a second
     /// message arrives.
     single_shared: Option<ByteString>,
     /// The last frame's length: the next frame's buffer is allocated at that size when it starts,
     /// so an idle connection holds no buffer between frames.
-    capacity_hint: usize,
+    capacity_hint: u32,
 }
 
 impl FrameBuilder {
@@ -129,13 +130,13 @@ impl FrameBuilder {
 
     fn reserve(&mut self) {
         if self.buf.is_empty() {
-            self.buf.reserve(self.capacity_hint);
+            self.buf.reserve(self.capacity_hint as usize);
         }
     }
 
     fn separator(&mut self) {
         if self.count == 0 || self.single_shared.is_some() {
-            self.buf.reserve(self.capacity_hint);
+            self.buf.reserve(self.capacity_hint as usize);
         }
         if let Some(single) = self.single_shared.take() {
             self.buf.push('[');
@@ -153,7 +154,7 @@ impl FrameBuilder {
     }
 
     pub fn messages(&self) -> usize {
-        self.count
+        self.count as usize
     }
 
     /// Bytes so far (the shared case counts its own length).
@@ -176,7 +177,7 @@ impl FrameBuilder {
         if self.framing == Framing::JsonArray {
             self.buf.push(']');
         }
-        self.capacity_hint = self.buf.len();
+        self.capacity_hint = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
         Some(ByteString::from(std::mem::take(&mut self.buf)))
     }
 }

@@ -49,6 +49,10 @@ pub struct Connection {
     /// Set by a write from the shard's pass that found the connection's end (`write_now`): the
     /// task, woken for it, ends the connection.
     pub(super) ending: Option<Box<End>>,
+    /// When the next ping is due.
+    next_ping: Instant,
+    /// Set after a frame leaves under `min_frame_interval_ms`: until then, news waits.
+    held_until: Option<Instant>,
     _guards: (ConnectionGuard, ClientGuards),
 }
 
@@ -71,6 +75,8 @@ impl Connection {
             fragments: None,
             expires,
             ending: None,
+            next_ping: now,
+            held_until: None,
             _guards: guards,
         }
     }
@@ -180,111 +186,104 @@ impl Connection {
 /// a wait for a full socket on purpose: a shard pass meanwhile finds the connection busy and wakes
 /// this task instead, so one connection's writes never interleave.
 #[allow(clippy::await_holding_refcell_ref)] // on purpose, see above
-async fn serve(this: &RefCell<Connection>, pending: &Arc<ConnPending>) -> End {
-    // Only what must survive an iteration is kept in this future (every idle connection carries
-    // it): the rest is read from the connection when it is needed.
-    {
-        // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle timeout,
-        // token expiry and shutdown arrive as clock events through `pending`, so the loop below
-        // arms no timer of its own but the batching window's and `max_hz`'s.
-        let conn = this.borrow();
-        pending
-            .shard()
-            .clock_in(pending.clone(), conn.session.shared.closing.clone());
-    }
-    let mut next_ping = Instant::now() + this.borrow().ping_every();
-    pending.set_due(this.borrow().deadline(next_ping));
-    // Set after a frame leaves: until then, news waits (see the flush below).
-    let mut held_until: Option<Instant> = None;
-    // The window's or `max_hz`'s timer, boxed: only connections that use them have one.
-    let mut timer: Option<Pin<Box<Sleep>>> = None;
-    enum Event {
-        Frame(Option<Result<Frame, ProtocolError>>),
-        Dirty,
-        Timer,
-    }
-    loop {
-        // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
-        // looks at those after the interval anyway).
-        let due = held_until.or(this
-            .borrow()
-            .session
-            .deferred_until()
-            .map(Instant::from_std));
-        match (due, timer.as_mut()) {
-            (None, _) => timer = None,
-            (Some(at), Some(sleep)) if sleep.deadline() != at => sleep.as_mut().reset(at),
-            (Some(_), Some(_)) => {}
-            (Some(at), None) => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+#[allow(clippy::manual_async_fn)] // not an `async fn`: it would keep both arguments twice
+fn serve<'a>(
+    this: &'a RefCell<Connection>,
+    pending: &'a Arc<ConnPending>,
+) -> impl Future<Output = End> + 'a {
+    // This future is part of every connection's task, idle ones included: it keeps only what
+    // must survive a wait (the two references, the timer), and decides what to do about an event
+    // without awaiting (`Connection::on_event`), so that no event is kept while it writes.
+    async move {
+        {
+            // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle
+            // timeout, token expiry and shutdown arrive as clock events through `pending`, so the
+            // loop below arms no timer of its own but the batching window's and `max_hz`'s.
+            let mut conn = this.borrow_mut();
+            pending
+                .shard()
+                .clock_in(pending.clone(), conn.session.shared.closing.clone());
+            conn.next_ping = Instant::now() + conn.ping_every();
+            pending.set_due(conn.deadline());
         }
-        let event = tokio::select! {
-            biased;
-            msg = std::future::poll_fn(|cx| this.borrow_mut().socket.poll_recv(cx)) => Event::Frame(msg),
-            // Marks the shard could not write itself, and clock events. Within the frame interval
-            // a mark only wakes the task once (the first after a flush); the timer below collects
-            // them into one frame.
-            _ = std::future::poll_fn(|cx| pending.poll_wait(cx)) => Event::Dirty,
-            _ = std::future::poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.is_some() => Event::Timer,
-        };
-        let mut conn = this.borrow_mut();
-        // A write from the shard's pass found the end (`write_now`), and woke this task for it.
-        if let Some(end) = conn.ending.take() {
-            return *end;
-        }
-        match event {
-            Event::Frame(None) => return End::Gone,
-            Event::Frame(Some(Err(e))) => return End::from_protocol_error(&e),
-            Event::Frame(Some(Ok(msg))) => {
-                if let Some(end) = conn.on_messages(msg) {
-                    // What the ops already wrote (an error reply) goes out before the close.
-                    let _ = conn.flush_boxed().await;
+        // The window's or `max_hz`'s timer, boxed: only connections that use them have one.
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        loop {
+            // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
+            // looks at those after the interval anyway).
+            let due = this.borrow().timer_due();
+            match (due, timer.as_mut()) {
+                (None, _) => timer = None,
+                (Some(at), Some(sleep)) if sleep.deadline() != at => sleep.as_mut().reset(at),
+                (Some(_), Some(_)) => {}
+                (Some(at), None) => timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            let event = tokio::select! {
+                biased;
+                msg = std::future::poll_fn(|cx| this.borrow_mut().socket.poll_recv(cx)) => Event::Frame(msg),
+                // Marks the shard could not write itself, and clock events. Within the frame
+                // interval a mark only wakes the task once (the first after a flush); the timer
+                // below collects them into one frame.
+                _ = std::future::poll_fn(|cx| pending.poll_wait(cx)) => Event::Dirty,
+                _ = std::future::poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.is_some() => Event::Timer,
+            };
+            let mut conn = this.borrow_mut();
+            let (ping, flush) = match conn.on_event(event, pending) {
+                Step::End(end) => return end,
+                Step::Write { ping, flush } => (ping, flush),
+            };
+            if ping {
+                if let Err(end) = conn.ping_boxed().await {
                     return end;
                 }
             }
-            Event::Dirty => {
-                if pending.take_clock() {
-                    let now = Instant::now();
-                    if conn.session.shared.closing.load(Ordering::Acquire) {
-                        return End::Close(close::GOING_AWAY, "gateway shutting down");
-                    }
-                    if conn.expires.is_some_and(|at| at <= now) {
-                        return End::Close(close::POLICY, "token expired");
-                    }
-                    if !conn.is_sse() && conn.last_heard + conn.idle_timeout() <= now {
-                        return End::Close(close::NORMAL, "idle timeout");
-                    }
-                    if next_ping <= now {
-                        next_ping = now + conn.ping_every();
-                        if let Err(end) = conn.ping_boxed().await {
-                            return end;
+            if flush {
+                let flushed = conn.flush_boxed().await;
+                // An end the client's ops found: what they wrote (an error reply) went first.
+                if let Some(end) = conn.ending.take() {
+                    return *end;
+                }
+                match flushed {
+                    Err(end) => return end,
+                    // Batching is decided here and in the shard's pass. By default (no interval)
+                    // news is written as soon as the worker gets to it: the shard's pass writes
+                    // every connection it marked, back to back (`write_now`), and what became due
+                    // while the worker was busy leaves in that one frame, so frames grow by
+                    // themselves under load (the way uWebSockets corks) and a quiet gateway writes
+                    // at once. With `min_frame_interval_ms`, after a frame, updates wait out the
+                    // interval and then leave together from this task: a hard cap on frames per
+                    // connection, for fewer writes at up to that much latency.
+                    Ok(true) => {
+                        let interval = conn.session.shared.limits.min_frame_interval_ms;
+                        if interval > 0 {
+                            conn.held_until =
+                                Some(Instant::now() + Duration::from_millis(interval));
                         }
                     }
-                    pending.set_due(conn.deadline(next_ping));
-                }
-                if held_until.is_some() {
-                    continue;
+                    Ok(false) => {}
                 }
             }
-            Event::Timer => held_until = None,
-        }
-        let started = Instant::now();
-        let frame_interval =
-            Duration::from_millis(conn.session.shared.limits.min_frame_interval_ms);
-        match conn.flush_boxed().await {
-            Err(end) => return end,
-            // Batching is decided here and in the shard's pass. By default (no interval) news is
-            // written as soon as the worker gets to it: the shard's pass writes every connection
-            // it marked, back to back (`write_now`), and what became due while the worker was busy
-            // leaves in that one frame, so frames grow by themselves under load (the way
-            // uWebSockets corks) and a quiet gateway writes at once. With `min_frame_interval_ms`,
-            // after a frame, updates wait out the interval and then leave together from this task:
-            // a hard cap on frames per connection, for fewer writes at up to that much latency.
-            Ok(true) if !frame_interval.is_zero() => {
-                held_until = Some(started + frame_interval);
-            }
-            Ok(_) => {}
         }
     }
+}
+
+/// What woke the serving loop.
+enum Event {
+    Frame(Option<Result<Frame, ProtocolError>>),
+    /// Marks, or the shard's clock.
+    Dirty,
+    /// The window's or `max_hz`'s timer.
+    Timer,
+}
+
+/// What the serving loop does about an event (`Connection::on_event`).
+enum Step {
+    End(End),
+    /// A ping first if `ping`; then what is pending, if `flush`.
+    Write {
+        ping: bool,
+        flush: bool,
+    },
 }
 
 impl Connection {
@@ -304,13 +303,73 @@ impl Connection {
 
     /// When the shard's clock must next wake this connection: its next ping, idle check or token
     /// expiry.
-    fn deadline(&self, next_ping: Instant) -> Option<std::time::Instant> {
+    fn deadline(&self) -> Option<std::time::Instant> {
         let idle = (!self.is_sse()).then(|| self.last_heard + self.idle_timeout());
-        [Some(next_ping), idle, self.expires]
+        [Some(self.next_ping), idle, self.expires]
             .into_iter()
             .flatten()
             .min()
             .map(Instant::into_std)
+    }
+
+    /// When the serving loop's timer must fire: the end of the frame interval, or else a
+    /// `max_hz` slot coming due (flush looks at those after the interval anyway).
+    fn timer_due(&self) -> Option<Instant> {
+        self.held_until
+            .or(self.session.deferred_until().map(Instant::from_std))
+    }
+
+    /// Handles what woke the serving loop, and says what it must write (the loop awaits the
+    /// writes, so that nothing of the event is kept in the task while it does).
+    fn on_event(&mut self, event: Event, pending: &ConnPending) -> Step {
+        // A write from the shard's pass found the end (`write_now`), and woke this task for it.
+        if let Some(end) = self.ending.take() {
+            return Step::End(*end);
+        }
+        match event {
+            Event::Frame(None) => Step::End(End::Gone),
+            Event::Frame(Some(Err(e))) => Step::End(End::from_protocol_error(&e)),
+            Event::Frame(Some(Ok(msg))) => {
+                // An end the ops found waits for the flush: their reply goes out before the close.
+                self.ending = self.on_messages(msg).map(Box::new);
+                Step::Write {
+                    ping: false,
+                    flush: true,
+                }
+            }
+            Event::Dirty => {
+                let mut ping = false;
+                if pending.take_clock() {
+                    let now = Instant::now();
+                    if self.session.shared.closing.load(Ordering::Acquire) {
+                        return Step::End(End::Close(close::GOING_AWAY, "gateway shutting down"));
+                    }
+                    if self.expires.is_some_and(|at| at <= now) {
+                        return Step::End(End::Close(close::POLICY, "token expired"));
+                    }
+                    if !self.is_sse() && self.last_heard + self.idle_timeout() <= now {
+                        return Step::End(End::Close(close::NORMAL, "idle timeout"));
+                    }
+                    if self.next_ping <= now {
+                        self.next_ping = now + self.ping_every();
+                        ping = true;
+                    }
+                    pending.set_due(self.deadline());
+                }
+                // Within the frame interval, news waits for the timer.
+                Step::Write {
+                    ping,
+                    flush: self.held_until.is_none(),
+                }
+            }
+            Event::Timer => {
+                self.held_until = None;
+                Step::Write {
+                    ping: false,
+                    flush: true,
+                }
+            }
+        }
     }
 
     /// The ping (a comment line on SSE), boxed for the same reason as `flush_boxed`: once per
@@ -558,10 +617,11 @@ mod task_size {
         );
         assert!(run <= serve + 64, "run {run}, serve {serve}");
         // Tokio aligns a task's cell to 128 bytes (header 32, scheduler and id 16, trailer 48, the
-        // future's stage): up to 280 bytes of future it takes 384 bytes per connection, past it 512.
+        // future's stage, 8 more than the future): up to 152 bytes of future it takes 256 bytes
+        // per connection, past it 384.
         assert!(
-            run <= 280,
-            "run's future is {run} B: the task cell grows to 512 B"
+            run <= 152,
+            "run's future is {run} B: the task cell grows to 384 B"
         );
     }
 }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use actix_http::ws::{CloseReason, ProtocolError};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Grant, Tier, TiersConfig};
+use crate::access::{Grant, Scope, Tier, TiersConfig};
 use crate::config::LimitsConfig;
 use crate::fanout::ConnPending;
 use crate::frame::{FrameBuilder, Framing};
@@ -179,8 +179,8 @@ pub struct Session {
     work_done: usize,
     ops: TokenBucket,
     errors: TokenBucket,
-    /// What the token allows, and when it expires.
-    grant: Grant,
+    /// What the token allows (its expiry is the connection's).
+    scope: Scope,
     /// `quotegw_updates_sent_total` for this connection's transport, resolved once.
     updates_sent: prometheus::IntCounter,
 }
@@ -216,7 +216,7 @@ impl Session {
             work: Vec::new(),
             work_done: 0,
             updates_sent,
-            grant,
+            scope: grant.into_scope(),
         }
     }
 
@@ -225,7 +225,7 @@ impl Session {
         let mut pacing = Pacing::max_hz(max_hz);
         pacing.close_on_lag = on_lag == OnLag::Close;
         let tiers = &self.shared.tiers;
-        match self.grant.tier {
+        match self.scope.tier {
             Tier::Realtime => {}
             Tier::Throttled => {
                 // At most one update per interval whatever max_hz asks: the slower one wins.
@@ -253,11 +253,6 @@ impl Session {
     /// (SSE) a comment line into the next write.
     pub fn comment(&mut self, text: &str) {
         self.frame.push_comment(text);
-    }
-
-    /// What the token allows.
-    pub fn grant(&self) -> &Grant {
-        &self.grant
     }
 
     /// The symbols this connection is subscribed to, in order.

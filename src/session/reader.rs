@@ -182,9 +182,9 @@ impl Session {
             Op::Symbols => {
                 // What this connection may subscribe to: the token's grant filters the list.
                 let all = self.shared.index.symbols_sorted();
-                let grant = &self.grant;
+                let scope = &self.scope;
                 self.frame.push(|s| {
-                    encode_symbols(s, id, all.iter().map(|s| &**s).filter(|s| grant.allows(s)))
+                    encode_symbols(s, id, all.iter().map(|s| &**s).filter(|s| scope.allows(s)))
                 });
                 None
             }
@@ -241,7 +241,7 @@ impl Session {
         let mut rejected = Vec::new();
         let mut added = 0;
         for name in &symbols {
-            if !self.grant.allows(name) {
+            if !self.scope.allows(name) {
                 rejected.push((name.as_str(), ErrorCode::Unauthorized));
             } else if let Ok(i) = self.find_symbol(name) {
                 accepted.push((name.as_str(), Target::Existing(self.by_symbol[i])));

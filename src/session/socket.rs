@@ -46,13 +46,15 @@ pub struct WsSocket {
     /// client sends is read and dropped, only its end matters).
     raw: bool,
     codec: Codec,
-    max_frame_bytes: usize,
+    read_closed: bool,
+    /// At most 16 MiB (`config.rs`): 4 bytes beside the two flags, not 8 of their own.
+    max_frame_bytes: u32,
     /// Received bytes not yet parsed into a frame; no allocation while there are none.
     read_buf: BytesMut,
-    read_closed: bool,
-    /// Frame bytes the kernel has not taken yet, in order; empty unless the peer reads slower than
-    /// we write.
-    unsent: VecDeque<Bytes>,
+    /// Frame bytes the kernel has not taken yet, in order; `None` unless the peer reads slower
+    /// than we write (boxed: an empty queue inline would take 32 bytes of every connection).
+    #[allow(clippy::box_collection)] // 8 bytes inline, for the rare backlog
+    unsent: Option<Box<VecDeque<Bytes>>>,
 }
 
 impl WsSocket {
@@ -62,10 +64,10 @@ impl WsSocket {
             io,
             raw: false,
             codec: Codec::new().max_size(max_frame_bytes),
-            max_frame_bytes,
+            max_frame_bytes: u32::try_from(max_frame_bytes).unwrap_or(u32::MAX),
             read_buf: BytesMut::from(leftover),
             read_closed: false,
-            unsent: VecDeque::new(),
+            unsent: None,
         }
     }
 
@@ -135,7 +137,7 @@ impl WsSocket {
         }
         // The codec waits for a whole frame before it checks the size; refuse from the header, so
         // that a client announcing a huge frame cannot make us buffer it first.
-        if declared_len(&self.read_buf).is_some_and(|len| len > self.max_frame_bytes as u64) {
+        if declared_len(&self.read_buf).is_some_and(|len| len > u64::from(self.max_frame_bytes)) {
             self.read_buf = BytesMut::new();
             return Err(ProtocolError::Overflow);
         }
@@ -152,7 +154,7 @@ impl WsSocket {
             frame_head(&mut head, opcode, payload.len())
         };
         let head = &head[..head_len];
-        if self.unsent.is_empty() {
+        if self.is_drained() {
             let written = match self.try_write_frame(head, &payload) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -161,19 +163,24 @@ impl WsSocket {
             if written >= head_len {
                 let rest = written - head_len;
                 if rest < payload.len() {
-                    self.unsent.push_back(payload.slice(rest..));
+                    self.queue().push_back(payload.slice(rest..));
                 }
                 return Ok(());
             }
-            self.unsent
+            self.queue()
                 .push_back(Bytes::copy_from_slice(&head[written..]));
         } else if !head.is_empty() {
-            self.unsent.push_back(Bytes::copy_from_slice(head));
+            self.queue().push_back(Bytes::copy_from_slice(head));
         }
         if !payload.is_empty() {
-            self.unsent.push_back(payload);
+            self.queue().push_back(payload);
         }
         Ok(())
+    }
+
+    /// The queue of unsent bytes, made when the kernel first leaves some.
+    fn queue(&mut self) -> &mut VecDeque<Bytes> {
+        self.unsent.get_or_insert_default()
     }
 
     /// One attempt to write a frame's header and payload, without waiting.
@@ -206,15 +213,14 @@ impl WsSocket {
 
     /// Whether everything started has reached the kernel.
     pub fn is_drained(&self) -> bool {
-        self.unsent.is_empty()
+        self.unsent.as_ref().is_none_or(|q| q.is_empty())
     }
 
     /// Writes what is left of the started frames. `Stalled` if the socket accepts nothing for
     /// `stall`: every byte it takes restarts the clock.
     pub async fn drain(&mut self, stall: Duration) -> Result<(), SendError> {
-        while !self.unsent.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .unsent
+        while let Some(unsent) = self.unsent.as_ref().filter(|q| !q.is_empty()) {
+            let slices: Vec<IoSlice<'_>> = unsent
                 .iter()
                 .take(WRITE_SLICES)
                 .map(|b| IoSlice::new(b))
@@ -231,13 +237,16 @@ impl WsSocket {
             }
         }
         // A drained backlog leaves no buffer behind.
-        self.unsent = VecDeque::new();
+        self.unsent = None;
         Ok(())
     }
 
     fn advance(&mut self, mut n: usize) {
         while n > 0 {
-            let Some(front) = self.unsent.front_mut() else {
+            let Some(unsent) = self.unsent.as_mut() else {
+                return;
+            };
+            let Some(front) = unsent.front_mut() else {
                 return;
             };
             if n < front.len() {
@@ -245,7 +254,7 @@ impl WsSocket {
                 return;
             }
             n -= front.len();
-            self.unsent.pop_front();
+            unsent.pop_front();
         }
     }
 
