@@ -17,8 +17,10 @@
 //! during the pass join the frames it has still to write, and a pass that took much of the
 //! worker's time is followed by a rest (`rest_after`), so frames grow before the worker saturates.
 //! A connection's task is woken only when the pass cannot write for it: its task is using the
-//! socket (a client frame, a socket that did not take a frame), a clock event or a batching window
-//! is pending, or the connection must end. News is delivered by the pass only, even when a
+//! socket (a client frame, a socket that did not take a frame), a clock event is pending, or the
+//! connection must end. A connection in a batching window (`min_frame_interval_ms`) keeps its marks
+//! and is written by the shard when the window ends (`Shard::hold`, `Shard::release`: one timer per
+//! worker, not one per connection). News is delivered by the pass only, even when a
 //! connection's task writes (`ConnPending::take`): a task delivering it would mark, and so wake,
 //! every connection the pass would have written.
 //!
@@ -32,6 +34,7 @@
 //! publisher): when ticks come from NATS on an edge, they enter the index as states and reach the
 //! shards through the same links.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -135,6 +138,9 @@ pub struct Shard {
     delivered: AtomicUsize,
     /// The connections this shard keeps time for (`clock_in`), and their gateway's closing flag.
     clocked: Mutex<Vec<(Arc<ConnPending>, Arc<AtomicBool>)>>,
+    /// Connections in a batching window (`min_frame_interval_ms`), with the window's end, in
+    /// that order: every window is as long, so the order they were pushed in (`hold`) is it.
+    held: Mutex<VecDeque<(Instant, Arc<ConnPending>)>>,
 }
 
 impl Shard {
@@ -162,7 +168,14 @@ impl Shard {
             let mut clock = tokio::time::interval(CLOCK_TICK);
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut pass = Pass::default();
+            // The end of the first batching window (`held`): one timer for the worker, where each
+            // windowed connection once armed its own.
+            let mut release = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
             loop {
+                let release_at = shard.next_release().map(tokio::time::Instant::from_std);
+                if let Some(at) = release_at.filter(|&at| at != release.deadline()) {
+                    release.as_mut().reset(at);
+                }
                 tokio::select! {
                     biased;
                     _ = shard.notify.notified() => {
@@ -183,6 +196,9 @@ impl Shard {
                             writer.rested.inc_by(rest.as_secs_f64());
                         }
                     }
+                    _ = &mut release, if release_at.is_some() => {
+                        shard.release(Instant::now(), writer.write);
+                    }
                     _ = clock.tick() => shard.tick(Instant::now()),
                 }
                 (writer.end_of_pass)();
@@ -197,8 +213,9 @@ impl Shard {
     /// One pass of the shard: marks every subscriber of every queued link, then writes each marked
     /// connection's frame right here, one after the other (uWebSockets' cork: what the pass
     /// marked leaves in one frame per connection, back to back). A connection `write` cannot
-    /// serve at once (its task is busy with the socket, a clock event or a window is pending, the
-    /// frame did not fit the socket) is woken and writes from its own task, as before.
+    /// serve at once (its task is busy with the socket, a clock event is pending, the frame did not
+    /// fit the socket) is woken and writes from its own task; one in its batching window is
+    /// written by `release` when the window ends.
     ///
     /// Ticks that arrive during the pass are delivered between its writes: a connection still to
     /// be written in this pass is marked already, so its frame takes the new ticks along; one the
@@ -218,6 +235,45 @@ impl Shard {
         if !next.is_empty() {
             // The next pass comes whether or not another tick does.
             self.notify.notify_one();
+        }
+    }
+
+    /// A frame left for `conn` under `min_frame_interval_ms`: until `until`, its news waits (its
+    /// writes say so without waking its task), then the shard's `release` writes it. Called in
+    /// frame order, so `until` never decreases.
+    pub fn hold(&self, until: Instant, conn: &Arc<ConnPending>) {
+        let first = {
+            let mut held = lock(&self.held);
+            held.push_back((until, conn.clone()));
+            held.len() == 1
+        };
+        if first {
+            // The shard's task arms its timer for it after the pass this starts.
+            self.notify.notify_one();
+        }
+    }
+
+    fn next_release(&self) -> Option<Instant> {
+        lock(&self.held).front().map(|&(at, _)| at)
+    }
+
+    /// Writes every connection whose window ended by `now` and has news meanwhile, in one pass
+    /// like `deliver_and_write`'s; one without news is written at once on its next mark.
+    fn release(&self, now: Instant, write: WriteNow) {
+        loop {
+            let conn = {
+                let mut held = lock(&self.held);
+                match held.front() {
+                    Some(&(at, _)) if at <= now => held.pop_front().map(|(_, c)| c),
+                    _ => None,
+                }
+            };
+            let Some(conn) = conn else { break };
+            // A connection written again since it was held (its task's flush) is held later
+            // once more, and its write here says so.
+            if conn.has_marks() && !write(&conn) {
+                conn.wake();
+            }
         }
     }
 
@@ -398,7 +454,8 @@ pub struct ConnPending {
 const NO_WRITER: u32 = u32::MAX;
 
 /// The worker's writer: writes a connection's marked slots at once, from the shard's pass, and
-/// says whether it did (false: the connection's task must be woken to do it).
+/// says whether it did, or left them for the end of the connection's batching window (`hold`);
+/// false: the connection's task must be woken to do it.
 pub type WriteNow = fn(&ConnPending) -> bool;
 
 /// What the shard's task calls on its worker's connections (`Shard::ensure_running`).
@@ -508,11 +565,19 @@ impl ConnPending {
                 return;
             }
             d.clock = true;
+            // With marks, the shard's next write for the connection hands it the event (its
+            // `take_marked` refuses, and the task is woken): at once, or when its batching window
+            // ends, so a clock event waits at most `min_frame_interval_ms`.
             d.list.is_empty()
         };
         if wake {
             self.wake();
         }
+    }
+
+    /// Whether some slot is marked (and not yet taken).
+    fn has_marks(&self) -> bool {
+        !lock(&self.dirty).list.is_empty()
     }
 
     /// Connection side: whether the clock fired since the last call.
@@ -847,6 +912,40 @@ mod tests {
             [(a.id(), vec![0]), (b.id(), vec![0])]
         );
         assert!(pass.now.is_empty() && pass.next.is_empty());
+    }
+
+    /// With a batching window, a held connection is written by the shard when its window ends,
+    /// and only if news came meanwhile; windows end in the order they began.
+    #[test]
+    fn held_connections_are_written_when_their_window_ends_if_news_came() {
+        let index = Arc::new(Index::new(&["f".into()], Arc::new(Metrics::new())));
+        let x = index.register("X".into());
+        index.apply(tick_on("X", 100));
+        let (a, b) = (ConnPending::new(), ConnPending::new());
+        let _subs = [x.subscribe(&a, 0, true), x.subscribe(&b, 0, true)];
+        a.take(&mut Vec::new());
+        b.take(&mut Vec::new());
+        let shard = a.shard();
+        let start = Instant::now();
+        let ms = |n| start + Duration::from_millis(n);
+        shard.hold(ms(10), &a);
+        shard.hold(ms(20), &b);
+        assert_eq!(shard.next_release(), Some(ms(10)));
+        index.apply(tick_on("X", 101));
+        shard.deliver();
+        let written = |now| {
+            shard.release(now, logging_writer);
+            WRITES.with_borrow_mut(|(log, _)| std::mem::take(log))
+        };
+        assert_eq!(written(ms(5)), [], "both windows still open");
+        assert_eq!(written(ms(10)), [(a.id(), vec![0])]);
+        assert_eq!(shard.next_release(), Some(ms(20)));
+        assert_eq!(written(ms(30)), [(b.id(), vec![0])]);
+        assert_eq!(shard.next_release(), None);
+        // No news in its window: nothing to write when it ends.
+        shard.hold(ms(40), &a);
+        assert_eq!(written(ms(40)), []);
+        assert_eq!(shard.next_release(), None);
     }
 
     /// A writer whose every write brings news: each pass of the shard leaves its inbox non-empty,

@@ -51,8 +51,8 @@ pub struct Connection {
     pub(super) ending: Option<Box<End>>,
     /// When the next ping is due.
     next_ping: Instant,
-    /// Set after a frame leaves under `min_frame_interval_ms`: until then, news waits.
-    held_until: Option<Instant>,
+    /// Set after a frame leaves under `min_frame_interval_ms` (`hold`): until then, news waits.
+    pub(super) held_until: Option<std::time::Instant>,
     _guards: (ConnectionGuard, ClientGuards),
 }
 
@@ -197,8 +197,8 @@ fn serve<'a>(
     async move {
         {
             // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle
-            // timeout, token expiry and shutdown arrive as clock events through `pending`, so the
-            // loop below arms no timer of its own but the batching window's and `max_hz`'s.
+            // timeout, token expiry, shutdown and the end of a batching window arrive through
+            // `pending`, so the loop below arms no timer of its own but `max_hz`'s.
             let mut conn = this.borrow_mut();
             pending
                 .shard()
@@ -206,12 +206,14 @@ fn serve<'a>(
             conn.next_ping = Instant::now() + conn.ping_every();
             pending.set_due(conn.deadline());
         }
-        // The window's or `max_hz`'s timer, boxed: only connections that use them have one.
+        // `max_hz`'s timer, boxed: only connections that use it have one.
         let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
-            // One timer: the end of the frame interval, or else a `max_hz` slot coming due (flush
-            // looks at those after the interval anyway).
-            let due = this.borrow().timer_due();
+            let due = this
+                .borrow()
+                .session
+                .deferred_until()
+                .map(Instant::from_std);
             match (due, timer.as_mut()) {
                 (None, _) => timer = None,
                 (Some(at), Some(sleep)) if sleep.deadline() != at => sleep.as_mut().reset(at),
@@ -221,9 +223,7 @@ fn serve<'a>(
             let event = tokio::select! {
                 biased;
                 msg = std::future::poll_fn(|cx| this.borrow_mut().socket.poll_recv(cx)) => Event::Frame(msg),
-                // Marks the shard could not write itself, and clock events. Within the frame
-                // interval a mark only wakes the task once (the first after a flush); the timer
-                // below collects them into one frame.
+                // Marks the shard could not write itself, and clock events.
                 _ = std::future::poll_fn(|cx| pending.poll_wait(cx)) => Event::Dirty,
                 _ = std::future::poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.is_some() => Event::Timer,
             };
@@ -251,15 +251,10 @@ fn serve<'a>(
                     // while the worker was busy leaves in that one frame, so frames grow by
                     // themselves under load (the way uWebSockets corks) and a quiet gateway writes
                     // at once. With `min_frame_interval_ms`, after a frame, updates wait out the
-                    // interval and then leave together from this task: a hard cap on frames per
-                    // connection, for fewer writes at up to that much latency.
-                    Ok(true) => {
-                        let interval = conn.session.shared.limits.min_frame_interval_ms;
-                        if interval > 0 {
-                            conn.held_until =
-                                Some(Instant::now() + Duration::from_millis(interval));
-                        }
-                    }
+                    // interval (`hold`) and then leave together, written by the shard when the
+                    // window ends: a hard cap on frames per connection, for fewer writes at up to
+                    // that much latency.
+                    Ok(true) => conn.hold(std::time::Instant::now()),
                     Ok(false) => {}
                 }
             }
@@ -272,7 +267,7 @@ enum Event {
     Frame(Option<Result<Frame, ProtocolError>>),
     /// Marks, or the shard's clock.
     Dirty,
-    /// The window's or `max_hz`'s timer.
+    /// `max_hz`'s timer.
     Timer,
 }
 
@@ -312,11 +307,22 @@ impl Connection {
             .map(Instant::into_std)
     }
 
-    /// When the serving loop's timer must fire: the end of the frame interval, or else a
-    /// `max_hz` slot coming due (flush looks at those after the interval anyway).
-    fn timer_due(&self) -> Option<Instant> {
-        self.held_until
-            .or(self.session.deferred_until().map(Instant::from_std))
+    /// A frame left at `now`: under `min_frame_interval_ms`, news waits out the interval, and the
+    /// worker's shard writes it when the window ends (`Shard::hold`).
+    pub(super) fn hold(&mut self, now: std::time::Instant) {
+        let interval = self.session.shared.limits.min_frame_interval_ms;
+        if interval == 0 {
+            return;
+        }
+        let until = now + Duration::from_millis(interval);
+        self.held_until = Some(until);
+        let pending = self.session.pending();
+        pending.shard().hold(until, pending);
+    }
+
+    /// Whether news must wait for the end of a batching window.
+    pub(super) fn is_held(&self, now: std::time::Instant) -> bool {
+        self.held_until.is_some_and(|until| now < until)
     }
 
     /// Handles what woke the serving loop, and says what it must write (the loop awaits the
@@ -356,19 +362,17 @@ impl Connection {
                     }
                     pending.set_due(self.deadline());
                 }
-                // Within the frame interval, news waits for the timer.
+                // Within the frame interval, news waits for the shard's `release`.
                 Step::Write {
                     ping,
-                    flush: self.held_until.is_none(),
+                    flush: !self.is_held(std::time::Instant::now()),
                 }
             }
-            Event::Timer => {
-                self.held_until = None;
-                Step::Write {
-                    ping: false,
-                    flush: true,
-                }
-            }
+            // A `max_hz` slot came due.
+            Event::Timer => Step::Write {
+                ping: false,
+                flush: true,
+            },
         }
     }
 

@@ -219,32 +219,39 @@ impl Connection {
 
     /// Writes the connection's marked slots now, from its worker's shard pass
     /// (`fanout::Shard::deliver_and_write`), without waking its task: true when everything marked
-    /// left and the socket took all of it. False leaves the rest to the task, which the shard then
-    /// wakes: a window or a clock event is pending, a frame did not fit the socket (the task waits
-    /// for it, with the slow-consumer timeout), `max_hz` moved a deadline (the task's timer), or
-    /// the connection must end (`ending`).
+    /// left and the socket took all of it, or when the connection is in its batching window (its
+    /// marks wait, and the shard writes it when the window ends: `hold`). False leaves the rest to
+    /// the task, which the shard then wakes: a clock event is pending, a frame did not fit the
+    /// socket (the task waits for it, with the slow-consumer timeout), `max_hz` moved a deadline
+    /// (the task's timer), or the connection must end (`ending`).
     ///
     /// Backpressure stays where it was: nothing waits here, and a socket that does not take a
     /// frame hands the connection back to its task, which stops writing until the socket drains.
     pub(super) fn write_now(&mut self) -> bool {
-        let pass_writes = self.session.shared.limits.min_frame_interval_ms == 0;
-        if !pass_writes
-            || self.ending.is_some()
-            || self.pong_owed.is_some()
-            || !self.socket.is_drained()
-        {
+        if self.ending.is_some() || self.pong_owed.is_some() || !self.socket.is_drained() {
             return false;
         }
         let now = Instant::now();
+        if self.is_held(now) {
+            // The marks wait: the shard hands the connection over again when its window ends.
+            return true;
+        }
         let deferred_before = self.session.deferred_until();
         if !self.session.begin_flush_in_pass(now) {
             return false;
         }
+        let mut held = false;
         loop {
             let done = self.session.fill_frame(now);
             match self.start_frame() {
                 // `now` for the time handed: one clock read per write, microseconds early.
-                Ok(Some(bytes)) => self.session.frame_sent(bytes, now),
+                Ok(Some(bytes)) => {
+                    self.session.frame_sent(bytes, now);
+                    if !held {
+                        self.hold(now);
+                        held = true;
+                    }
+                }
                 Ok(None) => {}
                 Err(end) => {
                     self.ending = Some(Box::new(end));
