@@ -21,7 +21,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use quotegw::fanout::ConnPending;
 use quotegw::feed::FeedEvent;
 use quotegw::frame::FrameBuilder;
-use quotegw::index::{Index, Recent, RECENT_TICKS};
+use quotegw::index::{Index, RECENT_TICKS};
 use quotegw::metrics::Metrics;
 use quotegw::model::Tick;
 use quotegw::view::{EmitStats, Pacing, SlotView};
@@ -33,7 +33,6 @@ struct Conn {
     dirty: Vec<u32>,
     frame: FrameBuilder,
     stats: EmitStats,
-    catch_up: Vec<Recent>,
 }
 
 impl Conn {
@@ -41,12 +40,7 @@ impl Conn {
     fn drain(&mut self, now: Instant) -> usize {
         self.pending.take(&mut self.dirty);
         for slot in self.dirty.drain(..) {
-            self.slots[slot as usize].emit_latest(
-                &mut self.catch_up,
-                now,
-                &mut self.frame,
-                &mut self.stats,
-            );
+            self.slots[slot as usize].emit_latest(now, &mut self.frame, &mut self.stats);
         }
         self.stats.tick_in.clear();
         self.frame.take().map_or(0, |f| f.len())
@@ -97,7 +91,6 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
                 dirty: Vec::new(),
                 frame: FrameBuilder::default(),
                 stats: EmitStats::default(),
-                catch_up: Vec::new(),
             }
         })
         .collect();
@@ -193,7 +186,6 @@ fn shards(c: &mut Criterion) {
                                 dirty: Vec::new(),
                                 frame: FrameBuilder::default(),
                                 stats: EmitStats::default(),
-                                catch_up: Vec::new(),
                             }
                         })
                         .collect();

@@ -70,9 +70,10 @@ pub const RECENT_MAX: usize = 4096;
 /// or preempted worker can stretch to tens of milliseconds.
 pub const CATCH_UP_MARGIN: Duration = Duration::from_millis(250);
 
-/// A symbol's latest state, copied out of the index for one connection.
-#[derive(Clone, Debug)]
-pub struct Published {
+/// A symbol's latest state as one read sees it: the head copied, the changes borrowed from the
+/// index (or a worker's mirror of it) for as long as the read lasts.
+#[derive(Clone, Copy, Debug)]
+pub struct Published<'a> {
     pub seq: u64,
     /// How many times the symbol's source restarted with a lower `seq` (see `index.rs`).
     pub restarts: u64,
@@ -82,7 +83,46 @@ pub struct Published {
     pub tick_in: Option<Instant>,
     /// The changes after the connection's last `version` up to `version`, oldest first, when the
     /// index still holds them all; empty otherwise.
-    pub catch_up: Vec<Recent>,
+    pub catch_up: CatchUp<'a>,
+}
+
+/// Changes of a symbol's ring, oldest first: the ring's two slices.
+#[derive(Clone, Copy, Default)]
+pub struct CatchUp<'a>(&'a [Recent], &'a [Recent]);
+
+impl<'a> CatchUp<'a> {
+    /// The last `n` changes of `ring` (`n` ≤ its length).
+    fn last(ring: &'a VecDeque<Recent>, n: usize) -> CatchUp<'a> {
+        let start = ring.len() - n;
+        let (a, b) = ring.as_slices();
+        match a.get(start..) {
+            Some(a) => CatchUp(a, b),
+            None => CatchUp(&[], &b[start - a.len()..]),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() + self.1.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a Recent> + 'a {
+        self.0.iter().chain(self.1)
+    }
+
+    pub fn first(&self) -> Option<&'a Recent> {
+        self.iter().next()
+    }
+}
+
+/// As one list: where a ring's slices split is no part of what it holds.
+impl std::fmt::Debug for CatchUp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// One change, encoded once by the index as a frame: a tick's update (against the tick before it,
@@ -746,16 +786,21 @@ impl SymbolEntry {
     }
 
     /// The latest state, or `None` before the first tick (a subscriber's snapshot waits for it).
-    pub fn read(&self) -> Option<Published> {
-        self.read_since(None, Vec::new())
+    pub fn read(&self) -> Option<Published<'static>> {
+        static NO_CHANGES: VecDeque<Recent> = VecDeque::new();
+        read_from(&lock(&self.state).head(), &NO_CHANGES, None)
     }
 
-    /// The latest state plus, for a connection last sent `version = after`, the encoded changes
-    /// since, when the ring still holds all of them (otherwise `catch_up` is empty). `catch_up` is
-    /// an empty vector to fill, so that a connection reuses one allocation for every read.
-    pub fn read_since(&self, after: Option<u64>, catch_up: Vec<Recent>) -> Option<Published> {
+    /// Calls `f` with the latest state plus, for a connection last sent `version = after`, the
+    /// encoded changes since, when the ring still holds all of them (otherwise `catch_up` is
+    /// empty), under the symbol's lock.
+    pub fn read_since<R>(
+        &self,
+        after: Option<u64>,
+        f: impl FnOnce(Option<Published<'_>>) -> R,
+    ) -> R {
         let st = lock(&self.state);
-        read_from(&st.head(), &st.recent, after, catch_up)
+        f(read_from(&st.head(), &st.recent, after))
     }
 
     /// Brings a shard's mirror of this symbol up to date: one lock of the symbol per change and
@@ -870,13 +915,18 @@ impl Subscription {
     }
 
     /// `SymbolEntry::read_since`, from the connection's shard's mirror of the symbol: the symbol's
-    /// own lock and bytes are touched once per change and shard, not once per connection.
-    pub fn read_since(&self, after: Option<u64>, catch_up: Vec<Recent>) -> Option<Published> {
+    /// own lock and bytes are touched once per change and shard, not once per connection. `f`
+    /// runs under the mirror's lock, which only the shard's thread takes.
+    pub fn read_since<R>(
+        &self,
+        after: Option<u64>,
+        f: impl FnOnce(Option<Published<'_>>) -> R,
+    ) -> R {
         let mut m = lock(&self.mirror);
         if m.generation != self.entry.generation.load(Ordering::Acquire) {
             self.entry.refresh(&mut m);
         }
-        read_from(&m.head, &m.recent, after, catch_up)
+        f(read_from(&m.head, &m.recent, after))
     }
 }
 
@@ -920,20 +970,19 @@ struct Head {
 
 /// The latest state plus, for a connection last sent `version = after`, the changes since from
 /// `recent` (the ring up to `head.version`) when it still holds all of them.
-fn read_from(
+fn read_from<'a>(
     head: &Head,
-    recent: &VecDeque<Recent>,
+    recent: &'a VecDeque<Recent>,
     after: Option<u64>,
-    mut catch_up: Vec<Recent>,
-) -> Option<Published> {
+) -> Option<Published<'a>> {
     if head.seq == 0 {
         return None;
     }
-    catch_up.clear();
+    let mut catch_up = CatchUp::default();
     if let Some(sent) = after.filter(|&sent| sent < head.version) {
         let behind = (head.version - sent) as usize;
         if behind <= recent.len() {
-            catch_up.extend(recent.range(recent.len() - behind..).cloned());
+            catch_up = CatchUp::last(recent, behind);
         }
     }
     Some(Published {
@@ -1036,8 +1085,8 @@ mod tests {
             }
             let version = entry.read().map_or(0, |p| p.version);
             for after in std::iter::once(None).chain((0..=version + 1).map(Some)) {
-                let from_symbol = format!("{:?}", entry.read_since(after, Vec::new()));
-                let from_mirror = format!("{:?}", reader.read_since(after, Vec::new()));
+                let from_symbol = entry.read_since(after, |p| format!("{p:?}"));
+                let from_mirror = reader.read_since(after, |p| format!("{p:?}"));
                 assert_eq!(from_mirror, from_symbol, "round {round}, after {after:?}");
             }
         }
@@ -1199,9 +1248,25 @@ mod tests {
         index.apply(tick(0, 101));
         index.apply(status(0, Status::Stale));
         index.apply(tick(0, 102)); // live again, with a price
-        let p = entry.read_since(Some(1), Vec::new()).unwrap();
-        let messages: Vec<String> = p
-            .catch_up
+        let (messages, seq_version) = entry.read_since(Some(1), |p| {
+            let p = p.unwrap();
+            (catch_up_messages(p.catch_up), (p.seq, p.version))
+        });
+        assert_eq!(
+            messages,
+            [
+                "update 2",
+                "status \"stale\"",
+                "update 3",
+                "status \"live\""
+            ]
+        );
+        assert_eq!(seq_version, (3, 4));
+    }
+
+    /// Each message of `changes`: its type, and its status or seq.
+    fn catch_up_messages(changes: CatchUp<'_>) -> Vec<String> {
+        changes
             .iter()
             .flat_map(|r| {
                 serde_json::from_str::<Vec<serde_json::Value>>(&r.frame)
@@ -1215,17 +1280,7 @@ mod tests {
                         )
                     })
             })
-            .collect();
-        assert_eq!(
-            messages,
-            [
-                "update 2",
-                "status \"stale\"",
-                "update 3",
-                "status \"live\""
-            ]
-        );
-        assert_eq!((p.seq, p.version), (3, 4));
+            .collect()
     }
 
     /// Regression (issue 13: a symbol ticking more than 64 times in one batching window was merged
@@ -1243,8 +1298,10 @@ mod tests {
                 index.apply(tick(0, 100 + bid));
             }
             // A client that got the first tick's snapshot and has read nothing since.
-            let p = entry.read_since(Some(1), Vec::new()).unwrap();
-            (p.catch_up.len(), p.catch_up.first().map(|r| r.seq))
+            entry.read_since(Some(1), |p| {
+                let p = p.unwrap();
+                (p.catch_up.len(), p.catch_up.first().map(|r| r.seq))
+            })
         };
         let hour = Duration::from_secs(3600);
         assert_eq!(behind_after(hour, 1_001), (1_000, Some(2)), "every change");

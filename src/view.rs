@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 
 use crate::delta::{encode_snapshot, encode_status, encode_update, with_delayed_ms};
 use crate::frame::FrameBuilder;
-use crate::index::{Published, Recent, Subscription, SymbolEntry};
+use crate::index::{CatchUp, Published, Subscription, SymbolEntry};
 use crate::model::{Quote, Status};
 
 /// What a connection emitted for a symbol in one drain; summed per frame for the metrics.
@@ -79,6 +79,11 @@ impl Pacing {
 /// the connection's subscription: dropping the view leaves the symbol's subscriber list.
 pub struct SlotView {
     subscription: Subscription,
+    state: ViewState,
+}
+
+/// A view without its subscription: what `emit` changes while the subscription's read is held.
+struct ViewState {
     sent: Sent,
     /// 0 until the snapshot went out (`seq` starts at 1).
     sent_seq: u64,
@@ -178,22 +183,16 @@ impl SlotView {
     pub fn new(subscription: Subscription, pacing: Pacing) -> SlotView {
         SlotView {
             subscription,
-            sent: Sent::default(),
-            sent_seq: 0,
-            sent_version: 0,
-            sent_restarts: 0,
-            sent_status: Status::Live,
-            snapshot_pending: true,
-            paced: Paced::new(pacing),
+            state: ViewState {
+                sent: Sent::default(),
+                sent_seq: 0,
+                sent_version: 0,
+                sent_restarts: 0,
+                sent_status: Status::Live,
+                snapshot_pending: true,
+                paced: Paced::new(pacing),
+            },
         }
-    }
-
-    fn pacing(&self) -> &Pacing {
-        self.paced.as_ref().map_or(&UNPACED, |p| &p.pacing)
-    }
-
-    fn next_at(&self) -> Option<Instant> {
-        self.paced.as_ref().and_then(|p| p.next_at)
     }
 
     pub fn entry(&self) -> &Arc<SymbolEntry> {
@@ -202,8 +201,127 @@ impl SlotView {
 
     /// Subscribing again re-sends the snapshot and applies the new pacing (PROTOCOL.md).
     pub fn resubscribe(&mut self, pacing: Pacing) {
-        self.snapshot_pending = true;
-        self.paced = Paced::new(pacing);
+        self.state.snapshot_pending = true;
+        self.state.paced = Paced::new(pacing);
+    }
+
+    #[cfg(test)]
+    fn catch_up_after(&self) -> Option<u64> {
+        self.state.catch_up_after()
+    }
+
+    /// Reads the symbol's state since this connection's last send and writes what it is owed (see
+    /// `emit`). The read borrows the changes from the worker's mirror of the symbol, so catching
+    /// up copies their bytes into the frame once and clones nothing.
+    pub fn emit_latest(
+        &mut self,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        if let Some(delay) = self.state.pacing().delay {
+            return self.emit_delayed(delay, crate::feed::now_ms(), now, frame, stats);
+        }
+        let after = self.state.catch_up_after();
+        let SlotView {
+            subscription,
+            state,
+        } = self;
+        let symbol = &*subscription.entry().symbol;
+        subscription.read_since(after, |latest| {
+            state.emit(symbol, latest.as_ref(), now, frame, stats)
+        })
+    }
+
+    /// Writes into `frame` what this connection is owed for the symbol, given its latest state
+    /// (`None`: no tick yet, so no snapshot yet either).
+    pub fn emit(
+        &mut self,
+        latest: Option<&Published<'_>>,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let symbol = &*self.subscription.entry().symbol;
+        self.state.emit(symbol, latest, now, frame, stats)
+    }
+    /// The delayed tier: what this connection is owed of the symbol as it was `delay_ms` before
+    /// `now_ms`, and when to look again. Every message carries `delayed_ms`; ticks within one
+    /// history bucket arrive merged (`conflated` counts them), as the tier's granularity says.
+    fn emit_delayed(
+        &mut self,
+        delay: Delay,
+        now_ms: i64,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let past = self.entry().read_past(now_ms - delay.delay_ms);
+        let symbol = &*self.subscription.entry().symbol;
+        let st = &mut self.state;
+        let delayed_ms = Some(delay.delay_ms as u64);
+        let mut wrote = false;
+        if let Some(e) = past.entry {
+            if st.snapshot_pending {
+                frame.push_quote("snapshot", symbol, e.seq, |s| {
+                    with_delayed_ms(s, delayed_ms, |s| {
+                        encode_snapshot(s, symbol, e.seq, &e.quote)
+                    })
+                });
+                st.snapshot_pending = false;
+                st.sent_status = e.quote.status;
+                stats.snapshots += 1;
+                wrote = true;
+            } else {
+                if e.seq < st.sent_seq {
+                    // The source restarted (an edge whose ingest lost its cache): `seq` went down.
+                    return Emitted::Restarted;
+                }
+                if e.seq > st.sent_seq {
+                    let conflated = e.seq - st.sent_seq - 1;
+                    frame.push_quote("update", symbol, e.seq, |s| {
+                        with_delayed_ms(s, delayed_ms, |s| {
+                            encode_update(s, symbol, e.seq, &st.sent.quote(), &e.quote, conflated)
+                        })
+                    });
+                    stats.updates += 1;
+                    stats.conflated += conflated;
+                    wrote = true;
+                }
+                if e.quote.status != st.sent_status {
+                    frame.push_quote("status", symbol, e.seq, |s| {
+                        with_delayed_ms(s, delayed_ms, |s| encode_status(s, symbol, e.quote.status))
+                    });
+                    st.sent_status = e.quote.status;
+                    wrote = true;
+                }
+            }
+            st.sent_seq = e.seq;
+            st.sent = Sent::of(&e.quote);
+        }
+        // The next look: when the next kept bucket ends, delayed; with none kept yet, no change
+        // can show before the current bucket ends, delayed.
+        let g = delay.granularity_ms;
+        let due_ms = past
+            .next_end_ms
+            .unwrap_or(now_ms - now_ms.rem_euclid(g) + g)
+            + delay.delay_ms;
+        let wait = Duration::from_millis(due_ms.saturating_sub(now_ms).max(1) as u64);
+        match now.checked_add(wait) {
+            Some(at) => Emitted::NotBefore(at),
+            None if wrote => Emitted::Wrote,
+            None => Emitted::Nothing,
+        }
+    }
+}
+
+impl ViewState {
+    fn pacing(&self) -> &Pacing {
+        self.paced.as_ref().map_or(&UNPACED, |p| &p.pacing)
+    }
+
+    fn next_at(&self) -> Option<Instant> {
+        self.paced.as_ref().and_then(|p| p.next_at)
     }
 
     /// The `version` after which this connection wants every change (`SymbolEntry::read_since`):
@@ -213,36 +331,11 @@ impl SlotView {
             .then_some(self.sent_version)
     }
 
-    /// Reads the symbol's state since this connection's last send and writes what it is owed (see
-    /// `emit`). `scratch` lends the catch-up vector for the read and gets it back emptied, so a
-    /// connection reads with one allocation for its whole life.
-    pub fn emit_latest(
+    /// `SlotView::emit`, for `symbol`.
+    fn emit(
         &mut self,
-        scratch: &mut Vec<Recent>,
-        now: Instant,
-        frame: &mut FrameBuilder,
-        stats: &mut EmitStats,
-    ) -> Emitted {
-        if let Some(delay) = self.pacing().delay {
-            return self.emit_delayed(delay, crate::feed::now_ms(), now, frame, stats);
-        }
-        let latest = self
-            .subscription
-            .read_since(self.catch_up_after(), std::mem::take(scratch));
-        let emitted = self.emit(latest.as_ref(), now, frame, stats);
-        if let Some(p) = latest {
-            // The frame holds its own references to the shared updates.
-            *scratch = p.catch_up;
-            scratch.clear();
-        }
-        emitted
-    }
-
-    /// Writes into `frame` what this connection is owed for the symbol, given its latest state `now`
-    /// (`None`: no tick yet, so no snapshot yet either).
-    pub fn emit(
-        &mut self,
-        latest: Option<&Published>,
+        symbol: &str,
+        latest: Option<&Published<'_>>,
         now: Instant,
         frame: &mut FrameBuilder,
         stats: &mut EmitStats,
@@ -250,7 +343,6 @@ impl SlotView {
         let Some(p) = latest else {
             return Emitted::Nothing;
         };
-        let symbol = &*self.subscription.entry().symbol;
         if self.snapshot_pending {
             frame.push_quote("snapshot", symbol, p.seq, |s| {
                 encode_snapshot(s, symbol, p.seq, &p.quote)
@@ -289,10 +381,10 @@ impl SlotView {
             // Keeping up: every change as the index encoded it once for everyone, status flips in
             // their place among the updates. On an edge a change may already skip a `seq` (the
             // ingest merged ticks, or NATS lost one): a merge all the same for `on_lag: "close"`.
-            if pacing.close_on_lag && skips_a_seq(&p.catch_up, self.sent_seq) {
+            if pacing.close_on_lag && skips_a_seq(p.catch_up, self.sent_seq) {
                 return Emitted::Lagged;
             }
-            for recent in &p.catch_up {
+            for recent in p.catch_up.iter() {
                 frame.push_shared(
                     &recent.frame,
                     recent.update_len as usize,
@@ -333,74 +425,6 @@ impl SlotView {
         self.sent = Sent::of(&p.quote);
         Emitted::Wrote
     }
-
-    /// The delayed tier: what this connection is owed of the symbol as it was `delay_ms` before
-    /// `now_ms`, and when to look again. Every message carries `delayed_ms`; ticks within one
-    /// history bucket arrive merged (`conflated` counts them), as the tier's granularity says.
-    fn emit_delayed(
-        &mut self,
-        delay: Delay,
-        now_ms: i64,
-        now: Instant,
-        frame: &mut FrameBuilder,
-        stats: &mut EmitStats,
-    ) -> Emitted {
-        let past = self.entry().read_past(now_ms - delay.delay_ms);
-        let symbol = &*self.subscription.entry().symbol;
-        let delayed_ms = Some(delay.delay_ms as u64);
-        let mut wrote = false;
-        if let Some(e) = past.entry {
-            if self.snapshot_pending {
-                frame.push_quote("snapshot", symbol, e.seq, |s| {
-                    with_delayed_ms(s, delayed_ms, |s| {
-                        encode_snapshot(s, symbol, e.seq, &e.quote)
-                    })
-                });
-                self.snapshot_pending = false;
-                self.sent_status = e.quote.status;
-                stats.snapshots += 1;
-                wrote = true;
-            } else {
-                if e.seq < self.sent_seq {
-                    // The source restarted (an edge whose ingest lost its cache): `seq` went down.
-                    return Emitted::Restarted;
-                }
-                if e.seq > self.sent_seq {
-                    let conflated = e.seq - self.sent_seq - 1;
-                    frame.push_quote("update", symbol, e.seq, |s| {
-                        with_delayed_ms(s, delayed_ms, |s| {
-                            encode_update(s, symbol, e.seq, &self.sent.quote(), &e.quote, conflated)
-                        })
-                    });
-                    stats.updates += 1;
-                    stats.conflated += conflated;
-                    wrote = true;
-                }
-                if e.quote.status != self.sent_status {
-                    frame.push_quote("status", symbol, e.seq, |s| {
-                        with_delayed_ms(s, delayed_ms, |s| encode_status(s, symbol, e.quote.status))
-                    });
-                    self.sent_status = e.quote.status;
-                    wrote = true;
-                }
-            }
-            self.sent_seq = e.seq;
-            self.sent = Sent::of(&e.quote);
-        }
-        // The next look: when the next kept bucket ends, delayed; with none kept yet, no change
-        // can show before the current bucket ends, delayed.
-        let g = delay.granularity_ms;
-        let due_ms = past
-            .next_end_ms
-            .unwrap_or(now_ms - now_ms.rem_euclid(g) + g)
-            + delay.delay_ms;
-        let wait = Duration::from_millis(due_ms.saturating_sub(now_ms).max(1) as u64);
-        match now.checked_add(wait) {
-            Some(at) => Emitted::NotBefore(at),
-            None if wrote => Emitted::Wrote,
-            None => Emitted::Nothing,
-        }
-    }
 }
 
 /// The least time between two updates of one symbol for a `max_hz`. Parsing bounds `max_hz` to
@@ -411,7 +435,7 @@ pub fn interval(max_hz: Option<f64>) -> Option<Duration> {
 }
 
 /// Whether the updates in `changes`, after `sent_seq`, skip a `seq` (status-only changes keep theirs).
-fn skips_a_seq(changes: &[Recent], sent_seq: u64) -> bool {
+fn skips_a_seq(changes: CatchUp<'_>, sent_seq: u64) -> bool {
     let mut last = sent_seq;
     for r in changes.iter().filter(|r| r.update_len > 0) {
         if r.seq > last + 1 {
@@ -488,7 +512,7 @@ mod tests {
         let mut frame = FrameBuilder::default();
         let mut stats = EmitStats::default();
         for slot in dirty {
-            slots[slot as usize].emit_latest(&mut Vec::new(), now, &mut frame, &mut stats);
+            slots[slot as usize].emit_latest(now, &mut frame, &mut stats);
         }
         match frame.take() {
             None => vec![],
@@ -535,15 +559,16 @@ mod tests {
     fn an_in_sync_connection_gets_the_shared_bytes() {
         let (idx, entry, _conn, mut slots) = subscribed_after_snapshot();
         idx.apply(FeedEvent::Tick(tick(101, None)));
-        let latest = entry.read_since(slots[0].catch_up_after(), Vec::new());
-        let shared = latest.as_ref().unwrap().catch_up[0].frame.clone();
         let mut frame = FrameBuilder::default();
-        slots[0].emit(
-            latest.as_ref(),
-            Instant::now(),
-            &mut frame,
-            &mut EmitStats::default(),
-        );
+        let shared = entry.read_since(slots[0].catch_up_after(), |latest| {
+            slots[0].emit(
+                latest.as_ref(),
+                Instant::now(),
+                &mut frame,
+                &mut EmitStats::default(),
+            );
+            latest.unwrap().catch_up.first().unwrap().frame.clone()
+        });
         let f = frame.take().unwrap();
         assert_eq!(f.as_bytes().as_ptr(), shared.as_bytes().as_ptr());
     }
@@ -702,7 +727,6 @@ mod tests {
         // A client that asked never to be sent a merge is closed instead, though it kept up.
         strict.take(&mut Vec::new());
         let emitted = strict_slots[0].emit_latest(
-            &mut Vec::new(),
             Instant::now(),
             &mut FrameBuilder::default(),
             &mut EmitStats::default(),
@@ -714,12 +738,7 @@ mod tests {
         let mut dirty = Vec::new();
         conn.take(&mut dirty);
         let mut frame = FrameBuilder::default();
-        let emitted = slots[0].emit_latest(
-            &mut Vec::new(),
-            Instant::now(),
-            &mut frame,
-            &mut EmitStats::default(),
-        );
+        let emitted = slots[0].emit_latest(Instant::now(), &mut frame, &mut EmitStats::default());
         assert_eq!(emitted, Emitted::Restarted);
         // A new connection simply gets the new state.
         let conn2 = ConnPending::new();

@@ -20,12 +20,6 @@ use crate::view::{EmitStats, Emitted};
 const FRAME_TARGET_BYTES: usize = 32 * 1024;
 
 thread_local! {
-    /// Lent to `SlotView::emit_latest` for each read, so catching up allocates nothing: one per
-    /// worker rather than one per connection, which an idle connection would carry for nothing.
-    static CATCH_UP: std::cell::RefCell<Vec<crate::index::Recent>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-thread_local! {
     /// What the frame being built holds (updates, snapshots, when each update's tick came in),
     /// until the socket takes it (`frame_sent`). One per worker, not per connection: a frame is
     /// filled and handed to its socket without an await in between, and the rare frame that must
@@ -113,11 +107,8 @@ impl Session {
             let Some(view) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue; // unsubscribed since it was marked
             };
-            let emitted = CATCH_UP.with_borrow_mut(|catch_up| {
-                FRAME_STATS.with_borrow_mut(|stats| {
-                    view.emit_latest(catch_up, now, &mut self.frame, stats)
-                })
-            });
+            let emitted =
+                FRAME_STATS.with_borrow_mut(|stats| view.emit_latest(now, &mut self.frame, stats));
             match emitted {
                 Emitted::NotBefore(at) => match &mut self.deferred {
                     Some(d) => {
