@@ -176,13 +176,16 @@ impl Shard {
                 if let Some(at) = release_at.filter(|&at| at != release.deadline()) {
                     release.as_mut().reset(at);
                 }
+                // Not biased: under load `notified` is ready after every pass, and a biased select
+                // would never get to the windows' or the clock's branch.
                 tokio::select! {
-                    biased;
                     _ = shard.notify.notified() => {
                         let per_core = shards_per_core();
                         // Two clock reads (system calls) a pass, only where they change the rest.
                         let cpu_before = (per_core > 1).then(thread_cpu);
                         let started = Instant::now();
+                        // Windows that ended leave with this pass (their news is the oldest).
+                        shard.release(started, writer.write);
                         shard.deliver_and_write(&mut pass, writer.write);
                         // Backpressure on the whole worker: a pass that took much of its time is
                         // followed by a rest, so the next pass finds more ticks per connection and
@@ -963,7 +966,8 @@ mod tests {
 
     /// Regression: under load the shard's inbox has news again by the end of every pass, and the
     /// pass never gave the worker back, so handshakes and client ops on that worker starved
-    /// (clients not served after 30 s at 5,000 ticks/s). The pass must yield after each turn.
+    /// (clients not served after 30 s at 5,000 ticks/s). The pass must yield after each turn. And
+    /// its own clock and batching windows must not starve behind the news either.
     #[test]
     fn a_shard_with_news_after_every_pass_still_lets_the_workers_other_tasks_run() {
         let (done, finished) = std::sync::mpsc::sync_channel(1);
@@ -996,15 +1000,28 @@ mod tests {
                     }
                 });
                 other.await.unwrap();
+                // The shard's clock and its batching windows get their turns too: a connection
+                // that is due gets its clock event, and a held one with news is written.
+                let (due, held) = (ConnPending::new(), ConnPending::new());
+                let shard = conn.shard();
+                shard.clock_in(due.clone(), Arc::new(AtomicBool::new(false)));
+                due.set_due(Some(Instant::now()));
+                held.mark(0);
+                shard.hold(Instant::now(), &held);
+                let mut clocked = false;
+                while !clocked || held.has_marks() {
+                    clocked |= due.take_clock();
+                    tokio::task::yield_now().await;
+                }
                 let passes = conn.shard().delivered();
                 BUSY.set(None);
                 done.send(passes).unwrap();
             });
         });
         // A liveness check, not a timing: a starving worker never answers at all.
-        let passes = finished
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the worker's other task ran while the shard always had news");
+        let passes = finished.recv_timeout(Duration::from_secs(120)).expect(
+            "the worker's other task, clock and windows ran while the shard always had news",
+        );
         assert!(passes > 1, "the shard was busy meanwhile ({passes} passes)");
     }
 }
