@@ -228,12 +228,17 @@ fn serve<'a>(
                 _ = std::future::poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.is_some() => Event::Timer,
             };
             let mut conn = this.borrow_mut();
-            let (ping, flush) = match conn.on_event(event, pending) {
+            let (ping, drain, flush) = match conn.on_event(event, pending) {
                 Step::End(end) => return end,
-                Step::Write { ping, flush } => (ping, flush),
+                Step::Write { ping, drain, flush } => (ping, drain, flush),
             };
             if ping {
                 if let Err(end) = conn.ping_boxed().await {
+                    return end;
+                }
+            }
+            if drain {
+                if let Err(end) = conn.drain_boxed().await {
                     return end;
                 }
             }
@@ -274,9 +279,11 @@ enum Event {
 /// What the serving loop does about an event (`Connection::on_event`).
 enum Step {
     End(End),
-    /// A ping first if `ping`; then what is pending, if `flush`.
+    /// A ping first if `ping`; then, if `drain`, the rest of a frame the socket did not take
+    /// (news waits for its window); then, if `flush`, what is pending.
     Write {
         ping: bool,
+        drain: bool,
         flush: bool,
     },
 }
@@ -340,6 +347,7 @@ impl Connection {
                 self.ending = self.on_messages(msg).map(Box::new);
                 Step::Write {
                     ping: false,
+                    drain: false,
                     flush: true,
                 }
             }
@@ -362,15 +370,19 @@ impl Connection {
                     }
                     pending.set_due(self.deadline());
                 }
-                // Within the frame interval, news waits for the shard's `release`.
+                // Within the frame interval, news waits for the shard's `release`; the rest of the
+                // frame that started the interval does not (a flush writes it first).
+                let held = self.is_held(std::time::Instant::now());
                 Step::Write {
                     ping,
-                    flush: !self.is_held(std::time::Instant::now()),
+                    drain: held && !self.socket.is_drained(),
+                    flush: !held,
                 }
             }
             // A `max_hz` slot came due.
             Event::Timer => Step::Write {
                 ping: false,
+                drain: false,
                 flush: true,
             },
         }
@@ -388,6 +400,11 @@ impl Connection {
                 self.send_ping().await
             }
         })
+    }
+
+    /// `drained`, boxed like `flush_boxed`: only a connection whose socket is full waits in it.
+    fn drain_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), End>> + '_>> {
+        Box::pin(self.drained())
     }
 
     /// `flush`, boxed: the serving loop is every connection's task, and flush's future (about

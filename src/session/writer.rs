@@ -312,7 +312,7 @@ impl Connection {
     /// `slow_consumer_timeout_ms` is a slow consumer (close 4008). Shutdown and token expiry still
     /// end the wait: the close then goes after the unsent bytes if the socket takes them within
     /// the close grace, and the connection is reset otherwise.
-    async fn drained(&mut self) -> Result<(), End> {
+    pub(super) async fn drained(&mut self) -> Result<(), End> {
         if self.socket.is_drained() {
             return Ok(());
         }
