@@ -139,7 +139,9 @@ pub struct Shard {
     /// The connections this shard keeps time for (`clock_in`), and their gateway's closing flag.
     clocked: Mutex<Vec<(Arc<ConnPending>, Arc<AtomicBool>)>>,
     /// Connections in a batching window (`min_frame_interval_ms`), with the window's end, in
-    /// that order: every window is as long, so the order they were pushed in (`hold`) is it.
+    /// that order: every window is as long, so the order they were pushed in (`hold`) is it. One
+    /// entry per frame written in the last window (24 bytes), so at most one per connection
+    /// unless its client's ops made it flush again (rate-limited, `ops_per_second`).
     held: Mutex<VecDeque<(Instant, Arc<ConnPending>)>>,
 }
 

@@ -100,7 +100,7 @@ struct ViewState {
 
 /// What a connection was last sent of a symbol, as far as the next update's delta needs it: the
 /// prices and sizes (an update always carries `ts`, and the status goes in its own message,
-/// `SlotView::sent_status`). 88 bytes where a `Quote` takes 136, in every subscription.
+/// `ViewState::sent_status`). 88 bytes where a `Quote` takes 136, in every subscription.
 #[derive(Clone, Copy, Default)]
 struct Sent {
     /// bid, ask, last.
