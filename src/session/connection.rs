@@ -67,6 +67,7 @@ impl Connection {
         let now = Instant::now();
         // Checked: the expiry comes from a token's `exp`, which may be far beyond the clock's range.
         let expires = grant.remaining().and_then(|left| now.checked_add(left));
+        let next_ping = now + Duration::from_millis(shared.limits.ping_interval_ms);
         Connection {
             session: Session::new(shared, grant, framing, now.into_std()),
             socket,
@@ -75,7 +76,7 @@ impl Connection {
             fragments: None,
             expires,
             ending: None,
-            next_ping: now,
+            next_ping,
             held_until: None,
             _guards: guards,
         }
@@ -199,11 +200,10 @@ fn serve<'a>(
             // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle
             // timeout, token expiry, shutdown and the end of a batching window arrive through
             // `pending`, so the loop below arms no timer of its own but `max_hz`'s.
-            let mut conn = this.borrow_mut();
+            let conn = this.borrow();
             pending
                 .shard()
                 .clock_in(pending.clone(), conn.session.shared.closing.clone());
-            conn.next_ping = Instant::now() + conn.ping_every();
             pending.set_due(conn.deadline());
         }
         // `max_hz`'s timer, boxed: only connections that use it have one.

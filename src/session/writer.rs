@@ -231,16 +231,16 @@ impl Connection {
         if !self.session.begin_flush_in_pass(now) {
             return false;
         }
-        let mut held = false;
         loop {
             let done = self.session.fill_frame(now);
             match self.start_frame() {
                 // `now` for the time handed: one clock read per write, microseconds early.
                 Ok(Some(bytes)) => {
                     self.session.frame_sent(bytes, now);
-                    if !held {
+                    // The write's first frame starts the window (its later frames are this
+                    // write's too).
+                    if !self.is_held(now) {
                         self.hold(now);
-                        held = true;
                     }
                 }
                 Ok(None) => {}
