@@ -15,7 +15,7 @@
 //! worker was busy leaves in one frame per connection, back to back, so batches grow by themselves
 //! under load and a quiet worker writes at once (this is how uWebSockets corks). Ticks that arrive
 //! during the pass join the frames it has still to write, and a pass that took much of the
-//! worker's time is followed by a rest (`rest_after`), so frames grow before the worker saturates.
+//! worker's time is followed by a rest (`Duty`), so frames grow before the worker saturates.
 //! A connection's task is woken only when the pass cannot write for it: its task is using the
 //! socket (a client frame, a socket that did not take a frame), a clock event is pending, or the
 //! connection must end. A connection in a batching window (`min_frame_interval_ms`) keeps its marks
@@ -50,11 +50,11 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 /// token expiry and shutdown.
 pub const CLOCK_TICK: Duration = Duration::from_millis(50);
 
-/// The longest rest after a pass (`rest_after`): bounds the latency the rest adds, whatever a pass
-/// took (a pass of seconds means the gateway is far past its capacity, where resting cannot help).
+/// The longest rest (`Duty`): bounds the latency a rest adds, whatever the passes took (passes of
+/// seconds mean the gateway is far past its capacity, where resting cannot help).
 const MAX_REST: Duration = Duration::from_millis(50);
 
-/// What a pass of the shard cost (`rest_after`).
+/// What a pass of the shard cost (`Duty`).
 #[derive(Clone, Copy)]
 struct Cost {
     /// From its start to its end.
@@ -66,22 +66,75 @@ struct Cost {
     per_core: u32,
 }
 
-/// How long the shard rests after `pass`, so that passes keep the core busy at most
-/// `busy_percent` of the time (`limits.fanout_busy_percent`): the next starts no sooner than the
-/// pass's cost × 100 / `busy_percent` after this one started. None for a short pass (the timer's
-/// resolution is 1 ms, and a rest below it would be a fixed delay on a quiet worker), at most
-/// `MAX_REST`.
-///
-/// The cost of a pass is how long it kept its core busy: its length, when the worker has a core of
-/// its own (whatever preempted it, the ingest or another process, used the core too). Workers that
-/// share a core split `busy_percent`, and a pass then costs its own CPU time, or its share of its
-/// length when the siblings ran in it: their passes are counted by their own rests.
-fn rest_after(pass: Cost, busy_percent: u32) -> Option<Duration> {
-    let per_core = pass.per_core.max(1);
-    let cost = pass.cpu.max(pass.wall / per_core);
-    let cycle = cost * 100 * per_core / busy_percent.clamp(1, 100);
-    let rest = cycle.saturating_sub(pass.wall);
-    (rest >= Duration::from_millis(1)).then(|| rest.min(MAX_REST))
+impl Cost {
+    /// Starts timing a pass: two clock reads (system calls) a pass, the CPU time's only where
+    /// shards share a core.
+    fn start() -> PassStart {
+        let per_core = shards_per_core();
+        PassStart {
+            at: Instant::now(),
+            cpu: (per_core > 1).then(thread_cpu),
+            per_core,
+        }
+    }
+
+    /// The rest this pass owes, so that passes keep the core busy at most `busy_percent` of the
+    /// time: the next may start no sooner than its cost × 100 / `busy_percent` after it started.
+    ///
+    /// The cost of a pass is how long it kept its core busy: its length, when the worker has a
+    /// core of its own (whatever preempted it, the ingest or another process, used the core too).
+    /// Workers that share a core split `busy_percent`, and a pass then costs its own CPU time, or
+    /// its share of its length when the siblings ran in it: their passes are counted by their own
+    /// rests.
+    fn owes(self, busy_percent: u32) -> Duration {
+        let per_core = self.per_core.max(1);
+        let cost = self.cpu.max(self.wall / per_core);
+        let cycle = cost * 100 * per_core / busy_percent.clamp(1, 100);
+        cycle.saturating_sub(self.wall)
+    }
+}
+
+/// When, and on what CPU time, a pass started (`Cost::start`).
+struct PassStart {
+    at: Instant,
+    cpu: Option<Duration>,
+    per_core: u32,
+}
+
+impl PassStart {
+    fn cost(&self) -> Cost {
+        Cost {
+            wall: self.at.elapsed(),
+            cpu: self
+                .cpu
+                .map_or(Duration::ZERO, |t| thread_cpu().saturating_sub(t)),
+            per_core: self.per_core,
+        }
+    }
+}
+
+/// The rests the shard owes under `limits.fanout_busy_percent`, kept across passes: one long pass
+/// owes its rest at once, and so do many short ones back to back (a batching window releases a
+/// few connections at a time, and those passes each owe too little to rest for, so per pass a
+/// worker releasing windows never rested however busy it was). Time the worker spent without a
+/// pass counts as rest already taken, so a quiet worker never rests. A rest below 1 ms is not
+/// taken (the timer's resolution; it waits until the owed time reaches 1 ms), and none is longer
+/// than `MAX_REST`, which also forgives the rest of a larger debt.
+#[derive(Default)]
+struct Duty {
+    owed: Duration,
+}
+
+impl Duty {
+    /// After a pass that began `idle` after the last one ended (or its rest): the rest to take
+    /// now, if any.
+    fn after(&mut self, idle: Duration, pass: Cost, busy_percent: u32) -> Option<Duration> {
+        self.owed = self.owed.saturating_sub(idle) + pass.owes(busy_percent);
+        if self.owed < Duration::from_millis(1) {
+            return None;
+        }
+        Some(std::mem::take(&mut self.owed).min(MAX_REST))
+    }
 }
 
 /// The calling thread's CPU time.
@@ -170,6 +223,9 @@ impl Shard {
             let mut clock = tokio::time::interval(CLOCK_TICK);
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut pass = Pass::default();
+            let mut duty = Duty::default();
+            // When the last pass (or its rest) ended: the time since counts as rest (`Duty`).
+            let mut idle_since = Instant::now();
             // The end of the first batching window (`held`): one timer for the worker, where each
             // windowed connection once armed its own.
             let mut release = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
@@ -180,31 +236,38 @@ impl Shard {
                 }
                 // Not biased: under load `notified` is ready after every pass, and a biased select
                 // would never get to the windows' or the clock's branch.
-                tokio::select! {
+                let started = tokio::select! {
                     _ = shard.notify.notified() => {
-                        let per_core = shards_per_core();
-                        // Two clock reads (system calls) a pass, only where they change the rest.
-                        let cpu_before = (per_core > 1).then(thread_cpu);
-                        let started = Instant::now();
+                        let started = Cost::start();
                         // Windows that ended leave with this pass (their news is the oldest).
-                        shard.release(started, writer.write);
+                        shard.release(started.at, writer.write);
                         shard.deliver_and_write(&mut pass, writer.write);
-                        // Backpressure on the whole worker: a pass that took much of its time is
-                        // followed by a rest, so the next pass finds more ticks per connection and
-                        // writes fewer, fuller frames (`rest_after`). Ticks meanwhile wait in the
-                        // inbox (one link per symbol) and the symbols' rings, never dropped.
-                        let cpu = cpu_before
-                            .map_or(Duration::ZERO, |t| thread_cpu().saturating_sub(t));
-                        let pass = Cost { wall: started.elapsed(), cpu, per_core };
-                        if let Some(rest) = rest_after(pass, writer.busy_percent) {
-                            tokio::time::sleep(rest).await;
-                            writer.rested.inc_by(rest.as_secs_f64());
-                        }
+                        Some(started)
                     }
                     _ = &mut release, if release_at.is_some() => {
-                        shard.release(Instant::now(), writer.write);
+                        let started = Cost::start();
+                        shard.release(started.at, writer.write);
+                        Some(started)
                     }
-                    _ = clock.tick() => shard.tick(Instant::now()),
+                    _ = clock.tick() => {
+                        shard.tick(Instant::now());
+                        None
+                    }
+                };
+                if let Some(started) = started {
+                    // Backpressure on the whole worker: passes that took much of its time are
+                    // followed by a rest, so the next pass finds more ticks per connection and
+                    // writes fewer, fuller frames, and windows that end meanwhile leave a little
+                    // later, with more in them (`Duty`). Ticks meanwhile wait in the inbox (one
+                    // link per symbol) and the symbols' rings, never dropped.
+                    let idle = started.at.saturating_duration_since(idle_since);
+                    let cost = started.cost();
+                    idle_since = started.at + cost.wall;
+                    if let Some(rest) = duty.after(idle, cost, writer.busy_percent) {
+                        tokio::time::sleep(rest).await;
+                        writer.rested.inc_by(rest.as_secs_f64());
+                        idle_since = Instant::now();
+                    }
                 }
                 (writer.end_of_pass)();
                 // Under load the inbox has news again by the end of every pass, and `notified`
@@ -471,7 +534,7 @@ pub struct Writer {
     /// After every pass and clock tick: publishes what the worker buffers (its latency
     /// observations).
     pub end_of_pass: fn(),
-    /// `limits.fanout_busy_percent`: how much of the worker's time passes may take (`rest_after`).
+    /// `limits.fanout_busy_percent`: how much of the worker's time passes may take (`Duty`).
     pub busy_percent: u32,
     /// Counts the rests (`quotegw_fanout_rest_seconds_total`).
     pub rested: prometheus::Counter,
@@ -731,6 +794,8 @@ mod tests {
     #[test]
     fn a_pass_rests_in_proportion_to_its_cost_and_never_on_a_quiet_worker() {
         let ms = Duration::from_millis;
+        // One pass with nothing owed before it and no idle time before it.
+        let rest_after = |pass, busy| Duty::default().after(Duration::ZERO, pass, busy);
         let cost = |wall, cpu, per_core| Cost {
             wall,
             cpu,
@@ -772,6 +837,57 @@ mod tests {
         );
         // Its sibling ran during its pass: only its own CPU counts (the sibling rests for its own).
         assert_eq!(rest_after(shared(ms(16), ms(8)), 80), Some(ms(4)));
+    }
+
+    /// Rests are owed across passes: short passes back to back rest as one long pass would,
+    /// idle time between passes counts as rest taken, and a debt over `MAX_REST` is forgiven.
+    #[test]
+    fn short_passes_back_to_back_owe_a_rest_and_idle_time_pays_it() {
+        let us = Duration::from_micros;
+        let pass = |wall| Cost {
+            wall,
+            cpu: wall,
+            per_core: 1,
+        };
+        let mut duty = Duty::default();
+        // Windows released 0.8 ms of writes at a time, back to back, at 80 %: each owes 0.2 ms.
+        for i in 1..5 {
+            assert_eq!(duty.after(Duration::ZERO, pass(us(800)), 80), None, "{i}");
+        }
+        assert_eq!(
+            duty.after(Duration::ZERO, pass(us(800)), 80),
+            Some(us(1000)),
+            "five of them: 4 ms busy in 5"
+        );
+        assert_eq!(duty.after(Duration::ZERO, pass(us(800)), 80), None, "paid");
+        // The same passes with 0.2 ms between them are 80 % busy already: never a rest.
+        let mut duty = Duty::default();
+        for i in 0..100 {
+            assert_eq!(duty.after(us(200), pass(us(800)), 80), None, "{i}");
+        }
+        // Idle time pays only what is owed: it is not saved up for later passes.
+        let mut duty = Duty::default();
+        assert_eq!(
+            duty.after(Duration::ZERO, pass(us(3200)), 80),
+            None,
+            "0.8 owed"
+        );
+        assert_eq!(
+            duty.after(us(900), pass(us(3200)), 80),
+            None,
+            "0.8 paid, 0.8 owed"
+        );
+        assert_eq!(
+            duty.after(Duration::ZERO, pass(us(3200)), 80),
+            Some(us(1600))
+        );
+        // Past MAX_REST, the rest is capped and the rest of the debt forgiven.
+        let mut duty = Duty::default();
+        assert_eq!(
+            duty.after(Duration::ZERO, pass(Duration::from_secs(1)), 50),
+            Some(MAX_REST)
+        );
+        assert_eq!(duty.after(Duration::ZERO, pass(us(400)), 80), None);
     }
 
     fn tick(bid: i64) -> FeedEvent {

@@ -90,7 +90,7 @@ impl Metrics {
             snapshots_sent: counter("quotegw_snapshots_sent_total", "Snapshot messages handed to sockets."),
             frames_sent: counter("quotegw_frames_sent_total", "WebSocket text frames handed to sockets."),
             bytes_sent: counter("quotegw_bytes_sent_total", "Payload bytes of the frames handed to sockets."),
-            fanout_rest_seconds: reg(&registry, Counter::new("quotegw_fanout_rest_seconds_total", "Time the workers' fan-out rested after long passes (limits.fanout_busy_percent): latency traded for fuller frames under load.").expect("valid metric name")),
+            fanout_rest_seconds: reg(&registry, Counter::new("quotegw_fanout_rest_seconds_total", "Time the workers' fan-out rested between busy passes (limits.fanout_busy_percent): latency traded for fuller frames under load.").expect("valid metric name")),
             slow_consumer_closes: counter("quotegw_slow_consumer_closes_total", "Connections closed with 4008 because their socket accepted nothing for slow_consumer_timeout_ms."),
             client_errors: counter_vec("quotegw_client_errors_total", "Error replies to client ops, by code.", &["code"]),
             connections_refused: counter_vec("quotegw_connections_refused_total", "WebSocket upgrades refused before the handshake, by reason.", &["reason"]),
