@@ -5,7 +5,8 @@
 //! 1,000; reported per tick, so time / N is the cost of one delivery before the syscall.
 //!
 //! `shards` splits 1,000 connections × 10 symbols over one and two worker threads, each with its own
-//! fan-out shard (`fanout.rs`), to show that a worker per core scales.
+//! fan-out shard (`fanout.rs`), to show that a worker per core scales. The bench allocates with
+//! mimalloc, the gateway with glibc's malloc (see `ALLOC`).
 //!
 //! Run: `cargo bench --bench fanout` (HTML report under target/criterion/). The `in_sync` group is the
 //! usual fast-client case (shared bytes, no per-connection encoding); `catch_up` applies 10 ticks
@@ -26,6 +27,11 @@ use quotegw::metrics::Metrics;
 use quotegw::model::Tick;
 use quotegw::view::{EmitStats, Pacing, SlotView};
 use rust_decimal::Decimal;
+
+/// Per-thread heaps: under glibc's malloc, the `shards` group's two threads shared arena locks in
+/// some runs and not in others (Cargo.toml says more), which made its figure the allocator's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Conn {
     pending: Arc<ConnPending>,
@@ -130,13 +136,20 @@ fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64, updates_per_drain:
 const SHARD_SYMBOLS: usize = 10;
 const SHARD_CONNECTIONS: usize = 1_000;
 
-/// The per-worker fan-out on real threads: each round the bench thread (the ingest) applies one
-/// tick to each of `SHARD_SYMBOLS` symbols, then each of `shards` worker threads delivers its
-/// shard's news and drains its share of `SHARD_CONNECTIONS` connections, as the worker's task and
-/// its connections' flushes do. The same work split over one shard and over two: on a machine with
-/// a core per worker, deliveries/s should grow about 2× from one shard to two.
+/// The per-worker fan-out on real threads: each round one tick to each of `SHARD_SYMBOLS` symbols
+/// is applied to the index, then each of `shards` worker threads delivers its shard's news and
+/// drains its share of `SHARD_CONNECTIONS` connections, as the worker's task and its connections'
+/// flushes do. The same work split over one shard and over two: on a machine with a core per
+/// worker, deliveries/s should grow about 2× from one shard to two.
+///
+/// The bench's thread is the ingest and the first worker, and the others wait for a round by
+/// spinning: one thread per core, as the gateway runs one worker per core. (Until this was so,
+/// the bench's thread only applied the ticks and every thread met at a `Barrier` twice a round,
+/// each meeting a futex sleep and wake-up on a 2-core machine running three threads, a cost of
+/// the bench that no worker pays: the gateway's shards never wait for each other or for the
+/// ingest.) The other workers make their connections first, then the bench's thread.
 fn shards(c: &mut Criterion) {
-    use std::sync::{mpsc, Barrier};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut group = c.benchmark_group("shards");
     group.throughput(Throughput::Elements(
         (SHARD_SYMBOLS * SHARD_CONNECTIONS) as u64,
@@ -151,66 +164,44 @@ fn shards(c: &mut Criterion) {
                 ..tick(1)
             }));
         }
-        // Start and end of each round; `stop` ends the workers after the last one.
-        let barrier = Arc::new(Barrier::new(shards + 1));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (delivered_tx, delivered_rx) = mpsc::sync_channel(2);
-        let workers: Vec<_> = (0..shards)
+        // Rounds started by the bench's thread, and rounds finished by each other worker, summed.
+        let started = Arc::new(AtomicU64::new(0));
+        let finished = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let share = SHARD_CONNECTIONS / shards;
+        let others: Vec<_> = (1..shards)
             .map(|_| {
-                let (index, symbols, barrier, stop) = (
-                    index.clone(),
-                    symbols.clone(),
-                    barrier.clone(),
-                    stop.clone(),
-                );
-                let delivered_tx = delivered_tx.clone();
+                let (index, symbols) = (index.clone(), symbols.clone());
+                let (started, finished, stop) = (started.clone(), finished.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    // Connections are created on the worker's thread: its shard serves them.
-                    let mut conns: Vec<Conn> = (0..SHARD_CONNECTIONS / shards)
-                        .map(|_| {
-                            let pending = ConnPending::new();
-                            let slots = symbols
-                                .iter()
-                                .enumerate()
-                                .map(|(slot, s)| {
-                                    let entry = index.lookup(s).unwrap();
-                                    SlotView::new(
-                                        entry.subscribe(&pending, slot as u32, true),
-                                        Pacing::default(),
-                                    )
-                                })
-                                .collect();
-                            Conn {
-                                slots,
-                                pending,
-                                dirty: Vec::new(),
-                                frame: FrameBuilder::default(),
-                                stats: EmitStats::default(),
-                            }
-                        })
-                        .collect();
-                    let now = Instant::now();
-                    for c in &mut conns {
-                        c.drain(now); // the snapshots
-                    }
+                    let mut conns = shard_connections(&index, &symbols, share);
+                    finished.fetch_add(1, Ordering::Release); // ready
                     let mut updates = 0u64;
+                    let mut round = 0;
                     loop {
-                        barrier.wait();
-                        if stop.load(std::sync::atomic::Ordering::Acquire) {
-                            break;
+                        while started.load(Ordering::Acquire) == round {
+                            if stop.load(Ordering::Acquire) {
+                                return updates;
+                            }
+                            std::hint::spin_loop();
                         }
-                        let now = Instant::now();
-                        for c in &mut conns {
-                            c.drain(now);
-                            updates += c.stats.updates;
-                            c.stats.updates = 0;
-                        }
-                        barrier.wait();
+                        round += 1;
+                        updates += drain_all(&mut conns);
+                        finished.fetch_add(1, Ordering::Release);
                     }
-                    delivered_tx.send(updates).unwrap();
                 })
             })
             .collect();
+        let helpers = (shards - 1) as u64;
+        let wait_for_others = |rounds: u64| {
+            while finished.load(Ordering::Acquire) < helpers * (rounds + 1) {
+                std::hint::spin_loop();
+            }
+        };
+        // Connections are created on their worker's thread: its shard serves them.
+        wait_for_others(0);
+        let mut conns = shard_connections(&index, &symbols, share);
+        let mut updates = 0u64;
         let mut i = 2;
         group.bench_with_input(BenchmarkId::from_parameter(shards), &shards, |b, _| {
             b.iter(|| {
@@ -221,28 +212,66 @@ fn shards(c: &mut Criterion) {
                     }));
                 }
                 i += 1;
-                barrier.wait(); // the workers drain...
-                barrier.wait(); // ...and are done
+                let round = started.fetch_add(1, Ordering::Release) + 1;
+                updates += drain_all(&mut conns);
+                wait_for_others(round);
             })
         });
-        stop.store(true, std::sync::atomic::Ordering::Release);
-        barrier.wait();
-        drop(delivered_tx);
-        let updates: u64 = workers
-            .into_iter()
-            .map(|w| {
-                w.join().unwrap();
-                delivered_rx.recv().unwrap()
-            })
-            .sum();
+        stop.store(true, Ordering::Release);
+        for other in others {
+            updates += other.join().unwrap();
+        }
         // Every connection got every tick: the shards lost nothing.
         assert_eq!(
-            updates % (SHARD_SYMBOLS * SHARD_CONNECTIONS) as u64,
-            0,
+            updates,
+            (SHARD_SYMBOLS * SHARD_CONNECTIONS) as u64 * (i as u64 - 2),
             "each round delivers every symbol's tick to every connection"
         );
     }
     group.finish();
+}
+
+/// `n` connections subscribed to every symbol, on the calling thread's shard, snapshots drained.
+fn shard_connections(index: &Index, symbols: &[String], n: usize) -> Vec<Conn> {
+    let now = Instant::now();
+    (0..n)
+        .map(|_| {
+            let pending = ConnPending::new();
+            let slots = symbols
+                .iter()
+                .enumerate()
+                .map(|(slot, s)| {
+                    let entry = index.lookup(s).unwrap();
+                    SlotView::new(
+                        entry.subscribe(&pending, slot as u32, true),
+                        Pacing::default(),
+                    )
+                })
+                .collect();
+            let mut conn = Conn {
+                slots,
+                pending,
+                dirty: Vec::new(),
+                frame: FrameBuilder::default(),
+                stats: EmitStats::default(),
+            };
+            conn.drain(now); // the snapshots
+            conn.stats.updates = 0;
+            conn
+        })
+        .collect()
+}
+
+/// One round of a worker: every connection drains what its shard delivers. The updates it wrote.
+fn drain_all(conns: &mut [Conn]) -> u64 {
+    let now = Instant::now();
+    conns
+        .iter_mut()
+        .map(|c| {
+            c.drain(now);
+            std::mem::take(&mut c.stats.updates)
+        })
+        .sum()
 }
 
 fn fanout(c: &mut Criterion) {
