@@ -147,7 +147,7 @@ const SHARD_CONNECTIONS: usize = 1_000;
 /// the bench's thread only applied the ticks and every thread met at a `Barrier` twice a round,
 /// each meeting a futex sleep and wake-up on a 2-core machine running three threads, a cost of
 /// the bench that no worker pays: the gateway's shards never wait for each other or for the
-/// ingest.) The other workers make their connections first, then the bench's thread.
+/// ingest.)
 fn shards(c: &mut Criterion) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut group = c.benchmark_group("shards");
@@ -198,7 +198,8 @@ fn shards(c: &mut Criterion) {
                 std::hint::spin_loop();
             }
         };
-        // Connections are created on their worker's thread: its shard serves them.
+        // Connections are created on their worker's thread, whose shard serves them: the other
+        // workers' first, then this thread's.
         wait_for_others(0);
         let mut conns = shard_connections(&index, &symbols, share);
         let mut updates = 0u64;

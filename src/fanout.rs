@@ -67,17 +67,6 @@ struct Cost {
 }
 
 impl Cost {
-    /// Starts timing a pass: two clock reads (system calls) a pass, the CPU time's only where
-    /// shards share a core.
-    fn start() -> PassStart {
-        let per_core = shards_per_core();
-        PassStart {
-            at: Instant::now(),
-            cpu: (per_core > 1).then(thread_cpu),
-            per_core,
-        }
-    }
-
     /// The rest this pass owes, so that passes keep the core busy at most `busy_percent` of the
     /// time: the next may start no sooner than its cost × 100 / `busy_percent` after it started.
     ///
@@ -94,7 +83,7 @@ impl Cost {
     }
 }
 
-/// When, and on what CPU time, a pass started (`Cost::start`).
+/// When, and on what CPU time, a pass started.
 struct PassStart {
     at: Instant,
     cpu: Option<Duration>,
@@ -102,6 +91,18 @@ struct PassStart {
 }
 
 impl PassStart {
+    /// Starts timing a pass: two clock reads (system calls) a pass, the CPU time's only where
+    /// shards share a core.
+    fn now() -> PassStart {
+        let per_core = shards_per_core();
+        PassStart {
+            at: Instant::now(),
+            cpu: (per_core > 1).then(thread_cpu),
+            per_core,
+        }
+    }
+
+    /// What the pass has cost so far.
     fn cost(&self) -> Cost {
         Cost {
             wall: self.at.elapsed(),
@@ -113,11 +114,10 @@ impl PassStart {
     }
 }
 
-/// The rests the shard owes under `limits.fanout_busy_percent`, kept across passes: one long pass
-/// owes its rest at once, and so do many short ones back to back (a batching window releases a
-/// few connections at a time, and those passes each owe too little to rest for, so per pass a
-/// worker releasing windows never rested however busy it was). Time the worker spent without a
-/// pass counts as rest already taken, so a quiet worker never rests. A rest below 1 ms is not
+/// The rests the shard owes under `limits.fanout_busy_percent`, kept across passes, so that many
+/// short passes back to back (windows ending a few connections at a time) rest as one long pass
+/// would; each alone owes less than a rest is worth. Time the worker spent without a pass counts
+/// as rest already taken, so a quiet worker never rests. A rest below 1 ms is not
 /// taken (the timer's resolution; it waits until the owed time reaches 1 ms), and none is longer
 /// than `MAX_REST`, which also forgives the rest of a larger debt.
 #[derive(Default)]
@@ -238,14 +238,14 @@ impl Shard {
                 // would never get to the windows' or the clock's branch.
                 let started = tokio::select! {
                     _ = shard.notify.notified() => {
-                        let started = Cost::start();
+                        let started = PassStart::now();
                         // Windows that ended leave with this pass (their news is the oldest).
                         shard.release(started.at, writer.write);
                         shard.deliver_and_write(&mut pass, writer.write);
                         Some(started)
                     }
                     _ = &mut release, if release_at.is_some() => {
-                        let started = Cost::start();
+                        let started = PassStart::now();
                         shard.release(started.at, writer.write);
                         Some(started)
                     }
