@@ -117,9 +117,9 @@ impl PassStart {
 /// The rests the shard owes under `limits.fanout_busy_percent`, kept across passes, so that many
 /// short passes back to back (windows ending a few connections at a time) rest as one long pass
 /// would; each alone owes less than a rest is worth. Time the worker spent without a pass counts
-/// as rest already taken, so a quiet worker never rests. A rest below 1 ms is not
-/// taken (the timer's resolution; it waits until the owed time reaches 1 ms), and none is longer
-/// than `MAX_REST`, which also forgives the rest of a larger debt.
+/// as rest already taken, so a quiet worker never rests. A rest below 1 ms is not taken (the
+/// timer's resolution; it waits until the owed time reaches 1 ms), and none is longer than
+/// `MAX_REST`, which also forgives the rest of a larger debt.
 #[derive(Default)]
 struct Duty {
     owed: Duration,
