@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::model::{valid_symbol, MAX_SYMBOL_LEN, SYMBOL_RULE};
+use crate::model::valid_symbol;
 
 /// WebSocket close codes the gateway uses (PROTOCOL.md "Close codes", plus RFC 6455's 1002/1007).
 pub mod close {
@@ -48,16 +48,18 @@ pub enum ErrorCode {
     BadJson,
     BadRequest,
     UnknownSymbol,
+    InvalidSymbol,
     TooManySymbols,
     RateLimited,
     Unauthorized,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownSymbol,
+        ErrorCode::InvalidSymbol,
         ErrorCode::TooManySymbols,
         ErrorCode::RateLimited,
         ErrorCode::Unauthorized,
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::BadJson => "bad_json",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnknownSymbol => "unknown_symbol",
+            ErrorCode::InvalidSymbol => "invalid_symbol",
             ErrorCode::TooManySymbols => "too_many_symbols",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unauthorized => "unauthorized",
@@ -90,16 +93,73 @@ pub enum OnLag {
     Close,
 }
 
+/// How much of a string that is not a symbol `rejected` echoes (PROTOCOL.md, "Symbols").
+pub const INVALID_ECHO_CHARS: usize = 40;
+
+/// The `symbols` of an op (or of a REST or SSE request): the symbols by the contract's rule,
+/// upper-cased, and the strings that are not symbols, each cut to `INVALID_ECHO_CHARS`. A string
+/// that is not a symbol is rejected alone (`invalid_symbol`) and the others are applied, so one
+/// typo never costs a client, or every widget sharing its connection, the rest of its quotes.
+#[derive(Debug, Default, PartialEq)]
+pub struct SymbolList {
+    pub valid: Vec<String>,
+    pub invalid: Vec<String>,
+}
+
+impl SymbolList {
+    /// Sorts one string from a client into `valid` or `invalid`.
+    pub fn push(&mut self, s: &str) {
+        if valid_symbol(s) {
+            self.valid.push(normalize_symbol(s));
+        } else {
+            self.invalid
+                .push(s.chars().take(INVALID_ECHO_CHARS).collect());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.valid.len() + self.invalid.len()
+    }
+
+    /// Without repeats, each list keeping first occurrences in their order.
+    pub fn deduped(self) -> SymbolList {
+        fn dedup(items: Vec<String>) -> Vec<String> {
+            let mut seen = std::collections::HashSet::with_capacity(items.len());
+            let keep: Vec<bool> = items.iter().map(|s| seen.insert(s.clone())).collect();
+            items
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(s, keep)| keep.then_some(s))
+                .collect()
+        }
+        SymbolList {
+            valid: dedup(self.valid),
+            invalid: dedup(self.invalid),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(string, invalid_symbol)` for each string that is not a symbol, as `rejected` lists them.
+    pub fn rejections(&self) -> impl Iterator<Item = (&str, ErrorCode)> {
+        self.invalid
+            .iter()
+            .map(|s| (s.as_str(), ErrorCode::InvalidSymbol))
+    }
+}
+
 /// A client op, parsed and checked.
 #[derive(Debug, PartialEq)]
 pub enum Op {
     Subscribe {
-        symbols: Vec<String>,
+        symbols: SymbolList,
         max_hz: Option<f64>,
         on_lag: OnLag,
     },
     Unsubscribe {
-        symbols: Vec<String>,
+        symbols: SymbolList,
     },
     Symbols,
     Ping,
@@ -257,31 +317,21 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
     Ok(Request { id, op })
 }
 
-fn symbol_list(
-    v: Option<&RawValue>,
-    op: &str,
-    id: &Option<String>,
-) -> Result<Vec<String>, OpError> {
+fn symbol_list(v: Option<&RawValue>, op: &str, id: &Option<String>) -> Result<SymbolList, OpError> {
     let not_a_list = || OpError::bad_request(id, format!("{op} needs a non-empty array 'symbols'"));
     let v = v.ok_or_else(not_a_list)?.get();
     match serde_json::from_str::<Vec<Cow<str>>>(v) {
         Ok(items) if items.is_empty() => Err(not_a_list()),
-        Ok(items) => items
-            .iter()
-            .map(|s| {
-                if valid_symbol(s) {
-                    Ok(normalize_symbol(s))
-                } else {
-                    let shown: String = s.chars().take(MAX_SYMBOL_LEN).collect();
-                    let more = if shown.len() < s.len() { "…" } else { "" };
-                    Err(OpError::bad_request(
-                        id,
-                        format!("'{shown}{more}' is not a symbol: {SYMBOL_RULE}"),
-                    ))
-                }
-            })
-            .collect(),
+        Ok(items) => {
+            let mut list = SymbolList::default();
+            for s in &items {
+                list.push(s);
+            }
+            Ok(list)
+        }
         // Which mistake it was, for the message: not an array, or an array of something else.
+        // Structural mistakes refuse the whole op (`bad_request`); a string that is merely not a
+        // symbol does not (`SymbolList`).
         Err(_) => Err(match serde_json::from_str::<Vec<IgnoredAny>>(v) {
             Ok(_) => OpError::bad_request(id, "'symbols' must contain only strings"),
             Err(_) => not_a_list(),
@@ -409,7 +459,10 @@ mod tests {
             Ok(Request {
                 id: Some("1".into()),
                 op: Op::Subscribe {
-                    symbols: vec!["AAPL".into(), "MSFT".into()],
+                    symbols: SymbolList {
+                        valid: vec!["AAPL".into(), "MSFT".into()],
+                        invalid: vec![],
+                    },
                     max_hz: Some(2.5),
                     on_lag: OnLag::Conflate,
                 }
@@ -428,6 +481,70 @@ mod tests {
         assert_eq!(
             parse_request(r#"{"op":"ping","id":3}"#).unwrap().op,
             Op::Ping
+        );
+    }
+
+    /// A string that is not a symbol is rejected alone (PROTOCOL.md, "Symbols"): the op parses, its
+    /// symbols are kept, and the ack lists the string, cut to 40 characters and JSON-escaped.
+    #[test]
+    fn a_string_that_is_not_a_symbol_is_set_aside_not_a_bad_request() {
+        let long = "X".repeat(33) + "é" + &"Y".repeat(50);
+        let text = format!(
+            r#"{{"op":"subscribe","id":1,"symbols":["aapl","<img src=x onerror=alert(1)>","","a b","{long}","MSFT","q\"\n"]}}"#
+        );
+        let Op::Subscribe { symbols, .. } = parse_request(&text).unwrap().op else {
+            panic!("a subscribe");
+        };
+        assert_eq!(symbols.valid, ["AAPL", "MSFT"]);
+        let cut: String = ("X".repeat(33) + "é" + &"Y".repeat(50))
+            .chars()
+            .take(40)
+            .collect();
+        assert_eq!(
+            symbols.invalid,
+            [
+                "<img src=x onerror=alert(1)>",
+                "",
+                "a b",
+                cut.as_str(),
+                "q\"\n"
+            ]
+        );
+        let mut out = String::new();
+        let rejected: Vec<_> = symbols.rejections().collect();
+        encode_ack(
+            &mut out,
+            Some("1"),
+            "subscribe",
+            &["AAPL", "MSFT"],
+            &rejected,
+        );
+        let ack: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(ack["rejected"][0]["code"], "invalid_symbol");
+        assert_eq!(
+            ack["rejected"][3]["symbol"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            40
+        );
+        assert_eq!(ack["rejected"][4]["symbol"], "q\"\n");
+        // Only strings that are not symbols: still an op (an ack rejecting each), not an error.
+        let only_bad = parse_request(r#"{"op":"unsubscribe","symbols":["a,b"]}"#).unwrap();
+        assert_eq!(
+            only_bad.op,
+            Op::Unsubscribe {
+                symbols: SymbolList {
+                    valid: vec![],
+                    invalid: vec!["a,b".into()]
+                }
+            }
+        );
+        // A list that is not a list of strings is still the op's structure: bad_request.
+        assert_eq!(
+            code(r#"{"op":"subscribe","symbols":["AAPL",1]}"#),
+            ErrorCode::BadRequest
         );
     }
 

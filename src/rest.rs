@@ -15,8 +15,7 @@ use crate::access::{CorsOrigin, Grant, Tier};
 use crate::admit::{admit, Admitted, ClientRequest, Refused};
 use crate::delta::{encode_snapshot, with_delayed_ms};
 use crate::http::AppState;
-use crate::model::{valid_symbol, SYMBOL_RULE};
-use crate::protocol::{normalize_symbol, push_json_str, ErrorCode};
+use crate::protocol::{push_json_str, ErrorCode, SymbolList};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/quotes", web::get().to(quotes))
@@ -53,34 +52,26 @@ impl Query {
     }
 }
 
-/// The `symbols` parameter: comma-separated, each a symbol by the contract's rule, upper-cased,
-/// repeats dropped, at most `max` of them.
-pub fn symbols_param(query: &Query, max: usize) -> Result<Vec<String>, Refused> {
+/// The `symbols` parameter: comma-separated, each a symbol by the contract's rule (upper-cased,
+/// repeats dropped, at most `max` of them) or a string that is not one, rejected alone
+/// (`invalid_symbol`, as on `/ws`).
+pub fn symbols_param(query: &Query, max: usize) -> Result<SymbolList, Refused> {
     let Some(list) = query.get("symbols").filter(|l| !l.is_empty()) else {
         return Err(Refused::bad_request(
             "bad_request",
             "give the symbols as ?symbols=AAPL,MSFT",
         ));
     };
-    let mut symbols: Vec<String> = Vec::new();
+    let mut symbols = SymbolList::default();
     for s in list.split(',') {
-        if !valid_symbol(s) {
-            let shown: String = s.chars().take(32).collect();
-            return Err(Refused::bad_request(
-                "bad_request",
-                format!("'{shown}' is not a symbol: {SYMBOL_RULE}"),
-            ));
-        }
-        let s = normalize_symbol(s);
-        if !symbols.contains(&s) {
-            symbols.push(s);
-        }
-        if symbols.len() > max {
-            return Err(Refused::bad_request(
-                "too_many_symbols",
-                format!("a request may name at most {max} symbols"),
-            ));
-        }
+        symbols.push(s);
+    }
+    let symbols = symbols.deduped();
+    if symbols.valid.len() > max {
+        return Err(Refused::bad_request(
+            "too_many_symbols",
+            format!("a request may name at most {max} symbols"),
+        ));
     }
     Ok(symbols)
 }
@@ -89,11 +80,14 @@ pub fn symbols_param(query: &Query, max: usize) -> Result<Vec<String>, Refused> 
 pub fn resolve(
     state: &AppState,
     grant: &Grant,
-    symbols: Vec<String>,
+    symbols: SymbolList,
 ) -> (Vec<String>, Vec<(String, ErrorCode)>) {
     let mut accepted = Vec::new();
-    let mut rejected = Vec::new();
-    for s in symbols {
+    let mut rejected: Vec<(String, ErrorCode)> = symbols
+        .rejections()
+        .map(|(s, code)| (s.to_string(), code))
+        .collect();
+    for s in symbols.valid {
         if !grant.allows(&s) {
             rejected.push((s, ErrorCode::Unauthorized));
         } else if state.sessions.index.lookup(&s).is_none() {
@@ -276,9 +270,15 @@ mod tests {
     fn queries_are_percent_decoded_and_symbols_checked() {
         let q = Query::parse("symbols=aapl%2CMSFT,aapl&max_hz=2&token=a%2Bb");
         assert_eq!(q.get("token"), Some("a+b"));
-        assert_eq!(symbols_param(&q, 10).unwrap(), ["AAPL", "MSFT"]);
-        let e = symbols_param(&Query::parse("symbols=A+B"), 10).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_request"));
+        assert_eq!(symbols_param(&q, 10).unwrap().valid, ["AAPL", "MSFT"]);
+        // A string that is not a symbol is set aside (invalid_symbol), not the request's end.
+        let s = symbols_param(
+            &Query::parse("symbols=A+B,msft,%3Cimg%20src%3Dx%3E,,A+B"),
+            10,
+        )
+        .unwrap();
+        assert_eq!(s.valid, ["MSFT"]);
+        assert_eq!(s.invalid, ["A B", "<img src=x>", ""]);
         let e = symbols_param(&Query::parse("symbols=A,B,C"), 2).unwrap_err();
         assert_eq!(e.code, "too_many_symbols");
         assert!(symbols_param(&Query::parse(""), 2).is_err());

@@ -6,7 +6,8 @@
 //   <quote-ticker symbols="AAPL,MSFT,NVDA" layout="grid"></quote-ticker>
 //
 // Attributes
-//   symbols  comma-separated tickers, case-insensitive ("aapl, msft").
+//   symbols  comma-separated tickers, case-insensitive ("aapl, msft"). An entry that is not a symbol
+//            by the protocol's rule (see below) is listed as rejected, "not a symbol", and never sent.
 //   url      the gateway's WebSocket URL. Default: /ws on the host that served this script
 //            (ws:// for http, wss:// for https). A relative URL resolves against the page.
 //   fields   comma-separated quote fields, in display order. Default "bid,ask,last,volume".
@@ -68,9 +69,13 @@
 //   updates before the snapshot and any seq that is not greater than the last one applied.
 // - Shows prices exactly as the decimal strings the gateway sent; up/down flashes compare them as
 //   decimals (never as binary floats).
-// - Shows live/stale/halted per symbol, the connection state, and the symbols the gateway rejected;
-//   a string that is not a symbol by the protocol's rule (1–32 printable ASCII characters other than
-//   space, '"', '\' and ',') is shown as rejected ("bad_request") without being sent.
+// - Shows live/stale/halted per symbol, the connection state, and the symbols the gateway rejected.
+//   A string that is not a symbol by the protocol's rule (1–32 printable ASCII characters other than
+//   space, '"', '\' and ',') is shown as rejected with code "invalid_symbol", as the gateway would
+//   reject it, and is never sent: not in any subscribe or unsubscribe, on the first connect, after a
+//   reconnect or in a retry; so it cannot disturb the other elements sharing the connection. (An
+//   `ack.rejected` entry with code invalid_symbol, whose echo is the string cut to 40 characters,
+//   is shown for the symbol it names, or ignored when it names none shown.)
 // - Reconnects and subscribes again. How soon depends on how the socket ended:
 //   - 1001 (the gateway is shutting down or restarting): after a uniformly random delay in
 //     [0, 5 s] ("full jitter"; the window grows with the backoff below when a gateway keeps doing
@@ -104,6 +109,10 @@
 
 // PROTOCOL.md: a symbol is 1–32 printable ASCII characters other than space, '"', '\' and ','.
 const SYMBOL_RULE = /^[\x21\x23-\x2B\x2D-\x5B\x5D-\x7E]{1,32}$/;
+/** Whether `s` is a symbol by the protocol's rule: only such strings are ever sent. */
+function isSymbol(s) {
+  return typeof s === "string" && SYMBOL_RULE.test(s);
+}
 const DEFAULT_FIELDS = ["bid", "ask", "last", "volume"];
 const PRICE_FIELDS = new Set(["bid", "ask", "last"]);
 const INTEGER_FIELDS = new Set(["bid_size", "ask_size", "last_size", "volume"]);
@@ -130,6 +139,7 @@ const TAPE_LABELS = {
 const CODE_TEXT = {
   unknown_symbol: "unknown symbol",
   too_many_symbols: "too many symbols",
+  invalid_symbol: "not a symbol",
   bad_request: "bad request",
   rate_limited: "rate limited",
   unauthorized: "unauthorized",
@@ -294,10 +304,15 @@ class Connection {
     this.state = "connecting";
     this.ws = null;
     this.widgets = new Set(); // attached elements, in attach order (the first one announces)
-    this.refs = new Map(); // SYMBOL -> how many attached elements show it
+    // SYMBOL -> how many attached elements show it. Only symbols by the protocol's rule (isSymbol)
+    // are ever put here, so everything that subscribes what refs holds (open, retries) sends symbols.
+    this.refs = new Map();
+    // A string that is not a symbol -> how many attached elements show it. Never sent: shown as
+    // rejected (invalid_symbol), for as long as an element shows it.
+    this.invalid = new Map();
     this.subscribed = new Set(); // SYMBOLs a subscribe was sent for on the current socket
     this.quotes = new Map(); // SYMBOL -> { socket, seq, fields, status }
-    this.rejected = new Map(); // SYMBOL -> code
+    this.rejected = new Map(); // SYMBOL (or a string that is not one) -> code
     this.toSubscribe = new Set();
     this.toUnsubscribe = new Set();
     this.pendingOps = new Map(); // op id -> { op, symbols }
@@ -341,16 +356,20 @@ class Connection {
   retain(symbols) {
     let rejectedChanged = false;
     for (const s of symbols) {
+      if (!isSymbol(s)) {
+        // Not a symbol by the protocol's rule: shown as rejected, as the gateway would reject it
+        // (invalid_symbol), and never sent. It stays out of refs, so no subscribe can pick it up.
+        const n = this.invalid.get(s) || 0;
+        this.invalid.set(s, n + 1);
+        if (n === 0) {
+          this.rejected.set(s, "invalid_symbol");
+          rejectedChanged = true;
+        }
+        continue;
+      }
       const n = this.refs.get(s) || 0;
       this.refs.set(s, n + 1);
       if (n !== 0) continue;
-      if (!SYMBOL_RULE.test(s)) {
-        // Not a symbol by the protocol's rule: the gateway would refuse the whole op (bad_request)
-        // with the good symbols in it, so it is shown as rejected here and never sent.
-        this.rejected.set(s, "bad_request");
-        rejectedChanged = true;
-        continue;
-      }
       this.toUnsubscribe.delete(s);
       if (!this.subscribed.has(s)) this.toSubscribe.add(s);
     }
@@ -364,6 +383,16 @@ class Connection {
 
   release(symbols) {
     for (const s of symbols) {
+      if (this.invalid.has(s)) {
+        const n = this.invalid.get(s);
+        if (n > 1) {
+          this.invalid.set(s, n - 1);
+        } else {
+          this.invalid.delete(s);
+          this.rejected.delete(s);
+        }
+        continue;
+      }
       const n = this.refs.get(s) || 0;
       if (n > 1) {
         this.refs.set(s, n - 1);
@@ -388,16 +417,18 @@ class Connection {
     });
   }
 
+  // The one way ops with symbols leave: only strings that are symbols by the protocol's rule go
+  // out, whatever put them in toSubscribe or toUnsubscribe.
   flush() {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return; // sent on open instead
     if (this.toUnsubscribe.size) {
-      const symbols = [...this.toUnsubscribe];
+      const symbols = [...this.toUnsubscribe].filter(isSymbol);
       this.toUnsubscribe.clear();
       for (const s of symbols) this.subscribed.delete(s);
-      this.send({ op: "unsubscribe", symbols });
+      if (symbols.length) this.send({ op: "unsubscribe", symbols });
     }
     if (this.toSubscribe.size) {
-      const all = [...this.toSubscribe];
+      const all = [...this.toSubscribe].filter(isSymbol);
       this.toSubscribe.clear();
       for (let i = 0; i < all.length; i += SUBSCRIBE_CHUNK) {
         const symbols = all.slice(i, i + SUBSCRIBE_CHUNK);
@@ -408,6 +439,11 @@ class Connection {
   }
 
   send(op) {
+    // Backstop for the rule flush() applies: a list op never carries a string that is not a symbol.
+    if (Array.isArray(op.symbols) && !op.symbols.every(isSymbol)) {
+      op = { ...op, symbols: op.symbols.filter(isSymbol) };
+      if (!op.symbols.length) return;
+    }
     const id = this.nextId++;
     if (op.op === "subscribe") this.pendingOps.set(id, { op: op.op, symbols: op.symbols });
     try {
@@ -475,7 +511,7 @@ class Connection {
       this.setState("live");
       // Everything shown is subscribed again; snapshots replace what this socket has not confirmed.
       this.toUnsubscribe.clear();
-      for (const s of this.refs.keys()) this.toSubscribe.add(s);
+      for (const s of this.refs.keys()) if (isSymbol(s)) this.toSubscribe.add(s);
       this.flush();
       this.pingTimer = setInterval(() => this.heartbeat(), PING_INTERVAL_MS);
     };
@@ -727,6 +763,9 @@ class Connection {
         if (!r || typeof r.symbol !== "string") continue;
         named.add(r.symbol);
         const sym = r.symbol.toUpperCase();
+        // An entry that names no symbol shown is ignored: an invalid_symbol echo (the raw string, cut
+        // to 40 characters) can be one, though this widget never sends a string that is not a
+        // symbol. The op's other symbols were applied and come back as usual.
         if (!this.refs.has(sym)) continue;
         this.rejected.set(sym, typeof r.code === "string" ? r.code : "rejected");
         this.subscribed.delete(sym);
@@ -756,7 +795,9 @@ class Connection {
     for (const s of pending.symbols) this.subscribed.delete(s);
     if (code === "rate_limited") {
       setTimeout(() => {
-        for (const s of pending.symbols) if (this.refs.has(s) && !this.subscribed.has(s)) this.toSubscribe.add(s);
+        for (const s of pending.symbols) {
+          if (isSymbol(s) && this.refs.has(s) && !this.subscribed.has(s)) this.toSubscribe.add(s);
+        }
         this.queueFlush();
       }, RATE_LIMIT_RETRY_MS);
       return false;
@@ -912,7 +953,9 @@ function parseList(attr, upper) {
   const out = [];
   const seen = new Set();
   for (const raw of (attr || "").split(",")) {
-    const s = upper ? raw.trim().toUpperCase() : raw.trim().toLowerCase();
+    // Symbols: only ASCII letters change case, as the gateway does; so a string that is not a
+    // symbol stays one that is not (Unicode upper-casing turns "ß" into "SS" and "ſ" into "S").
+    const s = upper ? raw.trim().replace(/[a-z]+/g, (m) => m.toUpperCase()) : raw.trim().toLowerCase();
     if (s && !seen.has(s)) {
       seen.add(s);
       out.push(s);

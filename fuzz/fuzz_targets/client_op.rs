@@ -1,6 +1,7 @@
 //! Client ops (`protocol::parse_request`): any text a client sends. Never panics; whatever parses
-//! has upper-case symbols, and the ack and error the gateway would answer with are valid JSON (the
-//! echoed `id` included, digit for digit, whatever its size).
+//! has upper-case symbols (and what is not a symbol set aside, cut to 40 characters), and the ack
+//! and error the gateway would answer with are valid JSON (the echoed `id` included, digit for
+//! digit, whatever its size, and every rejected string escaped).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +16,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(req) => {
             if let Op::Subscribe { symbols, .. } | Op::Unsubscribe { symbols } = &req.op {
                 assert!(!symbols.is_empty());
-                let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
-                encode_ack(&mut out, req.id.as_deref(), "subscribe", &names, &[]);
+                assert!(symbols.valid.iter().all(|s| *s == s.to_ascii_uppercase()));
+                // What is not a symbol is echoed (cut) in `rejected`, JSON-escaped.
+                assert!(symbols.invalid.iter().all(|s| s.chars().count() <= 40));
+                let names: Vec<&str> = symbols.valid.iter().map(String::as_str).collect();
+                let rejected: Vec<_> = symbols.rejections().collect();
+                encode_ack(&mut out, req.id.as_deref(), "subscribe", &names, &rejected);
             } else {
                 return;
             }

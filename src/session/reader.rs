@@ -12,6 +12,7 @@ use super::{Connection, End, Session};
 use crate::index::SymbolEntry;
 use crate::protocol::{
     close, encode_ack, encode_error, encode_pong, encode_symbols, parse_request, ErrorCode, Op,
+    SymbolList,
 };
 use crate::view::{Pacing, SlotView};
 
@@ -223,24 +224,24 @@ impl Session {
     pub fn subscribe(
         &mut self,
         id: Option<&str>,
-        symbols: Vec<String>,
+        symbols: SymbolList,
         pacing: Pacing,
         now: Instant,
     ) -> Option<End> {
         let max = self.shared.limits.max_symbols_per_connection;
-        let symbols = dedup(symbols);
-        if symbols.len() > max {
+        let symbols = symbols.deduped();
+        if symbols.valid.len() > max {
             let message = format!(
                 "a subscribe may name at most {max} symbols; it named {}",
-                symbols.len()
+                symbols.valid.len()
             );
             return self.client_error(id, ErrorCode::TooManySymbols, &message, now);
         }
         // Resolve everything first: too_many_symbols must leave the subscription untouched.
-        let mut accepted = Vec::with_capacity(symbols.len());
-        let mut rejected = Vec::new();
+        let mut accepted = Vec::with_capacity(symbols.valid.len());
+        let mut rejected: Vec<(&str, ErrorCode)> = symbols.rejections().collect();
         let mut added = 0;
-        for name in &symbols {
+        for name in &symbols.valid {
             if !self.scope.allows(name) {
                 rejected.push((name.as_str(), ErrorCode::Unauthorized));
             } else if let Ok(i) = self.find_symbol(name) {
@@ -282,7 +283,7 @@ impl Session {
                         (self.slots.len() - 1) as u32
                     });
                     // Not held: the entry was found by this exact name, which was not in
-                    // `by_symbol` above (and `dedup` left it once in this op).
+                    // `by_symbol` above (and `deduped` left it once in this op).
                     let at = self.find_symbol(&entry.symbol).unwrap_err();
                     let subscription = entry.subscribe(&self.pending, slot, pacing.delay.is_none());
                     self.slots[slot as usize] = Some(SlotView::new(subscription, pacing));
@@ -293,9 +294,9 @@ impl Session {
         None
     }
 
-    fn unsubscribe(&mut self, id: Option<&str>, symbols: Vec<String>) {
-        let symbols = dedup(symbols);
-        for name in &symbols {
+    fn unsubscribe(&mut self, id: Option<&str>, symbols: SymbolList) {
+        let symbols = symbols.deduped();
+        for name in &symbols.valid {
             if let Ok(i) = self.find_symbol(name) {
                 let slot = self.by_symbol.remove(i);
                 // Dropping the view ends its subscription.
@@ -306,9 +307,10 @@ impl Session {
                 self.free_slots.push(slot);
             }
         }
-        let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
+        let names: Vec<&str> = symbols.valid.iter().map(String::as_str).collect();
+        let rejected: Vec<(&str, ErrorCode)> = symbols.rejections().collect();
         self.frame
-            .push(|s| encode_ack(s, id, "unsubscribe", &names, &[]));
+            .push(|s| encode_ack(s, id, "unsubscribe", &names, &rejected));
     }
 }
 
@@ -325,19 +327,6 @@ impl Session {
 enum Target {
     Existing(u32),
     New(Arc<SymbolEntry>),
-}
-
-/// Removes repeated symbols, keeping the first occurrence's position.
-fn dedup(symbols: Vec<String>) -> Vec<String> {
-    let keep: Vec<bool> = {
-        let mut seen = std::collections::HashSet::with_capacity(symbols.len());
-        symbols.iter().map(|s| seen.insert(s.as_str())).collect()
-    };
-    symbols
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(s, keep)| keep.then_some(s))
-        .collect()
 }
 
 #[cfg(test)]

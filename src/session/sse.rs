@@ -24,7 +24,7 @@ use crate::access::CorsOrigin;
 use crate::admit::{admit, Admitted, ClientRequest, Refused};
 use crate::frame::Framing;
 use crate::http::AppState;
-use crate::protocol::{ErrorCode, OnLag, MAX_HZ_RANGE};
+use crate::protocol::{push_json_str, ErrorCode, OnLag, SymbolList, MAX_HZ_RANGE};
 use crate::rest::{resolve, symbols_param, Query};
 
 /// The request line that starts a stream (then `?` or a space).
@@ -131,7 +131,13 @@ pub async fn serve(mut io: TcpStream, state: actix_web::web::Data<AppState>) {
     head.push_str("retry: 1000\n\n");
     for (symbol, code) in &rejected {
         head.push_str(": rejected ");
-        head.push_str(symbol);
+        if *code == ErrorCode::InvalidSymbol {
+            // Any text a client sent, a line break included: one JSON string, so it stays one
+            // comment line and can never start an event of its own.
+            push_json_str(&mut head, symbol);
+        } else {
+            head.push_str(symbol);
+        }
         head.push(' ');
         head.push_str(code.as_str());
         head.push_str("\n\n");
@@ -154,6 +160,10 @@ pub async fn serve(mut io: TcpStream, state: actix_web::web::Data<AppState>) {
         Framing::Sse,
     );
     let pacing = connection.session.pacing(max_hz, on_lag);
+    let symbols = SymbolList {
+        valid: symbols,
+        invalid: Vec::new(),
+    };
     connection
         .session
         .subscribe(None, symbols, pacing, Instant::now());

@@ -73,6 +73,9 @@ const XSS_SYMBOL = "<img src=x onerror=window.__xss=1>";
 // Hostile too, but a symbol by the protocol's rule (no space, quote, backslash or comma): the widget
 // sends it, and the gateway echoes it back in `ack.rejected`.
 const XSS_SYMBOL_SENT = "<svg/onload=window.__xss=2>";
+// Not a symbol either (a non-ASCII letter), but Unicode upper-casing would make it one: "ſ" (long s)
+// upper-cases to "S", so "aſpl" would go out as the symbol "ASPL". Only ASCII letters change case.
+const UNICODE_NOT_SYMBOL = "aſpl";
 // What the gateway serves from web/: (route, content type, file).
 const WEB_ASSETS = [
   ["/", "text/html", "web/index.html"],
@@ -84,6 +87,16 @@ const CHECKED_SYMBOLS = ["AAPL", "MSFT", "NVDA", "JPM"];
 const PRICE_FIELDS = ["bid", "ask", "last"];
 
 class TestFailure extends Error {}
+
+/** PROTOCOL.md's symbol rule, restated independently of the widget's regular expression. */
+function isProtocolSymbol(s) {
+  if (typeof s !== "string" || s.length < 1 || s.length > 32) return false;
+  for (const c of s) {
+    const b = c.codePointAt(0);
+    if (b < 0x21 || b > 0x7e || c === '"' || c === "\\" || c === ",") return false;
+  }
+  return true;
+}
 
 function fail(message) {
   throw new TestFailure(message);
@@ -585,26 +598,26 @@ async function main(state, { bin, config, shots }, chromium) {
   ok(`prices change; ${flashes.moves.length} moves flashed in the right direction (exact decimal comparison)`);
 
   // 5. What is shown equals the gateway's quote, by an independent client on its own socket.
-  const compareWithGateway = async (label, pg = page, widgetId = "demo-grid", url = wsUrl) => {
-    await pg.evaluate(([u, s]) => window.__qtTest.openReference(u, s), [url, CHECKED_SYMBOLS]);
+  const compareWithGateway = async (label, pg = page, widgetId = "demo-grid", url = wsUrl, symbols = CHECKED_SYMBOLS) => {
+    await pg.evaluate(([u, s]) => window.__qtTest.openReference(u, s), [url, symbols]);
     await waitFor(`the reference socket's snapshots (${label})`, () =>
-      pg.evaluate((s) => window.__qtTest.referenceReady(s), CHECKED_SYMBOLS),
+      pg.evaluate((s) => window.__qtTest.referenceReady(s), symbols),
     );
     const matched = new Set();
     let last = null;
     // The feed is live, so two sockets can be a tick apart at any instant: retry until every checked
     // symbol has been seen equal at least once, within a bounded number of reads.
-    for (let attempt = 0; attempt < 150 && matched.size < CHECKED_SYMBOLS.length; attempt++) {
+    for (let attempt = 0; attempt < 150 && matched.size < symbols.length; attempt++) {
       last = await pg.evaluate(
         ([id, s, f]) => window.__qtTest.compare(id, s, f),
-        [widgetId, CHECKED_SYMBOLS, PRICE_FIELDS],
+        [widgetId, symbols, PRICE_FIELDS],
       );
       if (last.errors.length) fail(`reference client saw a protocol violation: ${last.errors[0]}`);
       for (const [sym, diffs] of Object.entries(last.result)) if (diffs.length === 0) matched.add(sym);
-      if (matched.size < CHECKED_SYMBOLS.length) await sleep(POLL_MS);
+      if (matched.size < symbols.length) await sleep(POLL_MS);
     }
-    if (matched.size < CHECKED_SYMBOLS.length) {
-      fail(`${label}: displayed quotes never equalled the gateway's for ${CHECKED_SYMBOLS.filter((s) => !matched.has(s))}: ${JSON.stringify(last.result)}`);
+    if (matched.size < symbols.length) {
+      fail(`${label}: displayed quotes never equalled the gateway's for ${symbols.filter((s) => !matched.has(s))}: ${JSON.stringify(last.result)}`);
     }
     await pg.evaluate(() => window.__qtTest.ref.ws.close());
   };
@@ -633,11 +646,11 @@ async function main(state, { bin, config, shots }, chromium) {
   if (xss.flag !== undefined) fail(`a hostile symbol ran script (window.__xss = ${xss.flag})`);
   if (xss.imgs !== 0) fail(`a hostile symbol became markup: ${xss.imgs} <img>/<svg> element(s) on the page`);
   const rejected = await page.evaluate(() => document.getElementById("xss-grid").rejectedSymbols);
-  // The one with spaces is not a symbol by the protocol's rule: rejected by the widget itself, never
-  // sent (the gateway would refuse the whole op, AAPL with it). The other comes back from the gateway.
+  // The one with spaces is not a symbol by the protocol's rule: rejected by the widget itself
+  // (invalid_symbol, as the gateway would), never sent. The other comes back from the gateway.
   const codes = Object.fromEntries(rejected.map((r) => [r.symbol, r.code]));
-  if (rejected.length !== 2 || codes[XSS_SYMBOL.toUpperCase()] !== "bad_request" || codes[XSS_SYMBOL_SENT.toUpperCase()] !== "unknown_symbol") {
-    fail(`rejectedSymbols = ${JSON.stringify(rejected)}, want ${XSS_SYMBOL} bad_request and ${XSS_SYMBOL_SENT} unknown_symbol`);
+  if (rejected.length !== 2 || codes[XSS_SYMBOL.toUpperCase()] !== "invalid_symbol" || codes[XSS_SYMBOL_SENT.toUpperCase()] !== "unknown_symbol") {
+    fail(`rejectedSymbols = ${JSON.stringify(rejected)}, want ${XSS_SYMBOL} invalid_symbol and ${XSS_SYMBOL_SENT} unknown_symbol`);
   }
   const xssView = (await read())["xss-grid"];
   if (!xssView.quotes.AAPL || !decimal.test(xssView.quotes.AAPL.last.text)) fail("the valid symbol next to the hostile one shows no price");
@@ -685,8 +698,91 @@ async function main(state, { bin, config, shots }, chromium) {
   // ("WebSocket connection to 'ws://...' failed: ..."): those lines are expected, no others are.
   const outageLine = (text) => text.startsWith(`WebSocket connection to '${wsUrl}`) && text.includes("failed");
 
+  // 6c. Issue 25: a page on another origin with two widgets on the SAME gateway url, one of them
+  //     given strings that are not symbols. The widget must never send such a string (the gateway
+  //     would refuse the whole op, bad_request, and with it the other widget's symbols): not on the
+  //     first connect, and not on the reconnect of check 7 (checked again there). So: every op the
+  //     page sends passes the protocol's rule; the clean widget and the garbage one's good symbols
+  //     show the gateway's quotes; the garbage is listed as rejected, invalid_symbol, as text.
+  const mixedGood = ["AAPL", "MSFT"];
+  const mixedBad = [XSS_SYMBOL.toUpperCase(), UNICODE_NOT_SYMBOL.replace(/[a-z]/g, (c) => c.toUpperCase())];
+  embed.page(
+    "mixed",
+    embedPage(
+      "Two widgets, one url, one with garbage",
+      `  <script type="module" src="${xScript}"></script>`,
+      `  <quote-ticker id="m-garbage" url="${wsUrl}" fields="bid,ask,last,volume" symbols="${mixedGood.join(",")},${XSS_SYMBOL},${UNICODE_NOT_SYMBOL}"></quote-ticker>\n` +
+        `  <quote-ticker id="m-clean" url="${wsUrl}" fields="bid,ask,last,volume" symbols="MSFT"></quote-ticker>`,
+    ),
+  );
+  const mPage = await context.newPage();
+  const mSeen = watchPage(mPage, "mixed page", pageErrors);
+  const mSockets = []; // as `sockets` above: every frame the page SENDS, per WebSocket
+  mPage.on("websocket", (ws) => {
+    const s = { url: ws.url(), sent: [], closed: false };
+    mSockets.push(s);
+    ws.on("framesent", (f) => {
+      try {
+        s.sent.push(JSON.parse(f.payload));
+      } catch {
+        s.sent.push({ raw: String(f.payload) });
+      }
+    });
+    ws.on("close", () => (s.closed = true));
+  });
+  const readM = () => mPage.evaluate(() => window.__qtTest.read());
+  const mWidgetSockets = () => mSockets.filter((s) => !isReference(s));
+  // `after`: how many widget sockets the page had opened before (refused attempts during an outage
+  // count too); the one checked is the first one after those that sent a subscribe.
+  const checkMixed = async (label, after) => {
+    // The frames first: on the old widget this is where it shows (the garbage in a subscribe).
+    const sock = await waitFor(`${label}: a new widget socket of the mixed page to send a subscribe`, () => {
+      const ws = mWidgetSockets();
+      const s = ws.slice(after).find((w) => w.sent.some((o) => o.op === "subscribe"));
+      return { ok: !!s, s, detail: ws.map((w) => w.sent) };
+    }, RECONNECT_TIMEOUT_MS);
+    const badOps = () =>
+      mWidgetSockets().flatMap((s, i) =>
+        s.sent.filter((o) => "symbols" in o && !(Array.isArray(o.symbols) && o.symbols.every(isProtocolSymbol))).map((o) => `socket ${i + 1} sent ${JSON.stringify(o)}`),
+      );
+    if (badOps().length) fail(`${label}: the widget sent strings that are not symbols: ${badOps().join(" | ")}`);
+    await waitFor(`${label}: both widgets of the mixed page live, with prices for their good symbols`, async () => {
+      const v = await readM();
+      const missing = [];
+      for (const [id, syms] of [["m-garbage", mixedGood], ["m-clean", ["MSFT"]]]) {
+        const w = v[id];
+        if (w.state !== "live") missing.push(`${id}: ${w.state}`);
+        for (const sym of syms) if (!w.quotes[sym] || !decimal.test(w.quotes[sym].last.text)) missing.push(`${id}: no price for ${sym}`);
+      }
+      // The garbage widget lists its garbage as rejected (checked below); the clean one lists nothing.
+      if (v["m-clean"].rejectedText) missing.push(`m-clean: ${JSON.stringify(v["m-clean"].rejectedText)}`);
+      return { ok: missing.length === 0, detail: { missing, rejected: v["m-garbage"].rejectedText, console: mSeen.console.map((m) => m.text).slice(-3) } };
+    }, RECONNECT_TIMEOUT_MS);
+    await compareWithGateway(`${label}: the clean widget`, mPage, "m-clean", wsUrl, ["MSFT"]);
+    await compareWithGateway(`${label}: the garbage widget's good symbols`, mPage, "m-garbage", wsUrl, mixedGood);
+    const rej = await mPage.evaluate(() => ["m-garbage", "m-clean"].map((id) => document.getElementById(id).rejectedSymbols));
+    const got = JSON.stringify([...rej[0]].sort((a, b) => (a.symbol < b.symbol ? -1 : 1)));
+    const want = JSON.stringify([...mixedBad].sort().map((symbol) => ({ symbol, code: "invalid_symbol" })));
+    if (got !== want || rej[1].length !== 0) fail(`${label}: rejectedSymbols ${got} and ${JSON.stringify(rej[1])}, want ${want} and []`);
+    const v = await readM();
+    for (const bad of mixedBad) if (!v["m-garbage"].rejectedText.includes(`${bad} (not a symbol)`)) fail(`${label}: the garbage widget shows ${JSON.stringify(v["m-garbage"].rejectedText)}, want ${bad} (not a symbol) in its rejected list`);
+    const badRequest = [...Object.values(v).map((w) => w.rejectedText), ...mSeen.console.map((m) => m.text)].filter((t) => /bad_request|bad request/i.test(t));
+    if (badRequest.length) fail(`${label}: bad_request on the mixed page: ${badRequest.join(" | ")}`);
+    const xssM = await mPage.evaluate(() => ({ flag: window.__xss, imgs: window.__qtTest.shadowImgCount() }));
+    if (xssM.flag !== undefined || xssM.imgs !== 0) fail(`${label}: the garbage became script or markup (window.__xss = ${xssM.flag}, ${xssM.imgs} <img>/<svg>)`);
+    if (badOps().length) fail(`${label}: the widget sent strings that are not symbols: ${badOps().join(" | ")}`);
+    const subs = sock.s.sent.filter((o) => o.op === "subscribe").flatMap((o) => o.symbols);
+    if (JSON.stringify([...new Set(subs)].sort()) !== JSON.stringify(mixedGood)) fail(`${label}: the socket subscribed ${JSON.stringify(subs)}, want ${mixedGood} only`);
+    return sock.s;
+  };
+  await mPage.goto(`${embed.originA}/mixed.html`, { waitUntil: "load" });
+  await checkMixed("mixed page", 0);
+  if (mWidgetSockets().length !== 1) fail(`the mixed page opened ${mWidgetSockets().length} widget WebSockets, want 1 shared by both widgets`);
+  ok(`page on ${embed.originA}, two widgets on ${wsUrl}: every op sent passes the symbol rule; the clean widget and the other's ${mixedGood.join(", ")} equal the gateway's quotes; ${mixedBad.join(" and ")} listed as rejected (invalid_symbol) as text; no bad_request, no script ran`);
+
   // 7. Stop the gateway: the widgets say so. Start it again on the same port: they resume.
   const before = (await read())["demo-grid"].quotes;
+  const mBefore = mWidgetSockets().length;
   await gw.stop("SIGKILL");
   await waitFor("every widget to show the reconnecting state", async () => {
     const v = await read();
@@ -728,7 +824,12 @@ async function main(state, { bin, config, shots }, chromium) {
     RECONNECT_TIMEOUT_MS,
   );
   await compareWithGateway("cross-origin page after restart", xPage, "x-grid");
-  ok("gateway restarted on the same port: widgets resubscribed on one socket, are live, prices change and equal the gateway's, on the cross-origin page too");
+  // The reconnect path of issue 25: the mixed page's new socket also sends symbols only.
+  await checkMixed("mixed page after the restart", mBefore);
+  if (!mWidgetSockets()[mBefore - 1].closed) fail("the mixed page's first socket is still open after the gateway was killed");
+  const mAttempts = mWidgetSockets().length - mBefore;
+  await mPage.close();
+  ok(`gateway restarted on the same port: widgets resubscribed on one socket, are live, prices change and equal the gateway's, on the cross-origin page too; the mixed page's widgets (WebSocket attempts after the kill: ${mAttempts}) resubscribed ${mixedGood.join(", ")} only, nothing that is not a symbol, quotes equal the gateway's`);
 
   // 8. The screenshot, of the healthy demo page.
   fs.mkdirSync(shots, { recursive: true });
@@ -866,6 +967,54 @@ async function main(state, { bin, config, shots }, chromium) {
     fail(`the widget's first op was ${JSON.stringify(firstOp)}, want one subscribe of HALT, STALE, NULLS, SEQ, NOPE (upper-cased, trimmed)`);
   }
   ok("scripted server: halted/stale shown, null price as —, stale seqs and early updates ignored, 9.99 -> 10.01 flashes up, compareDecimal exact");
+
+  // 11b. The rate-limit retry (a subscribe refused with rate_limited goes out again after 1 s), from a
+  //      scripted server, with a string that is not a symbol on the element: neither the first op
+  //      nor the retry carries it. The ack that finally comes also rejects an invalid_symbol echo cut
+  //      to 40 characters (as PROTOCOL.md says the gateway does) that names nothing shown: ignored.
+  const longGarbage = "<img src=x onerror=window.__xss=3> and then some more text";
+  const limitedOps = [];
+  await mock.routeWebSocket("ws://scripted.quotegw.test/limited", (ws) => {
+    ws.onMessage((text) => {
+      const op = JSON.parse(String(text));
+      limitedOps.push(op);
+      if (op.op !== "subscribe") return;
+      const send = (...msgs) => ws.send(JSON.stringify(msgs));
+      if (limitedOps.filter((o) => o.op === "subscribe").length === 1) {
+        send({ type: "error", id: op.id, code: "rate_limited", message: "too many ops per second" });
+        return;
+      }
+      send(
+        { type: "ack", id: op.id, op: "subscribe", symbols: ["LIM"], rejected: [{ symbol: longGarbage.slice(0, 40), code: "invalid_symbol" }] },
+        { type: "snapshot", symbol: "LIM", seq: 1, ts: 1732200000000, bid: "2.00", ask: "2.01", last: "2.00", volume: 5, status: "live" },
+      );
+    });
+  });
+  await mock.evaluate((garbage) => {
+    const w = document.createElement("quote-ticker");
+    w.id = "limited";
+    w.setAttribute("url", "ws://scripted.quotegw.test/limited");
+    w.setAttribute("fields", "bid,ask,last");
+    w.setAttribute("symbols", `lim,${garbage}`);
+    document.body.append(w);
+  }, longGarbage);
+  const limited = await waitFor("the rate-limited subscribe retried and LIM on screen", async () => {
+    const v = (await mock.evaluate(() => window.__qtTest.read())).limited;
+    return { ok: !!v.quotes.LIM && v.quotes.LIM.last.text === "2.00", v, detail: { v, ops: limitedOps } };
+  });
+  const limitedSubs = limitedOps.filter((o) => o.op === "subscribe");
+  const limitedBad = limitedOps.filter((o) => "symbols" in o && !(Array.isArray(o.symbols) && o.symbols.every(isProtocolSymbol)));
+  if (limitedBad.length) fail(`rate-limit retry: the widget sent strings that are not symbols: ${JSON.stringify(limitedBad)}`);
+  if (limitedSubs.length !== 2 || limitedSubs.some((o) => JSON.stringify(o.symbols) !== '["LIM"]')) fail(`rate-limit retry: subscribes ${JSON.stringify(limitedSubs)}, want two, each of LIM only`);
+  const limitedRejected = await mock.evaluate(() => document.getElementById("limited").rejectedSymbols);
+  const garbageShown = longGarbage.replace(/[a-z]/g, (c) => c.toUpperCase());
+  if (JSON.stringify(limitedRejected) !== JSON.stringify([{ symbol: garbageShown, code: "invalid_symbol" }])) {
+    fail(`rate-limit retry: rejectedSymbols ${JSON.stringify(limitedRejected)}, want the garbage as invalid_symbol`);
+  }
+  if (!limited.v.rejectedText.includes(`${garbageShown} (not a symbol)`)) fail(`rate-limit retry: rejected list shows ${JSON.stringify(limited.v.rejectedText)}`);
+  const xssL = await mock.evaluate(() => ({ flag: window.__xss, imgs: window.__qtTest.shadowImgCount() }));
+  if (xssL.flag !== undefined || xssL.imgs !== 0) fail(`rate-limit retry: the garbage became script or markup (window.__xss = ${xssL.flag}, ${xssL.imgs} <img>/<svg>)`);
+  ok("scripted server: a rate_limited subscribe is retried with the symbol only, never the string that is not one (listed as invalid_symbol, as text); an invalid_symbol echo cut to 40 characters breaks nothing");
 
   // 12. A gateway with an Origin allow-list (origin A only) and API keys. First the headers that
   //     decide whether a page may run the widget, as the browser gets them.
@@ -1081,7 +1230,7 @@ async function main(state, { bin, config, shots }, chromium) {
   // 17. What the widget logs never carries a query string or a token (the 1008 stop of a url with
   //     ?token= names that url). Chromium's own lines for a refused handshake do carry the full URL;
   //     no script can change that, so they are only counted here.
-  const allConsole = [xSeen, rSeen, jSeen, ...Object.values(refused).map((r) => r.seen)].flatMap((s) => s.console);
+  const allConsole = [xSeen, mSeen, rSeen, jSeen, ...Object.values(refused).map((r) => r.seen)].flatMap((s) => s.console);
   const secrets = [API_KEY, WRONG_KEY, ...minted];
   const widgetLines = allConsole.filter((m) => m.text.startsWith("quote-ticker:")).map((m) => m.text);
   for (const line of widgetLines) {
