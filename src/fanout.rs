@@ -325,8 +325,11 @@ impl Shard {
         lock(&self.held).front().map(|&(at, _)| at)
     }
 
-    /// Writes every connection whose window ended by `now` and has news meanwhile, in one pass
-    /// like `deliver_and_write`'s; one without news is written at once on its next mark.
+    /// Hands every connection whose window ended by `now` to the writer, in one pass like
+    /// `deliver_and_write`'s. All of them, marked or not: what waits for the window's end is not
+    /// only marks but also the rest of a flush whose frame reached `FRAME_TARGET_BYTES` while
+    /// the socket was full (the session's unfinished work), which only the writer sees. A
+    /// connection with nothing owed costs one write that writes nothing.
     fn release(&self, now: Instant, write: WriteNow) {
         loop {
             let conn = {
@@ -339,10 +342,16 @@ impl Shard {
             let Some(conn) = conn else { break };
             // A connection written again since it was held (its task's flush) is held later
             // once more, and its write here says so.
-            if conn.has_marks() && !write(&conn) {
+            if !write(&conn) {
                 conn.wake();
             }
         }
+    }
+
+    /// How many connections the clock keeps time for (closed ones until its next tick).
+    #[cfg(test)]
+    pub(crate) fn clocked(&self) -> usize {
+        lock(&self.clocked).len()
     }
 
     /// Keeps time for `conn` (until it closes): it gets a clock event when its deadline
@@ -625,25 +634,24 @@ impl ConnPending {
             .store(at.map_or(NEVER, clock_ms), Ordering::Release);
     }
 
-    /// Clock side: wakes the connection with a clock event.
+    /// Clock side: wakes the connection with a clock event. Always the task, whatever its marks:
+    /// the event must not depend on who takes them (the shard's write, or the task's own flush
+    /// after a client frame), nor wait for a batching window, which would delay pings, the idle
+    /// close and shutdown's 1001 by up to the window, or for ever once the marks were taken
+    /// elsewhere. One wake per deadline, so this costs nothing the clock did not already.
     fn clock_event(&self) {
-        let wake = {
+        {
             let mut d = lock(&self.dirty);
             if d.closed || d.clock {
                 return;
             }
             d.clock = true;
-            // With marks, the shard's next write for the connection hands it the event (its
-            // `take_marked` refuses, and the task is woken): at once, or when its batching window
-            // ends, so a clock event waits at most `min_frame_interval_ms`.
-            d.list.is_empty()
-        };
-        if wake {
-            self.wake();
         }
+        self.wake();
     }
 
     /// Whether some slot is marked (and not yet taken).
+    #[cfg(test)]
     fn has_marks(&self) -> bool {
         !lock(&self.dirty).list.is_empty()
     }
@@ -707,7 +715,8 @@ impl ConnPending {
     }
 
     /// `take` for a write made by the shard's own pass, whose news is what it just delivered;
-    /// takes nothing and returns false while a clock event waits (the task handles both).
+    /// takes nothing and returns false while a clock event waits (the task, woken by the clock
+    /// already, handles both). Neither `take` touches the clock flag: only `take_clock` does.
     pub fn take_marked(&self, out: &mut Vec<u32>) -> bool {
         let mut d = lock(&self.dirty);
         if d.clock {
@@ -972,6 +981,8 @@ mod tests {
     thread_local! {
         static WRITES: std::cell::RefCell<WriteLog> =
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        /// Every connection `logging_writer` was handed, with news or not.
+        static CALLS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// A writer that logs what it took, then lets the next scripted tick arrive, as if it had
@@ -980,8 +991,12 @@ mod tests {
         let mut slots = Vec::new();
         conn.take_marked(&mut slots);
         slots.sort_unstable();
+        CALLS.with_borrow_mut(|calls| calls.push(conn.id()));
         let arriving = WRITES.with_borrow_mut(|(log, during)| {
-            log.push((conn.id(), slots));
+            // As the gateway's writer: nothing owed, no frame.
+            if !slots.is_empty() {
+                log.push((conn.id(), slots));
+            }
             during.pop()
         });
         if let Some((index, tick)) = arriving {
@@ -1036,7 +1051,7 @@ mod tests {
     }
 
     /// With a batching window, a held connection is written by the shard when its window ends,
-    /// and only if news came meanwhile; windows end in the order they began.
+    /// with the news that came meanwhile; windows end in the order they began.
     #[test]
     fn held_connections_are_written_when_their_window_ends_if_news_came() {
         let index = Arc::new(Index::new(&["f".into()], Arc::new(Metrics::new())));
@@ -1063,10 +1078,87 @@ mod tests {
         assert_eq!(shard.next_release(), Some(ms(20)));
         assert_eq!(written(ms(30)), [(b.id(), vec![0])]);
         assert_eq!(shard.next_release(), None);
-        // No news in its window: nothing to write when it ends.
+        // No news in its window: no frame when it ends.
         shard.hold(ms(40), &a);
         assert_eq!(written(ms(40)), []);
         assert_eq!(shard.next_release(), None);
+    }
+
+    /// Regression (a 1,000 ms window, a 4 KiB send buffer, 600 symbols: 185-370 snapshots at
+    /// once and the rest 6.5 s later, with the first ping): the rest of a flush split at
+    /// `FRAME_TARGET_BYTES` is the session's unfinished work, not marks, and `release` skipped a
+    /// connection without marks. Every window that ends is handed to the writer, which alone
+    /// knows what it still owes.
+    #[test]
+    fn every_ended_window_is_handed_to_the_writer_marked_or_not() {
+        let (a, b) = (ConnPending::new(), ConnPending::new());
+        let shard = a.shard();
+        let start = Instant::now();
+        let ms = |n| start + Duration::from_millis(n);
+        b.mark_quiet(3);
+        shard.hold(ms(10), &a);
+        shard.hold(ms(10), &b);
+        CALLS.with_borrow_mut(Vec::clear);
+        shard.release(ms(10), logging_writer);
+        assert_eq!(CALLS.with_borrow_mut(std::mem::take), [a.id(), b.id()]);
+        assert_eq!(
+            WRITES.with_borrow_mut(|(log, _)| std::mem::take(log)),
+            [(b.id(), vec![3])]
+        );
+    }
+
+    fn poll_wait(conn: &ConnPending) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        conn.poll_wait(&mut cx).is_ready()
+    }
+
+    /// Regression (`min_frame_interval_ms` 1000, pings every 200 ms: 68 of 108 connections lost
+    /// their pings and idle close until their symbol ticked again, and 67 of 108 got no 1001 at
+    /// shutdown): a clock event that found marks did not wake the task, leaving it to the
+    /// shard's next write; when the task's own flush (a client frame) took the marks instead,
+    /// the event stayed pending and unseen, and every later one returned early on it. However
+    /// the marks are taken, the task hears each clock event.
+    #[test]
+    fn a_clock_event_reaches_the_task_whoever_takes_the_marks() {
+        let conn = ConnPending::new();
+        let shard = conn.shard().clone();
+        let closing = Arc::new(AtomicBool::new(false));
+        shard.clock_in(conn.clone(), closing.clone());
+        let start = Instant::now();
+        let ms = |n| start + Duration::from_millis(n);
+        for round in 0..3u64 {
+            // The shard's pass marks (no wake: it writes itself), then the clock fires.
+            assert!(conn.mark_quiet(round as u32));
+            conn.set_due(Some(ms(100 * round)));
+            shard.tick(ms(100 * round + 50));
+            // A client frame: the task's flush takes the marks before it looks at the clock.
+            let mut taken = Vec::new();
+            conn.take(&mut taken);
+            assert_eq!(taken, [round as u32]);
+            assert!(poll_wait(&conn), "round {round}: the task was woken");
+            assert!(conn.take_clock(), "round {round}: and hears the clock");
+            assert!(!poll_wait(&conn));
+        }
+        // Shutdown, with marks waiting: heard at once, not when a write comes.
+        conn.mark_quiet(7);
+        closing.store(true, Ordering::Release);
+        shard.tick(ms(1000));
+        assert!(poll_wait(&conn) && conn.take_clock());
+    }
+
+    /// A connection whose task is dropped without its polite close (aborted, panicked) leaves the
+    /// shard's clock at its next tick: `ConnPending::close` runs from a guard's `Drop` in the
+    /// session (`session::connection`), and the clock forgets what is closed.
+    #[test]
+    fn the_clock_forgets_a_closed_connection_at_its_next_tick() {
+        let conn = ConnPending::new();
+        let shard = conn.shard().clone();
+        let before = shard.clocked();
+        shard.clock_in(conn.clone(), Arc::new(AtomicBool::new(false)));
+        assert_eq!(shard.clocked(), before + 1);
+        conn.close();
+        shard.tick(Instant::now());
+        assert_eq!(shard.clocked(), before);
     }
 
     /// A writer whose every write brings news: each pass of the shard leaves its inbox non-empty,

@@ -427,8 +427,9 @@ struct Writers {
     free: Vec<u32>,
 }
 
-/// A connection's place in `WRITERS`, for as long as its task serves it (released on drop, so a
-/// cancelled task leaves no entry behind).
+/// A connection's place in `WRITERS` and in its shard's clock, for as long as its task serves it.
+/// Released on drop, so a task that is cancelled or panics leaves no entry behind in either: the
+/// polite close (`Session::leave_all`) is not the only way out.
 struct Registered<'a> {
     pending: &'a ConnPending,
     key: u32,
@@ -453,6 +454,8 @@ impl<'a> Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
+        // No more marks, and the shard's clock forgets the connection at its next tick.
+        self.pending.close();
         self.pending.set_writer_key(None);
         // `try_with`: a runtime dropped at thread exit may drop this after the registry.
         let _ = WRITERS.try_with(|w| {
@@ -596,6 +599,14 @@ mod tests {
         assert_eq!(
             shared.metrics.connections.with_label_values(&["ws"]).get(),
             0
+        );
+        // Nor its shard's clock, from the clock's next tick.
+        let shard = crate::fanout::Shard::current();
+        shard.tick(std::time::Instant::now());
+        assert_eq!(
+            shard.clocked(),
+            0,
+            "the clock forgot the dropped connection"
         );
         // And the fan-out no longer reaches it.
         shared.index.apply(FeedEvent::Tick(Tick {
