@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::access::{AccessConfig, AuthMode, Tier, TiersConfig};
 use crate::feed::FeedConfig;
+use crate::model::{ms_within, MAX_SETTING_MS};
 use crate::publish::PublishConfig;
 
 /// The default config, embedded so that `quotegw` with no flags runs exactly what
@@ -185,9 +186,8 @@ impl Config {
         }
         self.check_protected_mode()?;
         let l = &self.limits;
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 7] = [
             ("max_connections_per_ip", l.max_connections_per_ip as u64),
-            ("handshake_timeout_ms", l.handshake_timeout_ms),
             ("max_connections", l.max_connections as u64),
             (
                 "max_symbols_per_connection",
@@ -195,20 +195,34 @@ impl Config {
             ),
             ("ops_per_second", l.ops_per_second.into()),
             ("ops_burst", l.ops_burst.into()),
-            ("slow_consumer_timeout_ms", l.slow_consumer_timeout_ms),
-            ("idle_timeout_ms", l.idle_timeout_ms),
-            ("ping_interval_ms", l.ping_interval_ms),
             (
                 "max_connections_per_token",
                 l.max_connections_per_token as u64,
             ),
             ("auth_failures_per_ip", l.auth_failures_per_ip.into()),
-            ("auth_failure_window_ms", l.auth_failure_window_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err((format!("limits.{key}"), "must be greater than 0".into()));
             }
+        }
+        // Every duration has a stated range: an absurd value is refused here rather than
+        // overflowing a deadline (`Instant + Duration`) in a connection later.
+        let durations: [(&str, u64); 5] = [
+            ("slow_consumer_timeout_ms", l.slow_consumer_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("ping_interval_ms", l.ping_interval_ms),
+            ("handshake_timeout_ms", l.handshake_timeout_ms),
+            ("auth_failure_window_ms", l.auth_failure_window_ms),
+        ];
+        for (key, value) in durations {
+            ms_within(&format!("limits.{key}"), value, 1..=MAX_SETTING_MS)?;
+        }
+        if self.access.jwt_leeway_secs > 3600 {
+            return Err((
+                "access.jwt_leeway_secs".into(),
+                "must be between 0 and 3600 (seconds)".into(),
+            ));
         }
         if l.min_frame_interval_ms > 1000 {
             return Err((
@@ -411,6 +425,88 @@ mod tests {
         assert!(e.contains("key 'limits.ipv6_prefix_len'"), "{e}");
         let e = err("[limits]\nsend_buffer_bytes = 100\n");
         assert!(e.contains("key 'limits.send_buffer_bytes'"), "{e}");
+    }
+
+    /// Regression (issue 25): `ping_interval_ms` and `idle_timeout_ms` had no upper bound, and an
+    /// absurd value overflowed `Instant + Duration` in every connection. Every duration in the
+    /// config has a stated range, refused at start.
+    #[test]
+    fn every_duration_has_a_stated_range() {
+        let huge = u64::MAX;
+        for key in [
+            "limits.ping_interval_ms",
+            "limits.idle_timeout_ms",
+            "limits.slow_consumer_timeout_ms",
+            "limits.handshake_timeout_ms",
+            "limits.auth_failure_window_ms",
+        ] {
+            let (table, name) = key.split_once('.').unwrap();
+            let e = err(&format!("[{table}]\n{name} = {huge}\n"));
+            assert_eq!(
+                e,
+                format!("my.toml: key '{key}': must be between 1 and 86400000 (milliseconds)")
+            );
+            assert!(Config::parse(&format!("[{table}]\n{name} = 86400000\n"), "ok").is_ok());
+        }
+        let poll = "url = \"http://h/q?s={symbols}\"\nsymbols = [\"A\"]\n[feeds.response]\nshape = \"array\"\nfields = { bid = \"b\" }\n";
+        let feeds = [
+            ("http_poll", "interval_ms", poll),
+            ("http_poll", "timeout_ms", poll),
+            ("http_poll", "stale_after_ms", poll),
+            ("http_poll", "backoff_max_ms", poll),
+            ("replay", "start_delay_ms", "path = \"x.ndjson\"\n"),
+            (
+                "nats",
+                "stale_after_ms",
+                "nats_url = \"nats://127.0.0.1:4222\"\n",
+            ),
+        ];
+        for (kind, key, rest) in feeds {
+            let text =
+                format!("[[feeds]]\nkind = \"{kind}\"\nname = \"f\"\n{key} = {huge}\n{rest}");
+            let e = err(&text);
+            assert!(
+                e.starts_with(&format!("my.toml: key 'feeds[0].{key}': must be between")),
+                "{kind}: {e}"
+            );
+        }
+        let e =
+            err("[publish]\nnats_url = \"nats://127.0.0.1:4222\"\ncache_wait_ms = 99999999999\n");
+        assert!(
+            e.contains("key 'publish.cache_wait_ms': must be between"),
+            "{e}"
+        );
+        let e = err("[access]\njwt_leeway_secs = 99999999999\n");
+        assert!(e.contains("key 'access.jwt_leeway_secs'"), "{e}");
+    }
+
+    /// Regression (issue 25): a NATS server list that the client cannot parse was a feed failing
+    /// after start (logged once) with an empty gateway left up; it is a start-up error naming the
+    /// file and key. A well-formed list, spaces and all, is fine.
+    #[test]
+    fn a_nats_server_list_is_checked_at_start() {
+        let edge = |url: &str| {
+            format!("[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{url}\"\n")
+        };
+        let ingest = |url: &str| format!("[publish]\nnats_url = \"{url}\"\n");
+        let ok = "nats://127.0.0.1:4222, nats://user:pw@10.0.0.6:4222,10.0.0.7";
+        assert!(Config::parse(&edge(ok), "e.toml").is_ok());
+        assert!(Config::parse(&ingest(ok), "i.toml").is_ok());
+        let e = err(&edge("nats://127.0.0.1:4222,nats://u:secret@h:port"));
+        assert!(
+            e.starts_with(
+                "my.toml: key 'feeds[0].nats_url': 'nats://…@h:port': NATS server URL is invalid"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
+        let e = err(&ingest("nats://127.0.0.1:4222,"));
+        assert!(
+            e.starts_with("my.toml: key 'publish.nats_url': an empty server"),
+            "{e}"
+        );
+        let e = err(&edge("http://127.0.0.1:4222"));
+        assert!(e.contains("key 'feeds[0].nats_url'"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,30 @@ pub fn valid_symbol(s: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b','))
 }
 
+/// The longest any duration setting (`*_ms`) may be: a day. Far beyond every sensible value, and
+/// far inside what `Instant + Duration` and the millisecond clocks hold, so that no value a
+/// config accepts can overflow a deadline.
+pub const MAX_SETTING_MS: u64 = 86_400_000;
+
+/// Checks a duration setting against its stated range: `Err((key, what to change))` outside it.
+pub fn ms_within(
+    key: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<(), (String, String)> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err((
+        key.to_string(),
+        format!(
+            "must be between {} and {} (milliseconds)",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
+
 /// Index of a feed in the gateway's feed list; ticks carry it so that metrics and (later) failover
 /// know where a tick came from without a string per tick.
 pub type FeedId = u16;

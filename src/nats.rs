@@ -53,12 +53,37 @@ pub enum PublishError {
     Connect { url: String, message: String },
 }
 
+/// `nats_url`: one server, or a comma-separated list of a cluster's servers, each parsed as the
+/// client will parse it (checked at start, so that a typo is a config error rather than a feed
+/// that never connects). The error names the entry, without its credentials.
+pub fn server_list(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .map(|url| {
+            if url.is_empty() {
+                return Err(
+                    "an empty server in the list: give one URL, or several separated by commas"
+                        .to_string(),
+                );
+            }
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("'{}': {e}", without_credentials(url)))
+        })
+        .collect()
+}
+
 /// Connects to NATS with an event channel (reconnects, slow-consumer notices), retrying the first
-/// connection in the background so a gateway starts while NATS is away.
+/// connection in the background so a gateway starts while NATS is away. With a list, the client
+/// tries every server (a cluster: any one is as good as another), on the first connection and on
+/// every reconnect.
 pub async fn connect(
     url: &str,
     name: &str,
 ) -> Result<(async_nats::Client, Arc<ConnectionEvents>), PublishError> {
+    let servers = server_list(url).map_err(|message| PublishError::Connect {
+        url: without_credentials(url),
+        message,
+    })?;
     let events = Arc::new(ConnectionEvents::default());
     let seen = events.clone();
     let client = async_nats::ConnectOptions::new()
@@ -68,7 +93,7 @@ pub async fn connect(
             seen.note(&event);
             async {}
         })
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| PublishError::Connect {
             url: without_credentials(url),

@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{self, State};
 use crate::index::{Change, ChangeLog, Changes, Index};
 use crate::log_limit::LogLimiter;
+use crate::model::ms_within;
 use crate::nats::{
-    check_names, connect, default_prefix, default_stream, ensure_stream, read_cache,
+    check_names, connect, default_prefix, default_stream, ensure_stream, read_cache, server_list,
     ConnectionEvents, PublishError, Storage,
 };
 
@@ -31,7 +32,8 @@ use crate::nats::{
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
-    /// The NATS server(s), e.g. "nats://10.0.0.5:4222" (comma-separated for a cluster).
+    /// The NATS server, e.g. "nats://10.0.0.5:4222", or a cluster's servers separated by commas
+    /// (`nats::server_list`).
     pub nats_url: String,
     /// The JetStream stream that is the last-value cache.
     #[serde(default = "default_stream")]
@@ -64,13 +66,9 @@ impl PublishConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         check_names(&self.stream, &self.subject_prefix)
             .map_err(|(k, m)| (format!("publish.{k}"), m))?;
-        if !(10..=60_000).contains(&self.heartbeat_ms) {
-            return Err((
-                "publish.heartbeat_ms".into(),
-                "must be between 10 and 60000".into(),
-            ));
-        }
-        Ok(())
+        server_list(&self.nats_url).map_err(|m| ("publish.nats_url".to_string(), m))?;
+        ms_within("publish.heartbeat_ms", self.heartbeat_ms, 10..=60_000)?;
+        ms_within("publish.cache_wait_ms", self.cache_wait_ms, 0..=600_000)
     }
 }
 

@@ -172,6 +172,35 @@ async fn an_edge_started_later_serves_the_ingests_snapshots() {
     assert_eq!(got, want, "the same snapshots, seq included");
 }
 
+/// Regression (issue 25): `nats_url` is documented as a cluster's servers separated by commas, but
+/// a list was handed to the client as one URL, failed to parse, and left an edge up serving
+/// nothing. Two nats-servers, the first in the list down: the ingest and the edge both connect
+/// through the other, and the edge serves the ingest's quotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_list_connects_through_a_live_server_when_the_first_is_down() {
+    let mut down = NatsServer::start();
+    down.kill();
+    let nats = NatsServer::start();
+    let list = format!("{}, {}", down.url, nats.url);
+    let ingest = start(
+        &format!("[publish]\nnats_url = \"{list}\"\nheartbeat_ms = 100\ncache_wait_ms = 3000\n"),
+        &SYMBOLS,
+    );
+    for (i, s) in SYMBOLS.iter().enumerate() {
+        ingest
+            .push(tick(s, 1, &[("bid", &format!("{}.25", 10 + i))]))
+            .await;
+    }
+    let edge = start_config(
+        2,
+        &format!(
+            "[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{list}\"\nstale_after_ms = 800\n"
+        ),
+    );
+    let got = converge(ingest.addr, &[edge.addr], &SYMBOLS).await;
+    assert_eq!(got.len(), SYMBOLS.len());
+}
+
 /// 2. One ingest replaying a finite recording, two edges: every symbol's final `(seq, fields)` is
 /// identical on both edges and equal to an embedded gateway replaying the same file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

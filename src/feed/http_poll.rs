@@ -30,7 +30,9 @@ use tokio::time::Instant;
 use super::{fields, Feed, FeedContext, FeedError};
 use crate::access::Secret;
 use crate::log_limit::{truncated, LogLimiter};
-use crate::model::{same_price, valid_symbol, Status, Symbol, Tick, SYMBOL_RULE};
+use crate::model::{
+    ms_within, same_price, valid_symbol, Status, Symbol, Tick, MAX_SETTING_MS, SYMBOL_RULE,
+};
 
 /// Answers larger than this are refused (a misbehaving upstream cannot exhaust memory).
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -138,11 +140,31 @@ impl HttpPollConfig {
         if self.batch_size == 0 {
             return Err(("batch_size".into(), "must be at least 1".into()));
         }
-        if self.interval_ms < 10 || self.timeout_ms == 0 {
-            return Err((
-                "interval_ms".into(),
-                "interval_ms must be ≥ 10 and timeout_ms > 0".into(),
-            ));
+        ms_within("interval_ms", self.interval_ms, 10..=MAX_SETTING_MS)?;
+        ms_within("timeout_ms", self.timeout_ms, 1..=MAX_SETTING_MS)?;
+        ms_within("stale_after_ms", self.stale_after_ms, 1..=MAX_SETTING_MS)?;
+        ms_within("backoff_max_ms", self.backoff_max_ms, 1..=MAX_SETTING_MS)?;
+        // The request URL as the poller will build it: a URL that cannot be one is a config
+        // error at start, not an upstream failing for ever.
+        let example = self
+            .url
+            .replace("{base}", &self.base)
+            .replace("{symbols}", "AAPL");
+        match reqwest::Url::parse(&example) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            // Not echoed: a vendor's key may sit in the URL.
+            Ok(_) => {
+                return Err((
+                    "url".into(),
+                    "with {base} filled in, must be an http:// or https:// URL with a host".into(),
+                ))
+            }
+            Err(e) => {
+                return Err((
+                    "url".into(),
+                    format!("with {{base}} filled in, it is not a URL: {e}"),
+                ))
+            }
         }
         if let Some(bad) = self
             .response

@@ -24,16 +24,18 @@ use tokio::time::Instant;
 use super::{Feed, FeedContext, FeedError};
 use crate::bus;
 use crate::log_limit::{truncated, LogLimiter};
-use crate::model::{Status, Symbol};
+use crate::model::{ms_within, Status, Symbol, MAX_SETTING_MS};
 use crate::nats::{
-    check_names, connect, default_prefix, default_stream, read_cache, CACHE_REQUEST_TIMEOUT,
+    check_names, connect, default_prefix, default_stream, read_cache, server_list,
+    CACHE_REQUEST_TIMEOUT,
 };
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsFeedConfig {
     pub name: String,
-    /// The NATS server(s), e.g. "nats://10.0.0.5:4222".
+    /// The NATS server, e.g. "nats://10.0.0.5:4222", or a cluster's servers separated by commas
+    /// (`nats::server_list`).
     pub nats_url: String,
     /// The ingest's stream and subject prefix (`[publish]` there).
     #[serde(default = "default_stream")]
@@ -52,10 +54,8 @@ fn default_stale_after_ms() -> u64 {
 impl NatsFeedConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         check_names(&self.stream, &self.subject_prefix)?;
-        if self.stale_after_ms < 100 {
-            return Err(("stale_after_ms".into(), "must be at least 100".into()));
-        }
-        Ok(())
+        server_list(&self.nats_url).map_err(|m| ("nats_url".to_string(), m))?;
+        ms_within("stale_after_ms", self.stale_after_ms, 100..=MAX_SETTING_MS)
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::recording::{Line, Reader};
 use super::{Feed, FeedContext, FeedError};
-use crate::model::Symbol;
+use crate::model::{ms_within, Symbol, MAX_SETTING_MS};
 
 /// Lines the reader thread hands over at once. The pacing task frees room in the channel one chunk at
 /// a time, so the reader thread wakes once per chunk rather than once per tick (a wake per line was
@@ -92,7 +92,7 @@ impl ReplayConfig {
                 "must name a .ndjson or .ndjson.gz file".into(),
             ));
         }
-        Ok(())
+        ms_within("start_delay_ms", self.start_delay_ms, 0..=MAX_SETTING_MS)
     }
 }
 
