@@ -1,4 +1,5 @@
-//! The `quotegw` binary: flags, config, logging, then run the gateway until SIGINT or SIGTERM.
+//! The `quotegw` binary: flags, config, logging, then run the gateway until SIGINT or SIGTERM
+//! (SIGHUP is logged and ignored).
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use quotegw::{Config, Gateway};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Real-time stock-quote streaming gateway.
 #[derive(Parser, Debug)]
@@ -51,6 +53,18 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    // Registered before anything else starts, so that from here on SIGHUP (a closing terminal,
+    // a logrotate script, an operator's habit) never takes its default action, which ends the
+    // process at once: every client's connection reset, no 1001, no grace.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal-handling runtime")?;
+    let mut signals = {
+        let _in_runtime = runtime.enter();
+        Signals::new()?
+    };
+
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::default_config(),
@@ -69,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         virtual_time,
     }) = cli.command
     {
-        return record(&config, &to, duration, symbols, virtual_time);
+        return record(&config, &to, duration, symbols, virtual_time, signals);
     }
 
     let gateway = Gateway::new(config).start()?;
@@ -78,19 +92,7 @@ fn main() -> anyhow::Result<()> {
         gateway.local_addr()
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal-handling runtime")?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-            _ = term.recv() => {}
-        }
-        anyhow::Ok(())
-    })?;
+    runtime.block_on(signals.until_stop(false));
     tracing::info!("signal received, shutting down");
     gateway
         .shutdown()
@@ -99,12 +101,56 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signals the gateway answers: SIGINT and SIGTERM stop it gracefully; SIGHUP is logged and
+/// ignored (the config is read at start only).
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside a runtime).
+    fn new() -> anyhow::Result<Signals> {
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot listen for {name}"))
+        };
+        Ok(Signals {
+            int: listen(SignalKind::interrupt(), "SIGINT")?,
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+            hup: listen(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Returns at the first SIGINT or SIGTERM, or SIGHUP if `hup_stops`. Any runtime may wait
+    /// here, not only the one that installed the handlers: they are the process's (tokio's
+    /// signal registry is global and never uninstalls one).
+    async fn until_stop(&mut self, hup_stops: bool) {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return,
+                _ = self.term.recv() => return,
+                _ = self.hup.recv() => {
+                    if hup_stops {
+                        return;
+                    }
+                    tracing::warn!(
+                        "SIGHUP received and ignored: the config is read at start only, restart \
+                         the gateway to apply a change (SIGTERM closes every client with 1001 first)"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn record(
     config: &Config,
     to: &std::path::Path,
     duration: Option<f64>,
     symbols: Vec<String>,
     virtual_time: bool,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
     let duration = duration
         .map(|s| {
@@ -120,8 +166,10 @@ fn record(
     let recorded = runtime.block_on(async {
         let stop = tokio_util::sync::CancellationToken::new();
         let on_signal = stop.clone();
+        // SIGINT, SIGTERM and SIGHUP (the terminal closing) all end the recording cleanly: the
+        // file is flushed and, gzipped, finished.
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            signals.until_stop(true).await;
             on_signal.cancel();
         });
         let options = quotegw::record::RecordOptions {

@@ -1,5 +1,5 @@
-//! The `quotegw` binary itself: a bad config fails at start naming file, key and reason; SIGTERM
-//! closes every WebSocket with 1001 and the process exits.
+//! The `quotegw` binary itself: a bad config fails at start naming file, key and reason; SIGHUP is
+//! ignored; SIGTERM closes every WebSocket with 1001 and the process exits.
 
 mod support;
 
@@ -53,7 +53,7 @@ fn a_bad_config_fails_at_start_with_file_key_and_reason() {
 }
 
 #[tokio::test]
-async fn sigterm_closes_every_websocket_with_1001_and_exits() {
+async fn sighup_is_ignored_and_sigterm_closes_every_websocket_with_1001() {
     // The default config (embedded simulated feed), on a free port.
     let mut child = quotegw()
         .args(["--listen", "127.0.0.1:0"])
@@ -84,6 +84,23 @@ async fn sigterm_closes_every_websocket_with_1001_and_exits() {
         c.until(|m| m["type"] == "update").await;
         clients.push(c);
     }
+
+    // Regression: SIGHUP (a closing terminal, logrotate, an operator's habit) took its default
+    // action and ended the process at once, every client reset. It is logged and ignored: every
+    // client still gets news after it.
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for c in &mut clients {
+        c.sync("after-hup").await;
+        c.until(|m| m["type"] == "update").await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after SIGHUP"
+    );
 
     let signalled = Instant::now();
     let status = Command::new("kill")
