@@ -134,7 +134,7 @@ async fn an_sse_stream_rejects_a_non_symbol_alone_in_one_comment_line() {
     let path = "/v1/stream?symbols=AAPL,x%0Adata:%20%7B%7D%0A%0Aevent:%20snapshot,msft";
     let mut sse = SseClient::connect(gw.addr, path, &[]).await;
     assert_eq!(sse.status, 200);
-    let mut got = vec![sse.event().await, sse.event().await];
+    let mut got = [sse.event().await, sse.event().await];
     got.sort_by(|a, b| a.data["symbol"].as_str().cmp(&b.data["symbol"].as_str()));
     assert_eq!(got[0].event, "snapshot");
     assert_eq!(got[0].data["symbol"], "AAPL");
