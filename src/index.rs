@@ -362,9 +362,16 @@ impl SymbolState {
         self.sources.iter_mut().find(|s| s.feed == feed)
     }
 
-    /// The feed that should be published: the first fresh source.
+    /// The feed that should be published: the first fresh source that is the active one or whose
+    /// view is whole, covering every field the published quote has. A switch publishes the new
+    /// source's view as it is, and a standby that has sent only part of a quote (a replay's first
+    /// lines, a feed that joined late) would blank the rest for every client; until its view is
+    /// whole it stays a standby, and with no other fresh source the symbol is `stale` with the
+    /// last prices it had.
     fn preferred(&self) -> Option<&Source> {
-        self.sources.iter().find(|s| s.fresh)
+        self.sources
+            .iter()
+            .find(|s| s.fresh && (self.active == Some(s.feed) || s.quote.covers(&self.quote)))
     }
 
     /// Publishes a new quote as the next `seq`, encoding the shared update (and the status change it
@@ -1182,6 +1189,63 @@ mod tests {
         assert_eq!(state(&entry), (4, "2.02".into(), Status::Stale));
         index.apply(tick(0, 101)); // its first fresh tick takes the symbol back, with that price
         assert_eq!(state(&entry), (5, "1.01".into(), Status::Live));
+    }
+
+    /// Regression (issue 25): a failover to a standby that had sent only part of a quote published
+    /// its partial view, nulls and all. A switch publishes only a whole quote: until the standby's
+    /// view covers what clients hold, the symbol is stale with its last prices, then the standby
+    /// takes over on the tick that completes its view.
+    #[test]
+    fn a_switch_publishes_only_a_whole_quote() {
+        let index = Index::new(
+            &["primary".into(), "secondary".into()],
+            Arc::new(Metrics::new()),
+        );
+        let entry = index.register("X".into());
+        let whole = |feed, n: i64| {
+            FeedEvent::Tick(Tick {
+                feed,
+                symbol: "X".into(),
+                ts: n,
+                bid: Some(Decimal::new(n, 2)),
+                ask: Some(Decimal::new(n + 1, 2)),
+                last: Some(Decimal::new(n, 2)),
+                volume: Some(n),
+                ..Tick::default()
+            })
+        };
+        index.apply(whole(0, 100));
+        index.apply(tick(1, 200)); // the standby has only a bid so far
+        index.apply(status(0, Status::Stale));
+        let p = entry.read().unwrap();
+        assert_eq!(
+            (p.seq, p.quote.status),
+            (1, Status::Stale),
+            "no switch to a partial view"
+        );
+        assert_eq!(p.quote.ask, Some(Decimal::new(101, 2)), "nothing blanked");
+        index.apply(tick(1, 201)); // still partial: a standby's shadow, not published
+        assert_eq!(entry.read().unwrap().seq, 1);
+        index.apply(whole(1, 300)); // whole now: it takes over with its own view
+        let p = entry.read().unwrap();
+        assert_eq!((p.seq, p.quote.status), (2, Status::Live));
+        assert_eq!(
+            (p.quote.bid, p.quote.ask, p.quote.volume),
+            (
+                Some(Decimal::new(300, 2)),
+                Some(Decimal::new(301, 2)),
+                Some(300)
+            )
+        );
+        // A late higher-priority feed whose first tick is partial does not take back either.
+        let fresh = Index::new(&["a".into(), "b".into()], Arc::new(Metrics::new()));
+        let e = fresh.register("X".into());
+        fresh.apply(whole(1, 500));
+        fresh.apply(tick(0, 600));
+        let p = e.read().unwrap();
+        assert_eq!((p.seq, p.quote.bid), (1, Some(Decimal::new(500, 2))));
+        fresh.apply(whole(0, 700));
+        assert_eq!(e.read().unwrap().quote.bid, Some(Decimal::new(700, 2)));
     }
 
     #[test]

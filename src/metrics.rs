@@ -99,7 +99,7 @@ impl Metrics {
                 HistogramOpts::new("quotegw_tick_to_write_seconds", "From a tick entering the index to its update's bytes handed to the socket.")
                     .buckets(LATENCY_BUCKETS.to_vec()),
             ).expect("valid histogram")),
-            feed_up: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_feed_up", "1 while the feed's upstream is delivering."), &["feed"]).expect("valid metric name")),
+            feed_up: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_feed_up", "1 while the feed is delivering (http_poll: some of its symbols had a good answer within stale_after_ms; a NATS edge: the ingest is heard)."), &["feed"]).expect("valid metric name")),
             feed_bad_lines: counter_vec("quotegw_feed_bad_lines_total", "Lines of a replayed file skipped as invalid (each logged with file:line).", &["feed"]),
             ticks_standby: counter_vec("quotegw_ticks_standby_total", "Ticks from a feed that is not the active source of their symbol (failover standby), kept as that feed's shadow quote.", &["feed"]),
             poll_requests: counter_vec("quotegw_poll_requests_total", "HTTP polls sent to the upstream, by feed.", &["feed"]),

@@ -130,6 +130,19 @@ pub fn same_price(a: Option<Decimal>, b: Option<Decimal>) -> bool {
 }
 
 impl Quote {
+    /// Whether this quote has a value for every field `other` has one for: publishing it in
+    /// place of `other` would blank nothing.
+    pub fn covers(&self, other: &Quote) -> bool {
+        let has = |mine: bool, theirs: bool| mine || !theirs;
+        has(self.bid.is_some(), other.bid.is_some())
+            && has(self.ask.is_some(), other.ask.is_some())
+            && has(self.last.is_some(), other.last.is_some())
+            && has(self.bid_size.is_some(), other.bid_size.is_some())
+            && has(self.ask_size.is_some(), other.ask_size.is_some())
+            && has(self.last_size.is_some(), other.last_size.is_some())
+            && has(self.volume.is_some(), other.volume.is_some())
+    }
+
     /// Equality as a client sees it: every wire field, prices by representation.
     pub fn same_as(&self, other: &Quote) -> bool {
         self.ts == other.ts

@@ -338,6 +338,29 @@ async fn fail_back_publishes_the_recovering_feeds_fresh_quote_never_its_old_or_e
     );
 }
 
+/// Regression (issue 25): `quotegw_feed_up` followed the HTTP side only, and stayed 1 while every
+/// answer lacked the feed's symbols, though the dashboard's panel and alert promise "delivering".
+/// It is 1 while some symbol had a good answer within `stale_after_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_up_follows_what_the_answers_deliver_not_the_http_status() {
+    const UP: &str = "quotegw_feed_up{feed=\"up\"}";
+    const POLLS: &str = "quotegw_poll_requests_total{feed=\"up\"}";
+    let up = Upstream::start(r#"{"data":[]}"#).await;
+    let gw = start(&poll_feed("up", &up.base, r#"["AAPL", "MSFT"]"#), &[]);
+    // Twenty good HTTP answers with none of its symbols: not delivering.
+    gw.wait_metric(POLLS, |v| v >= 20.0).await;
+    assert_eq!(gw.metric(UP).await, 0.0, "answers without its symbols");
+    up.set_body(&body(&[("AAPL", "\"1.00\"", "\"1.01\"")]));
+    gw.wait_metric(UP, |v| v == 1.0).await;
+    // Answers that name only other symbols: down once its symbols go stale.
+    up.set_body(&body(&[("ZZZZ", "\"1.00\"", "\"1.01\"")]));
+    gw.wait_metric(UP, |v| v == 0.0).await;
+    up.set_body(&body(&[("MSFT", "\"2.00\"", "\"2.01\"")]));
+    gw.wait_metric(UP, |v| v == 1.0).await;
+    up.set(Mode::Status500);
+    gw.wait_metric(UP, |v| v == 0.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_come_from_the_environment_reach_the_upstream_and_never_the_log() {
     use std::io::{BufRead, BufReader};

@@ -322,6 +322,8 @@ struct SymbolState {
     sent: Tick,
     good_at: Instant,
     stale: bool,
+    /// A good answer for it came within `stale_after_ms`: what `quotegw_feed_up` follows.
+    answered: bool,
 }
 
 fn percent_encode(s: &str, out: &mut String) {
@@ -549,6 +551,7 @@ impl Feed for HttpPollFeed {
                             sent: Tick::default(),
                             good_at: start,
                             stale: false,
+                            answered: false,
                         },
                     )
                 })
@@ -616,6 +619,7 @@ impl Feed for HttpPollFeed {
                                     .unwrap_or_else(|| Symbol::from(symbol.as_str()));
                                 tick.symbol = symbol.clone();
                                 st.good_at = now;
+                                st.answered = true;
                                 if st.stale {
                                     // Recovery is a tick with the whole answer, not a status: the
                                     // index takes a symbol back (and marks it live) only on a
@@ -628,7 +632,6 @@ impl Feed for HttpPollFeed {
                                     ctx.send(change).await?;
                                 }
                             }
-                            ctx.set_up(true);
                         }
                         Err(e) => {
                             error_counter(e.kind()).inc();
@@ -648,16 +651,18 @@ impl Feed for HttpPollFeed {
                         }
                     }
                 }
-                if batches.iter().all(|b| b.failures > 0) {
-                    ctx.set_up(false);
-                }
                 // Staleness is judged on every wake-up, so it is on time even while backing off.
                 for (symbol, st) in state.iter_mut() {
                     if !st.stale && now.duration_since(st.good_at) >= stale_after {
                         st.stale = true;
+                        st.answered = false;
                         ctx.set_status(symbol.clone(), Status::Stale).await?;
                     }
                 }
+                // Up while the feed delivers: some symbol got a good answer within its staleness
+                // window. Answers that arrive but lack every symbol (an upstream returning `[]`,
+                // or other symbols) are not delivering, however well the HTTP side goes.
+                ctx.set_up(state.values().any(|st| st.answered));
             }
             ctx.set_up(false);
             Ok(())
