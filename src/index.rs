@@ -17,7 +17,8 @@
 //! active source goes stale the next fresh one takes over, and when a higher-priority feed ticks
 //! again it takes back, on that tick: each switch publishes the new source's full quote as one tick,
 //! so `seq` keeps growing, clients get an ordinary update, and the prices are ones the new source
-//! has sent while fresh. A status event alone never switches back: it would publish what the
+//! has sent while fresh. Only a whole view is switched to: one that covers every field clients
+//! hold (a standby that has sent part of a quote waits, and the symbol is `stale` meanwhile). A status event alone never switches back: it would publish what the
 //! recovering feed had before its outage. With no fresh source at all the symbol's status is `stale`.
 //!
 //! Every change a client is told about (a tick, a status-only change) is a new `version`; the ring
