@@ -126,6 +126,11 @@ impl ApiKeyEntry {
             ApiKeyEntry::WithTier { key, tier } => (key, Some(*tier)),
         }
     }
+
+    /// The tier the entry gives its key, if it names one.
+    pub fn tier(&self) -> Option<Tier> {
+        self.parts().1
+    }
 }
 
 impl From<Secret> for ApiKeyEntry {

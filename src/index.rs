@@ -148,6 +148,7 @@ pub struct Index {
     /// `quotegw_subscriptions`, kept by the subscriber lists themselves (see `Subscription`).
     subscriptions: IntGauge,
     history: Option<HistoryConfig>,
+    sample_ms: Option<i64>,
     keep_for: Duration,
     changes: Option<Arc<ChangeLog>>,
 }
@@ -250,6 +251,51 @@ pub struct HistoryEntry {
     pub quote: Quote,
 }
 
+/// The throttled tier's view of a symbol (`Index::sample_every`): the state it had when the
+/// current interval began, the interval starting on a multiple of `interval_ms` (Unix epoch).
+/// Kept beside the quote, so that every path a throttled credential reads through (a snapshot, a
+/// re-subscribe, REST, a reconnect, a second connection) sees this one sample and nothing fresher.
+/// Two states a symbol.
+#[derive(Clone, Copy, Debug)]
+struct Sampled {
+    /// The interval (its start, epoch ms) of the latest change; `i64::MIN` for a state that has
+    /// been there since before any interval looked at (a seeded one).
+    last_interval_ms: i64,
+    /// The state after the latest change.
+    last: Option<HistoryEntry>,
+    /// The state when `last_interval_ms`'s interval began: the last one before it.
+    at_start: Option<HistoryEntry>,
+}
+
+impl Sampled {
+    /// The sample at `now_ms`, and when the next interval begins if a later state waits for it.
+    fn at(&self, interval_ms: i64, now_ms: i64) -> PastState {
+        let start = now_ms - now_ms.rem_euclid(interval_ms);
+        if start > self.last_interval_ms {
+            // No change since this interval began: the latest state is the sample.
+            PastState {
+                entry: self.last,
+                next_end_ms: None,
+            }
+        } else {
+            PastState {
+                entry: self.at_start,
+                next_end_ms: Some(self.last_interval_ms.saturating_add(interval_ms)),
+            }
+        }
+    }
+}
+
+impl Default for Sampled {
+    fn default() -> Self {
+        Sampled {
+            last_interval_ms: i64::MIN,
+            last: None,
+            at_start: None,
+        }
+    }
+}
+
 /// A symbol as it was: the last complete bucket before the time asked for, and when the next
 /// bucket kept ends (`None`: none is kept yet).
 #[derive(Clone, Copy, Debug)]
@@ -273,6 +319,8 @@ pub struct SymbolEntry {
     live_count: AtomicUsize,
     subscriptions: IntGauge,
     history: Option<HistoryConfig>,
+    /// The throttled tier's interval, when it is sampled (`Index::sample_every`).
+    sample_ms: Option<i64>,
     /// Listed in the `ChangeLog` and not yet read by its consumer.
     queued: std::sync::atomic::AtomicBool,
     /// Where every change goes (a scale-out ingest), besides this entry's subscribers.
@@ -301,6 +349,8 @@ struct SymbolState {
     keep_for: Duration,
     /// The latest state per time bucket, oldest first (only with a `HistoryConfig`).
     history: VecDeque<HistoryEntry>,
+    /// The throttled tier's sample (only with `Index::sample_every`).
+    sampled: Option<Box<Sampled>>,
     /// Every feed that has ticked this symbol, in priority (`FeedId`) order; usually one.
     sources: Vec<Source>,
     /// The feed whose quote is published; kept while every source is stale, so that the same feed
@@ -452,6 +502,23 @@ impl SymbolState {
         }
     }
 
+    /// Keeps the state just published for the throttled tier's sample: the first change of a new
+    /// interval makes the state before it the one that interval began with.
+    fn sample(&mut self, interval_ms: i64, now_ms: i64) {
+        let start = now_ms - now_ms.rem_euclid(interval_ms);
+        let current = HistoryEntry {
+            bucket_ms: start,
+            seq: self.seq,
+            quote: self.quote,
+        };
+        let s = self.sampled.get_or_insert_with(Box::default);
+        if s.last_interval_ms != start {
+            s.at_start = s.last;
+            s.last_interval_ms = start;
+        }
+        s.last = Some(current);
+    }
+
     /// Counts a change as the next version and keeps its encoding in the ring. With no subscriber
     /// nobody would read the bytes; the ring then restarts so that it stays contiguous up to
     /// `version`.
@@ -483,6 +550,7 @@ impl Index {
             feeds: feeds.iter().map(|f| metrics.feed_counters(f)).collect(),
             subscriptions: metrics.subscriptions.clone(),
             history: None,
+            sample_ms: None,
             keep_for: Duration::ZERO,
             changes: None,
         }
@@ -491,6 +559,12 @@ impl Index {
     /// Keeps each symbol's past (for the delayed tier); set before any symbol is registered.
     pub fn keep_history(&mut self, history: HistoryConfig) {
         self.history = Some(history);
+    }
+
+    /// Keeps each symbol's sample for the throttled tier, every `interval_ms`; set before any
+    /// symbol is registered.
+    pub fn sample_every(&mut self, interval_ms: i64) {
+        self.sample_ms = Some(interval_ms.max(1));
     }
 
     /// How long each symbol keeps its encoded changes for connections behind, past the first
@@ -518,6 +592,7 @@ impl Index {
                     live_count: AtomicUsize::new(0),
                     subscriptions: self.subscriptions.clone(),
                     history: self.history,
+                    sample_ms: self.sample_ms,
                     queued: Default::default(),
                     changes: self.changes.clone(),
                 })
@@ -583,6 +658,17 @@ impl Index {
                 status: Status::Stale,
                 ..quote
             };
+            if entry.sample_ms.is_some() {
+                // There before any interval a throttled client looks at: its sample at once.
+                st.sampled = Some(Box::new(Sampled {
+                    last: Some(HistoryEntry {
+                        bucket_ms: i64::MIN,
+                        seq: st.seq,
+                        quote: st.quote,
+                    }),
+                    ..Sampled::default()
+                }));
+            }
             entry.generation.fetch_add(1, Ordering::Release);
         }
     }
@@ -662,12 +748,18 @@ impl SymbolEntry {
         true
     }
 
-    /// After every change, under the state lock: keeps it in the history (delayed tier) and
-    /// lists it for a scale-out ingest's publisher.
+    /// After every change, under the state lock: keeps it in the history (delayed tier) and the
+    /// sample (throttled tier), and lists it for a scale-out ingest's publisher.
     fn published(self: &Arc<Self>, st: &mut SymbolState) {
         self.generation.fetch_add(1, Ordering::Release);
-        if let Some(history) = self.history {
-            st.remember(history, crate::feed::now_ms());
+        if self.history.is_some() || self.sample_ms.is_some() {
+            let now_ms = crate::feed::now_ms();
+            if let Some(history) = self.history {
+                st.remember(history, now_ms);
+            }
+            if let Some(interval) = self.sample_ms {
+                st.sample(interval, now_ms);
+            }
         }
         if let Some(changes) = &self.changes {
             changes.record(self, st);
@@ -790,6 +882,26 @@ impl SymbolEntry {
         PastState {
             entry: done.checked_sub(1).map(|i| st.history[i]),
             next_end_ms: st.history.get(done).map(|e| e.bucket_ms + g),
+        }
+    }
+
+    /// The throttled tier's sample at `now_ms` (gateway clock): the state the symbol had when the
+    /// current interval began, and when the next interval begins if a later state is waiting
+    /// for it (`None`: nothing newer yet; a change marks the subscribers).
+    pub fn read_sampled(&self, now_ms: i64) -> PastState {
+        let Some(interval) = self.sample_ms else {
+            return PastState {
+                entry: None,
+                next_end_ms: None,
+            };
+        };
+        let st = lock(&self.state);
+        match st.sampled.as_deref() {
+            Some(s) => s.at(interval, now_ms),
+            None => PastState {
+                entry: None,
+                next_end_ms: None,
+            },
         }
     }
 
@@ -1394,6 +1506,45 @@ mod tests {
         index.apply(tick(0, 101)); // a tick means the upstream answers again
         let p = entry.read().unwrap();
         assert_eq!((p.seq, p.quote.status), (2, Status::Live));
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    /// The throttled tier's sample is the state at the start of the current interval: a change
+    /// shows only from the next interval on, several changes in one interval show as the last
+    /// of them, and an interval without a change keeps showing the latest state.
+    #[test]
+    fn the_sample_is_the_state_when_the_interval_began() {
+        let mut st = SymbolState::default();
+        let bid = |p: PastState| p.entry.map(|e| e.quote.bid.unwrap().to_string());
+        let change = |st: &mut SymbolState, seq: u64, at_ms: i64| {
+            st.seq = seq;
+            st.quote.bid = Some(rust_decimal::Decimal::new(seq as i64, 2));
+            st.sample(1000, at_ms);
+        };
+        let at = |st: &SymbolState, now_ms| st.sampled.as_deref().unwrap().at(1000, now_ms);
+        change(&mut st, 100, 10_200);
+        let p = at(&st, 10_300);
+        assert_eq!(
+            (bid(p), p.next_end_ms),
+            (None, Some(11_000)),
+            "no state before it"
+        );
+        assert_eq!(bid(at(&st, 11_000)), Some("1.00".into()));
+        change(&mut st, 101, 11_100);
+        change(&mut st, 102, 11_900);
+        let p = at(&st, 11_950);
+        assert_eq!((bid(p), p.next_end_ms), (Some("1.00".into()), Some(12_000)));
+        let p = at(&st, 12_000);
+        assert_eq!((bid(p), p.next_end_ms), (Some("1.02".into()), None));
+        assert_eq!(bid(at(&st, 99_000)), Some("1.02".into()), "quiet intervals");
+        // A change after quiet intervals: the interval it falls in begins with the state before.
+        change(&mut st, 103, 99_500);
+        assert_eq!(bid(at(&st, 99_600)), Some("1.02".into()));
+        assert_eq!(bid(at(&st, 100_000)), Some("1.03".into()));
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::access::{AuthMode, Tier};
 use crate::config::Config;
 use crate::feed::FeedEvent;
 use crate::index::{ChangeLog, HistoryConfig, Index, CATCH_UP_MARGIN};
@@ -36,6 +37,19 @@ pub fn index(
             keep_ms: delayed.delay_ms as i64,
             granularity_ms: delayed.granularity_ms as i64,
         });
+    }
+    // The throttled tier's sample (two more states a symbol that ticks), where a credential can
+    // be throttled: by default, by an API key's tier, or by a JWT's tier claim.
+    let access = &config.access;
+    let throttled = config.tiers.default == Tier::Throttled
+        || access.auth == AuthMode::Jwt
+        || (access.auth == AuthMode::ApiKey
+            && access
+                .api_keys
+                .iter()
+                .any(|k| k.tier() == Some(Tier::Throttled)));
+    if throttled {
+        index.sample_every(config.tiers.throttled.interval_ms as i64);
     }
     let changes = config.publish.as_ref().map(|_| {
         let changes = Arc::new(ChangeLog::default());

@@ -172,18 +172,21 @@ async fn quotes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         Tier::Delayed => state.sessions.tiers.delayed.map(|d| d.delay_ms),
         Tier::Realtime | Tier::Throttled => None,
     };
+    let now_ms = crate::feed::now_ms();
     let mut body = String::from(r#"{"quotes":["#);
     let mut first = true;
     for symbol in &accepted {
         let Some(entry) = state.sessions.index.lookup(symbol) else {
             continue;
         };
-        let state_now = match delay {
-            None => entry.read().map(|p| (p.seq, p.quote)),
-            Some(ms) => entry
-                .read_past(crate::feed::now_ms() - ms as i64)
+        // Each tier reads its own view, kept in the index: never fresher than it may see.
+        let state_now = match (grant.tier, delay) {
+            (Tier::Delayed, Some(ms)) => entry
+                .read_past(now_ms - ms as i64)
                 .entry
                 .map(|e| (e.seq, e.quote)),
+            (Tier::Throttled, _) => entry.read_sampled(now_ms).entry.map(|e| (e.seq, e.quote)),
+            _ => entry.read().map(|p| (p.seq, p.quote)),
         };
         let Some((seq, quote)) = state_now else {
             continue;

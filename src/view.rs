@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 
 use crate::delta::{encode_snapshot, encode_status, encode_update, with_delayed_ms};
 use crate::frame::FrameBuilder;
-use crate::index::{CatchUp, Published, Subscription, SymbolEntry};
+use crate::index::{CatchUp, HistoryEntry, Published, Subscription, SymbolEntry};
 use crate::model::{Quote, Status};
 
 /// What a connection emitted for a symbol in one drain; summed per frame for the metrics.
@@ -56,6 +56,9 @@ pub struct Pacing {
     pub close_on_lag: bool,
     /// Show the symbol as it was this long ago (the delayed tier), from the index's history.
     pub delay: Option<Delay>,
+    /// Show the symbol as the index sampled it at the start of every interval of this many ms
+    /// (the throttled tier, `SymbolEntry::read_sampled`): never anything fresher.
+    pub sample_ms: Option<i64>,
 }
 
 /// The delayed tier: the symbol as it was `delay_ms` ago, at the history's granularity.
@@ -177,6 +180,7 @@ const UNPACED: Pacing = Pacing {
     min_interval: None,
     close_on_lag: false,
     delay: None,
+    sample_ms: None,
 };
 
 impl SlotView {
@@ -222,6 +226,9 @@ impl SlotView {
         if let Some(delay) = self.state.pacing().delay {
             return self.emit_delayed(delay, crate::feed::now_ms(), now, frame, stats);
         }
+        if self.state.pacing().sample_ms.is_some() {
+            return self.emit_sampled(crate::feed::now_ms(), now, frame, stats);
+        }
         let after = self.state.catch_up_after();
         let SlotView {
             subscription,
@@ -257,48 +264,10 @@ impl SlotView {
         stats: &mut EmitStats,
     ) -> Emitted {
         let past = self.entry().read_past(now_ms - delay.delay_ms);
-        let symbol = &*self.subscription.entry().symbol;
-        let st = &mut self.state;
-        let delayed_ms = Some(delay.delay_ms as u64);
-        let mut wrote = false;
-        if let Some(e) = past.entry {
-            if st.snapshot_pending {
-                frame.push_quote("snapshot", symbol, e.seq, |s| {
-                    with_delayed_ms(s, delayed_ms, |s| {
-                        encode_snapshot(s, symbol, e.seq, &e.quote)
-                    })
-                });
-                st.snapshot_pending = false;
-                st.sent_status = e.quote.status;
-                stats.snapshots += 1;
-                wrote = true;
-            } else {
-                if e.seq < st.sent_seq {
-                    // The source restarted (an edge whose ingest lost its cache): `seq` went down.
-                    return Emitted::Restarted;
-                }
-                if e.seq > st.sent_seq {
-                    let conflated = e.seq - st.sent_seq - 1;
-                    frame.push_quote("update", symbol, e.seq, |s| {
-                        with_delayed_ms(s, delayed_ms, |s| {
-                            encode_update(s, symbol, e.seq, &st.sent.quote(), &e.quote, conflated)
-                        })
-                    });
-                    stats.updates += 1;
-                    stats.conflated += conflated;
-                    wrote = true;
-                }
-                if e.quote.status != st.sent_status {
-                    frame.push_quote("status", symbol, e.seq, |s| {
-                        with_delayed_ms(s, delayed_ms, |s| encode_status(s, symbol, e.quote.status))
-                    });
-                    st.sent_status = e.quote.status;
-                    wrote = true;
-                }
-            }
-            st.sent_seq = e.seq;
-            st.sent = Sent::of(&e.quote);
-        }
+        let wrote = match self.write_state(past.entry, Some(delay.delay_ms as u64), frame, stats) {
+            Ok(wrote) => wrote,
+            Err(restarted) => return restarted,
+        };
         // The next look: when the next kept bucket ends, delayed; with none kept yet, no change
         // can show before the current bucket ends, delayed.
         let g = delay.granularity_ms;
@@ -306,12 +275,103 @@ impl SlotView {
             .next_end_ms
             .unwrap_or(now_ms - now_ms.rem_euclid(g) + g)
             + delay.delay_ms;
-        let wait = Duration::from_millis(due_ms.saturating_sub(now_ms).max(1) as u64);
-        match now.checked_add(wait) {
-            Some(at) => Emitted::NotBefore(at),
+        look_again(due_ms, now_ms, now, wrote)
+    }
+
+    /// The throttled tier: what this connection is owed of the symbol's sample at `now_ms` (the
+    /// state it had when the current interval began), and when to look again: when the next
+    /// interval begins, if a newer state waits for it. A slower `max_hz` paces on top.
+    fn emit_sampled(
+        &mut self,
+        now_ms: i64,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        if !self.state.snapshot_pending {
+            if let Some(at) = self.state.next_at().filter(|&at| now < at) {
+                return Emitted::NotBefore(at);
+            }
+        }
+        let sample = self.entry().read_sampled(now_ms);
+        let sent_seq = self.state.sent_seq;
+        let wrote = match self.write_state(sample.entry, None, frame, stats) {
+            Ok(wrote) => wrote,
+            Err(restarted) => return restarted,
+        };
+        if self.state.sent_seq != sent_seq {
+            Paced::went(&mut self.state.paced, now);
+        }
+        match sample.next_end_ms {
+            Some(due_ms) => look_again(due_ms, now_ms, now, wrote),
             None if wrote => Emitted::Wrote,
             None => Emitted::Nothing,
         }
+    }
+
+    /// Writes what this connection is owed to hold `entry` (a past or sampled state of the
+    /// symbol): its snapshot, or an update from what it holds and the status; every message with
+    /// `delayed_ms` when given. True when it wrote; `Err(Restarted)` when `seq` went down.
+    fn write_state(
+        &mut self,
+        entry: Option<HistoryEntry>,
+        delayed_ms: Option<u64>,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Result<bool, Emitted> {
+        let symbol = &*self.subscription.entry().symbol;
+        let st = &mut self.state;
+        let Some(e) = entry else {
+            return Ok(false);
+        };
+        let mut wrote = false;
+        if st.snapshot_pending {
+            frame.push_quote("snapshot", symbol, e.seq, |s| {
+                with_delayed_ms(s, delayed_ms, |s| {
+                    encode_snapshot(s, symbol, e.seq, &e.quote)
+                })
+            });
+            st.snapshot_pending = false;
+            st.sent_status = e.quote.status;
+            stats.snapshots += 1;
+            wrote = true;
+        } else {
+            if e.seq < st.sent_seq {
+                // The source restarted (an edge whose ingest lost its cache): `seq` went down.
+                return Err(Emitted::Restarted);
+            }
+            if e.seq > st.sent_seq {
+                let conflated = e.seq - st.sent_seq - 1;
+                frame.push_quote("update", symbol, e.seq, |s| {
+                    with_delayed_ms(s, delayed_ms, |s| {
+                        encode_update(s, symbol, e.seq, &st.sent.quote(), &e.quote, conflated)
+                    })
+                });
+                stats.updates += 1;
+                stats.conflated += conflated;
+                wrote = true;
+            }
+            if e.quote.status != st.sent_status {
+                frame.push_quote("status", symbol, e.seq, |s| {
+                    with_delayed_ms(s, delayed_ms, |s| encode_status(s, symbol, e.quote.status))
+                });
+                st.sent_status = e.quote.status;
+                wrote = true;
+            }
+        }
+        st.sent_seq = e.seq;
+        st.sent = Sent::of(&e.quote);
+        Ok(wrote)
+    }
+}
+
+/// `NotBefore` the instant `due_ms` (gateway clock) stands for, at least 1 ms from now.
+fn look_again(due_ms: i64, now_ms: i64, now: Instant, wrote: bool) -> Emitted {
+    let wait = Duration::from_millis(due_ms.saturating_sub(now_ms).max(1) as u64);
+    match now.checked_add(wait) {
+        Some(at) => Emitted::NotBefore(at),
+        None if wrote => Emitted::Wrote,
+        None => Emitted::Nothing,
     }
 }
 

@@ -373,6 +373,116 @@ async fn on_lag_close_closes_instead_of_conflating(workers: usize) {
     );
 }
 
+/// The epoch ms of the system clock, which the gateway's sampling uses too.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// X's bid as each read path shows it to the throttled credential right now: REST, a
+/// re-subscribe on an open connection, a new connection, and an SSE stream (a reconnect).
+async fn throttled_reads(gw: &TestGateway, open: &mut Client) -> Vec<(&'static str, Value)> {
+    let mut reads = Vec::new();
+    let (status, _, body) = http(
+        gw.addr,
+        "GET",
+        &format!("/v1/quotes?symbols=X&token={THROTTLED}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    reads.push(("rest", v["quotes"][0]["bid"].clone()));
+    open.send(json!({"op": "subscribe", "symbols": ["X"]}))
+        .await;
+    let snap = open.until(|m| m["type"] == "snapshot").await;
+    reads.push(("re-subscribe", snap.last().unwrap()["bid"].clone()));
+    let mut second = client(gw, THROTTLED).await;
+    second
+        .send(json!({"op": "subscribe", "symbols": ["X"]}))
+        .await;
+    reads.push((
+        "second connection",
+        second
+            .until(|m| m["type"] == "snapshot")
+            .await
+            .last()
+            .unwrap()["bid"]
+            .clone(),
+    ));
+    let mut sse = SseClient::connect(
+        gw.addr,
+        &format!("/v1/stream?symbols=X&token={THROTTLED}"),
+        &[],
+    )
+    .await;
+    reads.push(("sse", sse.event().await.data["bid"].clone()));
+    reads
+}
+
+/// Regression (issue 26: with a 5 s interval, a throttled key polling REST every 250 ms got the
+/// live quote each time, and re-subscribes and SSE reconnects each started with a current
+/// snapshot). The throttled tier sees the index's sample, the state at the start of the current
+/// interval, on every path. Each round ticks X just after an interval begins, then reads through
+/// every path within that interval: each must show the bid from before the tick. A round whose
+/// reads ran past the interval's end proves nothing either way and is tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_credential_sees_nothing_fresher_than_the_sample_on_any_path() {
+    const I: u64 = 1000;
+    let config = tiers_config().replace(
+        &format!("interval_ms = {INTERVAL_MS}"),
+        &format!("interval_ms = {I}"),
+    );
+    let gw = start_with_workers(2, &config, &["X"]);
+    gw.push(tick("X", 1, &[("bid", "10.00")])).await;
+    let mut realtime = client(&gw, REALTIME).await;
+    realtime
+        .send(json!({"op": "subscribe", "symbols": ["X"]}))
+        .await;
+    realtime.until(|m| m["type"] == "snapshot").await;
+    let mut open = client(&gw, THROTTLED).await;
+    open.send(json!({"op": "subscribe", "symbols": ["X"]}))
+        .await;
+    open.until(|m| m["type"] == "snapshot").await;
+    let (mut shown, mut rounds) = ("10.00".to_string(), 0);
+    for attempt in 1..=20 {
+        // Just after an interval begins.
+        let now = epoch_ms();
+        tokio::time::sleep(Duration::from_millis(I - now % I + 50)).await;
+        let interval = epoch_ms() / I;
+        let bid = format!("{}.{:02}", 11 + attempt, attempt);
+        gw.push(tick("X", 1 + attempt, &[("bid", &bid)])).await;
+        realtime.until(|m| m["bid"] == bid.as_str()).await;
+        let reads = throttled_reads(&gw, &mut open).await;
+        if epoch_ms() / I != interval {
+            println!("attempt {attempt}: the reads ran into the next interval; again");
+        } else {
+            for (path, got) in &reads {
+                assert_eq!(
+                    got,
+                    shown.as_str(),
+                    "{path}: fresher than the sample (live {bid})"
+                );
+            }
+            rounds += 1;
+        }
+        shown = bid;
+        if rounds == 3 {
+            break;
+        }
+    }
+    assert_eq!(rounds, 3, "three rounds within their interval");
+    // And the sample moves on at the next interval: the open connection gets the latest bid.
+    let now = epoch_ms();
+    tokio::time::sleep(Duration::from_millis(I - now % I + 50)).await;
+    let reads = throttled_reads(&gw, &mut open).await;
+    for (path, got) in &reads {
+        assert_eq!(got, shown.as_str(), "{path}: the next interval's sample");
+    }
+}
+
 crate::with_one_and_two_workers!(
     tiers_serve_one_feed_three_ways,
     jwt_tier_claims,

@@ -228,9 +228,13 @@ impl Session {
         match self.scope.tier {
             Tier::Realtime => {}
             Tier::Throttled => {
-                // At most one update per interval whatever max_hz asks: the slower one wins.
-                let floor = Duration::from_millis(tiers.throttled.interval_ms);
-                pacing.min_interval = Some(pacing.min_interval.map_or(floor, |d| d.max(floor)));
+                // The index's sample, which changes at most once per interval; a max_hz slower
+                // than that paces on top (the slower one wins).
+                let interval = tiers.throttled.interval_ms;
+                pacing.sample_ms = Some(interval as i64);
+                pacing.min_interval = pacing
+                    .min_interval
+                    .filter(|d| *d > Duration::from_millis(interval));
             }
             Tier::Delayed => {
                 // Access refuses the delayed tier when it is not configured.
