@@ -91,6 +91,10 @@ pub struct AccessConfig {
     /// With `auth = "off"`, serve a non-loopback `listen` address anyway. Without it that is a
     /// config error (protected mode, as in Redis): anonymous access must be chosen, not defaulted.
     pub allow_anonymous: bool,
+    /// Reverse proxies (addresses or CIDRs, e.g. "127.0.0.1", "10.0.0.0/8") whose
+    /// `X-Forwarded-For` says who the client is. From any other peer the header is ignored: the
+    /// peer is the client. Every per-address rule uses the client's address.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AccessConfig {
@@ -107,6 +111,7 @@ impl Default for AccessConfig {
             jwt_require_symbols_claim: false,
             allowed_origins: Vec::new(),
             allow_anonymous: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -357,8 +362,8 @@ fn allows(patterns: Option<&[String]>, symbol: &str) -> bool {
 
 enum Verifier {
     Off,
-    /// Each key with its tier.
-    ApiKeys(Vec<(Vec<u8>, Tier)>),
+    /// Each key's digest with its tier.
+    ApiKeys(Vec<([u8; 32], Tier)>),
     Jwt(Box<JwtVerifier>),
 }
 
@@ -396,13 +401,13 @@ impl ClientLimits {
     }
 }
 
-/// Most addresses whose recent authentication failures are remembered. Past it, expired entries are
-/// dropped first; if none has expired, a new address is not tracked (its failures are still
-/// refused one by one, each costing a verification), so the table stays bounded against a client
-/// that owns many addresses.
+/// Most (address, credential) pairs whose recent authentication failures are remembered. Past it,
+/// expired entries are dropped first; if none has expired, a new pair is not tracked (its failures
+/// are still refused one by one, each costing a verification), so the table stays bounded against
+/// a client that owns many addresses or sends many tokens.
 const MAX_TRACKED_FAILING_ADDRESSES: usize = 65_536;
 
-/// Recent failed authentications from one address.
+/// Recent failed authentications of one credential from one address.
 struct Failures {
     count: u32,
     since: Instant,
@@ -417,7 +422,12 @@ pub struct Access {
     delayed_offered: bool,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     per_token: Mutex<HashMap<Credential, usize>>,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Keyed by the client's address and its credential's fingerprint (`fingerprint`).
+    failures: Mutex<HashMap<(IpAddr, u64), Failures>>,
+    /// Keys the credentials' fingerprints: random per process, so that nobody can make two
+    /// tokens collide on purpose.
+    fingerprints: std::hash::RandomState,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Access {
@@ -447,7 +457,7 @@ impl Access {
                                     .to_string(),
                             );
                         }
-                        key.resolve().map(|k| (k.into_bytes(), tier))
+                        key.resolve().map(|k| (k, tier))
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|message| AccessError::Config {
@@ -460,7 +470,13 @@ impl Access {
                         message: "list at least one key of 16 or more characters".into(),
                     });
                 }
-                Verifier::ApiKeys(keys)
+                // Kept as digests: every comparison is of 32 bytes with 32 bytes, so its timing
+                // says nothing about a key's length either.
+                Verifier::ApiKeys(
+                    keys.into_iter()
+                        .map(|(k, tier)| (digest(k.as_bytes()), tier))
+                        .collect(),
+                )
             }
             AuthMode::Jwt => {
                 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -533,7 +549,64 @@ impl Access {
             per_ip: Mutex::new(HashMap::new()),
             per_token: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            fingerprints: std::hash::RandomState::new(),
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .map(|p| parse_net(p))
+                .collect::<Result<_, _>>()
+                .map_err(|message| AccessError::Config {
+                    key: "trusted_proxies",
+                    message,
+                })?,
         })
+    }
+
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most
+    /// address in `X-Forwarded-For` (every header of it, in order) that is not a trusted proxy
+    /// itself: proxies append the address they got the request from, so what a client writes
+    /// into the header itself stands to the left of that and is never reached. A right-most
+    /// entry that is not an address (a misconfigured proxy) leaves the peer's address.
+    pub fn client_ip<'a>(
+        &self,
+        peer: Option<IpAddr>,
+        forwarded_for: impl IntoIterator<Item = &'a str>,
+    ) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.is_trusted_proxy(peer) {
+            return Some(peer);
+        }
+        let hops: Vec<&str> = forwarded_for
+            .into_iter()
+            .flat_map(|h| h.split(','))
+            .map(str::trim)
+            .collect();
+        let mut client = peer;
+        for hop in hops.iter().rev() {
+            let Some(ip) = parse_hop(hop) else {
+                break;
+            };
+            client = ip;
+            if !self.is_trusted_proxy(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The credential a failed authentication is counted under: a keyed hash of the token as
+    /// sent (none at all is a credential too).
+    pub fn fingerprint(&self, token: Option<&str>) -> u64 {
+        use std::hash::BuildHasher;
+        self.fingerprints.hash_one(token)
     }
 
     /// The Origin check: `origin` is the request's Origin header, if any.
@@ -572,13 +645,13 @@ impl Access {
                 ..Grant::default()
             }),
             Verifier::ApiKeys(keys) => {
-                let token = token.ok_or(Refusal::Unauthorized)?.as_bytes();
-                // Every key is compared, in constant time per key, so the answer's timing does not
-                // tell which key (or how much of one) matched.
+                let token = digest(token.ok_or(Refusal::Unauthorized)?.as_bytes());
+                // Every key's digest is compared, in constant time per key, so the answer's timing
+                // does not tell which key (or how much of one, or how long one) matched.
                 let mut matched = subtle::Choice::from(0);
                 let mut index = 0u64;
                 for (i, (k, _)) in keys.iter().enumerate() {
-                    let eq = k.as_slice().ct_eq(token);
+                    let eq = k.ct_eq(&token);
                     index.conditional_assign(&(i as u64), eq);
                     matched |= eq;
                 }
@@ -633,8 +706,12 @@ impl Access {
                     .checked_add(Duration::from_secs(exp))
                     .and_then(|at| at.checked_add(*leeway))
                     .ok_or(Refusal::Unauthorized)?;
+                // Any `sub` is the credential, whatever its JSON type: a number is as much a
+                // subject as a string (a type that changed would otherwise escape the per-token
+                // limit with a token per connection).
                 let credential = match data.claims.get("sub") {
                     Some(serde_json::Value::String(sub)) => Credential::Subject(sub.clone()),
+                    Some(sub) if !sub.is_null() => Credential::Subject(sub.to_string()),
                     _ => {
                         use std::hash::{Hash, Hasher};
                         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -681,11 +758,18 @@ impl Access {
         }
     }
 
-    /// Refuses (429, unverified) a client with `auth_failures_per_ip` failed authentications
-    /// within the window: so that a client cannot make the gateway verify (RS256: ~50 µs of CPU
-    /// each) as fast as it can send handshakes.
-    pub fn check_auth_throttle(&self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
-        match lock(&self.failures).get(&client) {
+    /// Refuses (429, unverified) a credential that failed `auth_failures_per_ip` times from this
+    /// client within the window: a client repeating a bad token (a stale one, a guess) cannot
+    /// make the gateway verify it again and again. Counted per address *and* credential, so it
+    /// can never refuse a token that verifies: one client's bad tokens never lock out another
+    /// client behind the same address (a proxy's, a NAT's), nor the same client's good token.
+    pub fn check_auth_throttle(
+        &self,
+        client: IpAddr,
+        credential: u64,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        match lock(&self.failures).get(&(client, credential)) {
             Some(f)
                 if f.count >= self.limits.auth_failures
                     && now.duration_since(f.since) < self.limits.auth_failure_window =>
@@ -696,9 +780,10 @@ impl Access {
         }
     }
 
-    /// Counts a failed authentication from `client`.
-    pub fn auth_failed(&self, client: IpAddr, now: Instant) {
+    /// Counts a failed authentication of `credential` (`fingerprint`) from `client`.
+    pub fn auth_failed(&self, client: IpAddr, credential: u64, now: Instant) {
         let window = self.limits.auth_failure_window;
+        let client = (client, credential);
         let mut failures = lock(&self.failures);
         if failures.len() >= MAX_TRACKED_FAILING_ADDRESSES && !failures.contains_key(&client) {
             failures.retain(|_, f| now.duration_since(f.since) < window);
@@ -783,6 +868,13 @@ pub struct IpGuard {
     ip: IpAddr,
 }
 
+impl IpGuard {
+    /// The address the connection is counted under (the client's, a trusted proxy's forward).
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Drop for IpGuard {
     fn drop(&mut self) {
         release(&self.access.per_ip, &self.ip);
@@ -840,6 +932,26 @@ pub fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A fixed-length digest of an API key: what keys are compared as.
+fn digest(key: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key).into()
+}
+
+/// An address or a CIDR of `trusted_proxies`.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("'{s}' is not an address or a CIDR (e.g. \"10.0.0.0/8\")"))
+}
+
+/// One `X-Forwarded-For` hop: an address, possibly with a port (`1.2.3.4:5678`, `[::1]:80`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]
@@ -965,29 +1077,102 @@ mod tests {
         assert!(a.admit_token(Credential::ApiKey(1)).is_ok());
     }
 
+    /// Failures are counted per address and credential: a credential that failed too often
+    /// from an address is refused unverified for the window, while another credential from the
+    /// same address (a good token behind the same proxy) and the same one from elsewhere are not.
     #[test]
-    fn failed_authentications_throttle_the_address_for_the_window() {
+    fn failed_authentications_throttle_that_credential_from_that_address_for_the_window() {
         let a = access(AccessConfig::default());
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let (bad, good) = (
+            a.fingerprint(Some("bad-token")),
+            a.fingerprint(Some("good")),
+        );
+        assert_ne!(bad, good);
+        assert_ne!(
+            a.fingerprint(None),
+            a.fingerprint(Some("")),
+            "none is not empty"
+        );
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(a.check_auth_throttle(ip, t0).is_ok());
-            a.auth_failed(ip, t0);
+            assert!(a.check_auth_throttle(ip, bad, t0).is_ok());
+            a.auth_failed(ip, bad, t0);
         }
-        assert_eq!(a.check_auth_throttle(ip, t0), Err(Refusal::AuthThrottled));
+        assert_eq!(
+            a.check_auth_throttle(ip, bad, t0),
+            Err(Refusal::AuthThrottled)
+        );
+        assert!(
+            a.check_auth_throttle(ip, good, t0).is_ok(),
+            "another credential"
+        );
         assert!(a
-            .check_auth_throttle("10.0.0.10".parse().unwrap(), t0)
+            .check_auth_throttle("10.0.0.10".parse().unwrap(), bad, t0)
             .is_ok());
         let later = t0 + Duration::from_secs(61);
         assert!(
-            a.check_auth_throttle(ip, later).is_ok(),
+            a.check_auth_throttle(ip, bad, later).is_ok(),
             "the window passed"
         );
-        a.auth_failed(ip, later);
+        a.auth_failed(ip, bad, later);
         assert!(
-            a.check_auth_throttle(ip, later).is_ok(),
+            a.check_auth_throttle(ip, bad, later).is_ok(),
             "counting starts again"
         );
+    }
+
+    /// Only a trusted proxy's `X-Forwarded-For` is read, and only its right-most hops: what a
+    /// client writes into the header itself never becomes its address.
+    #[test]
+    fn the_client_address_comes_from_a_trusted_proxy_only() {
+        let a = access(AccessConfig {
+            trusted_proxies: vec!["127.0.0.1".into(), "10.0.0.0/8".into()],
+            ..AccessConfig::default()
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let client = |peer: &str, xff: &[&str]| a.client_ip(Some(ip(peer)), xff.iter().copied());
+        assert_eq!(
+            client("127.0.0.1", &["203.0.113.7"]),
+            Some(ip("203.0.113.7"))
+        );
+        // A forged hop left of the one the proxy appended is never reached.
+        assert_eq!(
+            client("127.0.0.1", &["6.6.6.6, 203.0.113.7"]),
+            Some(ip("203.0.113.7"))
+        );
+        // Through two trusted proxies, over two headers, with ports.
+        assert_eq!(
+            client("10.1.2.3", &["198.51.100.2:5555", "10.9.9.9"]),
+            Some(ip("198.51.100.2"))
+        );
+        assert_eq!(
+            client("::ffff:127.0.0.1", &["[2001:db8::1]:443"]),
+            Some(ip("2001:db8::1"))
+        );
+        // From an untrusted peer the header changes nothing.
+        assert_eq!(client("192.0.2.1", &["203.0.113.7"]), Some(ip("192.0.2.1")));
+        // No header, garbage on the right, or only proxies: the nearest address known.
+        assert_eq!(client("127.0.0.1", &[]), Some(ip("127.0.0.1")));
+        assert_eq!(
+            client("127.0.0.1", &["203.0.113.7, bogus"]),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(
+            client("127.0.0.1", &["10.0.0.1, 10.0.0.2"]),
+            Some(ip("10.0.0.1"))
+        );
+        let e = Access::new(
+            &AccessConfig {
+                trusted_proxies: vec!["10.0.0.0/33".into()],
+                ..AccessConfig::default()
+            },
+            ClientLimits::from_config(&crate::config::LimitsConfig::default()),
+            &TiersConfig::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("trusted_proxies"), "{e}");
     }
 
     #[test]

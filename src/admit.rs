@@ -3,11 +3,14 @@
 //! The policy is `access.rs`; this is its order and its HTTP form.
 //!
 //! Cheapest first, each answered before any session exists: shutting down (503), the Origin
-//! allow-list (403), recent failed authentications from the address (429, unverified), the token
-//! (401), connections from the address and with the credential (429), then `max_connections` (503,
-//! for streams only: a REST request takes no connection place).
+//! allow-list (403), recent failures of this credential from this client (429, unverified), the
+//! token (401), connections from the client's address and with the credential (429), then
+//! `max_connections` (503, for streams only: a REST request takes no connection place).
+//!
+//! The client's address is the peer's, or the one a trusted proxy forwarded (`Access::client_ip`):
+//! every per-address rule uses it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use actix_http::StatusCode;
 
@@ -22,6 +25,37 @@ pub struct ClientRequest<'a> {
     pub query: &'a str,
     pub authorization: Option<&'a str>,
     pub peer: Option<SocketAddr>,
+    /// Every `X-Forwarded-For` header, in order (read only from a trusted proxy).
+    pub forwarded_for: Vec<&'a str>,
+}
+
+impl<'a> ClientRequest<'a> {
+    /// The parts of a request with these headers.
+    pub fn of(
+        headers: &'a actix_http::header::HeaderMap,
+        query: &'a str,
+        peer: Option<SocketAddr>,
+    ) -> ClientRequest<'a> {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        ClientRequest {
+            origin: header("origin"),
+            query,
+            authorization: header("authorization"),
+            peer,
+            forwarded_for: headers
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok())
+                .collect(),
+        }
+    }
+
+    /// The client's address (`Access::client_ip`).
+    pub fn client_ip(&self, access: &crate::access::Access) -> Option<IpAddr> {
+        access.client_ip(
+            self.peer.map(|p| p.ip()),
+            self.forwarded_for.iter().copied(),
+        )
+    }
 }
 
 /// An admitted client: what its token allows and the places it holds (released on `Drop`).
@@ -41,6 +75,8 @@ pub struct Refused {
     pub reason: &'static str,
     pub message: String,
     pub header: Option<(&'static str, &'static str)>,
+    /// The client's address, when a proxy forwarded it (logged beside the peer's).
+    pub client: Option<IpAddr>,
 }
 
 impl Refused {
@@ -56,6 +92,7 @@ impl Refused {
             reason,
             message: message.into(),
             header: None,
+            client: None,
         }
     }
 
@@ -79,8 +116,9 @@ impl Refused {
         out
     }
 
-    /// Counts the refusal, and logs it when it is a security event (not a 400 or a 404).
-    pub fn record(&self, state: &AppState, peer: Option<SocketAddr>) {
+    /// Counts the refusal, and logs it when it is a security event (not a 400 or a 404), naming
+    /// the transport asked for (`ws`, `sse`, `rest`).
+    pub fn record(&self, state: &AppState, peer: Option<SocketAddr>, transport: &str) {
         state
             .sessions
             .metrics
@@ -88,7 +126,13 @@ impl Refused {
             .with_label_values(&[self.reason])
             .inc();
         if self.status != StatusCode::NOT_FOUND && self.status != StatusCode::BAD_REQUEST {
-            security_log::refused(peer, self.status.as_u16(), self.reason);
+            security_log::refused(
+                peer,
+                self.client,
+                transport,
+                self.status.as_u16(),
+                self.reason,
+            );
         }
     }
 }
@@ -98,6 +142,21 @@ pub fn admit(
     state: &AppState,
     req: &ClientRequest,
     transport: Option<Transport>,
+) -> Result<Admitted, Refused> {
+    let access = &state.access;
+    let forwarded = req.client_ip(access);
+    let client = forwarded.map(|ip| access.client_key(ip));
+    admit_client(state, req, transport, client).map_err(|mut r| {
+        r.client = forwarded.filter(|ip| Some(*ip) != req.peer.map(|p| p.ip()));
+        r
+    })
+}
+
+fn admit_client(
+    state: &AppState,
+    req: &ClientRequest,
+    transport: Option<Transport>,
+    client: Option<IpAddr>,
 ) -> Result<Admitted, Refused> {
     let sessions = &state.sessions;
     let unavailable = |reason, message: &str| {
@@ -133,19 +192,19 @@ pub fn admit(
             "this Origin may not use this gateway\n",
         ));
     }
-    let client = req.peer.map(|a| access.client_key(a.ip()));
     let now = std::time::Instant::now();
+    let token = token_of(req.query, req.authorization);
+    let credential = access.fingerprint(token.as_deref());
     if let Some(client) = client.filter(|_| access.auth_required()) {
         access
-            .check_auth_throttle(client, now)
-            .map_err(|r| too_many(r, "too many failed authentications from this address\n"))?;
+            .check_auth_throttle(client, credential, now)
+            .map_err(|r| too_many(r, "this token failed too often from this address\n"))?;
     }
-    let token = token_of(req.query, req.authorization);
     let grant = match access.authorize(token.as_deref()) {
         Ok(g) => g,
         Err(r) => {
             if let Some(client) = client {
-                access.auth_failed(client, now);
+                access.auth_failed(client, credential, now);
             }
             return Err(Refused::new(
                 StatusCode::UNAUTHORIZED,

@@ -90,8 +90,9 @@ pub struct LimitsConfig {
     pub max_connections_per_token: usize,
     /// IPv6 clients are counted per prefix of this many bits for the per-IP limits.
     pub ipv6_prefix_len: u8,
-    /// Failed authentications from one IP (or IPv6 prefix) within `auth_failure_window_ms`, after
-    /// which its handshakes get 429 without their token being verified, until the window passes.
+    /// Failed authentications of one token from one IP (or IPv6 prefix) within
+    /// `auth_failure_window_ms`, after which that token from there gets 429 without being verified,
+    /// until the window passes (`Access::check_auth_throttle`: never another token).
     pub auth_failures_per_ip: u32,
     pub auth_failure_window_ms: u64,
 }

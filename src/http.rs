@@ -190,7 +190,7 @@ async fn handshake(
             BodySize::None,
         ),
         Err(refusal) => {
-            refusal.record(&state, req.peer_addr());
+            refusal.record(&state, req.peer_addr(), "ws");
             let mut response = Response::with_body(refusal.status, ());
             if let Some((name, value)) = refusal.header {
                 response.headers_mut().insert(
@@ -262,15 +262,13 @@ fn admit_upgrade(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
             format!("not a WebSocket handshake: {e}\n"),
         ));
     }
-    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     admit(
         state,
-        &ClientRequest {
-            origin: header("origin"),
-            query: req.uri().query().unwrap_or(""),
-            authorization: header("authorization"),
-            peer: req.peer_addr(),
-        },
+        &ClientRequest::of(
+            req.headers(),
+            req.uri().query().unwrap_or(""),
+            req.peer_addr(),
+        ),
         Some(Transport::Ws),
     )
 }

@@ -101,15 +101,9 @@ pub fn resolve(
 
 /// The admission checks for one REST request; the guards live as long as the request.
 fn admit_request(state: &AppState, req: &HttpRequest) -> Result<Admitted, Refused> {
-    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     admit(
         state,
-        &ClientRequest {
-            origin: header("origin"),
-            query: req.query_string(),
-            authorization: header("authorization"),
-            peer: req.peer_addr(),
-        },
+        &ClientRequest::of(req.headers(), req.query_string(), req.peer_addr()),
         None,
     )
 }
@@ -141,7 +135,7 @@ fn cors(state: &AppState, req: &HttpRequest, response: &mut actix_web::HttpRespo
 }
 
 fn refusal(state: &AppState, req: &HttpRequest, refused: Refused) -> HttpResponse {
-    refused.record(state, req.peer_addr());
+    refused.record(state, req.peer_addr(), "rest");
     let mut response = HttpResponse::build(refused.status);
     response
         .content_type("application/json")

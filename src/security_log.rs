@@ -7,7 +7,7 @@
 //! first lines): a burst of 20 lines, then 5 a second; lines over the limit are counted and the next
 //! line logged says how many were suppressed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::log_limit::LogLimiter;
@@ -18,28 +18,42 @@ fn admit() -> Option<u64> {
     LIMITER.admit(Instant::now())
 }
 
-/// A WebSocket upgrade refused before the handshake.
-pub fn refused(peer: Option<SocketAddr>, status: u16, reason: &str) {
+/// A request refused before anything was served: a WebSocket upgrade, an SSE stream or a REST
+/// request (`transport`). `client` is the address a trusted proxy forwarded, when it differs
+/// from the peer's.
+pub fn refused(
+    peer: Option<SocketAddr>,
+    client: Option<IpAddr>,
+    transport: &str,
+    status: u16,
+    reason: &str,
+) {
     if let Some(suppressed) = admit() {
         let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let client = client.map_or_else(|| "-".to_string(), |c| c.to_string());
         tracing::warn!(
             target: "quotegw::security",
             %peer,
+            %client,
+            transport,
             status,
             reason,
             suppressed,
-            "upgrade refused"
+            "request refused"
         );
     }
 }
 
-/// A connection closed by the gateway for abuse (1008, 1009) or as a slow consumer (4008).
-pub fn closed(peer: Option<SocketAddr>, code: u16, reason: &str) {
+/// A connection closed by the gateway for abuse (1008, 1009) or as a slow consumer (4008);
+/// `client` is the address it is counted under.
+pub fn closed(peer: Option<SocketAddr>, client: Option<IpAddr>, code: u16, reason: &str) {
     if let Some(suppressed) = admit() {
         let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let client = client.map_or_else(|| "-".to_string(), |c| c.to_string());
         tracing::warn!(
             target: "quotegw::security",
             %peer,
+            %client,
             code,
             reason,
             suppressed,

@@ -302,7 +302,7 @@ async fn refusals_and_abuse_closes_are_logged_without_the_token() {
     );
     let refused: Vec<&String> = lines
         .iter()
-        .filter(|l| l.contains("upgrade refused"))
+        .filter(|l| l.contains("request refused"))
         .collect();
     println!(
         "200 refusals → {} log lines; first: {}",
@@ -315,6 +315,26 @@ async fn refusals_and_abuse_closes_are_logged_without_the_token() {
         refused[0]
     );
     assert!(refused[0].contains("status=401"), "{}", refused[0]);
+    assert!(refused[0].contains("transport=\"ws\""), "{}", refused[0]);
+    // A REST refusal names its transport: it was logged as an upgrade.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _, _) = support::http(
+        addr,
+        "GET",
+        &format!("/v1/quotes?symbols=AAPL&token={SECRET}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let deadline = Instant::now() + support::DEADLINE;
+    while !gw
+        .lines()
+        .iter()
+        .any(|l| l.contains("request refused") && l.contains("transport=\"rest\""))
+    {
+        assert!(Instant::now() < deadline, "no REST refusal logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(refused.len() < 100, "rate-limited: {} lines", refused.len());
     let closed = lines
         .iter()

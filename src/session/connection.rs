@@ -158,7 +158,8 @@ impl Connection {
             .with_label_values(&[itoa::Buffer::new().format(code)])
             .inc();
         if matches!(code, close::POLICY | close::TOO_BIG | close::SLOW_CONSUMER) {
-            security_log::closed(self.socket.peer_addr(), code, reason);
+            let client = self._guards.1.ip.as_ref().map(|g| g.ip());
+            security_log::closed(self.socket.peer_addr(), client, code, reason);
         } else {
             tracing::debug!(code, reason, "closing connection");
         }

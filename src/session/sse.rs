@@ -86,19 +86,14 @@ pub async fn serve(mut io: TcpStream, state: actix_web::web::Data<AppState>) {
     let query = req.uri().query().unwrap_or("");
     let admitted = admit(
         &state,
-        &ClientRequest {
-            origin,
-            query,
-            authorization: header("authorization"),
-            peer,
-        },
+        &ClientRequest::of(&req.head().headers, query, peer),
         Some(Transport::Sse),
     )
     .and_then(|admitted| stream_request(&state, query, admitted));
     let start = match admitted {
         Ok(start) => start,
         Err(refusal) => {
-            refusal.record(&state, peer);
+            refusal.record(&state, peer, "sse");
             let _ = respond_error(&mut io, &refusal, cors.as_deref(), handshake_timeout).await;
             return;
         }

@@ -218,6 +218,39 @@ pub async fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
     (status, head)
 }
 
+/// `upgrade`, keeping the connection open (and unread) for as long as the caller holds it.
+pub async fn upgrade_held(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    // Byte by byte up to the head's end, so that nothing after it is taken from the stream.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut byte))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed without an answer");
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head[9..12])
+        .parse()
+        .expect("status code");
+    (status, s)
+}
+
 pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let (_, body) = http_get(addr, "/metrics").await;
     body.lines()
