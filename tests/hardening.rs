@@ -142,6 +142,12 @@ async fn connections_are_limited_per_credential() {
         .await
         .close()
         .await;
+    // Regression (issue 26): a numeric `sub` was no credential, so each token carrying it
+    // escaped the limit. Any `sub` is the credential.
+    let n1 = hs256(json!({"sub": 42, "exp": unix_now() + 600}));
+    let n2 = hs256(json!({"sub": 42, "exp": unix_now() + 601}));
+    let _n = Client::connect(&format!("{}?token={n1}", gw.url())).await;
+    assert_eq!(status(&gw, &format!("/ws?token={n2}")).await, 429);
 }
 
 /// After `auth_failures_per_ip` failed authentications of one token within the window, that
