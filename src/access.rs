@@ -250,17 +250,22 @@ pub enum Refusal {
     PerIpLimit,
     /// 429: too many connections with this credential (API key, or JWT subject).
     PerTokenLimit,
-    /// 429: too many failed authentications from this IP lately; the token is not even verified.
+    /// 429: too many failed authentications of this token from this IP lately; it is not even
+    /// verified.
     AuthThrottled,
+    /// 429: too many sockets from this IP that are not yet sessions or answered (handshakes,
+    /// requests being sent); the socket is answered at once, before its request is read.
+    PendingPerIp,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::Origin,
         Refusal::Unauthorized,
         Refusal::PerIpLimit,
         Refusal::PerTokenLimit,
         Refusal::AuthThrottled,
+        Refusal::PendingPerIp,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -270,6 +275,7 @@ impl Refusal {
             Refusal::PerIpLimit => "per_ip_limit",
             Refusal::PerTokenLimit => "per_token_limit",
             Refusal::AuthThrottled => "auth_throttled",
+            Refusal::PendingPerIp => "pending_per_ip",
         }
     }
 }
@@ -387,6 +393,8 @@ pub struct ClientLimits {
     /// attempts are refused with 429 unverified.
     pub auth_failures: u32,
     pub auth_failure_window: Duration,
+    /// Sockets from one IP (or prefix) that are not yet sessions or answered.
+    pub max_pending_per_ip: usize,
 }
 
 impl ClientLimits {
@@ -397,6 +405,7 @@ impl ClientLimits {
             ipv6_prefix_len: limits.ipv6_prefix_len,
             auth_failures: limits.auth_failures_per_ip,
             auth_failure_window: Duration::from_millis(limits.auth_failure_window_ms),
+            max_pending_per_ip: limits.max_pending_per_ip,
         }
     }
 }
@@ -421,6 +430,8 @@ pub struct Access {
     default_tier: Tier,
     delayed_offered: bool,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Sockets not yet sessions or answered, per peer address (`admit_pending`).
+    pending: Mutex<HashMap<IpAddr, usize>>,
     per_token: Mutex<HashMap<Credential, usize>>,
     /// Keyed by the client's address and its credential's fingerprint (`fingerprint`).
     failures: Mutex<HashMap<(IpAddr, u64), Failures>>,
@@ -547,6 +558,7 @@ impl Access {
             default_tier: tiers.default,
             delayed_offered,
             per_ip: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             per_token: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             fingerprints: std::hash::RandomState::new(),
@@ -819,6 +831,31 @@ impl Access {
         })
     }
 
+    /// Counts a freshly accepted socket from `peer` in, unless its address already has
+    /// `max_pending_per_ip` sockets that are not yet sessions or answered: so that one address
+    /// cannot fill the places a worker keeps for handshakes and requests (every other client
+    /// would wait in the kernel's backlog). A trusted proxy carries many clients' requests and is
+    /// not counted; its clients are, once their request names them (`admit`).
+    pub fn admit_pending(self: &Arc<Self>, peer: IpAddr) -> Result<PendingGuard, Refusal> {
+        if self.is_trusted_proxy(peer) {
+            return Ok(PendingGuard {
+                access: self.clone(),
+                ip: None,
+            });
+        }
+        let ip = self.client_key(peer);
+        admit(
+            &self.pending,
+            ip,
+            self.limits.max_pending_per_ip,
+            Refusal::PendingPerIp,
+        )?;
+        Ok(PendingGuard {
+            access: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
     /// Counts a connection with `credential` in, unless it already has `max_connections_per_token`
     /// open: one leaked key cannot take the whole gateway.
     pub fn admit_token(self: &Arc<Self>, credential: Credential) -> Result<TokenGuard, Refusal> {
@@ -878,6 +915,21 @@ impl IpGuard {
 impl Drop for IpGuard {
     fn drop(&mut self) {
         release(&self.access.per_ip, &self.ip);
+    }
+}
+
+/// Holds one of an address's places for sockets not yet sessions or answered (`None`: a trusted
+/// proxy's socket, not counted).
+pub struct PendingGuard {
+    access: Arc<Access>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Some(ip) = &self.ip {
+            release(&self.access.pending, ip);
+        }
     }
 }
 
@@ -965,6 +1017,7 @@ mod tests {
             ipv6_prefix_len: 64,
             auth_failures: 3,
             auth_failure_window: Duration::from_secs(60),
+            max_pending_per_ip: 2,
         }
     }
 

@@ -365,11 +365,19 @@ async fn run(
                     Ok::<_, ()>(fn_service(move |io: TcpStream| {
                         let (http, state) = (http.clone(), stream_state.clone());
                         async move {
-                            if sse::is_stream_request(&io, handshake_timeout).await {
-                                sse::serve(io, state).await;
+                            // One deadline for everything before the socket is a session or
+                            // answered: the peek below, then the request's head and handling.
+                            let deadline = tokio::time::Instant::now() + handshake_timeout;
+                            let Some(_pending) = crate::http::admit_pending(&io, &state) else {
+                                return Ok(());
+                            };
+                            if sse::is_stream_request(&io, deadline).await {
+                                sse::serve(io, state, deadline).await;
                                 Ok(())
                             } else {
-                                http.call(io).await
+                                tokio::time::timeout_at(deadline, http.call(io))
+                                    .await
+                                    .unwrap_or(Ok(()))
                             }
                         }
                     }))

@@ -95,6 +95,9 @@ pub struct LimitsConfig {
     /// until the window passes (`Access::check_auth_throttle`: never another token).
     pub auth_failures_per_ip: u32,
     pub auth_failure_window_ms: u64,
+    /// Sockets from one IP (or IPv6 prefix) that are not yet sessions or answered (a handshake or
+    /// request being sent); past it a new socket gets 429 at once. Trusted proxies are exempt.
+    pub max_pending_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -117,6 +120,7 @@ impl Default for LimitsConfig {
             ipv6_prefix_len: 64,
             auth_failures_per_ip: 10,
             auth_failure_window_ms: 60_000,
+            max_pending_per_ip: 16,
         }
     }
 }
@@ -187,7 +191,7 @@ impl Config {
         }
         self.check_protected_mode()?;
         let l = &self.limits;
-        let positive: [(&str, u64); 7] = [
+        let positive: [(&str, u64); 8] = [
             ("max_connections_per_ip", l.max_connections_per_ip as u64),
             ("max_connections", l.max_connections as u64),
             (
@@ -201,6 +205,7 @@ impl Config {
                 l.max_connections_per_token as u64,
             ),
             ("auth_failures_per_ip", l.auth_failures_per_ip.into()),
+            ("max_pending_per_ip", l.max_pending_per_ip as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -244,6 +244,33 @@ async fn handshake(
     )))
 }
 
+/// A freshly accepted socket's place among its address's sockets not yet sessions or answered
+/// (`Access::admit_pending`); `None` when the address has too many (or the socket is already
+/// gone), after a 429 written without reading or waiting: the caller drops the socket.
+pub fn admit_pending(
+    io: &tokio::net::TcpStream,
+    state: &AppState,
+) -> Option<crate::access::PendingGuard> {
+    let peer = io.peer_addr().ok()?;
+    match state.access.admit_pending(peer.ip()) {
+        Ok(guard) => Some(guard),
+        Err(r) => {
+            let refused = Refused::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                r.reason(),
+                "too many unfinished requests from this address\n",
+            );
+            refused.record(state, Some(peer), "tcp");
+            let _ = io.try_write(
+                b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\nconnection: close\r\n\
+                  content-length: 0\r\n\r\n",
+            );
+            None
+        }
+    }
+}
+
 /// The checks of a WebSocket upgrade: what makes it one, then admission (`admit.rs`).
 fn admit_upgrade(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     if req.path() != "/ws" {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{start, tick, upgrade, Client, TestGateway};
+use support::{http_get, start, start_with_workers, tick, upgrade, Client, SseClient, TestGateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "k-0123456789abcdef-test";
@@ -288,6 +288,105 @@ async fn a_handshake_sent_one_byte_at_a_time_is_dropped_while_real_clients_conne
         dropped,
         "a {}-byte request at 10 bytes/s must not complete",
         request.len()
+    );
+}
+
+/// Regression (issue 26: with one worker, 256 idle sockets from one address made `/healthz` answer
+/// in 8.26 s instead of 0.01 s, and 300 sockets that sent `GET /v1/strea` and stopped, 6.91 s).
+/// Sockets that are not yet sessions or answered are capped per address (`max_pending_per_ip`):
+/// past it a socket gets 429 at once, before anything is read, so one address never fills the
+/// places a worker keeps for handshakes. The handshake timeout here is far beyond the test's
+/// deadline: a gateway that let the address hold those places would not answer anyone else in
+/// time, whatever the machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_with_many_idle_or_half_sent_sockets_does_not_hold_up_another() {
+    let gw = start_with_workers(
+        1,
+        "[limits]\nhandshake_timeout_ms = 120000\nmax_pending_per_ip = 8\n",
+        &["AAPL"],
+    );
+    gw.push(tick("AAPL", 1, &[("bid", "1.00")])).await;
+    // The other address: 127.0.0.2, loopback too.
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(gw.addr).await.unwrap();
+        if i % 2 == 1 {
+            let _ = s.write_all(b"GET /v1/strea").await;
+        }
+        held.push(s);
+    }
+    let (status, body) = http_get(gw.addr, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let mut c = gw.client().await;
+    c.subscribe(&["AAPL"]).await;
+    let sse = SseClient::connect(gw.addr, "/v1/stream?symbols=AAPL", &[]).await;
+    assert_eq!(sse.status, 200);
+    // Accepted in order: every socket of the other address was answered or admitted before ours.
+    // A refused socket has its 429 and its end (or, with unread bytes at the gateway, a reset
+    // that may drop the 429); a held one has nothing yet.
+    let mut held_open = 0;
+    for s in &held {
+        let mut buf = [0u8; 64];
+        match s.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held_open += 1,
+            Ok(n) if n > 0 => assert!(buf[..n].starts_with(b"HTTP/1.1 429"), "{:?}", &buf[..n]),
+            _ => {}
+        }
+    }
+    println!("300 sockets from one address: {held_open} held, the rest refused at once");
+    assert!(held_open <= 8, "{held_open} held");
+    assert!(
+        gw.metric("quotegw_connections_refused_total{reason=\"pending_per_ip\"}")
+            .await
+            >= 292.0
+    );
+    // Released as they go: once they are closed, the address is welcome again.
+    drop(held);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let s = socket.connect(gw.addr).await.unwrap();
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = socket.connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One deadline covers a request from its first byte, the `/v1/stream` peek included: a socket
+/// that sends the start of a stream request and stops is closed after `handshake_timeout_ms`
+/// (it was closed after twice that: the peek waited one timeout, then actix's began afresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_stream_request_is_closed_within_one_handshake_timeout() {
+    let gw = gateway("[limits]\nhandshake_timeout_ms = 1000\n").await;
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /v1/strea").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .expect("closed");
+    // Printed, not asserted (no wall-clock thresholds in tests): ~1.0 s, was ~2.0 s.
+    println!(
+        "half-sent stream request closed after {:?}",
+        started.elapsed()
     );
 }
 

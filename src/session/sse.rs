@@ -34,11 +34,10 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Whether a new connection's first request is `GET /v1/stream`, looking at its first bytes
 /// without taking them (the connection goes to actix otherwise). A client that sends its request
-/// line slowly is looked at again with growing pauses, within `timeout`.
-pub async fn is_stream_request(io: &TcpStream, timeout: Duration) -> bool {
+/// line slowly is looked at again with growing pauses, until `deadline` (the whole request's).
+pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -> bool {
     let mut buf = [0u8; STREAM_PREFIX.len() + 1];
     let mut pause = Duration::from_millis(2);
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if tokio::time::timeout_at(deadline, io.readable())
             .await
@@ -67,12 +66,17 @@ pub async fn is_stream_request(io: &TcpStream, timeout: Duration) -> bool {
     }
 }
 
-/// Serves a connection whose request is `GET /v1/stream`: reads the request, admits it, answers
-/// with the event stream (or a JSON error) and runs the session until it ends.
-pub async fn serve(mut io: TcpStream, state: actix_web::web::Data<AppState>) {
+/// Serves a connection whose request is `GET /v1/stream`: reads the request (by `deadline`, the
+/// same that covered the peek), admits it, answers with the event stream (or a JSON error) and
+/// runs the session until it ends.
+pub async fn serve(
+    mut io: TcpStream,
+    state: actix_web::web::Data<AppState>,
+    deadline: tokio::time::Instant,
+) {
     let limits = &state.sessions.limits;
     let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
-    let Ok(Some(req)) = tokio::time::timeout(handshake_timeout, read_head(&mut io)).await else {
+    let Ok(Some(req)) = tokio::time::timeout_at(deadline, read_head(&mut io)).await else {
         return; // too slow, too large, or not HTTP: nothing worth answering
     };
     let peer = io.peer_addr().ok();
