@@ -169,6 +169,16 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
+            // A feed is an internally tagged enum: serde reads it whole before its variant, and
+            // the error loses the key and the line inside it. Read that feed again for them.
+            if let Some((key, line, message)) = feed_error(text, &key) {
+                return ConfigError::Invalid {
+                    path: path.to_string(),
+                    location: line.map_or_else(String::new, |l| format!("line {l}: ")),
+                    key,
+                    message,
+                };
+            }
             invalid(key, inner.span(), inner.message().to_string())
         })?;
         config
@@ -350,6 +360,75 @@ impl Config {
     }
 }
 
+/// For an error at `feeds[N]` itself: the key inside that feed, its line, and the message, found by
+/// deserializing the feed's table as its `kind`'s config with the path kept.
+fn feed_error(text: &str, key: &str) -> Option<(String, Option<usize>, String)> {
+    let index: usize = key
+        .strip_prefix("feeds[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    let doc: toml::Table = toml::from_str(text).ok()?;
+    let mut feed = doc
+        .get("feeds")?
+        .as_array()?
+        .get(index)?
+        .as_table()?
+        .clone();
+    let kind = feed.remove("kind")?;
+    let feed = toml::Value::Table(feed);
+    fn inner<T: serde::de::DeserializeOwned>(
+        feed: toml::Value,
+    ) -> Option<serde_path_to_error::Error<toml::de::Error>> {
+        serde_path_to_error::deserialize::<_, T>(feed).err()
+    }
+    let err = match kind.as_str()? {
+        "simulated" => inner::<crate::feed::SimulatedConfig>(feed),
+        "replay" => inner::<crate::feed::ReplayConfig>(feed),
+        "http_poll" => inner::<crate::feed::HttpPollConfig>(feed),
+        "nats" => inner::<crate::feed::nats::NatsFeedConfig>(feed),
+        _ => None,
+    }?;
+    let inner_key = err.path().to_string();
+    let message = err.into_inner().message().to_string();
+    // The line: where the key (an unknown field's path is the field) is set in that feed.
+    let first = inner_key.split(['.', '[']).next().unwrap_or("");
+    let line = line_in_feed(text, index, first);
+    let key = match inner_key.as_str() {
+        "." | "" => key.to_string(),
+        k => format!("{key}.{k}"),
+    };
+    Some((key, line, message))
+}
+
+/// The line (1-based) of `name = ...` in the `index`-th `[[feeds]]` table of `text` (its
+/// sub-tables included, up to the next `[[...]]`).
+fn line_in_feed(text: &str, index: usize, name: &str) -> Option<usize> {
+    if name.is_empty() {
+        return None;
+    }
+    let mut seen = 0;
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.starts_with("[[") {
+            inside = line.starts_with("[[feeds]]") && {
+                seen += 1;
+                seen == index + 1
+            };
+            continue;
+        }
+        if inside
+            && line
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 /// A HOST:PORT address, resolved.
 pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
     addr.to_socket_addrs()
@@ -513,6 +592,52 @@ mod tests {
         );
         let e = err(&edge("http://127.0.0.1:4222"));
         assert!(e.contains("key 'feeds[0].nats_url'"), "{e}");
+        // Credentials without a scheme are never echoed either, and what the client would take
+        // but never reach is refused (found from outside: a host called "nats", port 0).
+        let e = err(&ingest("nats://127.0.0.1:4222,u:s3cretPW@127.0.0.1:99999"));
+        assert!(
+            e.contains("'…@127.0.0.1:99999'") && !e.contains("s3cret"),
+            "{e}"
+        );
+        for bad in [
+            "nats:/u:s3cretPW@127.0.0.1:4222",
+            "nats//u:s3cretPW@127.0.0.1:4222",
+            "nats://127.0.0.1:0",
+            "nats://127.0.0.1:4222/x",
+            "nats://127.0.0.1:4222?x=1",
+        ] {
+            let e = err(&edge(bad));
+            assert!(
+                e.starts_with("my.toml: key 'feeds[0].nats_url':") && !e.contains("s3cret"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    /// Found from outside: every mistake inside a `[[feeds]]` table was reported at `line 1: key
+    /// 'feeds[0]'` (or another feed's first line); it names the key and its line.
+    #[test]
+    fn a_mistake_inside_a_feed_names_its_key_and_line() {
+        let text = "listen = \"127.0.0.1:0\"\n\
+                    [[feeds]]\nkind = \"simulated\"\nname = \"a\"\n\
+                    [[feeds]]\nkind = \"replay\"\nname = \"b\"\npath = \"x.ndjson\"\n\
+                    start_delay_ms = \"x\"\n";
+        assert_eq!(
+            Config::parse(text, "my.toml").unwrap_err().to_string(),
+            "my.toml: line 9: key 'feeds[1].start_delay_ms': invalid type: string \"x\", expected u64"
+        );
+        let e = err("[[feeds]]\nkind = \"simulated\"\nname = \"a\"\nticks_per_secnd = 5\n");
+        assert!(
+            e.starts_with(
+                "my.toml: line 4: key 'feeds[0].ticks_per_secnd': unknown field `ticks_per_secnd`"
+            ),
+            "{e}"
+        );
+        let e = err("[[feeds]]\nkind = \"simulated\"\nname = \"a\"\nticks_per_second = -1\n");
+        assert!(
+            e.starts_with("my.toml: line 4: key 'feeds[0].ticks_per_second': "),
+            "{e}"
+        );
     }
 
     #[test]

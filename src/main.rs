@@ -43,6 +43,18 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Registered first, before flags, logging or config, so that from the process's first
+    // moments SIGHUP (a closing terminal, a logrotate script, an operator's habit) never takes its
+    // default action, which ends the process at once: every client's connection reset, no 1001.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal-handling runtime")?;
+    let mut signals = {
+        let _in_runtime = runtime.enter();
+        Signals::new()?
+    };
+
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -52,18 +64,6 @@ fn main() -> anyhow::Result<()> {
         // Colour codes only on a terminal: a log file or journal gets plain text to grep.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-
-    // Registered before anything else starts, so that from here on SIGHUP (a closing terminal,
-    // a logrotate script, an operator's habit) never takes its default action, which ends the
-    // process at once: every client's connection reset, no 1001, no grace.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal-handling runtime")?;
-    let mut signals = {
-        let _in_runtime = runtime.enter();
-        Signals::new()?
-    };
 
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,

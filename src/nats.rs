@@ -66,16 +66,32 @@ pub fn server_list(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
                         .to_string(),
                 );
             }
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| format!("'{}': {e}", without_credentials(url)))
+            let shown = || without_credentials(url);
+            let addr = url
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("'{}': {e}", shown()))?;
+            // What the client would take but never reach: a port 0, or a path, query or fragment
+            // (`nats:/host`, `nats//host` parse as a host called "nats" with a path).
+            let parsed = addr.clone().into_inner();
+            if addr.port() == 0
+                || !matches!(parsed.path(), "" | "/")
+                || parsed.query().is_some()
+                || parsed.fragment().is_some()
+            {
+                return Err(format!(
+                    "'{}' is not a NATS server URL: give nats://HOST:PORT (or tls://, ws://, wss://)",
+                    shown()
+                ));
+            }
+            Ok(addr)
         })
         .collect()
 }
 
 /// Connects to NATS with an event channel (reconnects, slow-consumer notices), retrying the first
 /// connection in the background so a gateway starts while NATS is away. With a list, the client
-/// tries every server (a cluster: any one is as good as another), on the first connection and on
-/// every reconnect.
+/// tries every server in a random order (a cluster: any one is as good as another), on the first
+/// connection and on every reconnect.
 pub async fn connect(
     url: &str,
     name: &str,
@@ -152,9 +168,14 @@ impl ConnectionEvents {
 /// A NATS URL as it may be logged: `nats://user:secret@host` shows as `nats://…@host`.
 fn without_credentials(url: &str) -> String {
     url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => format!("{}…{}", &u[..scheme + 3], &u[at..]),
-            _ => u.to_string(),
+        .map(|u| {
+            // Whatever precedes the last '@' after the scheme (or from the start, without one)
+            // is user information: never shown.
+            let from = u.find("://").map_or(0, |scheme| scheme + 3);
+            match u[from..].rfind('@') {
+                Some(at) => format!("{}…{}", &u[..from], &u[from + at..]),
+                None => u.to_string(),
+            }
         })
         .collect::<Vec<_>>()
         .join(",")

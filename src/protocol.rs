@@ -112,9 +112,14 @@ impl SymbolList {
         if valid_symbol(s) {
             self.valid.push(normalize_symbol(s));
         } else {
-            self.invalid
-                .push(s.chars().take(INVALID_ECHO_CHARS).collect());
+            self.push_invalid(s);
         }
+    }
+
+    /// Sets aside a string that is not a symbol, cut for its echo.
+    pub fn push_invalid(&mut self, s: &str) {
+        self.invalid
+            .push(s.chars().take(INVALID_ECHO_CHARS).collect());
     }
 
     pub fn len(&self) -> usize {
@@ -329,13 +334,29 @@ fn symbol_list(v: Option<&RawValue>, op: &str, id: &Option<String>) -> Result<Sy
             }
             Ok(list)
         }
-        // Which mistake it was, for the message: not an array, or an array of something else.
+        // Which mistake it was: not an array, an array of something else, or a string that is
+        // not Unicode (a lone surrogate escape, `"\ud800"`: valid JSON, as a cut-off emoji is).
         // Structural mistakes refuse the whole op (`bad_request`); a string that is merely not a
         // symbol does not (`SymbolList`).
-        Err(_) => Err(match serde_json::from_str::<Vec<IgnoredAny>>(v) {
-            Ok(_) => OpError::bad_request(id, "'symbols' must contain only strings"),
-            Err(_) => not_a_list(),
-        }),
+        Err(_) => {
+            let items = serde_json::from_str::<Vec<&RawValue>>(v).map_err(|_| not_a_list())?;
+            let mut list = SymbolList::default();
+            for item in items {
+                let raw = item.get();
+                match serde_json::from_str::<Cow<str>>(raw) {
+                    Ok(s) => list.push(&s),
+                    // Echoed as the client wrote it, escapes and all, without the quotes.
+                    Err(_) if raw.starts_with('"') => list.push_invalid(&raw[1..raw.len() - 1]),
+                    Err(_) => {
+                        return Err(OpError::bad_request(
+                            id,
+                            "'symbols' must contain only strings",
+                        ))
+                    }
+                }
+            }
+            Ok(list)
+        }
     }
 }
 
@@ -546,6 +567,17 @@ mod tests {
             code(r#"{"op":"subscribe","symbols":["AAPL",1]}"#),
             ErrorCode::BadRequest
         );
+        // A string that is not Unicode (a lone surrogate escape: a cut-off emoji) is a string
+        // that is not a symbol, echoed as written (found from outside: it refused the op).
+        let Op::Subscribe { symbols, .. } =
+            parse_request(r#"{"op":"subscribe","symbols":["\ud800x","aapl"]}"#)
+                .unwrap()
+                .op
+        else {
+            panic!("a subscribe");
+        };
+        assert_eq!(symbols.valid, ["AAPL"]);
+        assert_eq!(symbols.invalid, [r"\ud800x"]);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use crate::config::Config;
 use crate::feed::now_ms;
 use crate::feed::recording::{write_line, RecordWriter};
 use crate::feed::simulated::{Generator, Windows};
-use crate::feed::{FeedConfig, FeedContext, FeedEvent, FeedHealth, TICK_CHANNEL_CAPACITY};
+use crate::feed::{
+    FeedConfig, FeedContext, FeedError, FeedEvent, FeedHealth, TICK_CHANNEL_CAPACITY,
+};
 use crate::metrics::Metrics;
 use crate::model::Tick;
 use crate::normalize::normalize;
@@ -142,8 +144,10 @@ pub async fn record(
             );
             let name = fc.name().to_string();
             tokio::spawn(async move {
-                if let Err(e) = feed.run(ctx).await {
-                    tracing::error!(feed = %name, "feed failed: {e}");
+                match feed.run(ctx).await {
+                    // The recording stopped first (a signal, --duration): not the feed's failure.
+                    Ok(()) | Err(FeedError::IndexClosed) => {}
+                    Err(e) => tracing::error!(feed = %name, "feed failed: {e}"),
                 }
             });
         }

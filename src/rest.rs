@@ -67,7 +67,8 @@ pub fn symbols_param(query: &Query, max: usize) -> Result<SymbolList, Refused> {
         symbols.push(s);
     }
     let symbols = symbols.deduped();
-    if symbols.valid.len() > max {
+    // Every string counts, symbol or not: it bounds `rejected` too.
+    if symbols.len() > max {
         return Err(Refused::bad_request(
             "too_many_symbols",
             format!("a request may name at most {max} symbols"),

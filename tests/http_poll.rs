@@ -357,6 +357,12 @@ async fn feed_up_follows_what_the_answers_deliver_not_the_http_status() {
     gw.wait_metric(UP, |v| v == 0.0).await;
     up.set_body(&body(&[("MSFT", "\"2.00\"", "\"2.01\"")]));
     gw.wait_metric(UP, |v| v == 1.0).await;
+    // Answers that name its symbols but carry no mapped field (every field null, or a vendor
+    // that renamed them; found from outside): not delivering either.
+    up.set_body(r#"{"data":[{"sym":"AAPL","b":null,"a":null},{"sym":"MSFT","bid":"2.00"}]}"#);
+    gw.wait_metric(UP, |v| v == 0.0).await;
+    up.set_body(&body(&[("MSFT", "\"2.00\"", "\"2.01\"")]));
+    gw.wait_metric(UP, |v| v == 1.0).await;
     up.set(Mode::Status500);
     gw.wait_metric(UP, |v| v == 0.0).await;
 }

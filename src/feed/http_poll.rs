@@ -427,6 +427,21 @@ fn map_quote(
             _ => {} // validate() refused other keys
         }
     }
+    let given = tick.bid.is_some()
+        || tick.ask.is_some()
+        || tick.last.is_some()
+        || tick.bid_size.is_some()
+        || tick.ask_size.is_some()
+        || tick.last_size.is_some()
+        || tick.volume.is_some()
+        || tick.status.is_some();
+    if !given {
+        // Names the symbol but delivers nothing (every field null, or the vendor renamed its
+        // fields): not an answer for it, so that it goes stale, and fails over, as for silence.
+        return Err(format!(
+            "{symbol}: no mapped field has a value (see [feeds.response] fields)"
+        ));
+    }
     Ok((symbol.to_uppercase(), tick))
 }
 

@@ -230,10 +230,11 @@ impl Session {
     ) -> Option<End> {
         let max = self.shared.limits.max_symbols_per_connection;
         let symbols = symbols.deduped();
-        if symbols.valid.len() > max {
+        // Every string counts, symbol or not: it bounds the ack's `rejected` too.
+        if symbols.len() > max {
             let message = format!(
                 "a subscribe may name at most {max} symbols; it named {}",
-                symbols.valid.len()
+                symbols.len()
             );
             return self.client_error(id, ErrorCode::TooManySymbols, &message, now);
         }
