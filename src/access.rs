@@ -136,6 +136,11 @@ impl ApiKeyEntry {
     pub fn tier(&self) -> Option<Tier> {
         self.parts().1
     }
+
+    /// The key (a value or "${ENV_VAR}").
+    pub fn key(&self) -> &Secret {
+        self.parts().0
+    }
 }
 
 impl From<Secret> for ApiKeyEntry {

@@ -152,6 +152,50 @@ pub fn admit(
     })
 }
 
+/// The credential check alone, with the failure throttle (a `/metrics` scrape on the public
+/// listener, which takes no connection place).
+pub fn verify(state: &AppState, req: &ClientRequest) -> Result<Grant, Refused> {
+    let access = &state.access;
+    let client = req.client_ip(access).map(|ip| access.client_key(ip));
+    authorize(access, req, client)
+}
+
+/// The token of `req`, verified, unless it failed too often from `client` lately.
+fn authorize(
+    access: &crate::access::Access,
+    req: &ClientRequest,
+    client: Option<IpAddr>,
+) -> Result<Grant, Refused> {
+    let now = std::time::Instant::now();
+    let token = token_of(req.query, req.authorization);
+    let credential = access.fingerprint(token.as_deref());
+    if let Some(client) = client.filter(|_| access.auth_required()) {
+        access
+            .check_auth_throttle(client, credential, now)
+            .map_err(|r| {
+                Refused::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    r.reason(),
+                    "this token failed too often from this address\n",
+                )
+                .with_header("retry-after", "5")
+            })?;
+    }
+    access.authorize(token.as_deref()).map_err(|r| {
+        if let Some(client) = client {
+            access.auth_failed(client, credential, now);
+        }
+        Refused::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            r.reason(),
+            "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
+        )
+        .with_header("www-authenticate", "Bearer")
+    })
+}
+
 fn admit_client(
     state: &AppState,
     req: &ClientRequest,
@@ -192,29 +236,7 @@ fn admit_client(
             "this Origin may not use this gateway\n",
         ));
     }
-    let now = std::time::Instant::now();
-    let token = token_of(req.query, req.authorization);
-    let credential = access.fingerprint(token.as_deref());
-    if let Some(client) = client.filter(|_| access.auth_required()) {
-        access
-            .check_auth_throttle(client, credential, now)
-            .map_err(|r| too_many(r, "this token failed too often from this address\n"))?;
-    }
-    let grant = match access.authorize(token.as_deref()) {
-        Ok(g) => g,
-        Err(r) => {
-            if let Some(client) = client {
-                access.auth_failed(client, credential, now);
-            }
-            return Err(Refused::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                r.reason(),
-                "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
-            )
-            .with_header("www-authenticate", "Bearer"));
-        }
-    };
+    let grant = authorize(access, req, client)?;
     let mut guards = ClientGuards::default();
     if let Some(client) = client {
         guards.ip = Some(

@@ -72,8 +72,33 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
     cfg.route("/ws", web::get().to(ws_without_upgrade));
     crate::rest::routes(cfg);
     if with_ops {
-        ops_routes(cfg);
+        // The probes stay public (load balancers call them without credentials); the metrics
+        // (connection counts, refusals by reason, feed names) are for whoever may read quotes.
+        cfg.route("/metrics", web::get().to(public_metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz));
     }
+}
+
+/// `/metrics` on the public listener (no `metrics_listen`): with auth on, only for a request that
+/// passes the same admission as `/v1/quotes` (a Prometheus job sends its key as a bearer token);
+/// with `metrics_listen` set it is not served here at all.
+async fn public_metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if state.access.auth_required() {
+        let request = ClientRequest::of(req.headers(), req.query_string(), req.peer_addr());
+        // The credential only: a scrape takes no place among a client's connections.
+        if let Err(refused) = crate::admit::verify(&state, &request) {
+            refused.record(&state, req.peer_addr(), "metrics");
+            let mut response = HttpResponse::build(refused.status);
+            if let Some(header) = refused.header {
+                response.insert_header(header);
+            }
+            return response
+                .content_type("application/json")
+                .body(refused.json_body());
+        }
+    }
+    metrics(state).await
 }
 
 /// One static asset, with the headers that let a page on another origin load it and a CDN cache it.

@@ -85,7 +85,9 @@ async fn api_keys_are_required_and_never_exported() {
             .await,
         3.0
     );
-    let (_, scrape) = support::http_get(gw.addr, "/metrics").await;
+    let (status, _, scrape) =
+        support::http(gw.addr, "GET", "/metrics", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200);
     assert!(
         !scrape.contains(KEY),
         "a token never appears in the metrics"
@@ -388,6 +390,39 @@ async fn a_half_sent_stream_request_is_closed_within_one_handshake_timeout() {
         "half-sent stream request closed after {:?}",
         started.elapsed()
     );
+}
+
+/// Regression (issue 26: `/metrics` was on the public listener without auth by default). With
+/// auth on and no `metrics_listen`, the public `/metrics` wants the same credential as the data
+/// (a Prometheus job sends it as a bearer token), and the failure throttle counts its failures;
+/// the probes stay public for load balancers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_metrics_want_a_credential_when_auth_is_on_and_probes_do_not() {
+    let gw = gateway(&format!(
+        "[access]\nauth = \"api_key\"\napi_keys = [\"{KEY}\"]\n"
+    ))
+    .await;
+    let (status, head, body) = support::http(gw.addr, "GET", "/metrics", &[]).await;
+    assert_eq!(status, 401, "{head}{body}");
+    assert!(!body.contains("quotegw_"), "{body}");
+    let (status, _, _) = support::http(
+        gw.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer wrong-key-0123456789")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {KEY}");
+    let (status, _, body) =
+        support::http(gw.addr, "GET", "/metrics", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("quotegw_connections"));
+    assert_eq!(http_get(gw.addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(gw.addr, "/readyz").await.0, 200);
+    // Without auth (loopback, or anonymous on purpose) anyone may read the data, and the metrics.
+    let open = gateway("").await;
+    assert_eq!(http_get(open.addr, "/metrics").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

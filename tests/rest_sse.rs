@@ -521,6 +521,70 @@ async fn a_thousand_sse_streams_beside_websocket_clients(workers: usize) {
     );
 }
 
+/// Sends `request` on a fresh connection and reads the answer until the gateway closes it.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(support::DEADLINE, s.read(&mut chunk))
+            .await
+            .expect("an answer before the test's deadline")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+        // A stream does not end: its first snapshot is enough.
+        if out.windows(15).any(|w| w == b"event: snapshot") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Regression (issue 26). A connection's first request is routed on its parsed head: a stream
+/// request in absolute form, after an empty line, or with its path percent-encoded is a stream
+/// (each got 503 "open /v1/stream as the first request"); and a malformed request that looks
+/// like one is answered at once (each got no answer and held its socket for the whole handshake
+/// timeout, here far beyond the test's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_requests_are_routed_on_their_parsed_head_and_malformed_ones_answered_at_once() {
+    let gw = gateway(2, "[limits]\nhandshake_timeout_ms = 120000\n").await;
+    let host = gw.addr.to_string();
+    for request in [
+        format!("GET http://{host}/v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!("\r\nGET /v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!("GET /v1/strea%6D?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!("GET /v1/stream?symbols=AAPL HTTP/1.0\r\n\r\n"),
+    ] {
+        let answer = raw_exchange(gw.addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("event: snapshot"),
+            "{request:?}: {answer}"
+        );
+    }
+    let many_headers: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for (what, request) in [
+        ("no Host", "GET /v1/stream?symbols=AAPL HTTP/1.1\r\n\r\n".to_string()),
+        ("bad version", format!("GET /v1/stream?symbols=AAPL HTTP/1.7\r\nHost: {host}\r\n\r\n")),
+        ("> 96 headers", format!("GET /v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n{many_headers}\r\n")),
+        ("TE + CL", format!("GET /v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")),
+        ("HTTP/0.9", "GET /v1/stream?symbols=AAPL\r\n\r\n".to_string()),
+    ] {
+        let answer = raw_exchange(gw.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 4"), "{what}: {answer:?}");
+    }
+    // Counted like any refusal.
+    assert!(
+        gw.metric("quotegw_connections_refused_total{reason=\"bad_request\"}")
+            .await
+            >= 1.0
+    );
+}
+
 crate::with_one_and_two_workers!(
     rest_snapshots_are_the_websocket_snapshots,
     rest_follows_the_access_rules_of_the_websocket,

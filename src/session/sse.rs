@@ -27,17 +27,23 @@ use crate::http::AppState;
 use crate::protocol::{push_json_str, ErrorCode, OnLag, SymbolList, MAX_HZ_RANGE};
 use crate::rest::{resolve, symbols_param, Query};
 
-/// The request line that starts a stream (then `?` or a space).
-const STREAM_PREFIX: &[u8] = b"GET /v1/stream";
+/// The path of a stream.
+const STREAM_PATH: &str = "/v1/stream";
+/// Most headers a request may have (actix-http's limit: past it, actix answers 431).
+const MAX_HEADERS: usize = 96;
 /// A request head larger than this is refused (431).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// Whether a new connection's first request is `GET /v1/stream`, looking at its first bytes
-/// without taking them (the connection goes to actix otherwise). A client that sends its request
-/// line slowly is looked at again with growing pauses, until `deadline` (the whole request's).
+/// Whether a new connection's first request is `GET /v1/stream`, decided on its parsed head
+/// (httparse, as actix parses it), peeked without taking it: the connection goes to actix
+/// otherwise, bytes intact. So a request line in absolute form (`GET http://host/v1/stream`),
+/// after a leading empty line, or with its path percent-encoded (`/v1/strea%6D`) is a stream like
+/// any other, and a head that does not parse is actix's to answer (400, 431). A client that sends
+/// its head slowly is looked at again with growing pauses, until `deadline` (the whole request's).
 pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -> bool {
-    let mut buf = [0u8; STREAM_PREFIX.len() + 1];
+    let mut buf = vec![0u8; MAX_HEAD_BYTES];
     let mut pause = Duration::from_millis(2);
+    let mut seen = 0;
     loop {
         if tokio::time::timeout_at(deadline, io.readable())
             .await
@@ -49,21 +55,52 @@ pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -
             Ok(n) => n,
             Err(_) => return false,
         };
-        let seen = &buf[..n];
-        if n == 0 || !STREAM_PREFIX.starts_with(&seen[..n.min(STREAM_PREFIX.len())]) {
+        if n == 0 {
             return false;
         }
-        if n == buf.len() {
-            return matches!(buf[STREAM_PREFIX.len()], b'?' | b' ');
+        if n > seen {
+            seen = n;
+            let head = &buf[..n];
+            // Most connections are not streams: a method other than GET needs no parse.
+            let start = head.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+            if let Some(start) = start {
+                let method = &head[start..];
+                if !b"GET ".starts_with(&method[..method.len().min(4)]) {
+                    return false;
+                }
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(head) {
+                Ok(httparse::Status::Complete(_)) => {
+                    return req.method == Some("GET") && req.path.is_some_and(is_stream_path);
+                }
+                Ok(httparse::Status::Partial) if n < buf.len() => {}
+                // Malformed or too large: actix answers it.
+                _ => return false,
+            }
         }
-        // Part of a matching request line: wait for the rest (peeking does not consume, so the
-        // socket stays readable; pause rather than spin).
+        // Part of a head: wait for the rest (peeking does not consume, so the socket stays
+        // readable; pause rather than spin).
         if tokio::time::Instant::now() + pause > deadline {
             return false;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
+}
+
+/// Whether a request target (origin or absolute form) names the stream, its path percent-decoded.
+fn is_stream_path(target: &str) -> bool {
+    let path = match target.split_once("://") {
+        // Absolute form: the path starts after the authority.
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => target,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .is_ok_and(|p| p == STREAM_PATH)
 }
 
 /// Serves a connection whose request is `GET /v1/stream`: reads the request (by `deadline`, the
@@ -76,10 +113,17 @@ pub async fn serve(
 ) {
     let limits = &state.sessions.limits;
     let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
-    let Ok(Some(req)) = tokio::time::timeout_at(deadline, read_head(&mut io)).await else {
-        return; // too slow, too large, or not HTTP: nothing worth answering
-    };
     let peer = io.peer_addr().ok();
+    let req = match tokio::time::timeout_at(deadline, read_head(&mut io)).await {
+        Ok(Ok(req)) => req,
+        Ok(Err(refused)) => {
+            // Answered at once, as actix would, rather than held until the deadline.
+            refused.record(&state, peer, "sse");
+            let _ = respond_error(&mut io, &refused, None, handshake_timeout).await;
+            return;
+        }
+        Err(_) => return, // too slow: the deadline closes it, as actix's would
+    };
     let header = |name| req.head().headers.get(name).and_then(|v| v.to_str().ok());
     let origin = header("origin");
     let cors = match state.access.cors_origin(origin) {
@@ -235,19 +279,36 @@ fn stream_request(
     })
 }
 
-/// Reads an HTTP/1 request head (a GET has no body); `None` if it is not one within bounds.
-async fn read_head(io: &mut TcpStream) -> Option<actix_http::Request> {
+/// Reads an HTTP/1 request head (a GET has no body), with actix-http's parser; a refusal (400,
+/// 431) for one that is malformed, too large, or an HTTP/1.1 request without `Host`.
+async fn read_head(io: &mut TcpStream) -> Result<actix_http::Request, Refused> {
+    let bad = |message: &str| Refused::bad_request("bad_request", message.to_string());
     let mut codec = h1::Codec::default();
     let mut buf = BytesMut::with_capacity(1024);
     loop {
-        if let Ok(Some(h1::Message::Item(req))) = codec.decode(&mut buf) {
-            return Some(req);
+        match codec.decode(&mut buf) {
+            Ok(Some(h1::Message::Item(req))) => {
+                if req.version() == actix_http::Version::HTTP_11
+                    && !req.head().headers.contains_key("host")
+                {
+                    return Err(bad("an HTTP/1.1 request needs a Host header"));
+                }
+                return Ok(req);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(bad(&format!("not a valid HTTP/1 request: {e}"))),
         }
         if buf.len() >= MAX_HEAD_BYTES {
-            return None;
+            return Err(Refused::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "bad_request",
+                "bad_request",
+                "the request head is over 16 KiB",
+            ));
         }
-        if io.read_buf(&mut buf).await.ok()? == 0 {
-            return None;
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Err(bad("the request ended before its head did")),
+            Ok(_) => {}
         }
     }
 }

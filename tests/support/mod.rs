@@ -37,6 +37,35 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     /// Ticks sent here enter the gateway through the `Feed` trait, like any adapter's.
     pub ticks: mpsc::Sender<Tick>,
+    /// With auth on, `/metrics` on the public listener wants a credential, as Prometheus sends:
+    /// the config's first API key, or an HS256 JWT minted for the scrape.
+    metrics_token: Option<String>,
+}
+
+/// The credential a test's scrapes of `/metrics` send (`TestGateway::metric`).
+fn metrics_token(config: &Config) -> Option<String> {
+    use quotegw::access::AuthMode;
+    let access = &config.access;
+    match access.auth {
+        AuthMode::Off => None,
+        AuthMode::ApiKey => access.api_keys.first()?.key().resolve().ok(),
+        AuthMode::Jwt => {
+            let secret = access.jwt_hs256_secret.as_ref()?.resolve().ok()?;
+            let mut claims = serde_json::json!({"sub": "test-metrics", "exp": now_ms() / 1000 + 3600, "symbols": []});
+            if let Some(aud) = &access.jwt_audience {
+                claims["aud"] = aud.as_str().into();
+            }
+            if let Some(iss) = &access.jwt_issuer {
+                claims["iss"] = iss.as_str().into();
+            }
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .ok()
+        }
+    }
 }
 
 /// A feed whose ticks come from the test.
@@ -82,12 +111,14 @@ pub fn start(toml: &str, symbols: &[&str]) -> TestGateway {
 pub fn start_config(workers: usize, toml: &str) -> TestGateway {
     let text = format!("listen = \"127.0.0.1:0\"\nworkers = {workers}\n{toml}");
     let config = Config::parse(&text, "test config").expect("test config is valid");
+    let metrics_token = metrics_token(&config);
     let gw = Gateway::new(config).start().expect("gateway starts");
     let (ticks, _) = mpsc::channel(1);
     TestGateway {
         addr: gw.local_addr(),
         gw,
         ticks,
+        metrics_token,
     }
 }
 
@@ -96,6 +127,7 @@ pub fn start_config(workers: usize, toml: &str) -> TestGateway {
 pub fn start_with_workers(workers: usize, toml: &str, symbols: &[&str]) -> TestGateway {
     let text = format!("listen = \"127.0.0.1:0\"\nworkers = {workers}\n{toml}");
     let config = Config::parse(&text, "test config").expect("test config is valid");
+    let metrics_token = metrics_token(&config);
     let (ticks, rx) = mpsc::channel(4096);
     let feed = ScriptedFeed {
         symbols: symbols.iter().map(|s| Symbol::from(*s)).collect(),
@@ -109,6 +141,7 @@ pub fn start_with_workers(workers: usize, toml: &str, symbols: &[&str]) -> TestG
         addr: gw.local_addr(),
         gw,
         ticks,
+        metrics_token,
     }
 }
 
@@ -155,7 +188,16 @@ impl TestGateway {
     /// One sample of a metric from `/metrics` (exact series text, e.g. `quotegw_connections` or
     /// `quotegw_client_errors_total{code="bad_json"}`); 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        metric(self.addr, series).await
+        match &self.metrics_token {
+            None => metric(self.addr, series).await,
+            Some(token) => {
+                let bearer = format!("Bearer {token}");
+                let (status, _, body) =
+                    http(self.addr, "GET", "/metrics", &[("Authorization", &bearer)]).await;
+                assert_eq!(status, 200, "/metrics with the test's credential: {body}");
+                sample(&body, series)
+            }
+        }
     }
 
     /// Waits until `series` satisfies `pred`, failing the test at `DEADLINE`.
@@ -253,6 +295,11 @@ pub async fn upgrade_held(
 
 pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let (_, body) = http_get(addr, "/metrics").await;
+    sample(&body, series)
+}
+
+/// One sample of `series` in a scrape; 0 when absent.
+fn sample(body: &str, series: &str) -> f64 {
     body.lines()
         .find_map(|l| {
             l.strip_prefix(series)
