@@ -558,7 +558,7 @@ async fn stream_requests_are_routed_on_their_parsed_head_and_malformed_ones_answ
         format!("GET http://{host}/v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
         format!("\r\nGET /v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
         format!("GET /v1/strea%6D?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
-        format!("GET /v1/stream?symbols=AAPL HTTP/1.0\r\n\r\n"),
+        "GET /v1/stream?symbols=AAPL HTTP/1.0\r\n\r\n".to_string(),
     ] {
         let answer = raw_exchange(gw.addr, request.as_bytes()).await;
         assert!(
