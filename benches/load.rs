@@ -404,6 +404,7 @@ impl Server {
                 let limits = format!(
                     "[limits]\nmax_connections = {MAX_CONNECTIONS}\n\
                      max_connections_per_ip = 100000\nmax_connections_per_token = 100000\n\
+                     max_pending_per_ip = 100000\n\
                      max_symbols_per_connection = 100000\n{extra}\n"
                 );
                 let feed = match c.topology {

@@ -959,7 +959,12 @@ pub struct ClientGuards {
 
 /// The token of a request: `?token=` (browsers cannot set headers on a WebSocket) or a bearer token.
 pub fn token_of(query: &str, authorization: Option<&str>) -> Option<String> {
-    if let Some(bearer) = authorization.and_then(|h| h.strip_prefix("Bearer ")) {
+    // The scheme is case-insensitive (RFC 7235), followed by spaces or tabs.
+    let bearer = authorization.and_then(|h| {
+        let (scheme, rest) = h.split_at_checked(6)?;
+        (scheme.eq_ignore_ascii_case("bearer") && rest.starts_with([' ', '\t'])).then_some(rest)
+    });
+    if let Some(bearer) = bearer {
         return Some(bearer.trim().to_string());
     }
     query.split('&').find_map(|pair| {
@@ -1231,6 +1236,20 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("trusted_proxies"), "{e}");
+    }
+
+    /// The bearer scheme is case-insensitive (RFC 7235), followed by spaces or tabs.
+    #[test]
+    fn a_bearer_token_is_read_whatever_the_scheme_case() {
+        for header in ["Bearer abc", "bearer abc", "BEARER  abc", "Bearer\tabc"] {
+            assert_eq!(
+                token_of("", Some(header)).as_deref(),
+                Some("abc"),
+                "{header}"
+            );
+        }
+        assert_eq!(token_of("token=q", Some("Basic abc")).as_deref(), Some("q"));
+        assert_eq!(token_of("", Some("Bearerabc")), None);
     }
 
     #[test]

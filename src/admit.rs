@@ -156,8 +156,12 @@ pub fn admit(
 /// listener, which takes no connection place).
 pub fn verify(state: &AppState, req: &ClientRequest) -> Result<Grant, Refused> {
     let access = &state.access;
-    let client = req.client_ip(access).map(|ip| access.client_key(ip));
-    authorize(access, req, client)
+    let forwarded = req.client_ip(access);
+    let client = forwarded.map(|ip| access.client_key(ip));
+    authorize(access, req, client).map_err(|mut r| {
+        r.client = forwarded.filter(|ip| Some(*ip) != req.peer.map(|p| p.ip()));
+        r
+    })
 }
 
 /// The token of `req`, verified, unless it failed too often from `client` lately.

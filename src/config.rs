@@ -120,7 +120,7 @@ impl Default for LimitsConfig {
             ipv6_prefix_len: 64,
             auth_failures_per_ip: 10,
             auth_failure_window_ms: 60_000,
-            max_pending_per_ip: 16,
+            max_pending_per_ip: 64,
         }
     }
 }

@@ -58,7 +58,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // actix-http logs every malformed request at ERROR, without a peer or a rate limit: a
+            // client could flood the log. Refusals the gateway makes are logged, rate-limited,
+            // by `security_log`.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,actix_http::h1::dispatcher=off".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal: a log file or journal gets plain text to grep.
@@ -87,10 +91,16 @@ fn main() -> anyhow::Result<()> {
     }
 
     let gateway = Gateway::new(config).start()?;
-    tracing::info!(
-        "quotegw listening on http://{} (WebSocket at /ws, metrics at /metrics)",
-        gateway.local_addr()
-    );
+    match gateway.metrics_addr() {
+        Some(ops) => tracing::info!(
+            "quotegw listening on http://{} (WebSocket at /ws); metrics at http://{ops}/metrics",
+            gateway.local_addr()
+        ),
+        None => tracing::info!(
+            "quotegw listening on http://{} (WebSocket at /ws, metrics at /metrics)",
+            gateway.local_addr()
+        ),
+    }
 
     runtime.block_on(signals.until_stop(false));
     tracing::info!("signal received, shutting down");

@@ -372,6 +372,48 @@ async fn one_address_with_many_idle_or_half_sent_sockets_does_not_hold_up_anothe
     }
 }
 
+/// Found from outside: a socket that sent part of a request and closed kept its place among its
+/// address's pending sockets until the handshake deadline (the `/v1/stream` check kept peeking at
+/// the bytes it had). A closed socket lets its place go at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_closed_mid_request_frees_its_place_at_once() {
+    let gw = start_with_workers(
+        1,
+        "[limits]\nhandshake_timeout_ms = 120000\nmax_pending_per_ip = 4\n",
+        &["AAPL"],
+    );
+    let from = || {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        socket
+    };
+    for head in [
+        "G",
+        "GET /v1/strea",
+        "GET /ws HTTP/1.1\r\nHost: x\r\n",
+        "GET /v1/stream?symbols=AAPL HTTP/1.1\r\n",
+    ] {
+        let mut s = from().connect(gw.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        drop(s);
+    }
+    // Within the test's deadline (the places would otherwise be held for 120 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = from().connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the address stays locked out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One deadline covers a request from its first byte, the `/v1/stream` peek included: a socket
 /// that sends the start of a stream request and stops is closed after `handshake_timeout_ms`
 /// (it was closed after twice that: the peek waited one timeout, then actix's began afresh).

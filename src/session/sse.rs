@@ -45,11 +45,12 @@ pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -
     let mut pause = Duration::from_millis(2);
     let mut seen = 0;
     loop {
-        if tokio::time::timeout_at(deadline, io.readable())
-            .await
-            .is_err()
-        {
-            return false;
+        match tokio::time::timeout_at(deadline, io.ready(tokio::io::Interest::READABLE)).await {
+            // The client closed its side: actix reads what it sent, meets the end and lets the
+            // socket (and its place among its address's pending sockets) go at once.
+            Ok(Ok(ready)) if ready.is_read_closed() => return false,
+            Ok(Ok(_)) => {}
+            _ => return false,
         }
         let n = match io.peek(&mut buf).await {
             Ok(n) => n,
@@ -76,6 +77,11 @@ pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -
                     return req.method == Some("GET") && req.path.is_some_and(is_stream_path);
                 }
                 Ok(httparse::Status::Partial) if n < buf.len() => {}
+                // A stream request whose head is over the limit: the stream answers it (431),
+                // not the routes (which would say to open it as the first request).
+                Ok(httparse::Status::Partial) => {
+                    return req.method == Some("GET") && req.path.is_some_and(is_stream_path);
+                }
                 // Malformed or too large: actix answers it.
                 _ => return false,
             }

@@ -180,9 +180,15 @@ class Gateway {
     this.overlay = await startOverlay(this.port, this.upstreamPort, files);
   }
 
-  /** The value of a Prometheus counter line `name{label}` in GET /metrics (0 when absent). */
-  async metric(name, label) {
-    const text = await (await fetch(`${this.base}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+  /**
+   * The value of a Prometheus counter line `name{label}` in GET /metrics (0 when absent). With auth
+   * on, the public /metrics wants a credential, as Prometheus sends it: `token`.
+   */
+  async metric(name, label, token) {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const res = await fetch(`${this.base}/metrics`, { headers, signal: AbortSignal.timeout(5000) });
+    if (!res.ok) fail(`${this.name}: GET /metrics answered ${res.status}`);
+    const text = await res.text();
     const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(label));
     return line ? Number(line.trim().split(/\s+/).pop()) : 0;
   }
@@ -1081,8 +1087,8 @@ async function main(state, { bin, config, shots }, chromium) {
   );
   embed.page("r-blocked", embedPage("Origin B, widget from the restricted gateway", `  <script type="module" src="${rScript}"></script>`, tGrid()));
   const refusedBefore = {
-    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"'),
-    unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"'),
+    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"', API_KEY),
+    unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"', API_KEY),
   };
   const refused = {};
   for (const [name, origin] of [["r-wrong", embed.originA], ["r-broken", embed.originA], ["r-self-hosted", embed.originB], ["r-blocked", embed.originB]]) {
@@ -1122,8 +1128,8 @@ async function main(state, { bin, config, shots }, chromium) {
     fail(`r-broken: no console warning that the token provider failed; console: ${JSON.stringify(refused["r-broken"].seen.console)}`);
   }
   const refusedAfter = {
-    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"'),
-    unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"'),
+    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"', API_KEY),
+    unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"', API_KEY),
   };
   if (refusedAfter.origin - refusedBefore.origin < REFUSED_ATTEMPTS) fail(`the restricted gateway refused ${refusedAfter.origin - refusedBefore.origin} upgrades for their Origin, want origin B's ${REFUSED_ATTEMPTS}+`);
   if (refusedAfter.unauthorized - refusedBefore.unauthorized < REFUSED_ATTEMPTS) fail(`the restricted gateway refused ${refusedAfter.unauthorized - refusedBefore.unauthorized} upgrades as unauthorized, want the wrong key's ${REFUSED_ATTEMPTS}+`);
