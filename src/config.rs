@@ -83,7 +83,7 @@ pub struct LimitsConfig {
     /// worker is free (frames grow only once it is saturated). Workers sharing a core split it
     /// (`fanout::Duty`).
     pub fanout_busy_percent: u32,
-    /// `SO_SNDBUF` of every accepted socket, bytes (the kernel doubles it for its bookkeeping); 0
+    /// `SO_SNDBUF` of every WebSocket and SSE session's socket, bytes (the kernel doubles it for its bookkeeping); 0
     /// leaves the kernel's autotuning, which lets one stalled client pin up to `tcp_wmem`'s max.
     pub send_buffer_bytes: usize,
     /// Open connections per credential (an API key, or a JWT `sub`).
