@@ -346,30 +346,7 @@ async fn one_address_with_many_idle_or_half_sent_sockets_does_not_hold_up_anothe
     );
     // Released as they go: once they are closed, the address is welcome again.
     drop(held);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let s = socket.connect(gw.addr).await.unwrap();
-    drop(s);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        let mut s = socket.connect(gw.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        if out.starts_with(b"HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            String::from_utf8_lossy(&out)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served_again_from(gw.addr, "127.0.0.2").await;
 }
 
 /// Found from outside: a socket that sent part of a request and closed kept its place among its
@@ -398,18 +375,26 @@ async fn a_socket_closed_mid_request_frees_its_place_at_once() {
         drop(s);
     }
     // Within the test's deadline (the places would otherwise be held for 120 s).
+    served_again_from(gw.addr, "127.0.0.3").await;
+}
+
+/// Waits until `/healthz` from the loopback address `ip` is answered 200, failing at the test's
+/// deadline: an address locked out of the pending places stays refused.
+async fn served_again_from(addr: std::net::SocketAddr, ip: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut s = from().connect(gw.addr).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out).await;
         if out.starts_with(b"HTTP/1.1 200") {
-            break;
+            return;
         }
-        assert!(Instant::now() < deadline, "the address stays locked out");
+        assert!(Instant::now() < deadline, "{ip} stays locked out");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

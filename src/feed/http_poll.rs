@@ -427,15 +427,7 @@ fn map_quote(
             _ => {} // validate() refused other keys
         }
     }
-    let given = tick.bid.is_some()
-        || tick.ask.is_some()
-        || tick.last.is_some()
-        || tick.bid_size.is_some()
-        || tick.ask_size.is_some()
-        || tick.last_size.is_some()
-        || tick.volume.is_some()
-        || tick.status.is_some();
-    if !given {
+    if !has_values(&tick) {
         // Names the symbol but delivers nothing (every field null, or the vendor renamed its
         // fields): not an answer for it, so that it goes stale, and fails over, as for silence.
         return Err(format!(
@@ -462,15 +454,19 @@ fn changes(sent: &Tick, now: &Tick) -> Option<Tick> {
         volume: num(sent.volume, now.volume),
         status: (sent.status != now.status).then_some(now.status).flatten(),
     };
-    let changed = t.bid.is_some()
+    has_values(&t).then_some(t)
+}
+
+/// Whether a tick carries any quote field (its `ts` aside).
+fn has_values(t: &Tick) -> bool {
+    t.bid.is_some()
         || t.ask.is_some()
         || t.last.is_some()
         || t.bid_size.is_some()
         || t.ask_size.is_some()
         || t.last_size.is_some()
         || t.volume.is_some()
-        || t.status.is_some();
-    changed.then_some(t)
+        || t.status.is_some()
 }
 
 /// Merges the given fields of `tick` into `into` (what was sent so far).

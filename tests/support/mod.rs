@@ -232,10 +232,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Sends a WebSocket upgrade request for `path` with `headers` and returns the response's status and
-/// head (status line and headers, lower-cased), closing the connection.
-pub async fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+/// A WebSocket upgrade request for `path` with `headers`.
+fn upgrade_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -244,7 +242,16 @@ pub async fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
         req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
+    req
+}
+
+/// Sends a WebSocket upgrade request for `path` with `headers` and returns the response's status and
+/// head (status line and headers, lower-cased), closing the connection.
+pub async fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(upgrade_request(addr, path, headers).as_bytes())
+        .await
+        .expect("write");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -267,15 +274,9 @@ pub async fn upgrade_held(
     headers: &[(&str, &str)],
 ) -> (u16, TcpStream) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    );
-    for (name, value) in headers {
-        req.push_str(&format!("{name}: {value}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
+    s.write_all(upgrade_request(addr, path, headers).as_bytes())
+        .await
+        .expect("write");
     // Byte by byte up to the head's end, so that nothing after it is taken from the stream.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
