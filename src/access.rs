@@ -95,6 +95,10 @@ pub struct AccessConfig {
     /// `X-Forwarded-For` says who the client is. From any other peer the header is ignored: the
     /// peer is the client. Every per-address rule uses the client's address.
     pub trusted_proxies: Vec<String>,
+    /// Every connection from a trusted proxy starts with a PROXY protocol header (v1 or v2), which
+    /// names the client (TCP load balancers: HAProxy, nginx `proxy_protocol`, cloud NLBs). A
+    /// connection from one without a valid header is dropped; from other peers none is read.
+    pub proxy_protocol: bool,
 }
 
 impl Default for AccessConfig {
@@ -112,6 +116,7 @@ impl Default for AccessConfig {
             allowed_origins: Vec::new(),
             allow_anonymous: false,
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -444,6 +449,7 @@ pub struct Access {
     /// tokens collide on purpose.
     fingerprints: std::hash::RandomState,
     trusted_proxies: Vec<ipnet::IpNet>,
+    proxy_protocol: bool,
 }
 
 impl Access {
@@ -576,7 +582,23 @@ impl Access {
                     key: "trusted_proxies",
                     message,
                 })?,
+            proxy_protocol: config.proxy_protocol,
         })
+        .and_then(|access: Access| {
+            if access.proxy_protocol && access.trusted_proxies.is_empty() {
+                return Err(AccessError::Config {
+                    key: "proxy_protocol",
+                    message: "is true, but trusted_proxies lists no proxy to read the header from"
+                        .into(),
+                });
+            }
+            Ok(access)
+        })
+    }
+
+    /// Whether a connection from `peer` starts with a PROXY protocol header to read.
+    pub fn reads_proxy_header(&self, peer: IpAddr) -> bool {
+        self.proxy_protocol && self.is_trusted_proxy(peer)
     }
 
     /// The client's address: the peer's, or, when the peer is a trusted proxy, the right-most

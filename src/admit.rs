@@ -27,6 +27,8 @@ pub struct ClientRequest<'a> {
     pub peer: Option<SocketAddr>,
     /// Every `X-Forwarded-For` header, in order (read only from a trusted proxy).
     pub forwarded_for: Vec<&'a str>,
+    /// The client a trusted load balancer's PROXY protocol header named (`proxied.rs`).
+    pub proxied: Option<IpAddr>,
 }
 
 impl<'a> ClientRequest<'a> {
@@ -46,11 +48,22 @@ impl<'a> ClientRequest<'a> {
                 .get_all("x-forwarded-for")
                 .filter_map(|v| v.to_str().ok())
                 .collect(),
+            proxied: None,
         }
     }
 
-    /// The client's address (`Access::client_ip`).
+    /// With the client its connection's PROXY header named, if any.
+    pub fn proxied(mut self, client: Option<IpAddr>) -> ClientRequest<'a> {
+        self.proxied = client;
+        self
+    }
+
+    /// The client's address: the one a PROXY header named (read only from a trusted proxy), or
+    /// `Access::client_ip`'s.
     pub fn client_ip(&self, access: &crate::access::Access) -> Option<IpAddr> {
+        if self.proxied.is_some() {
+            return self.proxied;
+        }
         access.client_ip(
             self.peer.map(|p| p.ip()),
             self.forwarded_for.iter().copied(),
@@ -117,15 +130,37 @@ impl Refused {
     }
 
     /// Counts the refusal, and logs it when it is a security event (not a 400 or a 404), naming
-    /// the transport asked for (`ws`, `sse`, `rest`).
+    /// the transport asked for (`ws`, `sse`, `rest`, `metrics`, `tcp`).
     pub fn record(&self, state: &AppState, peer: Option<SocketAddr>, transport: &str) {
+        let event = self.status != StatusCode::NOT_FOUND && self.status != StatusCode::BAD_REQUEST;
+        self.count_and_log(state, peer, transport, event);
+    }
+
+    /// `record` for a refusal that is a security event whatever its status (a trusted proxy's
+    /// connection without its PROXY header: a misconfigured balancer, or someone posing as one).
+    pub fn record_as_security_event(
+        &self,
+        state: &AppState,
+        peer: Option<SocketAddr>,
+        transport: &str,
+    ) {
+        self.count_and_log(state, peer, transport, true);
+    }
+
+    fn count_and_log(
+        &self,
+        state: &AppState,
+        peer: Option<SocketAddr>,
+        transport: &str,
+        log: bool,
+    ) {
         state
             .sessions
             .metrics
             .connections_refused
             .with_label_values(&[self.reason])
             .inc();
-        if self.status != StatusCode::NOT_FOUND && self.status != StatusCode::BAD_REQUEST {
+        if log {
             security_log::refused(
                 peer,
                 self.client,

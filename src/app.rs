@@ -343,6 +343,8 @@ async fn run(
                 // request, which `sse::is_stream_request` can see (a reverse proxy in front keeps
                 // connections to clients alive).
                 .keep_alive(KeepAlive::Disabled)
+                // The client a PROXY protocol header named (`proxied.rs`), for the routes.
+                .on_connect_ext(crate::proxied::on_connect)
                 .graceful_shutdown_signal(move || {
                     let draining = draining.clone();
                     async move { draining.notified().await }
@@ -371,10 +373,18 @@ async fn run(
                             let Some(_pending) = crate::http::admit_pending(&io, &state) else {
                                 return Ok(());
                             };
+                            let mut io = io;
+                            let Ok(proxied) =
+                                crate::http::proxy_header(&mut io, &state, deadline).await
+                            else {
+                                return Ok(());
+                            };
                             if sse::is_stream_request(&io, deadline).await {
-                                sse::serve(io, state, deadline).await;
+                                sse::serve(io, state, deadline, proxied).await;
                                 Ok(())
                             } else {
+                                // `call` takes the client in `on_connect` before it first awaits.
+                                crate::proxied::hand_over(proxied);
                                 tokio::time::timeout_at(deadline, http.call(io))
                                     .await
                                     .unwrap_or(Ok(()))

@@ -85,7 +85,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
 /// with `metrics_listen` set it is not served here at all.
 async fn public_metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if state.access.auth_required() {
-        let request = ClientRequest::of(req.headers(), req.query_string(), req.peer_addr());
+        let proxied = req
+            .conn_data::<crate::proxied::ProxiedClient>()
+            .map(|c| c.0);
+        let request =
+            ClientRequest::of(req.headers(), req.query_string(), req.peer_addr()).proxied(proxied);
         // The credential only: a scrape takes no place among a client's connections.
         if let Err(refused) = crate::admit::verify(&state, &request) {
             refused.record(&state, req.peer_addr(), "metrics");
@@ -296,6 +300,34 @@ pub fn admit_pending(
     }
 }
 
+/// The client a trusted load balancer's PROXY protocol header names, read from the start of `io`
+/// when `[access] proxy_protocol` is on and the peer is a trusted proxy (`Ok(None)` otherwise, or
+/// for a header that names no client). `Err` when such a connection has no valid header: it is
+/// counted, logged and dropped.
+pub async fn proxy_header(
+    io: &mut TcpStream,
+    state: &AppState,
+    deadline: tokio::time::Instant,
+) -> Result<Option<std::net::IpAddr>, ()> {
+    let Ok(peer) = io.peer_addr() else {
+        return Err(());
+    };
+    if !state.access.reads_proxy_header(peer.ip()) {
+        return Ok(None);
+    }
+    crate::proxied::read_header(io, deadline)
+        .await
+        .map_err(|_| {
+            Refused::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "proxy_header",
+                "a connection from a trusted proxy must start with a PROXY protocol header\n",
+            )
+            .record_as_security_event(state, Some(peer), "tcp");
+        })
+}
+
 /// The checks of a WebSocket upgrade: what makes it one, then admission (`admit.rs`).
 fn admit_upgrade(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     if req.path() != "/ws" {
@@ -314,13 +346,17 @@ fn admit_upgrade(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
             format!("not a WebSocket handshake: {e}\n"),
         ));
     }
+    let proxied = req
+        .conn_data::<crate::proxied::ProxiedClient>()
+        .map(|c| c.0);
     admit(
         state,
         &ClientRequest::of(
             req.headers(),
             req.uri().query().unwrap_or(""),
             req.peer_addr(),
-        ),
+        )
+        .proxied(proxied),
         Some(Transport::Ws),
     )
 }

@@ -17,7 +17,8 @@
 //!    events;
 //! 7. [`session`]: one task per connection that reads ops and drains its slots into frames, and
 //!    its socket (`session::socket`), closing slow consumers with 4008;
-//! 8. [`http`]: `/ws` (after [`admit`], which applies [`access`]: Origin, token, per-client limits),
+//! 8. [`http`]: `/ws` (after [`admit`], which applies [`access`]: Origin, token, per-client limits,
+//!    the client's address from a trusted proxy's `X-Forwarded-For` or [`proxied`] header),
 //!    [`rest`] (`/v1/quotes`, `/v1/symbols`), `/v1/stream` (an SSE session, `session::sse`),
 //!    `/metrics`, `/healthz`, `/readyz`, and the widget.
 //!
@@ -45,6 +46,7 @@ pub mod model;
 pub mod nats;
 pub mod normalize;
 pub mod protocol;
+pub mod proxied;
 pub mod publish;
 pub mod record;
 pub mod rest;

@@ -102,9 +102,12 @@ pub fn resolve(
 
 /// The admission checks for one REST request; the guards live as long as the request.
 fn admit_request(state: &AppState, req: &HttpRequest) -> Result<Admitted, Refused> {
+    let proxied = req
+        .conn_data::<crate::proxied::ProxiedClient>()
+        .map(|c| c.0);
     admit(
         state,
-        &ClientRequest::of(req.headers(), req.query_string(), req.peer_addr()),
+        &ClientRequest::of(req.headers(), req.query_string(), req.peer_addr()).proxied(proxied),
         None,
     )
 }

@@ -265,6 +265,116 @@ async fn behind_a_trusted_proxy_each_client_is_limited_on_its_own() {
     );
 }
 
+/// Sends `request` after a PROXY protocol v1 header naming `client`, and returns the status line's
+/// code (the gateway closes after one answer, or keeps a WebSocket open: only the head is read).
+async fn via_proxy_protocol(addr: std::net::SocketAddr, client: &str, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let header = format!("PROXY TCP4 {client} 127.0.0.1 40000 {}\r\n", addr.port());
+    s.write_all(format!("{header}{request}").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(support::DEADLINE, s.read(&mut byte))
+            .await
+            .expect("an answer")
+            .unwrap_or(0);
+        if n == 0 {
+            return 0; // closed without an answer
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// Behind a TCP load balancer (HAProxy, nginx `proxy_protocol`, a cloud NLB) the client's address
+/// comes in a PROXY protocol header before the request (issue 26, the alternative to
+/// `X-Forwarded-For`): with `proxy_protocol = true`, every per-address rule counts the client it
+/// names, on `/ws`, REST and SSE; a trusted proxy's connection without a valid header is dropped;
+/// and a header from a peer that is not a trusted proxy is never read (the request is then bad).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tcp_balancer_the_proxy_protocol_names_each_client() {
+    let gw = gateway(&format!(
+        "[limits]\nauth_failures_per_ip = 3\nauth_failure_window_ms = 600000\n\
+         max_connections_per_ip = 1\n[access]\nauth = \"api_key\"\napi_keys = [\"{KEY_A}\"]\n\
+         trusted_proxies = [\"127.0.0.1\"]\nproxy_protocol = true\n"
+    ))
+    .await;
+    let host = gw.addr;
+    let ws = |key: &str| {
+        format!(
+            "GET /ws?token={key} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let rest = |key: &str| {
+        format!("GET /v1/quotes?symbols=AAPL&token={key} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+    };
+    // Client A's bad token is throttled; B, through the same balancer, is served.
+    for _ in 0..3 {
+        assert_eq!(
+            via_proxy_protocol(gw.addr, "203.0.113.1", &rest("wrong-key-0000000000")).await,
+            401
+        );
+    }
+    assert_eq!(
+        via_proxy_protocol(gw.addr, "203.0.113.1", &rest("wrong-key-0000000000")).await,
+        429
+    );
+    assert_eq!(
+        via_proxy_protocol(gw.addr, "203.0.113.2", &rest(KEY_A)).await,
+        200
+    );
+    let sse = format!("GET /v1/stream?symbols=AAPL&token={KEY_A} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    assert_eq!(via_proxy_protocol(gw.addr, "203.0.113.2", &sse).await, 200);
+    // One connection per client (max_connections_per_ip = 1), each counted on its own.
+    let hold = |client: &'static str| {
+        let request = ws(KEY_A);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            let header = format!("PROXY TCP4 {client} 127.0.0.1 40000 {}\r\n", gw.addr.port());
+            s.write_all(format!("{header}{request}").as_bytes())
+                .await
+                .unwrap();
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf[9..12], b"101", "{client}");
+            s
+        }
+    };
+    let _c = hold("198.51.100.3").await;
+    assert_eq!(
+        via_proxy_protocol(gw.addr, "198.51.100.3", &ws(KEY_A)).await,
+        429
+    );
+    let _d = hold("198.51.100.4").await;
+    // A trusted proxy's connection without a header is dropped unanswered.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(support::DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("dropped");
+    assert!(
+        out.is_empty(),
+        "no header, no answer: {}",
+        String::from_utf8_lossy(&out)
+    );
+    // The probe through the balancer is answered.
+    let probe = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    assert_eq!(
+        via_proxy_protocol(gw.addr, "203.0.113.9", &probe).await,
+        200
+    );
+}
+
 /// A JWT is accepted only for this service (`jwt_audience`, `jwt_issuer`, both required claims
 /// when set), not before `nbf`, within a small leeway, and only with a symbols claim when
 /// `jwt_require_symbols_claim` is on; an `exp` beyond the clock is refused, never a panic.

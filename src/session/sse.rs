@@ -116,6 +116,7 @@ pub async fn serve(
     mut io: TcpStream,
     state: actix_web::web::Data<AppState>,
     deadline: tokio::time::Instant,
+    proxied: Option<std::net::IpAddr>,
 ) {
     let limits = &state.sessions.limits;
     let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
@@ -140,7 +141,7 @@ pub async fn serve(
     let query = req.uri().query().unwrap_or("");
     let admitted = admit(
         &state,
-        &ClientRequest::of(&req.head().headers, query, peer),
+        &ClientRequest::of(&req.head().headers, query, peer).proxied(proxied),
         Some(Transport::Sse),
     )
     .and_then(|admitted| stream_request(&state, query, admitted));
