@@ -80,9 +80,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
     }
 }
 
-/// `/metrics` on the public listener (no `metrics_listen`): with auth on, only for a request that
-/// passes the same admission as `/v1/quotes` (a Prometheus job sends its key as a bearer token);
-/// with `metrics_listen` set it is not served here at all.
+/// `/metrics` on the public listener (no `metrics_listen`): with auth on, only for a request whose
+/// credential verifies (a Prometheus job sends its key as a bearer token), under the same failure
+/// throttle as the data; with `metrics_listen` set it is not served here at all.
 async fn public_metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if state.access.auth_required() {
         let proxied = req

@@ -558,6 +558,11 @@ async fn stream_requests_are_routed_on_their_parsed_head_and_malformed_ones_answ
         format!("GET http://{host}/v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
         format!("\r\nGET /v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
         format!("GET /v1/strea%6D?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        // A head past the first peek's 1 KiB (cookies), under the 16 KiB limit.
+        format!(
+            "GET /v1/stream?symbols=AAPL HTTP/1.1\r\nHost: {host}\r\nCookie: {}\r\n\r\n",
+            "c".repeat(4096)
+        ),
         "GET /v1/stream?symbols=AAPL HTTP/1.0\r\n\r\n".to_string(),
     ] {
         let answer = raw_exchange(gw.addr, request.as_bytes()).await;

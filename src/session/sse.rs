@@ -41,7 +41,8 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// any other, and a head that does not parse is actix's to answer (400, 431). A client that sends
 /// its head slowly is looked at again with growing pauses, until `deadline` (the whole request's).
 pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -> bool {
-    let mut buf = vec![0u8; MAX_HEAD_BYTES];
+    // Most heads fit in 1 KiB: the buffer grows to the limit only for one that does not.
+    let mut buf = vec![0u8; 1024];
     let mut pause = Duration::from_millis(2);
     let mut seen = 0;
     loop {
@@ -72,18 +73,23 @@ pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -
             }
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut headers);
-            match req.parse(head) {
-                Ok(httparse::Status::Complete(_)) => {
-                    return req.method == Some("GET") && req.path.is_some_and(is_stream_path);
-                }
-                Ok(httparse::Status::Partial) if n < buf.len() => {}
+            let is_stream = |req: &httparse::Request| {
+                req.method == Some("GET") && req.path.is_some_and(is_stream_path)
+            };
+            let grow = match req.parse(head) {
+                Ok(httparse::Status::Complete(_)) => return is_stream(&req),
+                Ok(httparse::Status::Partial) if n < buf.len() => false,
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => true,
                 // A stream request whose head is over the limit: the stream answers it (431),
                 // not the routes (which would say to open it as the first request).
-                Ok(httparse::Status::Partial) => {
-                    return req.method == Some("GET") && req.path.is_some_and(is_stream_path);
-                }
-                // Malformed or too large: actix answers it.
-                _ => return false,
+                Ok(httparse::Status::Partial) => return is_stream(&req),
+                // Malformed: actix answers it.
+                Err(_) => return false,
+            };
+            if grow {
+                buf.resize(MAX_HEAD_BYTES, 0);
+                seen = 0;
+                continue;
             }
         }
         // Part of a head: wait for the rest (peeking does not consume, so the socket stays
