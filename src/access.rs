@@ -458,6 +458,13 @@ impl Access {
         limits: ClientLimits,
         tiers: &TiersConfig,
     ) -> Result<Access, AccessError> {
+        if config.proxy_protocol && config.trusted_proxies.is_empty() {
+            return Err(AccessError::Config {
+                key: "proxy_protocol",
+                message: "is true, but trusted_proxies lists no proxy to read the header from"
+                    .into(),
+            });
+        }
         let delayed_offered = tiers.delayed.is_some();
         if tiers.default == Tier::Delayed && !delayed_offered {
             return Err(AccessError::Tiers(
@@ -583,16 +590,6 @@ impl Access {
                     message,
                 })?,
             proxy_protocol: config.proxy_protocol,
-        })
-        .and_then(|access: Access| {
-            if access.proxy_protocol && access.trusted_proxies.is_empty() {
-                return Err(AccessError::Config {
-                    key: "proxy_protocol",
-                    message: "is true, but trusted_proxies lists no proxy to read the header from"
-                        .into(),
-                });
-            }
-            Ok(access)
         })
     }
 

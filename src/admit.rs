@@ -178,22 +178,27 @@ pub fn admit(
     req: &ClientRequest,
     transport: Option<Transport>,
 ) -> Result<Admitted, Refused> {
-    let access = &state.access;
-    let forwarded = req.client_ip(access);
-    let client = forwarded.map(|ip| access.client_key(ip));
-    admit_client(state, req, transport, client).map_err(|mut r| {
-        r.client = forwarded.filter(|ip| Some(*ip) != req.peer.map(|p| p.ip()));
-        r
+    with_client(state, req, |client| {
+        admit_client(state, req, transport, client)
     })
 }
 
 /// The credential check alone, with the failure throttle (a `/metrics` scrape on the public
 /// listener, which takes no connection place).
 pub fn verify(state: &AppState, req: &ClientRequest) -> Result<Grant, Refused> {
+    with_client(state, req, |client| authorize(&state.access, req, client))
+}
+
+/// Runs `check` with the key the client is counted under (`Access::client_key` of its address),
+/// and names the client in a refusal when a proxy forwarded it (logged beside the peer).
+fn with_client<T>(
+    state: &AppState,
+    req: &ClientRequest,
+    check: impl FnOnce(Option<IpAddr>) -> Result<T, Refused>,
+) -> Result<T, Refused> {
     let access = &state.access;
     let forwarded = req.client_ip(access);
-    let client = forwarded.map(|ip| access.client_key(ip));
-    authorize(access, req, client).map_err(|mut r| {
+    check(forwarded.map(|ip| access.client_key(ip))).map_err(|mut r| {
         r.client = forwarded.filter(|ip| Some(*ip) != req.peer.map(|p| p.ip()));
         r
     })

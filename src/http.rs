@@ -92,14 +92,7 @@ async fn public_metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
             ClientRequest::of(req.headers(), req.query_string(), req.peer_addr()).proxied(proxied);
         // The credential only: a scrape takes no place among a client's connections.
         if let Err(refused) = crate::admit::verify(&state, &request) {
-            refused.record(&state, req.peer_addr(), "metrics");
-            let mut response = HttpResponse::build(refused.status);
-            if let Some(header) = refused.header {
-                response.insert_header(header);
-            }
-            return response
-                .content_type("application/json")
-                .body(refused.json_body());
+            return crate::rest::refusal_as(&state, &req, refused, "metrics");
         }
     }
     metrics(state).await

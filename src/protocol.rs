@@ -129,8 +129,10 @@ impl SymbolList {
     /// Without repeats, each list keeping first occurrences in their order.
     pub fn deduped(self) -> SymbolList {
         fn dedup(items: Vec<String>) -> Vec<String> {
-            let mut seen = std::collections::HashSet::with_capacity(items.len());
-            let keep: Vec<bool> = items.iter().map(|s| seen.insert(s.clone())).collect();
+            let keep: Vec<bool> = {
+                let mut seen = std::collections::HashSet::with_capacity(items.len());
+                items.iter().map(|s| seen.insert(s.as_str())).collect()
+            };
             items
                 .into_iter()
                 .zip(keep)

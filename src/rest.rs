@@ -138,8 +138,15 @@ fn cors(state: &AppState, req: &HttpRequest, response: &mut actix_web::HttpRespo
     }
 }
 
-fn refusal(state: &AppState, req: &HttpRequest, refused: Refused) -> HttpResponse {
-    refused.record(state, req.peer_addr(), "rest");
+/// A refusal as the JSON error of every `/v1` answer (and of the public `/metrics`), counted and
+/// logged under `transport`.
+pub fn refusal_as(
+    state: &AppState,
+    req: &HttpRequest,
+    refused: Refused,
+    transport: &str,
+) -> HttpResponse {
+    refused.record(state, req.peer_addr(), transport);
     let mut response = HttpResponse::build(refused.status);
     response
         .content_type("application/json")
@@ -149,6 +156,10 @@ fn refusal(state: &AppState, req: &HttpRequest, refused: Refused) -> HttpRespons
     }
     cors(state, req, &mut response);
     response.body(refused.json_body())
+}
+
+fn refusal(state: &AppState, req: &HttpRequest, refused: Refused) -> HttpResponse {
+    refusal_as(state, req, refused, "rest")
 }
 
 /// `GET /v1/quotes?symbols=AAPL,MSFT` → `{"quotes":[snapshots],"rejected":[...]}`. A served
