@@ -407,19 +407,6 @@ pub struct ClientLimits {
     pub max_pending_per_ip: usize,
 }
 
-impl ClientLimits {
-    pub fn from_config(limits: &crate::config::LimitsConfig) -> ClientLimits {
-        ClientLimits {
-            max_per_ip: limits.max_connections_per_ip,
-            max_per_token: limits.max_connections_per_token,
-            ipv6_prefix_len: limits.ipv6_prefix_len,
-            auth_failures: limits.auth_failures_per_ip,
-            auth_failure_window: Duration::from_millis(limits.auth_failure_window_ms),
-            max_pending_per_ip: limits.max_pending_per_ip,
-        }
-    }
-}
-
 /// Most (address, credential) pairs whose recent authentication failures are remembered. Past it,
 /// expired entries are dropped first; if none has expired, a new pair is not tracked (its failures
 /// are still refused one by one, each costing a verification), so the table stays bounded against
@@ -1249,7 +1236,7 @@ mod tests {
                 trusted_proxies: vec!["10.0.0.0/33".into()],
                 ..AccessConfig::default()
             },
-            ClientLimits::from_config(&crate::config::LimitsConfig::default()),
+            crate::session::LimitsConfig::default().client_limits(),
             &TiersConfig::default(),
         )
         .err()

@@ -15,9 +15,9 @@ use std::net::{IpAddr, SocketAddr};
 use actix_http::StatusCode;
 
 use crate::access::{token_of, ClientGuards, Grant, Refusal};
-use crate::http::AppState;
 use crate::security_log;
 use crate::session::{ConnectionGuard, Transport};
+use crate::state::AppState;
 
 /// The parts of a request that admission reads.
 pub struct ClientRequest<'a> {

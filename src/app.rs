@@ -28,13 +28,15 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Access, ClientLimits};
+use crate::access::{Access, AuthMode, Tier};
 use crate::config::Config;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
-use crate::http::{ops_routes, routes, upgrade, AppState};
+use crate::http::{ops_routes, routes, sse, upgrade};
+use crate::index::{ChangeLog, HistoryConfig, Index, CATCH_UP_MARGIN};
 use crate::ingest;
 use crate::metrics::Metrics;
-use crate::session::{sse, SessionShared};
+use crate::session::SessionShared;
+use crate::state::AppState;
 use tokio::net::TcpStream;
 
 /// How long the gateway waits for sessions after the shutdown signal; they close with 1001 within
@@ -117,7 +119,7 @@ impl Gateway {
         raise_fd_limit(&self.config, workers)?;
         let access = Arc::new(Access::new(
             &self.config.access,
-            ClientLimits::from_config(&self.config.limits),
+            self.config.limits.client_limits(),
             &self.config.tiers,
         )?);
         let addr = self.config.listen_addr().map_err(StartError::Listen)?;
@@ -257,7 +259,7 @@ async fn run(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let names: Vec<String> = feeds.iter().map(|f| f.name().to_string()).collect();
-    let (index, changes) = ingest::index(&config, &names, metrics.clone());
+    let (index, changes) = build_index(&config, &names, metrics.clone());
     let index = Arc::new(index);
     for feed in &feeds {
         for symbol in feed.symbols() {
@@ -267,9 +269,15 @@ async fn run(
     // A scale-out ingest reads its cache before any feed runs, so that `seq` goes on from it.
     if let (Some(publish), Some(changes)) = (config.publish.clone(), changes) {
         let published = metrics.bus_published.clone();
-        crate::publish::start(publish, index.clone(), changes, published, shutdown.clone())
-            .await
-            .map_err(std::io::Error::other)?;
+        crate::scaleout::publish::start(
+            publish,
+            index.clone(),
+            changes,
+            published,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
     }
     tracing::info!(feeds = ?names, symbols = index.len(), "index ready");
 
@@ -436,4 +444,43 @@ async fn run(
         Some(ops) => futures_util::try_join!(server, ops).map(|_| ()),
         None => server.await,
     }
+}
+
+/// The index the config asks for: its feeds' counters, the catch-up window (the batching window +
+/// `CATCH_UP_MARGIN`), the delayed tier's history, and, on a scale-out ingest, the change log its
+/// publisher reads.
+fn build_index(
+    config: &Config,
+    feeds: &[String],
+    metrics: Arc<Metrics>,
+) -> (Index, Option<Arc<ChangeLog>>) {
+    let mut index = Index::new(feeds, metrics);
+    index.keep_catch_up_for(
+        Duration::from_millis(config.limits.min_frame_interval_ms) + CATCH_UP_MARGIN,
+    );
+    if let Some(delayed) = &config.tiers.delayed {
+        index.keep_history(HistoryConfig {
+            keep_ms: delayed.delay_ms as i64,
+            granularity_ms: delayed.granularity_ms as i64,
+        });
+    }
+    // The throttled tier's sample (two more states a symbol that ticks), where a credential can
+    // be throttled: by default, by an API key's tier, or by a JWT's tier claim.
+    let access = &config.access;
+    let throttled = config.tiers.default == Tier::Throttled
+        || access.auth == AuthMode::Jwt
+        || (access.auth == AuthMode::ApiKey
+            && access
+                .api_keys
+                .iter()
+                .any(|k| k.tier() == Some(Tier::Throttled)));
+    if throttled {
+        index.sample_every(config.tiers.throttled.interval_ms as i64);
+    }
+    let changes = config.publish.as_ref().map(|_| {
+        let changes = Arc::new(ChangeLog::default());
+        index.publish_changes(changes.clone());
+        changes
+    });
+    (index, changes)
 }

@@ -10,7 +10,8 @@ use thiserror::Error;
 use crate::access::{AccessConfig, AuthMode, Tier, TiersConfig};
 use crate::feed::FeedConfig;
 use crate::model::{ms_within, MAX_SETTING_MS};
-use crate::publish::PublishConfig;
+use crate::scaleout::publish::PublishConfig;
+use crate::session::LimitsConfig;
 
 /// The default config, embedded so that `quotegw` with no flags runs exactly what
 /// `config/quotegw.toml` documents.
@@ -58,71 +59,6 @@ pub struct Config {
     pub publish: Option<PublishConfig>,
     #[serde(default)]
     pub feeds: Vec<FeedConfig>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    pub max_connections: usize,
-    pub max_symbols_per_connection: usize,
-    pub max_frame_bytes: usize,
-    pub ops_per_second: u32,
-    pub ops_burst: u32,
-    pub slow_consumer_timeout_ms: u64,
-    pub idle_timeout_ms: u64,
-    pub ping_interval_ms: u64,
-    pub max_connections_per_ip: usize,
-    pub handshake_timeout_ms: u64,
-    /// Least time between two frames of updates on one connection (a hard cap an operator may set);
-    /// 0, the default, adds no delay: what became due while the worker was busy leaves together.
-    pub min_frame_interval_ms: u64,
-    /// The share of a worker's time, in percent, its fan-out pass may take before batches grow:
-    /// a pass that took `t` owes a wait of `t × (100 − p) / p`, paid by time the worker was idle, and
-    /// waited once 1 ms is owed (at most `fanout::MAX_REST`), so a loaded worker writes fewer,
-    /// fuller frames instead of one per update. A quiet worker never waits. 100 writes whenever the
-    /// worker is free (frames grow only once it is saturated). Workers sharing a core split it
-    /// (`fanout::Duty`).
-    pub fanout_busy_percent: u32,
-    /// `SO_SNDBUF` of every WebSocket and SSE session's socket, bytes (the kernel doubles it for its bookkeeping); 0
-    /// leaves the kernel's autotuning, which lets one stalled client pin up to `tcp_wmem`'s max.
-    pub send_buffer_bytes: usize,
-    /// Open connections per credential (an API key, or a JWT `sub`).
-    pub max_connections_per_token: usize,
-    /// IPv6 clients are counted per prefix of this many bits for the per-IP limits.
-    pub ipv6_prefix_len: u8,
-    /// Failed authentications of one token from one IP (or IPv6 prefix) within
-    /// `auth_failure_window_ms`, after which that token from there gets 429 without being verified,
-    /// until the window passes (`Access::check_auth_throttle`: never another token).
-    pub auth_failures_per_ip: u32,
-    pub auth_failure_window_ms: u64,
-    /// Sockets from one IP (or IPv6 prefix) that are not yet sessions or answered (a handshake or
-    /// request being sent); past it a new socket gets 429 at once. Trusted proxies are exempt.
-    pub max_pending_per_ip: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_connections: 10_000,
-            max_symbols_per_connection: 1000,
-            max_frame_bytes: 65_536,
-            ops_per_second: 50,
-            ops_burst: 100,
-            slow_consumer_timeout_ms: 10_000,
-            idle_timeout_ms: 45_000,
-            ping_interval_ms: 15_000,
-            max_connections_per_ip: 256,
-            handshake_timeout_ms: 5_000,
-            min_frame_interval_ms: 0,
-            fanout_busy_percent: 80,
-            send_buffer_bytes: 256 * 1024,
-            max_connections_per_token: 1000,
-            ipv6_prefix_len: 64,
-            auth_failures_per_ip: 10,
-            auth_failure_window_ms: 60_000,
-            max_pending_per_ip: 64,
-        }
-    }
 }
 
 fn default_listen() -> String {
@@ -386,7 +322,7 @@ fn feed_error(text: &str, key: &str) -> Option<(String, Option<usize>, String)> 
         "simulated" => inner::<crate::feed::SimulatedConfig>(feed),
         "replay" => inner::<crate::feed::ReplayConfig>(feed),
         "http_poll" => inner::<crate::feed::HttpPollConfig>(feed),
-        "nats" => inner::<crate::feed::nats::NatsFeedConfig>(feed),
+        "nats" => inner::<crate::scaleout::edge::NatsFeedConfig>(feed),
         _ => None,
     }?;
     let inner_key = err.path().to_string();

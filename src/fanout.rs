@@ -211,7 +211,7 @@ impl Shard {
     /// `writer` is the worker's writer (`session::connection::write_now`): the shard hands it
     /// every connection its pass marked, and wakes the connection's task only for those it could
     /// not write.
-    pub fn ensure_running(self: &Arc<Self>, writer: Writer) {
+    pub fn ensure_running(self: &Arc<Self>, hooks: PassHooks) {
         if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -240,13 +240,13 @@ impl Shard {
                     _ = shard.notify.notified() => {
                         let started = PassStart::now();
                         // Windows that ended leave with this pass (their news is the oldest).
-                        shard.release(started.at, writer.write);
-                        shard.deliver_and_write(&mut pass, writer.write);
+                        shard.release(started.at, hooks.write);
+                        shard.deliver_and_write(&mut pass, hooks.write);
                         Some(started)
                     }
                     _ = &mut release, if release_at.is_some() => {
                         let started = PassStart::now();
-                        shard.release(started.at, writer.write);
+                        shard.release(started.at, hooks.write);
                         Some(started)
                     }
                     _ = clock.tick() => {
@@ -263,13 +263,13 @@ impl Shard {
                     let idle = started.at.saturating_duration_since(idle_since);
                     let cost = started.cost();
                     idle_since = started.at + cost.wall;
-                    if let Some(rest) = duty.after(idle, cost, writer.busy_percent) {
+                    if let Some(rest) = duty.after(idle, cost, hooks.busy_percent) {
                         tokio::time::sleep(rest).await;
-                        writer.rested.inc_by(rest.as_secs_f64());
+                        hooks.rested.inc_by(rest.as_secs_f64());
                         idle_since = Instant::now();
                     }
                 }
-                (writer.end_of_pass)();
+                (hooks.end_of_pass)();
                 // Under load the inbox has news again by the end of every pass, and `notified`
                 // would be ready at once forever: the pass yields to the worker's other tasks
                 // (handshakes, client ops, writes handed back) after each turn, so none starves.
@@ -289,7 +289,7 @@ impl Shard {
     /// be written in this pass is marked already, so its frame takes the new ticks along; one the
     /// new ticks mark afresh (written earlier in this pass, or not in it) is written first in the
     /// next pass, so a pass covers the connections it started with and ends.
-    fn deliver_and_write(&self, pass: &mut Pass, write: WriteNow) {
+    fn deliver_and_write(&self, pass: &mut Pass, write: WriteFromPass) {
         let Pass { now, next } = pass;
         // Left over from the last pass: theirs is the oldest news.
         std::mem::swap(now, next);
@@ -330,7 +330,7 @@ impl Shard {
     /// only marks but also the rest of a flush whose frame reached `FRAME_TARGET_BYTES` while
     /// the socket was full (the session's unfinished work), which only the writer sees. A
     /// connection with nothing owed costs one write that writes nothing.
-    fn release(&self, now: Instant, write: WriteNow) {
+    fn release(&self, now: Instant, write: WriteFromPass) {
         loop {
             let conn = {
                 let mut held = lock(&self.held);
@@ -533,13 +533,13 @@ const NO_WRITER: u32 = u32::MAX;
 /// The worker's writer: writes a connection's marked slots at once, from the shard's pass, and
 /// says whether it did, or left them for the end of the connection's batching window (`hold`);
 /// false: the connection's task must be woken to do it.
-pub type WriteNow = fn(&ConnPending) -> bool;
+pub type WriteFromPass = fn(&ConnPending) -> bool;
 
 /// What the shard's task calls on its worker's connections (`Shard::ensure_running`).
 #[derive(Clone)]
-pub struct Writer {
+pub struct PassHooks {
     /// Per connection its pass marked.
-    pub write: WriteNow,
+    pub write: WriteFromPass,
     /// After every pass and clock tick: publishes what the worker buffers (its latency
     /// observations).
     pub end_of_pass: fn(),
@@ -1194,7 +1194,7 @@ mod tests {
                 let conn = ConnPending::new();
                 let _sub = entry.subscribe(&conn, 0, true);
                 BUSY.set(Some((index.clone(), 1_000)));
-                conn.shard().ensure_running(Writer {
+                conn.shard().ensure_running(PassHooks {
                     write: busy_writer,
                     end_of_pass: || {},
                     busy_percent: 100,

@@ -675,7 +675,7 @@ impl Index {
 
     /// (scale-out edge) a symbol's whole state from the bus: kept if it is newer than what the
     /// entry has, by `(term, version)`; a duplicate or a late message changes nothing.
-    fn apply_state(&self, feed: FeedId, state: &crate::bus::State) {
+    fn apply_state(&self, feed: FeedId, state: &crate::scaleout::wire::State) {
         if let Some(c) = self.counters(feed) {
             c.received.inc();
         }
@@ -753,7 +753,7 @@ impl SymbolEntry {
     fn published(self: &Arc<Self>, st: &mut SymbolState) {
         self.generation.fetch_add(1, Ordering::Release);
         if self.history.is_some() || self.sample_ms.is_some() {
-            let now_ms = crate::feed::now_ms();
+            let now_ms = crate::model::now_ms();
             if let Some(history) = self.history {
                 st.remember(history, now_ms);
             }
@@ -807,7 +807,7 @@ impl SymbolEntry {
     /// (scale-out edge) applies a state from the bus, publishing it when it is news. The bus's
     /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
     /// state equal to the one held makes a stale source current again (a reload after an outage).
-    fn apply_state(self: &Arc<Self>, feed: FeedId, state: &crate::bus::State) {
+    fn apply_state(self: &Arc<Self>, feed: FeedId, state: &crate::scaleout::wire::State) {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);

@@ -16,13 +16,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::feed::now_ms;
 use crate::feed::recording::{write_line, RecordWriter};
 use crate::feed::simulated::{Generator, Windows};
 use crate::feed::{
     FeedConfig, FeedContext, FeedError, FeedEvent, FeedHealth, TICK_CHANNEL_CAPACITY,
 };
 use crate::metrics::Metrics;
+use crate::model::now_ms;
 use crate::model::Tick;
 use crate::normalize::normalize;
 

@@ -224,10 +224,10 @@ impl SlotView {
         stats: &mut EmitStats,
     ) -> Emitted {
         if let Some(delay) = self.state.pacing().delay {
-            return self.emit_delayed(delay, crate::feed::now_ms(), now, frame, stats);
+            return self.emit_delayed(delay, crate::model::now_ms(), now, frame, stats);
         }
         if self.state.pacing().sample_ms.is_some() {
-            return self.emit_sampled(crate::feed::now_ms(), now, frame, stats);
+            return self.emit_sampled(crate::model::now_ms(), now, frame, stats);
         }
         let after = self.state.catch_up_after();
         let SlotView {
@@ -740,7 +740,7 @@ mod tests {
     /// old one, which then start over with fresh snapshots.
     #[test]
     fn a_restarted_source_ends_the_views_that_held_the_old_seq() {
-        use crate::bus::State;
+        use crate::scaleout::wire::State;
         let idx = index();
         let state = |term, version, seq, bid| FeedEvent::State {
             feed: 0,

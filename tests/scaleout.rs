@@ -330,8 +330,10 @@ async fn a_restarted_ingest_continues_seq_from_the_cache() {
 /// `conflated` counts the gap, duplicates and late messages produce nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
-    use quotegw::bus::{encode_heartbeat, encode_state, heartbeat_subject, state_subject, State};
     use quotegw::model::{Quote, Status};
+    use quotegw::scaleout::wire::{
+        encode_heartbeat, encode_state, heartbeat_subject, state_subject, State,
+    };
     let nats = NatsServer::start();
     let edge = start_config(1, &edge_toml(&nats));
     let client = async_nats::connect(&nats.url).await.unwrap();

@@ -27,8 +27,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::{fields, Feed, FeedContext, FeedError};
+use super::{Feed, FeedContext, FeedError};
 use crate::access::Secret;
+use crate::fields;
 use crate::log_limit::{truncated, LogLimiter};
 use crate::model::{
     ms_within, same_price, valid_symbol, Status, Symbol, Tick, MAX_SETTING_MS, SYMBOL_RULE,
@@ -539,7 +540,7 @@ impl Feed for HttpPollFeed {
             let interval = Duration::from_millis(self.config.interval_ms);
             let stale_after = Duration::from_millis(self.config.stale_after_ms);
             let mut rng = Pcg32::seed_from_u64(
-                std::process::id() as u64 ^ u64::from(ctx.id) << 32 ^ super::now_ms() as u64,
+                std::process::id() as u64 ^ u64::from(ctx.id) << 32 ^ crate::model::now_ms() as u64,
             );
             let start = Instant::now();
             let mut batches: Vec<Batch> = self
@@ -597,7 +598,7 @@ impl Feed for HttpPollFeed {
                     }
                 }))
                 .await;
-                let received_at = super::now_ms();
+                let received_at = crate::model::now_ms();
                 for (&i, result) in due.iter().zip(results) {
                     requests.inc();
                     let batch = &mut batches[i];

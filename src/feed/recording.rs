@@ -14,7 +14,7 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use serde_json::value::RawValue;
 
-use super::fields;
+use crate::fields;
 use crate::model::{Symbol, Tick};
 use crate::protocol::push_json_str;
 

@@ -273,7 +273,7 @@ impl Feed for ReplayFeed {
                                 }
                             }
                             if restamp {
-                                tick.ts = super::now_ms();
+                                tick.ts = crate::model::now_ms();
                             } else if pass > 0 {
                                 // Keep `ts` non-decreasing across passes, as clients expect of a feed.
                                 tick.ts = first + at_ms;

@@ -13,7 +13,8 @@ use rand_pcg::Pcg64Mcg;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::{now_ms, Feed, FeedContext, FeedError};
+use super::{Feed, FeedContext, FeedError};
+use crate::model::now_ms;
 use crate::model::{Status, Symbol, Tick};
 
 /// Well-known tickers first (with a plausible starting price in dollars); generated ones follow.

@@ -20,11 +20,10 @@
 //! per-IP guard, and each subscription inside its `SlotView`), so a panic, a cancelled task or a
 //! runtime dropping tasks at shutdown leaves nothing behind in the index or the counts.
 
-mod connection;
 mod limits;
 mod reader;
 pub mod socket;
-pub mod sse;
+mod task;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,10 +31,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_http::ws::{CloseReason, ProtocolError};
+use bytes::BytesMut;
+use tokio::time::Instant as TokioInstant;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Grant, Scope, Tier, TiersConfig};
-use crate::config::LimitsConfig;
+use crate::access::{ClientGuards, Grant, Scope, Tier, TiersConfig};
 use crate::fanout::ConnPending;
 use crate::frame::{FrameBuilder, Framing};
 use crate::index::Index;
@@ -43,8 +43,35 @@ use crate::metrics::Metrics;
 use crate::model::Symbol;
 use crate::protocol::{close, OnLag};
 use crate::view::{Delay, Pacing, SlotView};
-pub use connection::Connection;
+pub use limits::LimitsConfig;
 use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
+use socket::WsSocket;
+
+/// A fragmented text message being reassembled (`max_frame_bytes` bounds its total).
+struct Fragments {
+    text: bool,
+    buf: BytesMut,
+}
+
+pub struct Connection {
+    session: Session,
+    socket: WsSocket,
+    last_heard: TokioInstant,
+    // The three rare states are boxed: every idle connection would otherwise carry their 104
+    // bytes (a pong owed, a fragmented message, an end found by the shard's pass).
+    pong_owed: Option<Box<bytes::Bytes>>,
+    fragments: Option<Box<Fragments>>,
+    /// When the token expires (`None`: never, or beyond the clock's range).
+    expires: Option<TokioInstant>,
+    /// Set by a write from the shard's pass that found the connection's end (`write_now`): the
+    /// task, woken for it, ends the connection.
+    ending: Option<Box<End>>,
+    /// When the next ping is due.
+    next_ping: TokioInstant,
+    /// Set after a frame leaves under `min_frame_interval_ms` (`hold`): until then, news waits.
+    held_until: Option<std::time::Instant>,
+    _guards: (ConnectionGuard, ClientGuards),
+}
 
 /// What every connection shares.
 pub struct SessionShared {

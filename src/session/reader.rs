@@ -7,7 +7,7 @@ use std::time::Instant;
 use actix_http::ws::{Frame, Item};
 use bytes::BytesMut;
 
-use super::connection::Fragments;
+use super::Fragments;
 use super::{Connection, End, Session};
 use crate::index::SymbolEntry;
 use crate::protocol::{

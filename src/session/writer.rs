@@ -2,6 +2,7 @@
 //! timeout (`Connection`).
 
 use std::cell::RefCell;
+use std::rc::{Rc, Weak as RcWeak};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use prometheus::local::LocalHistogram;
 
-use super::{Connection, End, Session};
+use super::{Connection, End, Session, SessionShared};
+use crate::fanout::{ConnPending, PassHooks};
 use crate::metrics::Metrics;
 use crate::protocol::close;
 use crate::view::{EmitStats, Emitted};
@@ -334,6 +336,84 @@ impl Connection {
             }
         }
     }
+}
+
+thread_local! {
+    /// This worker's connections, for its shard's writes (`write_now`): a connection's
+    /// `writer_key` is its index here.
+    static WRITERS: RefCell<Writers> = RefCell::default();
+}
+
+#[derive(Default)]
+struct Writers {
+    conns: Vec<RcWeak<RefCell<Connection>>>,
+    free: Vec<u32>,
+}
+
+/// A connection's place in `WRITERS` and in its shard's clock, for as long as its task serves it.
+/// Released on drop, so a task that is cancelled or panics leaves no entry behind in either: the
+/// polite close (`Session::leave_all`) is not the only way out.
+pub(super) struct Registered<'a> {
+    pending: &'a ConnPending,
+    key: u32,
+}
+
+impl<'a> Registered<'a> {
+    pub(super) fn new(pending: &'a ConnPending, conn: &Rc<RefCell<Connection>>) -> Registered<'a> {
+        let key = WRITERS.with_borrow_mut(|w| match w.free.pop() {
+            Some(key) => {
+                w.conns[key as usize] = Rc::downgrade(conn);
+                key
+            }
+            None => {
+                w.conns.push(Rc::downgrade(conn));
+                (w.conns.len() - 1) as u32
+            }
+        });
+        pending.set_writer_key(Some(key));
+        Registered { pending, key }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        // No more marks, and the shard's clock forgets the connection at its next tick.
+        self.pending.close();
+        self.pending.set_writer_key(None);
+        // `try_with`: a runtime dropped at thread exit may drop this after the registry.
+        let _ = WRITERS.try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.conns[self.key as usize] = RcWeak::new();
+            w.free.push(self.key);
+        });
+    }
+}
+
+/// What the worker's shard calls on its connections (`fanout::PassHooks`).
+pub(super) fn pass_hooks(shared: &SessionShared) -> PassHooks {
+    PassHooks {
+        write: write_from_pass,
+        end_of_pass: publish_latency,
+        busy_percent: shared.limits.fanout_busy_percent,
+        rested: shared.metrics.fanout_rest_seconds.clone(),
+    }
+}
+
+/// The shard pass's way onto a connection (`fanout::PassHooks::write`): writes its news
+/// (`Connection::write_now`) unless its task is using it (then the borrow fails, and the shard
+/// wakes the task).
+fn write_from_pass(pending: &ConnPending) -> bool {
+    let Some(key) = pending.writer_key() else {
+        return false;
+    };
+    let Some(conn) = WRITERS.with_borrow(|w| w.conns.get(key as usize).and_then(RcWeak::upgrade))
+    else {
+        return false;
+    };
+    let Ok(mut conn) = conn.try_borrow_mut() else {
+        return false;
+    };
+    conn.write_now()
 }
 
 struct Stalled<'a>(&'a prometheus::IntGauge);

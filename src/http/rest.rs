@@ -14,8 +14,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::access::{CorsOrigin, Grant, Tier};
 use crate::admit::{admit, Admitted, ClientRequest, Refused};
 use crate::delta::{encode_snapshot, with_delayed_ms};
-use crate::http::AppState;
 use crate::protocol::{push_json_str, ErrorCode, SymbolList};
+use crate::state::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/quotes", web::get().to(quotes))
@@ -181,7 +181,7 @@ async fn quotes(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         Tier::Delayed => state.sessions.tiers.delayed.map(|d| d.delay_ms),
         Tier::Realtime | Tier::Throttled => None,
     };
-    let now_ms = crate::feed::now_ms();
+    let now_ms = crate::model::now_ms();
     let mut body = String::from(r#"{"quotes":["#);
     let mut first = true;
     for symbol in &accepted {

@@ -2,8 +2,10 @@
 //! operational endpoints `/metrics`, `/healthz`, `/readyz`, and the ticker widget with its demo pages
 //! (`web/`, embedded in the binary so that one file is the whole deployment).
 
+pub mod rest;
+pub mod sse;
+
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use std::future::Future;
 
@@ -20,35 +22,27 @@ use tokio::net::TcpStream;
 
 use crate::access::{Access, CorsOrigin};
 use crate::admit::{admit, Admitted, ClientRequest, Refused};
-use crate::feed::FeedHealth;
 use crate::frame::Framing;
 use crate::session::socket::WsSocket;
-use crate::session::{Connection, SessionShared, Transport};
-
-/// What the routes need, shared by every worker.
-pub struct AppState {
-    pub sessions: Arc<SessionShared>,
-    pub access: Arc<Access>,
-    /// (feed name, health) in `FeedId` order.
-    pub feeds: Vec<(String, Arc<FeedHealth>)>,
-}
+use crate::session::{Connection, Transport};
+use crate::state::AppState;
 
 /// The web assets: (path, content type, body).
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "/",
         "text/html; charset=utf-8",
-        include_str!("../web/index.html"),
+        include_str!("../../web/index.html"),
     ),
     (
         "/widget/quote-ticker.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/quote-ticker.js"),
+        include_str!("../../web/quote-ticker.js"),
     ),
     (
         "/examples/trading.html",
         "text/html; charset=utf-8",
-        include_str!("../web/examples/trading.html"),
+        include_str!("../../web/examples/trading.html"),
     ),
 ];
 
@@ -70,7 +64,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
         );
     }
     cfg.route("/ws", web::get().to(ws_without_upgrade));
-    crate::rest::routes(cfg);
+    crate::http::rest::routes(cfg);
     if with_ops {
         // The probes stay public (load balancers call them without credentials); the metrics
         // (connection counts, refusals by reason, feed names) are for whoever may read quotes.
@@ -92,7 +86,7 @@ async fn public_metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
             ClientRequest::of(req.headers(), req.query_string(), req.peer_addr()).proxied(proxied);
         // The credential only: a scrape takes no place among a client's connections.
         if let Err(refused) = crate::admit::verify(&state, &request) {
-            return crate::rest::refusal_as(&state, &req, refused, "metrics");
+            return crate::http::rest::refusal_as(&state, &req, refused, "metrics");
         }
     }
     metrics(state).await

@@ -21,14 +21,14 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{Feed, FeedContext, FeedError};
-use crate::bus;
+use crate::feed::adapter::{Feed, FeedContext, FeedError};
 use crate::log_limit::{truncated, LogLimiter};
 use crate::model::{ms_within, Status, Symbol, MAX_SETTING_MS};
-use crate::nats::{
+use crate::scaleout::client::{
     check_names, connect, default_prefix, default_stream, read_cache, server_list,
     CACHE_REQUEST_TIMEOUT,
 };
+use crate::scaleout::wire;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,10 +122,10 @@ impl Edge {
             let client = client.clone();
             async move { client.subscribe(subject).await }
         };
-        let mut states = subscribe(bus::state_subjects(&prefix))
+        let mut states = subscribe(wire::state_subjects(&prefix))
             .await
             .map_err(|e| FeedError::Setup(format!("cannot subscribe: {e}")))?;
-        let mut heartbeats = subscribe(bus::heartbeat_subject(&prefix))
+        let mut heartbeats = subscribe(wire::heartbeat_subject(&prefix))
             .await
             .map_err(|e| FeedError::Setup(format!("cannot subscribe: {e}")))?;
         // Ready only once the cache is in: a client never gets a partial edge.
@@ -192,7 +192,7 @@ impl Edge {
 
     /// Hands one state message to the index.
     async fn take(&mut self, payload: &[u8]) -> Result<(), FeedError> {
-        match bus::decode_state(payload) {
+        match wire::decode_state(payload) {
             Ok(state) => {
                 if !self.known.contains(&state.symbol) {
                     self.known.insert(state.symbol.clone());
@@ -229,7 +229,7 @@ impl Edge {
         let mut payloads = Vec::new();
         let read = read_cache(
             &stream,
-            &bus::state_subjects(&self.config.subject_prefix),
+            &wire::state_subjects(&self.config.subject_prefix),
             |p| payloads.push(p.to_vec()),
         )
         .await;

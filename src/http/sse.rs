@@ -10,7 +10,7 @@
 //! connections alive, every request is the first on its connection. The response is delimited by
 //! the connection's end (HTTP/1.1 allows it with `Connection: close`): events need no chunk framing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_codec::Decoder;
 use actix_http::{h1, StatusCode};
@@ -18,14 +18,14 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::socket::WsSocket;
-use super::{Connection, Transport};
 use crate::access::CorsOrigin;
 use crate::admit::{admit, Admitted, ClientRequest, Refused};
 use crate::frame::Framing;
-use crate::http::AppState;
-use crate::protocol::{push_json_str, ErrorCode, OnLag, SymbolList, MAX_HZ_RANGE};
-use crate::rest::{resolve, symbols_param, Query};
+use crate::http::rest::{resolve, symbols_param, Query};
+use crate::protocol::{push_json_str, ErrorCode, OnLag, MAX_HZ_RANGE};
+use crate::session::socket::WsSocket;
+use crate::session::{Connection, Transport};
+use crate::state::AppState;
 
 /// The path of a stream.
 const STREAM_PATH: &str = "/v1/stream";
@@ -215,14 +215,7 @@ pub async fn serve(
         WsSocket::raw(io),
         Framing::Sse,
     );
-    let pacing = connection.session.pacing(max_hz, on_lag);
-    let symbols = SymbolList {
-        valid: symbols,
-        invalid: Vec::new(),
-    };
-    connection
-        .session
-        .subscribe(None, symbols, pacing, Instant::now());
+    connection.subscribe_at_start(symbols, max_hz, on_lag);
     // Its own task, like a WebSocket session (`http::upgrade`): actix's connection task ends here.
     tokio::task::spawn_local(connection.run());
 }

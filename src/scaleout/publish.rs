@@ -19,14 +19,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, State};
 use crate::index::{Change, ChangeLog, Changes, Index};
 use crate::log_limit::LogLimiter;
 use crate::model::ms_within;
-use crate::nats::{
+use crate::scaleout::client::{
     check_names, connect, default_prefix, default_stream, ensure_stream, read_cache, server_list,
     ConnectionEvents, PublishError, Storage,
 };
+use crate::scaleout::wire::{self, State};
 
 /// `[publish]`: this gateway is a scale-out ingest.
 #[derive(Clone, Debug, Deserialize)]
@@ -84,9 +84,9 @@ async fn load(
     let mut seeded = 0;
     read_cache(
         &stream,
-        &bus::heartbeat_subject(&config.subject_prefix),
+        &wire::heartbeat_subject(&config.subject_prefix),
         |payload| {
-            if let Ok(term) = bus::decode_heartbeat(payload) {
+            if let Ok(term) = wire::decode_heartbeat(payload) {
                 last_term = last_term.max(term);
             }
         },
@@ -94,9 +94,9 @@ async fn load(
     .await?;
     read_cache(
         &stream,
-        &bus::state_subjects(&config.subject_prefix),
+        &wire::state_subjects(&config.subject_prefix),
         |payload| {
-            if let Ok(state) = bus::decode_state(payload) {
+            if let Ok(state) = wire::decode_state(payload) {
                 last_term = last_term.max(state.term);
                 index.seed(state.symbol, state.seq, state.quote);
                 seeded += 1;
@@ -136,12 +136,12 @@ pub async fn start(
     };
     // Above every term seen, and at least now in ms: a cache lost with NATS still gives a higher
     // term than any before it (clocks permitting).
-    let term = (last_term + 1).max(crate::feed::now_ms().max(0) as u64);
+    let term = (last_term + 1).max(crate::model::now_ms().max(0) as u64);
     // Every symbol goes out when the publisher sees the connection's `Connected` event (the first
     // connection raises it too), not here as well.
     tracing::info!(term, "publishing to NATS");
     let heartbeat_client = client.clone();
-    let hb_subject = bus::heartbeat_subject(&config.subject_prefix);
+    let hb_subject = wire::heartbeat_subject(&config.subject_prefix);
     let every = Duration::from_millis(config.heartbeat_ms);
     let hb_shutdown = shutdown.clone();
     actix_web::rt::spawn(async move {
@@ -151,7 +151,7 @@ pub async fn start(
                 _ = hb_shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let hb = bus::encode_heartbeat(term, crate::feed::now_ms());
+            let hb = wire::encode_heartbeat(term, crate::model::now_ms());
             let _ = heartbeat_client
                 .publish(hb_subject.clone(), hb.into())
                 .await;
@@ -220,7 +220,7 @@ impl Publisher {
                 })
             });
             for change in batch.states.drain(..).chain(behind) {
-                let subject = bus::state_subject(&config.subject_prefix, &change.symbol);
+                let subject = wire::state_subject(&config.subject_prefix, &change.symbol);
                 let state = State {
                     term,
                     version: change.version,
@@ -229,7 +229,7 @@ impl Publisher {
                     quote: change.quote,
                 };
                 match client
-                    .publish(subject, bus::encode_state(&state).into())
+                    .publish(subject, wire::encode_state(&state).into())
                     .await
                 {
                     Ok(()) => published.inc(),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::bus;
+use crate::scaleout::wire;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -191,7 +191,10 @@ pub async fn ensure_stream(
     use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
     js.get_or_create_stream(Config {
         name: name.to_string(),
-        subjects: vec![bus::state_subjects(prefix), bus::heartbeat_subject(prefix)],
+        subjects: vec![
+            wire::state_subjects(prefix),
+            wire::heartbeat_subject(prefix),
+        ],
         max_messages_per_subject: 1,
         discard: DiscardPolicy::Old,
         storage: match storage {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::delta::encode_snapshot;
-use crate::feed::fields;
+use crate::fields;
 use crate::model::{valid_symbol, Quote, Status, Symbol};
 
 /// The encoding's version, `v` in every message.

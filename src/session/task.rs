@@ -5,20 +5,21 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason, Frame, ProtocolError};
-use bytes::BytesMut;
 use tokio::time::{Instant, Sleep};
 
 use super::socket::{SendError, WsSocket};
-use super::{ConnectionGuard, End, Session, SessionShared};
-use crate::access::{ClientGuards, Grant};
-use crate::fanout::{ConnPending, Writer};
+use super::writer::{pass_hooks, Registered};
+use super::{Connection, ConnectionGuard, End, Session, SessionShared};
+use crate::access::ClientGuards;
+use crate::access::Grant;
+use crate::fanout::ConnPending;
 use crate::frame::Framing;
 use crate::protocol::close;
 use crate::security_log;
@@ -30,33 +31,23 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// client has not read); past it, and past one more `slow_consumer_timeout_ms`, the socket is shut.
 const SLOW_CONSUMER_CLOSE_GRACE_MIN: Duration = Duration::from_secs(5);
 
-/// A fragmented text message being reassembled (`max_frame_bytes` bounds its total).
-pub(super) struct Fragments {
-    pub(super) text: bool,
-    pub(super) buf: BytesMut,
-}
-
-pub struct Connection {
-    pub(super) session: Session,
-    pub(super) socket: WsSocket,
-    pub(super) last_heard: Instant,
-    // The three rare states are boxed: every idle connection would otherwise carry their 104
-    // bytes (a pong owed, a fragmented message, an end found by the shard's pass).
-    pub(super) pong_owed: Option<Box<bytes::Bytes>>,
-    pub(super) fragments: Option<Box<Fragments>>,
-    /// When the token expires (`None`: never, or beyond the clock's range).
-    pub(super) expires: Option<Instant>,
-    /// Set by a write from the shard's pass that found the connection's end (`write_now`): the
-    /// task, woken for it, ends the connection.
-    pub(super) ending: Option<Box<End>>,
-    /// When the next ping is due.
-    next_ping: Instant,
-    /// Set after a frame leaves under `min_frame_interval_ms` (`hold`): until then, news waits.
-    pub(super) held_until: Option<std::time::Instant>,
-    _guards: (ConnectionGuard, ClientGuards),
-}
-
 impl Connection {
+    /// An SSE stream's one subscription, made before its task starts (a stream sends no ops).
+    pub fn subscribe_at_start(
+        &mut self,
+        symbols: Vec<String>,
+        max_hz: Option<f64>,
+        on_lag: crate::protocol::OnLag,
+    ) {
+        let pacing = self.session.pacing(max_hz, on_lag);
+        let symbols = crate::protocol::SymbolList {
+            valid: symbols,
+            invalid: Vec::new(),
+        };
+        self.session
+            .subscribe(None, symbols, pacing, std::time::Instant::now());
+    }
+
     pub fn new(
         shared: Arc<SessionShared>,
         guards: (ConnectionGuard, ClientGuards),
@@ -98,12 +89,7 @@ impl Connection {
             // The worker's fan-out task, started by its first connection (`fanout.rs`).
             {
                 let shared = &this.borrow().session.shared;
-                pending.shard().ensure_running(Writer {
-                    write: write_now,
-                    end_of_pass: super::writer::publish_latency,
-                    busy_percent: shared.limits.fanout_busy_percent,
-                    rested: shared.metrics.fanout_rest_seconds.clone(),
-                });
+                pending.shard().ensure_running(pass_hooks(shared));
             }
             let end = {
                 let _registered = Registered::new(&pending, &this);
@@ -414,73 +400,6 @@ impl Connection {
     fn flush_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<bool, End>> + '_>> {
         Box::pin(self.flush())
     }
-}
-
-thread_local! {
-    /// This worker's connections, for its shard's writes (`write_now`): a connection's
-    /// `writer_key` is its index here.
-    static WRITERS: RefCell<Writers> = RefCell::default();
-}
-
-#[derive(Default)]
-struct Writers {
-    conns: Vec<Weak<RefCell<Connection>>>,
-    free: Vec<u32>,
-}
-
-/// A connection's place in `WRITERS` and in its shard's clock, for as long as its task serves it.
-/// Released on drop, so a task that is cancelled or panics leaves no entry behind in either: the
-/// polite close (`Session::leave_all`) is not the only way out.
-struct Registered<'a> {
-    pending: &'a ConnPending,
-    key: u32,
-}
-
-impl<'a> Registered<'a> {
-    fn new(pending: &'a ConnPending, conn: &Rc<RefCell<Connection>>) -> Registered<'a> {
-        let key = WRITERS.with_borrow_mut(|w| match w.free.pop() {
-            Some(key) => {
-                w.conns[key as usize] = Rc::downgrade(conn);
-                key
-            }
-            None => {
-                w.conns.push(Rc::downgrade(conn));
-                (w.conns.len() - 1) as u32
-            }
-        });
-        pending.set_writer_key(Some(key));
-        Registered { pending, key }
-    }
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        // No more marks, and the shard's clock forgets the connection at its next tick.
-        self.pending.close();
-        self.pending.set_writer_key(None);
-        // `try_with`: a runtime dropped at thread exit may drop this after the registry.
-        let _ = WRITERS.try_with(|w| {
-            let mut w = w.borrow_mut();
-            w.conns[self.key as usize] = Weak::new();
-            w.free.push(self.key);
-        });
-    }
-}
-
-/// The worker's writer (`fanout::Writer::write`): writes a connection's news from the shard's pass
-/// unless its task is using it (then the borrow fails, and the shard wakes the task).
-fn write_now(pending: &ConnPending) -> bool {
-    let Some(key) = pending.writer_key() else {
-        return false;
-    };
-    let Some(conn) = WRITERS.with_borrow(|w| w.conns.get(key as usize).and_then(Weak::upgrade))
-    else {
-        return false;
-    };
-    let Ok(mut conn) = conn.try_borrow_mut() else {
-        return false;
-    };
-    conn.write_now()
 }
 
 impl From<SendError> for End {

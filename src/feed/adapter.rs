@@ -1,0 +1,143 @@
+//! Stage 1, feeds: the one trait every adapter implements ([`Feed`]), what it hands to the index
+//! ([`FeedEvent`]) and the context through which it does ([`FeedContext`]).
+//!
+//! Backpressure, feed → index: a bounded channel (`TICK_CHANNEL_CAPACITY`). A feed that produces
+//! faster than the index applies ticks waits in `FeedContext::send`; nothing queues without bound, and
+//! what a slow feed does about it (fall behind, skip, poll less often) is the adapter's decision.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::model::{FeedId, Status, Symbol, Tick};
+
+/// Room for this many events between all feeds and the index: ~0.5 s of the default 2,000 ticks/s
+/// (enough to absorb a scheduling hiccup), small enough that a stuck index stops feeds quickly.
+pub const TICK_CHANNEL_CAPACITY: usize = 1024;
+
+/// What a feed hands to the index.
+#[derive(Clone, Debug)]
+pub enum FeedEvent {
+    /// An upstream tick: applied, given the next `seq`, fanned out.
+    Tick(Tick),
+    /// A status decided by the feed rather than by an upstream tick (e.g. `stale` when the upstream
+    /// stops answering). Does not advance `seq`.
+    Status {
+        feed: FeedId,
+        symbol: Symbol,
+        status: Status,
+    },
+    /// (scale-out edge) a symbol's whole state as an ingest published it, with its `seq`: the
+    /// index keeps the newest by `(term, version)` and assigns no `seq` of its own.
+    State {
+        feed: FeedId,
+        state: crate::scaleout::wire::State,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum FeedError {
+    #[error("the index stopped taking ticks (gateway shutting down)")]
+    IndexClosed,
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// An upstream source of ticks.
+pub trait Feed: Send {
+    fn name(&self) -> &str;
+
+    /// Every symbol this feed serves, known before it starts, so that clients can subscribe (and list
+    /// them with the `symbols` op) before the first tick.
+    fn symbols(&self) -> Vec<Symbol>;
+
+    /// Produces ticks into `ctx` until `ctx.shutdown` is cancelled or the source ends.
+    fn run(self: Box<Self>, ctx: FeedContext) -> BoxFuture<'static, Result<(), FeedError>>;
+}
+
+/// Liveness of one feed, read by `/readyz` and the `quotegw_feed_up` gauge.
+#[derive(Debug, Default)]
+pub struct FeedHealth {
+    pub up: AtomicBool,
+    pub delivered: AtomicBool,
+}
+
+/// Everything a running feed needs from the gateway.
+pub struct FeedContext {
+    pub id: FeedId,
+    pub shutdown: CancellationToken,
+    /// For the adapter's own metrics (poll latency, bad lines), labelled with its name.
+    pub metrics: Arc<Metrics>,
+    events_tx: mpsc::Sender<FeedEvent>,
+    health: Arc<FeedHealth>,
+}
+
+impl FeedContext {
+    pub fn new(
+        id: FeedId,
+        events_tx: mpsc::Sender<FeedEvent>,
+        shutdown: CancellationToken,
+        health: Arc<FeedHealth>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        FeedContext {
+            id,
+            shutdown,
+            metrics,
+            events_tx,
+            health,
+        }
+    }
+
+    /// Hands a tick to the index, waiting while the index is behind (the feed → index backpressure).
+    pub async fn send(&self, mut tick: Tick) -> Result<(), FeedError> {
+        tick.feed = self.id;
+        self.events_tx
+            .send(FeedEvent::Tick(tick))
+            .await
+            .map_err(|_| FeedError::IndexClosed)?;
+        if !self.health.delivered.load(Ordering::Relaxed) {
+            self.health.delivered.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Sets a symbol's status without an upstream tick.
+    pub async fn set_status(&self, symbol: Symbol, status: Status) -> Result<(), FeedError> {
+        self.events_tx
+            .send(FeedEvent::Status {
+                feed: self.id,
+                symbol,
+                status,
+            })
+            .await
+            .map_err(|_| FeedError::IndexClosed)
+    }
+
+    /// (scale-out edge) hands a state from the bus to the index; readiness is the feed's to say
+    /// (`set_delivered`), once its cache is loaded.
+    pub async fn send_state(&self, state: crate::scaleout::wire::State) -> Result<(), FeedError> {
+        self.events_tx
+            .send(FeedEvent::State {
+                feed: self.id,
+                state,
+            })
+            .await
+            .map_err(|_| FeedError::IndexClosed)
+    }
+
+    /// Says the feed has delivered what clients need (`/readyz`).
+    pub fn set_delivered(&self) {
+        self.health.delivered.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the feed's upstream as reachable (`true`) or down.
+    pub fn set_up(&self, up: bool) {
+        self.health.up.store(up, Ordering::Relaxed);
+    }
+}
