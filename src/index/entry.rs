@@ -1,0 +1,618 @@
+//! One symbol's entry: the latest quote, `seq`, status and failover between its sources
+//! (`SymbolState`), its subscribers' links per worker, and a connection's `Subscription` to it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use prometheus::IntGauge;
+
+use crate::delta::{encode_status, encode_update};
+use crate::fanout::{ConnPending, Link};
+use crate::frame::one_message_frame;
+use crate::model::{FeedId, Quote, Status, Symbol, Tick};
+use crate::sync::lock;
+
+use super::history::{HistoryConfig, HistoryEntry, PastState, Sampled};
+use super::mirror::{read_from, Head, Mirror, Published, Recent, ShardLink};
+use super::{ChangeLog, RECENT_MAX, RECENT_TICKS};
+
+pub struct SymbolEntry {
+    pub symbol: Symbol,
+    pub(super) state: Mutex<SymbolState>,
+    /// One link per worker shard with subscribers to this symbol (`fanout.rs`): a change is handed
+    /// to each worker once, and the worker marks its own connections.
+    pub(super) links: Mutex<Vec<ShardLink>>,
+    /// +1 for every change of `state` a reader may see (under the state lock), so that a shard's
+    /// `Mirror` knows without the lock whether it is current.
+    pub(super) generation: AtomicU64,
+    /// Every subscriber (the gauge and the invariants), and those the fan-out marks (whether a
+    /// change's shared bytes are worth encoding), read without the lock.
+    pub(super) subscriber_count: AtomicUsize,
+    pub(super) live_count: AtomicUsize,
+    pub(super) subscriptions: IntGauge,
+    pub(super) history: Option<HistoryConfig>,
+    /// The throttled tier's interval, when it is sampled (`Index::sample_every`).
+    pub(super) sample_ms: Option<i64>,
+    /// Listed in the `ChangeLog` and not yet read by its consumer.
+    pub(super) queued: std::sync::atomic::AtomicBool,
+    /// Where every change goes (a scale-out ingest), besides this entry's subscribers.
+    pub(super) changes: Option<Arc<ChangeLog>>,
+}
+
+#[derive(Default)]
+pub(super) struct SymbolState {
+    pub(super) seq: u64,
+    /// How many times the symbol's source restarted with a lower `seq` (a scale-out ingest that
+    /// lost its state): a connection that saw another count must start over (close 1012).
+    pub(super) restarts: u64,
+    /// (scale-out edge) the newest `(term, version)` applied from the bus.
+    pub(super) remote: Option<(u64, u64)>,
+    /// +1 for every change a client is told about: each tick (with its `seq`) and each status-only
+    /// change (same `seq`). Connections catch up by version, so a status flip between two ticks
+    /// keeps its place among them.
+    pub(super) version: u64,
+    pub(super) quote: Quote,
+    /// When the latest tick entered the index: the start of `quotegw_tick_to_write_seconds`.
+    pub(super) tick_in: Option<Instant>,
+    /// The changes of the last versions (`version - recent.len() + 1 ..= version`), each encoded
+    /// once for every subscriber; empty when the latest change had no subscriber.
+    pub(super) recent: VecDeque<Recent>,
+    /// How long a change stays in `recent` past the first `RECENT_TICKS` (`Index::keep_catch_up_for`).
+    pub(super) keep_for: Duration,
+    /// The latest state per time bucket, oldest first (only with a `HistoryConfig`).
+    pub(super) history: VecDeque<HistoryEntry>,
+    /// The throttled tier's sample (only with `Index::sample_every`).
+    pub(super) sampled: Option<Box<Sampled>>,
+    /// Every feed that has ticked this symbol, in priority (`FeedId`) order; usually one.
+    pub(super) sources: Vec<Source>,
+    /// The feed whose quote is published; kept while every source is stale, so that the same feed
+    /// recovering is not a switch.
+    pub(super) active: Option<FeedId>,
+}
+
+/// One feed's view of a symbol: created by the feed's first tick for it, never by a status event.
+pub(super) struct Source {
+    pub(super) feed: FeedId,
+    pub(super) quote: Quote,
+    /// False from the feed saying its data for the symbol is stale (an upstream outage) until its
+    /// next tick: only a tick shows the feed has current prices again.
+    pub(super) fresh: bool,
+}
+
+impl SymbolState {
+    pub(super) fn head(&self) -> Head {
+        Head {
+            seq: self.seq,
+            restarts: self.restarts,
+            version: self.version,
+            quote: self.quote,
+            tick_in: self.tick_in,
+        }
+    }
+
+    /// The feed's source, created on its first tick: empty, or, for a symbol seeded from a
+    /// scale-out cache before any feed ticked (`Index::seed`), the seeded quote, so that a partial
+    /// first tick updates it instead of blanking what it leaves out.
+    pub(super) fn source_for_tick(&mut self, feed: FeedId) -> &mut Source {
+        let seeded = self.active.is_none() && self.seq > 0;
+        let i = match self.sources.binary_search_by_key(&feed, |s| s.feed) {
+            Ok(i) => i,
+            Err(i) => {
+                // A tick is current: the seeded quote's `stale` is not the feed's.
+                let quote = if seeded {
+                    Quote {
+                        status: Status::default(),
+                        ..self.quote
+                    }
+                } else {
+                    Quote::default()
+                };
+                self.sources.insert(
+                    i,
+                    Source {
+                        feed,
+                        quote,
+                        fresh: true,
+                    },
+                );
+                i
+            }
+        };
+        &mut self.sources[i]
+    }
+
+    pub(super) fn source(&mut self, feed: FeedId) -> Option<&mut Source> {
+        self.sources.iter_mut().find(|s| s.feed == feed)
+    }
+
+    /// The feed that should be published: the first fresh source that is the active one or whose
+    /// view is whole, covering every field the published quote has. A switch publishes the new
+    /// source's view as it is, and a standby that has sent only part of a quote (a replay's first
+    /// lines, a feed that joined late) would blank the rest for every client; until its view is
+    /// whole it stays a standby, and with no other fresh source the symbol is `stale` with the
+    /// last prices it had.
+    pub(super) fn preferred(&self) -> Option<&Source> {
+        self.sources
+            .iter()
+            .find(|s| s.fresh && (self.active == Some(s.feed) || s.quote.covers(&self.quote)))
+    }
+
+    /// Publishes a new quote as the next `seq`, encoding the shared update (and the status change it
+    /// carries, if any) when anyone listens.
+    pub(super) fn publish(&mut self, symbol: &str, now: Quote, listeners: bool) {
+        let seq = self.seq + 1;
+        self.publish_at(symbol, now, seq, listeners);
+    }
+
+    /// Publishes a quote at `seq`: the next one for a tick; for a state from a scale-out ingest,
+    /// the ingest's (ticks it merged before this one count in `conflated`, and a lower `seq` is a
+    /// restarted source, counted in `restarts`).
+    pub(super) fn publish_at(&mut self, symbol: &str, now: Quote, seq: u64, listeners: bool) {
+        let prev = self.quote;
+        let prev_seq = self.seq;
+        if seq < prev_seq {
+            self.restarts += 1;
+        }
+        self.quote = now;
+        self.seq = seq;
+        let tick_in = Instant::now();
+        self.tick_in = Some(tick_in);
+        let conflated = seq.saturating_sub(prev_seq + 1);
+        // The first tick has no update: subscribers get a snapshot.
+        let first = prev_seq == 0;
+        self.record(listeners && !first, || {
+            let mut update_len = 0;
+            let frame = one_message_frame(|s| {
+                let start = s.len();
+                encode_update(s, symbol, seq, &prev, &now, conflated);
+                update_len = s.len() - start;
+                if now.status != prev.status {
+                    s.push(',');
+                    encode_status(s, symbol, now.status);
+                }
+            });
+            Recent {
+                frame,
+                update_len: update_len as u32,
+                seq,
+                tick_in: Some(tick_in),
+                at: tick_in,
+            }
+        });
+    }
+
+    /// Publishes a status change without a tick: a new version with the same `seq`.
+    pub(super) fn publish_status(&mut self, symbol: &str, status: Status, listeners: bool) {
+        self.quote.status = status;
+        let seq = self.seq;
+        self.record(listeners, || Recent {
+            frame: one_message_frame(|s| encode_status(s, symbol, status)),
+            update_len: 0,
+            seq,
+            tick_in: None,
+            at: Instant::now(),
+        });
+    }
+
+    /// Keeps the state just published as its time bucket's latest, and forgets what is older than
+    /// any delayed client can still be shown.
+    pub(super) fn remember(&mut self, history: HistoryConfig, now_ms: i64) {
+        let g = history.granularity_ms;
+        let entry = HistoryEntry {
+            bucket_ms: now_ms - now_ms.rem_euclid(g),
+            seq: self.seq,
+            quote: self.quote,
+        };
+        match self.history.back_mut() {
+            Some(last) if last.bucket_ms == entry.bucket_ms => *last = entry,
+            _ => self.history.push_back(entry),
+        }
+        // The entry before the oldest one still wanted stays: it is the state at that time.
+        let oldest_wanted = now_ms - history.keep_ms - g;
+        while self.history.len() > 1 && self.history[1].bucket_ms + g <= oldest_wanted {
+            self.history.pop_front();
+        }
+    }
+
+    /// Keeps the state just published for the throttled tier's sample: the first change of a new
+    /// interval makes the state before it the one that interval began with.
+    pub(super) fn sample(&mut self, interval_ms: i64, now_ms: i64) {
+        let start = now_ms - now_ms.rem_euclid(interval_ms);
+        let current = HistoryEntry {
+            bucket_ms: start,
+            seq: self.seq,
+            quote: self.quote,
+        };
+        let s = self.sampled.get_or_insert_with(Box::default);
+        if s.last_interval_ms != start {
+            s.at_start = s.last;
+            s.last_interval_ms = start;
+        }
+        s.last = Some(current);
+    }
+
+    /// Counts a change as the next version and keeps its encoding in the ring. With no subscriber
+    /// nobody would read the bytes; the ring then restarts so that it stays contiguous up to
+    /// `version`.
+    pub(super) fn record(&mut self, keep: bool, change: impl FnOnce() -> Recent) {
+        self.version += 1;
+        if keep {
+            let change = change();
+            // Past the first `RECENT_TICKS`, a change leaves once older than the catch-up window.
+            while let Some(oldest) = self.recent.front() {
+                let full = self.recent.len() >= RECENT_MAX;
+                let aged = change.at.saturating_duration_since(oldest.at) >= self.keep_for;
+                if self.recent.len() < RECENT_TICKS || (!full && !aged) {
+                    break;
+                }
+                self.recent.pop_front();
+            }
+            self.recent.push_back(change);
+        } else {
+            self.recent.clear();
+        }
+    }
+}
+
+impl SymbolEntry {
+    /// Applies a normalized tick; false when its feed is a standby for this symbol (nothing was
+    /// published).
+    pub(super) fn apply(self: &Arc<Self>, tick: &Tick) -> bool {
+        let listeners = self.live_count.load(Ordering::Relaxed) > 0;
+        {
+            let mut st = lock(&self.state);
+            let source = st.source_for_tick(tick.feed);
+            merge(&mut source.quote, tick);
+            source.fresh = true;
+            let quote = source.quote;
+            match st.preferred().map(|s| s.feed) {
+                Some(f) if f == tick.feed && st.active == Some(f) => {
+                    // The usual case: the tick's own fields on top of the published quote.
+                    let mut now = st.quote;
+                    merge(&mut now, tick);
+                    // A tick from a feed that was stale makes the symbol live again.
+                    now.status = quote.status;
+                    st.publish(&self.symbol, now, listeners);
+                }
+                Some(f) if f == tick.feed => {
+                    // First tick, or this feed takes (back) over on a fresh tick: publish its whole
+                    // view, which this tick has just brought up to date.
+                    st.active = Some(f);
+                    st.publish(&self.symbol, quote, listeners);
+                }
+                _ => return false,
+            }
+            self.published(&mut st);
+        }
+        self.fan_out();
+        true
+    }
+
+    /// After every change, under the state lock: keeps it in the history (delayed tier) and the
+    /// sample (throttled tier), and lists it for a scale-out ingest's publisher.
+    pub(super) fn published(self: &Arc<Self>, st: &mut SymbolState) {
+        self.generation.fetch_add(1, Ordering::Release);
+        if self.history.is_some() || self.sample_ms.is_some() {
+            let now_ms = crate::model::now_ms();
+            if let Some(history) = self.history {
+                st.remember(history, now_ms);
+            }
+            if let Some(interval) = self.sample_ms {
+                st.sample(interval, now_ms);
+            }
+        }
+        if let Some(changes) = &self.changes {
+            changes.record(self, st);
+        }
+    }
+
+    /// A feed says its data for this symbol is stale, or live (or halted) again.
+    ///
+    /// A status event never creates a source and never makes one fresh: a feed recovering from an
+    /// outage is taken back on its first tick (`apply`), so the quote published then is one the
+    /// feed has just sent, never the one it had before the outage. Going stale can still move the
+    /// symbol to the next fresh feed, whose prices are current.
+    pub(super) fn set_feed_status(self: &Arc<Self>, feed: FeedId, status: Status) {
+        let listeners = self.live_count.load(Ordering::Relaxed) > 0;
+        {
+            let mut st = lock(&self.state);
+            let Some(source) = st.source(feed) else {
+                return; // this feed has not ticked the symbol: nothing of its own to mark
+            };
+            match status {
+                Status::Stale => source.fresh = false,
+                // Halted or live from a feed that is current; from a stale one, wait for its tick.
+                _ if source.fresh => source.quote.status = status,
+                _ => return,
+            }
+            match st.preferred().map(|s| (s.feed, s.quote)) {
+                Some((f, quote)) if st.active != Some(f) => {
+                    // Failover: the next fresh feed's whole view, as the next seq.
+                    st.active = Some(f);
+                    st.publish(&self.symbol, quote, listeners);
+                }
+                preferred => {
+                    let published = preferred.map_or(Status::Stale, |(_, q)| q.status);
+                    if st.quote.status == published {
+                        return;
+                    }
+                    st.publish_status(&self.symbol, published, listeners);
+                }
+            }
+            self.published(&mut st);
+        }
+        self.fan_out();
+    }
+
+    /// (scale-out edge) applies a state from the bus, publishing it when it is news. The bus's
+    /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
+    /// state equal to the one held makes a stale source current again (a reload after an outage).
+    pub(super) fn apply_state(
+        self: &Arc<Self>,
+        feed: FeedId,
+        state: &crate::scaleout::wire::State,
+    ) {
+        let listeners = self.live_count.load(Ordering::Relaxed) > 0;
+        {
+            let mut st = lock(&self.state);
+            let key = (state.term, state.version);
+            match st.remote {
+                Some(held) if key < held => return, // late or reordered
+                Some(held) if key == held => {
+                    let source = st.source_for_tick(feed);
+                    if source.fresh {
+                        return; // a duplicate
+                    }
+                    source.fresh = true;
+                    if st.quote.status == state.quote.status {
+                        return;
+                    }
+                    st.publish_status(&self.symbol, state.quote.status, listeners);
+                }
+                held => {
+                    let restarted = held.is_some_and(|(term, _)| state.term > term);
+                    if state.seq < st.seq && !restarted {
+                        return; // an older state under the same term: cannot be newer
+                    }
+                    st.remote = Some(key);
+                    let source = st.source_for_tick(feed);
+                    source.quote = state.quote;
+                    source.fresh = true;
+                    st.active = Some(feed);
+                    if state.seq != st.seq {
+                        st.publish_at(&self.symbol, state.quote, state.seq, listeners);
+                    } else if state.quote.same_as(&st.quote) {
+                        return;
+                    } else if st.quote.status != state.quote.status
+                        && state.quote.same_as(&Quote {
+                            status: state.quote.status,
+                            ..st.quote
+                        })
+                    {
+                        // A status-only change: a new version with the same seq.
+                        st.publish_status(&self.symbol, state.quote.status, listeners);
+                    } else {
+                        // Same seq, other values: only a restarted source says that. A connection
+                        // holding this seq cannot be sent an update with it: it starts over.
+                        st.restarts += 1;
+                        st.publish_at(&self.symbol, state.quote, state.seq, listeners);
+                    }
+                }
+            }
+            self.published(&mut st);
+        }
+        self.fan_out();
+    }
+
+    /// Hands the change to every worker shard with live subscribers (at most once until the shard
+    /// takes it). Never awaits (see module doc).
+    pub(super) fn fan_out(&self) {
+        for l in lock(&self.links).iter() {
+            l.link.queue();
+        }
+    }
+
+    /// The symbol as it was at `at_ms` (gateway clock): the state at the end of the last complete
+    /// history bucket before it, so a delayed client never sees a tick later than its delay allows.
+    pub fn read_past(&self, at_ms: i64) -> PastState {
+        let Some(g) = self.history.map(|h| h.granularity_ms) else {
+            return PastState {
+                entry: None,
+                next_end_ms: None,
+            };
+        };
+        let st = lock(&self.state);
+        let done = st.history.partition_point(|e| e.bucket_ms + g <= at_ms);
+        PastState {
+            entry: done.checked_sub(1).map(|i| st.history[i]),
+            next_end_ms: st.history.get(done).map(|e| e.bucket_ms + g),
+        }
+    }
+
+    /// The throttled tier's sample at `now_ms` (gateway clock): the state the symbol had when the
+    /// current interval began, and when the next interval begins if a later state is waiting
+    /// for it (`None`: nothing newer yet; a change marks the subscribers).
+    pub fn read_sampled(&self, now_ms: i64) -> PastState {
+        let Some(interval) = self.sample_ms else {
+            return PastState {
+                entry: None,
+                next_end_ms: None,
+            };
+        };
+        let st = lock(&self.state);
+        match st.sampled.as_deref() {
+            Some(s) => s.at(interval, now_ms),
+            None => PastState {
+                entry: None,
+                next_end_ms: None,
+            },
+        }
+    }
+
+    /// The latest state, or `None` before the first tick (a subscriber's snapshot waits for it).
+    pub fn read(&self) -> Option<Published<'static>> {
+        static NO_CHANGES: VecDeque<Recent> = VecDeque::new();
+        read_from(&lock(&self.state).head(), &NO_CHANGES, None)
+    }
+
+    /// Calls `f` with the latest state plus, for a connection last sent `version = after`, the
+    /// encoded changes since, when the ring still holds all of them (otherwise `catch_up` is
+    /// empty), under the symbol's lock.
+    pub fn read_since<R>(
+        &self,
+        after: Option<u64>,
+        f: impl FnOnce(Option<Published<'_>>) -> R,
+    ) -> R {
+        let st = lock(&self.state);
+        f(read_from(&st.head(), &st.recent, after))
+    }
+
+    /// Brings a shard's mirror of this symbol up to date: one lock of the symbol per change and
+    /// shard, whatever the number of the shard's connections reading it. Called with the mirror
+    /// locked, once its generation was seen to differ (generations only grow).
+    pub(super) fn refresh(&self, m: &mut Mirror) {
+        let st = lock(&self.state);
+        // Read under the lock: the generation of exactly the state copied.
+        let generation = self.generation.load(Ordering::Acquire);
+        // The mirror's ring is always the whole ring of its last refresh, and the ring is
+        // contiguous up to `version`: when every change since is still in it, they follow on.
+        let behind = (st.version - m.head.version) as usize;
+        let new = if m.generation != u64::MAX && behind <= st.recent.len() {
+            st.recent.len() - behind
+        } else {
+            m.recent.clear();
+            0
+        };
+        // The bytes are the shard's own: reads clone them (a reference count), and a count
+        // shared by every worker's connections would bounce between their cores.
+        m.recent.extend(st.recent.range(new..).map(|r| Recent {
+            frame: ByteString::from(&*r.frame),
+            ..r.clone()
+        }));
+        while m.recent.len() > st.recent.len() {
+            m.recent.pop_front();
+        }
+        m.head = st.head();
+        m.generation = generation;
+    }
+
+    /// Adds a subscriber and marks its slot, so its snapshot goes out now (or at the first tick).
+    /// A `live` subscriber is marked on every change; a delayed one only counts (its news comes
+    /// from the clock). The subscription lasts as long as the returned guard.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        conn: &Arc<ConnPending>,
+        slot: u32,
+        live: bool,
+    ) -> Subscription {
+        let (link, mirror) = {
+            let mut links = lock(&self.links);
+            let l = match links
+                .iter()
+                .position(|l| Arc::ptr_eq(l.link.shard(), conn.shard()))
+            {
+                Some(i) => &links[i],
+                None => {
+                    links.push(ShardLink {
+                        link: Link::new(conn.shard().clone()),
+                        mirror: Arc::new(Mutex::new(Mirror::default())),
+                    });
+                    &links[links.len() - 1]
+                }
+            };
+            (l.link.clone(), l.mirror.clone())
+        };
+        link.add(conn, slot, live);
+        self.subscriber_count.fetch_add(1, Ordering::Relaxed);
+        if live {
+            self.live_count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.subscriptions.inc();
+        conn.mark(slot);
+        Subscription {
+            entry: self.clone(),
+            link,
+            mirror,
+            conn_id: conn.id(),
+            slot,
+        }
+    }
+
+    pub(super) fn unsubscribe(&self, link: &Arc<Link>, conn_id: u64, slot: u32) {
+        let (removed, empty) = link.remove(conn_id, slot);
+        if let Some(live) = removed {
+            if live {
+                self.live_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
+            self.subscriptions.dec();
+        }
+        if empty {
+            // Only the link's own worker adds to it, and this runs on that worker: it stays empty.
+            lock(&self.links).retain(|l| !Arc::ptr_eq(&l.link, link));
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscriber_count.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's place in one symbol's subscriber list, left when the guard is dropped.
+///
+/// Cleanup lives in `Drop` (as mini-redis ties its cleanup to guards) so that no way a connection
+/// can end (a close, a panic unwinding its task, a task cancelled mid-flight, the runtime dropping
+/// tasks at shutdown) leaves it in the fan-out, and `quotegw_subscriptions` is at every moment the
+/// sum of the subscriber lists.
+pub struct Subscription {
+    pub(super) entry: Arc<SymbolEntry>,
+    pub(super) link: Arc<Link>,
+    /// The shard's copy of the symbol's state, which the connection reads.
+    pub(super) mirror: Arc<Mutex<Mirror>>,
+    pub(super) conn_id: u64,
+    pub(super) slot: u32,
+}
+
+impl Subscription {
+    pub fn entry(&self) -> &Arc<SymbolEntry> {
+        &self.entry
+    }
+
+    /// `SymbolEntry::read_since`, from the connection's shard's mirror of the symbol: the symbol's
+    /// own lock and bytes are touched once per change and shard, not once per connection. `f`
+    /// runs under the mirror's lock, which only the shard's thread takes.
+    pub fn read_since<R>(
+        &self,
+        after: Option<u64>,
+        f: impl FnOnce(Option<Published<'_>>) -> R,
+    ) -> R {
+        let mut m = lock(&self.mirror);
+        if m.generation != self.entry.generation.load(Ordering::Acquire) {
+            self.entry.refresh(&mut m);
+        }
+        f(read_from(&m.head, &m.recent, after))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.entry.unsubscribe(&self.link, self.conn_id, self.slot);
+    }
+}
+
+/// Applies a partial tick's fields to a quote (a field the tick leaves out is unchanged).
+pub(super) fn merge(q: &mut Quote, tick: &Tick) {
+    q.ts = tick.ts;
+    // normalize() rejected negative sizes, so the casts below cannot wrap.
+    q.bid = tick.bid.or(q.bid);
+    q.ask = tick.ask.or(q.ask);
+    q.last = tick.last.or(q.last);
+    q.bid_size = tick.bid_size.map(|n| n as u64).or(q.bid_size);
+    q.ask_size = tick.ask_size.map(|n| n as u64).or(q.ask_size);
+    q.last_size = tick.last_size.map(|n| n as u64).or(q.last_size);
+    q.volume = tick.volume.map(|n| n as u64).or(q.volume);
+    q.status = tick.status.unwrap_or(q.status);
+}
