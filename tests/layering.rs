@@ -9,7 +9,8 @@
 //! point one way only, so the imports form layers, printed by this test from the bottom up
 //! (ARCHITECTURE.md, "Layers", says which way each stage may import).
 //!
-//! `#[cfg(test)]` items are not production code and are skipped, as are `src/main.rs` (the binary
+//! `#[cfg(test)]` items are not production code and are skipped (so are their files, `tests.rs` and
+//! `*_tests.rs`), as are `src/main.rs` (the binary
 //! uses the library by its name) and `src/lib.rs` (it declares every module).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -159,6 +160,13 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
         parts.pop();
     }
     if parts.len() == 1 && (parts[0] == "lib" || parts[0] == "main") {
+        return None;
+    }
+    // A module's unit tests in a file of their own (`#[cfg(test)] mod tests;`).
+    if parts
+        .last()
+        .is_some_and(|p| p == "tests" || p.ends_with("_tests"))
+    {
         return None;
     }
     Some(parts.join("::"))

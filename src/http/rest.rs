@@ -33,16 +33,8 @@ pub struct Query(HashMap<String, String>);
 impl Query {
     pub fn parse(query: &str) -> Query {
         Query(
-            query
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (
-                        crate::access::percent_decode(k),
-                        crate::access::percent_decode(v),
-                    )
-                })
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
                 .collect(),
         )
     }
