@@ -1,7 +1,8 @@
 //! Measures the per-tick path inside the gateway, without sockets: one tick applied to the index
 //! (normalize, merge into the quote, bump `seq`, encode the shared update once, mark every
-//! subscriber's slot), then every one of N in-process connections draining its slot into a frame the
-//! way the session writer does (read the latest, emit the delta, take the frame bytes). N = 1, 100 and
+//! subscriber's slot), then the worker's shard pass (`Shard::run_pass`, the gateway's own) handing
+//! each of N in-process connections to a writer that drains its slot into a frame the way the
+//! session writer does (read the latest, emit the delta, take the frame bytes). N = 1, 100 and
 //! 1,000; reported per tick, so time / N is the cost of one delivery before the syscall.
 //!
 //! `shards` splits 1,000 connections × 10 symbols over one and two worker threads, each with its own
@@ -14,12 +15,13 @@
 //! applies `RECENT_TICKS + 1`, one more than the index keeps, so every connection encodes its own
 //! merged delta. Throughput counts deliveries (updates written).
 
+use std::cell::{Cell, RefCell};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use quotegw::fanout::ConnPending;
+use quotegw::fanout::{ConnPending, Pass, Shard};
 use quotegw::feed::FeedEvent;
 use quotegw::frame::FrameBuilder;
 use quotegw::index::{Index, RECENT_TICKS};
@@ -42,15 +44,60 @@ struct Conn {
 }
 
 impl Conn {
-    /// What the session writer does on wake-up, minus the socket write.
-    fn drain(&mut self, now: Instant) -> usize {
-        self.pending.take(&mut self.dirty);
+    /// What the session writer does with its marks (`Connection::write_now`), minus the socket
+    /// write. `task`: taken as the connection's task takes them (its snapshots), else as the
+    /// shard's pass does.
+    fn drain(&mut self, now: Instant, task: bool) -> usize {
+        if task {
+            self.pending.take_marks(&mut self.dirty);
+        } else if !self.pending.take_marks_for_pass(&mut self.dirty) {
+            return 0;
+        }
         for slot in self.dirty.drain(..) {
             self.slots[slot as usize].emit_latest(now, &mut self.frame, &mut self.stats);
         }
         self.stats.tick_in.clear();
         self.frame.take().map_or(0, |f| f.len())
     }
+}
+
+thread_local! {
+    /// This thread's connections, found by the shard's pass through their `writer_key`, as the
+    /// gateway's worker finds its own (`session/writer.rs`, `write_from_pass`).
+    static CONNS: RefCell<Vec<Conn>> = const { RefCell::new(Vec::new()) };
+    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    static PASS: RefCell<Pass> = RefCell::default();
+}
+
+/// The bench's `PassHooks::write`: drains the connection the pass hands it.
+fn write(pending: &ConnPending) -> bool {
+    let key = pending.writer_key().expect("registered") as usize;
+    let now = NOW.get().expect("set by the round");
+    CONNS.with_borrow_mut(|conns| black_box(conns[key].drain(now, false)));
+    true
+}
+
+/// Puts `conns` on this thread's registry, after their snapshots (taken as their tasks do).
+fn register(mut conns: Vec<Conn>) {
+    let now = Instant::now();
+    for (key, c) in conns.iter_mut().enumerate() {
+        c.drain(now, true);
+        c.stats.updates = 0;
+        c.pending.set_writer_key(Some(key as u32));
+    }
+    CONNS.set(conns);
+}
+
+/// One pass of this thread's shard over what the ingest applied: the updates it wrote.
+fn run_pass() -> u64 {
+    NOW.set(Some(Instant::now()));
+    PASS.with_borrow_mut(|pass| Shard::current().run_pass(pass, write));
+    CONNS.with_borrow_mut(|conns| {
+        conns
+            .iter_mut()
+            .map(|c| std::mem::take(&mut c.stats.updates))
+            .sum()
+    })
 }
 
 fn tick(i: i64) -> Tick {
@@ -77,7 +124,8 @@ fn tick(i: i64) -> Tick {
     }
 }
 
-fn setup(n: usize) -> (Index, Vec<Conn>) {
+/// `n` connections on this thread's shard, registered for its pass.
+fn setup(n: usize) -> Index {
     let index = Index::new(&["bench".to_string()], Arc::new(Metrics::new()));
     let entry = index.register("AAPL".into());
     index.apply(FeedEvent::Tick(Tick {
@@ -85,7 +133,7 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
         ask_size: Some(100),
         ..tick(1)
     }));
-    let mut conns: Vec<Conn> = (0..n)
+    let conns: Vec<Conn> = (0..n)
         .map(|_| {
             let pending = ConnPending::new();
             Conn {
@@ -100,18 +148,15 @@ fn setup(n: usize) -> (Index, Vec<Conn>) {
             }
         })
         .collect();
-    let now = Instant::now();
-    for c in &mut conns {
-        c.drain(now); // the snapshots
-    }
-    (index, conns)
+    register(conns);
+    index
 }
 
 /// Applies `ticks_per_drain` ticks, then drains every connection once (`updates_per_drain` each).
 fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64, updates_per_drain: u64) {
     let mut group = c.benchmark_group(name);
     for n in [1usize, 100, 1_000] {
-        let (index, mut conns) = setup(n);
+        let index = setup(n);
         let mut i = 2;
         group.throughput(Throughput::Elements(n as u64 * updates_per_drain));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -120,12 +165,7 @@ fn group(c: &mut Criterion, name: &str, ticks_per_drain: i64, updates_per_drain:
                     index.apply(FeedEvent::Tick(tick(i)));
                     i += 1;
                 }
-                let now = Instant::now();
-                let mut bytes = 0;
-                for c in &mut conns {
-                    bytes += c.drain(now);
-                }
-                black_box(bytes)
+                black_box(run_pass())
             })
         });
     }
@@ -143,11 +183,9 @@ const SHARD_CONNECTIONS: usize = 1_000;
 /// worker, deliveries/s should grow about 2× from one shard to two.
 ///
 /// The bench's thread is the ingest and the first worker, and the others wait for a round by
-/// spinning: one thread per core, as the gateway runs one worker per core. (Until this was so,
-/// the bench's thread only applied the ticks and every thread met at a `Barrier` twice a round,
-/// each meeting a futex sleep and wake-up on a 2-core machine running three threads, a cost of
-/// the bench that no worker pays: the gateway's shards never wait for each other or for the
-/// ingest.)
+/// spinning: one thread per core, as the gateway runs one worker per core, and no futex sleep
+/// per round (a cost of the bench that no worker pays: the gateway's shards never wait for each
+/// other or for the ingest).
 fn shards(c: &mut Criterion) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut group = c.benchmark_group("shards");
@@ -174,7 +212,7 @@ fn shards(c: &mut Criterion) {
                 let (index, symbols) = (index.clone(), symbols.clone());
                 let (started, finished, stop) = (started.clone(), finished.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    let mut conns = shard_connections(&index, &symbols, share);
+                    register(shard_connections(&index, &symbols, share));
                     finished.fetch_add(1, Ordering::Release); // ready
                     let mut updates = 0u64;
                     let mut round = 0;
@@ -186,7 +224,7 @@ fn shards(c: &mut Criterion) {
                             std::hint::spin_loop();
                         }
                         round += 1;
-                        updates += drain_all(&mut conns);
+                        updates += run_pass();
                         finished.fetch_add(1, Ordering::Release);
                     }
                 })
@@ -201,7 +239,7 @@ fn shards(c: &mut Criterion) {
         // Connections are created on their worker's thread, whose shard serves them: the other
         // workers' first, then this thread's.
         wait_for_others(0);
-        let mut conns = shard_connections(&index, &symbols, share);
+        register(shard_connections(&index, &symbols, share));
         let mut updates = 0u64;
         let mut i = 2;
         group.bench_with_input(BenchmarkId::from_parameter(shards), &shards, |b, _| {
@@ -214,7 +252,7 @@ fn shards(c: &mut Criterion) {
                 }
                 i += 1;
                 let round = started.fetch_add(1, Ordering::Release) + 1;
-                updates += drain_all(&mut conns);
+                updates += run_pass();
                 wait_for_others(round);
             })
         });
@@ -232,9 +270,8 @@ fn shards(c: &mut Criterion) {
     group.finish();
 }
 
-/// `n` connections subscribed to every symbol, on the calling thread's shard, snapshots drained.
+/// `n` connections subscribed to every symbol, on the calling thread's shard.
 fn shard_connections(index: &Index, symbols: &[String], n: usize) -> Vec<Conn> {
-    let now = Instant::now();
     (0..n)
         .map(|_| {
             let pending = ConnPending::new();
@@ -249,30 +286,15 @@ fn shard_connections(index: &Index, symbols: &[String], n: usize) -> Vec<Conn> {
                     )
                 })
                 .collect();
-            let mut conn = Conn {
+            Conn {
                 slots,
                 pending,
                 dirty: Vec::new(),
                 frame: FrameBuilder::default(),
                 stats: EmitStats::default(),
-            };
-            conn.drain(now); // the snapshots
-            conn.stats.updates = 0;
-            conn
+            }
         })
         .collect()
-}
-
-/// One round of a worker: every connection drains what its shard delivers. The updates it wrote.
-fn drain_all(conns: &mut [Conn]) -> u64 {
-    let now = Instant::now();
-    conns
-        .iter_mut()
-        .map(|c| {
-            c.drain(now);
-            std::mem::take(&mut c.stats.updates)
-        })
-        .sum()
 }
 
 fn fanout(c: &mut Criterion) {

@@ -44,7 +44,9 @@ pub use link::Link;
 pub use pending::ConnPending;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(test)]
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,7 +73,8 @@ pub struct Shard {
     notify: Notify,
     /// Whether this shard's delivery task runs (`ensure_running`).
     running: AtomicBool,
-    /// Links queued and delivered, for the fan-out benchmark and tests.
+    /// Links queued and delivered, for the unit tests.
+    #[cfg(test)]
     delivered: AtomicUsize,
     /// The connections this shard keeps time for (`clock_in`), and their gateway's closing flag.
     clocked: Mutex<Vec<(Arc<ConnPending>, Arc<AtomicBool>)>>,
@@ -125,7 +128,7 @@ impl Shard {
                         let started = PassStart::now();
                         // Windows that ended leave with this pass (their news is the oldest).
                         shard.release(started.at, hooks.write);
-                        shard.deliver_and_write(&mut pass, hooks.write);
+                        shard.run_pass(&mut pass, hooks.write);
                         Some(started)
                     }
                     _ = &mut release, if release_at.is_some() => {
@@ -173,12 +176,12 @@ impl Shard {
     /// be written in this pass is marked already, so its frame takes the new ticks along; one the
     /// new ticks mark afresh (written earlier in this pass, or not in it) is written first in the
     /// next pass, so a pass covers the connections it started with and ends.
-    fn deliver_and_write(&self, pass: &mut Pass, write: WriteFromPass) {
-        let Pass { now, next } = pass;
+    pub fn run_pass(&self, pass: &mut Pass, write: WriteFromPass) {
+        let Pass { writing, next } = pass;
         // Left over from the last pass: theirs is the oldest news.
-        std::mem::swap(now, next);
-        self.deliver_with(|conn| now.push(conn.clone()));
-        for conn in now.drain(..) {
+        std::mem::swap(writing, next);
+        self.deliver_with(|conn| writing.push(conn.clone()));
+        for conn in writing.drain(..) {
             if !write(&conn) {
                 conn.wake();
             }
@@ -210,7 +213,7 @@ impl Shard {
     }
 
     /// Hands every connection whose window ended by `now` to the writer, in one pass like
-    /// `deliver_and_write`'s. All of them, marked or not: what waits for the window's end is not
+    /// `run_pass`'s. All of them, marked or not: what waits for the window's end is not
     /// only marks but also the rest of a flush whose frame reached `FRAME_TARGET_BYTES` while
     /// the socket was full (the session's unfinished work), which only the writer sees. A
     /// connection with nothing owed costs one write that writes nothing.
@@ -276,14 +279,16 @@ impl Shard {
         }
     }
 
-    /// Worker side: marks the slot of every live subscriber of every queued link. Never awaits; a
-    /// slot already marked is left as it is (`ConnPending::mark`), so this costs one mark per
-    /// subscriber per pass whatever the number of ticks behind it.
-    pub fn deliver(&self) {
+    /// `run_pass` without the writes, for unit tests that take marks themselves.
+    #[cfg(test)]
+    pub(crate) fn deliver(&self) {
         self.deliver_with(|conn| conn.wake());
     }
 
-    /// `deliver`, calling `first_mark` for each connection that had no dirty slot before.
+    /// Worker side: marks the slot of every live subscriber of every queued link, calling
+    /// `first_mark` for each connection that had no dirty slot before. Never awaits; a slot already
+    /// marked is left as it is (`ConnPending::mark`), so this costs one mark per subscriber per
+    /// pass whatever the number of ticks behind it.
     fn deliver_with(&self, mut first_mark: impl FnMut(&Arc<ConnPending>)) {
         if !self.news.load(Ordering::Acquire) {
             return;
@@ -293,6 +298,7 @@ impl Shard {
             self.news.store(false, Ordering::Release);
             std::mem::take(&mut *inbox)
         };
+        #[cfg(test)]
         self.delivered.fetch_add(links.len(), Ordering::Relaxed);
         for link in links {
             // Cleared before the marks, and with an acquiring swap: a tick applied after this
@@ -307,16 +313,17 @@ impl Shard {
     }
 
     /// How many queued links this shard has delivered.
-    pub fn delivered(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn delivered(&self) -> usize {
         self.delivered.load(Ordering::Relaxed)
     }
 }
 
-/// The connections of the shard's pass (`Shard::deliver_and_write`): its kept allocations.
+/// The connections of the shard's pass (`Shard::run_pass`): its kept allocations.
 #[derive(Default)]
-struct Pass {
+pub struct Pass {
     /// Being written in this pass.
-    now: Vec<Arc<ConnPending>>,
+    writing: Vec<Arc<ConnPending>>,
     /// Marked afresh during the last pass: written first in the next one.
     next: Vec<Arc<ConnPending>>,
 }

@@ -159,7 +159,7 @@ impl ConnPending {
     }
 
     /// `mark` without the wake-up: true when the connection had no dirty slot before, and so
-    /// needs one (or a write on its behalf, `Shard::deliver_and_write`).
+    /// needs one (or a write on its behalf, `Shard::run_pass`).
     pub(super) fn mark_quiet(&self, slot: u32) -> bool {
         let mut d = lock(&self.dirty);
         if d.closed || !d.flags.set(slot) {
@@ -182,28 +182,33 @@ impl ConnPending {
         }
     }
 
-    /// Connection side: appends the dirty slots to `out` and clears them. The shard's news is
-    /// left to the shard's pass, which writes it for every connection in one go: a task delivering
-    /// it here would turn every connection that pass would have written into a woken task. Only
-    /// where no pass runs (a thread without the shard's task: unit tests, benchmarks) is it
-    /// delivered here.
-    pub fn take(&self, out: &mut Vec<u32>) {
-        if !self.shard.running.load(Ordering::Acquire) {
-            self.shard.deliver();
-        }
+    /// The task's take (its own flush, after a client frame or a wake-up): appends the dirty slots
+    /// to `out` and clears them. The shard's news is left to the shard's pass, which writes it for
+    /// every connection in one go: a task delivering it here would turn every connection that pass
+    /// would have written into a woken task. A pending clock event stays for `take_clock`.
+    pub fn take_marks(&self, out: &mut Vec<u32>) {
         lock(&self.dirty).move_into(out);
     }
 
-    /// `take` for a write made by the shard's own pass, whose news is what it just delivered;
-    /// takes nothing and returns false while a clock event waits (the task, woken by the clock
-    /// already, handles both). Neither `take` touches the clock flag: only `take_clock` does.
-    pub fn take_marked(&self, out: &mut Vec<u32>) -> bool {
+    /// The pass's take (`Shard::run_pass` writing this connection): like `take_marks`, but takes
+    /// nothing and returns false while a clock event waits, so that the task, which the clock woke
+    /// already, handles both in order.
+    pub fn take_marks_for_pass(&self, out: &mut Vec<u32>) -> bool {
         let mut d = lock(&self.dirty);
         if d.clock {
             return false;
         }
         d.move_into(out);
         true
+    }
+
+    /// Unit tests' take: the shard's news delivered first where no pass runs.
+    #[cfg(test)]
+    pub(crate) fn take(&self, out: &mut Vec<u32>) {
+        if !self.shard.running.load(Ordering::Acquire) {
+            self.shard.deliver();
+        }
+        self.take_marks(out);
     }
 
     /// The key the worker's writer registered this connection under (`set_writer_key`).
@@ -243,7 +248,8 @@ impl ConnPending {
 
     /// Slots waiting (after the shard's news is delivered); never more than the connection's
     /// subscribed symbols.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.shard.deliver();
         lock(&self.dirty).list.len()
     }

@@ -219,7 +219,7 @@ thread_local! {
 /// come while the pass was writing.
 fn logging_writer(conn: &ConnPending) -> bool {
     let mut slots = Vec::new();
-    conn.take_marked(&mut slots);
+    conn.take_marks_for_pass(&mut slots);
     slots.sort_unstable();
     CALLS.with_borrow_mut(|calls| calls.push(conn.id()));
     let arriving = WRITES.with_borrow_mut(|(log, during)| {
@@ -264,7 +264,7 @@ fn ticks_during_a_pass_join_the_frames_still_to_write_and_the_rest_lead_the_next
     ));
     index.apply(tick_on("X", 101));
     let mut pass = Pass::default();
-    shard.deliver_and_write(&mut pass, logging_writer);
+    shard.run_pass(&mut pass, logging_writer);
     assert_eq!(
         WRITES.with_borrow_mut(|(log, _)| std::mem::take(log)),
         [(a.id(), vec![0]), (b.id(), vec![0, 1])],
@@ -272,12 +272,12 @@ fn ticks_during_a_pass_join_the_frames_still_to_write_and_the_rest_lead_the_next
     );
     let next: Vec<u64> = pass.next.iter().map(|c| c.id()).collect();
     assert_eq!(next, [a.id(), b.id()], "X ticked after both were written");
-    shard.deliver_and_write(&mut pass, logging_writer);
+    shard.run_pass(&mut pass, logging_writer);
     assert_eq!(
         WRITES.with_borrow_mut(|(log, _)| std::mem::take(log)),
         [(a.id(), vec![0]), (b.id(), vec![0])]
     );
-    assert!(pass.now.is_empty() && pass.next.is_empty());
+    assert!(pass.writing.is_empty() && pass.next.is_empty());
 }
 
 /// With a batching window, a held connection is written by the shard when its window ends,
@@ -394,7 +394,7 @@ fn the_clock_forgets_a_closed_connection_at_its_next_tick() {
 /// A writer whose every write brings news: each pass of the shard leaves its inbox non-empty,
 /// as a worker under load sees it.
 fn busy_writer(conn: &ConnPending) -> bool {
-    conn.take_marked(&mut Vec::new());
+    conn.take_marks_for_pass(&mut Vec::new());
     BUSY.with_borrow_mut(|busy| {
         if let Some((index, next)) = busy.as_mut() {
             *next += 1;

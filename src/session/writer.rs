@@ -72,7 +72,7 @@ impl Session {
     /// Starts a flush: every dirty slot, and every deferred one once the earliest is due.
     pub fn begin_flush(&mut self, now: Instant) {
         self.keep_unfinished_work();
-        self.pending.take(&mut self.work);
+        self.pending.take_marks(&mut self.work);
         self.add_due_deferred(now);
     }
 
@@ -80,7 +80,7 @@ impl Session {
     /// the slots it marked. False, and nothing taken, while a clock event waits for the task.
     pub fn begin_flush_in_pass(&mut self, now: Instant) -> bool {
         self.keep_unfinished_work();
-        if !self.pending.take_marked(&mut self.work) {
+        if !self.pending.take_marks_for_pass(&mut self.work) {
             return false;
         }
         self.add_due_deferred(now);
@@ -211,7 +211,7 @@ impl Connection {
     }
 
     /// Writes the connection's marked slots now, from its worker's shard pass
-    /// (`fanout::Shard::deliver_and_write`), without waking its task: true when everything marked
+    /// (`fanout::Shard::run_pass`), without waking its task: true when everything marked
     /// left and the socket took all of it, or when the connection is in its batching window (its
     /// marks wait, and the shard writes it when the window ends: `hold`). False leaves the rest to
     /// the task, which the shard then wakes: a clock event is pending, a frame did not fit the
