@@ -6,7 +6,7 @@
 //! 1,000; reported per tick, so time / N is the cost of one delivery before the syscall.
 //!
 //! `shards` splits 1,000 connections × 10 symbols over one and two worker threads, each with its own
-//! fan-out shard (`fanout.rs`), to show that a worker per core scales. The bench allocates with
+//! fan-out shard (`fanout`), to show that a worker per core scales. The bench allocates with
 //! mimalloc, the gateway with glibc's malloc (see `ALLOC`).
 //!
 //! Run: `cargo bench --bench fanout` (HTML report under target/criterion/). The `in_sync` group is the

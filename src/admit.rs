@@ -1,6 +1,6 @@
 //! Stage 8, HTTP, admission: the checks every client passes before it gets anything, whatever it
 //! asks for (a WebSocket, an SSE stream, a REST snapshot), and the refusal each check answers with.
-//! The policy is `access.rs`; this is its order and its HTTP form.
+//! The policy is `access`; this is its order and its HTTP form.
 //!
 //! Cheapest first, each answered before any session exists: shutting down (503), the Origin
 //! allow-list (403), recent failures of this credential from this client (429, unverified), the

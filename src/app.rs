@@ -365,7 +365,7 @@ async fn run(
                 .h1(map_config(app, |()| AppConfig::default()))
                 .tcp();
             // A connection whose first request is `GET /v1/stream` is an SSE session that owns its
-            // socket (`session/sse.rs`); every other goes to actix-http.
+            // socket (`http/sse.rs`); every other goes to actix-http.
             let stream_state = public_state.clone();
             fn_factory(move || {
                 let http = http.new_service(());

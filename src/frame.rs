@@ -153,10 +153,6 @@ impl FrameBuilder {
         self.count == 0
     }
 
-    pub fn messages(&self) -> usize {
-        self.count as usize
-    }
-
     /// Bytes so far (the shared case counts its own length).
     pub fn len_bytes(&self) -> usize {
         self.single_shared

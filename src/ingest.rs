@@ -4,7 +4,7 @@
 //! task takes up to `INGEST_BATCH` of them per wake-up and applies each (`Index::apply`: normalize,
 //! failover, `seq`, the shared encoding, the hand-off to each worker's shard). One task keeps `seq`
 //! assignment trivially ordered and the index's locks uncontended by other writers; a batch of
-//! ticks applied together reaches each worker as one hand-off (`fanout.rs`).
+//! ticks applied together reaches each worker as one hand-off (`fanout`).
 
 use std::sync::Arc;
 

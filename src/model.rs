@@ -157,6 +157,15 @@ impl Quote {
     }
 }
 
+/// Wall-clock Unix epoch milliseconds: the `ts` of ticks a feed stamps itself (simulated ticks,
+/// restamped replays, polled quotes without an upstream timestamp).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,13 +212,4 @@ mod tests {
         assert!(same_price(Some(a), Some(a)));
         assert!(!same_price(Some(a), None));
     }
-}
-
-/// Wall-clock Unix epoch milliseconds: the `ts` of ticks a feed stamps itself (simulated ticks,
-/// restamped replays, polled quotes without an upstream timestamp).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -2,7 +2,7 @@
 //! decision of what it is owed now (conflation, pacing, tiers).
 //!
 //! Memory per connection is bounded by its number of subscribed symbols whatever the tick rate: the
-//! worker's shard marks a slot dirty at most once until the connection drains it (`fanout.rs`), and
+//! worker's shard marks a slot dirty at most once until the connection drains it (`fanout`), and
 //! draining reads the symbol's state since the connection's last send. A connection whose changes
 //! the index still holds (its last `RECENT_TICKS`, and those of the catch-up window up to
 //! `RECENT_MAX`) gets every tick's update (the index's shared bytes, so nothing is encoded per

@@ -1,8 +1,12 @@
 //! Stage 8, HTTP, before the upgrade: who may open a WebSocket and what they may subscribe to.
 //!
+//! Owns: `Access` and its refusals (here), the `[access]` and `[tiers]` settings (`settings.rs`),
+//! credentials (`tokens.rs`), what an admitted client may do (`grants.rs`), the per-client counts
+//! (`limits.rs`). May not touch HTTP types, sessions or the index: `admit` applies it to a request.
+//!
 //! Checks run in this order, each answering before any WebSocket exists, so a refused client costs
 //! one small HTTP response: the Origin allow-list (403, cross-site WebSocket hijacking), the token
-//! (401), connections per client IP (429), then the global `max_connections` (503, in `http.rs`).
+//! (401), connections per client IP (429), then the global `max_connections` (503, in `http`).
 //!
 //! Tokens are API keys (compared in constant time) or JWTs (HS256 or RS256, `exp` required and
 //! checked with no leeway; an optional claim lists the symbols or `PREFIX*` patterns the token may

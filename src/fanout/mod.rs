@@ -1,13 +1,18 @@
 //! Stage 4, the per-worker fan-out: a tick reaches each worker once, and the worker marks its own
 //! connections.
 //!
+//! Owns: the `Shard` and its pass and batching windows (here), the pass's duty cycle (`duty.rs`),
+//! the connections' clock (`clock.rs`), a connection's marks (`pending.rs`), a symbol's link to a
+//! shard (`link.rs`). May not touch the index's data, views or sockets: it writes through the
+//! `PassHooks` the session gives it.
+//!
 //! Every thread that serves connections (an actix worker) has one [`Shard`]. A symbol's entry in
 //! the index lists one [`Link`] per shard that has subscribers for it, and each link lists that
 //! shard's subscribers. The ingest task, applying a tick, queues the symbol's links in their
 //! shards' inboxes (once per link until the shard takes it: the dedup is the link's `queued` flag)
 //! and wakes a shard only when its inbox was empty. So a batch of ticks costs one cross-thread
-//! hand-off per worker, not one wake per connection: the expensive part of the old fan-out, where
-//! every tick woke every subscribed task on another thread.
+//! hand-off per worker, not one wake per connection (a wake per subscribed task on another thread
+//! would be the most expensive part of a tick).
 //!
 //! On its own thread the shard then marks each subscriber's slot ([`ConnPending::mark`]) and, in the
 //! same pass, writes each marked connection's frame itself, one connection after the other, through
@@ -113,8 +118,8 @@ impl Shard {
             let mut duty = Duty::default();
             // When the last pass (or its rest) ended: the time since counts as rest (`Duty`).
             let mut idle_since = Instant::now();
-            // The end of the first batching window (`held`): one timer for the worker, where each
-            // windowed connection once armed its own.
+            // The end of the first batching window (`held`): one timer for the worker, not one per
+            // windowed connection.
             let mut release = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
             loop {
                 let release_at = shard.next_release().map(tokio::time::Instant::from_std);

@@ -4,7 +4,7 @@
 //!
 //! The response shape is config, not code (`[feeds.response]`): a JSON array of objects or an object
 //! keyed by symbol, optionally under a `root` path, with upstream field names mapped to quote fields.
-//! Prices are parsed from the raw JSON text (`fields.rs`), never through `f64`.
+//! Prices are parsed from the raw JSON text (`crate::fields`), never through `f64`.
 //!
 //! Faults: each batch backs off exponentially with jitter after a failed poll (so a dead upstream is
 //! not hammered, and many gateways do not retry in lock-step), and a symbol without a good answer for

@@ -25,8 +25,8 @@ use super::{Feed, FeedContext, FeedError};
 use crate::model::{ms_within, Symbol, MAX_SETTING_MS};
 
 /// Lines the reader thread hands over at once. The pacing task frees room in the channel one chunk at
-/// a time, so the reader thread wakes once per chunk rather than once per tick (a wake per line was
-/// two context switches per tick on the gateway's core).
+/// a time, so the reader thread wakes once per chunk rather than once per tick (a wake per line
+/// costs two context switches per tick on the gateway's core).
 const CHUNK_LINES: usize = 256;
 
 /// Chunks read ahead of the pacing task (4,096 lines): enough to keep `speed = "max"` busy, bounded.

@@ -1,6 +1,8 @@
 //! Stage 8, HTTP: the WebSocket upgrade at `/ws` (with the refusals that happen before it), the
 //! operational endpoints `/metrics`, `/healthz`, `/readyz`, and the ticker widget with its demo pages
-//! (`web/`, embedded in the binary so that one file is the whole deployment).
+//! (`web/`, embedded in the binary so that one file is the whole deployment); `/v1/quotes` and
+//! `/v1/symbols` (`rest.rs`) and `/v1/stream` (`sse.rs`). May not touch the index or fan-out
+//! directly: a stream or socket becomes a `session::Connection`.
 
 pub mod rest;
 pub mod sse;
@@ -168,9 +170,9 @@ async fn ws_without_upgrade() -> HttpResponse {
 /// and the connection is closed.
 ///
 /// The session runs as its own task on this worker, and actix's connection task ends with the
-/// handshake: the session's memory is then its own state (about 3 KiB of future), not that plus
-/// actix's HTTP dispatcher, which the task would otherwise carry for the whole session (over 6 KiB
-/// per connection, measured with massif). `max_connections` caps sessions; actix's own cap counts
+/// handshake: the session's memory is then its own state, not that plus actix's HTTP dispatcher,
+/// which the task would otherwise carry for the whole session (`session::task` checks the size
+/// of a connection's future in a unit test). `max_connections` caps sessions; actix's own cap counts
 /// the sockets that are not sessions yet (`app.rs`, `HANDSHAKES_PER_WORKER`).
 pub fn upgrade(
     req: Request,

@@ -22,7 +22,7 @@ use super::{ChangeLog, RECENT_MAX, RECENT_TICKS};
 pub struct SymbolEntry {
     pub symbol: Symbol,
     pub(super) state: Mutex<SymbolState>,
-    /// One link per worker shard with subscribers to this symbol (`fanout.rs`): a change is handed
+    /// One link per worker shard with subscribers to this symbol (`fanout`): a change is handed
     /// to each worker once, and the worker marks its own connections.
     pub(super) links: Mutex<Vec<ShardLink>>,
     /// +1 for every change of `state` a reader may see (under the state lock), so that a shard's

@@ -17,9 +17,9 @@ use crate::model::Quote;
 #[derive(Clone, Copy, Debug)]
 pub struct Published<'a> {
     pub seq: u64,
-    /// How many times the symbol's source restarted with a lower `seq` (see `index.rs`).
+    /// How many times the symbol's source restarted with a lower `seq` (see `index`).
     pub restarts: u64,
-    /// The symbol's change counter (ticks and status-only changes), see `index.rs`.
+    /// The symbol's change counter (ticks and status-only changes), see `index`.
     pub version: u64,
     pub quote: Quote,
     pub tick_in: Option<Instant>,
@@ -93,7 +93,7 @@ pub(super) struct ShardLink {
 /// first of the shard's connections to read after a change (`Subscription::read_since`). Only the
 /// shard's thread locks it, so its lock and the reference counts of its bytes stay in that core's
 /// cache, where every connection reading the symbol itself would make them bounce between the
-/// workers' cores (the in-process `shards` bench: 1.26 × from one shard to two before).
+/// workers' cores.
 pub(super) struct Mirror {
     /// The symbol's `generation` copied; `u64::MAX` before the first refresh.
     pub(super) generation: u64,

@@ -1,6 +1,11 @@
 //! Stage 3, the symbol index: symbol → latest quote, `seq`, status and subscribers; applies each
 //! tick and fans it out.
 //!
+//! Owns: `Index` and the change log (here), a symbol's entry with failover and subscriptions
+//! (`entry.rs`), each worker's copy and catch-up ring (`mirror.rs`), the tiers' history
+//! (`history.rs`). May not touch sessions, sockets or HTTP: it hands changes to `fanout` links
+//! and never waits for a connection.
+//!
 //! Concurrency: one ingest task applies feed events in order; connection tasks on the actix workers
 //! read quotes and change subscriptions. Each symbol has two std mutexes, never held across an
 //! `.await` and never nested with a connection's lock the other way round:
@@ -8,7 +13,7 @@
 //!   encoding its shared update once (about a microsecond), and for a copy out: into a worker
 //!   shard's `Mirror` once per change, which that worker's connections then read (taken before
 //!   `state`, by the shard's thread only);
-//! - `links` (one per worker shard with subscribers, `fanout.rs`) is held while the ingest task
+//! - `links` (one per worker shard with subscribers, `fanout`) is held while the ingest task
 //!   queues the change for each shard: a handful of entries, whatever the connections.
 //!
 //! Failover: a symbol served by several feeds has one *active* source, the first feed in config

@@ -1,6 +1,6 @@
 //! The NATS plumbing both sides of a scale-out share (docs/deployment.md): the ingest's publisher
-//! (`publish.rs`) and the edge's feed (`feed/nats.rs`) connect, watch the connection, ensure the
-//! stream that is the last-value cache, and read it, the same way. The message format is `bus.rs`.
+//! (`scaleout::publish`) and the edge's feed (`scaleout::edge`) connect, watch the connection, ensure the
+//! stream that is the last-value cache, and read it, the same way. The message format is `scaleout::wire`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

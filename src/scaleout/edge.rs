@@ -1,5 +1,5 @@
 //! Stage 1, feeds: the scale-out edge (`kind = "nats"`). Instead of polling upstreams, an edge takes
-//! every symbol's state from the ingest over NATS (`bus.rs`) and serves its clients exactly as an
+//! every symbol's state from the ingest over NATS (`scaleout::wire`) and serves its clients exactly as an
 //! embedded gateway does; it never assigns a `seq` of its own (the index keeps the newest state by
 //! `(term, version)`, so a lost, duplicated or reordered message changes nothing).
 //!

@@ -1,6 +1,6 @@
 //! Scale-out, the ingest's side: every change of a symbol's state goes to NATS, where edges take
 //! it (docs/deployment.md). The index lists every change in a `ChangeLog`; this task publishes
-//! each one whole (`bus.rs`).
+//! each one whole (`scaleout::wire`).
 //!
 //! Backpressure: the tick path never waits for NATS. While NATS is slow or away, this task alone
 //! waits, and once the change log holds `CHANGE_LOG_CAPACITY` changes it conflates per symbol (one

@@ -2,9 +2,11 @@
 //!
 //! [`Session`] is the part of a connection without I/O: the ops a client sends (`reader.rs`:
 //! limits, subscribe, unsubscribe), the per-symbol views, and the frames its dirty slots drain into
-//! (`writer.rs`). [`Connection`] (`connection.rs`) adds the socket (`socket.rs`) and the clocks
-//! (ping, idle, token expiry, batching, shutdown). The connection's task reads, answers ops and
-//! handles clock events; news is written by the worker's shard in its pass (`fanout.rs`,
+//! (`writer.rs`). [`Connection`] adds the socket (`socket.rs`) and the clocks (ping, idle, token
+//! expiry, batching, shutdown); its task (`task.rs`) reads, answers ops and handles clock events.
+//! Both types are defined here and their methods live in the file of their role: serving
+//! (`task.rs`), reading (`reader.rs`), writing (`writer.rs`). News is written by the worker's
+//! shard in its pass (`fanout`, through `writer.rs`'s `write_from_pass` and
 //! `Connection::write_now`) while the task is parked, and by the task when the pass hands it back
 //! (a full socket, a window, an end). Both run on the worker's one thread and take the connection
 //! in turn (a `RefCell`: the pass skips a connection its task holds), so the order the protocol
@@ -81,7 +83,7 @@ pub struct SessionShared {
     pub tiers: TiersConfig,
     pub shutdown: CancellationToken,
     /// Set when the gateway shuts down (after `shutdown` is cancelled): the worker shards' clocks
-    /// wake every session, which then closes with 1001 (`fanout.rs`, `Shard::tick`).
+    /// wake every session, which then closes with 1001 (`fanout`, `Shard::tick`).
     pub closing: Arc<AtomicBool>,
     pub connections: AtomicUsize,
 }

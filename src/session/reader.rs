@@ -275,7 +275,7 @@ impl Session {
                 }
                 Target::New(entry) => {
                     let slot = self.free_slots.pop().unwrap_or_else(|| {
-                        // Doubling from one, not from Vec's four: a view is ~260 bytes, and most
+                        // Doubling from one, not from Vec's four: a view is over a hundred bytes, and most
                         // connections hold a symbol or a few.
                         if self.slots.len() == self.slots.capacity() {
                             self.slots.reserve_exact(self.slots.len().max(1));

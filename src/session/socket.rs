@@ -3,8 +3,7 @@
 //!
 //! Why not actix-ws: its `Session` sends every frame through a channel to actix-http's dispatcher,
 //! which copies it into an 8 KiB write buffer and keeps an 8 KiB read buffer for the connection's
-//! whole life. Measured (docs/benchmarks.md), that was 16 of 18 KiB per idle connection and a copy,
-//! a channel hop and a wake-up per frame. Here the frame the session built goes to the socket in one
+//! whole life: 16 KiB per idle connection, and a copy, a channel hop and a wake-up per frame. Here the frame the session built goes to the socket in one
 //! syscall (`send` of a small frame copied with its header, or `sendmsg` of header + shared
 //! payload bytes), and the read buffer exists only while bytes are waiting
 //! to be parsed. Frames are parsed by actix-http's WebSocket codec, the same one actix-ws uses.
@@ -204,7 +203,7 @@ impl WsSocket {
     }
 
     /// `sendmsg(2)` rather than tokio's `writev(2)`: a socket's own call, without the file layer
-    /// (12 % less server CPU per delivery on a hot symbol with 16 ms frames, docs/benchmarks.md).
+    /// (docs/benchmarks.md, "Decisions these figures back").
     fn try_send_vectored(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         self.io.try_io(tokio::io::Interest::WRITABLE, || {
             socket2::SockRef::from(&self.io).send_vectored(slices)

@@ -86,7 +86,7 @@ impl Connection {
         let pending = self.session.pending().clone();
         let this = Rc::new(RefCell::new(self));
         async move {
-            // The worker's fan-out task, started by its first connection (`fanout.rs`).
+            // The worker's fan-out task, started by its first connection (`fanout`).
             {
                 let shared = &this.borrow().session.shared;
                 pending.shard().ensure_running(pass_hooks(shared));
@@ -184,7 +184,7 @@ fn serve<'a>(
     // without awaiting (`Connection::on_event`), so that no event is kept while it writes.
     async move {
         {
-            // The worker's shard keeps this connection's time (`fanout.rs`): pings, the idle
+            // The worker's shard keeps this connection's time (`fanout`): pings, the idle
             // timeout, token expiry, shutdown and the end of a batching window arrive through
             // `pending`, so the loop below arms no timer of its own but `max_hz`'s.
             let conn = this.borrow();
@@ -211,7 +211,7 @@ fn serve<'a>(
                 biased;
                 msg = std::future::poll_fn(|cx| this.borrow_mut().socket.poll_recv(cx)) => Event::Frame(msg),
                 // Marks the shard could not write itself, and clock events.
-                _ = std::future::poll_fn(|cx| pending.poll_wait(cx)) => Event::Dirty,
+                _ = std::future::poll_fn(|cx| pending.poll_wait(cx)) => Event::Woken,
                 _ = std::future::poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.is_some() => Event::Timer,
             };
             let mut conn = this.borrow_mut();
@@ -257,8 +257,8 @@ fn serve<'a>(
 /// What woke the serving loop.
 enum Event {
     Frame(Option<Result<Frame, ProtocolError>>),
-    /// Marks, or the shard's clock.
-    Dirty,
+    /// Woken by its shard: marks, a clock event, or a write the pass handed back.
+    Woken,
     /// `max_hz`'s timer.
     Timer,
 }
@@ -338,7 +338,7 @@ impl Connection {
                     flush: true,
                 }
             }
-            Event::Dirty => {
+            Event::Woken => {
                 let mut ping = false;
                 if pending.take_clock() {
                     let now = Instant::now();
