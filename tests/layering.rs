@@ -36,7 +36,11 @@ fn a_planted_import_back_is_reported() {
     std::fs::write(dir.join("lib.rs"), "pub mod a;\npub mod room;\n").unwrap();
     std::fs::write(
         dir.join("a.rs"),
-        "use crate::room::inner::{X, y::Z};\n#[cfg(test)]\nmod tests { use crate::b; }\n",
+        // Test code naming `room` (which imports `a`) is not an import: a test module, a
+        // `#[cfg(test)]` field (ends at its comma) and statement (at its semicolon).
+        "use crate::room::inner::{X, y::Z};\n#[cfg(test)]\nmod tests { use crate::room; }\n\
+         struct S {\n    #[cfg(test)]\n    n: crate::room::N,\n    m: u8,\n}\n\
+         fn f() {\n    #[cfg(test)]\n    crate::room::g();\n    let _ = 1;\n}\n",
     )
     .unwrap();
     std::fs::write(dir.join("room/mod.rs"), "pub mod inner;\nuse super::a;\n").unwrap();
@@ -324,24 +328,30 @@ fn production_tokens(tokens: &[(Token, usize)]) -> Vec<(Token, usize)> {
             i += 1;
             continue;
         }
-        // Skip to the item's end: the first `;` outside braces, or the brace that closes the first.
+        // Skip to the item's end: the first `;` or `,` outside braces (a statement, a field), the
+        // brace that closes the first, or the enclosing block's end (kept).
         let mut depth = 0usize;
         let mut j = i + 7;
         while j < tokens.len() {
             match tokens[j].0 {
                 Token::Punct('{') => depth += 1,
+                Token::Punct('}') if depth == 0 => break,
                 Token::Punct('}') => {
                     depth -= 1;
                     if depth == 0 {
+                        j += 1;
                         break;
                     }
                 }
-                Token::Punct(';') if depth == 0 => break,
+                Token::Punct(';') | Token::Punct(',') if depth == 0 => {
+                    j += 1;
+                    break;
+                }
                 _ => {}
             }
             j += 1;
         }
-        i = j + 1;
+        i = j;
     }
     out
 }
