@@ -1,6 +1,6 @@
 //! Stage 2, the ingest: the one task that applies every feed's events to the index, in order.
 //!
-//! Feeds send `FeedEvent`s into one bounded channel (`feed/mod.rs`, `TICK_CHANNEL_CAPACITY`); this
+//! Feeds send `FeedEvent`s into one bounded channel (`feed/adapter.rs`, `TICK_CHANNEL_CAPACITY`); this
 //! task takes up to `INGEST_BATCH` of them per wake-up and applies each (`Index::apply`: normalize,
 //! failover, `seq`, the shared encoding, the hand-off to each worker's shard). One task keeps `seq`
 //! assignment trivially ordered and the index's locks uncontended by other writers; a batch of

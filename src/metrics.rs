@@ -88,7 +88,7 @@ impl Metrics {
             updates_sent: counter_vec("quotegw_updates_sent_total", "Update messages handed to sockets, by transport (ws, sse).", &["transport"]),
             updates_conflated: counter("quotegw_updates_conflated_total", "Upstream ticks merged into a later update instead of being sent on their own (the sum of 'conflated')."),
             snapshots_sent: counter("quotegw_snapshots_sent_total", "Snapshot messages handed to sockets."),
-            frames_sent: counter("quotegw_frames_sent_total", "WebSocket text frames handed to sockets."),
+            frames_sent: counter("quotegw_frames_sent_total", "Frames handed to sockets: WebSocket text frames, and SSE writes."),
             bytes_sent: counter("quotegw_bytes_sent_total", "Payload bytes of the frames handed to sockets."),
             fanout_rest_seconds: reg(&registry, Counter::new("quotegw_fanout_rest_seconds_total", "Time the workers' fan-out rested between busy passes (limits.fanout_busy_percent): latency traded for fuller frames under load.").expect("valid metric name")),
             slow_consumer_closes: counter("quotegw_slow_consumer_closes_total", "Connections closed with 4008 because their socket accepted nothing for slow_consumer_timeout_ms."),

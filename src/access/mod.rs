@@ -6,10 +6,10 @@
 //!
 //! Checks run in this order, each answering before any WebSocket exists, so a refused client costs
 //! one small HTTP response: the Origin allow-list (403, cross-site WebSocket hijacking), the token
-//! (401), connections per client IP (429), then the global `max_connections` (503, in `http`).
+//! (401), connections per client IP (429), then the global `max_connections` (503, in `admit`).
 //!
 //! Tokens are API keys (compared in constant time) or JWTs (HS256 or RS256, `exp` required and
-//! checked with no leeway; an optional claim lists the symbols or `PREFIX*` patterns the token may
+//! checked with `jwt_leeway_secs` of leeway; an optional claim lists the symbols or `PREFIX*` patterns the token may
 //! subscribe to). A granted connection carries its expiry and symbol patterns into the session,
 //! which closes it with 1008 when the token expires. Tokens never reach logs or metrics: only the
 //! refusal reason does.

@@ -16,7 +16,7 @@
 //!
 //! On its own thread the shard then marks each subscriber's slot ([`ConnPending::mark`]) and, in the
 //! same pass, writes each marked connection's frame itself, one connection after the other, through
-//! the worker's writer (`WriteNow`, `session::connection::write_now`): whatever was marked while the
+//! the worker's `PassHooks::write` (`session/writer.rs`, `write_from_pass`): whatever was marked while the
 //! worker was busy leaves in one frame per connection, back to back, so batches grow by themselves
 //! under load and a quiet worker writes at once (this is how uWebSockets corks). Ticks that arrive
 //! during the pass join the frames it has still to write, and a pass that took much of the
@@ -26,8 +26,8 @@
 //! connection must end. A connection in a batching window (`min_frame_interval_ms`) keeps its marks
 //! and is written by the shard when the window ends (`Shard::hold`, `Shard::release`: one timer per
 //! worker, not one per connection). News is delivered by the pass only, even when a
-//! connection's task writes (`ConnPending::take`): a task delivering it would mark, and so wake,
-//! every connection the pass would have written.
+//! connection's task writes (`ConnPending::take_marks`): a task delivering it would mark, and so
+//! wake, every connection the pass would have written.
 //!
 //! The shard is also its connections' clock: each connection says when it next needs the time
 //! (`ConnPending::set_due`: its next ping, idle check or token expiry), and one tick of the shard
@@ -100,9 +100,9 @@ impl Shard {
     /// connection task when it starts, so the task exists on every worker that serves connections
     /// (and again on a thread whose runtime was replaced, which dropped the old task).
     ///
-    /// `writer` is the worker's writer (`session::connection::write_now`): the shard hands it
-    /// every connection its pass marked, and wakes the connection's task only for those it could
-    /// not write.
+    /// `hooks.write` is the worker's writer (`session/writer.rs`, `write_from_pass`): the shard
+    /// hands it every connection its pass marked, and wakes the connection's task only for those it
+    /// could not write.
     pub fn ensure_running(self: &Arc<Self>, hooks: PassHooks) {
         if self.running.swap(true, Ordering::AcqRel) {
             return;

@@ -23,7 +23,7 @@ pub struct ConnPending {
     pub(super) due: AtomicU64,
     /// Closed: the shard's clock forgets it.
     pub(super) gone: AtomicBool,
-    /// Where the worker's writer finds the connection (`WriteNow`), or `NO_WRITER`.
+    /// Where the worker's writer finds the connection (`WriteFromPass`), or `NO_WRITER`.
     pub(super) writer_key: AtomicU32,
 }
 

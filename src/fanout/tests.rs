@@ -378,7 +378,7 @@ fn a_clock_event_reaches_the_task_whoever_takes_the_marks() {
 
 /// A connection whose task is dropped without its polite close (aborted, panicked) leaves the
 /// shard's clock at its next tick: `ConnPending::close` runs from a guard's `Drop` in the
-/// session (`session::connection`), and the clock forgets what is closed.
+/// session (`session/writer.rs`, `Registered`), and the clock forgets what is closed.
 #[test]
 fn the_clock_forgets_a_closed_connection_at_its_next_tick() {
     let conn = ConnPending::new();

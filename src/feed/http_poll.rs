@@ -15,6 +15,11 @@
 //! Backpressure: polling is paced by the interval; a poll's ticks wait in `FeedContext::send` if the
 //! index is behind, which only delays the next poll.
 
+mod response;
+
+use response::QUOTE_FIELDS;
+pub use response::{map_response, Mapped, ResponseConfig, Shape};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -24,12 +29,10 @@ use futures_util::StreamExt;
 use rand_core::{RngCore, SeedableRng};
 use rand_pcg::Pcg32;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::{Feed, FeedContext, FeedError};
 use crate::access::Secret;
-use crate::fields;
 use crate::log_limit::{truncated, LogLimiter};
 use crate::model::{
     ms_within, same_price, valid_symbol, Status, Symbol, Tick, MAX_SETTING_MS, SYMBOL_RULE,
@@ -82,47 +85,6 @@ fn default_stale_after_ms() -> u64 {
 fn default_backoff_max_ms() -> u64 {
     30_000
 }
-
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Shape {
-    /// `[{"symbol": "AAPL", "bid": ...}, ...]`
-    Array,
-    /// `{"AAPL": {"bid": ...}, ...}`
-    BySymbol,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResponseConfig {
-    pub shape: Shape,
-    /// Dotted path to the array or object inside the body (`"data.quotes"`); empty: the body itself.
-    #[serde(default)]
-    pub root: String,
-    /// (shape = "array") the field that holds the symbol.
-    #[serde(default = "default_symbol_field")]
-    pub symbol: String,
-    /// Quote field → upstream field (a dotted path for nested objects). Keys: ts, bid, ask, last,
-    /// bid_size, ask_size, last_size, volume, status. Unmapped fields are not read; without `ts` the
-    /// receipt time is used.
-    pub fields: HashMap<String, String>,
-}
-
-fn default_symbol_field() -> String {
-    "symbol".into()
-}
-
-const QUOTE_FIELDS: [&str; 9] = [
-    "ts",
-    "bid",
-    "ask",
-    "last",
-    "bid_size",
-    "ask_size",
-    "last_size",
-    "volume",
-    "status",
-];
 
 impl HttpPollConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -327,15 +289,12 @@ struct SymbolState {
     answered: bool,
 }
 
-fn percent_encode(s: &str, out: &mut String) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
+/// What a symbol keeps unescaped in a URL: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn batch_url(template: &str, base: &str, symbols: &[Symbol]) -> String {
     let mut list = String::new();
@@ -343,99 +302,9 @@ fn batch_url(template: &str, base: &str, symbols: &[Symbol]) -> String {
         if i > 0 {
             list.push(',');
         }
-        percent_encode(s, &mut list);
+        list.extend(percent_encoding::utf8_percent_encode(s, UNRESERVED));
     }
     template.replace("{base}", base).replace("{symbols}", &list)
-}
-
-/// Follows a dotted path through nested objects.
-fn at_path<'a>(mut value: &'a RawValue, path: &str) -> Result<&'a RawValue, String> {
-    if path.is_empty() {
-        return Ok(value);
-    }
-    for key in path.split('.') {
-        let obj: HashMap<String, &RawValue> = serde_json::from_str(value.get())
-            .map_err(|_| format!("expected an object at '{key}' of '{path}'"))?;
-        value = obj
-            .get(key)
-            .copied()
-            .ok_or_else(|| format!("no '{key}' (path '{path}')"))?;
-    }
-    Ok(value)
-}
-
-/// A mapped response: (symbol, parsed tick) for every good quote, and why each bad one was dropped.
-pub type Mapped = (Vec<(String, Tick)>, Vec<String>);
-
-/// Maps a response body to (symbol, parsed tick) pairs. A quote that does not parse is an error of
-/// its own (second list), so that one bad symbol never hides or corrupts the others.
-pub fn map_response(body: &[u8], response: &ResponseConfig) -> Result<Mapped, String> {
-    let root: &RawValue = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let root = at_path(root, &response.root)?;
-    let items: Vec<(Option<String>, &RawValue)> = match response.shape {
-        Shape::Array => serde_json::from_str::<Vec<&RawValue>>(root.get())
-            .map_err(|_| "expected a JSON array of quotes".to_string())?
-            .into_iter()
-            .map(|v| (None, v))
-            .collect(),
-        Shape::BySymbol => serde_json::from_str::<HashMap<String, &RawValue>>(root.get())
-            .map_err(|_| "expected a JSON object keyed by symbol".to_string())?
-            .into_iter()
-            .map(|(k, v)| (Some(k), v))
-            .collect(),
-    };
-    let mut quotes = Vec::with_capacity(items.len());
-    let mut bad = Vec::new();
-    for (key, item) in items {
-        match map_quote(key, item, response) {
-            Ok(q) => quotes.push(q),
-            Err(e) => bad.push(e),
-        }
-    }
-    Ok((quotes, bad))
-}
-
-fn map_quote(
-    key: Option<String>,
-    item: &RawValue,
-    response: &ResponseConfig,
-) -> Result<(String, Tick), String> {
-    let symbol = match key {
-        Some(k) => k,
-        None => {
-            let raw = at_path(item, &response.symbol)?;
-            serde_json::from_str::<String>(raw.get())
-                .map_err(|_| format!("symbol {} is not a string", raw.get()))?
-        }
-    };
-    let mut tick = Tick::default();
-    for (field, path) in &response.fields {
-        let raw = match at_path(item, path) {
-            Ok(r) => r,
-            Err(_) => continue, // a field the upstream left out is "not given"
-        };
-        let wrap = |e: String| format!("{symbol}: {field}: {e}");
-        match field.as_str() {
-            "ts" => tick.ts = fields::timestamp(raw).map_err(wrap)?,
-            "bid" => tick.bid = fields::price(raw).map_err(wrap)?,
-            "ask" => tick.ask = fields::price(raw).map_err(wrap)?,
-            "last" => tick.last = fields::price(raw).map_err(wrap)?,
-            "bid_size" => tick.bid_size = fields::size(raw).map_err(wrap)?,
-            "ask_size" => tick.ask_size = fields::size(raw).map_err(wrap)?,
-            "last_size" => tick.last_size = fields::size(raw).map_err(wrap)?,
-            "volume" => tick.volume = fields::size(raw).map_err(wrap)?,
-            "status" => tick.status = fields::status(raw).map_err(wrap)?,
-            _ => {} // validate() refused other keys
-        }
-    }
-    if !has_values(&tick) {
-        // Names the symbol but delivers nothing (every field null, or the vendor renamed its
-        // fields): not an answer for it, so that it goes stale, and fails over, as for silence.
-        return Err(format!(
-            "{symbol}: no mapped field has a value (see [feeds.response] fields)"
-        ));
-    }
-    Ok((symbol.to_uppercase(), tick))
 }
 
 /// The fields of `now` that differ from `sent`, or `None` when nothing but `ts` changed.

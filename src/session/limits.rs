@@ -66,10 +66,10 @@ pub struct LimitsConfig {
     pub min_frame_interval_ms: u64,
     /// The share of a worker's time, in percent, its fan-out pass may take before batches grow:
     /// a pass that took `t` owes a wait of `t × (100 − p) / p`, paid by time the worker was idle, and
-    /// waited once 1 ms is owed (at most `fanout::MAX_REST`), so a loaded worker writes fewer,
+    /// waited once 1 ms is owed (at most `fanout::duty::MAX_REST`), so a loaded worker writes fewer,
     /// fuller frames instead of one per update. A quiet worker never waits. 100 writes whenever the
     /// worker is free (frames grow only once it is saturated). Workers sharing a core split it
-    /// (`fanout::Duty`).
+    /// (`fanout::duty`).
     pub fanout_busy_percent: u32,
     /// `SO_SNDBUF` of every WebSocket and SSE session's socket, bytes (the kernel doubles it for its bookkeeping); 0
     /// leaves the kernel's autotuning, which lets one stalled client pin up to `tcp_wmem`'s max.

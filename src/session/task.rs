@@ -1,6 +1,6 @@
-//! Session, the connection: a `Session` on its socket, driven by one select loop over client
-//! frames, dirty slots and clock events (ping, idle, token expiry and shutdown, kept by the
-//! worker's shard), and the batching window's or `max_hz`'s timer; and the close paths.
+//! Session, the connection's task: a `Session` on its socket, driven by one select loop over client
+//! frames, its shard's wake-ups (marks, and clock events: ping, idle, token expiry and shutdown)
+//! and `max_hz`'s timer (the batching window is the shard's); and the close paths.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -167,7 +167,7 @@ impl Connection {
 }
 
 /// Serves a connection until it ends: one select loop over client frames, dirty slots and clock
-/// events, and the batching window's or `max_hz`'s timer.
+/// events, and `max_hz`'s timer.
 ///
 /// The connection is shared with the worker's shard, which writes its news itself when it can
 /// (`write_now`). This loop borrows it only while it handles an event, and keeps the borrow across
