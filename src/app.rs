@@ -262,7 +262,13 @@ async fn run(
     let (index, changes) = build_index(&config, &names, metrics.clone());
     let index = Arc::new(index);
     for feed in &feeds {
-        for symbol in feed.symbols() {
+        // A feed's list may name what the contract does not take as a symbol (a replay file's
+        // bad line): its ticks are rejected at the index, so it is never listed or subscribable.
+        for symbol in feed
+            .symbols()
+            .into_iter()
+            .filter(|s| crate::model::valid_symbol(s))
+        {
             index.register(symbol);
         }
     }

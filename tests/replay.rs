@@ -338,6 +338,41 @@ async fn bad_lines_are_skipped_logged_with_file_and_line_and_counted() {
     assert!(log.contains("'bid'"), "{log}");
 }
 
+/// A line whose symbol the contract does not take is rejected (`bad_symbol`), and the symbol is
+/// never listed: `/v1/symbols` and the `symbols` op offer only what a client can subscribe to
+/// (found from outside: the replay's scan listed it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_with_a_bad_symbol_is_rejected_and_never_listed() {
+    let _serial = SERIAL.lock().await;
+    let path =
+        std::env::temp_dir().join(format!("quotegw-bad-symbol-{}.ndjson", std::process::id()));
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"ts":1700000000000,"symbol":"AAPL","bid":"1.00"}"#,
+            "\n",
+            r#"{"ts":1700000000001,"symbol":"a b","bid":"1.00"}"#,
+            "\n",
+            r#"{"ts":1700000000002,"symbol":"MSFT","bid":"2.00"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let gw = start(&replay(&path, "speed = \"max\""), &[]);
+    gw.wait_metric(
+        "quotegw_ticks_rejected_total{feed=\"rp\",reason=\"bad_symbol\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    let mut c = gw.client().await;
+    c.send(serde_json::json!({"op": "symbols"})).await;
+    assert_eq!(
+        c.expect("symbols").await["symbols"],
+        serde_json::json!(["AAPL", "MSFT"])
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_gzip_plays_what_it_has_and_reports_where_it_broke() {
     let _serial = SERIAL.lock().await;

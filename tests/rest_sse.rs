@@ -592,6 +592,18 @@ async fn stream_requests_are_routed_on_their_parsed_head_and_malformed_ones_answ
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    // And one whose request line alone is over the limit (a long query; found from outside: 503
+    // for any line past the limit by more than a header's worth).
+    for long in [17 * 1024, 40 * 1024] {
+        let query = "a".repeat(long);
+        let answer = raw_exchange(
+            gw.addr,
+            format!("GET /v1/stream?symbols=AAPL&x={query} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{long}: {answer:.200}");
+    }
     // Counted like any refusal.
     assert!(
         gw.metric("quotegw_connections_refused_total{reason=\"bad_request\"}")

@@ -236,3 +236,16 @@ fn a_bearer_token_is_read_whatever_the_scheme_case() {
 fn secrets_are_redacted() {
     assert!(!format!("{:?}", Secret::new("sk-live-1")).contains("sk-live"));
 }
+
+#[test]
+fn a_token_is_taken_from_the_query_once_decoded_and_never_when_given_twice() {
+    assert_eq!(token_of("token=a%2Bb", None).as_deref(), Some("a+b"));
+    assert_eq!(token_of("x=1&token=k", None).as_deref(), Some("k"));
+    assert_eq!(token_of("token=good&token=bad", None), None);
+    assert_eq!(token_of("token=good&token=", None), None);
+    // The header wins, whatever the query holds.
+    assert_eq!(
+        token_of("token=a&token=b", Some("Bearer h")).as_deref(),
+        Some("h")
+    );
+}

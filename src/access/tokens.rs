@@ -31,9 +31,13 @@ pub fn token_of(query: &str, authorization: Option<&str>) -> Option<String> {
     if let Some(bearer) = bearer {
         return Some(bearer.trim().to_string());
     }
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == "token")
-        .map(|(_, value)| value.into_owned())
+    // A token given twice is no credential: which one a proxy in front would have kept is not ours
+    // to guess.
+    let mut tokens = form_urlencoded::parse(query.as_bytes()).filter(|(key, _)| key == "token");
+    match (tokens.next(), tokens.next()) {
+        (Some((_, token)), None) => Some(token.into_owned()),
+        _ => None,
+    }
 }
 
 /// A fixed-length digest of an API key: what keys are compared as.

@@ -27,20 +27,33 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// A query string, percent-decoded (`+` is a space, as forms send it).
-pub struct Query(HashMap<String, String>);
+/// A query string, decoded as browsers encode forms (`+` is a space, `%XX` a byte; bytes that are
+/// not UTF-8 become U+FFFD). A parameter given twice has no value (`None` in the map): which
+/// one a proxy or a client library would keep is not ours to guess, so `get` refuses it.
+pub struct Query(HashMap<String, Option<String>>);
 
 impl Query {
     pub fn parse(query: &str) -> Query {
-        Query(
-            form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let mut params = HashMap::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()).into_owned() {
+            params
+                .entry(key)
+                .and_modify(|v| *v = None)
+                .or_insert(Some(value));
+        }
+        Query(params)
     }
 
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+    /// The parameter's value; a parameter given more than once is a `bad_request`.
+    pub fn get(&self, key: &str) -> Result<Option<&str>, Refused> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Some(value)) => Ok(Some(value)),
+            Some(None) => Err(Refused::bad_request(
+                "bad_request",
+                format!("'{key}' is given more than once: give it once"),
+            )),
+        }
     }
 }
 
@@ -48,7 +61,7 @@ impl Query {
 /// repeats dropped, at most `max` of them) or a string that is not one, rejected alone
 /// (`invalid_symbol`, as on `/ws`).
 pub fn symbols_param(query: &Query, max: usize) -> Result<SymbolList, Refused> {
-    let Some(list) = query.get("symbols").filter(|l| !l.is_empty()) else {
+    let Some(list) = query.get("symbols")?.filter(|l| !l.is_empty()) else {
         return Err(Refused::bad_request(
             "bad_request",
             "give the symbols as ?symbols=AAPL,MSFT",
@@ -273,7 +286,11 @@ mod tests {
     #[test]
     fn queries_are_percent_decoded_and_symbols_checked() {
         let q = Query::parse("symbols=aapl%2CMSFT,aapl&max_hz=2&token=a%2Bb");
-        assert_eq!(q.get("token"), Some("a+b"));
+        assert_eq!(q.get("token").unwrap(), Some("a+b"));
+        // Given twice: refused, whichever value a reader would have kept.
+        let twice = Query::parse("symbols=AAPL&max_hz=2&symbols=MSFT");
+        assert_eq!(twice.get("max_hz").unwrap(), Some("2"));
+        assert_eq!(symbols_param(&twice, 10).unwrap_err().code, "bad_request");
         assert_eq!(symbols_param(&q, 10).unwrap().valid, ["AAPL", "MSFT"]);
         // A string that is not a symbol is set aside (invalid_symbol), not the request's end.
         let s = symbols_param(

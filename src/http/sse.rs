@@ -81,8 +81,11 @@ pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -
                 Ok(httparse::Status::Partial) if n < buf.len() => false,
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => true,
                 // A stream request whose head is over the limit: the stream answers it (431),
-                // not the routes (which would say to open it as the first request).
-                Ok(httparse::Status::Partial) => return is_stream(&req),
+                // not the routes (which would say to open it as the first request), also when
+                // its request line alone is (a long query: httparse has no path yet).
+                Ok(httparse::Status::Partial) => {
+                    return is_stream(&req) || long_target_is_stream(head);
+                }
                 // Malformed: actix answers it.
                 Err(_) => return false,
             };
@@ -99,6 +102,23 @@ pub async fn is_stream_request(io: &TcpStream, deadline: tokio::time::Instant) -
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Whether a `GET` whose request line does not fit the head limit names the stream: its path ends
+/// at the query's `?` (or a `#`) within what was read.
+fn long_target_is_stream(head: &[u8]) -> bool {
+    let start = head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(head.len());
+    let Some(target) = head[start..].strip_prefix(b"GET ") else {
+        return false;
+    };
+    let target = target.split(|&b| b == b' ').next().unwrap_or(&[]);
+    match target.iter().position(|&b| b == b'?' || b == b'#') {
+        Some(end) => std::str::from_utf8(&target[..end]).is_ok_and(is_stream_path),
+        None => false,
     }
 }
 
@@ -240,7 +260,7 @@ fn stream_request(
     let params = Query::parse(query);
     let symbols = symbols_param(&params, state.sessions.limits.max_symbols_per_connection)?;
     let max_hz =
-        match params.get("max_hz") {
+        match params.get("max_hz")? {
             None => None,
             Some(v) => match v.parse::<f64>() {
                 Ok(hz) if MAX_HZ_RANGE.contains(&hz) => Some(hz),
@@ -250,7 +270,7 @@ fn stream_request(
                 )),
             },
         };
-    let on_lag = match params.get("on_lag") {
+    let on_lag = match params.get("on_lag")? {
         None | Some("conflate") => OnLag::Conflate,
         Some("close") => OnLag::Close,
         Some(_) => {
