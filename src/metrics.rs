@@ -42,6 +42,7 @@ pub struct Metrics {
     pub poll_errors: IntCounterVec,
     pub poll_seconds: HistogramVec,
     pub bus_published: IntCounter,
+    pub bus_states_dropped: IntCounterVec,
 }
 
 /// The counters of one feed, resolved once.
@@ -110,6 +111,7 @@ impl Metrics {
                 &["feed"],
             ).expect("valid histogram")),
             bus_published: counter("quotegw_bus_published_total", "Symbol states a scale-out ingest published to NATS (conflated per symbol while NATS is slow or away)."),
+            bus_states_dropped: counter_vec("quotegw_bus_states_dropped_total", "States a scale-out edge dropped from the bus, by reason (too_large, malformed, subject_mismatch, non_positive_price, old_term, max_symbols).", &["feed", "reason"]),
             registry,
         };
         for transport in ["ws", "sse"] {

@@ -167,6 +167,12 @@ async fn an_edge_started_later_serves_the_ingests_snapshots() {
     }
     let first = quotes(edge.addr, &SYMBOLS).await;
     assert_eq!(first.len(), SYMBOLS.len(), "ready means loaded: {first:?}");
+    for w in &want {
+        let s = w["symbol"].as_str().unwrap();
+        assert_eq!(first[s]["seq"], w["seq"], "the cache's seq: {first:?}");
+    }
+    // Live once the ingest's heartbeat is heard (the cache alone loads as stale).
+    converge(ingest.addr, &[edge.addr], &SYMBOLS).await;
     let mut ec = edge.client().await;
     let got = ec.subscribe(&SYMBOLS).await;
     assert_eq!(got, want, "the same snapshots, seq included");
@@ -616,4 +622,262 @@ async fn an_ingest_that_lost_the_cache_ends_the_old_seq_with_1012() {
         (before["AAA"]["seq"].clone(), Some("stale")),
         "an old price is never shown as live"
     );
+}
+
+/// Publishes, on `nats`, a heartbeat of `term` every 100 ms until aborted (an ingest the test
+/// plays).
+fn heartbeats(client: &async_nats::Client, term: u64) -> tokio::task::JoinHandle<()> {
+    use quotegw::scaleout::wire::{encode_heartbeat, heartbeat_subject};
+    let client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = client
+                .publish(
+                    heartbeat_subject("quotegw"),
+                    encode_heartbeat(term, 0).into(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// A state of `symbol` as an ingest of `term` would publish it, on its own subject.
+async fn publish_state(client: &async_nats::Client, term: u64, seq: u64, symbol: &str, bid: i64) {
+    use quotegw::model::{Quote, Status};
+    use quotegw::scaleout::wire::{encode_state, state_subject, State};
+    let state = State {
+        term,
+        version: seq,
+        seq,
+        symbol: symbol.into(),
+        quote: Quote {
+            ts: seq as i64,
+            bid: Some(rust_decimal::Decimal::new(bid, 2)),
+            status: Status::Live,
+            ..Quote::default()
+        },
+    };
+    client
+        .publish(
+            state_subject("quotegw", symbol),
+            encode_state(&state).into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+/// Waits until `symbol` is served with `status`.
+async fn wait_status(gw: &TestGateway, symbol: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(q) = quotes(gw.addr, &[symbol]).await.remove(symbol) {
+            if q["status"] == status {
+                return q;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{symbol} never {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Regression (issue 28): an ingest that a newer one superseded kept heartbeating, and its
+/// heartbeats kept every edge live on the newer one's frozen prices. An edge follows the highest
+/// term it accepted: a lower term's heartbeat keeps nothing live, its states are dropped
+/// (`old_term`), and the symbol goes stale until the followed term's heartbeats come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_terms_heartbeat_keeps_no_edge_live() {
+    let nats = NatsServer::start();
+    let edge = start_config(1, &edge_toml(&nats));
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let newer = heartbeats(&client, 20);
+    // The edge may subscribe after the first sends, and a state that comes before the first
+    // heartbeat goes in as stale: send it (a duplicate changes nothing else) until it is live.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while quotes(edge.addr, &["TERM"])
+        .await
+        .get("TERM")
+        .is_none_or(|q| q["status"] != "live")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never live");
+        publish_state(&client, 20, 1, "TERM", 100).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The newer ingest dies; the older one goes on heartbeating and publishing.
+    newer.abort();
+    let older = heartbeats(&client, 10);
+    publish_state(&client, 10, 7, "TERM", 700).await;
+    let q = wait_status(&edge, "TERM", "stale").await;
+    // And it stays stale: for three times `stale_after_ms`, never live, never the old term's price.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publish_state(&client, 10, 8, "TERM", 800).await;
+        let now = quotes(edge.addr, &["TERM"]).await.remove("TERM").unwrap();
+        assert_eq!(now["status"], "stale", "{now}");
+        assert_eq!(
+            (now["seq"].clone(), now["bid"].clone()),
+            (q["seq"].clone(), q["bid"].clone())
+        );
+    }
+    assert!(
+        edge.metric("quotegw_bus_states_dropped_total{feed=\"bus\",reason=\"old_term\"}")
+            .await
+            >= 2.0
+    );
+    older.abort();
+    // The followed term's heartbeats again, and its state (an ingest's cache would hold it; this
+    // test made none): live.
+    let back = heartbeats(&client, 20);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while quotes(edge.addr, &["TERM"]).await["TERM"]["status"] != "live" {
+        assert!(tokio::time::Instant::now() < deadline, "never live again");
+        publish_state(&client, 20, 1, "TERM", 100).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    back.abort();
+}
+
+/// The bus is an input like any feed: each poisoned state is dropped and counted by reason, never
+/// applied or cached, and the edge goes on with the valid ones (a member it does not know is
+/// ignored, as the wire format says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisoned_states_are_dropped_and_counted_and_the_rest_goes_on() {
+    use quotegw::scaleout::wire::state_subject;
+    let nats = NatsServer::start();
+    let edge = start_config(1, &edge_toml(&nats));
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let hb = heartbeats(&client, 5);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while quotes(edge.addr, &["GOOD"]).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no state arrived");
+        publish_state(&client, 5, 1, "GOOD", 100).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let state = |symbol: &str, bid: &str, extra: &str| {
+        format!(
+            r#"{{"v":1,"term":5,"ver":2,"seq":2,"symbol":"{symbol}","ts":2,"bid":"{bid}","status":"live"{extra}}}"#
+        )
+    };
+    let poison: Vec<(&str, String, String)> = vec![
+        (
+            "subject_mismatch",
+            state_subject("quotegw", "GOOD"),
+            state("EVIL", "9.99", ""),
+        ),
+        (
+            "non_positive_price",
+            state_subject("quotegw", "GOOD"),
+            state("GOOD", "-1.00", ""),
+        ),
+        (
+            "non_positive_price",
+            state_subject("quotegw", "GOOD"),
+            state("GOOD", "0", ""),
+        ),
+        (
+            "too_large",
+            state_subject("quotegw", "GOOD"),
+            state(
+                "GOOD",
+                "9.99",
+                &format!(r#","pad":"{}""#, "x".repeat(100 << 10)),
+            ),
+        ),
+        (
+            "malformed",
+            state_subject("quotegw", "GOOD"),
+            "not json".into(),
+        ),
+        (
+            "malformed",
+            state_subject("quotegw", "GOOD"),
+            state("GOOD", "9.99", "").replace(r#""term":5"#, r#""term":9007199254740992"#),
+        ),
+    ];
+    for (_, subject, payload) in &poison {
+        client
+            .publish(subject.clone(), payload.clone().into())
+            .await
+            .unwrap();
+    }
+    // A valid state with a member this gateway does not know: applied.
+    client
+        .publish(
+            state_subject("quotegw", "GOOD"),
+            state("GOOD", "3.00", r#","future":1"#)
+                .replace(r#""ver":2,"seq":2"#, r#""ver":3,"seq":3"#)
+                .into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let q = quotes(edge.addr, &["GOOD", "EVIL"]).await;
+        if q.get("GOOD").is_some_and(|g| g["seq"] == 3) {
+            assert_eq!(q["GOOD"]["bid"], "3.00", "{q:?}");
+            assert!(!q.contains_key("EVIL"), "{q:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{q:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for reason in [
+        "subject_mismatch",
+        "non_positive_price",
+        "too_large",
+        "malformed",
+    ] {
+        let want = poison.iter().filter(|(r, _, _)| *r == reason).count() as f64;
+        let got = edge
+            .metric(&format!(
+                "quotegw_bus_states_dropped_total{{feed=\"bus\",reason=\"{reason}\"}}"
+            ))
+            .await;
+        assert_eq!(got, want, "{reason}");
+    }
+    hb.abort();
+}
+
+/// An edge started while no ingest runs serves the cache as `stale` (never an old price as live),
+/// and goes live when an ingest leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_started_without_an_ingest_serves_the_cache_as_stale() {
+    let nats = NatsServer::start();
+    let ingest = ingest_with_ticks(&nats).await;
+    let first = start_config(1, &edge_toml(&nats));
+    converge(ingest.addr, &[first.addr], &SYMBOLS).await;
+    drop(ingest);
+    let edge = start_config(2, &edge_toml(&nats));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !ready(&edge).await {
+        assert!(tokio::time::Instant::now() < deadline, "edge never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cached = quotes(edge.addr, &SYMBOLS).await;
+    assert_eq!(cached.len(), SYMBOLS.len(), "{cached:?}");
+    for q in cached.values() {
+        assert_eq!(q["status"], "stale", "{q}");
+    }
+    // Still stale a while later: no ingest, no heartbeat.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for q in quotes(edge.addr, &SYMBOLS).await.values() {
+        assert_eq!(q["status"], "stale", "{q}");
+    }
+    // An ingest leads again; a symbol is live once its feed ticks it (docs/deployment.md: the
+    // cache cannot say whether a cached price is current).
+    let ingest = start(&ingest_toml(&nats), &SYMBOLS);
+    for (i, s) in SYMBOLS.iter().enumerate() {
+        ingest
+            .push(tick(s, 100 + i as i64, &[("bid", "20.00")]))
+            .await;
+    }
+    for s in SYMBOLS {
+        assert_eq!(wait_status(&edge, s, "live").await["bid"], "20.00");
+    }
+    drop(ingest);
 }

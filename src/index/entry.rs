@@ -362,11 +362,11 @@ impl SymbolEntry {
             match st.remote {
                 Some(held) if key < held => return, // late or reordered
                 Some(held) if key == held => {
+                    // A duplicate, or the same state again after an outage or a load as stale
+                    // (an edge that has heard no leader yet): only its status can be news.
                     let source = st.source_for_tick(feed);
-                    if source.fresh {
-                        return; // a duplicate
-                    }
                     source.fresh = true;
+                    source.quote.status = state.quote.status;
                     if st.quote.status == state.quote.status {
                         return;
                     }

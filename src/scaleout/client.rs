@@ -217,7 +217,7 @@ pub const CACHE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn read_cache(
     stream: &async_nats::jetstream::stream::Stream,
     filter: &str,
-    mut each: impl FnMut(&[u8]),
+    mut each: impl FnMut(&str, &[u8]),
 ) -> Result<(), String> {
     use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
     let last = stream
@@ -249,7 +249,7 @@ pub async fn read_cache(
             return Err("the cache's consumer ended".into());
         };
         let message = message.map_err(|e| e.to_string())?;
-        each(&message.payload);
+        each(&message.subject, &message.payload);
         let info = message.info().map_err(|e| e.to_string())?;
         if info.stream_sequence >= last {
             break;

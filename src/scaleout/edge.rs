@@ -9,9 +9,19 @@
 //! first state arrives: an edge with nothing to show is not ready. It loads again whenever what it holds may be incomplete: a (re)connection
 //! to NATS, the client dropping messages for a slow consumer, or heartbeats coming back.
 //!
-//! Staleness: while NATS is away, or no ingest heartbeat arrived for `stale_after_ms`, every symbol
-//! is `stale` for clients: an old price is never shown as live. A reload (or a new state) makes
-//! them live again.
+//! Staleness: the edge follows the highest term it has accepted (from a heartbeat or a state). It
+//! is live only while heartbeats of that term arrive: a heartbeat of a lower term (an ingest that
+//! an ingest started after it superseded) changes nothing, and a state of a lower term is
+//! dropped. While NATS is away, or no such heartbeat arrived for `stale_after_ms`, every symbol is
+//! `stale` for clients, and an edge that has heard no heartbeat yet loads the cache as `stale`: an
+//! old price is never shown as live. The first heartbeat of the highest term reloads the cache
+//! and makes the symbols live again.
+//!
+//! The bus is an input like any feed: a state is dropped and counted
+//! (`quotegw_bus_states_dropped_total{reason}`) when its message is over `MAX_STATE_BYTES`, does not
+//! decode (`wire::decode_state`: version, symbol, counters within 2^53), names another symbol than
+//! its subject, carries a price that is not positive, is of a term below the one followed, or
+//! would add a symbol past `max_symbols`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -45,17 +55,41 @@ pub struct NatsFeedConfig {
     /// No ingest heartbeat for this long (or NATS away): every symbol is marked stale.
     #[serde(default = "default_stale_after_ms")]
     pub stale_after_ms: u64,
+    /// Most symbols this edge carries: a state that would add one more is dropped and counted
+    /// (`reason="max_symbols"`), so a bad publisher cannot grow the edge's index without bound.
+    #[serde(default = "default_max_symbols")]
+    pub max_symbols: usize,
 }
 
 fn default_stale_after_ms() -> u64 {
     3000
 }
+fn default_max_symbols() -> usize {
+    100_000
+}
+
+/// A state message larger than this is dropped unread (a state is a few hundred bytes).
+pub const MAX_STATE_BYTES: usize = 4096;
+
+/// Why a state from the bus was dropped: the `reason` label of `quotegw_bus_states_dropped_total`.
+pub const DROP_REASONS: [&str; 6] = [
+    "too_large",
+    "malformed",
+    "subject_mismatch",
+    "non_positive_price",
+    "old_term",
+    "max_symbols",
+];
 
 impl NatsFeedConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         check_names(&self.stream, &self.subject_prefix)?;
         server_list(&self.nats_url).map_err(|m| ("nats_url".to_string(), m))?;
-        ms_within("stale_after_ms", self.stale_after_ms, 100..=MAX_SETTING_MS)
+        ms_within("stale_after_ms", self.stale_after_ms, 100..=MAX_SETTING_MS)?;
+        if !(1..=1_000_000).contains(&self.max_symbols) {
+            return Err(("max_symbols".into(), "must be between 1 and 1000000".into()));
+        }
+        Ok(())
     }
 }
 
@@ -89,25 +123,35 @@ struct Edge {
     ctx: FeedContext,
     /// Every symbol a state arrived for: what goes stale when the ingest is away.
     known: HashSet<Symbol>,
+    /// The highest term accepted, from a heartbeat or a state (0: none yet).
+    term: u64,
+    /// No heartbeat of `term` within `stale_after_ms`, NATS away, or none heard yet.
     stale: bool,
     /// `/readyz` was told: the cache is loaded and held at least one state.
     delivered: bool,
     log: LogLimiter,
-    bad_messages: prometheus::IntCounter,
+    /// `quotegw_bus_states_dropped_total`, one per `DROP_REASONS` entry.
+    dropped: Vec<prometheus::IntCounter>,
 }
 
 impl Edge {
     fn new(config: NatsFeedConfig, ctx: FeedContext) -> Edge {
-        let bad_messages = ctx
-            .metrics
-            .feed_bad_lines
-            .with_label_values(&[&config.name]);
+        let dropped = DROP_REASONS
+            .iter()
+            .map(|r| {
+                ctx.metrics
+                    .bus_states_dropped
+                    .with_label_values(&[config.name.as_str(), r])
+            })
+            .collect();
         Edge {
-            bad_messages,
+            dropped,
             config,
             ctx,
             known: HashSet::new(),
-            stale: false,
+            term: 0,
+            // Until a heartbeat is heard, the cache is only what some ingest left: stale.
+            stale: true,
             delivered: false,
             log: LogLimiter::new(5, 1),
         }
@@ -136,7 +180,6 @@ impl Edge {
             }
         }
         self.ready_if_any();
-        self.ctx.set_up(true);
         let stale_after = Duration::from_millis(self.config.stale_after_ms);
         let mut last_heartbeat = Instant::now();
         let mut check = tokio::time::interval(stale_after / 4);
@@ -147,12 +190,22 @@ impl Edge {
                     let Some(message) = message else {
                         return Err(FeedError::Setup("the NATS subscription ended".into()));
                     };
-                    self.take(&message.payload).await?;
+                    self.take(&message.subject, &message.payload).await?;
                     self.ready_if_any();
                 }
                 message = heartbeats.next() => {
-                    if message.is_none() {
+                    let Some(message) = message else {
                         return Err(FeedError::Setup("the NATS subscription ended".into()));
+                    };
+                    // Only the leader the edge follows keeps it live: a heartbeat of a lower
+                    // term is an ingest a newer one superseded.
+                    match wire::decode_heartbeat(&message.payload) {
+                        Ok(term) if term >= self.term => self.term = term,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            self.log_dropped(&e);
+                            continue;
+                        }
                     }
                     last_heartbeat = Instant::now();
                     if self.stale {
@@ -165,7 +218,9 @@ impl Edge {
                         self.mark_stale("NATS connection lost").await?;
                     }
                     if seen.connected && self.stale {
-                        self.recover(&client).await?;
+                        // Back on NATS: what the cache holds goes in (as stale), and the
+                        // leader's next heartbeat makes it live.
+                        self.reload(&client).await?;
                     } else if seen.slow_consumer {
                         // The client dropped messages for us: what we hold may be behind.
                         tracing::warn!(feed = %self.config.name, "slow consumer: reloading from the cache");
@@ -190,22 +245,85 @@ impl Edge {
         }
     }
 
-    /// Hands one state message to the index.
-    async fn take(&mut self, payload: &[u8]) -> Result<(), FeedError> {
-        match wire::decode_state(payload) {
-            Ok(state) => {
-                if !self.known.contains(&state.symbol) {
-                    self.known.insert(state.symbol.clone());
-                }
-                self.ctx.send_state(state).await
+    /// Hands one state message to the index, or drops and counts it (module doc). While the edge
+    /// is stale, a state goes in as `stale` (a cache load before any heartbeat, or during an
+    /// outage), and the leader's next heartbeat makes it live.
+    async fn take(&mut self, subject: &str, payload: &[u8]) -> Result<(), FeedError> {
+        let mut state = match self.check(subject, payload) {
+            Ok(state) => state,
+            Err((reason, why)) => {
+                self.dropped[reason].inc();
+                self.log_dropped(&why);
+                return Ok(());
             }
-            Err(e) => {
-                self.bad_messages.inc();
-                if let Some(suppressed) = self.log.admit(std::time::Instant::now()) {
-                    tracing::warn!(feed = %self.config.name, suppressed, "message dropped: {}", truncated(&e));
-                }
-                Ok(())
-            }
+        };
+        self.term = self.term.max(state.term);
+        if !self.known.contains(&state.symbol) {
+            self.known.insert(state.symbol.clone());
+        }
+        if self.stale {
+            state.quote.status = Status::Stale;
+        }
+        self.ctx.send_state(state).await
+    }
+
+    /// A state message checked like any feed's tick: the index of its `DROP_REASONS` entry and
+    /// why, when it is dropped.
+    fn check(&self, subject: &str, payload: &[u8]) -> Result<wire::State, (usize, String)> {
+        let reason = |name: &str| DROP_REASONS.iter().position(|r| *r == name).unwrap_or(0);
+        if payload.len() > MAX_STATE_BYTES {
+            return Err((
+                reason("too_large"),
+                format!(
+                    "a state of {} bytes (at most {MAX_STATE_BYTES})",
+                    payload.len()
+                ),
+            ));
+        }
+        let state = wire::decode_state(payload).map_err(|e| (reason("malformed"), e))?;
+        if wire::state_subject(&self.config.subject_prefix, &state.symbol) != subject {
+            return Err((
+                reason("subject_mismatch"),
+                format!("a state of '{}' on subject '{subject}'", state.symbol),
+            ));
+        }
+        let q = &state.quote;
+        if [q.bid, q.ask, q.last]
+            .into_iter()
+            .flatten()
+            .any(|p| p <= rust_decimal::Decimal::ZERO)
+        {
+            return Err((
+                reason("non_positive_price"),
+                format!("a price of '{}' that is not positive", state.symbol),
+            ));
+        }
+        if state.term < self.term {
+            return Err((
+                reason("old_term"),
+                format!(
+                    "a state of '{}' of term {} (following {})",
+                    state.symbol, state.term, self.term
+                ),
+            ));
+        }
+        if !self.known.contains(&state.symbol) && self.known.len() >= self.config.max_symbols {
+            return Err((
+                reason("max_symbols"),
+                format!(
+                    "'{}' would be symbol {} (max_symbols = {})",
+                    state.symbol,
+                    self.known.len() + 1,
+                    self.config.max_symbols
+                ),
+            ));
+        }
+        Ok(state)
+    }
+
+    fn log_dropped(&self, why: &str) {
+        if let Some(suppressed) = self.log.admit(std::time::Instant::now()) {
+            tracing::warn!(feed = %self.config.name, suppressed, "message dropped: {}", truncated(why));
         }
     }
 
@@ -230,15 +348,15 @@ impl Edge {
         let read = read_cache(
             &stream,
             &wire::state_subjects(&self.config.subject_prefix),
-            |p| payloads.push(p.to_vec()),
+            |subject, p| payloads.push((subject.to_string(), p.to_vec())),
         )
         .await;
         if let Err(e) = read {
             tracing::warn!(feed = %self.config.name, "cannot read the cache: {e}");
             return Ok(false);
         }
-        for payload in payloads {
-            self.take(&payload).await?;
+        for (subject, payload) in payloads {
+            self.take(&subject, &payload).await?;
         }
         Ok(true)
     }
@@ -246,10 +364,13 @@ impl Edge {
     /// Back after an outage: reload, then the symbols are live again (a state equal to the one
     /// held makes its symbol current; a newer one updates it).
     async fn recover(&mut self, client: &async_nats::Client) -> Result<(), FeedError> {
+        // Not stale while reloading: what the cache holds of the followed term goes in live.
+        self.stale = false;
         if self.reload(client).await? {
-            self.stale = false;
             self.ctx.set_up(true);
-            tracing::info!(feed = %self.config.name, "ingest reachable again: reloaded from the cache");
+            tracing::info!(feed = %self.config.name, term = self.term, "an ingest leads: reloaded from the cache");
+        } else {
+            self.stale = true;
         }
         Ok(())
     }

@@ -85,7 +85,7 @@ async fn load(
     read_cache(
         &stream,
         &wire::heartbeat_subject(&config.subject_prefix),
-        |payload| {
+        |_, payload| {
             if let Ok(term) = wire::decode_heartbeat(payload) {
                 last_term = last_term.max(term);
             }
@@ -95,7 +95,7 @@ async fn load(
     read_cache(
         &stream,
         &wire::state_subjects(&config.subject_prefix),
-        |payload| {
+        |_, payload| {
             if let Ok(state) = wire::decode_state(payload) {
                 last_term = last_term.max(state.term);
                 index.seed(state.symbol, state.seq, state.quote);
