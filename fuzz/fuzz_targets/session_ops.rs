@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use quotegw::access::Grant;
-use quotegw::config::LimitsConfig;
+use quotegw::session::LimitsConfig;
 use quotegw::feed::FeedEvent;
 use quotegw::frame::Framing;
 use quotegw::index::Index;
@@ -197,6 +197,10 @@ fuzz_target!(|data: &[u8]| {
             }),
             _ => {
                 now += Duration::from_millis(u64::from(arg) * 8);
+                // The worker's pass marks the connection (the gateway's path); a write it cannot
+                // make hands the connection to its task, which flushes as below.
+                quotegw::fanout::Shard::current()
+                    .run_pass(&mut quotegw::fanout::Pass::default(), |_| false);
                 session.begin_flush(now);
                 loop {
                     let done = session.fill_frame(now);
