@@ -336,49 +336,14 @@ async fn a_restarted_ingest_continues_seq_from_the_cache() {
 /// `conflated` counts the gap, duplicates and late messages produce nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
-    use quotegw::model::{Quote, Status};
-    use quotegw::scaleout::wire::{
-        encode_heartbeat, encode_state, heartbeat_subject, state_subject, State,
-    };
     let nats = NatsServer::start();
     let edge = start_config(1, &edge_toml(&nats));
     let client = async_nats::connect(&nats.url).await.unwrap();
-    let term = 7;
-    let hb = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            loop {
-                let _ = client
-                    .publish(
-                        heartbeat_subject("quotegw"),
-                        encode_heartbeat(term, 0).into(),
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let hb = heartbeats(&client, 7);
     let send = |version: u64, seq: u64, bid: i64| {
+        assert_eq!(version, seq, "every change here is a tick");
         let client = client.clone();
-        async move {
-            let state = State {
-                term,
-                version,
-                seq,
-                symbol: "GAP".into(),
-                quote: Quote {
-                    ts: seq as i64,
-                    bid: Some(rust_decimal::Decimal::new(bid, 2)),
-                    status: Status::Live,
-                    ..Quote::default()
-                },
-            };
-            client
-                .publish(state_subject("quotegw", "GAP"), encode_state(&state).into())
-                .await
-                .unwrap();
-            client.flush().await.unwrap();
-        }
+        async move { publish_state(&client, 7, seq, "GAP", bid).await }
     };
     // An edge with an empty cache is not ready; the first state makes it ready. The edge may
     // not have subscribed yet when the first send goes out, so send it (a duplicate changes
