@@ -8,7 +8,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::access::{AccessConfig, AuthMode, Tier, TiersConfig};
-use crate::feed::FeedConfig;
+use crate::feed::{Feed, FeedError, HttpPollConfig, ReplayConfig, SimulatedConfig};
 use crate::model::{ms_within, MAX_SETTING_MS};
 use crate::scaleout::publish::PublishConfig;
 use crate::session::LimitsConfig;
@@ -371,6 +371,52 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("'{addr}' is not a HOST:PORT address: {e}"))?
         .next()
         .ok_or_else(|| format!("'{addr}' resolves to no address"))
+}
+
+/// The `[[feeds]]` entries of the config: a closed set, so that the compiler points at every place a
+/// new adapter must be handled.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeedConfig {
+    Simulated(SimulatedConfig),
+    Replay(ReplayConfig),
+    HttpPoll(HttpPollConfig),
+    /// A scale-out edge: states from an ingest over NATS instead of upstreams.
+    Nats(crate::scaleout::edge::NatsFeedConfig),
+}
+
+impl FeedConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            FeedConfig::Simulated(c) => &c.name,
+            FeedConfig::Replay(c) => &c.name,
+            FeedConfig::HttpPoll(c) => &c.name,
+            FeedConfig::Nats(c) => &c.name,
+        }
+    }
+
+    /// Checks the adapter's own keys; errors are (key, what to change).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self {
+            FeedConfig::Simulated(c) => c.validate(),
+            FeedConfig::Replay(c) => c.validate(),
+            FeedConfig::HttpPoll(c) => c.validate(),
+            FeedConfig::Nats(c) => c.validate(),
+        }
+    }
+
+    pub fn build(&self) -> Result<Box<dyn Feed>, FeedError> {
+        match self {
+            FeedConfig::Simulated(c) => Ok(Box::new(crate::feed::simulated::SimulatedFeed::new(
+                c.clone(),
+            ))),
+            FeedConfig::Replay(c) => Ok(Box::new(crate::feed::replay::ReplayFeed::new(c.clone())?)),
+            FeedConfig::HttpPoll(c) => Ok(Box::new(crate::feed::http_poll::HttpPollFeed::new(
+                c.clone(),
+            )?)),
+            FeedConfig::Nats(c) => Ok(Box::new(crate::scaleout::edge::NatsFeed::new(c.clone()))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -157,6 +157,17 @@ impl Quote {
     }
 }
 
+/// (scale-out) a symbol's whole state as an ingest publishes it (`scaleout::wire`) and an edge
+/// hands it to its index: `seq` as the ingest assigned it, under its `term` and `version`.
+#[derive(Clone, Debug)]
+pub struct BusState {
+    pub term: u64,
+    pub version: u64,
+    pub seq: u64,
+    pub symbol: Symbol,
+    pub quote: Quote,
+}
+
 /// Wall-clock Unix epoch milliseconds: the `ts` of ticks a feed stamps itself (simulated ticks,
 /// restamped replays, polled quotes without an upstream timestamp).
 pub fn now_ms() -> i64 {

@@ -15,12 +15,10 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, FeedConfig};
 use crate::feed::recording::{write_line, RecordWriter};
 use crate::feed::simulated::{Generator, Windows};
-use crate::feed::{
-    FeedConfig, FeedContext, FeedError, FeedEvent, FeedHealth, TICK_CHANNEL_CAPACITY,
-};
+use crate::feed::{FeedContext, FeedError, FeedEvent, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::metrics::Metrics;
 use crate::model::now_ms;
 use crate::model::Tick;

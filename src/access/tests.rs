@@ -210,7 +210,7 @@ fn the_client_address_comes_from_a_trusted_proxy_only() {
             trusted_proxies: vec!["10.0.0.0/33".into()],
             ..AccessConfig::default()
         },
-        crate::session::LimitsConfig::default().client_limits(),
+        limits(),
         &TiersConfig::default(),
     )
     .err()

@@ -36,7 +36,7 @@ pub enum FeedEvent {
     /// index keeps the newest by `(term, version)` and assigns no `seq` of its own.
     State {
         feed: FeedId,
-        state: crate::scaleout::wire::State,
+        state: crate::model::BusState,
     },
 }
 
@@ -121,7 +121,7 @@ impl FeedContext {
 
     /// (scale-out edge) hands a state from the bus to the index; readiness is the feed's to say
     /// (`set_delivered`), once its cache is loaded.
-    pub async fn send_state(&self, state: crate::scaleout::wire::State) -> Result<(), FeedError> {
+    pub async fn send_state(&self, state: crate::model::BusState) -> Result<(), FeedError> {
         self.events_tx
             .send(FeedEvent::State {
                 feed: self.id,

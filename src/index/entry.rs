@@ -350,11 +350,7 @@ impl SymbolEntry {
     /// (scale-out edge) applies a state from the bus, publishing it when it is news. The bus's
     /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
     /// state equal to the one held makes a stale source current again (a reload after an outage).
-    pub(super) fn apply_state(
-        self: &Arc<Self>,
-        feed: FeedId,
-        state: &crate::scaleout::wire::State,
-    ) {
+    pub(super) fn apply_state(self: &Arc<Self>, feed: FeedId, state: &crate::model::BusState) {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);

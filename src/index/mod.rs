@@ -225,7 +225,7 @@ impl Index {
 
     /// (scale-out edge) a symbol's whole state from the bus: kept if it is newer than what the
     /// entry has, by `(term, version)`; a duplicate or a late message changes nothing.
-    fn apply_state(&self, feed: FeedId, state: &crate::scaleout::wire::State) {
+    fn apply_state(&self, feed: FeedId, state: &crate::model::BusState) {
         if let Some(c) = self.counters(feed) {
             c.received.inc();
         }

@@ -23,15 +23,8 @@ use crate::model::{valid_symbol, Quote, Status, Symbol};
 /// The encoding's version, `v` in every message.
 pub const WIRE_VERSION: u64 = 1;
 
-/// A symbol's state as it travels.
-#[derive(Clone, Debug)]
-pub struct State {
-    pub term: u64,
-    pub version: u64,
-    pub seq: u64,
-    pub symbol: Symbol,
-    pub quote: Quote,
-}
+/// A symbol's state as it travels (defined in `model`: the edge's feed hands it to the index).
+pub use crate::model::BusState as State;
 
 /// The subject of a symbol's state: `<prefix>.q.<symbol>`, with `%`, `.`, `*` and `>` escaped as
 /// `%25`, `%2E`, `%2A`, `%3E` (a subject token may hold none of the last three; symbols may).

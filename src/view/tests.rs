@@ -230,7 +230,7 @@ fn max_hz_paces_updates_but_not_status_changes() {
 /// old one, which then start over with fresh snapshots.
 #[test]
 fn a_restarted_source_ends_the_views_that_held_the_old_seq() {
-    use crate::scaleout::wire::State;
+    use crate::model::BusState as State;
     let idx = index();
     let state = |term, version, seq, bid| FeedEvent::State {
         feed: 0,
