@@ -81,6 +81,8 @@ pub struct RunningGateway {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    /// Cancelled when the server has stopped, for whatever reason.
+    stopped: CancellationToken,
     metrics: Arc<Metrics>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -152,9 +154,14 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let (token, m, config) = (shutdown.clone(), metrics.clone(), self.config);
+        let stopped = CancellationToken::new();
+        let ended = stopped.clone().drop_guard();
         let thread = std::thread::Builder::new()
             .name("quotegw-main".into())
             .spawn(move || {
+                // Whatever the end (a start-up error of a feed or of the publisher included),
+                // `stopped` says so.
+                let _ended = ended;
                 actix_web::rt::System::new().block_on(run(
                     config,
                     workers,
@@ -173,6 +180,7 @@ impl Gateway {
             addr,
             metrics_addr,
             shutdown,
+            stopped,
             metrics,
             thread: Some(thread),
         })
@@ -191,6 +199,12 @@ impl RunningGateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Resolves when the server has stopped: after a shutdown, or on its own when it failed (a
+    /// feed or the publisher refused at start); `join` then gives the error.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
     }
 
     /// Starts the graceful shutdown without waiting for it.
@@ -272,18 +286,24 @@ async fn run(
             index.register(symbol);
         }
     }
-    // A scale-out ingest reads its cache before any feed runs, so that `seq` goes on from it.
+    // A scale-out ingest takes a first look at the lease before any feed runs: leading, it reads
+    // the cache first, so that `seq` goes on from it.
     if let (Some(publish), Some(changes)) = (config.publish.clone(), changes) {
-        let published = metrics.bus_published.clone();
         crate::scaleout::publish::start(
             publish,
             index.clone(),
             changes,
-            published,
+            metrics.clone(),
             shutdown.clone(),
         )
         .await
         .map_err(std::io::Error::other)?;
+    }
+    let mut feeds = feeds;
+    for (feed, name) in feeds.iter_mut().zip(&names) {
+        feed.prepare(&metrics)
+            .await
+            .map_err(|e| std::io::Error::other(format!("feed '{name}': {e}")))?;
     }
     tracing::info!(feeds = ?names, symbols = index.len(), "index ready");
 

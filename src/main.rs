@@ -102,8 +102,14 @@ fn main() -> anyhow::Result<()> {
         ),
     }
 
-    runtime.block_on(signals.until_stop(false));
-    tracing::info!("signal received, shutting down");
+    runtime.block_on(async {
+        tokio::select! {
+            _ = signals.until_stop(false) => tracing::info!("signal received, shutting down"),
+            // A failure after the listener was bound (a feed or NATS refusing at start) ends
+            // the process at once, with its error, rather than at the next signal.
+            _ = gateway.stopped() => {}
+        }
+    });
     gateway
         .shutdown()
         .context("the server stopped with an error")?;

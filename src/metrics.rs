@@ -4,8 +4,8 @@
 //! handles once so that the hot path never looks a label up.
 
 use prometheus::{
-    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::normalize::RejectReason;
@@ -43,6 +43,15 @@ pub struct Metrics {
     pub poll_seconds: HistogramVec,
     pub bus_published: IntCounter,
     pub bus_states_dropped: IntCounterVec,
+    pub bus_connected: IntGaugeVec,
+    pub bus_reconnects: IntCounterVec,
+    pub bus_reloads: IntCounterVec,
+    pub bus_heartbeat_age: GaugeVec,
+    pub bus_term: IntGaugeVec,
+    pub bus_leader: IntGauge,
+    pub bus_lease_changes: IntCounterVec,
+    pub bus_changelog_depth: IntGauge,
+    pub bus_changelog_merged: IntCounter,
 }
 
 /// The counters of one feed, resolved once.
@@ -111,7 +120,16 @@ impl Metrics {
                 &["feed"],
             ).expect("valid histogram")),
             bus_published: counter("quotegw_bus_published_total", "Symbol states a scale-out ingest published to NATS (conflated per symbol while NATS is slow or away)."),
-            bus_states_dropped: counter_vec("quotegw_bus_states_dropped_total", "States a scale-out edge dropped from the bus, by reason (too_large, malformed, subject_mismatch, non_positive_price, old_term, max_symbols).", &["feed", "reason"]),
+            bus_states_dropped: counter_vec("quotegw_bus_states_dropped_total", "States a scale-out edge dropped from the bus, by reason (too_large, malformed, subject_mismatch, non_positive_price, old_term, unleased_term, max_symbols).", &["feed", "reason"]),
+            bus_connected: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_bus_connected", "1 while the NATS connection is up, by link (publish: the ingest's; an edge: its feed's name)."), &["link"]).expect("valid metric name")),
+            bus_reconnects: counter_vec("quotegw_bus_reconnects_total", "NATS connections lost, by link.", &["link"]),
+            bus_reloads: counter_vec("quotegw_bus_reloads_total", "Cache loads of a scale-out edge, by feed and reason (start, reconnect, slow_consumer, leader: a leader heard after none).", &["feed", "reason"]),
+            bus_heartbeat_age: reg(&registry, GaugeVec::new(Opts::new("quotegw_bus_heartbeat_age_seconds", "Seconds since a scale-out edge last heard its leader's heartbeat (since start, before the first), by feed."), &["feed"]).expect("valid metric name")),
+            bus_term: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_bus_term", "The scale-out term: on an ingest (link publish), the one it leads under (0 standing by); on an edge, the one it follows."), &["link"]).expect("valid metric name")),
+            bus_leader: reg(&registry, IntGauge::new("quotegw_bus_leader", "1 while this scale-out ingest holds the lease and publishes; 0 while it stands by.").expect("valid metric name")),
+            bus_lease_changes: counter_vec("quotegw_bus_lease_changes_total", "Leases this scale-out ingest took (won) or lost (lost: taken by another, not renewed in time, or stepped down on refused publishes).", &["change"]),
+            bus_changelog_depth: reg(&registry, IntGauge::new("quotegw_bus_changelog_depth", "Changes a scale-out ingest's publisher took in its last read of the change log (how far behind the index it was).").expect("valid metric name")),
+            bus_changelog_merged: counter("quotegw_bus_changelog_merged_total", "Changes a scale-out ingest merged into a symbol's latest state because its change log was full (NATS slow or away)."),
             registry,
         };
         for transport in ["ws", "sse"] {

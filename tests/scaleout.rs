@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::nats::NatsServer;
+use support::process::Process;
 use support::{http, start, start_config, tick, Client, TestGateway, DEADLINE};
 
 const SYMBOLS: [&str; 3] = ["AAA", "BBB", "CCC"];
@@ -79,16 +80,6 @@ async fn converge(
             "edges did not converge on {want:?}: {differ:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A child process killed (and reaped) when dropped, a panicking test included.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -394,8 +385,6 @@ async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
 /// NATS; when it runs again it reloads and converges, and the other edge is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let nats = NatsServer::start();
     let many: Vec<String> = (0..200).map(|i| format!("S{i:03}")).collect();
     let symbols: Vec<&str> = many.iter().map(String::as_str).collect();
@@ -404,38 +393,11 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
         ingest.push(tick(s, 1, &[("bid", "1.00")])).await;
     }
     let fast = start_config(1, &edge_toml(&nats));
-    let path = std::env::temp_dir().join(format!("quotegw-edge-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
-        format!(
-            "listen = \"127.0.0.1:0\"\nworkers = 1\n{}",
-            edge_toml(&nats)
-        ),
-    )
-    .unwrap();
-    // Killed on drop: a failing assertion must not leave the process behind.
-    let mut slow = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_quotegw"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
-    let stderr = slow.0.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = addr_tx.try_send(rest.split_whitespace().next().unwrap().to_string());
-            }
-            lines.lock().unwrap().push(line);
-        }
-    });
-    let slow_addr: SocketAddr = addr_rx.recv_timeout(DEADLINE).unwrap().parse().unwrap();
+    let slow = Process::spawn(&format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n{}",
+        edge_toml(&nats)
+    ));
+    let slow_addr = slow.addr();
     converge(ingest.addr, &[fast.addr, slow_addr], &symbols[..5]).await;
     let mut watcher = fast.client().await;
     watcher.subscribe(&["S000"]).await;
@@ -458,12 +420,7 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
             }
         }
     });
-    let pid = slow.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    slow.signal("STOP");
     // Meanwhile the other edge's client keeps getting updates, and nothing goes stale for it.
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     let mut updates = 0;
@@ -472,19 +429,15 @@ async fn a_stopped_edge_reloads_and_converges_while_the_other_is_unaffected() {
         assert_ne!(m["status"], "stale", "the other edge is unaffected: {m}");
         updates += 1;
     }
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    slow.signal("CONT");
     pusher.abort();
     println!("the running edge's client got {updates} updates while the other was stopped");
     converge(ingest.addr, &[fast.addr, slow_addr], &symbols).await;
-    drop(slow);
     // It did fall behind and reload (cut by NATS, or told it dropped messages), not just catch up.
-    let log = log.lock().unwrap();
-    let reloads: Vec<&String> = log
-        .iter()
+    let log = slow.log_text();
+    drop(slow);
+    let reloads: Vec<&str> = log
+        .lines()
         .filter(|l| l.contains("reloaded from the cache") || l.contains("reloading from the cache"))
         .collect();
     println!("the stopped edge: {reloads:?}");
@@ -589,13 +542,23 @@ async fn an_ingest_that_lost_the_cache_ends_the_old_seq_with_1012() {
     );
 }
 
-/// Publishes, on `nats`, a heartbeat of `term` every 100 ms until aborted (an ingest the test
-/// plays).
+/// Publishes, on `nats`, the lease message that announces `term` and a heartbeat of `term`, every
+/// 100 ms until aborted (a leader the test plays: edges follow a term a lease announced).
 fn heartbeats(client: &async_nats::Client, term: u64) -> tokio::task::JoinHandle<()> {
-    use quotegw::scaleout::wire::{encode_heartbeat, heartbeat_subject};
+    use quotegw::scaleout::wire::{
+        encode_heartbeat, encode_lease, heartbeat_subject, lease_subject, LeaseRecord,
+    };
     let client = client.clone();
+    let lease = LeaseRecord {
+        holder: format!("test-{term}"),
+        term: Some(term),
+        released: false,
+    };
     tokio::spawn(async move {
         loop {
+            let _ = client
+                .publish(lease_subject("quotegw"), encode_lease(&lease).into())
+                .await;
             let _ = client
                 .publish(
                     heartbeat_subject("quotegw"),
@@ -762,7 +725,24 @@ async fn poisoned_states_are_dropped_and_counted_and_the_rest_goes_on() {
             state_subject("quotegw", "GOOD"),
             state("GOOD", "9.99", "").replace(r#""term":5"#, r#""term":9007199254740992"#),
         ),
+        // The largest term the wire takes, which no lease announced: had it been followed, no
+        // real leader's term could ever be again.
+        (
+            "unleased_term",
+            state_subject("quotegw", "GOOD"),
+            state("GOOD", "9.99", "").replace(r#""term":5"#, r#""term":9007199254740991"#),
+        ),
+        (
+            "unleased_term",
+            state_subject("quotegw", "GOOD"),
+            state("GOOD", "9.99", "").replace(r#""term":5"#, r#""term":6"#),
+        ),
     ];
+    let dropped = |reason: &str| {
+        format!("quotegw_bus_states_dropped_total{{feed=\"bus\",reason=\"{reason}\"}}")
+    };
+    // States sent before the edge heard the test's lease were dropped as unleased too.
+    let before_poison = edge.metric(&dropped("unleased_term")).await;
     for (_, subject, payload) in &poison {
         client
             .publish(subject.clone(), payload.clone().into())
@@ -796,14 +776,13 @@ async fn poisoned_states_are_dropped_and_counted_and_the_rest_goes_on() {
         "non_positive_price",
         "too_large",
         "malformed",
+        "unleased_term",
     ] {
-        let want = poison.iter().filter(|(r, _, _)| *r == reason).count() as f64;
-        let got = edge
-            .metric(&format!(
-                "quotegw_bus_states_dropped_total{{feed=\"bus\",reason=\"{reason}\"}}"
-            ))
-            .await;
-        assert_eq!(got, want, "{reason}");
+        let mut want = poison.iter().filter(|(r, _, _)| *r == reason).count() as f64;
+        if reason == "unleased_term" {
+            want += before_poison;
+        }
+        assert_eq!(edge.metric(&dropped(reason)).await, want, "{reason}");
     }
     hb.abort();
 }

@@ -56,6 +56,13 @@ pub trait Feed: Send {
     /// them with the `symbols` op) before the first tick.
     fn symbols(&self) -> Vec<Symbol>;
 
+    /// What must hold before the gateway starts serving, checked once at start: an error here is
+    /// a start-up error (a credential the upstream refuses), not a feed that retries for ever.
+    /// Nothing by default.
+    fn prepare(&mut self, _metrics: &Arc<Metrics>) -> BoxFuture<'_, Result<(), FeedError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Produces ticks into `ctx` until `ctx.shutdown` is cancelled or the source ends.
     fn run(self: Box<Self>, ctx: FeedContext) -> BoxFuture<'static, Result<(), FeedError>>;
 }

@@ -347,6 +347,27 @@ impl SymbolEntry {
         self.fan_out();
     }
 
+    /// (scale-out ingest taking the lease) publishes the quote this index holds again, as the next
+    /// `seq` after `cached` when it is not above it already; false when the symbol has not ticked
+    /// here (nothing to go on from).
+    pub(super) fn go_on_after(self: &Arc<Self>, cached: u64) -> bool {
+        let listeners = self.live_count.load(Ordering::Relaxed) > 0;
+        {
+            let mut st = lock(&self.state);
+            if st.seq == 0 {
+                return false;
+            }
+            if st.seq > cached {
+                return true;
+            }
+            let quote = st.quote;
+            st.publish_at(&self.symbol, quote, cached + 1, listeners);
+            self.published(&mut st);
+        }
+        self.fan_out();
+        true
+    }
+
     /// (scale-out edge) applies a state from the bus, publishing it when it is news. The bus's
     /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
     /// state equal to the one held makes a stale source current again (a reload after an outage).

@@ -223,6 +223,16 @@ impl Index {
         }
     }
 
+    /// (scale-out ingest taking the lease) a symbol's last state as the previous leader published
+    /// it: this index's `seq` for the symbol goes on above it, so that no client of an edge is ever
+    /// sent a lower `seq` than it holds. A symbol this index has not ticked is seeded (`seed`); one
+    /// it has is published again as the next `seq` after the cached one.
+    pub fn continue_after(&self, symbol: Symbol, seq: u64, quote: Quote) {
+        if !self.register(symbol.clone()).go_on_after(seq) {
+            self.seed(symbol, seq, quote);
+        }
+    }
+
     /// (scale-out edge) a symbol's whole state from the bus: kept if it is newer than what the
     /// entry has, by `(term, version)`; a duplicate or a late message changes nothing.
     fn apply_state(&self, feed: FeedId, state: &crate::model::BusState) {
@@ -274,6 +284,8 @@ impl Index {
 pub struct ChangeLog {
     pending: Mutex<Changes>,
     notify: tokio::sync::Notify,
+    /// Changes merged into a symbol's latest state because `states` was full (a metric).
+    merged: std::sync::atomic::AtomicU64,
 }
 
 /// What a `ChangeLog`'s consumer takes in one read.
@@ -308,11 +320,19 @@ impl ChangeLog {
                 seq: st.seq,
                 quote: st.quote,
             });
-        } else if !entry.queued.swap(true, Ordering::AcqRel) {
-            pending.behind.push(entry.clone());
+        } else {
+            self.merged.fetch_add(1, Ordering::Relaxed);
+            if !entry.queued.swap(true, Ordering::AcqRel) {
+                pending.behind.push(entry.clone());
+            }
         }
         drop(pending);
         self.notify.notify_one();
+    }
+
+    /// How many changes were merged into a symbol's latest state so far (the log was full).
+    pub fn merged(&self) -> u64 {
+        self.merged.load(Ordering::Relaxed)
     }
 
     /// Every symbol, as changed: a consumer that must send everything again (a new NATS server).

@@ -2,6 +2,7 @@
 //! (`scaleout::publish`) and the edge's feed (`scaleout::edge`) connect, watch the connection, ensure the
 //! stream that is the last-value cache, and read it, the same way. The message format is `scaleout::wire`.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,10 +48,134 @@ pub fn check_names(stream: &str, prefix: &str) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// `tls`: TLS to NATS. The server's certificate is checked against `ca_file` (or the system's
+/// roots); with `cert_file` and `key_file` the gateway shows a client certificate (mutual TLS).
+/// A `tls://` URL, or any of these set, makes TLS required.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// `auth`: how the gateway proves who it is to NATS, one of a creds file (JWT and nkey, the
+/// decentralized auth of `nsc`), an nkey seed file, a user and password, or a token. (A user and
+/// password or a token in the URL work too.)
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsAuth {
+    pub creds_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+}
+
+/// What a NATS connection needs besides its URL: `tls` and `auth` of `[publish]` or an edge feed.
+#[derive(Clone, Copy, Debug)]
+pub struct Security<'a> {
+    pub tls: &'a NatsTls,
+    pub auth: &'a NatsAuth,
+}
+
+impl Security<'_> {
+    /// Checked at start: files readable, one way to authenticate, a certificate with its key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let readable = |key: &str, path: &Option<PathBuf>| match path {
+            Some(p) => std::fs::metadata(p)
+                .and_then(|_| std::fs::File::open(p))
+                .map(|_| ())
+                .map_err(|e| (key.to_string(), format!("cannot read {}: {e}", p.display()))),
+            None => Ok(()),
+        };
+        let (tls, auth) = (self.tls, self.auth);
+        readable("tls.ca_file", &tls.ca_file)?;
+        readable("tls.cert_file", &tls.cert_file)?;
+        readable("tls.key_file", &tls.key_file)?;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err((
+                "tls".into(),
+                "cert_file and key_file go together (a client certificate and its key)".into(),
+            ));
+        }
+        readable("auth.creds_file", &auth.creds_file)?;
+        readable("auth.nkey_seed_file", &auth.nkey_seed_file)?;
+        let ways = [
+            auth.creds_file.is_some(),
+            auth.nkey_seed_file.is_some(),
+            auth.user.is_some() || auth.password.is_some(),
+            auth.token.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err((
+                "auth".into(),
+                "one of creds_file, nkey_seed_file, user and password, or token".into(),
+            ));
+        }
+        if auth.user.is_some() != auth.password.is_some() {
+            return Err(("auth".into(), "user and password go together".into()));
+        }
+        Ok(())
+    }
+
+    fn wants_tls(&self) -> bool {
+        self.tls.ca_file.is_some() || self.tls.cert_file.is_some()
+    }
+
+    /// The client's options for this link: credentials, TLS, name, events.
+    async fn options(
+        &self,
+        name: &str,
+        events: &Arc<ConnectionEvents>,
+    ) -> Result<async_nats::ConnectOptions, String> {
+        let auth = self.auth;
+        let mut options = match &auth.creds_file {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| format!("auth.creds_file {}: {e}", path.display()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(path) = &auth.nkey_seed_file {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| format!("auth.nkey_seed_file {}: {e}", path.display()))?;
+            options = options.nkey(seed.trim().to_string());
+        }
+        if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &auth.token {
+            options = options.token(token.clone());
+        }
+        if let Some(ca) = &self.tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls.cert_file, &self.tls.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.wants_tls() {
+            options = options.require_tls(true);
+        }
+        let seen = events.clone();
+        Ok(options
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                seen.note(&event);
+                async {}
+            }))
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum PublishError {
     #[error("cannot reach NATS at {url}: {message}")]
     Connect { url: String, message: String },
+    /// NATS answered and refused: a credential, a certificate. Retrying cannot help.
+    #[error("NATS at {url} refused the connection: {message}")]
+    Refused { url: String, message: String },
+    #[error("the scale-out stream: {0}")]
+    Stream(String),
 }
 
 /// `nats_url`: one server, or a comma-separated list of a cluster's servers, each parsed as the
@@ -88,34 +213,88 @@ pub fn server_list(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
         .collect()
 }
 
-/// Connects to NATS with an event channel (reconnects, slow-consumer notices), retrying the first
-/// connection in the background so a gateway starts while NATS is away. With a list, the client
-/// tries every server in a random order (a cluster: any one is as good as another), on the first
-/// connection and on every reconnect.
+/// The metrics of one NATS link (`link` = "publish" on an ingest, the feed's name on an edge).
+#[derive(Clone)]
+pub struct LinkMetrics {
+    pub connected: prometheus::IntGauge,
+    pub reconnects: prometheus::IntCounter,
+}
+
+impl LinkMetrics {
+    pub fn new(metrics: &crate::metrics::Metrics, link: &str) -> LinkMetrics {
+        LinkMetrics {
+            connected: metrics.bus_connected.with_label_values(&[link]),
+            reconnects: metrics.bus_reconnects.with_label_values(&[link]),
+        }
+    }
+}
+
+/// Connects to NATS with an event channel (reconnects, slow-consumer notices, refused publishes).
+/// A NATS that is not reachable at start is retried in the background, so a gateway starts while
+/// NATS is away; one that answers and refuses (credentials, TLS) is an error now, since retrying
+/// cannot help. With a list, the client tries every server in a random order (a cluster: any one
+/// is as good as another), on the first connection and on every reconnect.
 pub async fn connect(
     url: &str,
     name: &str,
+    security: Security<'_>,
+    metrics: LinkMetrics,
 ) -> Result<(async_nats::Client, Arc<ConnectionEvents>), PublishError> {
+    let shown = || without_credentials(url);
     let servers = server_list(url).map_err(|message| PublishError::Connect {
-        url: without_credentials(url),
+        url: shown(),
         message,
     })?;
-    let events = Arc::new(ConnectionEvents::default());
-    let seen = events.clone();
-    let client = async_nats::ConnectOptions::new()
-        .name(name)
+    let events = Arc::new(ConnectionEvents {
+        metrics: Some(metrics),
+        ..ConnectionEvents::default()
+    });
+    let options = |events| async move {
+        security
+            .options(name, events)
+            .await
+            .map_err(|message| PublishError::Refused {
+                url: shown(),
+                message,
+            })
+    };
+    match options(&events).await?.connect(servers.clone()).await {
+        Ok(client) => return Ok((client, events)),
+        Err(e) if refused(&e) => {
+            return Err(PublishError::Refused {
+                url: shown(),
+                message: e.to_string(),
+            })
+        }
+        Err(e) => tracing::warn!(
+            "NATS at {} not reachable ({e}): connecting in the background",
+            shown()
+        ),
+    }
+    let client = options(&events)
+        .await?
         .retry_on_initial_connect()
-        .event_callback(move |event| {
-            seen.note(&event);
-            async {}
-        })
         .connect(servers)
         .await
         .map_err(|e| PublishError::Connect {
-            url: without_credentials(url),
+            url: shown(),
             message: e.to_string(),
         })?;
     Ok((client, events))
+}
+
+/// A first connection that NATS answered and refused: credentials, or TLS (a certificate the other
+/// side does not trust arrives as an I/O error from the TLS stack, named by its message).
+fn refused(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind;
+    let message = e.to_string();
+    match e.kind() {
+        ConnectErrorKind::Authentication
+        | ConnectErrorKind::AuthorizationViolation
+        | ConnectErrorKind::Tls => true,
+        ConnectErrorKind::Io => message.contains("certificate") || message.contains("fatal alert"),
+        _ => false,
+    }
 }
 
 /// What happened to a NATS connection since its owner last looked. Each kind is kept as a flag,
@@ -126,7 +305,9 @@ pub struct ConnectionEvents {
     connected: AtomicBool,
     disconnected: AtomicBool,
     slow_consumer: AtomicBool,
+    refused: AtomicBool,
     notify: Notify,
+    metrics: Option<LinkMetrics>,
 }
 
 /// The kinds of event seen since the last look (a disconnection and a reconnection may both be).
@@ -135,14 +316,34 @@ pub struct Seen {
     pub connected: bool,
     pub disconnected: bool,
     pub slow_consumer: bool,
+    /// NATS refused a publish (permissions).
+    pub refused: bool,
 }
 
 impl ConnectionEvents {
     fn note(&self, event: &async_nats::Event) {
+        use async_nats::{Event, ServerError};
+        if let Some(m) = &self.metrics {
+            match event {
+                Event::Connected => m.connected.set(1),
+                Event::Disconnected => {
+                    m.connected.set(0);
+                    m.reconnects.inc();
+                }
+                _ => {}
+            }
+        }
         let flag = match event {
-            async_nats::Event::Connected => &self.connected,
-            async_nats::Event::Disconnected => &self.disconnected,
-            async_nats::Event::SlowConsumer(_) => &self.slow_consumer,
+            Event::Connected => &self.connected,
+            Event::Disconnected => &self.disconnected,
+            Event::SlowConsumer(_) => &self.slow_consumer,
+            Event::ServerError(ServerError::Other(e))
+                if e.to_ascii_lowercase()
+                    .contains("permissions violation for publish") =>
+            {
+                tracing::error!("NATS refused a publish: {e}");
+                &self.refused
+            }
             _ => return,
         };
         flag.store(true, Ordering::Release);
@@ -156,8 +357,9 @@ impl ConnectionEvents {
                 connected: self.connected.swap(false, Ordering::AcqRel),
                 disconnected: self.disconnected.swap(false, Ordering::AcqRel),
                 slow_consumer: self.slow_consumer.swap(false, Ordering::AcqRel),
+                refused: self.refused.swap(false, Ordering::AcqRel),
             };
-            if seen.connected || seen.disconnected || seen.slow_consumer {
+            if seen.connected || seen.disconnected || seen.slow_consumer || seen.refused {
                 return seen;
             }
             self.notify.notified().await;
@@ -181,30 +383,111 @@ fn without_credentials(url: &str) -> String {
         .join(",")
 }
 
-/// The stream that is the cache, created (or brought to this config) if needed.
+/// The settings of the stream that are the ingest's to decide (`[publish]`).
+#[derive(Clone, Copy, Debug)]
+pub struct StreamSettings {
+    pub storage: Storage,
+    /// The stream's size limit in bytes (None: no limit).
+    pub max_bytes: Option<u64>,
+    /// How long a symbol's last state stays without a newer one (None: for ever): delisted
+    /// symbols leave the cache.
+    pub max_age: Option<Duration>,
+}
+
+/// The stream that is the cache, created, or brought to the settings it needs: the subjects, one
+/// message per subject, no other count or size limit than `max_bytes`, `max_age`. The rest of an
+/// existing stream's configuration (replicas, placement) is the operator's and kept. What NATS
+/// cannot change in place (storage, retention) is an error naming the setting.
 pub async fn ensure_stream(
     js: &async_nats::jetstream::Context,
     name: &str,
     prefix: &str,
-    storage: Storage,
+    settings: StreamSettings,
 ) -> Result<async_nats::jetstream::stream::Stream, String> {
-    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
-    js.get_or_create_stream(Config {
-        name: name.to_string(),
-        subjects: vec![
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    let storage = match settings.storage {
+        Storage::Memory => StorageType::Memory,
+        Storage::File => StorageType::File,
+    };
+    let shape = |c: &mut Config| {
+        c.subjects = vec![
             wire::state_subjects(prefix),
             wire::heartbeat_subject(prefix),
-        ],
-        max_messages_per_subject: 1,
-        discard: DiscardPolicy::Old,
-        storage: match storage {
-            Storage::Memory => StorageType::Memory,
-            Storage::File => StorageType::File,
-        },
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())
+            wire::lease_subject(prefix),
+        ];
+        c.max_messages_per_subject = 1;
+        c.max_messages = -1;
+        c.discard = DiscardPolicy::Old;
+        c.discard_new_per_subject = false;
+        c.max_bytes = settings
+            .max_bytes
+            .map_or(-1, |b| b.min(i64::MAX as u64) as i64);
+        c.max_age = settings.max_age.unwrap_or_default();
+        if c.max_message_size > 0 {
+            c.max_message_size = -1;
+        }
+    };
+    let mut stream = match js.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(e) if stream_missing(&e) => {
+            let mut config = Config {
+                name: name.to_string(),
+                storage,
+                ..Default::default()
+            };
+            shape(&mut config);
+            return js
+                .create_stream(config)
+                .await
+                .map_err(|e| format!("cannot create stream '{name}': {e}"));
+        }
+        Err(e) => return Err(format!("cannot read stream '{name}': {e}")),
+    };
+    let have = stream.cached_info().config.clone();
+    let named = |t: StorageType| match t {
+        StorageType::Memory => "memory",
+        StorageType::File => "file",
+    };
+    if have.storage != storage {
+        return Err(format!(
+            "stream '{name}' keeps its messages in {} storage and storage = \"{}\" is asked: NATS \
+             cannot change a stream's storage in place. Delete the stream (nats stream rm {name}; \
+             the leader fills the new one) or set storage = \"{}\"",
+            named(have.storage),
+            named(storage),
+            named(have.storage)
+        ));
+    }
+    if have.retention != RetentionPolicy::Limits {
+        return Err(format!(
+            "stream '{name}' has retention {:?}: the cache needs limits retention, which NATS cannot \
+             set in place. Delete the stream (nats stream rm {name}) or name another one",
+            have.retention
+        ));
+    }
+    let mut want = have.clone();
+    shape(&mut want);
+    if want != have {
+        js.update_stream(&want).await.map_err(|e| {
+            format!("cannot bring stream '{name}' to the settings the cache needs: {e}")
+        })?;
+        tracing::info!(
+            stream = name,
+            "brought the scale-out stream to its settings"
+        );
+        stream
+            .info()
+            .await
+            .map_err(|e| format!("cannot read stream '{name}': {e}"))?;
+    }
+    Ok(stream)
+}
+
+/// The stream does not exist (no ingest ever ran on this NATS, or it was deleted).
+pub fn stream_missing(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// How long one request to JetStream about the cache (or one message of a cache read) may take

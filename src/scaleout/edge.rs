@@ -1,29 +1,39 @@
 //! Stage 1, feeds: the scale-out edge (`kind = "nats"`). Instead of polling upstreams, an edge takes
-//! every symbol's state from the ingest over NATS (`scaleout::wire`) and serves its clients exactly as an
-//! embedded gateway does; it never assigns a `seq` of its own (the index keeps the newest state by
-//! `(term, version)`, so a lost, duplicated or reordered message changes nothing).
+//! every symbol's state from the leading ingest over NATS (`scaleout::wire`) and serves its clients
+//! exactly as an embedded gateway does; it never assigns a `seq` of its own (the index keeps the
+//! newest state by `(term, version)`, so a lost, duplicated or reordered message changes nothing).
 //!
-//! Start and recovery: the feed subscribes to the state subjects first (so nothing is missed),
-//! then loads every symbol's last state from the JetStream cache, and only then says it has
+//! Start and recovery: the feed subscribes to everything under the prefix first (one subscription,
+//! so that a leader's lease, heartbeats and states are read in the order it sent them), then loads
+//! the lease and every symbol's last state from the JetStream cache, and only then says it has
 //! delivered (`/readyz`), or, when the cache was empty (no ingest has published yet), once the
-//! first state arrives: an edge with nothing to show is not ready. It loads again whenever what it holds may be incomplete: a (re)connection
-//! to NATS, the client dropping messages for a slow consumer, or heartbeats coming back.
+//! first state arrives: an edge with nothing to show is not ready. It loads again whenever what it
+//! holds may be incomplete: a (re)connection to NATS, the client dropping messages for a slow
+//! consumer, or a leader heard after none.
 //!
-//! Staleness: the edge follows the highest term it has accepted (from a heartbeat or a state). It
-//! is live only while heartbeats of that term arrive: a heartbeat of a lower term (an ingest that
-//! an ingest started after it superseded) changes nothing, and a state of a lower term is
-//! dropped. While NATS is away, or no such heartbeat arrived for `stale_after_ms`, every symbol is
-//! `stale` for clients, and an edge that has heard no heartbeat yet loads the cache as `stale`: an
-//! old price is never shown as live. The first heartbeat of the highest term reloads the cache
-//! and makes the symbols live again.
+//! Terms: the edge follows the highest term a lease message announced (`scaleout::lease`). A state
+//! or heartbeat of a lower term is an ingest that lost the lease: its states are dropped
+//! (`old_term`), its heartbeats change nothing. One of a higher term that no lease announced is
+//! refused (`unleased_term`): a single message on the bus cannot make every edge ignore the next
+//! real leader. Only heartbeats of the followed term keep the edge live: while NATS is away, or no
+//! such heartbeat arrived for `stale_after_ms`, or the leader released the lease, every symbol is
+//! `stale` for clients; an edge that has heard no heartbeat yet loads the cache as `stale`; a
+//! cached state of an older term (a symbol the new leader has not published yet) goes in as
+//! `stale`. An old price is never shown as live.
+//!
+//! A stream that started over: with memory storage, a restarted NATS server has an empty stream
+//! whose sequence, and so its terms, start again from 1. The edge sees a lease of a lower term, or
+//! of its term by another holder; it then asks JetStream for the stream, and if that is another
+//! stream than the one it read (its creation time differs, or it was found missing meanwhile: not
+//! something a message on the bus can fake), it follows the new stream's terms, and hands its
+//! index `(incarnation, term)` so that the new terms order above the old.
 //!
 //! The bus is an input like any feed: a state is dropped and counted
-//! (`quotegw_bus_states_dropped_total{reason}`) when its message is over `MAX_STATE_BYTES`, does not
-//! decode (`wire::decode_state`: version, symbol, counters within 2^53), names another symbol than
-//! its subject, carries a price that is not positive, is of a term below the one followed, or
-//! would add a symbol past `max_symbols`.
+//! (`quotegw_bus_states_dropped_total{reason}`) when `wire::check_state` refuses it (size, format,
+//! subject, prices), for its term, or when it would add a symbol past `max_symbols`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -33,10 +43,11 @@ use tokio::time::Instant;
 
 use crate::feed::adapter::{Feed, FeedContext, FeedError};
 use crate::log_limit::{truncated, LogLimiter};
+use crate::metrics::Metrics;
 use crate::model::{ms_within, Status, Symbol, MAX_SETTING_MS};
 use crate::scaleout::client::{
-    check_names, connect, default_prefix, default_stream, read_cache, server_list,
-    CACHE_REQUEST_TIMEOUT,
+    check_names, connect, default_prefix, default_stream, read_cache, server_list, stream_missing,
+    ConnectionEvents, LinkMetrics, NatsAuth, NatsTls, Security, CACHE_REQUEST_TIMEOUT,
 };
 use crate::scaleout::wire;
 
@@ -45,20 +56,24 @@ use crate::scaleout::wire;
 pub struct NatsFeedConfig {
     pub name: String,
     /// The NATS server, e.g. "nats://10.0.0.5:4222", or a cluster's servers separated by commas
-    /// (`nats::server_list`).
+    /// (`client::server_list`).
     pub nats_url: String,
     /// The ingest's stream and subject prefix (`[publish]` there).
     #[serde(default = "default_stream")]
     pub stream: String,
     #[serde(default = "default_prefix")]
     pub subject_prefix: String,
-    /// No ingest heartbeat for this long (or NATS away): every symbol is marked stale.
+    /// No heartbeat of the leader for this long (or NATS away): every symbol is marked stale.
     #[serde(default = "default_stale_after_ms")]
     pub stale_after_ms: u64,
     /// Most symbols this edge carries: a state that would add one more is dropped and counted
     /// (`reason="max_symbols"`), so a bad publisher cannot grow the edge's index without bound.
     #[serde(default = "default_max_symbols")]
     pub max_symbols: usize,
+    #[serde(default)]
+    pub tls: NatsTls,
+    #[serde(default)]
+    pub auth: NatsAuth,
 }
 
 fn default_stale_after_ms() -> u64 {
@@ -68,18 +83,35 @@ fn default_max_symbols() -> usize {
     100_000
 }
 
-/// A state message larger than this is dropped unread (a state is a few hundred bytes).
-pub const MAX_STATE_BYTES: usize = 4096;
-
-/// Why a state from the bus was dropped: the `reason` label of `quotegw_bus_states_dropped_total`.
-pub const DROP_REASONS: [&str; 6] = [
+/// Why a state from the bus was dropped: the `reason` label of `quotegw_bus_states_dropped_total`
+/// (the first four are `wire::check_state`'s).
+pub const DROP_REASONS: [&str; 7] = [
     "too_large",
     "malformed",
     "subject_mismatch",
     "non_positive_price",
     "old_term",
+    "unleased_term",
     "max_symbols",
 ];
+
+/// What a lease message meant to the edge.
+#[derive(PartialEq, Eq)]
+enum Lease {
+    Same,
+    /// The followed leader released the lease (it is shutting down: nobody publishes until the
+    /// next one).
+    Released,
+    /// A lower term than the one followed, or the same term by another holder: only a stream
+    /// that started over says that (otherwise it is a message no leader sent, and changes nothing).
+    Suspect,
+}
+
+/// The stream's start-overs an edge counts (`incarnation << 53` plus a term fits a u64).
+const MAX_INCARNATION: u64 = 2047;
+
+/// Why an edge loaded the cache: the `reason` label of `quotegw_bus_reloads_total`.
+const RELOAD_REASONS: [&str; 4] = ["start", "reconnect", "slow_consumer", "leader"];
 
 impl NatsFeedConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -89,17 +121,29 @@ impl NatsFeedConfig {
         if !(1..=1_000_000).contains(&self.max_symbols) {
             return Err(("max_symbols".into(), "must be between 1 and 1000000".into()));
         }
-        Ok(())
+        self.security().validate()
+    }
+
+    fn security(&self) -> Security<'_> {
+        Security {
+            tls: &self.tls,
+            auth: &self.auth,
+        }
     }
 }
 
 pub struct NatsFeed {
     config: NatsFeedConfig,
+    /// Made by `prepare`, so that a NATS that refuses the edge stops the start.
+    connection: Option<(async_nats::Client, Arc<ConnectionEvents>)>,
 }
 
 impl NatsFeed {
     pub fn new(config: NatsFeedConfig) -> NatsFeed {
-        NatsFeed { config }
+        NatsFeed {
+            config,
+            connection: None,
+        }
     }
 }
 
@@ -113,67 +157,128 @@ impl Feed for NatsFeed {
         Vec::new()
     }
 
+    fn prepare(&mut self, metrics: &Arc<Metrics>) -> BoxFuture<'_, Result<(), FeedError>> {
+        let link = LinkMetrics::new(metrics, &self.config.name);
+        Box::pin(async move {
+            let connection = connect(
+                &self.config.nats_url,
+                "quotegw-edge",
+                self.config.security(),
+                link,
+            )
+            .await
+            .map_err(|e| FeedError::Setup(e.to_string()))?;
+            self.connection = Some(connection);
+            Ok(())
+        })
+    }
+
     fn run(self: Box<Self>, ctx: FeedContext) -> BoxFuture<'static, Result<(), FeedError>> {
-        Box::pin(async move { Edge::new(self.config, ctx).run().await })
+        Box::pin(async move {
+            let NatsFeed { config, connection } = *self;
+            let (client, events) = match connection {
+                Some(c) => c,
+                None => connect(
+                    &config.nats_url,
+                    "quotegw-edge",
+                    config.security(),
+                    LinkMetrics::new(&ctx.metrics, &config.name),
+                )
+                .await
+                .map_err(|e| FeedError::Setup(e.to_string()))?,
+            };
+            Edge::new(config, ctx).run(client, events).await
+        })
     }
 }
 
 struct Edge {
     config: NatsFeedConfig,
     ctx: FeedContext,
-    /// Every symbol a state arrived for: what goes stale when the ingest is away.
+    /// Every symbol a state arrived for: what goes stale when the leader is away.
     known: HashSet<Symbol>,
-    /// The highest term accepted, from a heartbeat or a state (0: none yet).
+    /// The highest term a lease message announced (0: none yet): the one followed.
     term: u64,
-    /// No heartbeat of `term` within `stale_after_ms`, NATS away, or none heard yet.
+    /// The holder of the lease of `term`: one term is one win, by one holder, in a stream's life.
+    holder: String,
+    /// How many times the stream started over (module doc, "A stream that started over").
+    incarnation: u64,
+    /// The stream as last seen: its creation time as NATS reports it, an identity (never
+    /// compared for order); and whether it was found missing since.
+    stream_id: Option<String>,
+    stream_gone: bool,
+    /// No heartbeat of `term` within `stale_after_ms`, NATS away, the lease released, or none
+    /// heard yet.
     stale: bool,
     /// `/readyz` was told: the cache is loaded and held at least one state.
     delivered: bool,
+    /// While loading the cache: a state of an older term goes in as stale rather than dropped.
+    loading: bool,
     log: LogLimiter,
+    metrics: EdgeMetrics,
+}
+
+/// The edge's metrics, resolved once.
+struct EdgeMetrics {
     /// `quotegw_bus_states_dropped_total`, one per `DROP_REASONS` entry.
     dropped: Vec<prometheus::IntCounter>,
+    /// `quotegw_bus_reloads_total`, one per `RELOAD_REASONS` entry.
+    reloads: Vec<prometheus::IntCounter>,
+    heartbeat_age: prometheus::Gauge,
+    term: prometheus::IntGauge,
 }
 
 impl Edge {
     fn new(config: NatsFeedConfig, ctx: FeedContext) -> Edge {
-        let dropped = DROP_REASONS
-            .iter()
-            .map(|r| {
-                ctx.metrics
-                    .bus_states_dropped
-                    .with_label_values(&[config.name.as_str(), r])
-            })
-            .collect();
+        let m = &ctx.metrics;
+        let name = config.name.as_str();
+        let metrics = EdgeMetrics {
+            dropped: DROP_REASONS
+                .iter()
+                .map(|r| m.bus_states_dropped.with_label_values(&[name, r]))
+                .collect(),
+            reloads: RELOAD_REASONS
+                .iter()
+                .map(|r| m.bus_reloads.with_label_values(&[name, r]))
+                .collect(),
+            heartbeat_age: m.bus_heartbeat_age.with_label_values(&[name]),
+            term: m.bus_term.with_label_values(&[name]),
+        };
         Edge {
-            dropped,
+            metrics,
             config,
             ctx,
             known: HashSet::new(),
             term: 0,
+            holder: String::new(),
+            incarnation: 0,
+            stream_id: None,
+            stream_gone: false,
             // Until a heartbeat is heard, the cache is only what some ingest left: stale.
             stale: true,
             delivered: false,
+            loading: false,
             log: LogLimiter::new(5, 1),
         }
     }
 
-    async fn run(mut self) -> Result<(), FeedError> {
+    async fn run(
+        mut self,
+        client: async_nats::Client,
+        events: Arc<ConnectionEvents>,
+    ) -> Result<(), FeedError> {
         let prefix = self.config.subject_prefix.clone();
-        let (client, events) = connect(&self.config.nats_url, "quotegw-edge")
-            .await
-            .map_err(|e| FeedError::Setup(e.to_string()))?;
-        let subscribe = |subject: String| {
-            let client = client.clone();
-            async move { client.subscribe(subject).await }
-        };
-        let mut states = subscribe(wire::state_subjects(&prefix))
-            .await
-            .map_err(|e| FeedError::Setup(format!("cannot subscribe: {e}")))?;
-        let mut heartbeats = subscribe(wire::heartbeat_subject(&prefix))
+        let (states_prefix, hb_subject, lease_subject) = (
+            wire::state_subject(&prefix, ""),
+            wire::heartbeat_subject(&prefix),
+            wire::lease_subject(&prefix),
+        );
+        let mut messages = client
+            .subscribe(format!("{prefix}.>"))
             .await
             .map_err(|e| FeedError::Setup(format!("cannot subscribe: {e}")))?;
         // Ready only once the cache is in: a client never gets a partial edge.
-        while !self.reload(&client).await? {
+        while !self.reload(&client, "start").await? {
             tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -186,31 +291,32 @@ impl Edge {
         loop {
             tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => return Ok(()),
-                message = states.next() => {
+                message = messages.next() => {
                     let Some(message) = message else {
                         return Err(FeedError::Setup("the NATS subscription ended".into()));
                     };
-                    self.take(&message.subject, &message.payload).await?;
-                    self.ready_if_any();
-                }
-                message = heartbeats.next() => {
-                    let Some(message) = message else {
-                        return Err(FeedError::Setup("the NATS subscription ended".into()));
-                    };
-                    // Only the leader the edge follows keeps it live: a heartbeat of a lower
-                    // term is an ingest a newer one superseded.
-                    match wire::decode_heartbeat(&message.payload) {
-                        Ok(term) if term >= self.term => self.term = term,
-                        Ok(_) => continue,
-                        Err(e) => {
-                            self.log_dropped(&e);
-                            continue;
+                    let subject = message.subject.as_str();
+                    if subject.starts_with(&states_prefix) {
+                        self.take(subject, &message.payload).await?;
+                        self.ready_if_any();
+                    } else if subject == hb_subject {
+                        if self.heartbeat(&message.payload) {
+                            last_heartbeat = Instant::now();
+                            if self.stale {
+                                // A leader is heard: take what it published meanwhile.
+                                self.recover(&client).await?;
+                            }
                         }
-                    }
-                    last_heartbeat = Instant::now();
-                    if self.stale {
-                        // The ingest is back: take what it published meanwhile.
-                        self.recover(&client).await?;
+                    } else if subject == lease_subject {
+                        match self.lease(&message.payload) {
+                            Lease::Released => {
+                                self.mark_stale("the leader released the lease").await?;
+                            }
+                            Lease::Suspect if self.started_over(&client).await => {
+                                self.lease(&message.payload);
+                            }
+                            _ => {}
+                        }
                     }
                 }
                 seen = events.next() => {
@@ -220,20 +326,103 @@ impl Edge {
                     if seen.connected && self.stale {
                         // Back on NATS: what the cache holds goes in (as stale), and the
                         // leader's next heartbeat makes it live.
-                        self.reload(&client).await?;
+                        self.reload(&client, "reconnect").await?;
                     } else if seen.slow_consumer {
                         // The client dropped messages for us: what we hold may be behind.
                         tracing::warn!(feed = %self.config.name, "slow consumer: reloading from the cache");
-                        self.reload(&client).await?;
+                        self.reload(&client, "slow_consumer").await?;
                     }
                 }
                 _ = check.tick() => {
-                    if !self.stale && last_heartbeat.elapsed() >= stale_after {
-                        self.mark_stale("no ingest heartbeat").await?;
+                    let age = last_heartbeat.elapsed();
+                    self.metrics.heartbeat_age.set(age.as_secs_f64());
+                    if !self.stale && age >= stale_after {
+                        self.mark_stale("no heartbeat of the leader").await?;
                     }
                 }
             }
         }
+    }
+
+    /// A heartbeat: true when it is the followed leader's (a heartbeat of a lower term is an
+    /// ingest that lost the lease; of a higher one, a term no lease announced).
+    fn heartbeat(&mut self, payload: &[u8]) -> bool {
+        match wire::decode_heartbeat(payload) {
+            Ok(term) if term == self.term && term > 0 => true,
+            Ok(term) if term > self.term => {
+                self.log_dropped(&format!(
+                    "a heartbeat of term {term}, which no lease announced (following {})",
+                    self.term
+                ));
+                false
+            }
+            Ok(_) => false,
+            Err(e) => {
+                self.log_dropped(&e);
+                false
+            }
+        }
+    }
+
+    /// A lease message: a higher term announced is followed from now on.
+    fn lease(&mut self, payload: &[u8]) -> Lease {
+        let record = match wire::decode_lease(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.log_dropped(&e);
+                return Lease::Same;
+            }
+        };
+        match record.term {
+            Some(term) if term > self.term => {
+                tracing::info!(feed = %self.config.name, term, holder = %record.holder, "following a new leader");
+                self.term = term;
+                self.holder = record.holder;
+                self.metrics.term.set(term as i64);
+                Lease::Same
+            }
+            Some(term) if term == self.term && record.holder == self.holder => {
+                if record.released {
+                    Lease::Released
+                } else {
+                    Lease::Same
+                }
+            }
+            Some(_) => Lease::Suspect,
+            None => Lease::Same,
+        }
+    }
+
+    /// Whether the stream started over (NATS lost its store: a memory stream and a restarted
+    /// server), in which case the edge now follows the new stream's terms from 0.
+    async fn started_over(&mut self, client: &async_nats::Client) -> bool {
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(CACHE_REQUEST_TIMEOUT);
+        match js.get_stream(&self.config.stream).await {
+            Ok(stream) => self.note_stream(stream.cached_info()),
+            Err(e) => {
+                self.stream_gone |= stream_missing(&e);
+                false
+            }
+        }
+    }
+
+    /// Notes the stream found; true when it is another than the one seen before (or one was
+    /// found missing since) and the edge followed a term there: it follows the new one's from 0.
+    fn note_stream(&mut self, info: &async_nats::jetstream::stream::Info) -> bool {
+        let id = format!("{:?}", info.created);
+        let other = self.stream_gone || self.stream_id.as_ref().is_some_and(|seen| *seen != id);
+        self.stream_gone = false;
+        self.stream_id = Some(id);
+        if !other || self.term == 0 {
+            return false;
+        }
+        tracing::warn!(feed = %self.config.name, was = self.term, "the scale-out stream started over (NATS lost its store): following its terms from now on");
+        self.incarnation = (self.incarnation + 1).min(MAX_INCARNATION);
+        self.term = 0;
+        self.holder.clear();
+        self.metrics.term.set(0);
+        true
     }
 
     /// An empty edge (the ingest has published nothing yet) is not ready: a client sent to it
@@ -249,60 +438,48 @@ impl Edge {
     /// is stale, a state goes in as `stale` (a cache load before any heartbeat, or during an
     /// outage), and the leader's next heartbeat makes it live.
     async fn take(&mut self, subject: &str, payload: &[u8]) -> Result<(), FeedError> {
-        let mut state = match self.check(subject, payload) {
-            Ok(state) => state,
+        let (mut state, older) = match self.check(subject, payload) {
+            Ok(checked) => checked,
             Err((reason, why)) => {
-                self.dropped[reason].inc();
+                self.metrics.dropped[reason].inc();
                 self.log_dropped(&why);
                 return Ok(());
             }
         };
-        self.term = self.term.max(state.term);
         if !self.known.contains(&state.symbol) {
             self.known.insert(state.symbol.clone());
         }
-        if self.stale {
+        if self.stale || older {
             state.quote.status = Status::Stale;
         }
+        // The index orders states by term: a stream that started over starts its terms over, so
+        // the index is given (incarnation, term) as one number (terms are below 2^53).
+        state.term += self.incarnation << 53;
         self.ctx.send_state(state).await
     }
 
-    /// A state message checked like any feed's tick: the index of its `DROP_REASONS` entry and
-    /// why, when it is dropped.
-    fn check(&self, subject: &str, payload: &[u8]) -> Result<wire::State, (usize, String)> {
+    /// A state message checked like any feed's tick, and for its term: the state and whether it
+    /// is of an older term (taken, as stale, only from the cache), or the index of its
+    /// `DROP_REASONS` entry and why.
+    fn check(&self, subject: &str, payload: &[u8]) -> Result<(wire::State, bool), (usize, String)> {
         let reason = |name: &str| DROP_REASONS.iter().position(|r| *r == name).unwrap_or(0);
-        if payload.len() > MAX_STATE_BYTES {
-            return Err((
-                reason("too_large"),
-                format!(
-                    "a state of {} bytes (at most {MAX_STATE_BYTES})",
-                    payload.len()
-                ),
-            ));
-        }
-        let state = wire::decode_state(payload).map_err(|e| (reason("malformed"), e))?;
-        if wire::state_subject(&self.config.subject_prefix, &state.symbol) != subject {
-            return Err((
-                reason("subject_mismatch"),
-                format!("a state of '{}' on subject '{subject}'", state.symbol),
-            ));
-        }
-        let q = &state.quote;
-        if [q.bid, q.ask, q.last]
-            .into_iter()
-            .flatten()
-            .any(|p| p <= rust_decimal::Decimal::ZERO)
-        {
-            return Err((
-                reason("non_positive_price"),
-                format!("a price of '{}' that is not positive", state.symbol),
-            ));
-        }
-        if state.term < self.term {
+        let state = wire::check_state(&self.config.subject_prefix, subject, payload)
+            .map_err(|r| (reason(r.reason), r.why))?;
+        let older = state.term < self.term;
+        if older && !self.loading {
             return Err((
                 reason("old_term"),
                 format!(
                     "a state of '{}' of term {} (following {})",
+                    state.symbol, state.term, self.term
+                ),
+            ));
+        }
+        if state.term > self.term {
+            return Err((
+                reason("unleased_term"),
+                format!(
+                    "a state of '{}' of term {}, which no lease announced (following {})",
                     state.symbol, state.term, self.term
                 ),
             ));
@@ -318,7 +495,7 @@ impl Edge {
                 ),
             ));
         }
-        Ok(state)
+        Ok((state, older))
     }
 
     fn log_dropped(&self, why: &str) {
@@ -327,48 +504,72 @@ impl Edge {
         }
     }
 
-    /// Loads every symbol's last state from the cache; false if the cache cannot be read now.
-    async fn reload(&mut self, client: &async_nats::Client) -> Result<bool, FeedError> {
+    /// Loads the lease and every symbol's last state from the cache; false if the cache cannot
+    /// be read now.
+    async fn reload(&mut self, client: &async_nats::Client, why: &str) -> Result<bool, FeedError> {
         let mut js = async_nats::jetstream::new(client.clone());
         // The feed task reads no state while it waits here: a request lost on a dying connection
         // must not hold it for the client's default 10 s.
         js.set_timeout(CACHE_REQUEST_TIMEOUT);
         let stream = match js.get_stream(&self.config.stream).await {
-            Ok(s) => s,
+            Ok(s) => {
+                self.note_stream(s.cached_info());
+                s
+            }
             Err(e) => {
                 // No stream yet (no ingest has run) is an empty cache; anything else is a retry.
-                let missing = e.to_string().contains("not found");
+                let missing = stream_missing(&e);
+                self.stream_gone |= missing;
                 if !missing {
                     tracing::warn!(feed = %self.config.name, "cannot read the cache: {e}");
                 }
                 return Ok(missing);
             }
         };
+        if let Some(i) = RELOAD_REASONS.iter().position(|r| *r == why) {
+            self.metrics.reloads[i].inc();
+        }
+        let mut lease = None;
         let mut payloads = Vec::new();
-        let read = read_cache(
-            &stream,
-            &wire::state_subjects(&self.config.subject_prefix),
-            |subject, p| payloads.push((subject.to_string(), p.to_vec())),
-        )
-        .await;
-        if let Err(e) = read {
+        let prefix = &self.config.subject_prefix;
+        let read = async {
+            read_cache(&stream, &wire::lease_subject(prefix), |_, p| {
+                lease = Some(p.to_vec())
+            })
+            .await?;
+            read_cache(&stream, &wire::state_subjects(prefix), |subject, p| {
+                payloads.push((subject.to_string(), p.to_vec()))
+            })
+            .await
+        };
+        if let Err(e) = read.await {
             tracing::warn!(feed = %self.config.name, "cannot read the cache: {e}");
             return Ok(false);
         }
-        for (subject, payload) in payloads {
-            self.take(&subject, &payload).await?;
+        if let Some(lease) = lease {
+            // A leader that released the lease there is stale already (no heartbeat follows).
+            let _ = self.lease(&lease);
         }
+        self.loading = true;
+        for (subject, payload) in payloads {
+            let taken = self.take(&subject, &payload).await;
+            if taken.is_err() {
+                self.loading = false;
+                return taken.map(|()| false);
+            }
+        }
+        self.loading = false;
         Ok(true)
     }
 
-    /// Back after an outage: reload, then the symbols are live again (a state equal to the one
-    /// held makes its symbol current; a newer one updates it).
+    /// A leader is heard after none: reload, then the symbols are live again (a state equal to the
+    /// one held makes its symbol current; a newer one updates it).
     async fn recover(&mut self, client: &async_nats::Client) -> Result<(), FeedError> {
         // Not stale while reloading: what the cache holds of the followed term goes in live.
         self.stale = false;
-        if self.reload(client).await? {
+        if self.reload(client, "leader").await? {
             self.ctx.set_up(true);
-            tracing::info!(feed = %self.config.name, term = self.term, "an ingest leads: reloaded from the cache");
+            tracing::info!(feed = %self.config.name, term = self.term, "a leader is heard: reloaded from the cache");
         } else {
             self.stale = true;
         }
@@ -379,7 +580,7 @@ impl Edge {
         if self.stale {
             return Ok(());
         }
-        tracing::warn!(feed = %self.config.name, "{why}: every symbol is stale until the ingest is back");
+        tracing::warn!(feed = %self.config.name, "{why}: every symbol is stale until a leader is heard");
         self.stale = true;
         self.ctx.set_up(false);
         for symbol in self.known.clone() {

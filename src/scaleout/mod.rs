@@ -2,7 +2,9 @@
 //!
 //! - [`wire`]: the subjects and the encoding of a symbol's state, the contract between the two;
 //! - [`client`]: the NATS connection and the JetStream stream that caches every symbol's last state;
-//! - [`publish`]: on an ingest, every change of the index, published in order, and its heartbeat;
+//! - [`lease`]: which of the running ingests publishes, and its term (compare-and-set in the stream);
+//! - [`publish`]: on an ingest, every change of the index, published in order while it leads, and
+//!   its heartbeat;
 //! - [`edge`]: on an edge, the feed that reads those states into the edge's own index.
 //!
 //! Owns nothing the embedded gateway needs: an ingest's index and an edge's sessions are the same
@@ -10,5 +12,6 @@
 
 pub mod client;
 pub mod edge;
+pub mod lease;
 pub mod publish;
 pub mod wire;

@@ -1,31 +1,42 @@
 //! Scale-out, the ingest's side: every change of a symbol's state goes to NATS, where edges take
 //! it (docs/deployment.md). The index lists every change in a `ChangeLog`; this task publishes
-//! each one whole (`scaleout::wire`).
+//! each one whole (`scaleout::wire`), while this ingest holds the lease (`scaleout::lease`).
+//!
+//! Any number of ingests may run. Each runs its feeds and its index; the one holding the lease
+//! publishes, under its term, and heartbeats; the others drop their changes and watch the lease.
+//! On taking the lease, an ingest reads the cache and goes on from each symbol's cached `seq`
+//! (`Index::continue_after`), then publishes every symbol under its term.
 //!
 //! Backpressure: the tick path never waits for NATS. While NATS is slow or away, this task alone
 //! waits, and once the change log holds `CHANGE_LOG_CAPACITY` changes it conflates per symbol (one
 //! entry per symbol, whatever the ticks; this task then reads the symbol's latest state).
-//! When a connection to NATS is (re)made, every symbol is published again and the stream ensured,
-//! so a NATS server that restarted without its store gets the whole cache back.
+//! When a connection to NATS is (re)made, the stream is ensured and a leader publishes every
+//! symbol again, so a NATS server that restarted without its store gets the whole cache back; and
+//! every `reconcile_ms` a leader publishes every symbol again, a slice at a time, so a cache that
+//! lost a message (purged by hand, a server restored from a backup) converges.
 //!
 //! A JetStream stream over the state subjects, one message per subject, is the last-value cache:
-//! publishes are plain core publishes that the stream captures (no per-tick acknowledgement). At
-//! start the ingest reads the cache: each symbol's `seq` goes on from it, and the new term is above
-//! the last one (and at least the start time in ms, so a lost cache still gives a higher term).
+//! publishes are plain core publishes that the stream captures (no per-tick acknowledgement); a
+//! publish NATS refuses (permissions) makes the leader step down, so an ingest that cannot publish
+//! never keeps edges live with its heartbeats.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::index::{Change, ChangeLog, Changes, Index};
 use crate::log_limit::LogLimiter;
-use crate::model::ms_within;
+use crate::metrics::Metrics;
+use crate::model::{ms_within, Symbol};
 use crate::scaleout::client::{
     check_names, connect, default_prefix, default_stream, ensure_stream, read_cache, server_list,
-    ConnectionEvents, PublishError, Storage,
+    ConnectionEvents, LinkMetrics, NatsAuth, NatsTls, PublishError, Security, Storage,
+    StreamSettings, CACHE_REQUEST_TIMEOUT,
 };
+use crate::scaleout::lease::{Lease, Step};
 use crate::scaleout::wire::{self, State};
 
 /// `[publish]`: this gateway is a scale-out ingest.
@@ -33,30 +44,54 @@ use crate::scaleout::wire::{self, State};
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
     /// The NATS server, e.g. "nats://10.0.0.5:4222", or a cluster's servers separated by commas
-    /// (`nats::server_list`).
+    /// (`client::server_list`).
     pub nats_url: String,
     /// The JetStream stream that is the last-value cache.
     #[serde(default = "default_stream")]
     pub stream: String,
-    /// Subjects are `<prefix>.q.<SYMBOL>` and `<prefix>.hb`.
+    /// Subjects are `<prefix>.q.<SYMBOL>`, `<prefix>.hb` and `<prefix>.lease`.
     #[serde(default = "default_prefix")]
     pub subject_prefix: String,
-    /// Where the cache lives: "memory" (lost when NATS restarts; the ingest publishes it again) or
+    /// Where the cache lives: "memory" (lost when NATS restarts; the leader publishes it again) or
     /// "file".
     #[serde(default)]
     pub storage: Storage,
-    /// How often the ingest says it is alive; edges mark symbols stale after their
+    /// The stream's size limit in bytes (none by default).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// A symbol whose state has not changed for this long leaves the cache (none by default): a
+    /// delisted symbol is forgotten. At least a minute, and above `reconcile_ms`.
+    #[serde(default)]
+    pub max_age_ms: Option<u64>,
+    /// How often the leader says it is alive; edges mark symbols stale after their
     /// `stale_after_ms` without it.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
-    /// How long start-up waits for NATS to read the cache before going on under a new term
-    /// (edges then see `seq` start over, and close their clients with 1012).
+    /// How long a leader's lease lasts without renewal (renewed every third of it): a standby takes
+    /// over within this (and a quarter second) of the leader's death.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// Every symbol's state is published again over this interval, a slice at a time.
+    #[serde(default = "default_reconcile_ms")]
+    pub reconcile_ms: u64,
+    /// How long start-up waits for NATS (the stream, the first look at the lease) before going
+    /// on and trying in the background.
     #[serde(default = "default_cache_wait_ms")]
     pub cache_wait_ms: u64,
+    #[serde(default)]
+    pub tls: NatsTls,
+    #[serde(default)]
+    pub auth: NatsAuth,
 }
 
 fn default_heartbeat_ms() -> u64 {
     1000
+}
+fn default_lease_ms() -> u64 {
+    3000
+}
+fn default_reconcile_ms() -> u64 {
+    30_000
 }
 fn default_cache_wait_ms() -> u64 {
     5000
@@ -64,153 +99,223 @@ fn default_cache_wait_ms() -> u64 {
 
 impl PublishConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
+        let within = |key: &str, ms, range| ms_within(&format!("publish.{key}"), ms, range);
         check_names(&self.stream, &self.subject_prefix)
             .map_err(|(k, m)| (format!("publish.{k}"), m))?;
         server_list(&self.nats_url).map_err(|m| ("publish.nats_url".to_string(), m))?;
-        ms_within("publish.heartbeat_ms", self.heartbeat_ms, 10..=60_000)?;
-        ms_within("publish.cache_wait_ms", self.cache_wait_ms, 0..=600_000)
+        within("heartbeat_ms", self.heartbeat_ms, 10..=60_000)?;
+        within("lease_ms", self.lease_ms, 100..=600_000)?;
+        within("reconcile_ms", self.reconcile_ms, 100..=86_400_000)?;
+        within("cache_wait_ms", self.cache_wait_ms, 0..=600_000)?;
+        if let Some(age) = self.max_age_ms {
+            within(
+                "max_age_ms",
+                age,
+                60_000..=crate::model::MAX_SETTING_MS * 365,
+            )?;
+            if age <= self.reconcile_ms.max(self.lease_ms) {
+                return Err((
+                    "publish.max_age_ms".into(),
+                    "must be above reconcile_ms and lease_ms (the lease and live symbols would age out)".into(),
+                ));
+            }
+        }
+        if self.max_bytes == Some(0) {
+            return Err((
+                "publish.max_bytes".into(),
+                "must be above 0 (leave it out for no limit)".into(),
+            ));
+        }
+        self.security()
+            .validate()
+            .map_err(|(k, m)| (format!("publish.{k}"), m))
+    }
+
+    fn security(&self) -> Security<'_> {
+        Security {
+            tls: &self.tls,
+            auth: &self.auth,
+        }
+    }
+
+    fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            storage: self.storage,
+            max_bytes: self.max_bytes,
+            max_age: self.max_age_ms.map(Duration::from_millis),
+        }
     }
 }
 
-/// Reads the cache into the index (each symbol's `seq` and quote) and returns the new term.
-async fn load(
-    config: &PublishConfig,
-    client: &async_nats::Client,
-    index: &Index,
-) -> Result<u64, String> {
-    let js = async_nats::jetstream::new(client.clone());
-    let stream = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await?;
-    let mut last_term = 0;
-    let mut seeded = 0;
-    read_cache(
-        &stream,
-        &wire::heartbeat_subject(&config.subject_prefix),
-        |_, payload| {
-            if let Ok(term) = wire::decode_heartbeat(payload) {
-                last_term = last_term.max(term);
-            }
-        },
-    )
-    .await?;
-    read_cache(
-        &stream,
-        &wire::state_subjects(&config.subject_prefix),
-        |_, payload| {
-            if let Ok(state) = wire::decode_state(payload) {
-                last_term = last_term.max(state.term);
-                index.seed(state.symbol, state.seq, state.quote);
-                seeded += 1;
-            }
-        },
-    )
-    .await?;
-    tracing::info!(symbols = seeded, last_term, "read the scale-out cache");
-    Ok(last_term)
-}
-
-/// Connects, reads the cache (within `cache_wait_ms`), and starts the publisher and heartbeat tasks
-/// on the current thread; the index must publish its changes to `changes`.
+/// Connects, brings the stream to its settings and takes a first look at the lease (within
+/// `cache_wait_ms`), and starts the publisher on the current thread; the index must publish its
+/// changes to `changes`. A stream NATS cannot bring to its settings, or a NATS that refuses this
+/// ingest's credentials, is an error; a NATS away is tried again in the background.
 pub async fn start(
     config: PublishConfig,
     index: Arc<Index>,
     changes: Arc<ChangeLog>,
-    published: prometheus::IntCounter,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), PublishError> {
-    let (client, events) = connect(&config.nats_url, "quotegw-ingest").await?;
-    let wait = Duration::from_millis(config.cache_wait_ms);
-    let last_term = match tokio::time::timeout(wait, load(&config, &client, &index)).await {
-        Ok(Ok(term)) => term,
-        Ok(Err(e)) => {
-            tracing::warn!(
-                "scale-out cache unreadable ({e}): starting a new term, seq may start over"
-            );
-            0
-        }
-        Err(_) => {
-            tracing::warn!(
-                "NATS not reachable within {wait:?}: starting a new term, seq may start over"
-            );
-            0
-        }
-    };
-    // Above every term seen, and at least now in ms: a cache lost with NATS still gives a higher
-    // term than any before it (clocks permitting).
-    let term = (last_term + 1).max(crate::model::now_ms().max(0) as u64);
-    // Every symbol goes out when the publisher sees the connection's `Connected` event (the first
-    // connection raises it too), not here as well.
-    tracing::info!(term, "publishing to NATS");
-    let heartbeat_client = client.clone();
-    let hb_subject = wire::heartbeat_subject(&config.subject_prefix);
-    let every = Duration::from_millis(config.heartbeat_ms);
-    let hb_shutdown = shutdown.clone();
-    actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = hb_shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let hb = wire::encode_heartbeat(term, crate::model::now_ms());
-            let _ = heartbeat_client
-                .publish(hb_subject.clone(), hb.into())
-                .await;
-        }
-    });
-    let publisher = Publisher {
-        config,
+    let (client, events) = connect(
+        &config.nats_url,
+        "quotegw-ingest",
+        config.security(),
+        LinkMetrics::new(&metrics, "publish"),
+    )
+    .await?;
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(CACHE_REQUEST_TIMEOUT);
+    let lease = Lease::new(
+        js.clone(),
+        &config.stream,
+        &config.subject_prefix,
+        Duration::from_millis(config.lease_ms),
+    );
+    for change in ["won", "lost"] {
+        metrics.bus_lease_changes.with_label_values(&[change]);
+    }
+    let mut publisher = Publisher {
         client,
+        js,
         index,
         changes,
-        term,
-        published,
+        lease,
+        published: metrics.bus_published.clone(),
+        metrics,
+        merged_seen: 0,
+        reconcile: Reconcile::default(),
+        config,
     };
+    let wait = Duration::from_millis(publisher.config.cache_wait_ms);
+    match tokio::time::timeout(wait, publisher.first_look()).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            "NATS not reachable within {wait:?}: the stream and the lease are tried in the background"
+        ),
+    }
     actix_web::rt::spawn(publisher.run(events, shutdown));
     Ok(())
 }
 
-/// The task that publishes what the index's change log lists.
+/// The task that leads or stands by, and publishes what the index's change log lists.
 struct Publisher {
     config: PublishConfig,
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     index: Arc<Index>,
     changes: Arc<ChangeLog>,
-    term: u64,
+    lease: Lease,
+    metrics: Arc<Metrics>,
     published: prometheus::IntCounter,
+    /// `ChangeLog::merged` at the last look (the metric counts the difference).
+    merged_seen: u64,
+    reconcile: Reconcile,
 }
 
+/// Where the reconcile is: the symbols of this round, and how far it got.
+#[derive(Default)]
+struct Reconcile {
+    symbols: Vec<Symbol>,
+    next: usize,
+}
+
+/// A round of the reconcile is this many slices, one per `reconcile_ms / RECONCILE_SLICES`.
+const RECONCILE_SLICES: u32 = 20;
+
 impl Publisher {
-    async fn run(self, events: Arc<ConnectionEvents>, shutdown: CancellationToken) {
-        let Publisher {
-            config,
-            client,
-            index,
-            changes,
-            term,
-            published,
-        } = self;
+    /// At start: the stream (its settings are an error now, not in the background) and the
+    /// lease, so that a sole ingest leads before its feeds tick.
+    async fn first_look(&mut self) -> Result<(), PublishError> {
+        ensure_stream(
+            &self.js,
+            &self.config.stream,
+            &self.config.subject_prefix,
+            self.config.stream_settings(),
+        )
+        .await
+        .map_err(PublishError::Stream)?;
+        let step = self.lease.step().await;
+        self.stepped(step).await;
+        if self.lease.leading().is_none() {
+            tracing::info!(
+                holder = self.lease.holder(),
+                "another ingest holds the scale-out lease: standing by"
+            );
+        }
+        Ok(())
+    }
+
+    async fn run(mut self, events: Arc<ConnectionEvents>, shutdown: CancellationToken) {
         let log = LogLimiter::new(5, 1);
-        let js = async_nats::jetstream::new(client.clone());
         let mut batch = Changes::default();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.config.heartbeat_ms));
+        let slice = (Duration::from_millis(self.config.reconcile_ms) / RECONCILE_SLICES)
+            .max(Duration::from_millis(10));
+        let mut reconcile = tokio::time::interval(slice);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_step = Instant::now() + self.lease.next_step_in();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = client.flush().await;
+                    let _ = self.client.flush().await;
+                    self.lease.release().await;
+                    let _ = self.client.flush().await;
                     return;
                 }
                 seen = events.next() => {
+                    if seen.refused {
+                        // An ingest that cannot publish must not lead: its heartbeats would keep
+                        // edges live on prices it cannot send.
+                        let bench = Duration::from_millis(self.config.lease_ms) * 10;
+                        let step = self.lease.step_down("NATS refused a publish (permissions)", bench);
+                        self.stepped(step).await;
+                    }
                     if seen.connected {
                         // A new connection may be a new server: make sure the cache exists, then
                         // fill it with every symbol's state.
-                        if let Err(e) = ensure_stream(&js, &config.stream, &config.subject_prefix, config.storage).await {
-                            tracing::warn!("cannot ensure the scale-out stream: {e}");
+                        if let Err(e) = ensure_stream(&self.js, &self.config.stream, &self.config.subject_prefix, self.config.stream_settings()).await {
+                            tracing::error!("the scale-out stream: {e}");
                         }
-                        changes.mark_all(&index);
+                        if self.lease.leading().is_some() {
+                            self.changes.mark_all(&self.index);
+                        }
                     }
                     continue;
                 }
-                _ = changes.take(&mut batch) => {}
+                _ = tokio::time::sleep_until(next_step) => {
+                    let step = self.lease.step().await;
+                    self.stepped(step).await;
+                    next_step = Instant::now() + self.lease.next_step_in();
+                    continue;
+                }
+                _ = heartbeat.tick() => {
+                    if let Some(term) = self.lease.leading() {
+                        let hb = wire::encode_heartbeat(term, crate::model::now_ms());
+                        let subject = wire::heartbeat_subject(&self.config.subject_prefix);
+                        if let Err(e) = self.client.publish(subject, hb.into()).await {
+                            if let Some(suppressed) = log.admit(std::time::Instant::now()) {
+                                tracing::warn!(suppressed, "publishing to NATS failed: {e}");
+                            }
+                        }
+                    }
+                    continue;
+                }
+                _ = reconcile.tick() => {
+                    self.reconcile_slice().await;
+                    continue;
+                }
+                _ = self.changes.take(&mut batch) => {}
             }
+            self.metrics
+                .bus_changelog_depth
+                .set((batch.states.len() + batch.behind.len()) as i64);
+            let merged = self.changes.merged();
+            self.metrics
+                .bus_changelog_merged
+                .inc_by(merged - self.merged_seen);
+            self.merged_seen = merged;
             let behind = batch.behind.drain(..).filter_map(|entry| {
                 entry.read().map(|p| Change {
                     symbol: entry.symbol.clone(),
@@ -219,27 +324,138 @@ impl Publisher {
                     quote: p.quote,
                 })
             });
+            // A standby reads its changes too (the log stays short) and drops them: the leader
+            // publishes the same symbols, and this ingest publishes every symbol when it leads.
             for change in batch.states.drain(..).chain(behind) {
-                let subject = wire::state_subject(&config.subject_prefix, &change.symbol);
-                let state = State {
-                    term,
-                    version: change.version,
-                    seq: change.seq,
-                    symbol: change.symbol,
-                    quote: change.quote,
-                };
-                match client
-                    .publish(subject, wire::encode_state(&state).into())
-                    .await
-                {
-                    Ok(()) => published.inc(),
-                    Err(e) => {
-                        if let Some(suppressed) = log.admit(std::time::Instant::now()) {
-                            tracing::warn!(suppressed, "publishing to NATS failed: {e}");
-                        }
+                if !self.publish(change).await {
+                    if let Some(suppressed) = log.admit(std::time::Instant::now()) {
+                        tracing::debug!(suppressed, "not leading: changes dropped");
                     }
                 }
             }
         }
+    }
+
+    /// Publishes one change under the current term; false when this ingest does not lead (the
+    /// lease is checked for every message: one that expired stops the publishing at once).
+    async fn publish(&self, change: Change) -> bool {
+        let Some(term) = self.lease.leading() else {
+            return false;
+        };
+        let subject = wire::state_subject(&self.config.subject_prefix, &change.symbol);
+        let state = State {
+            term,
+            version: change.version,
+            seq: change.seq,
+            symbol: change.symbol,
+            quote: change.quote,
+        };
+        match self
+            .client
+            .publish(subject, wire::encode_state(&state).into())
+            .await
+        {
+            Ok(()) => self.published.inc(),
+            Err(e) => tracing::debug!("publishing to NATS failed: {e}"),
+        }
+        true
+    }
+
+    /// Every symbol again over `reconcile_ms`: this tick's share of the round.
+    async fn reconcile_slice(&mut self) {
+        if self.lease.leading().is_none() {
+            return;
+        }
+        if self.reconcile.next >= self.reconcile.symbols.len() {
+            self.reconcile.symbols = self.index.symbols_sorted();
+            self.reconcile.next = 0;
+        }
+        let per_slice = self
+            .reconcile
+            .symbols
+            .len()
+            .div_ceil(RECONCILE_SLICES as usize);
+        let end = (self.reconcile.next + per_slice).min(self.reconcile.symbols.len());
+        for i in self.reconcile.next..end {
+            let Some(entry) = self.index.lookup(&self.reconcile.symbols[i]) else {
+                continue;
+            };
+            let Some(p) = entry.read() else { continue };
+            let change = Change {
+                symbol: entry.symbol.clone(),
+                version: p.version,
+                seq: p.seq,
+                quote: p.quote,
+            };
+            if !self.publish(change).await {
+                return;
+            }
+        }
+        self.reconcile.next = end;
+    }
+
+    /// What a step of the lease means for this ingest.
+    async fn stepped(&mut self, step: Step) {
+        match step {
+            Step::Same => {}
+            Step::Won(term) => {
+                self.metrics
+                    .bus_lease_changes
+                    .with_label_values(&["won"])
+                    .inc();
+                let lease = Duration::from_millis(self.config.lease_ms);
+                let seeded = tokio::time::timeout(lease / 2, self.continue_from_cache(term)).await;
+                match seeded {
+                    Ok(Ok(n)) => tracing::info!(term, holder = self.lease.holder(), symbols = n, "took the scale-out lease: publishing, seq going on from the cache"),
+                    Ok(Err(e)) => tracing::warn!(term, "took the scale-out lease; the cache is unreadable ({e}): seq may start over"),
+                    Err(_) => tracing::warn!(term, "took the scale-out lease; the cache took too long to read: seq may start over"),
+                }
+                self.changes.mark_all(&self.index);
+                self.metrics.bus_leader.set(1);
+                self.metrics
+                    .bus_term
+                    .with_label_values(&["publish"])
+                    .set(term as i64);
+            }
+            Step::Lost(why) => {
+                self.metrics
+                    .bus_lease_changes
+                    .with_label_values(&["lost"])
+                    .inc();
+                self.metrics.bus_leader.set(0);
+                self.metrics.bus_term.with_label_values(&["publish"]).set(0);
+                tracing::warn!("no longer the scale-out leader ({why}): standing by");
+            }
+        }
+    }
+
+    /// Reads every symbol's cached state (those a leader of this term or before published and
+    /// that pass the bus's checks) and goes on from its `seq`.
+    async fn continue_from_cache(&self, term: u64) -> Result<usize, String> {
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = &self.config.subject_prefix;
+        let mut seeded = 0;
+        read_cache(
+            &stream,
+            &wire::state_subjects(prefix),
+            |subject, payload| match wire::check_state(prefix, subject, payload) {
+                Ok(state) if state.term <= term => {
+                    self.index
+                        .continue_after(state.symbol, state.seq, state.quote);
+                    seeded += 1;
+                }
+                Ok(state) => tracing::warn!(
+                    term = state.term,
+                    "a cached state of a term no lease gave: skipped"
+                ),
+                Err(refused) => tracing::warn!("a cached state skipped: {}", refused.why),
+            },
+        )
+        .await?;
+        Ok(seeded)
     }
 }

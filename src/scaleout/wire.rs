@@ -80,6 +80,105 @@ pub fn decode_heartbeat(bytes: &[u8]) -> Result<u64, String> {
     Ok(hb.term)
 }
 
+/// The lease subject, `<prefix>.lease`: its last message in the stream says which ingest leads
+/// (`scaleout::lease`). `{"v":1,"holder":"<id>"}` takes the lease; every later message of the same
+/// holder carries the term (`"term":T`, the stream sequence of the message that took it), and one
+/// with `"released":true` gives the lease up (a leader shutting down).
+pub fn lease_subject(prefix: &str) -> String {
+    format!("{prefix}.lease")
+}
+
+/// A lease message, decoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct LeaseRecord {
+    pub holder: String,
+    #[serde(default)]
+    pub term: Option<u64>,
+    #[serde(default)]
+    pub released: bool,
+}
+
+pub fn encode_lease(record: &LeaseRecord) -> String {
+    let mut out = format!(r#"{{"v":{WIRE_VERSION},"holder":"#);
+    crate::protocol::push_json_str(&mut out, &record.holder);
+    if let Some(term) = record.term {
+        out.push_str(r#","term":"#);
+        out.push_str(itoa::Buffer::new().format(term));
+    }
+    if record.released {
+        out.push_str(r#","released":true"#);
+    }
+    out.push('}');
+    out
+}
+
+pub fn decode_lease(bytes: &[u8]) -> Result<LeaseRecord, String> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        v: u64,
+        #[serde(flatten)]
+        record: LeaseRecord,
+    }
+    let l: Versioned =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a lease message: {e}"))?;
+    if l.v != WIRE_VERSION {
+        return Err(format!(
+            "lease of wire version {} (this gateway reads {WIRE_VERSION})",
+            l.v
+        ));
+    }
+    if l.record.term.is_some_and(|t| t > MAX_COUNTER) {
+        return Err(format!("term above {MAX_COUNTER}"));
+    }
+    Ok(l.record)
+}
+
+/// Why a state from the bus is refused by its content alone (`check_state`), the `reason` label
+/// of `quotegw_bus_states_dropped_total`.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: &'static str,
+    pub why: String,
+}
+
+/// A state message larger than this is refused unread (a state is a few hundred bytes).
+pub const MAX_STATE_BYTES: usize = 4096;
+
+/// A state message as it arrived on `subject`, checked like any feed's tick: bounded size, the
+/// wire format (`decode_state`: version, symbol, counters within 2^53), the symbol its subject
+/// names, positive prices. Whether its term is the one to follow is the reader's to decide.
+pub fn check_state(prefix: &str, subject: &str, payload: &[u8]) -> Result<State, Refused> {
+    let refused = |reason, why| Refused { reason, why };
+    if payload.len() > MAX_STATE_BYTES {
+        return Err(refused(
+            "too_large",
+            format!(
+                "a state of {} bytes (at most {MAX_STATE_BYTES})",
+                payload.len()
+            ),
+        ));
+    }
+    let state = decode_state(payload).map_err(|e| refused("malformed", e))?;
+    if state_subject(prefix, &state.symbol) != subject {
+        return Err(refused(
+            "subject_mismatch",
+            format!("a state of '{}' on subject '{subject}'", state.symbol),
+        ));
+    }
+    let q = &state.quote;
+    if [q.bid, q.ask, q.last]
+        .into_iter()
+        .flatten()
+        .any(|p| p <= rust_decimal::Decimal::ZERO)
+    {
+        return Err(refused(
+            "non_positive_price",
+            format!("a price of '{}' that is not positive", state.symbol),
+        ));
+    }
+    Ok(state)
+}
+
 pub fn encode_state(state: &State) -> String {
     // The snapshot's JSON carries every quote field as the WebSocket shows it; the bus's own
     // members go first.
@@ -216,6 +315,26 @@ mod tests {
             assert!(decode_state(max.as_bytes()).is_ok(), "{max}");
         }
         assert_eq!(decode_heartbeat(encode_heartbeat(7, 1).as_bytes()), Ok(7));
+    }
+
+    #[test]
+    fn a_lease_record_round_trips() {
+        for record in [
+            LeaseRecord {
+                holder: "a\"b".into(),
+                term: None,
+                released: false,
+            },
+            LeaseRecord {
+                holder: "x".into(),
+                term: Some(42),
+                released: true,
+            },
+        ] {
+            assert_eq!(decode_lease(encode_lease(&record).as_bytes()), Ok(record));
+        }
+        assert!(decode_lease(br#"{"v":1,"holder":"x","term":9007199254740992}"#).is_err());
+        assert!(decode_lease(br#"{"v":2,"holder":"x"}"#).is_err());
     }
 
     #[test]

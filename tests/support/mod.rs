@@ -4,6 +4,7 @@
 
 pub mod fault_proxy;
 pub mod nats;
+pub mod process;
 pub mod upstream;
 
 use std::collections::VecDeque;

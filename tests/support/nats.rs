@@ -13,7 +13,9 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub url: String,
-    dir: PathBuf,
+    pub dir: PathBuf,
+    /// Lines added to nats.conf (a `tls` or `authorization` block).
+    extra: String,
 }
 
 /// Installs Debian's nats-server when it is not there, through the script every test install uses
@@ -36,6 +38,12 @@ fn ensure_installed() {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(|_| String::new())
+    }
+
+    /// With lines added to its nats.conf, made from its store directory (where a test may put
+    /// certificates first).
+    pub fn start_with(extra: impl FnOnce(&Path) -> String) -> NatsServer {
         ensure_installed();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -48,8 +56,10 @@ impl NatsServer {
             child: None,
             port,
             url: format!("nats://127.0.0.1:{port}"),
+            extra: String::new(),
             dir,
         };
+        server.extra = extra(&server.dir);
         server.run();
         server
     }
@@ -62,9 +72,10 @@ impl NatsServer {
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{}\nwrite_deadline: \"1s\"\njetstream {{ store_dir: \"{}\" }}\n",
+                "listen: 127.0.0.1:{}\nwrite_deadline: \"1s\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
                 self.port,
-                self.dir.join("store").display()
+                self.dir.join("store").display(),
+                self.extra
             ),
         )
         .expect("write nats.conf");

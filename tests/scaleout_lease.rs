@@ -1,0 +1,549 @@
+//! Scale-out leadership with a real nats-server: several ingests (the built binary, so that they
+//! can be killed and paused with signals), one leads by the lease in the stream, edges follow its
+//! term. Also the stream's settings, the reconcile, TLS and NATS credentials. Every test is bounded:
+//! waits are polls for a condition with the support's deadline; failover times are printed, not
+//! asserted (benches/failover.sh measures them).
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::nats::NatsServer;
+use support::process::Process;
+use support::{http, metric, start, start_config, tick, DEADLINE};
+
+const SYMBOLS: [&str; 8] = [
+    "AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AMD",
+];
+
+/// An ingest process: a simulated market on `SYMBOLS`, publishing with a 1 s lease.
+fn ingest_process(nats: &NatsServer, publish_extra: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\nworkers = 1\n\n[[feeds]]\nkind = \"simulated\"\nname = \"sim\"\n\
+         symbols = {:?}\nticks_per_second = 200\nseed = 7\n\n[publish]\nnats_url = \"{}\"\n\
+         heartbeat_ms = 100\nlease_ms = 1000\ncache_wait_ms = 3000\n{publish_extra}\n",
+        SYMBOLS, nats.url
+    )
+}
+
+fn edge_toml(nats: &NatsServer) -> String {
+    format!(
+        "[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{}\"\nstale_after_ms = 800\n",
+        nats.url
+    )
+}
+
+async fn leader(addr: SocketAddr) -> f64 {
+    metric(addr, "quotegw_bus_leader").await
+}
+
+async fn term(addr: SocketAddr, link: &str) -> f64 {
+    metric(addr, &format!("quotegw_bus_term{{link=\"{link}\"}}")).await
+}
+
+/// Polls `cond` until it holds, within the support's deadline.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The quotes an edge serves for `SYMBOLS`.
+async fn quotes(addr: SocketAddr) -> HashMap<String, Value> {
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        &format!("/v1/quotes?symbols={}", SYMBOLS.join(",")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["quotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["symbol"].as_str().unwrap().to_string(), q.clone()))
+        .collect()
+}
+
+/// Reads a client until `until`, asserting `seq` never goes down per symbol and the connection is
+/// never closed; the highest `seq` seen per symbol.
+async fn watch(
+    c: &mut support::Client,
+    seen: &mut HashMap<String, u64>,
+    until: tokio::time::Instant,
+) {
+    while tokio::time::Instant::now() < until {
+        let Ok(m) = tokio::time::timeout_at(until, c.try_next()).await else {
+            return;
+        };
+        let m = m.unwrap_or_else(|e| panic!("the edge's client was closed: {e:?}"));
+        if let (Some(s), Some(seq)) = (m["symbol"].as_str(), m["seq"].as_u64()) {
+            let prev = seen.entry(s.to_string()).or_default();
+            assert!(
+                seq >= *prev,
+                "seq went down on a connection: {prev} then {m}"
+            );
+            *prev = seq;
+        }
+    }
+}
+
+/// 1. Two ingests started together: exactly one publishes. SIGKILL the leader: the other leads
+/// (after the lease), edge clients see `seq` keep growing on one connection, and every symbol is
+/// then live under the new term with a `seq` above what it had, none left live on a frozen price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingests_one_leads_and_the_other_takes_over_when_it_is_killed() {
+    let nats = NatsServer::start();
+    let ingests = [
+        Process::spawn(&ingest_process(&nats, "")),
+        Process::spawn(&ingest_process(&nats, "")),
+    ];
+    let addrs = [ingests[0].addr(), ingests[1].addr()];
+    eventually("one ingest leads", || async {
+        leader(addrs[0]).await + leader(addrs[1]).await == 1.0
+    })
+    .await;
+    let (l, s) = if leader(addrs[0]).await == 1.0 {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let edge = start_config(1, &edge_toml(&nats));
+    eventually("the edge is live on every symbol", || async {
+        let q = quotes(edge.addr).await;
+        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
+    })
+    .await;
+    let first_term = term(addrs[l], "publish").await;
+    assert_eq!(term(edge.addr, "bus").await, first_term);
+    assert_eq!(
+        metric(addrs[s], "quotegw_bus_published_total").await,
+        0.0,
+        "the standby publishes nothing"
+    );
+    assert_eq!(leader(addrs[l]).await + leader(addrs[s]).await, 1.0);
+    let mut c = edge.client().await;
+    c.subscribe(&SYMBOLS).await;
+    let mut seen = HashMap::new();
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_millis(300),
+    )
+    .await;
+    let before = quotes(edge.addr).await;
+
+    let [a, b] = ingests;
+    let (dead, survivor) = if l == 0 { (a, b) } else { (b, a) };
+    let killed = Instant::now();
+    dead.signal("KILL");
+    drop(dead);
+    eventually("the standby leads", || async {
+        leader(addrs[s]).await == 1.0
+    })
+    .await;
+    println!(
+        "the standby led {:?} after the leader was killed (lease_ms = 1000)",
+        killed.elapsed()
+    );
+    let new_term = term(addrs[s], "publish").await;
+    assert!(new_term > first_term, "{new_term} > {first_term}");
+    // Every symbol moves on under the new term: live, with a higher seq (none frozen and live).
+    eventually("every symbol updated under the new term", || async {
+        let now = quotes(edge.addr).await;
+        now.len() == SYMBOLS.len()
+            && now.iter().all(|(sym, q)| {
+                q["status"] == "live" && q["seq"].as_u64() > before[sym]["seq"].as_u64()
+            })
+    })
+    .await;
+    assert_eq!(term(edge.addr, "bus").await, new_term);
+    // The client on the edge stayed connected and saw seq only grow.
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_millis(500),
+    )
+    .await;
+    for sym in SYMBOLS {
+        assert!(
+            seen.get(sym) > before[sym]["seq"].as_u64().as_ref(),
+            "{sym}: {seen:?}"
+        );
+    }
+    drop(survivor);
+}
+
+/// 2. A leader paused (SIGSTOP) past its lease: the standby takes over; resumed (SIGCONT), the old
+/// leader publishes nothing under its old term, steps down, and does not take the lease back while
+/// the new leader lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_resumes_as_a_standby_and_publishes_nothing() {
+    let nats = NatsServer::start();
+    let a = Process::spawn(&ingest_process(&nats, ""));
+    let a_addr = a.addr();
+    eventually("the first ingest leads", || async {
+        leader(a_addr).await == 1.0
+    })
+    .await;
+    let b = Process::spawn(&ingest_process(&nats, ""));
+    let b_addr = b.addr();
+    let edge = start_config(1, &edge_toml(&nats));
+    eventually("the edge is live", || async {
+        let q = quotes(edge.addr).await;
+        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
+    })
+    .await;
+    let mut c = edge.client().await;
+    c.subscribe(&SYMBOLS).await;
+    let mut seen = HashMap::new();
+
+    a.signal("STOP");
+    let paused = Instant::now();
+    eventually("the standby leads", || async {
+        leader(b_addr).await == 1.0
+    })
+    .await;
+    println!(
+        "the standby led {:?} after the leader was paused",
+        paused.elapsed()
+    );
+    let b_term = term(b_addr, "publish").await;
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_millis(500),
+    )
+    .await;
+    a.signal("CONT");
+    eventually("the resumed ingest knows it lost the lease", || async {
+        metric(a_addr, "quotegw_bus_lease_changes_total{change=\"lost\"}").await == 1.0
+    })
+    .await;
+    let published = metric(a_addr, "quotegw_bus_published_total").await;
+    // For three leases: one leader (the new one), the edge on its term, its client's seq growing.
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!((leader(a_addr).await, leader(b_addr).await), (0.0, 1.0));
+    assert_eq!(
+        metric(a_addr, "quotegw_bus_lease_changes_total{change=\"won\"}").await,
+        1.0,
+        "it never took the lease back"
+    );
+    assert_eq!(term(edge.addr, "bus").await, b_term);
+    assert_eq!(
+        metric(a_addr, "quotegw_bus_published_total").await,
+        published,
+        "nothing published as a standby"
+    );
+    // A publish already past its lease check when the process stopped may have gone out on the
+    // resume: the edge dropped it for its old term. Nothing else came.
+    let old = metric(
+        edge.addr,
+        "quotegw_bus_states_dropped_total{feed=\"bus\",reason=\"old_term\"}",
+    )
+    .await;
+    assert!(old <= 1.0, "{old} states of the old term");
+    for q in quotes(edge.addr).await.values() {
+        assert_eq!(q["status"], "live", "{q}");
+    }
+    drop(b);
+}
+
+/// 6. The stream is the ingest's: one made by hand with other limits is brought to the settings the
+/// cache needs; one whose storage NATS cannot change is a start-up error naming the setting; a cache
+/// purged by hand is filled again by the reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_is_brought_to_its_settings_and_a_purged_cache_converges() {
+    use async_nats::jetstream::stream::{Config, StorageType};
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.create_stream(Config {
+        name: "QUOTEGW".into(),
+        subjects: vec!["quotegw.q.>".into(), "quotegw.hb".into()],
+        max_messages_per_subject: 10,
+        max_messages: 50,
+        storage: StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ingest = start(
+        &format!(
+            "[publish]\nnats_url = \"{}\"\nheartbeat_ms = 100\nlease_ms = 1000\nreconcile_ms = 1000\n",
+            nats.url
+        ),
+        &SYMBOLS[..3],
+    );
+    let stream = js.get_stream("QUOTEGW").await.unwrap();
+    eventually("the stream brought to its settings", || {
+        let mut stream = stream.clone();
+        async move {
+            let config = &stream.info().await.unwrap().config;
+            (config.max_messages_per_subject, config.max_messages) == (1, -1)
+                && config.subjects.contains(&"quotegw.lease".to_string())
+        }
+    })
+    .await;
+    for (i, s) in SYMBOLS[..3].iter().enumerate() {
+        ingest.push(tick(s, 1 + i as i64, &[("bid", "1.00")])).await;
+    }
+    let cached = |stream: async_nats::jetstream::stream::Stream| async move {
+        let mut n = 0;
+        for s in &SYMBOLS[..3] {
+            n += stream
+                .get_last_raw_message_by_subject(&format!("quotegw.q.{s}"))
+                .await
+                .is_ok() as usize;
+        }
+        n
+    };
+    eventually("every symbol cached", || cached(stream.clone()).map_eq(3)).await;
+    // Purged by hand, as docs/deployment.md says; the reconcile fills it again.
+    stream.purge().filter("quotegw.q.>").await.unwrap();
+    assert_eq!(cached(stream.clone()).await, 0);
+    let purged = Instant::now();
+    eventually("the purged cache refilled", || {
+        cached(stream.clone()).map_eq(3)
+    })
+    .await;
+    println!(
+        "refilled {:?} after the purge (reconcile_ms = 1000)",
+        purged.elapsed()
+    );
+    drop(ingest);
+
+    // Storage NATS cannot change in place: the start fails and names it.
+    js.delete_stream("QUOTEGW").await.unwrap();
+    js.create_stream(Config {
+        name: "QUOTEGW".into(),
+        subjects: vec!["quotegw.q.>".into()],
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut refused = Process::spawn(&ingest_process(&nats, ""));
+    let status = refused.wait_exit();
+    let log = refused.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("storage") && log.contains("QUOTEGW"),
+        "the error names the setting: {log}"
+    );
+}
+
+trait MapEq {
+    fn map_eq(self, want: usize) -> impl std::future::Future<Output = bool>;
+}
+
+impl<F: std::future::Future<Output = usize>> MapEq for F {
+    async fn map_eq(self, want: usize) -> bool {
+        self.await == want
+    }
+}
+
+/// Certificates for a TLS test, made with openssl: a CA, a server certificate for 127.0.0.1, a
+/// client certificate, and another CA that signed none of them.
+fn certificates(dir: &Path) {
+    let run = |args: &str| {
+        let status = std::process::Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args}");
+    };
+    // Extensions make them X.509 v3, which rustls requires of a certificate it presents.
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for ca in ["ca", "other-ca"] {
+        run(&format!(
+            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN={ca} -keyout {ca}-key.pem -out {ca}.pem"
+        ));
+    }
+    for name in ["server", "client"] {
+        run(&format!(
+            "req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}-key.pem -out {name}.csr"
+        ));
+        run(&format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -out {name}.pem -extfile {name}.ext"
+        ));
+    }
+}
+
+/// 7a. TLS: a nats-server that requires client certificates (mutual TLS). Ingest and edge connect
+/// with theirs; an ingest that trusts another CA is refused at start with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_connects_and_a_wrong_ca_is_a_start_up_error() {
+    let nats = NatsServer::start_with(|dir| {
+        std::fs::create_dir_all(dir).unwrap();
+        certificates(dir);
+        let f = |name: &str| dir.join(name).display().to_string();
+        format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}",
+            f("server.pem"),
+            f("server-key.pem"),
+            f("ca.pem")
+        )
+    });
+    let f = |name: &str| nats.dir.join(name).display().to_string();
+    let tls = |ca: &str| {
+        format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            f(ca),
+            f("client.pem"),
+            f("client-key.pem")
+        )
+    };
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let ingest = start(
+        &format!(
+            "[publish]\nnats_url = \"{url}\"\nheartbeat_ms = 100\nlease_ms = 1000\n\n[publish.tls]\n{}",
+            tls("ca.pem")
+        ),
+        &["TLS"],
+    );
+    ingest.push(tick("TLS", 1, &[("bid", "4.20")])).await;
+    let edge = start_config(
+        1,
+        &format!(
+            "[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{url}\"\nstale_after_ms = 800\n\n[feeds.tls]\n{}",
+            tls("ca.pem")
+        ),
+    );
+    eventually("the edge serves the ingest's tick over TLS", || async {
+        let (_, _, body) = http(edge.addr, "GET", "/v1/quotes?symbols=TLS", &[]).await;
+        body.contains("\"4.20\"") && body.contains("\"live\"")
+    })
+    .await;
+
+    let mut wrong = Process::spawn(&format!(
+        "listen = \"127.0.0.1:0\"\n[[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 3\n\n\
+         [publish]\nnats_url = \"{url}\"\n\n[publish.tls]\n{}",
+        tls("other-ca.pem")
+    ));
+    let status = wrong.wait_exit();
+    let log = wrong.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("refused the connection"),
+        "a clear error: {log}"
+    );
+}
+
+/// 7b. Credentials: a server `authorization` block with an nkey user for the ingest and a password
+/// user for the edge, each with the permissions docs/deployment.md gives its role. The right
+/// credentials work; a wrong nkey seed is a clear start-up error; an ingest allowed everything but
+/// the state subjects steps down rather than keep edges live on heartbeats alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_and_password_users_with_role_permissions() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let crippled = nkeys::KeyPair::new_user();
+    let (public, crippled_public) = (user.public_key(), crippled.public_key());
+    let nats = NatsServer::start_with(|_| {
+        format!(
+            "authorization {{\n\
+               INGEST = {{ publish: [\"quotegw.>\", \"$JS.API.>\"], subscribe: [\"_INBOX.>\"] }}\n\
+               EDGE = {{ publish: [\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.QUOTEGW\", \"$JS.API.STREAM.MSG.GET.QUOTEGW\", \"$JS.API.CONSUMER.>\"], subscribe: [\"quotegw.>\", \"_INBOX.>\"] }}\n\
+               users = [\n\
+                 {{ nkey: \"{public}\", permissions: $INGEST }}\n\
+                 {{ user: \"edge\", password: \"edge-secret\", permissions: $EDGE }}\n\
+                 {{ nkey: \"{crippled_public}\", permissions: {{ publish: [\"quotegw.hb\", \"quotegw.lease\", \"$JS.API.>\"], subscribe: [\"_INBOX.>\"] }} }}\n\
+               ]\n\
+             }}"
+        )
+    });
+    let dir = nats.dir.clone();
+    let seed_file = |name: &str, kp: &nkeys::KeyPair| {
+        let path = dir.join(name);
+        std::fs::write(&path, kp.seed().unwrap()).unwrap();
+        path.display().to_string()
+    };
+    let ingest_toml = |seed: &str| {
+        format!(
+            "[publish]\nnats_url = \"{}\"\nheartbeat_ms = 100\nlease_ms = 1000\n\n[publish.auth]\nnkey_seed_file = \"{seed}\"\n",
+            nats.url
+        )
+    };
+    let ingest = start(&ingest_toml(&seed_file("ingest.nk", &user)), &["AUTH"]);
+    ingest.push(tick("AUTH", 1, &[("bid", "1.23")])).await;
+    let edge = start_config(
+        1,
+        &format!(
+            "{}\n[feeds.auth]\nuser = \"edge\"\npassword = \"edge-secret\"\n",
+            edge_toml(&nats)
+        ),
+    );
+    eventually("the edge serves the ingest's tick", || async {
+        let (_, _, body) = http(edge.addr, "GET", "/v1/quotes?symbols=AUTH", &[]).await;
+        body.contains("\"1.23\"") && body.contains("\"live\"")
+    })
+    .await;
+
+    let mut wrong = Process::spawn(&format!(
+        "listen = \"127.0.0.1:0\"\n[[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 3\n\n{}",
+        ingest_toml(&seed_file("stranger.nk", &stranger))
+    ));
+    let status = wrong.wait_exit();
+    let log = wrong.log_text();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("refused the connection"),
+        "a clear error: {log}"
+    );
+
+    // The good ingest goes; one that may not publish states comes: it must not lead for long.
+    drop(ingest);
+    let crippled_ingest = start(
+        &ingest_toml(&seed_file("crippled.nk", &crippled)),
+        &["AUTH"],
+    );
+    crippled_ingest
+        .push(tick("AUTH", 2, &[("bid", "9.99")]))
+        .await;
+    eventually("the ingest whose states are refused steps down", || async {
+        crippled_ingest
+            .metric("quotegw_bus_lease_changes_total{change=\"lost\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(crippled_ingest.metric("quotegw_bus_leader").await, 0.0);
+    eventually("the edge shows AUTH stale", || async {
+        let (_, _, body) = http(edge.addr, "GET", "/v1/quotes?symbols=AUTH", &[]).await;
+        body.contains("\"stale\"")
+    })
+    .await;
+    // And stays so: never live on the crippled ingest's heartbeats.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, _, body) = http(edge.addr, "GET", "/v1/quotes?symbols=AUTH", &[]).await;
+        assert!(
+            body.contains("\"stale\"") && !body.contains("9.99"),
+            "{body}"
+        );
+    }
+}
