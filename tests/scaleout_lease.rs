@@ -38,7 +38,7 @@ fn edge_toml(nats: &NatsServer) -> String {
 }
 
 async fn leader(addr: SocketAddr) -> f64 {
-    metric(addr, "quotegw_bus_leader").await
+    metric(addr, "quotegw_bus_leader{stream=\"QUOTEGW\"}").await
 }
 
 async fn term(addr: SocketAddr, link: &str) -> f64 {
@@ -531,7 +531,12 @@ async fn nkey_and_password_users_with_role_permissions() {
             >= 1.0
     })
     .await;
-    assert_eq!(crippled_ingest.metric("quotegw_bus_leader").await, 0.0);
+    assert_eq!(
+        crippled_ingest
+            .metric("quotegw_bus_leader{stream=\"QUOTEGW\"}")
+            .await,
+        0.0
+    );
     eventually("the edge shows AUTH stale", || async {
         let (_, _, body) = http(edge.addr, "GET", "/v1/quotes?symbols=AUTH", &[]).await;
         body.contains("\"stale\"")

@@ -34,13 +34,46 @@ fn the_widget_works_in_chromium_against_a_replaying_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_and_alert_rules_reference_only_metrics_the_gateway_exports() {
-    // Every feed kind's metrics: a simulated feed and the scripted one of the test support.
+    // Every feed kind's metrics: a simulated feed and the scripted one of the test support, then
+    // a scale-out ingest's and edge's.
     let gw = support::start(
         "[[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 5\nticks_per_second = 100\n",
         &[],
     );
-    let (status, scrape) = support::http_get(gw.addr, "/metrics").await;
+    let (status, mut scrape) = support::http_get(gw.addr, "/metrics").await;
     assert_eq!(status, 200);
+    // And the scale-out roles' (real nats-server): an ingest's and an edge's own series.
+    let nats = support::nats::NatsServer::start();
+    let ingest = support::start(
+        &format!(
+            "[publish]\nnats_url = \"{}\"\nheartbeat_ms = 100\n",
+            nats.url
+        ),
+        &["AAA"],
+    );
+    ingest
+        .push(support::tick("AAA", 1, &[("bid", "1.00")]))
+        .await;
+    let edge = support::start_config(
+        1,
+        &format!(
+            "[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{}\"\n",
+            nats.url
+        ),
+    );
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    for role in [ingest.addr, edge.addr] {
+        loop {
+            let (_, body) = support::http_get(role, "/metrics").await;
+            // Each role's series appear once it has connected and (an edge) heard the leader.
+            if body.contains("quotegw_bus_term{") && body.contains("quotegw_bus_connected{") {
+                scrape.push_str(&body);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{body}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     let file = std::env::temp_dir().join(format!("quotegw-metrics-{}.txt", std::process::id()));
     std::fs::write(&file, scrape).unwrap();
     let status = Command::new("bash")

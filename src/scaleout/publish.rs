@@ -176,6 +176,11 @@ pub async fn start(
     for change in ["won", "lost"] {
         metrics.bus_lease_changes.with_label_values(&[change]);
     }
+    metrics
+        .bus_leader
+        .with_label_values(&[&config.stream])
+        .set(0);
+    metrics.bus_term.with_label_values(&["publish"]).set(0);
     let mut publisher = Publisher {
         client,
         js,
@@ -286,7 +291,11 @@ impl Publisher {
                 }
                 _ = tokio::time::sleep_until(next_step) => {
                     let step = self.lease.step().await;
-                    self.stepped(step).await;
+                    if self.stepped(step).await {
+                        // Edges go live on the new leader's heartbeat: send it now, not up to
+                        // heartbeat_ms later.
+                        heartbeat.reset_immediately();
+                    }
                     next_step = Instant::now() + self.lease.next_step_in();
                     continue;
                 }
@@ -394,10 +403,10 @@ impl Publisher {
         self.reconcile.next = end;
     }
 
-    /// What a step of the lease means for this ingest.
-    async fn stepped(&mut self, step: Step) {
+    /// What a step of the lease means for this ingest; true when it has just taken the lease.
+    async fn stepped(&mut self, step: Step) -> bool {
         match step {
-            Step::Same => {}
+            Step::Same => false,
             Step::Won(term) => {
                 self.metrics
                     .bus_lease_changes
@@ -411,20 +420,28 @@ impl Publisher {
                     Err(_) => tracing::warn!(term, "took the scale-out lease; the cache took too long to read: seq may start over"),
                 }
                 self.changes.mark_all(&self.index);
-                self.metrics.bus_leader.set(1);
+                self.metrics
+                    .bus_leader
+                    .with_label_values(&[&self.config.stream])
+                    .set(1);
                 self.metrics
                     .bus_term
                     .with_label_values(&["publish"])
                     .set(term as i64);
+                true
             }
             Step::Lost(why) => {
                 self.metrics
                     .bus_lease_changes
                     .with_label_values(&["lost"])
                     .inc();
-                self.metrics.bus_leader.set(0);
+                self.metrics
+                    .bus_leader
+                    .with_label_values(&[&self.config.stream])
+                    .set(0);
                 self.metrics.bus_term.with_label_values(&["publish"]).set(0);
                 tracing::warn!("no longer the scale-out leader ({why}): standing by");
+                false
             }
         }
     }
