@@ -785,6 +785,20 @@ async fn poisoned_states_are_dropped_and_counted_and_the_rest_goes_on() {
         assert_eq!(edge.metric(&dropped(reason)).await, want, "{reason}");
     }
     hb.abort();
+    // The next real ingest leads, and the edge follows it, the term-2^53−1 state notwithstanding.
+    let ingest = start(&ingest_toml(&nats), &["GOOD"]);
+    ingest.push(tick("GOOD", 10, &[("bid", "7.00")])).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let q = quotes(edge.addr, &["GOOD"]).await;
+        if q.get("GOOD")
+            .is_some_and(|g| g["bid"] == "7.00" && g["status"] == "live")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{q:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An edge started while no ingest runs serves the cache as `stale` (never an old price as live),

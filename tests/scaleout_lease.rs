@@ -144,6 +144,16 @@ async fn two_ingests_one_leads_and_the_other_takes_over_when_it_is_killed() {
     .await;
     let before = quotes(edge.addr).await;
 
+    // The cache purged just before (docs/deployment.md's command): the standby goes on from the
+    // states it watched the leader publish, not from the cache alone.
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.get_stream("QUOTEGW")
+        .await
+        .unwrap()
+        .purge()
+        .filter("quotegw.q.>")
+        .await
+        .unwrap();
     let [a, b] = ingests;
     let (dead, survivor) = if l == 0 { (a, b) } else { (b, a) };
     let killed = Instant::now();
@@ -183,6 +193,27 @@ async fn two_ingests_one_leads_and_the_other_takes_over_when_it_is_killed() {
         );
     }
     drop(survivor);
+}
+
+/// An ingest started while NATS is down keeps running and leads once NATS is up (found from
+/// outside: its first look at the stream timed out and ended the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_started_before_nats_leads_once_nats_is_up() {
+    let mut nats = NatsServer::start();
+    nats.kill();
+    let mut ingest = Process::spawn(
+        &ingest_process(&nats, "").replace("cache_wait_ms = 3000", "cache_wait_ms = 5000"),
+    );
+    let addr = ingest.addr();
+    // Past cache_wait_ms and a JetStream request's timeout: still running, standing by.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(ingest.try_exit(), None, "{}", ingest.log_text());
+    assert_eq!(leader(addr).await, 0.0);
+    nats.run();
+    eventually("the ingest leads once NATS is up", || async {
+        leader(addr).await == 1.0
+    })
+    .await;
 }
 
 /// 2. A leader paused (SIGSTOP) past its lease: the standby takes over; resumed (SIGCONT), the old
@@ -466,7 +497,7 @@ async fn nkey_and_password_users_with_role_permissions() {
     let nats = NatsServer::start_with(|_| {
         format!(
             "authorization {{\n\
-               INGEST = {{ publish: [\"quotegw.>\", \"$JS.API.>\"], subscribe: [\"_INBOX.>\"] }}\n\
+               INGEST = {{ publish: [\"quotegw.>\", \"$JS.API.>\"], subscribe: [\"quotegw.q.>\", \"_INBOX.>\"] }}\n\
                EDGE = {{ publish: [\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.QUOTEGW\", \"$JS.API.STREAM.MSG.GET.QUOTEGW\", \"$JS.API.CONSUMER.>\"], subscribe: [\"quotegw.>\", \"_INBOX.>\"] }}\n\
                users = [\n\
                  {{ nkey: \"{public}\", permissions: $INGEST }}\n\

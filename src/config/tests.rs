@@ -118,6 +118,12 @@ fn every_duration_has_a_stated_range() {
         e.contains("key 'publish.cache_wait_ms': must be between"),
         "{e}"
     );
+    // A leader that heartbeats less often than it renews its lease (found from outside).
+    let e = err("[publish]\nnats_url = \"nats://127.0.0.1:4222\"\nheartbeat_ms = 60000\n");
+    assert!(
+        e.contains("key 'publish.heartbeat_ms': must be below lease_ms (3000)"),
+        "{e}"
+    );
     let e = err("[access]\njwt_leeway_secs = 99999999999\n");
     assert!(e.contains("key 'access.jwt_leeway_secs'"), "{e}");
 }

@@ -292,7 +292,16 @@ fn refused(e: &async_nats::ConnectError) -> bool {
         ConnectErrorKind::Authentication
         | ConnectErrorKind::AuthorizationViolation
         | ConnectErrorKind::Tls => true,
-        ConnectErrorKind::Io => message.contains("certificate") || message.contains("fatal alert"),
+        // rustls's errors: a certificate refused either way, an alert from the server, or a
+        // server that answered TLS with plain text (TLS configured for a plain-text NATS).
+        ConnectErrorKind::Io => [
+            "certificate",
+            "fatal alert",
+            "corrupt message",
+            "InvalidContentType",
+        ]
+        .iter()
+        .any(|m| message.contains(m)),
         _ => false,
     }
 }
@@ -394,6 +403,18 @@ pub struct StreamSettings {
     pub max_age: Option<Duration>,
 }
 
+/// Why the stream could not be ensured.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    /// The stream cannot be what the cache needs (storage, retention, an update NATS refused):
+    /// the operator must act; a start-up error.
+    #[error("{0}")]
+    Settings(String),
+    /// JetStream did not answer (NATS away, a timeout): tried again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// The stream that is the cache, created, or brought to the settings it needs: the subjects, one
 /// message per subject, no other count or size limit than `max_bytes`, `max_age`. The rest of an
 /// existing stream's configuration (replicas, placement) is the operator's and kept. What NATS
@@ -403,8 +424,9 @@ pub async fn ensure_stream(
     name: &str,
     prefix: &str,
     settings: StreamSettings,
-) -> Result<async_nats::jetstream::stream::Stream, String> {
+) -> Result<async_nats::jetstream::stream::Stream, StreamError> {
     use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    use StreamError::{Settings, Unavailable};
     let storage = match settings.storage {
         Storage::Memory => StorageType::Memory,
         Storage::File => StorageType::File,
@@ -436,12 +458,17 @@ pub async fn ensure_stream(
                 ..Default::default()
             };
             shape(&mut config);
-            return js
-                .create_stream(config)
-                .await
-                .map_err(|e| format!("cannot create stream '{name}': {e}"));
+            return js.create_stream(config).await.map_err(|e| {
+                let message = format!("cannot create stream '{name}': {e}");
+                match e.kind() {
+                    async_nats::jetstream::context::CreateStreamErrorKind::JetStream(_) => {
+                        Settings(message)
+                    }
+                    _ => Unavailable(message),
+                }
+            });
         }
-        Err(e) => return Err(format!("cannot read stream '{name}': {e}")),
+        Err(e) => return Err(Unavailable(format!("cannot read stream '{name}': {e}"))),
     };
     let have = stream.cached_info().config.clone();
     let named = |t: StorageType| match t {
@@ -449,27 +476,34 @@ pub async fn ensure_stream(
         StorageType::File => "file",
     };
     if have.storage != storage {
-        return Err(format!(
+        return Err(Settings(format!(
             "stream '{name}' keeps its messages in {} storage and storage = \"{}\" is asked: NATS \
              cannot change a stream's storage in place. Delete the stream (nats stream rm {name}; \
              the leader fills the new one) or set storage = \"{}\"",
             named(have.storage),
             named(storage),
             named(have.storage)
-        ));
+        )));
     }
     if have.retention != RetentionPolicy::Limits {
-        return Err(format!(
+        return Err(Settings(format!(
             "stream '{name}' has retention {:?}: the cache needs limits retention, which NATS cannot \
              set in place. Delete the stream (nats stream rm {name}) or name another one",
             have.retention
-        ));
+        )));
     }
     let mut want = have.clone();
     shape(&mut want);
     if want != have {
         js.update_stream(&want).await.map_err(|e| {
-            format!("cannot bring stream '{name}' to the settings the cache needs: {e}")
+            let message =
+                format!("cannot bring stream '{name}' to the settings the cache needs: {e}");
+            match e.kind() {
+                async_nats::jetstream::context::CreateStreamErrorKind::JetStream(_) => {
+                    Settings(message)
+                }
+                _ => Unavailable(message),
+            }
         })?;
         tracing::info!(
             stream = name,
@@ -478,7 +512,7 @@ pub async fn ensure_stream(
         stream
             .info()
             .await
-            .map_err(|e| format!("cannot read stream '{name}': {e}"))?;
+            .map_err(|e| Unavailable(format!("cannot read stream '{name}': {e}")))?;
     }
     Ok(stream)
 }

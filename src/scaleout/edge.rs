@@ -287,6 +287,8 @@ impl Edge {
         self.ready_if_any();
         let stale_after = Duration::from_millis(self.config.stale_after_ms);
         let mut last_heartbeat = Instant::now();
+        // The first connection's event is not a reconnection: the load above was its load.
+        let mut connected_before = false;
         let mut check = tokio::time::interval(stale_after / 4);
         loop {
             tokio::select! {
@@ -323,7 +325,8 @@ impl Edge {
                     if seen.disconnected {
                         self.mark_stale("NATS connection lost").await?;
                     }
-                    if seen.connected && self.stale {
+                    let reconnected = seen.connected && std::mem::replace(&mut connected_before, true);
+                    if reconnected && self.stale {
                         // Back on NATS: what the cache holds goes in (as stale), and the
                         // leader's next heartbeat makes it live.
                         self.reload(&client, "reconnect").await?;
@@ -399,30 +402,48 @@ impl Edge {
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(CACHE_REQUEST_TIMEOUT);
         match js.get_stream(&self.config.stream).await {
-            Ok(stream) => self.note_stream(stream.cached_info()),
+            Ok(stream) => {
+                let unknown = self.note_stream(stream.cached_info());
+                if unknown {
+                    self.start_over();
+                }
+                unknown
+            }
             Err(e) => {
-                self.stream_gone |= stream_missing(&e);
+                self.note_missing(&e);
                 false
             }
         }
     }
 
-    /// Notes the stream found; true when it is another than the one seen before (or one was
-    /// found missing since) and the edge followed a term there: it follows the new one's from 0.
+    /// Notes a stream found missing, after one was seen (a stream an edge started before is
+    /// not one that started over); true when it is missing.
+    fn note_missing(&mut self, e: &async_nats::jetstream::context::GetStreamError) -> bool {
+        let missing = stream_missing(e);
+        self.stream_gone |= missing && self.stream_id.is_some();
+        missing
+    }
+
+    /// Notes the stream found; true when it is not known to be the one whose terms the edge
+    /// follows: another than the one seen before, one found missing since, or the first seen
+    /// (the term followed came from the bus alone). A lease there that contradicts the term
+    /// followed then means the stream started over (`start_over`).
     fn note_stream(&mut self, info: &async_nats::jetstream::stream::Info) -> bool {
         let id = format!("{:?}", info.created);
-        let other = self.stream_gone || self.stream_id.as_ref().is_some_and(|seen| *seen != id);
+        let unknown = self.stream_gone || self.stream_id.as_ref() != Some(&id);
         self.stream_gone = false;
         self.stream_id = Some(id);
-        if !other || self.term == 0 {
-            return false;
-        }
+        unknown
+    }
+
+    /// Follows the stream's terms from 0: the index is handed `(incarnation, term)`, so the new
+    /// stream's terms order above the old one's.
+    fn start_over(&mut self) {
         tracing::warn!(feed = %self.config.name, was = self.term, "the scale-out stream started over (NATS lost its store): following its terms from now on");
         self.incarnation = (self.incarnation + 1).min(MAX_INCARNATION);
         self.term = 0;
         self.holder.clear();
         self.metrics.term.set(0);
-        true
     }
 
     /// An empty edge (the ingest has published nothing yet) is not ready: a client sent to it
@@ -511,15 +532,14 @@ impl Edge {
         // The feed task reads no state while it waits here: a request lost on a dying connection
         // must not hold it for the client's default 10 s.
         js.set_timeout(CACHE_REQUEST_TIMEOUT);
-        let stream = match js.get_stream(&self.config.stream).await {
+        let (stream, unknown) = match js.get_stream(&self.config.stream).await {
             Ok(s) => {
-                self.note_stream(s.cached_info());
-                s
+                let unknown = self.note_stream(s.cached_info());
+                (s, unknown)
             }
             Err(e) => {
                 // No stream yet (no ingest has run) is an empty cache; anything else is a retry.
-                let missing = stream_missing(&e);
-                self.stream_gone |= missing;
+                let missing = self.note_missing(&e);
                 if !missing {
                     tracing::warn!(feed = %self.config.name, "cannot read the cache: {e}");
                 }
@@ -548,7 +568,10 @@ impl Edge {
         }
         if let Some(lease) = lease {
             // A leader that released the lease there is stale already (no heartbeat follows).
-            let _ = self.lease(&lease);
+            if self.lease(&lease) == Lease::Suspect && unknown {
+                self.start_over();
+                let _ = self.lease(&lease);
+            }
         }
         self.loading = true;
         for (subject, payload) in payloads {

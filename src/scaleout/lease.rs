@@ -33,6 +33,10 @@ pub enum Step {
     Won(u64),
     /// This ingest no longer leads, and why.
     Lost(String),
+    /// This ingest renewed its lease after it had lapsed by its own clock (a pause, NATS slow) and
+    /// nobody took it meanwhile: it leads again under the same term, and what it did not publish
+    /// while the lease had lapsed must go out now.
+    Resumed,
 }
 
 enum Held {
@@ -59,6 +63,8 @@ pub struct Lease {
     /// lease back until this instant.
     benched_until: Option<Instant>,
     held: Held,
+    /// The lease as last read by a standby: its holder and the term it announced.
+    seen_record: Option<LeaseRecord>,
 }
 
 impl Lease {
@@ -76,7 +82,13 @@ impl Lease {
             lease,
             benched_until: None,
             held: Held::Standby { seen: None },
+            seen_record: None,
         }
+    }
+
+    /// The leader this standby last read in the lease (holder, and term once announced).
+    pub fn leader(&self) -> Option<&LeaseRecord> {
+        self.seen_record.as_ref()
     }
 
     pub fn holder(&self) -> &str {
@@ -108,6 +120,7 @@ impl Lease {
         match self.held {
             Held::Leading { term, last, until } => {
                 let sent = Instant::now();
+                let lapsed = sent >= until;
                 let record = LeaseRecord {
                     holder: self.holder.clone(),
                     term: Some(term),
@@ -120,7 +133,11 @@ impl Lease {
                             last: seq,
                             until: sent + self.lease,
                         };
-                        Step::Same
+                        if lapsed {
+                            Step::Resumed
+                        } else {
+                            Step::Same
+                        }
                     }
                     Err(Put::Taken) => self.stand_by("another ingest took the lease"),
                     Err(Put::Failed(e)) if Instant::now() >= until => {
@@ -136,13 +153,15 @@ impl Lease {
                 if self.benched_until.is_some_and(|t| Instant::now() < t) {
                     return Step::Same;
                 }
-                let (seq, released) = match self.last().await {
+                let (seq, record) = match self.last().await {
                     Ok(last) => last,
                     Err(e) => {
                         tracing::debug!("cannot read the scale-out lease: {e}");
                         return Step::Same;
                     }
                 };
+                let released = record.as_ref().is_some_and(|r| r.released);
+                self.seen_record = record;
                 let now = Instant::now();
                 let expired = match seen {
                     Some((s, at)) if s == seq => released || now.duration_since(at) >= self.lease,
@@ -239,9 +258,9 @@ impl Lease {
         Step::Lost(why.to_string())
     }
 
-    /// The lease subject's last message: its stream sequence (0 when there is none) and whether
-    /// it gave the lease up.
-    async fn last(&self) -> Result<(u64, bool), String> {
+    /// The lease subject's last message: its stream sequence (0 when there is none) and what it
+    /// says.
+    async fn last(&self) -> Result<(u64, Option<LeaseRecord>), String> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let stream = self
             .js
@@ -249,11 +268,8 @@ impl Lease {
             .await
             .map_err(|e| e.to_string())?;
         match stream.get_last_raw_message_by_subject(&self.subject).await {
-            Ok(m) => {
-                let released = wire::decode_lease(&m.payload).is_ok_and(|r| r.released);
-                Ok((m.sequence, released))
-            }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, false)),
+            Ok(m) => Ok((m.sequence, wire::decode_lease(&m.payload).ok())),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok((0, None)),
             Err(e) => Err(e.to_string()),
         }
     }

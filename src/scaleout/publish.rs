@@ -4,8 +4,11 @@
 //!
 //! Any number of ingests may run. Each runs its feeds and its index; the one holding the lease
 //! publishes, under its term, and heartbeats; the others drop their changes and watch the lease.
-//! On taking the lease, an ingest reads the cache and goes on from each symbol's cached `seq`
-//! (`Index::continue_after`), then publishes every symbol under its term.
+//! A standby also watches the leader's states on the bus, so that on taking the lease it goes on
+//! from the highest `seq` the leader published for each symbol (`Index::continue_after`), even for
+//! a symbol whose cached state was purged or replaced by a bad message; the cache covers what it
+//! did not see (it started after the leader published). Then it publishes every symbol under its
+//! term.
 //!
 //! Backpressure: the tick path never waits for NATS. While NATS is slow or away, this task alone
 //! waits, and once the change log holds `CHANGE_LOG_CAPACITY` changes it conflates per symbol (one
@@ -20,8 +23,11 @@
 //! publish NATS refuses (permissions) makes the leader step down, so an ingest that cannot publish
 //! never keeps edges live with its heartbeats.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -30,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::index::{Change, ChangeLog, Changes, Index};
 use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
-use crate::model::{ms_within, Symbol};
+use crate::model::{ms_within, Quote, Symbol};
 use crate::scaleout::client::{
     check_names, connect, default_prefix, default_stream, ensure_stream, read_cache, server_list,
-    ConnectionEvents, LinkMetrics, NatsAuth, NatsTls, PublishError, Security, Storage,
+    ConnectionEvents, LinkMetrics, NatsAuth, NatsTls, PublishError, Security, Storage, StreamError,
     StreamSettings, CACHE_REQUEST_TIMEOUT,
 };
 use crate::scaleout::lease::{Lease, Step};
@@ -107,6 +113,15 @@ impl PublishConfig {
         within("lease_ms", self.lease_ms, 100..=600_000)?;
         within("reconcile_ms", self.reconcile_ms, 100..=86_400_000)?;
         within("cache_wait_ms", self.cache_wait_ms, 0..=600_000)?;
+        if self.heartbeat_ms >= self.lease_ms {
+            return Err((
+                "publish.heartbeat_ms".into(),
+                format!(
+                    "must be below lease_ms ({}): a leader heartbeats several times a lease, and edges' stale_after_ms is a few heartbeats",
+                    self.lease_ms
+                ),
+            ));
+        }
         if let Some(age) = self.max_age_ms {
             within(
                 "max_age_ms",
@@ -191,6 +206,8 @@ pub async fn start(
         metrics,
         merged_seen: 0,
         reconcile: Reconcile::default(),
+        watching: None,
+        watched: HashMap::new(),
         config,
     };
     let wait = Duration::from_millis(publisher.config.cache_wait_ms);
@@ -217,6 +234,18 @@ struct Publisher {
     /// `ChangeLog::merged` at the last look (the metric counts the difference).
     merged_seen: u64,
     reconcile: Reconcile,
+    /// While standing by: the subscription to the leader's states, and per symbol the last state
+    /// of the leader's term seen there (module doc).
+    watching: Option<async_nats::Subscriber>,
+    watched: HashMap<Symbol, (u64, Quote)>,
+}
+
+/// The next message of a subscription, or never without one.
+async fn next_message(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Where the reconcile is: the symbols of this round, and how far it got.
@@ -233,23 +262,61 @@ impl Publisher {
     /// At start: the stream (its settings are an error now, not in the background) and the
     /// lease, so that a sole ingest leads before its feeds tick.
     async fn first_look(&mut self) -> Result<(), PublishError> {
-        ensure_stream(
+        match ensure_stream(
             &self.js,
             &self.config.stream,
             &self.config.subject_prefix,
             self.config.stream_settings(),
         )
         .await
-        .map_err(PublishError::Stream)?;
+        {
+            Ok(_) => {}
+            Err(StreamError::Settings(e)) => return Err(PublishError::Stream(e)),
+            Err(StreamError::Unavailable(e)) => {
+                tracing::warn!("the scale-out stream: {e}; trying again in the background");
+                return Ok(());
+            }
+        }
+        self.watch().await;
         let step = self.lease.step().await;
         self.stepped(step).await;
         if self.lease.leading().is_none() {
+            let leader = self.lease.leader().map_or("", |r| r.holder.as_str());
             tracing::info!(
-                holder = self.lease.holder(),
+                this = self.lease.holder(),
+                leader,
                 "another ingest holds the scale-out lease: standing by"
             );
         }
         Ok(())
+    }
+
+    /// Standing by: subscribes to the states on the bus (once).
+    async fn watch(&mut self) {
+        if self.watching.is_none() {
+            let subject = wire::state_subjects(&self.config.subject_prefix);
+            match self.client.subscribe(subject).await {
+                Ok(s) => self.watching = Some(s),
+                Err(e) => tracing::warn!("cannot watch the leader's states: {e}"),
+            }
+        }
+    }
+
+    /// A state the leader published, seen while standing by: kept when it is of the term the
+    /// lease announced (a state of another term is an old leader's or no leader's).
+    fn watched_state(&mut self, message: async_nats::Message) {
+        let Some(term) = self.lease.leader().and_then(|r| r.term) else {
+            return;
+        };
+        let prefix = &self.config.subject_prefix;
+        if let Ok(state) = wire::check_state(prefix, &message.subject, &message.payload) {
+            if state.term == term {
+                let held = self.watched.entry(state.symbol).or_insert((0, state.quote));
+                if state.seq >= held.0 {
+                    *held = (state.seq, state.quote);
+                }
+            }
+        }
     }
 
     async fn run(mut self, events: Arc<ConnectionEvents>, shutdown: CancellationToken) {
@@ -280,12 +347,23 @@ impl Publisher {
                     if seen.connected {
                         // A new connection may be a new server: make sure the cache exists, then
                         // fill it with every symbol's state.
-                        if let Err(e) = ensure_stream(&self.js, &self.config.stream, &self.config.subject_prefix, self.config.stream_settings()).await {
-                            tracing::error!("the scale-out stream: {e}");
+                        match ensure_stream(&self.js, &self.config.stream, &self.config.subject_prefix, self.config.stream_settings()).await {
+                            Ok(_) => {}
+                            Err(StreamError::Settings(e)) => tracing::error!("the scale-out stream: {e}"),
+                            Err(StreamError::Unavailable(e)) => tracing::warn!("the scale-out stream: {e}"),
+                        }
+                        if self.lease.leading().is_none() {
+                            self.watch().await;
                         }
                         if self.lease.leading().is_some() {
                             self.changes.mark_all(&self.index);
                         }
+                    }
+                    continue;
+                }
+                message = next_message(&mut self.watching) => {
+                    if let Some(message) = message {
+                        self.watched_state(message);
                     }
                     continue;
                 }
@@ -403,11 +481,21 @@ impl Publisher {
         self.reconcile.next = end;
     }
 
-    /// What a step of the lease means for this ingest; true when it has just taken the lease.
+    /// What a step of the lease means for this ingest; true when it has just taken the lease (or
+    /// renewed it after it had lapsed).
     async fn stepped(&mut self, step: Step) -> bool {
         match step {
             Step::Same => false,
+            Step::Resumed => {
+                tracing::warn!("the scale-out lease had lapsed by this ingest's clock and nobody took it: leading again, publishing every symbol");
+                self.changes.mark_all(&self.index);
+                true
+            }
             Step::Won(term) => {
+                // The leader now: its own states need no watching.
+                if let Some(mut s) = self.watching.take() {
+                    let _ = s.unsubscribe().await;
+                }
                 self.metrics
                     .bus_lease_changes
                     .with_label_values(&["won"])
@@ -441,21 +529,27 @@ impl Publisher {
                     .set(0);
                 self.metrics.bus_term.with_label_values(&["publish"]).set(0);
                 tracing::warn!("no longer the scale-out leader ({why}): standing by");
+                self.watch().await;
                 false
             }
         }
     }
 
-    /// Reads every symbol's cached state (those a leader of this term or before published and
-    /// that pass the bus's checks) and goes on from its `seq`.
-    async fn continue_from_cache(&self, term: u64) -> Result<usize, String> {
+    /// Goes on from each symbol's last published `seq`: what this ingest saw the leader publish
+    /// (standing by) first, so that a cache read cut short loses none of it, then what the cache
+    /// holds (states of this term or before that pass the bus's checks; `continue_after` keeps
+    /// the higher).
+    async fn continue_from_cache(&mut self, term: u64) -> Result<usize, String> {
+        for (symbol, (seq, quote)) in std::mem::take(&mut self.watched) {
+            self.index.continue_after(symbol, seq, quote);
+        }
         let stream = self
             .js
             .get_stream(&self.config.stream)
             .await
             .map_err(|e| e.to_string())?;
         let prefix = &self.config.subject_prefix;
-        let mut seeded = 0;
+        let mut read = 0;
         read_cache(
             &stream,
             &wire::state_subjects(prefix),
@@ -463,7 +557,7 @@ impl Publisher {
                 Ok(state) if state.term <= term => {
                     self.index
                         .continue_after(state.symbol, state.seq, state.quote);
-                    seeded += 1;
+                    read += 1;
                 }
                 Ok(state) => tracing::warn!(
                     term = state.term,
@@ -473,6 +567,6 @@ impl Publisher {
             },
         )
         .await?;
-        Ok(seeded)
+        Ok(read)
     }
 }

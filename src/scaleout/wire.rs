@@ -242,6 +242,10 @@ pub fn decode_state(bytes: &[u8]) -> Result<State, String> {
         if n > MAX_COUNTER {
             return Err(format!("{name} {n} is above {MAX_COUNTER}"));
         }
+        // A published state has had a tick: every counter starts at 1.
+        if n == 0 {
+            return Err(format!("{name} 0"));
+        }
     }
     let price = |raw: Option<&RawValue>| raw.map_or(Ok(None), fields::price);
     let quote = Quote {
