@@ -144,16 +144,6 @@ async fn two_ingests_one_leads_and_the_other_takes_over_when_it_is_killed() {
     .await;
     let before = quotes(edge.addr).await;
 
-    // The cache purged just before (docs/deployment.md's command): the standby goes on from the
-    // states it watched the leader publish, not from the cache alone.
-    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
-    js.get_stream("QUOTEGW")
-        .await
-        .unwrap()
-        .purge()
-        .filter("quotegw.q.>")
-        .await
-        .unwrap();
     let [a, b] = ingests;
     let (dead, survivor) = if l == 0 { (a, b) } else { (b, a) };
     let killed = Instant::now();
@@ -193,6 +183,73 @@ async fn two_ingests_one_leads_and_the_other_takes_over_when_it_is_killed() {
         );
     }
     drop(survivor);
+}
+
+/// Found from outside: the cache purged (docs/deployment.md's command) just before the leader
+/// dies, a standby whose own feed is far behind the leader's `seq` went on from its own, and edge
+/// clients saw `seq` go down. A standby watches the leader's states and goes on from those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_cache_costs_no_client_a_seq_at_failover() {
+    let nats = NatsServer::start();
+    let leader_config =
+        ingest_process(&nats, "").replace("ticks_per_second = 200", "ticks_per_second = 400");
+    let a = Process::spawn(&leader_config);
+    let a_addr = a.addr();
+    eventually("the fast ingest leads", || async {
+        leader(a_addr).await == 1.0
+    })
+    .await;
+    let b = Process::spawn(
+        &ingest_process(&nats, "").replace("ticks_per_second = 200", "ticks_per_second = 10"),
+    );
+    let b_addr = b.addr();
+    let edge = start_config(1, &edge_toml(&nats));
+    eventually("the edge is live", || async {
+        let q = quotes(edge.addr).await;
+        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
+    })
+    .await;
+    let mut c = edge.client().await;
+    c.subscribe(&SYMBOLS).await;
+    let mut seen = HashMap::new();
+    // Long enough for the fast leader's seq to be far above the slow standby's own.
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_secs(1),
+    )
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    js.get_stream("QUOTEGW")
+        .await
+        .unwrap()
+        .purge()
+        .filter("quotegw.q.>")
+        .await
+        .unwrap();
+    let before = quotes(edge.addr).await;
+    a.signal("KILL");
+    drop(a);
+    eventually("the standby leads", || async {
+        leader(b_addr).await == 1.0
+    })
+    .await;
+    eventually("every symbol live under the new term", || async {
+        let now = quotes(edge.addr).await;
+        now.len() == SYMBOLS.len()
+            && now.iter().all(|(sym, q)| {
+                q["status"] == "live" && q["seq"].as_u64() > before[sym]["seq"].as_u64()
+            })
+    })
+    .await;
+    // One connection throughout: never closed, seq only grew.
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_millis(500),
+    )
+    .await;
+    drop(b);
 }
 
 /// An ingest started while NATS is down keeps running and leads once NATS is up (found from
