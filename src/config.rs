@@ -86,10 +86,16 @@ impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let invalid = |key: String, span: Option<std::ops::Range<usize>>, message: String| {
             let location = span
+                // Newlines before the span, plus one: a span at the start of a line (an unknown
+                // key) is on that line, not the one before.
                 .map(|s| {
                     format!(
                         "line {}: ",
-                        text[..s.start.min(text.len())].lines().count().max(1)
+                        text.as_bytes()[..s.start.min(text.len())]
+                            .iter()
+                            .filter(|b| **b == b'\n')
+                            .count()
+                            + 1
                     )
                 })
                 .unwrap_or_default();

@@ -118,6 +118,12 @@ fn every_duration_has_a_stated_range() {
         e.contains("key 'publish.cache_wait_ms': must be between"),
         "{e}"
     );
+    // An unknown key at the start of its line is reported on that line (found from outside: the
+    // line before was named).
+    let e = err("# a comment\n[publish]\nnats_url = \"nats://127.0.0.1:4222\"\nlease_mss = 1\n");
+    assert!(e.contains("line 4:") && e.contains("lease_mss"), "{e}");
+    let e = err("[limits]\n\nbogus = 1\n");
+    assert!(e.contains("line 3:") && e.contains("bogus"), "{e}");
     // A leader that heartbeats less often than it renews its lease (found from outside).
     let e = err("[publish]\nnats_url = \"nats://127.0.0.1:4222\"\nheartbeat_ms = 60000\n");
     assert!(
