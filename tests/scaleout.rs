@@ -321,6 +321,13 @@ async fn a_restarted_ingest_continues_seq_from_the_cache() {
         (before["AAA"]["bid"].clone(), Some("5.00")),
         "the tick goes on top of the cached quote"
     );
+    // Found from outside: a symbol seeded from the cache went out with `ver` 0, which every edge
+    // refused as malformed.
+    assert_eq!(
+        edge.metric("quotegw_bus_states_dropped_total{feed=\"bus\",reason=\"malformed\"}")
+            .await,
+        0.0
+    );
 }
 
 /// 5. Injected gaps, duplicates and reordered messages: the edge shows the latest state,

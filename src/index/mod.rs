@@ -208,6 +208,10 @@ impl Index {
                 status: Status::Stale,
                 ..quote
             };
+            // A change clients (and a scale-out publisher, as `ver`) see: versions start at 1
+            // (found from outside: a seeded symbol went out with `ver` 0, which edges refuse).
+            st.version += 1;
+            st.recent.clear();
             if entry.sample_ms.is_some() {
                 // There before any interval a throttled client looks at: its sample at once.
                 st.sampled = Some(Box::new(Sampled {

@@ -127,9 +127,21 @@ impl Security<'_> {
     async fn options(
         &self,
         name: &str,
+        servers: &[async_nats::ServerAddr],
         events: &Arc<ConnectionEvents>,
     ) -> Result<async_nats::ConnectOptions, String> {
         let auth = self.auth;
+        // Credentials in the URL (`nats://user:pass@host`, `nats://token@host`): the client
+        // library does not send them itself (found from outside), so they are taken here, from
+        // the first server that has them, unless `auth` says otherwise.
+        let from_url = servers.iter().find_map(|s| {
+            s.username()
+                .map(|u| (u.to_string(), s.password().map(str::to_string)))
+        });
+        let explicit = auth.creds_file.is_some()
+            || auth.nkey_seed_file.is_some()
+            || auth.user.is_some()
+            || auth.token.is_some();
         let mut options = match &auth.creds_file {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
                 .await
@@ -146,6 +158,13 @@ impl Security<'_> {
         }
         if let Some(token) = &auth.token {
             options = options.token(token.clone());
+        }
+        match from_url {
+            Some((user, Some(password))) if !explicit => {
+                options = options.user_and_password(user, password);
+            }
+            Some((token, None)) if !explicit => options = options.token(token),
+            _ => {}
         }
         if let Some(ca) = &self.tls.ca_file {
             options = options.add_root_certificates(ca.clone());
@@ -171,8 +190,9 @@ impl Security<'_> {
 pub enum PublishError {
     #[error("cannot reach NATS at {url}: {message}")]
     Connect { url: String, message: String },
-    /// NATS answered and refused: a credential, a certificate. Retrying cannot help.
-    #[error("NATS at {url} refused the connection: {message}")]
+    /// NATS answered and refused (a credential, a certificate), or this gateway's TLS settings
+    /// cannot be used (a key that is not the certificate's): retrying cannot help.
+    #[error("cannot connect to NATS at {url}, and retrying cannot help: {message}")]
     Refused { url: String, message: String },
     #[error("the scale-out stream: {0}")]
     Stream(String),
@@ -249,9 +269,10 @@ pub async fn connect(
         metrics: Some(metrics),
         ..ConnectionEvents::default()
     });
+    let servers_ref = &servers;
     let options = |events| async move {
         security
-            .options(name, events)
+            .options(name, servers_ref, events)
             .await
             .map_err(|message| PublishError::Refused {
                 url: shown(),
@@ -309,7 +330,6 @@ fn refused(e: &async_nats::ConnectError) -> bool {
 /// What happened to a NATS connection since its owner last looked. Each kind is kept as a flag,
 /// not queued: none is ever lost (a queue that was full would drop the one reconnection that
 /// asks to refill the cache), and a burst of slow-consumer events is one reload.
-#[derive(Default)]
 pub struct ConnectionEvents {
     connected: AtomicBool,
     disconnected: AtomicBool,
@@ -317,6 +337,22 @@ pub struct ConnectionEvents {
     refused: AtomicBool,
     notify: Notify,
     metrics: Option<LinkMetrics>,
+    log: crate::log_limit::LogLimiter,
+}
+
+impl Default for ConnectionEvents {
+    fn default() -> Self {
+        ConnectionEvents {
+            connected: AtomicBool::default(),
+            disconnected: AtomicBool::default(),
+            slow_consumer: AtomicBool::default(),
+            refused: AtomicBool::default(),
+            notify: Notify::default(),
+            metrics: None,
+            // One line a second at most: a NATS that keeps refusing is retried every few seconds.
+            log: crate::log_limit::LogLimiter::new(1, 1),
+        }
+    }
 }
 
 /// The kinds of event seen since the last look (a disconnection and a reconnection may both be).
@@ -352,6 +388,14 @@ impl ConnectionEvents {
             {
                 tracing::error!("NATS refused a publish: {e}");
                 &self.refused
+            }
+            // A NATS that refuses a reconnection (a credential, a certificate) is retried; it
+            // says so at warn level, not only in the client library's info lines.
+            Event::ServerError(ServerError::AuthorizationViolation) | Event::ClientError(_) => {
+                if let Some(suppressed) = self.log.admit(std::time::Instant::now()) {
+                    tracing::warn!(suppressed, "connecting to NATS: {event}");
+                }
+                return;
             }
             _ => return,
         };
@@ -445,6 +489,13 @@ pub async fn ensure_stream(
             .max_bytes
             .map_or(-1, |b| b.min(i64::MAX as u64) as i64);
         c.max_age = settings.max_age.unwrap_or_default();
+        // NATS refuses a duplicate window longer than max_age (its default is 2 minutes; the
+        // cache does not use it): found from outside, lowering max_age failed the update.
+        if let Some(age) = settings.max_age {
+            if c.duplicate_window.is_zero() || c.duplicate_window > age {
+                c.duplicate_window = age;
+            }
+        }
         if c.max_message_size > 0 {
             c.max_message_size = -1;
         }
