@@ -252,6 +252,106 @@ async fn a_purged_cache_costs_no_client_a_seq_at_failover() {
     drop(b);
 }
 
+/// Found from outside: a second failover right after the first (the leader killed, the next one
+/// killed as soon as it leads) and a rolling deploy (the new ingest started, the old one SIGTERMed
+/// 50 ms later) closed edge clients with 1012: the new leader published what its change log held
+/// from before its `seq` went on from the last published one. One client connection throughout,
+/// `seq` only growing, no 1012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_successive_failovers_and_a_rolling_deploy_cost_no_client_a_seq() {
+    let nats = NatsServer::start();
+    let mut ingests: Vec<Process> = (0..3)
+        .map(|_| Process::spawn(&ingest_process(&nats, "")))
+        .collect();
+    let mut addrs: Vec<SocketAddr> = ingests.iter().map(Process::addr).collect();
+    let edge = start_config(1, &edge_toml(&nats));
+    eventually("the edge is live", || async {
+        let q = quotes(edge.addr).await;
+        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
+    })
+    .await;
+    let mut c = edge.client().await;
+    c.subscribe(&SYMBOLS).await;
+    let mut seen = HashMap::new();
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_millis(500),
+    )
+    .await;
+    let leading = |addrs: Vec<SocketAddr>| async move {
+        for (i, a) in addrs.iter().enumerate() {
+            if leader(*a).await == 1.0 {
+                return Some(i);
+            }
+        }
+        None
+    };
+    for _ in 0..2 {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let l = loop {
+            if let Some(l) = leading(addrs.clone()).await {
+                break l;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        ingests[l].signal("KILL");
+        ingests.remove(l);
+        addrs.remove(l);
+        // Straight on to the next one's takeover, watching the client all along.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while leading(addrs.clone()).await.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no leader");
+            watch(
+                &mut c,
+                &mut seen,
+                tokio::time::Instant::now() + Duration::from_millis(20),
+            )
+            .await;
+        }
+    }
+    // A rolling deploy: a new ingest, and the leader SIGTERMed 50 ms after it started.
+    let fresh = Process::spawn(&ingest_process(&nats, ""));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ingests[0].signal("TERM");
+    let fresh_addr = fresh.addr();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while leader(fresh_addr).await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new ingest never led"
+        );
+        watch(
+            &mut c,
+            &mut seen,
+            tokio::time::Instant::now() + Duration::from_millis(20),
+        )
+        .await;
+    }
+    let before = quotes(edge.addr).await;
+    eventually(
+        "every symbol live and moving under the last leader",
+        || async {
+            let now = quotes(edge.addr).await;
+            now.iter().all(|(sym, q)| {
+                q["status"] == "live" && q["seq"].as_u64() > before[sym]["seq"].as_u64()
+            })
+        },
+    )
+    .await;
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(
+        metric(edge.addr, "quotegw_closes_total{code=\"1012\"}").await,
+        0.0
+    );
+}
+
 /// An ingest started while NATS is down keeps running and leads once NATS is up (found from
 /// outside: its first look at the stream timed out and ended the process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

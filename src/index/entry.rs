@@ -19,6 +19,10 @@ use super::history::{HistoryConfig, HistoryEntry, PastState, Sampled};
 use super::mirror::{read_from, Head, Mirror, Published, Recent, ShardLink};
 use super::{ChangeLog, RECENT_MAX, RECENT_TICKS};
 
+/// Restarted sources, logged: each closes the clients that held the symbol with 1012, which an
+/// operator should be able to trace (a handful a second at most: a restart is every symbol at once).
+static RESTARTS_LOG: crate::log_limit::LogLimiter = crate::log_limit::LogLimiter::new(5, 1);
+
 pub struct SymbolEntry {
     pub symbol: Symbol,
     pub(super) state: Mutex<SymbolState>,
@@ -399,6 +403,17 @@ impl SymbolEntry {
                     source.quote = state.quote;
                     source.fresh = true;
                     st.active = Some(feed);
+                    if state.seq < st.seq {
+                        if let Some(suppressed) = RESTARTS_LOG.admit(Instant::now()) {
+                            tracing::warn!(
+                                symbol = %self.symbol,
+                                was = st.seq,
+                                now = state.seq,
+                                suppressed,
+                                "the quote source restarted (a lower seq under a new term): clients holding the symbol are closed with 1012"
+                            );
+                        }
+                    }
                     if state.seq != st.seq {
                         st.publish_at(&self.symbol, state.quote, state.seq, listeners);
                     } else if state.quote.same_as(&st.quote) {

@@ -334,6 +334,14 @@ impl ChangeLog {
         self.notify.notify_one();
     }
 
+    /// Drops every change listed so far (a consumer that will read every symbol anew, `mark_all`).
+    pub fn discard(&self) {
+        let dropped = std::mem::take(&mut *lock(&self.pending));
+        for e in &dropped.behind {
+            e.queued.store(false, Ordering::Release);
+        }
+    }
+
     /// How many changes were merged into a symbol's latest state so far (the log was full).
     pub fn merged(&self) -> u64 {
         self.merged.load(Ordering::Relaxed)

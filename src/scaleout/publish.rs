@@ -500,13 +500,23 @@ impl Publisher {
                     .bus_lease_changes
                     .with_label_values(&["won"])
                     .inc();
-                let lease = Duration::from_millis(self.config.lease_ms);
-                let seeded = tokio::time::timeout(lease / 2, self.continue_from_cache(term)).await;
-                match seeded {
-                    Ok(Ok(n)) => tracing::info!(term, holder = self.lease.holder(), symbols = n, "took the scale-out lease: publishing, seq going on from the cache"),
-                    Ok(Err(e)) => tracing::warn!(term, "took the scale-out lease; the cache is unreadable ({e}): seq may start over"),
-                    Err(_) => tracing::warn!(term, "took the scale-out lease; the cache took too long to read: seq may start over"),
+                match self.continue_from_cache(term).await {
+                    Ok(n) => tracing::info!(
+                        term,
+                        holder = self.lease.holder(),
+                        symbols = n,
+                        "took the scale-out lease: publishing, seq going on from the cache"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(term, "took the scale-out lease; {e}: seq may start over")
+                    }
                 }
+                // What the change log holds was recorded before each symbol's seq went on from the
+                // last published one (this ingest's own ticks while standing by, and while the
+                // cache was read): published under the new term, it would be a lower seq than
+                // clients hold (found from outside: 1012s after quick failovers and rolling
+                // deploys). It goes; every symbol's state as it is now goes out instead.
+                self.changes.discard();
                 self.changes.mark_all(&self.index);
                 self.metrics
                     .bus_leader
@@ -540,33 +550,48 @@ impl Publisher {
     /// holds (states of this term or before that pass the bus's checks; `continue_after` keeps
     /// the higher).
     async fn continue_from_cache(&mut self, term: u64) -> Result<usize, String> {
-        for (symbol, (seq, quote)) in std::mem::take(&mut self.watched) {
+        // Each symbol's highest seq, watched or cached, taken once: two steps would put the lower
+        // one in the change log too.
+        let mut last = std::mem::take(&mut self.watched);
+        let prefix = self.config.subject_prefix.clone();
+        let js = self.js.clone();
+        let stream_name = self.config.stream.clone();
+        let read = async {
+            let stream = js
+                .get_stream(&stream_name)
+                .await
+                .map_err(|e| format!("the cache is unreadable ({e})"))?;
+            let mut n = 0;
+            read_cache(
+                &stream,
+                &wire::state_subjects(&prefix),
+                |subject, payload| match wire::check_state(&prefix, subject, payload) {
+                    Ok(state) if state.term <= term => {
+                        n += 1;
+                        let held = last.entry(state.symbol).or_insert((0, state.quote));
+                        if state.seq > held.0 {
+                            *held = (state.seq, state.quote);
+                        }
+                    }
+                    Ok(state) => tracing::warn!(
+                        term = state.term,
+                        "a cached state of a term no lease gave: skipped"
+                    ),
+                    Err(refused) => tracing::warn!("a cached state skipped: {}", refused.why),
+                },
+            )
+            .await
+            .map_err(|e| format!("the cache is unreadable ({e})"))?;
+            Ok::<usize, String>(n)
+        };
+        // Bounded, so that the lease is renewed in time; what was watched goes on regardless.
+        let wait = Duration::from_millis(self.config.lease_ms) / 2;
+        let read = tokio::time::timeout(wait, read)
+            .await
+            .unwrap_or_else(|_| Err("the cache took too long to read".into()));
+        for (symbol, (seq, quote)) in last {
             self.index.continue_after(symbol, seq, quote);
         }
-        let stream = self
-            .js
-            .get_stream(&self.config.stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        let prefix = &self.config.subject_prefix;
-        let mut read = 0;
-        read_cache(
-            &stream,
-            &wire::state_subjects(prefix),
-            |subject, payload| match wire::check_state(prefix, subject, payload) {
-                Ok(state) if state.term <= term => {
-                    self.index
-                        .continue_after(state.symbol, state.seq, state.quote);
-                    read += 1;
-                }
-                Ok(state) => tracing::warn!(
-                    term = state.term,
-                    "a cached state of a term no lease gave: skipped"
-                ),
-                Err(refused) => tracing::warn!("a cached state skipped: {}", refused.why),
-            },
-        )
-        .await?;
-        Ok(read)
+        read
     }
 }
