@@ -549,9 +549,23 @@ async fn an_ingest_that_lost_the_cache_ends_the_old_seq_with_1012() {
     );
 }
 
-/// Publishes, on `nats`, the lease message that announces `term` and a heartbeat of `term`, every
-/// 100 ms until aborted (a leader the test plays: edges follow a term a lease announced).
+/// A leader the test plays: stores the lease record that gives `term` in the stream (created as
+/// an ingest creates it), then publishes a heartbeat of `term` every 100 ms until aborted.
 fn heartbeats(client: &async_nats::Client, term: u64) -> tokio::task::JoinHandle<()> {
+    play_leader(client, term, true)
+}
+
+/// An ingest that lost the lease and goes on (a paused one, resumed): its lease renewals reach
+/// subscribers, but JetStream refused them, so the stored lease is not its.
+fn superseded_heartbeats(client: &async_nats::Client, term: u64) -> tokio::task::JoinHandle<()> {
+    play_leader(client, term, false)
+}
+
+fn play_leader(
+    client: &async_nats::Client,
+    term: u64,
+    stored: bool,
+) -> tokio::task::JoinHandle<()> {
     use quotegw::scaleout::wire::{
         encode_heartbeat, encode_lease, heartbeat_subject, lease_subject, LeaseRecord,
     };
@@ -562,9 +576,38 @@ fn heartbeats(client: &async_nats::Client, term: u64) -> tokio::task::JoinHandle
         released: false,
     };
     tokio::spawn(async move {
+        if stored {
+            let js = async_nats::jetstream::new(client.clone());
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "QUOTEGW".into(),
+                subjects: vec![
+                    "quotegw.q.>".into(),
+                    "quotegw.hb".into(),
+                    "quotegw.lease".into(),
+                ],
+                max_messages_per_subject: 1,
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            js.publish(lease_subject("quotegw"), encode_lease(&lease).into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        // Renewals as a leader sends them, expecting a last sequence: one that is not the
+        // stream's is refused by JetStream (a deposed leader's), and still reaches subscribers.
+        let mut expect = async_nats::HeaderMap::new();
+        expect.insert("Nats-Expected-Last-Subject-Sequence", "999999999");
         loop {
             let _ = client
-                .publish(lease_subject("quotegw"), encode_lease(&lease).into())
+                .publish_with_headers(
+                    lease_subject("quotegw"),
+                    expect.clone(),
+                    encode_lease(&lease).into(),
+                )
                 .await;
             let _ = client
                 .publish(
@@ -644,7 +687,7 @@ async fn a_lower_terms_heartbeat_keeps_no_edge_live() {
     }
     // The newer ingest dies; the older one goes on heartbeating and publishing.
     newer.abort();
-    let older = heartbeats(&client, 10);
+    let older = superseded_heartbeats(&client, 10);
     publish_state(&client, 10, 7, "TERM", 700).await;
     let q = wait_status(&edge, "TERM", "stale").await;
     // And it stays stale: for three times `stale_after_ms`, never live, never the old term's price.
@@ -664,6 +707,24 @@ async fn a_lower_terms_heartbeat_keeps_no_edge_live() {
             >= 2.0
     );
     older.abort();
+    // A refused renewal of a higher term (after a stream that started over, a deposed leader
+    // renews its old, higher term): on the bus, but not the stored lease. Nothing follows it.
+    let ghost = superseded_heartbeats(&client, 50);
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publish_state(&client, 50, 9, "TERM", 900).await;
+        let now = quotes(edge.addr, &["TERM"]).await.remove("TERM").unwrap();
+        assert_eq!(
+            (now["status"].as_str(), now["bid"].clone()),
+            (Some("stale"), q["bid"].clone())
+        );
+    }
+    ghost.abort();
+    assert!(
+        edge.metric("quotegw_bus_states_dropped_total{feed=\"bus\",reason=\"unleased_term\"}")
+            .await
+            >= 2.0
+    );
     // The followed term's heartbeats again, and its state (an ingest's cache would hold it; this
     // test made none): live.
     let back = heartbeats(&client, 20);

@@ -11,22 +11,25 @@
 //! holds may be incomplete: a (re)connection to NATS, the client dropping messages for a slow
 //! consumer, or a leader heard after none.
 //!
-//! Terms: the edge follows the highest term a lease message announced (`scaleout::lease`). A state
-//! or heartbeat of a lower term is an ingest that lost the lease: its states are dropped
-//! (`old_term`), its heartbeats change nothing. One of a higher term that no lease announced is
-//! refused (`unleased_term`): a single message on the bus cannot make every edge ignore the next
-//! real leader. Only heartbeats of the followed term keep the edge live: while NATS is away, or no
-//! such heartbeat arrived for `stale_after_ms`, or the leader released the lease, every symbol is
-//! `stale` for clients; an edge that has heard no heartbeat yet loads the cache as `stale`; a
-//! cached state of an older term (a symbol the new leader has not published yet) goes in as
-//! `stale`. An old price is never shown as live.
+//! Terms: the edge follows the term of the lease JetStream stores (`scaleout::lease`), read when
+//! a lease message passes on the bus (only a hint: a deposed leader's renewal that JetStream
+//! refused reaches subscribers too) or when a heartbeat or state of a higher term arrives (at most
+//! every `VERIFY_EVERY`). A state or heartbeat of a lower term is an ingest that lost the lease:
+//! its states are dropped (`old_term`), its heartbeats change nothing. One of a higher term that
+//! the stored lease does not give is refused (`unleased_term`): a single message on the bus cannot
+//! make every edge ignore the next real leader. Only heartbeats of the followed term keep the edge
+//! live: while NATS is away, or no such heartbeat arrived for `stale_after_ms`, or the leader
+//! released the lease, every symbol is `stale` for clients; an edge that has heard no heartbeat
+//! yet loads the cache as `stale`; a cached state of an older term (a symbol the new leader has
+//! not published yet) goes in as `stale`. An old price is never shown as live. On following a new
+//! term the edge loads the cache again: states of that term that came before it read the lease
+//! were dropped.
 //!
 //! A stream that started over: with memory storage, a restarted NATS server has an empty stream
-//! whose sequence, and so its terms, start again from 1. The edge sees a lease of a lower term, or
-//! of its term by another holder; it then asks JetStream for the stream, and if that is another
-//! stream than the one it read (its creation time differs, or it was found missing meanwhile: not
-//! something a message on the bus can fake), it follows the new stream's terms, and hands its
-//! index `(incarnation, term)` so that the new terms order above the old.
+//! whose sequence, and so its terms, start again from 1. A stored lease of a lower term than the
+//! one followed (or of that term by another holder) can only be that, and not something a message
+//! on the bus can fake: the edge follows the new stream's terms, and hands its index
+//! `(incarnation, term)` so that the new terms order above the old.
 //!
 //! The bus is an input like any feed: a state is dropped and counted
 //! (`quotegw_bus_states_dropped_total{reason}`) when `wire::check_state` refuses it (size, format,
@@ -102,10 +105,12 @@ enum Lease {
     /// The followed leader released the lease (it is shutting down: nobody publishes until the
     /// next one).
     Released,
-    /// A lower term than the one followed, or the same term by another holder: only a stream
-    /// that started over says that (otherwise it is a message no leader sent, and changes nothing).
-    Suspect,
+    /// A new term, read from the stored lease, is followed from now on.
+    Followed,
 }
+
+/// How often a flood of messages of an unannounced term may make the edge read the stored lease.
+const VERIFY_EVERY: Duration = Duration::from_millis(50);
 
 /// The stream's start-overs an edge counts (`incarnation << 53` plus a term fits a u64).
 const MAX_INCARNATION: u64 = 2047;
@@ -203,10 +208,9 @@ struct Edge {
     holder: String,
     /// How many times the stream started over (module doc, "A stream that started over").
     incarnation: u64,
-    /// The stream as last seen: its creation time as NATS reports it, an identity (never
-    /// compared for order); and whether it was found missing since.
-    stream_id: Option<String>,
-    stream_gone: bool,
+    /// When the stored lease was last read (`verify`), so that a flood of messages of an
+    /// unannounced term asks JetStream at most every `VERIFY_EVERY`.
+    verified_at: Option<Instant>,
     /// No heartbeat of `term` within `stale_after_ms`, NATS away, the lease released, or none
     /// heard yet.
     stale: bool,
@@ -252,8 +256,7 @@ impl Edge {
             term: 0,
             holder: String::new(),
             incarnation: 0,
-            stream_id: None,
-            stream_gone: false,
+            verified_at: None,
             // Until a heartbeat is heard, the cache is only what some ingest left: stale.
             stale: true,
             delivered: false,
@@ -299,10 +302,16 @@ impl Edge {
                     };
                     let subject = message.subject.as_str();
                     if subject.starts_with(&states_prefix) {
-                        self.take(subject, &message.payload).await?;
+                        if self.take(Some(&client), subject, &message.payload).await? == Lease::Followed {
+                            self.reload(&client, "leader").await?;
+                        }
                         self.ready_if_any();
                     } else if subject == hb_subject {
-                        if self.heartbeat(&message.payload) {
+                        let (ours, lease) = self.heartbeat(&client, &message.payload).await;
+                        if lease == Lease::Followed && !self.stale {
+                            self.reload(&client, "leader").await?;
+                        }
+                        if ours {
                             last_heartbeat = Instant::now();
                             if self.stale {
                                 // A leader is heard: take what it published meanwhile.
@@ -310,12 +319,15 @@ impl Edge {
                             }
                         }
                     } else if subject == lease_subject {
-                        match self.lease(&message.payload) {
+                        // Only a hint to read the stored lease: a renewal JetStream refused (a
+                        // deposed leader's) reaches subscribers too.
+                        match self.verify(&client, true).await {
                             Lease::Released => {
                                 self.mark_stale("the leader released the lease").await?;
                             }
-                            Lease::Suspect if self.started_over(&client).await => {
-                                self.lease(&message.payload);
+                            // States of the new term that came before it was read were dropped.
+                            Lease::Followed if !self.stale => {
+                                self.reload(&client, "leader").await?;
                             }
                             _ => {}
                         }
@@ -348,92 +360,81 @@ impl Edge {
     }
 
     /// A heartbeat: true when it is the followed leader's (a heartbeat of a lower term is an
-    /// ingest that lost the lease; of a higher one, a term no lease announced).
-    fn heartbeat(&mut self, payload: &[u8]) -> bool {
-        match wire::decode_heartbeat(payload) {
-            Ok(term) if term == self.term && term > 0 => true,
-            Ok(term) if term > self.term => {
-                self.log_dropped(&format!(
-                    "a heartbeat of term {term}, which no lease announced (following {})",
-                    self.term
-                ));
-                false
-            }
-            Ok(_) => false,
+    /// ingest that lost the lease; of a higher one, a term to check against the stored lease).
+    async fn heartbeat(&mut self, client: &async_nats::Client, payload: &[u8]) -> (bool, Lease) {
+        let term = match wire::decode_heartbeat(payload) {
+            Ok(term) => term,
             Err(e) => {
                 self.log_dropped(&e);
-                false
-            }
-        }
-    }
-
-    /// A lease message: a higher term announced is followed from now on.
-    fn lease(&mut self, payload: &[u8]) -> Lease {
-        let record = match wire::decode_lease(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                self.log_dropped(&e);
-                return Lease::Same;
+                return (false, Lease::Same);
             }
         };
-        match record.term {
-            Some(term) if term > self.term => {
-                tracing::info!(feed = %self.config.name, term, holder = %record.holder, "following a new leader");
-                self.term = term;
-                self.holder = record.holder;
-                self.metrics.term.set(term as i64);
-                Lease::Same
+        let mut lease = Lease::Same;
+        if term > self.term {
+            lease = self.verify(client, false).await;
+            if term > self.term {
+                self.log_dropped(&format!(
+                    "a heartbeat of term {term}, which the stored lease does not give (following {})",
+                    self.term
+                ));
             }
-            Some(term) if term == self.term && record.holder == self.holder => {
-                if record.released {
-                    Lease::Released
-                } else {
-                    Lease::Same
-                }
-            }
-            Some(_) => Lease::Suspect,
+        }
+        (term == self.term && term > 0, lease)
+    }
+
+    /// Reads the lease JetStream stores and follows it (`follow`): what an edge trusts, where a
+    /// lease message on the bus may be a refused renewal. `force`: read it even if it was read
+    /// within `VERIFY_EVERY`.
+    async fn verify(&mut self, client: &async_nats::Client, force: bool) -> Lease {
+        if !force && self.verified_at.is_some_and(|t| t.elapsed() < VERIFY_EVERY) {
+            return Lease::Same;
+        }
+        self.verified_at = Some(Instant::now());
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(CACHE_REQUEST_TIMEOUT);
+        let subject = wire::lease_subject(&self.config.subject_prefix);
+        let stored = async {
+            let stream = js.get_stream_no_info(&self.config.stream).await.ok()?;
+            let m = stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .ok()?;
+            wire::decode_lease(&m.payload).ok()
+        }
+        .await;
+        match stored {
+            Some(record) => self.follow(record),
             None => Lease::Same,
         }
     }
 
-    /// Whether the stream started over (NATS lost its store: a memory stream and a restarted
-    /// server), in which case the edge now follows the new stream's terms from 0.
-    async fn started_over(&mut self, client: &async_nats::Client) -> bool {
-        let mut js = async_nats::jetstream::new(client.clone());
-        js.set_timeout(CACHE_REQUEST_TIMEOUT);
-        match js.get_stream(&self.config.stream).await {
-            Ok(stream) => {
-                let unknown = self.note_stream(stream.cached_info());
-                if unknown {
-                    self.start_over();
-                }
-                unknown
-            }
-            Err(e) => {
-                self.note_missing(&e);
-                false
-            }
+    /// A stored lease record: a higher term is followed from now on; a lower one (or the same by
+    /// another holder) can only be a stream that started over (module doc), whose terms the edge
+    /// then follows from its own.
+    fn follow(&mut self, record: wire::LeaseRecord) -> Lease {
+        // Taken, not yet announced: the next record says the term.
+        let Some(term) = record.term else {
+            return Lease::Same;
+        };
+        if term == self.term && record.holder == self.holder {
+            return if record.released {
+                Lease::Released
+            } else {
+                Lease::Same
+            };
         }
-    }
-
-    /// Notes a stream found missing, after one was seen (a stream an edge started before is
-    /// not one that started over); true when it is missing.
-    fn note_missing(&mut self, e: &async_nats::jetstream::context::GetStreamError) -> bool {
-        let missing = stream_missing(e);
-        self.stream_gone |= missing && self.stream_id.is_some();
-        missing
-    }
-
-    /// Notes the stream found; true when it is not known to be the one whose terms the edge
-    /// follows: another than the one seen before, one found missing since, or the first seen
-    /// (the term followed came from the bus alone). A lease there that contradicts the term
-    /// followed then means the stream started over (`start_over`).
-    fn note_stream(&mut self, info: &async_nats::jetstream::stream::Info) -> bool {
-        let id = format!("{:?}", info.created);
-        let unknown = self.stream_gone || self.stream_id.as_ref() != Some(&id);
-        self.stream_gone = false;
-        self.stream_id = Some(id);
-        unknown
+        if term <= self.term {
+            self.start_over();
+        }
+        tracing::info!(feed = %self.config.name, term, holder = %record.holder, "following a new leader");
+        self.term = term;
+        self.holder = record.holder;
+        self.metrics.term.set(term as i64);
+        if record.released {
+            Lease::Released
+        } else {
+            Lease::Followed
+        }
     }
 
     /// Follows the stream's terms from 0: the index is handed `(incarnation, term)`, so the new
@@ -458,13 +459,27 @@ impl Edge {
     /// Hands one state message to the index, or drops and counts it (module doc). While the edge
     /// is stale, a state goes in as `stale` (a cache load before any heartbeat, or during an
     /// outage), and the leader's next heartbeat makes it live.
-    async fn take(&mut self, subject: &str, payload: &[u8]) -> Result<(), FeedError> {
+    async fn take(
+        &mut self,
+        client: Option<&async_nats::Client>,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Lease, FeedError> {
+        // A state of a higher term than followed: read the stored lease first (a new leader's
+        // first states may come before the edge read its lease).
+        let mut lease = Lease::Same;
+        if let Some(client) = client {
+            let higher = wire::decode_state(payload).is_ok_and(|s| s.term > self.term);
+            if higher {
+                lease = self.verify(client, false).await;
+            }
+        }
         let (mut state, older) = match self.check(subject, payload) {
             Ok(checked) => checked,
             Err((reason, why)) => {
                 self.metrics.dropped[reason].inc();
                 self.log_dropped(&why);
-                return Ok(());
+                return Ok(lease);
             }
         };
         if !self.known.contains(&state.symbol) {
@@ -476,7 +491,8 @@ impl Edge {
         // The index orders states by term: a stream that started over starts its terms over, so
         // the index is given (incarnation, term) as one number (terms are below 2^53).
         state.term += self.incarnation << 53;
-        self.ctx.send_state(state).await
+        self.ctx.send_state(state).await?;
+        Ok(lease)
     }
 
     /// A state message checked like any feed's tick, and for its term: the state and whether it
@@ -532,14 +548,11 @@ impl Edge {
         // The feed task reads no state while it waits here: a request lost on a dying connection
         // must not hold it for the client's default 10 s.
         js.set_timeout(CACHE_REQUEST_TIMEOUT);
-        let (stream, unknown) = match js.get_stream(&self.config.stream).await {
-            Ok(s) => {
-                let unknown = self.note_stream(s.cached_info());
-                (s, unknown)
-            }
+        let stream = match js.get_stream(&self.config.stream).await {
+            Ok(s) => s,
             Err(e) => {
                 // No stream yet (no ingest has run) is an empty cache; anything else is a retry.
-                let missing = self.note_missing(&e);
+                let missing = stream_missing(&e);
                 if !missing {
                     tracing::warn!(feed = %self.config.name, "cannot read the cache: {e}");
                 }
@@ -566,19 +579,16 @@ impl Edge {
             tracing::warn!(feed = %self.config.name, "cannot read the cache: {e}");
             return Ok(false);
         }
-        if let Some(lease) = lease {
-            // A leader that released the lease there is stale already (no heartbeat follows).
-            if self.lease(&lease) == Lease::Suspect && unknown {
-                self.start_over();
-                let _ = self.lease(&lease);
-            }
+        // The stored lease (a leader that released it there is stale already: no heartbeat
+        // follows).
+        if let Some(record) = lease.and_then(|l| wire::decode_lease(&l).ok()) {
+            self.follow(record);
         }
         self.loading = true;
         for (subject, payload) in payloads {
-            let taken = self.take(&subject, &payload).await;
-            if taken.is_err() {
+            if let Err(e) = self.take(None, &subject, &payload).await {
                 self.loading = false;
-                return taken.map(|()| false);
+                return Err(e);
             }
         }
         self.loading = false;
