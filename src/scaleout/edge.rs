@@ -516,7 +516,7 @@ impl Edge {
             return Err((
                 reason("unleased_term"),
                 format!(
-                    "a state of '{}' of term {}, which no lease announced (following {})",
+                    "a state of '{}' of term {}, which the stored lease does not give (following {})",
                     state.symbol, state.term, self.term
                 ),
             ));

@@ -10,7 +10,7 @@
 //! The term is the stream sequence of the message that took the lease: NATS makes it strictly
 //! increasing, and no clock goes into it. The leader's next message carries it (`"term"`), and only
 //! after that is stored does the leader publish: edges learn a term from the lease alone, so a state
-//! or heartbeat of a term no lease announced is refused (`scaleout::edge`).
+//! or heartbeat of a term the stored lease does not give is refused (`scaleout::edge`).
 //!
 //! Time: each ingest measures the lease with its own monotonic clock, never a timestamp from the
 //! other. The leader counts `lease_ms` from when it *sent* its last renewal that was stored, and
