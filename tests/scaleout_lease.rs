@@ -352,6 +352,69 @@ async fn quick_successive_failovers_and_a_rolling_deploy_cost_no_client_a_seq() 
     );
 }
 
+/// Found from outside: NATS restarted with memory storage (the stream and the lease gone) while a
+/// leader and a standby ran; the standby took the new stream's lease at once, a few `seq` behind
+/// the leader, and edges closed their clients with 1012. The running leader takes it again at
+/// once; a standby waits a lease for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_keeps_the_running_leader_and_costs_no_client_a_seq() {
+    let mut nats = NatsServer::start();
+    let a = Process::spawn(&ingest_process(&nats, ""));
+    let a_addr = a.addr();
+    eventually("the first ingest leads", || async {
+        leader(a_addr).await == 1.0
+    })
+    .await;
+    let b = Process::spawn(&ingest_process(&nats, ""));
+    let b_addr = b.addr();
+    let edge = start_config(1, &edge_toml(&nats));
+    eventually("the edge is live", || async {
+        let q = quotes(edge.addr).await;
+        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
+    })
+    .await;
+    let mut c = edge.client().await;
+    c.subscribe(&SYMBOLS).await;
+    let mut seen = HashMap::new();
+    for _ in 0..2 {
+        watch(
+            &mut c,
+            &mut seen,
+            tokio::time::Instant::now() + Duration::from_millis(300),
+        )
+        .await;
+        nats.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nats.run(); // memory storage: the stream, its lease and the cache are gone
+        eventually(
+            "the edge live again under a lease of the new stream",
+            || async {
+                let q = quotes(edge.addr).await;
+                term(edge.addr, "bus").await == term(a_addr, "publish").await
+                    && q.values().all(|q| q["status"] == "live")
+            },
+        )
+        .await;
+        assert_eq!(
+            (leader(a_addr).await, leader(b_addr).await),
+            (1.0, 0.0),
+            "the running leader leads the new stream:\n{}\n---\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+    }
+    watch(
+        &mut c,
+        &mut seen,
+        tokio::time::Instant::now() + Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(
+        metric(edge.addr, "quotegw_closes_total{code=\"1012\"}").await,
+        0.0
+    );
+}
+
 /// An ingest started while NATS is down keeps running and leads once NATS is up (found from
 /// outside: its first look at the stream timed out and ended the process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,8 @@ pub struct Lease {
     held: Held,
     /// The lease as last read by a standby: its holder and the term it announced.
     seen_record: Option<LeaseRecord>,
+    /// A lease message was ever read (or written) by this ingest.
+    seen_a_leader: bool,
 }
 
 impl Lease {
@@ -83,6 +85,7 @@ impl Lease {
             benched_until: None,
             held: Held::Standby { seen: None },
             seen_record: None,
+            seen_a_leader: false,
         }
     }
 
@@ -139,7 +142,24 @@ impl Lease {
                             Step::Same
                         }
                     }
-                    Err(Put::Taken) => self.stand_by("another ingest took the lease"),
+                    Err(Put::Taken) => {
+                        // No lease message at all: the stream started over (a memory stream on a
+                        // restarted NATS, or purged whole). The leader, whose index holds the
+                        // highest seqs, takes the new one at once; standbys wait a lease for it.
+                        if matches!(self.last().await, Ok((0, _))) {
+                            self.held = Held::Standby { seen: None };
+                            match self.take(0).await {
+                                Step::Won(term) => {
+                                    tracing::warn!(term, "the scale-out lease was gone (the stream started over): took it again");
+                                    return Step::Won(term);
+                                }
+                                _ => return self.stand_by(
+                                    "another ingest took the lease of a stream that started over",
+                                ),
+                            }
+                        }
+                        self.stand_by("another ingest took the lease")
+                    }
                     Err(Put::Failed(e)) if Instant::now() >= until => {
                         self.stand_by(&format!("the lease could not be renewed in time ({e})"))
                     }
@@ -162,6 +182,7 @@ impl Lease {
                 };
                 let released = record.as_ref().is_some_and(|r| r.released);
                 self.seen_record = record;
+                self.seen_a_leader |= seq > 0;
                 let now = Instant::now();
                 let expired = match seen {
                     Some((s, at)) if s == seq => released || now.duration_since(at) >= self.lease,
@@ -169,8 +190,11 @@ impl Lease {
                         self.held = Held::Standby {
                             seen: Some((seq, now)),
                         };
-                        // Nobody ever held it, or its holder gave it up: no need to wait.
-                        seq == 0 || released
+                        // Its holder gave it up, or nobody ever held it as far as this ingest
+                        // knows: no need to wait. An empty lease after a leader was seen is a
+                        // stream that started over: its leader, still running, takes it at once
+                        // (its index has the highest seqs); this standby waits a lease for it.
+                        released || (seq == 0 && !self.seen_a_leader)
                     }
                 };
                 if expired {

@@ -291,6 +291,10 @@ impl Publisher {
         Ok(())
     }
 
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Standing by: subscribes to the states on the bus (once).
     async fn watch(&mut self) {
         if self.watching.is_none() {
@@ -347,11 +351,19 @@ impl Publisher {
                     if seen.connected {
                         // A new connection may be a new server: make sure the cache exists, then
                         // fill it with every symbol's state.
-                        match ensure_stream(&self.js, &self.config.stream, &self.config.subject_prefix, self.config.stream_settings()).await {
-                            Ok(_) => {}
-                            Err(StreamError::Settings(e)) => tracing::error!("the scale-out stream: {e}"),
-                            Err(StreamError::Unavailable(e)) => tracing::warn!("the scale-out stream: {e}"),
-                        }
+                        // In its own task: a JetStream still starting on a restarted server must not
+                        // hold the lease's renewal, or a standby takes over a leader that is alive.
+                        let (js, stream, prefix, settings) = (self.js.clone(), self.config.stream.clone(), self.config.subject_prefix.clone(), self.config.stream_settings());
+                        actix_web::rt::spawn(async move {
+                            match ensure_stream(&js, &stream, &prefix, settings).await {
+                                Ok(_) => {}
+                                Err(StreamError::Settings(e)) => tracing::error!("the scale-out stream: {e}"),
+                                Err(StreamError::Unavailable(e)) => tracing::warn!("the scale-out stream: {e}"),
+                            }
+                        });
+                        // A leader renews at once on a new connection: a stream that started over
+                        // has lost its lease, and the running leader takes the new one first.
+                        next_step = Instant::now() + Duration::from_millis(100);
                         if self.lease.leading().is_none() {
                             self.watch().await;
                         }
@@ -367,7 +379,12 @@ impl Publisher {
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(next_step) => {
+                // Nothing that publishes runs while the connection is down: a publish would wait
+                // for it, holding this task (the lease's renewal with it) until the client is
+                // back (found from outside: a standby took over a leader stuck so after a NATS
+                // restart). The change log conflates meanwhile; the next connection's event
+                // resumes them.
+                _ = tokio::time::sleep_until(next_step), if self.connected() => {
                     let step = self.lease.step().await;
                     if self.stepped(step).await {
                         // Edges go live on the new leader's heartbeat: send it now, not up to
@@ -377,7 +394,7 @@ impl Publisher {
                     next_step = Instant::now() + self.lease.next_step_in();
                     continue;
                 }
-                _ = heartbeat.tick() => {
+                _ = heartbeat.tick(), if self.connected() => {
                     if let Some(term) = self.lease.leading() {
                         let hb = wire::encode_heartbeat(term, crate::model::now_ms());
                         let subject = wire::heartbeat_subject(&self.config.subject_prefix);
@@ -389,11 +406,11 @@ impl Publisher {
                     }
                     continue;
                 }
-                _ = reconcile.tick() => {
+                _ = reconcile.tick(), if self.connected() => {
                     self.reconcile_slice().await;
                     continue;
                 }
-                _ = self.changes.take(&mut batch) => {}
+                _ = self.changes.take(&mut batch), if self.connected() => {}
             }
             self.metrics
                 .bus_changelog_depth
