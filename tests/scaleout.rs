@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::nats::NatsServer;
 use support::process::Process;
-use support::{http, start, start_config, tick, Client, TestGateway, DEADLINE};
+use support::{http, quotes, start, start_config, tick, Client, TestGateway, DEADLINE};
 
 const SYMBOLS: [&str; 3] = ["AAA", "BBB", "CCC"];
 
@@ -27,25 +27,6 @@ fn edge_toml(nats: &NatsServer) -> String {
         "[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{}\"\nstale_after_ms = 800\n",
         nats.url
     )
-}
-
-/// The quotes a gateway serves for `symbols`, by symbol (REST, the same snapshots as on /ws).
-async fn quotes(addr: SocketAddr, symbols: &[&str]) -> BTreeMap<String, Value> {
-    let (status, _, body) = http(
-        addr,
-        "GET",
-        &format!("/v1/quotes?symbols={}", symbols.join(",")),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["quotes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| (q["symbol"].as_str().unwrap().to_string(), q.clone()))
-        .collect()
 }
 
 /// Waits until every gateway in `edges` serves exactly what `reference` does for `symbols`.

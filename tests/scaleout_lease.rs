@@ -58,22 +58,21 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 }
 
 /// The quotes an edge serves for `SYMBOLS`.
-async fn quotes(addr: SocketAddr) -> HashMap<String, Value> {
-    let (status, _, body) = http(
-        addr,
-        "GET",
-        &format!("/v1/quotes?symbols={}", SYMBOLS.join(",")),
-        &[],
-    )
+async fn quotes(addr: SocketAddr) -> std::collections::BTreeMap<String, Value> {
+    support::quotes(addr, &SYMBOLS).await
+}
+
+/// An edge live on every symbol of `SYMBOLS`, and a client of it subscribed to them all.
+async fn live_edge(nats: &NatsServer) -> (support::TestGateway, support::Client) {
+    let edge = start_config(1, &edge_toml(nats));
+    eventually("the edge is live", || async {
+        let q = quotes(edge.addr).await;
+        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
+    })
     .await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["quotes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| (q["symbol"].as_str().unwrap().to_string(), q.clone()))
-        .collect()
+    let mut c = edge.client().await;
+    c.subscribe(&SYMBOLS).await;
+    (edge, c)
 }
 
 /// Reads a client until `until`, asserting `seq` never goes down per symbol and the connection is
@@ -203,14 +202,7 @@ async fn a_purged_cache_costs_no_client_a_seq_at_failover() {
         &ingest_process(&nats, "").replace("ticks_per_second = 200", "ticks_per_second = 10"),
     );
     let b_addr = b.addr();
-    let edge = start_config(1, &edge_toml(&nats));
-    eventually("the edge is live", || async {
-        let q = quotes(edge.addr).await;
-        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
-    })
-    .await;
-    let mut c = edge.client().await;
-    c.subscribe(&SYMBOLS).await;
+    let (edge, mut c) = live_edge(&nats).await;
     let mut seen = HashMap::new();
     // Long enough for the fast leader's seq to be far above the slow standby's own.
     watch(
@@ -264,14 +256,7 @@ async fn quick_successive_failovers_and_a_rolling_deploy_cost_no_client_a_seq() 
         .map(|_| Process::spawn(&ingest_process(&nats, "")))
         .collect();
     let mut addrs: Vec<SocketAddr> = ingests.iter().map(Process::addr).collect();
-    let edge = start_config(1, &edge_toml(&nats));
-    eventually("the edge is live", || async {
-        let q = quotes(edge.addr).await;
-        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
-    })
-    .await;
-    let mut c = edge.client().await;
-    c.subscribe(&SYMBOLS).await;
+    let (edge, mut c) = live_edge(&nats).await;
     let mut seen = HashMap::new();
     watch(
         &mut c,
@@ -367,14 +352,7 @@ async fn a_nats_restart_keeps_the_running_leader_and_costs_no_client_a_seq() {
     .await;
     let b = Process::spawn(&ingest_process(&nats, ""));
     let b_addr = b.addr();
-    let edge = start_config(1, &edge_toml(&nats));
-    eventually("the edge is live", || async {
-        let q = quotes(edge.addr).await;
-        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
-    })
-    .await;
-    let mut c = edge.client().await;
-    c.subscribe(&SYMBOLS).await;
+    let (edge, mut c) = live_edge(&nats).await;
     let mut seen = HashMap::new();
     for _ in 0..2 {
         watch(
@@ -450,14 +428,7 @@ async fn a_paused_leader_resumes_as_a_standby_and_publishes_nothing() {
     .await;
     let b = Process::spawn(&ingest_process(&nats, ""));
     let b_addr = b.addr();
-    let edge = start_config(1, &edge_toml(&nats));
-    eventually("the edge is live", || async {
-        let q = quotes(edge.addr).await;
-        q.len() == SYMBOLS.len() && q.values().all(|q| q["status"] == "live")
-    })
-    .await;
-    let mut c = edge.client().await;
-    c.subscribe(&SYMBOLS).await;
+    let (edge, mut c) = live_edge(&nats).await;
     let mut seen = HashMap::new();
 
     a.signal("STOP");

@@ -500,26 +500,48 @@ pub async fn ensure_stream(
             c.max_message_size = -1;
         }
     };
-    let mut stream = match js.get_stream(name).await {
-        Ok(stream) => stream,
-        Err(e) if stream_missing(&e) => {
-            let mut config = Config {
-                name: name.to_string(),
-                storage,
-                ..Default::default()
-            };
-            shape(&mut config);
-            return js.create_stream(config).await.map_err(|e| {
-                let message = format!("cannot create stream '{name}': {e}");
-                match e.kind() {
-                    async_nats::jetstream::context::CreateStreamErrorKind::JetStream(_) => {
-                        Settings(message)
+    // Twice at most: two ingests starting together may both find no stream and both create it;
+    // the one that lost the race reads the stream the other made and goes on from there.
+    let mut stream = None;
+    for _ in 0..2 {
+        match js.get_stream(name).await {
+            Ok(found) => {
+                stream = Some(found);
+                break;
+            }
+            Err(e) if stream_missing(&e) => {
+                let mut config = Config {
+                    name: name.to_string(),
+                    storage,
+                    ..Default::default()
+                };
+                shape(&mut config);
+                match js.create_stream(config).await {
+                    Ok(created) => return Ok(created),
+                    Err(e) => {
+                        let message = format!("cannot create stream '{name}': {e}");
+                        match e.kind() {
+                            async_nats::jetstream::context::CreateStreamErrorKind::JetStream(j)
+                                if j.error_code()
+                                    == async_nats::jetstream::ErrorCode::STREAM_NAME_EXIST =>
+                            {
+                                continue;
+                            }
+                            async_nats::jetstream::context::CreateStreamErrorKind::JetStream(_) => {
+                                return Err(Settings(message))
+                            }
+                            _ => return Err(Unavailable(message)),
+                        }
                     }
-                    _ => Unavailable(message),
                 }
-            });
+            }
+            Err(e) => return Err(Unavailable(format!("cannot read stream '{name}': {e}"))),
         }
-        Err(e) => return Err(Unavailable(format!("cannot read stream '{name}': {e}"))),
+    }
+    let Some(mut stream) = stream else {
+        return Err(Unavailable(format!(
+            "stream '{name}' was created by another ingest meanwhile and cannot be read yet"
+        )));
     };
     let have = stream.cached_info().config.clone();
     let named = |t: StorageType| match t {

@@ -896,3 +896,25 @@ pub async fn http(
     let status = head[9..12].parse().expect("status code");
     (status, head.to_ascii_lowercase(), body.to_string())
 }
+
+/// The quotes a gateway serves for `symbols`, by symbol (REST, the same snapshots as on /ws).
+pub async fn quotes(
+    addr: SocketAddr,
+    symbols: &[&str],
+) -> std::collections::BTreeMap<String, Value> {
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        &format!("/v1/quotes?symbols={}", symbols.join(",")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["quotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["symbol"].as_str().unwrap().to_string(), q.clone()))
+        .collect()
+}
