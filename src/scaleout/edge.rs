@@ -467,20 +467,23 @@ impl Edge {
         subject: &str,
         payload: &[u8],
     ) -> Result<Lease, FeedError> {
+        let state = match wire::check_state(&self.config.subject_prefix, subject, payload) {
+            Ok(state) => state,
+            Err(refused) => {
+                self.drop_state(refused.reason, &refused.why);
+                return Ok(Lease::Same);
+            }
+        };
         // A state of a higher term than followed: read the stored lease first (a new leader's
         // first states may come before the edge read its lease).
         let mut lease = Lease::Same;
-        if let Some(client) = client {
-            let higher = wire::decode_state(payload).is_ok_and(|s| s.term > self.term);
-            if higher {
-                lease = self.verify(client, false).await;
-            }
+        if let (Some(client), true) = (client, state.term > self.term) {
+            lease = self.verify(client, false).await;
         }
-        let (mut state, older) = match self.check(subject, payload) {
+        let (mut state, older) = match self.check(state) {
             Ok(checked) => checked,
             Err((reason, why)) => {
-                self.metrics.dropped[reason].inc();
-                self.log_dropped(&why);
+                self.drop_state(reason, &why);
                 return Ok(lease);
             }
         };
@@ -497,17 +500,21 @@ impl Edge {
         Ok(lease)
     }
 
-    /// A state message checked like any feed's tick, and for its term: the state and whether it
-    /// is of an older term (taken, as stale, only from the cache), or the index of its
-    /// `DROP_REASONS` entry and why.
-    fn check(&self, subject: &str, payload: &[u8]) -> Result<(wire::State, bool), (usize, String)> {
-        let reason = |name: &str| DROP_REASONS.iter().position(|r| *r == name).unwrap_or(0);
-        let state = wire::check_state(&self.config.subject_prefix, subject, payload)
-            .map_err(|r| (reason(r.reason), r.why))?;
+    /// Counts and logs a dropped state by its `DROP_REASONS` name.
+    fn drop_state(&self, reason: &str, why: &str) {
+        let i = DROP_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        self.metrics.dropped[i].inc();
+        self.log_dropped(why);
+    }
+
+    /// A state that passed `wire::check_state`, checked for its term and the symbol cap: the state
+    /// and whether it is of an older term (taken, as stale, only from the cache), or the name of
+    /// its `DROP_REASONS` entry and why.
+    fn check(&self, state: wire::State) -> Result<(wire::State, bool), (&'static str, String)> {
         let older = state.term < self.term;
         if older && !self.loading {
             return Err((
-                reason("old_term"),
+                "old_term",
                 format!(
                     "a state of '{}' of term {} (following {})",
                     state.symbol, state.term, self.term
@@ -516,7 +523,7 @@ impl Edge {
         }
         if state.term > self.term {
             return Err((
-                reason("unleased_term"),
+                "unleased_term",
                 format!(
                     "a state of '{}' of term {}, which the stored lease does not give (following {})",
                     state.symbol, state.term, self.term
@@ -525,7 +532,7 @@ impl Edge {
         }
         if !self.known.contains(&state.symbol) && self.known.len() >= self.config.max_symbols {
             return Err((
-                reason("max_symbols"),
+                "max_symbols",
                 format!(
                     "'{}' would be symbol {} (max_symbols = {})",
                     state.symbol,
