@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{Access, AuthMode, Tier};
-use crate::config::Config;
+use crate::config::{Config, FeedConfig};
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::http::{ops_routes, routes, sse, upgrade};
 use crate::index::{ChangeLog, HistoryConfig, Index, CATCH_UP_MARGIN};
@@ -480,6 +480,7 @@ fn build_index(
     feeds: &[String],
     metrics: Arc<Metrics>,
 ) -> (Index, Option<Arc<ChangeLog>>) {
+    let metrics_for_market = metrics.clone();
     let mut index = Index::new(feeds, metrics);
     index.keep_catch_up_for(
         Duration::from_millis(config.limits.min_frame_interval_ms) + CATCH_UP_MARGIN,
@@ -503,6 +504,16 @@ fn build_index(
     if throttled {
         index.sample_every(config.tiers.throttled.interval_ms as i64);
     }
+    // Validated with the config: the intervals parse.
+    let intervals = config.bars.parsed().unwrap_or_default();
+    let wall_clock = config.feeds.iter().map(FeedConfig::wall_clock).collect();
+    index.trade_market(
+        &config.trades,
+        &intervals,
+        &config.bars,
+        wall_clock,
+        &metrics_for_market,
+    );
     let changes = config.publish.as_ref().map(|_| {
         let changes = Arc::new(ChangeLog::default());
         index.publish_changes(changes.clone());

@@ -59,6 +59,12 @@ pub struct Config {
     pub publish: Option<PublishConfig>,
     #[serde(default)]
     pub feeds: Vec<FeedConfig>,
+    /// How many trade prints each symbol keeps (`index/trades.rs`).
+    #[serde(default)]
+    pub trades: crate::index::TradesConfig,
+    /// Which bar intervals are built and how many bars each keeps (`index/bars.rs`).
+    #[serde(default)]
+    pub bars: crate::index::BarsConfig,
 }
 
 fn default_listen() -> String {
@@ -214,6 +220,8 @@ impl Config {
             ));
         }
         self.check_tiers()?;
+        self.trades.validate()?;
+        self.bars.parsed()?;
         if let Some(p) = &self.publish {
             p.validate()?;
             if self.feeds.iter().any(|f| matches!(f, FeedConfig::Nats(_))) {
@@ -398,6 +406,18 @@ impl FeedConfig {
             FeedConfig::Replay(c) => &c.name,
             FeedConfig::HttpPoll(c) => &c.name,
             FeedConfig::Nats(c) => &c.name,
+        }
+    }
+
+    /// Whether the feed stamps its ticks with the wall clock (a simulated market, a polled
+    /// upstream, a restamped replay), so that the wall clock ends its bars too (`index::Market`).
+    /// A replay with its recorded timestamps ends bars by them only: replayed, it builds the bars
+    /// it built live.
+    pub fn wall_clock(&self) -> bool {
+        match self {
+            FeedConfig::Simulated(_) | FeedConfig::HttpPoll(_) => true,
+            FeedConfig::Replay(c) => c.restamp,
+            FeedConfig::Nats(_) => false,
         }
     }
 

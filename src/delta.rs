@@ -81,6 +81,66 @@ pub fn encode_status(out: &mut String, symbol: &str, status: Status) {
     out.push_str("\"}");
 }
 
+/// Encodes a `trade` message (PROTOCOL.md, "Trades and bars"): the print of the tick at `seq`.
+pub fn encode_trade(out: &mut String, symbol: &str, seq: u64, ts: i64, price: Decimal, size: u64) {
+    out.push_str(r#"{"type":"trade","symbol":"#);
+    push_json_str(out, symbol);
+    push_head_numbers(out, seq, ts);
+    push_price(out, "price", Some(price));
+    push_size(out, "size", Some(size));
+    out.push('}');
+}
+
+/// Encodes a `trades_lost` message: `count` prints, with `seq` from `from_seq` to `to_seq`, that a
+/// connection was not sent.
+pub fn encode_trades_lost(out: &mut String, symbol: &str, count: u64, from_seq: u64, to_seq: u64) {
+    let mut buf = itoa::Buffer::new();
+    out.push_str(r#"{"type":"trades_lost","symbol":"#);
+    push_json_str(out, symbol);
+    out.push_str(r#","count":"#);
+    out.push_str(buf.format(count));
+    out.push_str(r#","from_seq":"#);
+    out.push_str(buf.format(from_seq));
+    out.push_str(r#","to_seq":"#);
+    out.push_str(buf.format(to_seq));
+    out.push('}');
+}
+
+/// The fields of one OHLCV bar as `encode_bar` writes them.
+pub struct BarFields<'a> {
+    pub interval: &'a str,
+    pub start: i64,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: u64,
+    pub trades: u64,
+    pub is_final: bool,
+}
+
+/// Encodes a `bar` message.
+pub fn encode_bar(out: &mut String, symbol: &str, bar: &BarFields<'_>) {
+    let mut buf = itoa::Buffer::new();
+    out.push_str(r#"{"type":"bar","symbol":"#);
+    push_json_str(out, symbol);
+    out.push_str(r#","interval":"#);
+    push_json_str(out, bar.interval);
+    out.push_str(r#","start":"#);
+    out.push_str(buf.format(bar.start));
+    push_price(out, "open", Some(bar.open));
+    push_price(out, "high", Some(bar.high));
+    push_price(out, "low", Some(bar.low));
+    push_price(out, "close", Some(bar.close));
+    push_size(out, "volume", Some(bar.volume));
+    push_size(out, "trades", Some(bar.trades));
+    out.push_str(if bar.is_final {
+        r#","final":true}"#
+    } else {
+        r#","final":false}"#
+    });
+}
+
 /// Writes a message with `"delayed_ms":N` as its last member (PROTOCOL.md: present only for a
 /// delayed entitlement).
 pub fn with_delayed_ms(

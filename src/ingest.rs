@@ -17,13 +17,31 @@ use crate::index::Index;
 pub const INGEST_BATCH: usize = 256;
 
 /// Runs the ingest task on the current actix System until every feed's sender is gone.
+///
+/// Bars end here too (`Index::close_bars`): after every batch, since a tick of a later `ts` ends
+/// its feed's bars, and every `BAR_CLOCK` while no event comes, since the wall clock ends a live
+/// feed's bars when its symbols stop trading.
 pub fn spawn(index: Arc<Index>, mut events: mpsc::Receiver<FeedEvent>) {
     actix_web::rt::spawn(async move {
         let mut batch = Vec::with_capacity(INGEST_BATCH);
-        while events.recv_many(&mut batch, INGEST_BATCH).await > 0 {
-            for event in batch.drain(..) {
-                index.apply(event);
+        let mut clock = tokio::time::interval(BAR_CLOCK);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = events.recv_many(&mut batch, INGEST_BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for event in batch.drain(..) {
+                        index.apply(event);
+                    }
+                }
+                _ = clock.tick() => {}
             }
+            index.close_bars(crate::model::now_ms());
         }
     });
 }
+
+/// How often the ingest task looks at the wall clock for bars to end while no event comes.
+const BAR_CLOCK: std::time::Duration = std::time::Duration::from_millis(100);

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub bus_lease_changes: IntCounterVec,
     pub bus_changelog_depth: IntGauge,
     pub bus_changelog_merged: IntCounter,
+    pub trades_received: IntCounterVec,
+    pub trades_sent: IntCounterVec,
+    pub trades_lost: IntCounterVec,
+    pub bars_sent: IntCounterVec,
+    pub bars_finalized: IntCounterVec,
+    pub bar_late_trades: IntCounter,
 }
 
 /// The counters of one feed, resolved once.
@@ -59,6 +65,7 @@ pub struct Metrics {
 pub struct FeedCounters {
     pub received: IntCounter,
     pub standby: IntCounter,
+    pub trades: IntCounter,
     rejected: Vec<IntCounter>,
 }
 
@@ -130,11 +137,20 @@ impl Metrics {
             bus_lease_changes: counter_vec("quotegw_bus_lease_changes_total", "Leases this scale-out ingest took (won) or lost (lost: taken by another, not renewed in time, or stepped down on refused publishes).", &["change"]),
             bus_changelog_depth: reg(&registry, IntGauge::new("quotegw_bus_changelog_depth", "Changes a scale-out ingest's publisher took in its last read of the change log (how far behind the index it was).").expect("valid metric name")),
             bus_changelog_merged: counter("quotegw_bus_changelog_merged_total", "Changes a scale-out ingest merged into a symbol's latest state because its change log was full (NATS slow or away)."),
+            trades_received: counter_vec("quotegw_trades_received_total", "Trade prints each feed reported that the index published (a standby feed's are not).", &["feed"]),
+            trades_sent: counter_vec("quotegw_trades_sent_total", "Trade messages handed to sockets, by transport (ws, sse).", &["transport"]),
+            trades_lost: counter_vec("quotegw_trades_lost_total", "Trade prints connections fell too far behind to be sent (the sum of trades_lost counts), by transport.", &["transport"]),
+            bars_sent: counter_vec("quotegw_bars_sent_total", "Bar messages handed to sockets (open and final), by transport.", &["transport"]),
+            bars_finalized: counter_vec("quotegw_bars_finalized_total", "Bars ended (final), by interval.", &["interval"]),
+            bar_late_trades: counter("quotegw_bar_late_trades_total", "Trades whose ts fell before their symbol's open bar or in an interval already ended: in no bar."),
             registry,
         };
         for transport in ["ws", "sse"] {
             m.connections.with_label_values(&[transport]);
             m.updates_sent.with_label_values(&[transport]);
+            m.trades_sent.with_label_values(&[transport]);
+            m.trades_lost.with_label_values(&[transport]);
+            m.bars_sent.with_label_values(&[transport]);
         }
         // Every error code appears from the start, so dashboards and alerts see 0 rather than nothing.
         for code in ErrorCode::ALL {
@@ -160,6 +176,7 @@ impl Metrics {
         FeedCounters {
             received: self.ticks_received.with_label_values(&[feed]),
             standby: self.ticks_standby.with_label_values(&[feed]),
+            trades: self.trades_received.with_label_values(&[feed]),
             rejected: RejectReason::ALL
                 .iter()
                 .map(|r| self.ticks_rejected.with_label_values(&[feed, r.as_str()]))

@@ -102,6 +102,30 @@ pub struct Tick {
     pub last_size: Option<i64>,
     pub volume: Option<i64>,
     pub status: Option<Status>,
+    /// The trade print this tick reports, if any (PROTOCOL.md, "Trades and bars"). Each feed says
+    /// how it detects one: a recorded line or a simulated trade sets `last` and `last_size`
+    /// (`Trade::of_fields`); the HTTP poller infers one from `last` and `volume` moving.
+    pub trade: Option<Trade>,
+}
+
+/// One trade print: its price and size (signed like the sizes above, so that a feed's negative
+/// size reaches normalize and is rejected there).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Trade {
+    pub price: Decimal,
+    pub size: i64,
+}
+
+impl Trade {
+    /// The rule of recorded lines and the simulated market: a tick that sets `last` and a
+    /// positive `last_size` is a trade at that price and size (a `last_size` of 0 is a quote that
+    /// carries the last price, e.g. the opening quote).
+    pub fn of_fields(last: Option<Decimal>, last_size: Option<i64>) -> Option<Trade> {
+        match (last, last_size) {
+            (Some(price), Some(size)) if size != 0 => Some(Trade { price, size }),
+            _ => None,
+        }
+    }
 }
 
 /// The full latest state of one symbol, as a snapshot shows it.

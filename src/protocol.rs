@@ -163,6 +163,10 @@ pub enum Op {
         symbols: SymbolList,
         max_hz: Option<f64>,
         on_lag: OnLag,
+        /// Every trade print of these symbols (`"trades": true`).
+        trades: bool,
+        /// Bars of this interval (`"bars": "1m"`); the session checks the gateway offers it.
+        bars: Option<String>,
     },
     Unsubscribe {
         symbols: SymbolList,
@@ -223,6 +227,10 @@ struct RawOp<'a> {
     max_hz: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     on_lag: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    trades: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    bars: Option<&'a RawValue>,
 }
 
 /// A member that is there, `null` included (serde would read `null` as absent).
@@ -298,10 +306,34 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
                     ))
                 }
             };
+            let trades = match raw.trades.map(RawValue::get) {
+                None | Some("null") | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(OpError::bad_request(
+                        &id,
+                        "'trades' must be true or false",
+                    ))
+                }
+            };
+            let bars = match raw.bars.map(RawValue::get) {
+                None | Some("null") => None,
+                Some(v) => match serde_json::from_str::<Cow<str>>(v) {
+                    Ok(name) if name.len() <= 16 => Some(name.into_owned()),
+                    _ => {
+                        return Err(OpError::bad_request(
+                            &id,
+                            "'bars' must be an interval string such as \"1m\"",
+                        ))
+                    }
+                },
+            };
             Op::Subscribe {
                 symbols,
                 max_hz,
                 on_lag,
+                trades,
+                bars,
             }
         }
         "unsubscribe" => Op::Unsubscribe {

@@ -21,6 +21,9 @@ use crate::frame::FrameBuilder;
 use crate::index::{CatchUp, HistoryEntry, Published, Subscription, SymbolEntry};
 use crate::model::{Quote, Status};
 
+mod market;
+pub use market::{MarketView, Wants};
+
 /// What a connection emitted for a symbol in one drain; summed per frame for the metrics.
 #[derive(Default, Debug)]
 pub struct EmitStats {
@@ -29,6 +32,10 @@ pub struct EmitStats {
     pub conflated: u64,
     /// When each sent update's tick entered the index, for `quotegw_tick_to_write_seconds`.
     pub tick_in: Vec<Instant>,
+    pub trades: u64,
+    /// Prints reported lost (the sum of `trades_lost` counts).
+    pub trades_lost: u64,
+    pub bars: u64,
 }
 
 /// What `SlotView::emit` did.
@@ -83,6 +90,8 @@ impl Pacing {
 pub struct SlotView {
     subscription: Subscription,
     state: ViewState,
+    /// Trades and bars, when the subscription asked for them (boxed: most do not).
+    market: Option<Box<MarketView>>,
 }
 
 /// A view without its subscription: what `emit` changes while the subscription's read is held.
@@ -184,9 +193,10 @@ const UNPACED: Pacing = Pacing {
 };
 
 impl SlotView {
-    pub fn new(subscription: Subscription, pacing: Pacing) -> SlotView {
+    pub fn new(subscription: Subscription, pacing: Pacing, wants: Wants) -> SlotView {
         SlotView {
             subscription,
+            market: wants.any().then(|| Box::new(MarketView::new(wants))),
             state: ViewState {
                 sent: Sent::default(),
                 sent_seq: 0,
@@ -203,10 +213,17 @@ impl SlotView {
         self.subscription.entry()
     }
 
-    /// Subscribing again re-sends the snapshot and applies the new pacing (PROTOCOL.md).
-    pub fn resubscribe(&mut self, pacing: Pacing) {
+    /// Subscribing again re-sends the snapshot and applies the new pacing, and the new choice of
+    /// trades and bars (PROTOCOL.md).
+    pub fn resubscribe(&mut self, pacing: Pacing, wants: Wants) {
         self.state.snapshot_pending = true;
         self.state.paced = Paced::new(pacing);
+        self.market = wants.any().then(|| Box::new(MarketView::new(wants)));
+    }
+
+    /// What the subscription asked for beside quotes.
+    pub fn wants(&self) -> Wants {
+        self.market.as_ref().map(|m| m.wants()).unwrap_or_default()
     }
 
     #[cfg(test)]
@@ -233,10 +250,36 @@ impl SlotView {
         let SlotView {
             subscription,
             state,
+            market,
         } = self;
-        let symbol = &*subscription.entry().symbol;
+        let entry = subscription.entry();
+        let symbol = &*entry.symbol;
         subscription.read_since(after, |latest| {
-            state.emit(symbol, latest.as_ref(), now, frame, stats)
+            let before_snapshot = state.snapshot_pending;
+            let quote = state.emit(symbol, latest.as_ref(), now, frame, stats);
+            let (Some(mv), Some(p)) = (market.as_deref_mut(), latest.as_ref()) else {
+                return quote;
+            };
+            if matches!(quote, Emitted::Lagged | Emitted::Restarted) || state.snapshot_pending {
+                return quote;
+            }
+            if before_snapshot {
+                mv.start(symbol, entry, p, frame, stats);
+                return quote;
+            }
+            let pacing = state.pacing();
+            let (close_on_lag, min_interval) = (pacing.close_on_lag, pacing.min_interval);
+            let more = mv.emit(
+                symbol,
+                entry,
+                p,
+                close_on_lag,
+                min_interval,
+                now,
+                frame,
+                stats,
+            );
+            both(quote, more)
         })
     }
 
@@ -362,6 +405,19 @@ impl SlotView {
         st.sent_seq = e.seq;
         st.sent = Sent::of(&e.quote);
         Ok(wrote)
+    }
+}
+
+/// What a slot did, from what its quote and its trades and bars did.
+fn both(a: Emitted, b: Emitted) -> Emitted {
+    use Emitted::*;
+    match (a, b) {
+        (Lagged, _) | (_, Lagged) => Lagged,
+        (Restarted, _) | (_, Restarted) => Restarted,
+        (NotBefore(x), NotBefore(y)) => NotBefore(x.min(y)),
+        (NotBefore(x), _) | (_, NotBefore(x)) => NotBefore(x),
+        (Wrote, _) | (_, Wrote) => Wrote,
+        (Nothing, Nothing) => Nothing,
     }
 }
 

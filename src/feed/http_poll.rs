@@ -35,7 +35,7 @@ use super::{Feed, FeedContext, FeedError};
 use crate::access::Secret;
 use crate::log_limit::{truncated, LogLimiter};
 use crate::model::{
-    ms_within, same_price, valid_symbol, Status, Symbol, Tick, MAX_SETTING_MS, SYMBOL_RULE,
+    ms_within, same_price, valid_symbol, Status, Symbol, Tick, Trade, MAX_SETTING_MS, SYMBOL_RULE,
 };
 
 /// Answers larger than this are refused (a misbehaving upstream cannot exhaust memory).
@@ -323,8 +323,29 @@ fn changes(sent: &Tick, now: &Tick) -> Option<Tick> {
         last_size: num(sent.last_size, now.last_size),
         volume: num(sent.volume, now.volume),
         status: (sent.status != now.status).then_some(now.status).flatten(),
+        trade: inferred_trade(sent, now),
     };
     has_values(&t).then_some(t)
+}
+
+/// The trade a poll shows, if any: the upstream answers with the latest state, not its trades, so
+/// a trade is inferred from it moving. With `volume`: a rise is a trade of that many shares at
+/// `last` (two or more trades between polls look like one, the volume between them as its
+/// size; a fall is a new session, not a trade). Without `volume`: a new `last` is a trade of
+/// `last_size`. Nothing is inferred from a symbol's first answer, or the first after an outage
+/// (`sent` is empty then): what printed before it is unknown.
+fn inferred_trade(sent: &Tick, now: &Tick) -> Option<Trade> {
+    let price = now.last.or(sent.last)?;
+    match (sent.volume, now.volume) {
+        (Some(before), Some(after)) if after > before => Some(Trade {
+            price,
+            size: after - before,
+        }),
+        (None, None) if sent.last.is_some() && !same_price(sent.last, now.last) => {
+            Trade::of_fields(now.last, now.last_size.or(sent.last_size))
+        }
+        _ => None,
+    }
 }
 
 /// Whether a tick carries any quote field (its `ts` aside).

@@ -15,7 +15,7 @@ use flate2::write::GzEncoder;
 use serde_json::value::RawValue;
 
 use crate::fields;
-use crate::model::{Symbol, Tick};
+use crate::model::{Symbol, Tick, Trade};
 use crate::protocol::push_json_str;
 
 /// Longest line accepted; a longer one is a bad line (a corrupt file, not a tick).
@@ -56,17 +56,21 @@ pub fn parse_line(line: &str, symbols: &mut HashMap<String, Symbol>) -> Result<T
             .map(Option::flatten)
             .map_err(|e| format!("'{k}': {e}"))
     };
+    let last = price("last")?;
+    let last_size = size("last_size")?;
     Ok(Tick {
         feed: 0,
         symbol,
         ts,
         bid: price("bid")?,
         ask: price("ask")?,
-        last: price("last")?,
+        last,
         bid_size: size("bid_size")?,
         ask_size: size("ask_size")?,
-        last_size: size("last_size")?,
+        last_size,
         volume: size("volume")?,
+        // A line that sets `last` and a positive `last_size` is a trade (PROTOCOL.md).
+        trade: Trade::of_fields(last, last_size),
         status: get("status")
             .map(fields::status)
             .transpose()
@@ -76,12 +80,22 @@ pub fn parse_line(line: &str, symbols: &mut HashMap<String, Symbol>) -> Result<T
 }
 
 /// Appends `tick` as one line (with its newline). Prices are written as the decimal strings they are.
+///
+/// Trades are kept exactly: a line that sets `last` and a positive `last_size` is a trade when read
+/// back (`parse_line`), so a tick's trade is written as those two fields, and a tick that is not a
+/// trade never writes a positive `last_size` beside `last` (the last trade's size is unchanged by
+/// it). A recorded session replayed then prints the same trades and builds the same bars.
 pub fn write_line(out: &mut String, tick: &Tick) {
+    let (last, last_size) = match tick.trade {
+        Some(t) => (Some(t.price), Some(t.size)),
+        None if tick.last.is_some() => (tick.last, tick.last_size.filter(|&n| n == 0)),
+        None => (None, tick.last_size),
+    };
     out.push_str("{\"ts\":");
     out.push_str(itoa::Buffer::new().format(tick.ts));
     out.push_str(",\"symbol\":");
     push_json_str(out, &tick.symbol);
-    for (key, price) in [("bid", tick.bid), ("ask", tick.ask), ("last", tick.last)] {
+    for (key, price) in [("bid", tick.bid), ("ask", tick.ask), ("last", last)] {
         if let Some(p) = price {
             out.push_str(",\"");
             out.push_str(key);
@@ -93,7 +107,7 @@ pub fn write_line(out: &mut String, tick: &Tick) {
     for (key, n) in [
         ("bid_size", tick.bid_size),
         ("ask_size", tick.ask_size),
-        ("last_size", tick.last_size),
+        ("last_size", last_size),
         ("volume", tick.volume),
     ] {
         if let Some(n) = n {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{Feed, FeedContext, FeedError};
 use crate::model::now_ms;
-use crate::model::{Status, Symbol, Tick};
+use crate::model::{Status, Symbol, Tick, Trade};
 
 /// Well-known tickers first (with a plausible starting price in dollars); generated ones follow.
 const WELL_KNOWN: &[(&str, u32)] = &[
@@ -129,6 +129,9 @@ const ZIPF_EXPONENT: f64 = 1.0;
 const UNIVERSE_SEED: u64 = 0x5eed_0f71;
 /// Share of ticks that are trades; the rest are quote changes.
 const TRADE_PERCENT: u64 = 30;
+
+/// Percent of trades (outside a burst) that start one.
+const BURST_PERCENT: u64 = 5;
 /// Pacing granularity: ticks are emitted in batches this often.
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// After a stall (the index applying backpressure, a busy machine) catch up at most this many
@@ -351,6 +354,9 @@ pub struct Generator {
     /// Cumulative Zipf weights, normalised to end at 1.0.
     cdf: Vec<f64>,
     rng: Pcg64Mcg,
+    /// A burst under way: the symbol's index and how many more trades it prints back to back
+    /// (an order sweeping the book, as real tapes show after news or a large order).
+    burst: Option<(usize, u32)>,
 }
 
 impl Generator {
@@ -391,6 +397,7 @@ impl Generator {
             books,
             cdf,
             rng,
+            burst: None,
         }
     }
 
@@ -414,13 +421,27 @@ impl Generator {
             .collect()
     }
 
-    /// The next tick: a trade (last, last_size, volume) or a quote change (only what moved).
+    /// The next tick: a trade (last, last_size, volume, and the `Trade` itself) or a quote change
+    /// (only what moved). Trades come from the Zipf draw like quotes (so tail symbols are quiet),
+    /// and one in `BURST_PERCENT` starts a burst: 2 to 8 more trades of that symbol in a row,
+    /// walking away from the price one cent at a time.
     pub fn next_tick(&mut self, ts: i64) -> Tick {
-        let u = unit(&mut self.rng);
-        let i = self
-            .cdf
-            .partition_point(|&c| c < u)
-            .min(self.symbols.len() - 1);
+        let (i, in_burst) = match self.burst.take() {
+            Some((i, left)) => {
+                if left > 1 {
+                    self.burst = Some((i, left - 1));
+                }
+                (i, true)
+            }
+            None => {
+                let u = unit(&mut self.rng);
+                let i = self
+                    .cdf
+                    .partition_point(|&c| c < u)
+                    .min(self.symbols.len() - 1);
+                (i, false)
+            }
+        };
         let rng = &mut self.rng;
         let b = &mut self.books[i];
         let mut tick = Tick {
@@ -428,18 +449,30 @@ impl Generator {
             ts,
             ..Tick::default()
         };
-        if below(rng, 100) < TRADE_PERCENT {
-            // Trades print at the bid or the ask, sometimes inside the spread.
-            b.last = match below(rng, 3) {
-                0 => b.bid,
-                1 => b.bid + b.spread,
-                _ => b.bid + below(rng, b.spread as u64 + 1) as i64,
+        if in_burst || below(rng, 100) < TRADE_PERCENT {
+            b.last = if in_burst {
+                // A sweep takes the next level: up or down a cent, within the day's sense.
+                (b.last + if below(rng, 2) == 0 { 1 } else { -1 }).max(1)
+            } else {
+                // Trades print at the bid or the ask, sometimes inside the spread.
+                match below(rng, 3) {
+                    0 => b.bid,
+                    1 => b.bid + b.spread,
+                    _ => b.bid + below(rng, b.spread as u64 + 1) as i64,
+                }
             };
-            let size = lot(rng);
+            if !in_burst && below(rng, 100) < BURST_PERCENT {
+                self.burst = Some((i, 2 + below(rng, 7) as u32));
+            }
+            let size = trade_size(rng);
             b.volume += size;
             tick.last = Some(cents(b.last));
             tick.last_size = Some(size);
             tick.volume = Some(b.volume);
+            tick.trade = Some(Trade {
+                price: cents(b.last),
+                size,
+            });
         } else {
             // A random walk on the cent grid, with steps that scale with the price.
             let max_step = (b.bid / 20_000).max(1) as u64;
@@ -477,6 +510,16 @@ impl Generator {
 /// A round-lot size: 100 to 5,000 shares in steps of 100.
 fn lot(rng: &mut Pcg64Mcg) -> i64 {
     (1 + below(rng, 50) as i64) * 100
+}
+
+/// A trade's size as tapes show them: a fifth odd lots (1 to 99 shares), most round lots of 100
+/// to 1,000, and one in ten a block of 1,100 to 5,000.
+fn trade_size(rng: &mut Pcg64Mcg) -> i64 {
+    match below(rng, 100) {
+        0..20 => 1 + below(rng, 99) as i64,
+        20..90 => (1 + below(rng, 10) as i64) * 100,
+        _ => (11 + below(rng, 40) as i64) * 100,
+    }
 }
 
 fn cents(c: i64) -> Decimal {

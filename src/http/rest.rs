@@ -1,5 +1,6 @@
 //! Stage 8, HTTP beside the WebSocket: `GET /v1/quotes?symbols=...` (snapshots, exactly as on
-//! `/ws`) and `GET /v1/symbols` (what this credential may subscribe to). Same access rules as
+//! `/ws`), `GET /v1/symbols` (what this credential may subscribe to), and a symbol's recent
+//! trades and bars (`GET /v1/trades`, `GET /v1/bars`). Same access rules as
 //! `/ws` (`admit.rs`: Origin, token, per-client limits; a request takes no connection place), the
 //! same symbol rule and per-connection symbol limit, the credential's tier, CORS for allowed
 //! Origins (with preflight, since a browser sending `Authorization` asks first), and
@@ -20,6 +21,8 @@ use crate::state::AppState;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/quotes", web::get().to(quotes))
         .route("/v1/symbols", web::get().to(symbols))
+        .route("/v1/bars", web::get().to(bars))
+        .route("/v1/trades", web::get().to(trades))
         .route("/v1/stream", web::get().to(stream_on_a_used_connection))
         .route(
             "/v1/{tail:.*}",
@@ -244,6 +247,142 @@ async fn symbols(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }
     body.push_str("]}");
     json(&state, &req, StatusCode::OK, body)
+}
+
+/// The `symbol` of `/v1/bars` and `/v1/trades`: one symbol this credential may read and the gateway
+/// serves, with its entry.
+fn one_symbol(
+    state: &AppState,
+    grant: &Grant,
+    query: &Query,
+) -> Result<std::sync::Arc<crate::index::SymbolEntry>, Refused> {
+    let Some(raw) = query.get("symbol")?.filter(|s| !s.is_empty()) else {
+        return Err(Refused::bad_request(
+            "bad_request",
+            "give the symbol as ?symbol=AAPL",
+        ));
+    };
+    let mut list = SymbolList::default();
+    list.push(raw);
+    let (accepted, rejected) = resolve(state, grant, list);
+    if let Some((_, code)) = rejected.first() {
+        let status = match code {
+            ErrorCode::Unauthorized => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let message = match code {
+            ErrorCode::InvalidSymbol => crate::model::SYMBOL_RULE.to_string(),
+            ErrorCode::Unauthorized => "this credential may not read that symbol".to_string(),
+            _ => "the gateway does not serve that symbol".to_string(),
+        };
+        return Err(Refused::new(status, code.as_str(), "bad_request", message));
+    }
+    accepted
+        .first()
+        .and_then(|s| state.sessions.index.lookup(s))
+        .ok_or_else(|| Refused::bad_request("unknown_symbol", "the gateway does not serve that symbol"))
+}
+
+/// `limit`: 1 to `max`, `default` when absent.
+fn limit_param(query: &Query, default: usize, max: usize) -> Result<usize, Refused> {
+    match query.get("limit")? {
+        None => Ok(default.min(max)),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Refused::bad_request(
+                "bad_request",
+                format!("'limit' must be a whole number from 1 to {max}"),
+            )),
+        },
+    }
+}
+
+/// Trades and bars are served to the realtime tier only, for now (`session::wants_for`).
+fn realtime_only(grant: &Grant) -> Result<(), Refused> {
+    match grant.tier {
+        Tier::Realtime => Ok(()),
+        Tier::Delayed | Tier::Throttled => Err(Refused::bad_request(
+            "bad_request",
+            "trades and bars are not offered to the delayed and throttled tiers",
+        )),
+    }
+}
+
+/// `GET /v1/bars?symbol=AAPL&interval=1m[&limit=100]` → `{"bars":[...]}`: the last `limit` final
+/// bars kept (`[bars] keep`), oldest first, then the open bar.
+async fn bars(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let answer = || -> Result<String, Refused> {
+        let admitted = admit_request(&state, &req)?;
+        realtime_only(&admitted.grant)?;
+        let query = Query::parse(req.query_string());
+        let entry = one_symbol(&state, &admitted.grant, &query)?;
+        let market = state.sessions.index.market();
+        let Some(name) = query.get("interval")? else {
+            return Err(Refused::bad_request(
+                "bad_request",
+                format!(
+                    "give the interval as &interval=1m: one of {}",
+                    market.interval_names()
+                ),
+            ));
+        };
+        let Some(i) = market.interval(name) else {
+            let shown: String = name.chars().take(16).collect();
+            return Err(Refused::bad_request(
+                "bad_request",
+                format!(
+                    "'interval' must be one of the intervals this gateway builds: {} (got '{shown}')",
+                    market.interval_names()
+                ),
+            ));
+        };
+        let limit = limit_param(&query, 100, market.bars_keep)?;
+        let (finals, open) = entry.bars(i, limit);
+        let mut body = String::from(r#"{"bars":["#);
+        for (n, bar) in finals.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            bar.encode(&mut body, &entry.symbol, name, true);
+        }
+        if let Some(bar) = open {
+            if !finals.is_empty() {
+                body.push(',');
+            }
+            bar.encode(&mut body, &entry.symbol, name, false);
+        }
+        body.push_str("]}");
+        Ok(body)
+    };
+    match answer() {
+        Ok(body) => json(&state, &req, StatusCode::OK, body),
+        Err(r) => refusal(&state, &req, r),
+    }
+}
+
+/// `GET /v1/trades?symbol=AAPL[&limit=100]` → `{"trades":[...]}`: the last `limit` prints kept
+/// (`[trades] keep`), oldest first, each exactly as a `trade` message on `/ws`.
+async fn trades(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let answer = || -> Result<String, Refused> {
+        let admitted = admit_request(&state, &req)?;
+        realtime_only(&admitted.grant)?;
+        let query = Query::parse(req.query_string());
+        let entry = one_symbol(&state, &admitted.grant, &query)?;
+        let limit = limit_param(&query, 100, state.sessions.index.market().trades_keep)?;
+        let mut body = String::from(r#"{"trades":["#);
+        for (n, message) in entry.trades(limit).iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(message);
+        }
+        body.push_str("]}");
+        Ok(body)
+    };
+    match answer() {
+        Ok(body) => json(&state, &req, StatusCode::OK, body),
+        Err(r) => refusal(&state, &req, r),
+    }
 }
 
 /// A CORS preflight for `/v1/...`: a browser asks before sending `Authorization` (or

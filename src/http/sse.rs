@@ -24,8 +24,9 @@ use crate::frame::Framing;
 use crate::http::rest::{resolve, symbols_param, Query};
 use crate::protocol::{push_json_str, ErrorCode, OnLag, MAX_HZ_RANGE};
 use crate::session::socket::WsSocket;
-use crate::session::{Connection, Transport};
+use crate::session::{wants_for, Connection, Transport};
 use crate::state::AppState;
+use crate::view::Wants;
 
 /// The path of a stream.
 const STREAM_PATH: &str = "/v1/stream";
@@ -190,6 +191,7 @@ pub async fn serve(
         rejected,
         max_hz,
         on_lag,
+        wants,
     } = start;
     let place = place.expect("a stream is admitted with a connection place");
     let mut head = String::from(
@@ -235,7 +237,7 @@ pub async fn serve(
         WsSocket::raw(io),
         Framing::Sse,
     );
-    connection.subscribe_at_start(symbols, max_hz, on_lag);
+    connection.subscribe_at_start(symbols, max_hz, on_lag, wants);
     // Its own task, like a WebSocket session (`http::upgrade`): actix's connection task ends here.
     tokio::task::spawn_local(connection.run());
 }
@@ -248,9 +250,12 @@ struct StreamStart {
     rejected: Vec<(String, ErrorCode)>,
     max_hz: Option<f64>,
     on_lag: OnLag,
+    /// `trades=true`, `bars=1m`.
+    wants: Wants,
 }
 
-/// Reads the query of an admitted stream: `symbols` (required), `max_hz`, `on_lag`. Symbols the
+/// Reads the query of an admitted stream: `symbols` (required), `max_hz`, `on_lag`, `trades`,
+/// `bars`. Symbols the
 /// token may not have or the gateway does not serve are reported, not fatal, unless none is left.
 fn stream_request(
     state: &AppState,
@@ -280,6 +285,23 @@ fn stream_request(
             ))
         }
     };
+    let trades = match params.get("trades")? {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(_) => {
+            return Err(Refused::bad_request(
+                "bad_request",
+                "'trades' must be true or false",
+            ))
+        }
+    };
+    let wants = wants_for(
+        state.sessions.index.market(),
+        admitted.grant.tier,
+        trades,
+        params.get("bars")?,
+    )
+    .map_err(|message| Refused::bad_request("bad_request", message))?;
     let (symbols, rejected) = resolve(state, &admitted.grant, symbols);
     if symbols.is_empty() {
         let unauthorized = rejected.iter().any(|(_, c)| *c == ErrorCode::Unauthorized);
@@ -302,6 +324,7 @@ fn stream_request(
         rejected,
         max_hz,
         on_lag,
+        wants,
     })
 }
 

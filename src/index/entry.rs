@@ -9,15 +9,17 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use prometheus::IntGauge;
 
-use crate::delta::{encode_status, encode_update};
+use crate::delta::{encode_status, encode_trade, encode_update};
 use crate::fanout::{ConnPending, Link};
 use crate::frame::one_message_frame;
-use crate::model::{FeedId, Quote, Status, Symbol, Tick};
+use crate::model::{FeedId, Quote, Status, Symbol, Tick, Trade};
 use crate::sync::lock;
 
+use super::bars::{Added, Bar, Series};
 use super::history::{HistoryConfig, HistoryEntry, PastState, Sampled};
 use super::mirror::{read_from, Head, Mirror, Published, Recent, ShardLink};
-use super::{ChangeLog, RECENT_MAX, RECENT_TICKS};
+use super::trades::{Print, Tape};
+use super::{ChangeLog, Market, RECENT_MAX, RECENT_TICKS};
 
 /// Restarted sources, logged: each closes the clients that held the symbol with 1012, which an
 /// operator should be able to trace (a handful a second at most: a restart is every symbol at once).
@@ -44,6 +46,8 @@ pub struct SymbolEntry {
     pub(super) queued: std::sync::atomic::AtomicBool,
     /// Where every change goes (a scale-out ingest), besides this entry's subscribers.
     pub(super) changes: Option<Arc<ChangeLog>>,
+    /// How trades become the tape and bars.
+    pub(super) market: Arc<Market>,
 }
 
 #[derive(Default)]
@@ -75,6 +79,10 @@ pub(super) struct SymbolState {
     /// The feed whose quote is published; kept while every source is stale, so that the same feed
     /// recovering is not a switch.
     pub(super) active: Option<FeedId>,
+    /// The recent trade prints (`trades.rs`).
+    pub(super) tape: Tape,
+    /// One series of bars per configured interval (`bars.rs`, `Market::intervals`).
+    pub(super) bars: Vec<Series>,
 }
 
 /// One feed's view of a symbol: created by the feed's first tick for it, never by a status event.
@@ -289,10 +297,91 @@ impl SymbolEntry {
                 }
                 _ => return false,
             }
+            if let Some(trade) = tick.trade {
+                self.trade(&mut st, trade, tick.ts, tick.feed);
+            }
             self.published(&mut st);
         }
         self.fan_out();
         true
+    }
+
+    /// A published tick's trade print, under the state lock: onto the tape (encoded once for
+    /// every subscriber and `GET /v1/trades`) and into each interval's bar.
+    fn trade(&self, st: &mut SymbolState, trade: Trade, ts: i64, feed: FeedId) {
+        let m = &self.market;
+        // normalize() rejected a size below 0 and of_fields a size of 0.
+        let size = trade.size as u64;
+        let seq = st.seq;
+        let mut message = String::with_capacity(112);
+        encode_trade(&mut message, &self.symbol, seq, ts, trade.price, size);
+        st.tape.push(
+            Print {
+                seq,
+                ts,
+                message: ByteString::from(message),
+            },
+            m.trades_keep,
+        );
+        for (i, (series, interval)) in st.bars.iter_mut().zip(&m.intervals).enumerate() {
+            match series.add(interval.ms, m.bars_keep, ts, trade.price, size, seq, feed) {
+                Added::Taken { ended } => m.finalized[i].inc_by(ended),
+                Added::Late => m.late.inc(),
+            }
+        }
+    }
+
+    /// Ends the bars whose interval is over by their feed's clock (`Index::close_bars`), and tells
+    /// the subscribers when one did.
+    pub(super) fn close_bars(&self, clock: &dyn Fn(FeedId) -> i64) {
+        {
+            let mut st = lock(&self.state);
+            let m = &self.market;
+            let mut ended = 0;
+            for (i, (series, interval)) in st.bars.iter_mut().zip(&m.intervals).enumerate() {
+                if let Some(bar) = series.open {
+                    let n = series.close_until(interval.ms, m.bars_keep, clock(bar.feed));
+                    m.finalized[i].inc_by(n);
+                    ended += n;
+                }
+            }
+            if ended == 0 {
+                return;
+            }
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        self.fan_out();
+    }
+
+    /// The name of bar interval `i` (`Market::intervals`).
+    pub fn interval_name(&self, i: usize) -> &str {
+        self.market.intervals.get(i).map_or("", |i| i.name.as_str())
+    }
+
+    /// The final bars of interval `i` after the first `seen`, those still kept (a connection
+    /// catching up on final bars; its mirror keeps only the open ones).
+    pub fn finals_after(&self, i: usize, seen: u64) -> Vec<Bar> {
+        let st = lock(&self.state);
+        st.bars
+            .get(i)
+            .map(|s| s.finals_after(seen).copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// `GET /v1/bars`: the last `limit` final bars of interval `i`, oldest first, and the open one.
+    pub fn bars(&self, i: usize, limit: usize) -> (Vec<Bar>, Option<Bar>) {
+        let st = lock(&self.state);
+        let Some(s) = st.bars.get(i) else {
+            return (Vec::new(), None);
+        };
+        let skip = s.finals.len().saturating_sub(limit);
+        (s.finals.range(skip..).copied().collect(), s.open)
+    }
+
+    /// `GET /v1/trades`: the last `limit` prints' messages, oldest first.
+    pub fn trades(&self, limit: usize) -> Vec<ByteString> {
+        let st = lock(&self.state);
+        st.tape.last(limit).map(|p| p.message.clone()).collect()
     }
 
     /// After every change, under the state lock: keeps it in the history (delayed tier) and the
@@ -487,7 +576,8 @@ impl SymbolEntry {
     /// The latest state, or `None` before the first tick (a subscriber's snapshot waits for it).
     pub fn read(&self) -> Option<Published<'static>> {
         static NO_CHANGES: VecDeque<Recent> = VecDeque::new();
-        read_from(&lock(&self.state).head(), &NO_CHANGES, None)
+        static NO_TAPE: Tape = Tape::EMPTY;
+        read_from(&lock(&self.state).head(), &NO_CHANGES, &NO_TAPE, &[], None)
     }
 
     /// Calls `f` with the latest state plus, for a connection last sent `version = after`, the
@@ -499,7 +589,7 @@ impl SymbolEntry {
         f: impl FnOnce(Option<Published<'_>>) -> R,
     ) -> R {
         let st = lock(&self.state);
-        f(read_from(&st.head(), &st.recent, after))
+        f(read_from(&st.head(), &st.recent, &st.tape, &st.bars, after))
     }
 
     /// Brings a shard's mirror of this symbol up to date: one lock of the symbol per change and
@@ -528,6 +618,14 @@ impl SymbolEntry {
             m.recent.pop_front();
         }
         m.head = st.head();
+        st.tape.mirror_into(&mut m.tape);
+        // Only the open bars: a connection reads final ones from the entry, once per interval.
+        m.bars.clear();
+        m.bars.extend(st.bars.iter().map(|s| Series {
+            open: s.open,
+            finals: VecDeque::new(),
+            finals_total: s.finals_total,
+        }));
         m.generation = generation;
     }
 
@@ -625,7 +723,8 @@ impl Subscription {
         if m.generation != self.entry.generation.load(Ordering::Acquire) {
             self.entry.refresh(&mut m);
         }
-        f(read_from(&m.head, &m.recent, after))
+        let m = &*m;
+        f(read_from(&m.head, &m.recent, &m.tape, &m.bars, after))
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
+use super::bars::Series;
+use super::trades::Tape;
 use crate::fanout::Link;
 use crate::model::Quote;
 
@@ -26,6 +28,11 @@ pub struct Published<'a> {
     /// The changes after the connection's last `version` up to `version`, oldest first, when the
     /// index still holds them all; empty otherwise.
     pub catch_up: CatchUp<'a>,
+    /// The symbol's recent trade prints.
+    pub tape: &'a Tape,
+    /// Per configured interval, the open bar and how many have ended (a worker's mirror keeps no
+    /// final bars: `SymbolEntry::finals_after` reads them).
+    pub bars: &'a [Series],
 }
 
 /// Changes of a symbol's ring, oldest first: the ring's two slices.
@@ -99,6 +106,8 @@ pub(super) struct Mirror {
     pub(super) generation: u64,
     pub(super) head: Head,
     pub(super) recent: VecDeque<Recent>,
+    pub(super) tape: Tape,
+    pub(super) bars: Vec<Series>,
 }
 
 impl Default for Mirror {
@@ -107,6 +116,8 @@ impl Default for Mirror {
             generation: u64::MAX,
             head: Head::default(),
             recent: VecDeque::new(),
+            tape: Tape::default(),
+            bars: Vec::new(),
         }
     }
 }
@@ -126,6 +137,8 @@ pub(super) struct Head {
 pub(super) fn read_from<'a>(
     head: &Head,
     recent: &'a VecDeque<Recent>,
+    tape: &'a Tape,
+    bars: &'a [Series],
     after: Option<u64>,
 ) -> Option<Published<'a>> {
     if head.seq == 0 {
@@ -145,5 +158,7 @@ pub(super) fn read_from<'a>(
         quote: head.quote,
         tick_in: head.tick_in,
         catch_up,
+        tape,
+        bars,
     })
 }

@@ -39,22 +39,26 @@
 //! merged update instead. That is the conflation, and it is why a slow client costs the ingest task
 //! no more than a fast one.
 
+mod bars;
 mod entry;
 mod history;
 mod mirror;
+mod trades;
 
 use entry::SymbolState;
 pub use entry::{Subscription, SymbolEntry};
 use history::Sampled;
 pub use history::{HistoryConfig, HistoryEntry, PastState};
+pub use bars::{interval_ms, Bar, BarInterval, BarsConfig, Series};
 pub use mirror::{CatchUp, Published, Recent};
+pub use trades::{Lost, Print, Tape, TapeCursor, TradesConfig};
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
 use crate::feed::FeedEvent;
 use crate::metrics::{FeedCounters, Metrics};
@@ -90,9 +94,107 @@ pub struct Index {
     sample_ms: Option<i64>,
     keep_for: Duration,
     changes: Option<Arc<ChangeLog>>,
+    market: Arc<Market>,
+    /// Per feed, the latest `ts` of its accepted ticks: the clock that ends its symbols' bars.
+    clocks: Vec<AtomicI64>,
+    /// Per feed, the clock at the last sweep for ended bars (`close_bars`; the ingest task only).
+    swept: Mutex<Vec<i64>>,
+}
+
+/// What the index builds from trades (PROTOCOL.md, "Trades and bars"): each symbol's tape
+/// (`trades.rs`) and bars (`bars.rs`), and how a feed's clock ends bars.
+pub struct Market {
+    pub trades_keep: usize,
+    pub intervals: Vec<BarInterval>,
+    pub bars_keep: usize,
+    pub grace_ms: i64,
+    /// Per feed (`FeedId` order): whether its ticks are stamped by the wall clock (simulated,
+    /// polled, a restamped replay), so that the wall clock ends its bars too, `grace_ms` late.
+    pub wall_clock: Vec<bool>,
+    finalized: Vec<IntCounter>,
+    late: IntCounter,
+}
+
+impl Market {
+    /// The interval called `name`, by its place in `intervals`.
+    pub fn interval(&self, name: &str) -> Option<usize> {
+        self.intervals.iter().position(|i| i.name == name)
+    }
+
+    /// The offered intervals, for messages: `1s, 1m, 5m`.
+    pub fn interval_names(&self) -> String {
+        let names: Vec<&str> = self.intervals.iter().map(|i| i.name.as_str()).collect();
+        names.join(", ")
+    }
 }
 
 impl Index {
+    /// Builds tapes and bars as configured: `wall_clock` per feed, in `FeedId` order (see
+    /// `Market`). Set before any symbol is registered; `Index::new` builds the defaults with
+    /// every feed on the wall clock.
+    pub fn trade_market(
+        &mut self,
+        trades: &TradesConfig,
+        bars: &[BarInterval],
+        bars_config: &BarsConfig,
+        wall_clock: Vec<bool>,
+        metrics: &Metrics,
+    ) {
+        self.market = Arc::new(Market {
+            trades_keep: trades.keep,
+            intervals: bars.to_vec(),
+            bars_keep: bars_config.keep,
+            grace_ms: bars_config.grace_ms as i64,
+            wall_clock,
+            finalized: bars
+                .iter()
+                .map(|i| metrics.bars_finalized.with_label_values(&[&i.name]))
+                .collect(),
+            late: metrics.bar_late_trades.clone(),
+        });
+    }
+
+    pub fn market(&self) -> &Arc<Market> {
+        &self.market
+    }
+
+    /// Ends the bars whose interval is over on their feed's clock: its latest tick's `ts`, or for
+    /// a wall-clock feed the wall clock `grace_ms` ago, whichever is later. Called by the ingest
+    /// task after every batch of events and every 100 ms; it walks the symbols only when some
+    /// feed's clock has entered a new period of the shortest interval since the last walk (at
+    /// most once per period and feed: 10,000 symbols cost about a millisecond a second).
+    pub fn close_bars(&self, now_ms: i64) {
+        let m = &self.market;
+        let Some(period) = m.intervals.iter().map(|i| i.ms).min() else {
+            return;
+        };
+        let clock = |feed: usize| {
+            let ticked = self.clocks.get(feed).map_or(i64::MIN, |c| c.load(Ordering::Relaxed));
+            if m.wall_clock.get(feed).copied().unwrap_or(false) {
+                ticked.max(now_ms - m.grace_ms)
+            } else {
+                ticked
+            }
+        };
+        {
+            let mut swept = lock(&self.swept);
+            let mut due = false;
+            for (feed, last) in swept.iter_mut().enumerate() {
+                let c = clock(feed);
+                if c.div_euclid(period) > last.div_euclid(period) {
+                    due = true;
+                }
+                *last = (*last).max(c);
+            }
+            if !due {
+                return;
+            }
+        }
+        for e in self.symbols.iter() {
+            e.value().close_bars(&|feed: FeedId| clock(usize::from(feed)));
+        }
+    }
+
     /// `feeds` are the feed names in `FeedId` order.
     pub fn new(feeds: &[String], metrics: Arc<Metrics>) -> Index {
         Index {
@@ -103,6 +205,23 @@ impl Index {
             sample_ms: None,
             keep_for: Duration::ZERO,
             changes: None,
+            market: Arc::new(Market {
+                trades_keep: TradesConfig::default().keep,
+                intervals: BarsConfig::default()
+                    .parsed()
+                    .expect("the default intervals parse"),
+                bars_keep: BarsConfig::default().keep,
+                grace_ms: BarsConfig::default().grace_ms as i64,
+                wall_clock: vec![true; feeds.len()],
+                finalized: BarsConfig::default()
+                    .intervals
+                    .iter()
+                    .map(|i| metrics.bars_finalized.with_label_values(&[i]))
+                    .collect(),
+                late: metrics.bar_late_trades.clone(),
+            }),
+            clocks: feeds.iter().map(|_| AtomicI64::new(i64::MIN)).collect(),
+            swept: Mutex::new(vec![i64::MIN; feeds.len()]),
         }
     }
 
@@ -134,6 +253,7 @@ impl Index {
                     symbol,
                     state: Mutex::new(SymbolState {
                         keep_for: self.keep_for,
+                        bars: vec![Series::default(); self.market.intervals.len()],
                         ..SymbolState::default()
                     }),
                     links: Mutex::new(Vec::new()),
@@ -145,6 +265,7 @@ impl Index {
                     sample_ms: self.sample_ms,
                     queued: Default::default(),
                     changes: self.changes.clone(),
+                    market: self.market.clone(),
                 })
             })
             .clone()
@@ -265,9 +386,16 @@ impl Index {
                 return;
             }
         };
+        if let Some(clock) = self.clocks.get(usize::from(tick.feed)) {
+            clock.fetch_max(tick.ts, Ordering::Relaxed);
+        }
         let published = self.lookup_or_register(&tick.symbol).apply(&tick);
-        if let (false, Some(c)) = (published, counters) {
-            c.standby.inc();
+        if let Some(c) = counters {
+            if !published {
+                c.standby.inc();
+            } else if tick.trade.is_some() {
+                c.trades.inc();
+            }
         }
     }
 

@@ -17,9 +17,27 @@ fn parses_every_op() {
                 },
                 max_hz: Some(2.5),
                 on_lag: OnLag::Conflate,
+                trades: false,
+                bars: None,
             }
         })
     );
+    let Op::Subscribe { trades, bars, .. } =
+        parse_request(r#"{"op":"subscribe","symbols":["A"],"trades":true,"bars":"1m"}"#)
+            .unwrap()
+            .op
+    else {
+        panic!("a subscribe")
+    };
+    assert_eq!((trades, bars.as_deref()), (true, Some("1m")));
+    for bad in [
+        r#"{"op":"subscribe","symbols":["A"],"trades":"yes"}"#,
+        r#"{"op":"subscribe","symbols":["A"],"trades":1}"#,
+        r#"{"op":"subscribe","symbols":["A"],"bars":60}"#,
+        r#"{"op":"subscribe","symbols":["A"],"bars":"xxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+    ] {
+        assert_eq!(parse_request(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+    }
     assert_eq!(
         parse_request(r#"{"op":"unsubscribe","id":"x","symbols":["AAPL"]}"#)
             .unwrap()

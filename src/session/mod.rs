@@ -44,7 +44,7 @@ use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
 use crate::protocol::{close, OnLag};
-use crate::view::{Delay, Pacing, SlotView};
+use crate::view::{Delay, Pacing, SlotView, Wants};
 pub use limits::LimitsConfig;
 use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
 use socket::WsSocket;
@@ -278,6 +278,11 @@ impl Session {
         pacing
     }
 
+    /// What a subscription asks for beside quotes, checked (`wants_for`).
+    pub fn wants(&self, trades: bool, bars: Option<&str>) -> Result<Wants, String> {
+        wants_for(self.shared.index.market(), self.scope.tier, trades, bars)
+    }
+
     /// How this connection's messages are framed.
     pub fn framing(&self) -> Framing {
         self.frame.framing()
@@ -314,4 +319,34 @@ impl Session {
         self.by_symbol.clear();
         self.deferred = None;
     }
+}
+
+/// What a subscription (a `subscribe` op, or a stream's query) asks for beside quotes, checked:
+/// the interval must be one the index builds; the delayed and throttled tiers get neither yet
+/// (their history keeps quotes only, and a trade or bar newer than the delay must never reach
+/// them), so asking is a `bad_request` rather than a silent nothing.
+pub fn wants_for(
+    market: &crate::index::Market,
+    tier: Tier,
+    trades: bool,
+    bars: Option<&str>,
+) -> Result<Wants, String> {
+    let bars = match bars {
+        None => None,
+        Some(name) => match market.interval(name) {
+            Some(i) => Some(i),
+            None => {
+                let shown: String = name.chars().take(16).collect();
+                return Err(format!(
+                    "'bars' must be one of the intervals this gateway builds: {} (got '{shown}')",
+                    market.interval_names()
+                ));
+            }
+        },
+    };
+    let wants = Wants { trades, bars };
+    if wants.any() && tier != Tier::Realtime {
+        return Err("trades and bars are not offered to the delayed and throttled tiers".into());
+    }
+    Ok(wants)
 }

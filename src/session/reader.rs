@@ -14,7 +14,7 @@ use crate::protocol::{
     close, encode_ack, encode_error, encode_pong, encode_symbols, parse_request, ErrorCode, Op,
     SymbolList,
 };
-use crate::view::{Pacing, SlotView};
+use crate::view::{Pacing, SlotView, Wants};
 
 /// At most this many already-received client frames are handled before the replies are flushed,
 /// so that a client pipelining frames still gets answers (and news) at a steady pace.
@@ -172,9 +172,14 @@ impl Session {
                 symbols,
                 max_hz,
                 on_lag,
+                trades,
+                bars,
             } => {
                 let pacing = self.pacing(max_hz, on_lag);
-                self.subscribe(id, symbols, pacing, now)
+                match self.wants(trades, bars.as_deref()) {
+                    Ok(wants) => self.subscribe(id, symbols, pacing, wants, now),
+                    Err(message) => self.client_error(id, ErrorCode::BadRequest, &message, now),
+                }
             }
             Op::Unsubscribe { symbols } => {
                 self.unsubscribe(id, symbols);
@@ -226,6 +231,7 @@ impl Session {
         id: Option<&str>,
         symbols: SymbolList,
         pacing: Pacing,
+        wants: Wants,
         now: Instant,
     ) -> Option<End> {
         let max = self.shared.limits.max_symbols_per_connection;
@@ -269,7 +275,7 @@ impl Session {
             match target {
                 Target::Existing(slot) => {
                     if let Some(view) = self.slots[slot as usize].as_mut() {
-                        view.resubscribe(pacing);
+                        view.resubscribe(pacing, wants);
                     }
                     self.pending.mark(slot);
                 }
@@ -287,7 +293,7 @@ impl Session {
                     // `by_symbol` above (and `deduped` left it once in this op).
                     let at = self.find_symbol(&entry.symbol).unwrap_err();
                     let subscription = entry.subscribe(&self.pending, slot, pacing.delay.is_none());
-                    self.slots[slot as usize] = Some(SlotView::new(subscription, pacing));
+                    self.slots[slot as usize] = Some(SlotView::new(subscription, pacing, wants));
                     self.by_symbol.insert(at, slot);
                 }
             }

@@ -38,6 +38,7 @@ impl Connection {
         symbols: Vec<String>,
         max_hz: Option<f64>,
         on_lag: crate::protocol::OnLag,
+        wants: crate::view::Wants,
     ) {
         let pacing = self.session.pacing(max_hz, on_lag);
         let symbols = crate::protocol::SymbolList {
@@ -45,7 +46,7 @@ impl Connection {
             invalid: Vec::new(),
         };
         self.session
-            .subscribe(None, symbols, pacing, std::time::Instant::now());
+            .subscribe(None, symbols, pacing, wants, std::time::Instant::now());
     }
 
     pub fn new(

@@ -175,6 +175,22 @@ impl Session {
         if s.snapshots > 0 {
             m.snapshots_sent.inc_by(s.snapshots);
         }
+        if s.trades + s.trades_lost + s.bars > 0 {
+            let transport = match self.frame.framing() {
+                crate::frame::Framing::JsonArray => "ws",
+                crate::frame::Framing::Sse => "sse",
+            };
+            m.trades_sent
+                .with_label_values(&[transport])
+                .inc_by(s.trades);
+            m.trades_lost
+                .with_label_values(&[transport])
+                .inc_by(s.trades_lost);
+            m.bars_sent.with_label_values(&[transport]).inc_by(s.bars);
+            s.trades = 0;
+            s.trades_lost = 0;
+            s.bars = 0;
+        }
         if !s.tick_in.is_empty() {
             observe_latency(
                 m,

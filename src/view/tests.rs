@@ -81,6 +81,7 @@ fn subscribed_after_snapshot() -> (Index, Arc<SymbolEntry>, Arc<ConnPending>, Ve
     let mut slots = vec![SlotView::new(
         entry.subscribe(&conn, 0, true),
         Pacing::default(),
+        Wants::default(),
     )];
     let snap = drain(&conn, &mut slots, Instant::now());
     assert_eq!(snap.len(), 1);
@@ -154,6 +155,7 @@ fn max_hz_defers_and_then_sends_the_latest() {
     let mut slots = vec![SlotView::new(
         entry.subscribe(&conn, 0, true),
         Pacing::max_hz(Some(2.0)),
+        Wants::default(),
     )];
     let t0 = Instant::now();
     assert_eq!(drain(&conn, &mut slots, t0).len(), 1);
@@ -193,6 +195,7 @@ fn max_hz_paces_updates_but_not_status_changes() {
     let mut slots = vec![SlotView::new(
         entry.subscribe(&conn, 0, true),
         Pacing::max_hz(Some(0.001)),
+        Wants::default(),
     )];
     let t0 = Instant::now();
     assert_eq!(drain(&conn, &mut slots, t0).len(), 1, "the snapshot");
@@ -252,6 +255,7 @@ fn a_restarted_source_ends_the_views_that_held_the_old_seq() {
     let mut slots = vec![SlotView::new(
         entry.subscribe(&conn, 0, true),
         Pacing::default(),
+        Wants::default(),
     )];
     let strict = ConnPending::new();
     let never_merge = Pacing {
@@ -261,6 +265,7 @@ fn a_restarted_source_ends_the_views_that_held_the_old_seq() {
     let mut strict_slots = vec![SlotView::new(
         entry.subscribe(&strict, 0, true),
         never_merge,
+        Wants::default(),
     )];
     let snap = drain(&conn, &mut slots, Instant::now());
     assert_eq!(snap[0]["seq"], 100);
@@ -295,6 +300,7 @@ fn a_restarted_source_ends_the_views_that_held_the_old_seq() {
     let mut fresh = vec![SlotView::new(
         entry.subscribe(&conn2, 0, true),
         Pacing::default(),
+        Wants::default(),
     )];
     assert_eq!(drain(&conn2, &mut fresh, Instant::now())[0]["seq"], 5);
 }
@@ -307,6 +313,7 @@ fn nothing_before_the_first_tick_then_a_snapshot() {
     let mut slots = vec![SlotView::new(
         entry.subscribe(&conn, 0, true),
         Pacing::default(),
+        Wants::default(),
     )];
     assert!(drain(&conn, &mut slots, Instant::now()).is_empty());
     idx.apply(FeedEvent::Tick(tick(100, None)));
@@ -346,7 +353,7 @@ proptest! {
         let idx = index();
         let entry = idx.register("AAPL".into());
         let conn = ConnPending::new();
-        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::default())];
+        let mut slots = vec![SlotView::new(entry.subscribe(&conn, 0, true), Pacing::default(), Wants::default())];
         let mut view: Option<View> = None;
         let mut status = "live".to_string();
         for step in steps.iter().chain([Step::Drain].iter()) {
@@ -361,7 +368,7 @@ proptest! {
                     }));
                 }
                 Step::Resubscribe => {
-                    slots[0].resubscribe(Pacing::default());
+                    slots[0].resubscribe(Pacing::default(), Wants::default());
                     conn.mark(0);
                 }
                 Step::Drain => {

@@ -333,6 +333,8 @@ pub fn tick(symbol: &str, ts: i64, fields: &[(&str, &str)]) -> Tick {
             other => panic!("unknown tick field {other}"),
         }
     }
+    // As a recorded line: `last` with a positive `last_size` is a trade print.
+    t.trade = quotegw::model::Trade::of_fields(t.last, t.last_size);
     t
 }
 

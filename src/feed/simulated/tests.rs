@@ -48,6 +48,7 @@ fn ticks_are_plausible_and_skewed() {
         .map(|t| (t.symbol.clone(), (t.bid.unwrap(), t.ask.unwrap())))
         .collect();
     let mut trades = 0;
+    let (mut odd_lots, mut repeats, mut last_trade) = (0, 0, None);
     for _ in 0..50_000 {
         let t = g.next_tick(0);
         *counts.entry(t.symbol.clone()).or_default() += 1;
@@ -62,11 +63,23 @@ fn ticks_are_plausible_and_skewed() {
         for p in [t.bid, t.ask, t.last].into_iter().flatten() {
             assert!(p.scale() == 2 && p > Decimal::ZERO, "cent grid: {p}");
         }
-        for s in [t.bid_size, t.ask_size, t.last_size].into_iter().flatten() {
+        for s in [t.bid_size, t.ask_size].into_iter().flatten() {
             assert!(s > 0 && s % 100 == 0, "round lots: {s}");
         }
         let is_trade = t.last.is_some();
         trades += is_trade as u32;
+        assert_eq!(t.trade.is_some(), is_trade, "a trade tick carries its print");
+        if let Some(trade) = t.trade {
+            assert_eq!((Some(trade.price), Some(trade.size)), (t.last, t.last_size));
+            assert!(trade.size > 0);
+            odd_lots += (trade.size < 100) as u32;
+            if last_trade.as_ref() == Some(&t.symbol) && t.symbol != u[0] {
+                repeats += 1;
+            }
+            last_trade = Some(t.symbol.clone());
+        } else {
+            last_trade = None;
+        }
         assert_eq!(
             is_trade,
             t.volume.is_some(),
@@ -80,10 +93,17 @@ fn ticks_are_plausible_and_skewed() {
                     || t.ask_size.is_some())
         );
     }
+    // 30% of draws, plus bursts (5% of those start 2 to 8 more): about 35% of ticks.
     assert!(
-        (12_000..18_000).contains(&trades),
-        "~30% trades, got {trades}"
+        (15_000..20_000).contains(&trades),
+        "~35% trades, got {trades}"
     );
+    assert!(
+        (trades / 8..trades / 3).contains(&odd_lots),
+        "about a fifth odd lots: {odd_lots} of {trades}"
+    );
+    // Back-to-back trades of one (not the hottest) symbol are rare by chance: bursts make them.
+    assert!(repeats > trades / 50, "bursts: {repeats} of {trades}");
     let hottest = counts[&u[0]];
     let median = counts.get(&u[250]).copied().unwrap_or(0);
     assert!(

@@ -1,0 +1,180 @@
+//! What one connection was sent of a symbol's trades and bars, and what it is owed now
+//! (PROTOCOL.md, "Trades and bars"). A `SlotView` holds one when its subscription asked for
+//! `trades` or `bars`; most hold none.
+//!
+//! Trades are never merged and never paced: every print after the connection's cursor goes out
+//! with its quote's news, in order, whatever `max_hz` says. A connection further behind than the
+//! symbol's tape is told what it lost (`trades_lost`, exact count and `seq` range), or closed with
+//! 4008 under `on_lag: "close"`. Bars: each final bar exactly once (never merged away: they are
+//! counted, `Series::finals_total`, and read back from the entry), the open bar when it changed,
+//! at most as often as `max_hz` allows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::delta::encode_trades_lost;
+use crate::frame::FrameBuilder;
+use crate::index::{Published, SymbolEntry, TapeCursor};
+
+use super::{EmitStats, Emitted};
+
+/// What a subscription asked for beside quotes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wants {
+    pub trades: bool,
+    /// The bar interval, by its place in the index's `Market::intervals`.
+    pub bars: Option<usize>,
+}
+
+impl Wants {
+    pub fn any(&self) -> bool {
+        self.trades || self.bars.is_some()
+    }
+}
+
+/// One connection's place in a symbol's trades and bars.
+pub struct MarketView {
+    wants: Wants,
+    /// Where it is in the tape (set at its snapshot).
+    tape: TapeCursor,
+    bars: BarCursor,
+}
+
+#[derive(Default)]
+struct BarCursor {
+    /// Final bars of the interval it is up to (`Series::finals_total`).
+    finals_seen: u64,
+    /// The open bar last sent: its start and trade count, which every change of a bar moves.
+    sent_open: Option<(i64, u64)>,
+    /// When the open bar may be sent again (`max_hz`).
+    next_at: Option<Instant>,
+}
+
+impl MarketView {
+    pub fn new(wants: Wants) -> MarketView {
+        MarketView {
+            wants,
+            tape: TapeCursor::default(),
+            bars: BarCursor::default(),
+        }
+    }
+
+    pub fn wants(&self) -> Wants {
+        self.wants
+    }
+
+    /// The connection was just sent the symbol's snapshot from `p`: trades from the next print on,
+    /// and the open bar now (PROTOCOL.md: "and the current bar when `bars` is set").
+    pub fn start(
+        &mut self,
+        symbol: &str,
+        entry: &Arc<SymbolEntry>,
+        p: &Published<'_>,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) {
+        self.tape = p.tape.cursor_at(p.seq);
+        self.bars = BarCursor::default();
+        if let Some(s) = self.wants.bars.and_then(|i| p.bars.get(i)) {
+            self.bars.finals_seen = s.finals_total;
+        }
+        // The snapshot went now: no pacing holds the current bar back.
+        let _ = self.emit_bars(symbol, entry, p, None, Instant::now(), frame, stats);
+    }
+
+    /// Writes the prints and bars this connection is owed after the quote's news; `Lagged` when a
+    /// print was lost under `on_lag: "close"`, `NotBefore` when the open bar waits for `max_hz`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn emit(
+        &mut self,
+        symbol: &str,
+        entry: &Arc<SymbolEntry>,
+        p: &Published<'_>,
+        close_on_lag: bool,
+        min_interval: Option<Duration>,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let mut wrote = false;
+        if self.wants.trades && p.tape.total() > self.tape.next {
+            let (lost, prints) = p.tape.since(self.tape);
+            if let Some(lost) = lost {
+                if close_on_lag {
+                    return Emitted::Lagged;
+                }
+                frame.push_quote("trades_lost", symbol, lost.to_seq, |s| {
+                    encode_trades_lost(s, symbol, lost.count, lost.from_seq, lost.to_seq)
+                });
+                stats.trades_lost += lost.count;
+                self.tape.seen_seq = lost.to_seq;
+            }
+            for print in prints {
+                frame.push_quote("trade", symbol, print.seq, |s| s.push_str(&print.message));
+                stats.trades += 1;
+                self.tape.seen_seq = print.seq;
+            }
+            self.tape.next = p.tape.total();
+            wrote = true;
+        }
+        let bars = self.emit_bars(symbol, entry, p, min_interval, now, frame, stats);
+        match bars {
+            Emitted::Nothing if wrote => Emitted::Wrote,
+            other => other,
+        }
+    }
+
+    /// The final bars not sent yet (read from `entry`), then the open bar if it changed and
+    /// `min_interval` allows.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_bars(
+        &mut self,
+        symbol: &str,
+        entry: &Arc<SymbolEntry>,
+        p: &Published<'_>,
+        min_interval: Option<Duration>,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let Some(i) = self.wants.bars else {
+            return Emitted::Nothing;
+        };
+        let Some(series) = p.bars.get(i) else {
+            return Emitted::Nothing;
+        };
+        let interval = entry.interval_name(i);
+        let mut wrote = false;
+        if series.finals_total > self.bars.finals_seen {
+            // Each final bar once, unpaced: a final bar is never merged away.
+            for bar in entry.finals_after(i, self.bars.finals_seen) {
+                frame.push_quote("bar", symbol, bar.seq, |s| {
+                    bar.encode(s, symbol, interval, true)
+                });
+                stats.bars += 1;
+            }
+            self.bars.finals_seen = series.finals_total;
+            wrote = true;
+        }
+        if let Some(bar) = series.open {
+            let key = (bar.start, bar.trades);
+            if self.bars.sent_open != Some(key) {
+                if let Some(at) = self.bars.next_at.filter(|&at| now < at) {
+                    return Emitted::NotBefore(at);
+                }
+                frame.push_quote("bar", symbol, bar.seq, |s| {
+                    bar.encode(s, symbol, interval, false)
+                });
+                stats.bars += 1;
+                self.bars.sent_open = Some(key);
+                self.bars.next_at = min_interval.and_then(|d| now.checked_add(d));
+                wrote = true;
+            }
+        }
+        if wrote {
+            Emitted::Wrote
+        } else {
+            Emitted::Nothing
+        }
+    }
+}
