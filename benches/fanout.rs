@@ -27,7 +27,7 @@ use quotegw::frame::FrameBuilder;
 use quotegw::index::{Index, RECENT_TICKS};
 use quotegw::metrics::Metrics;
 use quotegw::model::Tick;
-use quotegw::view::{EmitStats, Pacing, SlotView};
+use quotegw::view::{EmitStats, Pacing, SlotView, Wants};
 use rust_decimal::Decimal;
 
 /// Per-thread heaps: under glibc's malloc, the `shards` group's two threads shared arena locks in
@@ -140,6 +140,7 @@ fn setup(n: usize) -> Index {
                 slots: vec![SlotView::new(
                     entry.subscribe(&pending, 0, true),
                     Pacing::default(),
+                    Wants::default(),
                 )],
                 pending,
                 dirty: Vec::new(),
@@ -283,6 +284,7 @@ fn shard_connections(index: &Index, symbols: &[String], n: usize) -> Vec<Conn> {
                     SlotView::new(
                         entry.subscribe(&pending, slot as u32, true),
                         Pacing::default(),
+                        Wants::default(),
                     )
                 })
                 .collect();

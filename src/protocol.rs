@@ -309,12 +309,7 @@ pub fn parse_request(text: &str) -> Result<Request, OpError> {
             let trades = match raw.trades.map(RawValue::get) {
                 None | Some("null") | Some("false") => false,
                 Some("true") => true,
-                Some(_) => {
-                    return Err(OpError::bad_request(
-                        &id,
-                        "'trades' must be true or false",
-                    ))
-                }
+                Some(_) => return Err(OpError::bad_request(&id, "'trades' must be true or false")),
             };
             let bars = match raw.bars.map(RawValue::get) {
                 None | Some("null") => None,

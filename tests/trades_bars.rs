@@ -63,8 +63,12 @@ fn ohlcv(prints: &[Print], ms: i64) -> Vec<Bar> {
         .into_iter()
         .map(|(start, g)| {
             let value = |p: &&Print| Decimal::from_str(&p.2).unwrap();
-            let high = g.iter().max_by(|a, b| value(a).cmp(&value(b)).then(b.0.cmp(&a.0)));
-            let low = g.iter().min_by(|a, b| value(a).cmp(&value(b)).then(a.0.cmp(&b.0)));
+            let high = g
+                .iter()
+                .max_by(|a, b| value(a).cmp(&value(b)).then(b.0.cmp(&a.0)));
+            let low = g
+                .iter()
+                .min_by(|a, b| value(a).cmp(&value(b)).then(a.0.cmp(&b.0)));
             (
                 start,
                 [
@@ -132,7 +136,10 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
             .iter()
             .map(|(s, p)| {
                 let after = snap.get(s).copied().unwrap_or(u64::MAX);
-                (s.clone(), p.iter().filter(|p| p.0 > after).cloned().collect())
+                (
+                    s.clone(),
+                    p.iter().filter(|p| p.0 > after).cloned().collect(),
+                )
             })
             .collect()
     };
@@ -162,7 +169,13 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
         got.iter()
             .map(|(s, bars)| {
                 let from = first_owed_bar(s, snap);
-                (s.clone(), bars.iter().filter(|b| b.0 >= from).cloned().collect::<Vec<_>>())
+                (
+                    s.clone(),
+                    bars.iter()
+                        .filter(|b| b.0 >= from)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
             })
             .collect::<BTreeMap<_, _>>()
     };
@@ -196,7 +209,10 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
         }
     }
     for (symbol, snap) in &snapshot_seq {
-        assert!(*snap <= 10, "{symbol}: subscribed before the replay, snapshot at {snap}");
+        assert!(
+            *snap <= 10,
+            "{symbol}: subscribed before the replay, snapshot at {snap}"
+        );
         let starts: Vec<i64> = got_finals[symbol].iter().map(|b| b.0).collect();
         assert!(
             starts.windows(2).all(|w| w[0] < w[1]),
@@ -245,11 +261,21 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
             assert_eq!(b["final"], w.0 + 60_000 <= last_ts, "{symbol} minute {i}");
             assert_eq!(b["symbol"], symbol.as_str());
         }
-        let (status, _, body) =
-            http(gw.addr, "GET", &format!("/v1/trades?symbol={symbol}&limit=50"), &[]).await;
+        let (status, _, body) = http(
+            gw.addr,
+            "GET",
+            &format!("/v1/trades?symbol={symbol}&limit=50"),
+            &[],
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         let v: Value = serde_json::from_str(&body).unwrap();
-        let got: Vec<Print> = v["trades"].as_array().unwrap().iter().map(print_of).collect();
+        let got: Vec<Print> = v["trades"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(print_of)
+            .collect();
         assert_eq!(got, p[p.len().saturating_sub(50)..], "{symbol}");
     }
     // A bad request says what to change; an unknown interval names the offered ones.
@@ -271,7 +297,10 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
     let trades_in = gw
         .metric("quotegw_trades_received_total{feed=\"rp\"}")
         .await;
-    assert_eq!(trades_in as usize, prints.values().map(Vec::len).sum::<usize>());
+    assert_eq!(
+        trades_in as usize,
+        prints.values().map(Vec::len).sum::<usize>()
+    );
 }
 
 /// A client that stops reading falls behind the tape (16 prints here): when it reads again it is
@@ -285,7 +314,8 @@ async fn a_client_behind_the_tape_is_told_exactly_what_it_lost() {
         "[trades]\nkeep = 16\n[limits]\nsend_buffer_bytes = 4096\nslow_consumer_timeout_ms = 60000\n",
         &["X"],
     );
-    gw.push(tick("X", 1, &[("bid", "1.00"), ("ask", "1.01")])).await;
+    gw.push(tick("X", 1, &[("bid", "1.00"), ("ask", "1.01")]))
+        .await;
     let mut fast = gw.client().await;
     fast.send(json!({"op": "subscribe", "symbols": ["X"], "trades": true}))
         .await;
@@ -300,7 +330,9 @@ async fn a_client_behind_the_tape_is_told_exactly_what_it_lost() {
         .await;
     // Both snapshots out before the flood.
     for c in [&mut slow, &mut strict] {
-        c.read_until_message(|m| m["type"] == "snapshot").await.unwrap();
+        c.read_until_message(|m| m["type"] == "snapshot")
+            .await
+            .unwrap();
     }
     // Pushed 8 at a time, each batch read by the fast client before the next: it never falls
     // behind the tape, whatever the machine's load, while the other two stop reading.
@@ -370,7 +402,8 @@ async fn a_client_behind_the_tape_is_told_exactly_what_it_lost() {
         "every print either sent or counted lost, once"
     );
     assert_eq!(
-        gw.metric("quotegw_trades_lost_total{transport=\"ws\"}").await as u64,
+        gw.metric("quotegw_trades_lost_total{transport=\"ws\"}")
+            .await as u64,
         lost_total
     );
     // The strict client: closed with 4008, not told of losses.
@@ -418,8 +451,12 @@ async fn a_final_bar_is_sent_exactly_once() {
             let ts = 1_000_000 + k * 1000 + j * 150;
             let price = format!("{}.{:02}", 10 + k, (j * 37 + k) % 100);
             let size = 100 * (j + 1);
-            gw.push(tick("Y", ts, &[("last", &price), ("last_size", &size.to_string())]))
-                .await;
+            gw.push(tick(
+                "Y",
+                ts,
+                &[("last", &price), ("last_size", &size.to_string())],
+            ))
+            .await;
             prints.push((0, ts, price, size as u64));
             if k == BARS {
                 break; // the last bar's first print ends the one before
@@ -441,7 +478,11 @@ async fn a_final_bar_is_sent_exactly_once() {
         m["type"] == "bar" && m["final"] == true && m["start"] == 1_000_000 + (BARS - 1) * 1000
     };
     let msgs = paced.until(done).await;
-    assert_eq!(finals_of(&msgs), want, "paced: every final bar once, in order");
+    assert_eq!(
+        finals_of(&msgs),
+        want,
+        "paced: every final bar once, in order"
+    );
     // max_hz 2: at most two open bars a second (plus the one sent with the snapshot's).
     let allowed = 2 * (pushing.elapsed().as_secs() as usize + 1) + 1;
     let opens = msgs
@@ -491,9 +532,18 @@ async fn bad_trade_and_bar_requests_get_clear_errors() {
     gw.push(tick("Z", 1, &[("bid", "1.00")])).await;
     let mut c = gw.client().await;
     for (op, says) in [
-        (json!({"op": "subscribe", "symbols": ["Z"], "bars": "5m"}), "1s, 1m"),
-        (json!({"op": "subscribe", "symbols": ["Z"], "bars": 60}), "interval"),
-        (json!({"op": "subscribe", "symbols": ["Z"], "trades": "yes"}), "true or false"),
+        (
+            json!({"op": "subscribe", "symbols": ["Z"], "bars": "5m"}),
+            "1s, 1m",
+        ),
+        (
+            json!({"op": "subscribe", "symbols": ["Z"], "bars": 60}),
+            "interval",
+        ),
+        (
+            json!({"op": "subscribe", "symbols": ["Z"], "trades": "yes"}),
+            "true or false",
+        ),
     ] {
         c.send(op).await;
         let e = c.expect("error").await;

@@ -280,7 +280,9 @@ fn one_symbol(
     accepted
         .first()
         .and_then(|s| state.sessions.index.lookup(s))
-        .ok_or_else(|| Refused::bad_request("unknown_symbol", "the gateway does not serve that symbol"))
+        .ok_or_else(|| {
+            Refused::bad_request("unknown_symbol", "the gateway does not serve that symbol")
+        })
 }
 
 /// `limit`: 1 to `max`, `default` when absent.

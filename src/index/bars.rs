@@ -271,7 +271,9 @@ mod tests {
         assert_eq!(interval_ms("1s"), Some(1000));
         assert_eq!(interval_ms("5m"), Some(300_000));
         assert_eq!(interval_ms("1h"), Some(3_600_000));
-        for bad in ["", "s", "0s", "7s", "01m", "1d", "-1s", "1.5m", "1 m", "99999h"] {
+        for bad in [
+            "", "s", "0s", "7s", "01m", "1d", "-1s", "1.5m", "1 m", "99999h",
+        ] {
             assert_eq!(interval_ms(bad), None, "{bad}");
         }
         let c = BarsConfig {
@@ -356,7 +358,10 @@ mod tests {
     fn a_bar_ends_once_and_keeps_its_bound() {
         let p = |s: &str| Decimal::from_str(s).unwrap();
         let mut s = Series::default();
-        assert_eq!(s.add(1000, 2, 1_500, p("1.00"), 5, 1, 0), Added::Taken { ended: 0 });
+        assert_eq!(
+            s.add(1000, 2, 1_500, p("1.00"), 5, 1, 0),
+            Added::Taken { ended: 0 }
+        );
         assert_eq!(s.close_until(1000, 2, 1_999), 0);
         assert_eq!(s.close_until(1000, 2, 2_000), 1);
         assert_eq!(s.close_until(1000, 2, 9_000), 0, "ended once");
@@ -367,7 +372,10 @@ mod tests {
         assert_eq!(s.finals_total, 3);
         assert_eq!(s.finals.len(), 2, "keep bounds the history");
         assert_eq!(s.finals_after(1).count(), 2);
-        assert_eq!(s.finals_after(2).map(|b| b.start).collect::<Vec<_>>(), [3000]);
+        assert_eq!(
+            s.finals_after(2).map(|b| b.start).collect::<Vec<_>>(),
+            [3000]
+        );
         assert_eq!(s.open.unwrap().start, 4000);
     }
 }

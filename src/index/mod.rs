@@ -45,11 +45,11 @@ mod history;
 mod mirror;
 mod trades;
 
+pub use bars::{interval_ms, Bar, BarInterval, BarsConfig, Series};
 use entry::SymbolState;
 pub use entry::{Subscription, SymbolEntry};
 use history::Sampled;
 pub use history::{HistoryConfig, HistoryEntry, PastState};
-pub use bars::{interval_ms, Bar, BarInterval, BarsConfig, Series};
 pub use mirror::{CatchUp, Published, Recent};
 pub use trades::{Lost, Print, Tape, TapeCursor, TradesConfig};
 
@@ -169,7 +169,10 @@ impl Index {
             return;
         };
         let clock = |feed: usize| {
-            let ticked = self.clocks.get(feed).map_or(i64::MIN, |c| c.load(Ordering::Relaxed));
+            let ticked = self
+                .clocks
+                .get(feed)
+                .map_or(i64::MIN, |c| c.load(Ordering::Relaxed));
             if m.wall_clock.get(feed).copied().unwrap_or(false) {
                 ticked.max(now_ms - m.grace_ms)
             } else {
@@ -191,7 +194,8 @@ impl Index {
             }
         }
         for e in self.symbols.iter() {
-            e.value().close_bars(&|feed: FeedId| clock(usize::from(feed)));
+            e.value()
+                .close_bars(&|feed: FeedId| clock(usize::from(feed)));
         }
     }
 

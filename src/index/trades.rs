@@ -126,7 +126,10 @@ impl Tape {
             from_seq: cursor.seen_seq + 1,
             to_seq: self.gone_seq,
         });
-        let skip = cursor.next.saturating_sub(first).min(self.ring.len() as u64) as usize;
+        let skip = cursor
+            .next
+            .saturating_sub(first)
+            .min(self.ring.len() as u64) as usize;
         (lost, self.ring.range(skip..))
     }
 

@@ -36,7 +36,11 @@ fn parses_every_op() {
         r#"{"op":"subscribe","symbols":["A"],"bars":60}"#,
         r#"{"op":"subscribe","symbols":["A"],"bars":"xxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
     ] {
-        assert_eq!(parse_request(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        assert_eq!(
+            parse_request(bad).unwrap_err().code,
+            ErrorCode::BadRequest,
+            "{bad}"
+        );
     }
     assert_eq!(
         parse_request(r#"{"op":"unsubscribe","id":"x","symbols":["AAPL"]}"#)

@@ -68,7 +68,11 @@ fn ticks_are_plausible_and_skewed() {
         }
         let is_trade = t.last.is_some();
         trades += is_trade as u32;
-        assert_eq!(t.trade.is_some(), is_trade, "a trade tick carries its print");
+        assert_eq!(
+            t.trade.is_some(),
+            is_trade,
+            "a trade tick carries its print"
+        );
         if let Some(trade) = t.trade {
             assert_eq!((Some(trade.price), Some(trade.size)), (t.last, t.last_size));
             assert!(trade.size > 0);
