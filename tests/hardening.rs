@@ -52,10 +52,11 @@ async fn status(gw: &TestGateway, path: &str) -> u16 {
 }
 
 /// The most one stalled client's connection holds unsent in the kernel with `send_buffer_bytes`:
-/// the kernel doubles the value for its bookkeeping and admits one more segment (up to 64 KiB on
-/// loopback) while under it.
+/// the kernel doubles the value for its bookkeeping, and a write made while under it fills the
+/// segment it is appending to and then admits one more (each up to 64 KiB on loopback). Seen:
+/// 128,647 to 142,848 bytes in most runs, 205,231 at times, as frames fall against segments.
 fn kernel_bound(send_buffer_bytes: u64) -> u64 {
-    2 * send_buffer_bytes + 64 * 1024
+    2 * send_buffer_bytes + 2 * 64 * 1024
 }
 
 /// Fills a stalled client's connection and returns what the gateway's kernel holds for it.

@@ -515,3 +515,97 @@ crate::with_one_and_two_workers!(
     failover_follows_the_primary_and_seq_keeps_growing,
     fail_back_publishes_the_recovering_feeds_fresh_quote_never_its_old_or_empty_one,
 );
+
+/// A poller that maps `volume` infers a print from each rise of it (two trades between polls look
+/// like one, their summed size at the latest `last`), none from a `last` that moves alone or a
+/// fall of `volume` (a new session), and none from the first answer; one without `volume` prints
+/// `last_size` when `last` moves. Every print reaches a `trades` subscriber and `/v1/trades`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_infers_trades_from_volume_or_last() {
+    let answer = |sym: &str, last: &str, extra: &str| {
+        format!(r#"{{"data":[{{"sym":"{sym}","b":"9.99","a":"10.20","l":"{last}"{extra}}}]}}"#)
+    };
+    let with_volume = Upstream::start(&answer("AAA", "10.00", r#","v":100"#)).await;
+    let without = Upstream::start(&answer("BBB", "20.00", r#","ls":10"#)).await;
+    let feed = |name: &str, base: &str, symbol: &str, fields: &str| {
+        format!(
+            "[[feeds]]\nkind = \"http_poll\"\nname = \"{name}\"\nbase = \"{base}\"\n\
+             url = \"{{base}}/q?s={{symbols}}\"\nsymbols = [\"{symbol}\"]\ninterval_ms = 30\n\
+             [feeds.response]\nshape = \"array\"\nroot = \"data\"\nsymbol = \"sym\"\n\
+             fields = {{ {fields} }}\n"
+        )
+    };
+    let gw = start(
+        &(feed(
+            "vol",
+            &with_volume.base,
+            "AAA",
+            r#"bid = "b", ask = "a", last = "l", volume = "v""#,
+        ) + &feed(
+            "novol",
+            &without.base,
+            "BBB",
+            r#"bid = "b", ask = "a", last = "l", last_size = "ls""#,
+        )),
+        &[],
+    );
+    let mut c = gw.client().await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAA", "BBB"], "trades": true}))
+        .await;
+    c.expect("ack").await;
+    let mut trades = Vec::new();
+    let is = |symbol: &'static str, field: &'static str, value: Value| {
+        move |m: &Value| m["symbol"] == symbol && m.get(field) == Some(&value)
+    };
+    let trade = |symbol: &'static str| move |m: &Value| m["type"] == "trade" && m["symbol"] == symbol;
+    trades.extend(trades_until(&mut c, is("AAA", "volume", json!(100))).await);
+    trades.extend(trades_until(&mut c, is("BBB", "last", json!("20.00"))).await);
+    assert!(trades.is_empty(), "nothing from first answers: {trades:?}");
+    // AAA: a rise of 50 at 10.05; a last that moves alone; a rise of 250 (two trades, one print).
+    with_volume.set_body(&answer("AAA", "10.05", r#","v":150"#));
+    trades.extend(trades_until(&mut c, trade("AAA")).await);
+    with_volume.set_body(&answer("AAA", "10.07", r#","v":150"#));
+    trades.extend(trades_until(&mut c, is("AAA", "last", json!("10.07"))).await);
+    with_volume.set_body(&answer("AAA", "10.10", r#","v":400"#));
+    trades.extend(trades_until(&mut c, trade("AAA")).await);
+    // A new session: volume falls; not a trade.
+    with_volume.set_body(&answer("AAA", "10.11", r#","v":5"#));
+    trades.extend(trades_until(&mut c, is("AAA", "volume", json!(5))).await);
+    // BBB (no volume): a new last prints last_size.
+    without.set_body(&answer("BBB", "20.02", r#","ls":30"#));
+    trades.extend(trades_until(&mut c, trade("BBB")).await);
+    // Nothing else was printed: the frame after the last print holds no trade.
+    for m in c.sync("end").await {
+        assert!(m["type"] != "trade", "{m}");
+    }
+    assert_eq!(
+        trades,
+        [
+            (json!("AAA"), json!("10.05"), json!(50)),
+            (json!("AAA"), json!("10.10"), json!(250)),
+            (json!("BBB"), json!("20.02"), json!(30)),
+        ]
+    );
+    let (status, _, body) = support::http(gw.addr, "GET", "/v1/trades?symbol=AAA", &[]).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let sizes: Vec<&Value> = v["trades"].as_array().unwrap().iter().map(|t| &t["size"]).collect();
+    assert_eq!(sizes, [&json!(50), &json!(250)], "{body}");
+}
+
+/// Reads until a message matches `pred`; returns the prints read, the match included.
+async fn trades_until(
+    c: &mut support::Client,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<(Value, Value, Value)> {
+    let mut seen = Vec::new();
+    loop {
+        let m = c.next().await;
+        if m["type"] == "trade" {
+            seen.push((m["symbol"].clone(), m["price"].clone(), m["size"].clone()));
+        }
+        if pred(&m) {
+            return seen;
+        }
+    }
+}

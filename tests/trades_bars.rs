@@ -284,6 +284,7 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
         ("/v1/bars?symbol=AAPL", "bad_request"),
         ("/v1/bars?symbol=ZZZZ&interval=1m", "unknown_symbol"),
         ("/v1/trades?symbol=AAPL&limit=0", "bad_request"),
+        ("/v1/trades?symbol=AAPL&limit=-3", "bad_request"),
         ("/v1/trades?symbol=A%22B", "invalid_symbol"),
         ("/v1/trades", "bad_request"),
     ] {
@@ -294,6 +295,11 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
     }
     let (_, _, body) = http(gw.addr, "GET", "/v1/bars?symbol=AAPL&interval=2m", &[]).await;
     assert!(body.contains("1s, 1m, 5m"), "{body}");
+    // More than is kept gets what is kept (4096 prints here; KO printed fewer).
+    let (status, _, body) = http(gw.addr, "GET", "/v1/trades?symbol=KO&limit=99999999999", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["trades"].as_array().unwrap().len(), prints["KO"].len());
     let trades_in = gw
         .metric("quotegw_trades_received_total{feed=\"rp\"}")
         .await;

@@ -1,9 +1,11 @@
-// <quote-ticker>: live stock quotes from a quotegw gateway, as one custom element.
+// <quote-ticker>: live stock quotes from a quotegw gateway, as one custom element; and <quote-tape>,
+// the trades as they print (time and sales), from the same module.
 //
 // One plain ES module: no framework, no build step. The gateway serves it at /widget/quote-ticker.js.
 //
 //   <script type="module" src="https://quotes.example.com/widget/quote-ticker.js"></script>
-//   <quote-ticker symbols="AAPL,MSFT,NVDA" layout="grid"></quote-ticker>
+//   <quote-ticker symbols="AAPL,MSFT,NVDA" layout="grid" sparkline="1m"></quote-ticker>
+//   <quote-tape symbols="AAPL" rows="20"></quote-tape>
 //
 // Attributes
 //   symbols  comma-separated tickers, case-insensitive ("aapl, msft"). An entry that is not a symbol
@@ -13,6 +15,21 @@
 //   fields   comma-separated quote fields, in display order. Default "bid,ask,last,volume".
 //            Any of: bid, ask, last, bid_size, ask_size, last_size, volume, ts.
 //   layout   "tape" (a scrolling strip) or "grid" (a table). Default "grid".
+//   sparkline  a bar interval the gateway builds ("1s", "1m", "5m" by default; a bare attribute
+//            means "1m"): adds a trend column (grid) or a small chart after the price (tape), the
+//            closes of that interval's bars drawn as a line. Without it nothing else is asked of
+//            the gateway (no bars in the subscription, no GET /v1/bars). See "Trades and bars".
+//
+// <quote-tape> attributes
+//   symbols  as above; with more than one the rows interleave by time and gain a symbol column.
+//   url      as above; a tape and tickers with the same url share the one connection (and tokens).
+//   rows     how many trades are shown, newest on top. Default 20, at most 500.
+// Each row: the time of the print (local, from its ts, to the millisecond), the price exactly as
+// sent, the size, and a tick mark: ▲ above the previous print's price, ▼ below; an unchanged price
+// keeps the previous direction, as a zero-plus (faint ▲) or zero-minus (faint ▼) tick; none on the
+// first print shown and after a gap, where the previous print is not known. A row in place of
+// prints that were missed: "37 trades missed" (the gateway's trades_lost), "Reconnected: trades may
+// have been missed" or "Gateway restarted: trades may have been missed" (see below).
 //
 // Theming: CSS custom properties, set on quote-ticker or on any ancestor. Defaults in brackets.
 //   --quote-ticker-font            font family        [system-ui, sans-serif]
@@ -35,13 +52,22 @@
 //   --quote-ticker-live            "live" dot         [#1a7f37]
 //   --quote-ticker-warn            connecting dot     [#bf8700]
 //   --quote-ticker-tape-speed      tape scroll speed, pixels per second (a plain number) [60]
-// Parts for ::part(): container, bar, connection, body, table, row, symbol, price, badge, rejected.
+//   --quote-ticker-sparkline-width   sparkline column   [6em]
+//   --quote-ticker-sparkline-height  sparkline height   [1.5em]
+//   --quote-tape-max-height          a <quote-tape>'s scroll height [none]
+// A sparkline is drawn in --quote-ticker-up when its last close is above its first, in
+// --quote-ticker-down when below, else --quote-ticker-muted; a tape's marks and prices likewise.
+// <quote-tape> takes the same --quote-ticker-* properties, so one theme covers both.
+// Parts for ::part(): container, bar, connection, body, table, row, symbol, price, badge, rejected,
+// sparkline (the <svg>); on <quote-tape> also gap (a missed-trades cell) and tick.
 //
 // Tokens (a gateway with auth = "api_key" or "jwt"): give the widget a token from script, so that it
 // never sits in the DOM (a url attribute is visible to every script and extension on the page):
 //
 //   import { QuoteTicker } from "https://quotes.example.com/widget/quote-ticker.js";
 //   QuoteTicker.setToken(async ({ renew }) => (await fetch("/api/quote-token")).text());
+//
+// (QuoteTape.setToken is the same function: tokens belong to a url, whichever element shows it.)
 //
 // QuoteTicker.setToken(token, url?)
 //   token  a string, or a provider: a function ({ url, renew }) => string | Promise<string>; null or
@@ -90,10 +116,45 @@
 //     capped at 30 s, with "equal jitter" (a random delay in [ceiling/2, ceiling]), so no retry is
 //     immediate and a refused page backs off further on every attempt; n returns to 0 once the
 //     gateway answers in protocol.
+// - Trades and bars (sparkline, <quote-tape>): a symbol's subscribe carries what every element
+//   showing it on that connection needs ("trades": true for a tape, "bars": the sparkline's
+//   interval), because a later subscribe of a symbol replaces the earlier choice on the gateway; so
+//   an element coming or going subscribes the symbol again with the new union (a re-sent snapshot,
+//   no gap in trades). One bars interval per symbol and connection: the first one asked for. A
+//   sparkline of another interval for the same symbol is read from GET /v1/bars and read again
+//   every 5 s instead (its last point can lag by that much).
+// - History: after the ack of a subscribe with trades or bars, the tape reads GET
+//   /v1/trades?symbol=..&limit=<rows> and the sparkline GET /v1/bars?symbol=..&interval=..&limit=390
+//   (a gateway keeping fewer answers with what it keeps). Live
+//   messages that arrive meanwhile wait and are applied after it, a print only when its seq is above
+//   the newest shown, so nothing is shown twice and nothing falls between the history and the live
+//   messages. These requests go to the gateway of the url (http/https for ws/wss, /v1/... beside its
+//   /ws path), with the connection's token as "Authorization: Bearer" (never in the URL), at most 4
+//   at once per connection; 429/503 are tried again (3 times, 1, 2, 3 s later). A history that
+//   cannot be read (401, 403, a network error) leaves a note in the tape's bar ("earlier trades
+//   unavailable (...)") or the reason in the sparkline's label; the live messages still show.
+// - Bars: the same start again updates that point (the bar with more trades, or the final one,
+//   wins); a new start appends one; at most 391 points, 390 final bars and the open one (the
+//   oldest go). After a reconnect the history is read again and replaces the line (a restarted
+//   gateway has other bars).
+// - Trades after a reconnect: the history read again is joined to what is shown. When it holds the
+//   newest print shown, only what follows is added; when it does not, a "Reconnected: trades may
+//   have been missed" row; when seq went backwards (a new snapshot below the last seq seen, or a
+//   history that ends below it), the gateway restarted: a "Gateway restarted" row, and what follows
+//   sorts above everything before it, whatever its ts (a restarted replay starts its clock over).
+//   A trades_lost message is a "N trades missed" row, unless the history read after it holds them.
+// - The gateway refusing extras (an op with bars or trades answered bad_request: an interval it
+//   does not build, or a tier without trades and bars) costs no quotes: that interval (then trades)
+//   is dropped and the symbols are subscribed again without it; the sparkline says why (its title
+//   and aria-label), the tape shows "trades not available: <the gateway's message>". A sparkline
+//   value that is not an interval by form ("1m": a number and s, m or h) is never sent.
 // - Never logs a URL with its query string or fragment (tokens live there). (Chromium itself logs a
 //   failed WebSocket handshake with the full URL; only a token outside the URL avoids that.)
 // - All text goes in through textContent: a symbol or message can never become markup or script.
 // - Screen readers: a polite live region announces connection changes and rejected symbols only.
+//   The tape is a table (caption, column headers; each tick mark has its words, "up tick", ...,
+//   for screen readers); a sparkline is an image whose label names its bar count, first and last
+//   close ("AAPL: 23 1m closes, from 189.10 to 189.13").
 //
 // Read-only inspection (for tests and host pages):
 // - element.connectionState: "idle" (no symbols), "connecting", "live", "reconnecting",
@@ -106,6 +167,15 @@
 // - element.displayedQuotes: { SYMBOL: { field: text shown, ..., status } } for the shown symbols.
 // - element.rejectedSymbols: [{ symbol, code }].
 // - Every value cell carries data-symbol, data-field and data-value (the raw value as received).
+// - element.displayedSparklines (sparkline set): { SYMBOL: { interval, closes: [strings, oldest
+//   first], last, error } }; each sparkline <svg> carries data-symbol, data-points,
+//   data-last-close (exact) and data-state ("ok", "empty", "unavailable").
+// - <quote-tape>: connectionState, connectionInfo, rejectedSymbols and the connectionstatechange
+//   event as above, and displayedTrades: the rows on screen, newest first, { kind: "trade", symbol,
+//   seq, ts, time, price, size, tick } (time, price and size as shown; tick "up", "down", "zero-up",
+//   "zero-down" or null) or { kind: "gap", symbol, reason: "lost" | "reconnect" | "restart", count,
+//   text }. Each trade row carries data-seq and data-tick; its cells data-field (ts, price, size)
+//   and data-value.
 
 // PROTOCOL.md: a symbol is 1–32 printable ASCII characters other than space, '"', '\' and ','.
 const SYMBOL_RULE = /^[\x21\x23-\x2B\x2D-\x5B\x5D-\x7E]{1,32}$/;
@@ -170,6 +240,25 @@ const PING_INTERVAL_MS = 20000;
 const RATE_LIMIT_RETRY_MS = 1000;
 // Symbols per subscribe op on (re)connect, well under any sensible max_symbols_per_connection.
 const SUBSCRIBE_CHUNK = 500;
+// A bar interval as the gateway names them: a number and s, m or h ("1s", "1m", "5m"). A string that
+// is not one is never sent (the gateway would refuse the whole op, and with it its symbols).
+const INTERVAL_RULE = /^[1-9][0-9]{0,5}[smh]$/;
+// Final bars asked of GET /v1/bars for a sparkline: 390 one-minute bars are a trading day, and the
+// gateway's default bars history ([bars] keep). It answers them and the open bar, so a sparkline
+// keeps one point more, as the oldest go.
+const SPARKLINE_POINTS = 390;
+const SPARKLINE_KEEP = SPARKLINE_POINTS + 1;
+// A sparkline whose interval is not the one its symbol's subscription carries (one interval per
+// symbol and connection) is refreshed from GET /v1/bars this often.
+const SPARKLINE_POLL_MS = 5000;
+// Rows of a <quote-tape>: default and most.
+const TAPE_ROWS_DEFAULT = 20;
+const TAPE_ROWS_MAX = 500;
+// GET /v1/trades and /v1/bars: at most this many at once per connection (a grid of sparklines loads
+// one series per symbol), each bounded in time, and one answered 429/503 is tried again later.
+const FETCH_CONCURRENCY = 4;
+const FETCH_TIMEOUT_MS = 10000;
+const FETCH_RETRIES = 3;
 
 // ---------------------------------------------------------------------------------------------
 // Decimal strings
@@ -311,6 +400,27 @@ class Connection {
     // rejected (invalid_symbol), for as long as an element shows it.
     this.invalid = new Map();
     this.subscribed = new Set(); // SYMBOLs a subscribe was sent for on the current socket
+    // What else elements need of a symbol: SYMBOL -> { tapes: [rows of each <quote-tape>], bars:
+    // Map(interval -> how many sparklines) }. A subscribe carries the union (wants()): a later
+    // subscribe of a symbol replaces its trades/bars choice on the gateway, so every element sharing
+    // the symbol must be served by one op. One bars interval per symbol: the first one asked for
+    // (Map order); a sparkline of another interval is refreshed from GET /v1/bars instead.
+    this.extras = new Map();
+    this.sentWants = new Map(); // SYMBOL -> wantsKey() of the subscribe last sent on this socket
+    this.refusedBars = new Map(); // interval -> the gateway's message (bad_request): never sent again
+    this.tradesRefused = null; // the gateway's message when it refused trades (e.g. the tier)
+    this.tapes = new Map(); // SYMBOL -> recent trades and gaps (newTape), for <quote-tape>
+    this.series = new Map(); // SYMBOL + "\u0000" + interval -> bars (newSeries), for sparklines
+    // Bumped when the gateway's seq went backwards (it restarted): tape rows of an older epoch sort
+    // below newer ones whatever their ts (a restarted replay starts its clock over too).
+    this.epoch = 0;
+    this.epochSocket = 0;
+    this.entryNo = 0; // arrival order of tape rows, the last tie-break
+    this.extrasRefused = false; // receive(): an op's trades or bars were refused in this frame
+    this.fetchQueue = [];
+    this.fetchesRunning = 0;
+    this.restToken = null; // the token of the current connect, for GET /v1/... as a Bearer header
+    this.pollTimer = 0;
     this.quotes = new Map(); // SYMBOL -> { socket, seq, fields, status }
     this.rejected = new Map(); // SYMBOL (or a string that is not one) -> code
     this.toSubscribe = new Set();
@@ -353,7 +463,11 @@ class Connection {
     if (this.widgets.size === 0) this.dispose();
   }
 
-  retain(symbols) {
+  /**
+   * An element shows `symbols`. `extras` (optional) is what else it needs of each: { trades: rows }
+   * (a <quote-tape>) or { bars: interval } (a sparkline); release() takes the same arguments.
+   */
+  retain(symbols, extras) {
     let rejectedChanged = false;
     for (const s of symbols) {
       if (!isSymbol(s)) {
@@ -367,11 +481,12 @@ class Connection {
         }
         continue;
       }
+      if (extras) this.retainExtras(s, extras);
       const n = this.refs.get(s) || 0;
       this.refs.set(s, n + 1);
-      if (n !== 0) continue;
-      this.toUnsubscribe.delete(s);
-      if (!this.subscribed.has(s)) this.toSubscribe.add(s);
+      if (n === 0) this.toUnsubscribe.delete(s);
+      if (this.subscribed.has(s)) this.resubscribeIfChanged(s);
+      else if (n === 0) this.toSubscribe.add(s);
     }
     if (rejectedChanged) {
       queueMicrotask(() => {
@@ -381,7 +496,7 @@ class Connection {
     this.queueFlush();
   }
 
-  release(symbols) {
+  release(symbols, extras) {
     for (const s of symbols) {
       if (this.invalid.has(s)) {
         const n = this.invalid.get(s);
@@ -393,9 +508,11 @@ class Connection {
         }
         continue;
       }
+      if (extras) this.releaseExtras(s, extras);
       const n = this.refs.get(s) || 0;
       if (n > 1) {
         this.refs.set(s, n - 1);
+        if (this.subscribed.has(s)) this.resubscribeIfChanged(s);
         continue;
       }
       this.refs.delete(s);
@@ -405,6 +522,79 @@ class Connection {
       if (this.subscribed.has(s)) this.toUnsubscribe.add(s);
     }
     this.queueFlush();
+  }
+
+  retainExtras(s, extras) {
+    let e = this.extras.get(s);
+    if (!e) {
+      e = { tapes: [], bars: new Map() };
+      this.extras.set(s, e);
+    }
+    if (extras.trades) {
+      e.tapes.push(extras.trades);
+      if (!this.tapes.has(s)) this.tapes.set(s, newTape(s));
+      this.tapes.get(s).cap = Math.max(...e.tapes);
+    }
+    if (extras.bars) {
+      e.bars.set(extras.bars, (e.bars.get(extras.bars) || 0) + 1);
+      const key = seriesKey(s, extras.bars);
+      if (!this.series.has(key)) {
+        this.series.set(key, newSeries(s, extras.bars));
+        queueMicrotask(() => this.pollSeries(true));
+      }
+      if (!this.pollTimer) this.pollTimer = setInterval(() => this.pollSeries(), SPARKLINE_POLL_MS);
+    }
+  }
+
+  releaseExtras(s, extras) {
+    const e = this.extras.get(s);
+    if (!e) return;
+    if (extras.trades) {
+      const i = e.tapes.indexOf(extras.trades);
+      if (i >= 0) e.tapes.splice(i, 1);
+      if (e.tapes.length) this.tapes.get(s).cap = Math.max(...e.tapes);
+      else this.tapes.delete(s);
+    }
+    if (extras.bars && e.bars.has(extras.bars)) {
+      const n = e.bars.get(extras.bars);
+      if (n > 1) {
+        e.bars.set(extras.bars, n - 1);
+      } else {
+        e.bars.delete(extras.bars);
+        this.series.delete(seriesKey(s, extras.bars));
+      }
+    }
+    if (!e.tapes.length && !e.bars.size) this.extras.delete(s);
+    if (!this.series.size && this.pollTimer) {
+      clearInterval(this.pollTimer);
+      this.pollTimer = 0;
+    }
+  }
+
+  /** Why the gateway will not (or cannot) give bars of `interval`, or null when it may. */
+  intervalRefusal(interval) {
+    if (!INTERVAL_RULE.test(interval)) return "not a bar interval";
+    return this.refusedBars.has(interval) ? this.refusedBars.get(interval) : null;
+  }
+
+  /** What a subscribe of `s` carries beside the symbol: the union of what its elements need. */
+  wants(s) {
+    const e = this.extras.get(s);
+    if (!e) return { trades: false, bars: null };
+    let bars = null;
+    for (const interval of e.bars.keys()) {
+      if (!this.intervalRefusal(interval)) {
+        bars = interval;
+        break;
+      }
+    }
+    return { trades: e.tapes.length > 0 && this.tradesRefused === null, bars };
+  }
+
+  // A symbol already subscribed on this socket whose elements now need other extras: subscribe it
+  // again, with the new union (the gateway replaces the old choice and re-sends the snapshot).
+  resubscribeIfChanged(s) {
+    if (this.sentWants.get(s) !== wantsKey(this.wants(s))) this.toSubscribe.add(s);
   }
 
   // Changes made in one task (several elements connecting at once) go out as one op each way.
@@ -424,16 +614,36 @@ class Connection {
     if (this.toUnsubscribe.size) {
       const symbols = [...this.toUnsubscribe].filter(isSymbol);
       this.toUnsubscribe.clear();
-      for (const s of symbols) this.subscribed.delete(s);
+      for (const s of symbols) {
+        this.subscribed.delete(s);
+        this.sentWants.delete(s);
+      }
       if (symbols.length) this.send({ op: "unsubscribe", symbols });
     }
     if (this.toSubscribe.size) {
       const all = [...this.toSubscribe].filter(isSymbol);
       this.toSubscribe.clear();
-      for (let i = 0; i < all.length; i += SUBSCRIBE_CHUNK) {
-        const symbols = all.slice(i, i + SUBSCRIBE_CHUNK);
-        for (const s of symbols) this.subscribed.add(s);
-        this.send({ op: "subscribe", symbols });
+      // One op per distinct extras: symbols nobody wants trades or bars of go out as before, with
+      // no extra field at all.
+      const groups = new Map(); // wantsKey -> { wants, symbols }
+      for (const s of all) {
+        const wants = this.wants(s);
+        const key = wantsKey(wants);
+        if (!groups.has(key)) groups.set(key, { wants, symbols: [] });
+        groups.get(key).symbols.push(s);
+      }
+      for (const [key, { wants, symbols: list }] of groups) {
+        for (let i = 0; i < list.length; i += SUBSCRIBE_CHUNK) {
+          const symbols = list.slice(i, i + SUBSCRIBE_CHUNK);
+          for (const s of symbols) {
+            this.subscribed.add(s);
+            this.sentWants.set(s, key);
+          }
+          const op = { op: "subscribe", symbols };
+          if (wants.trades) op.trades = true;
+          if (wants.bars) op.bars = wants.bars;
+          this.send(op);
+        }
       }
     }
   }
@@ -445,7 +655,9 @@ class Connection {
       if (!op.symbols.length) return;
     }
     const id = this.nextId++;
-    if (op.op === "subscribe") this.pendingOps.set(id, { op: op.op, symbols: op.symbols });
+    if (op.op === "subscribe") {
+      this.pendingOps.set(id, { op: op.op, symbols: op.symbols, trades: !!op.trades, bars: op.bars || null });
+    }
     try {
       this.ws.send(JSON.stringify({ ...op, id }));
     } catch {
@@ -466,6 +678,8 @@ class Connection {
     this.retryDelay = null;
     const generation = ++this.generation;
     let url = this.url;
+    // GET /v1/... of this connection send the same token, as a Bearer header (see restToken).
+    this.restToken = new URL(this.url).searchParams.get("token");
     const source = this.tokenSource();
     if (source !== undefined) {
       let token = source;
@@ -490,6 +704,7 @@ class Connection {
         }
       }
       url = withToken(this.url, token);
+      this.restToken = token;
     }
     let ws;
     try {
@@ -502,6 +717,7 @@ class Connection {
     this.ws = ws;
     this.socketNo++;
     this.subscribed.clear();
+    this.sentWants.clear();
     this.pendingOps.clear();
     ws.onopen = () => {
       if (ws !== this.ws) return;
@@ -639,6 +855,8 @@ class Connection {
     this.generation++;
     clearTimeout(this.retryTimer);
     clearInterval(this.pingTimer);
+    clearInterval(this.pollTimer);
+    this.fetchQueue = [];
     window.removeEventListener("online", this.onOnline);
     const ws = this.ws;
     this.ws = null;
@@ -679,6 +897,9 @@ class Connection {
     const messages = Array.isArray(frame) ? frame : [frame];
     const changed = new Set();
     let rejectedChanged = false;
+    const trades = new Set(); // SYMBOLs whose tape changed
+    const bars = new Set(); // series keys that changed
+    this.extrasRefused = false;
     for (const m of messages) {
       if (!m || typeof m !== "object") continue;
       switch (m.type) {
@@ -697,6 +918,13 @@ class Connection {
         case "error":
           if (this.applyError(m)) rejectedChanged = true;
           break;
+        case "trade":
+        case "trades_lost":
+          if (this.applyTrade(m)) trades.add(m.symbol);
+          break;
+        case "bar":
+          if (this.applyBar(m)) bars.add(seriesKey(m.symbol, m.interval));
+          break;
         default:
           break; // pong, symbols, and anything newer than this client
       }
@@ -706,6 +934,12 @@ class Connection {
     if (changed.size || rejectedChanged) {
       for (const w of this.widgets) w._quotesChanged(changed, rejectedChanged);
     }
+    if (trades.size || bars.size || this.extrasRefused) this.extrasChanged(trades, bars, this.extrasRefused);
+  }
+
+  /** Tells the elements that tapes (`trades`: SYMBOLs) or sparklines (`bars`: series keys) changed. */
+  extrasChanged(trades, bars, all = false) {
+    for (const w of this.widgets) w._extrasChanged(trades, bars, all);
   }
 
   applySnapshot(m) {
@@ -714,6 +948,8 @@ class Connection {
     const q = this.quotes.get(m.symbol);
     // A re-sent snapshot on the same socket may repeat the seq; an older one is out of date.
     if (q && q.socket === this.socketNo && seq < q.seq) return false;
+    // A new socket's snapshot older than what the last one showed: the gateway started seq over.
+    if (q && q.socket !== this.socketNo && seq < q.seq) this.seqRestarted();
     const fields = {};
     for (const [k, v] of Object.entries(m)) {
       if (k !== "type" && k !== "symbol" && k !== "seq" && k !== "status") fields[k] = v;
@@ -772,6 +1008,11 @@ class Connection {
         changed = true;
       }
     }
+    // Trades and bars flow from the ack on: what came before it is read now (GET /v1/...), so that
+    // nothing falls between the history and the live messages.
+    if (pending && Array.isArray(m.symbols)) {
+      for (const s of m.symbols) if (this.refs.has(s)) this.loadExtras(s, pending);
+    }
     // A symbol this op named that the ack neither accepted nor rejected is not being served.
     if (pending) {
       for (const s of pending.symbols) {
@@ -792,7 +1033,24 @@ class Connection {
     if (typeof m.message === "string") console.warn(`quote-ticker: gateway error ${code}: ${redactText(m.message)}`);
     if (!pending) return false;
     this.pendingOps.delete(id);
-    for (const s of pending.symbols) this.subscribed.delete(s);
+    for (const s of pending.symbols) {
+      this.subscribed.delete(s);
+      this.sentWants.delete(s);
+    }
+    if (code === "bad_request" && (pending.trades || pending.bars)) {
+      // The extras were refused (an interval this gateway does not build, or a tier without trades
+      // and bars), not the symbols: drop one extra and subscribe again, so that a sparkline or a
+      // tape never costs the quotes of the elements sharing the symbols. Bars first; trades when an
+      // op with trades only is refused too. Each interval, and trades, is refused once per
+      // connection: never sent again on it.
+      const message = typeof m.message === "string" ? m.message : code;
+      if (pending.bars) this.refusedBars.set(pending.bars, message);
+      else this.tradesRefused = message;
+      for (const s of pending.symbols) if (this.refs.has(s) && !this.subscribed.has(s)) this.toSubscribe.add(s);
+      this.queueFlush();
+      this.extrasRefused = true;
+      return false;
+    }
     if (code === "rate_limited") {
       setTimeout(() => {
         for (const s of pending.symbols) {
@@ -811,6 +1069,345 @@ class Connection {
     }
     return changed;
   }
+
+  /** The gateway started seq over (it restarted): a new epoch for tape rows, once per socket. */
+  seqRestarted() {
+    if (this.epochSocket === this.socketNo) return;
+    this.epoch++;
+    this.epochSocket = this.socketNo;
+  }
+
+  /** After the ack of `pending` for `s`: read the history of what that op (or polling) serves. */
+  loadExtras(s, pending) {
+    const tape = this.tapes.get(s);
+    if (tape && pending.trades) this.loadTape(tape);
+    const e = this.extras.get(s);
+    if (!e) return;
+    const live = this.wants(s).bars;
+    for (const interval of e.bars.keys()) {
+      const series = this.series.get(seriesKey(s, interval));
+      // The interval this op carries, or one served by polling; the symbol's live interval waits
+      // for the op that carries it.
+      if (series && (interval === pending.bars || interval !== live)) this.loadSeries(series, false);
+    }
+  }
+
+  applyTrade(m) {
+    const tape = typeof m.symbol === "string" ? this.tapes.get(m.symbol) : undefined;
+    if (!tape) return false;
+    if (tape.loadedOn !== this.socketNo) {
+      // Until the history is read, live prints wait, so that they land after it.
+      if (tape.loadingOn === this.socketNo) tape.pending.push(m);
+      return false;
+    }
+    return m.type === "trade" ? this.tapeTrade(tape, m) : this.tapeLost(tape, m);
+  }
+
+  /** A live print: shown unless the tape already has it (seq ≤ the newest shown). */
+  tapeTrade(tape, m) {
+    if (typeof m.seq !== "number") return false;
+    if (tape.newestSeq !== null && m.seq <= tape.newestSeq) return false;
+    this.pushTrade(tape, m);
+    return true;
+  }
+
+  /** trades_lost: a gap row, unless the history read after it already holds those prints. */
+  tapeLost(tape, m) {
+    if (tape.newestSeq !== null && typeof m.to_seq === "number" && m.to_seq <= tape.newestSeq) return false;
+    const count = typeof m.count === "number" && Number.isSafeInteger(m.count) ? m.count : null;
+    this.pushGap(tape, "lost", count);
+    return true;
+  }
+
+  pushTrade(tape, m) {
+    // The tick test: versus the previous print; an unchanged price keeps the last direction (a
+    // zero-plus or zero-minus tick). After a gap the previous print is unknown: no mark.
+    const c = tape.lastPrice === null ? null : compareDecimal(m.price, tape.lastPrice);
+    let tick = null;
+    if (c === 1 || c === -1) {
+      tick = c === 1 ? "up" : "down";
+      tape.lastDir = tick;
+    } else if (c === 0 && tape.lastDir) {
+      tick = `zero-${tape.lastDir}`;
+    } else if (c === null) {
+      tape.lastDir = null;
+    }
+    tape.lastPrice = typeof m.price === "string" || typeof m.price === "number" ? m.price : null;
+    tape.newestSeq = m.seq;
+    tape.entries.push({
+      kind: "trade",
+      symbol: tape.symbol,
+      seq: m.seq,
+      ts: typeof m.ts === "number" ? m.ts : 0,
+      price: m.price,
+      size: m.size,
+      tick,
+      epoch: this.epoch,
+      n: ++this.entryNo,
+    });
+    trimTape(tape);
+  }
+
+  /** A gap row: `reason` "lost" (trades_lost, `count` known), "reconnect" or "restart". */
+  pushGap(tape, reason, count) {
+    const prev = tape.entries[tape.entries.length - 1];
+    tape.entries.push({
+      kind: "gap",
+      symbol: tape.symbol,
+      reason,
+      count,
+      // Right after the print before it; a restart's gap goes below everything of the new epoch.
+      ts: reason !== "restart" && prev && prev.epoch === this.epoch ? prev.ts : -Infinity,
+      epoch: this.epoch,
+      n: ++this.entryNo,
+    });
+    tape.lastPrice = null;
+    tape.lastDir = null;
+    trimTape(tape);
+  }
+
+  /** Reads GET /v1/trades for a tape on this socket, then applies the prints that came meanwhile. */
+  loadTape(tape) {
+    const socket = this.socketNo;
+    if (tape.loadedOn === socket || tape.loadingOn === socket) return;
+    tape.loadingOn = socket;
+    tape.pending = [];
+    const limit = Math.min(tape.cap, TAPE_ROWS_MAX);
+    this.fetchJson("v1/trades", { symbol: tape.symbol, limit }, "trades").then(({ list, error }) => {
+      if (this.tapes.get(tape.symbol) !== tape || tape.loadingOn !== socket) return; // released
+      tape.loadingOn = 0;
+      if (this.socketNo !== socket) return; // a newer socket's ack reads it again
+      this.mergeTape(tape, list, error);
+      tape.loadedOn = socket;
+      for (const m of tape.pending) {
+        if (m.type === "trade") this.tapeTrade(tape, m);
+        else this.tapeLost(tape, m);
+      }
+      tape.pending = [];
+      this.extrasChanged(new Set([tape.symbol]), new Set());
+    });
+  }
+
+  // The history read on a socket, joined to what the tape shows. A tape that shows nothing yet
+  // takes it whole. Otherwise, when it holds the newest print shown, only what follows it is new;
+  // when it does not, prints may have been missed while the connection was down (a gap row), and
+  // when seq went backwards the gateway restarted (a gap row, and a new epoch).
+  mergeTape(tape, list, error) {
+    const restarted = tape.entries.length > 0 && tape.epoch !== this.epoch;
+    tape.epoch = this.epoch;
+    tape.note = error ? `earlier trades unavailable (${error})` : "";
+    if (!list) {
+      if (tape.entries.length) this.pushGap(tape, "reconnect", null);
+      return;
+    }
+    const prints = list.filter((m) => m && typeof m === "object" && typeof m.seq === "number");
+    if (!tape.entries.length && !restarted) {
+      for (const m of prints) this.tapeTrade(tape, m);
+      return;
+    }
+    let gap = restarted ? "restart" : null;
+    if (!gap) {
+      const shown = [...tape.entries].reverse().find((e) => e.kind === "trade");
+      const at = prints.findIndex((m) => m.seq === tape.newestSeq);
+      const same = (m) => shown && m.ts === shown.ts && m.price === shown.price && m.size === shown.size;
+      const newest = prints[prints.length - 1];
+      if (at >= 0 && !same(prints[at])) gap = "restart";
+      else if (at < 0 && (!newest || newest.seq < tape.newestSeq)) gap = "restart";
+      else if (at < 0) gap = "reconnect";
+    }
+    if (gap === "restart") {
+      this.seqRestarted();
+      tape.epoch = this.epoch;
+      tape.newestSeq = null;
+    }
+    if (gap) this.pushGap(tape, gap, null);
+    for (const m of prints) this.tapeTrade(tape, m);
+  }
+
+  applyBar(m) {
+    if (typeof m.symbol !== "string" || typeof m.interval !== "string") return false;
+    const series = this.series.get(seriesKey(m.symbol, m.interval));
+    if (!series) return false;
+    if (series.loadedOn !== this.socketNo) {
+      if (series.loadingOn === this.socketNo) series.pending.push(m);
+      return false;
+    }
+    return mergeBar(series, m);
+  }
+
+  /**
+   * Reads GET /v1/bars for a sparkline: on a new socket it replaces the series (the gateway may
+   * have restarted), then applies the bars that came meanwhile; a poll (`refresh`) merges.
+   */
+  loadSeries(series, refresh) {
+    const socket = this.socketNo;
+    const refusal = this.intervalRefusal(series.interval);
+    if (refusal) {
+      series.error = refusal;
+      return;
+    }
+    if (series.loadingOn === socket || (!refresh && series.loadedOn === socket)) return;
+    series.loadingOn = socket;
+    if (!refresh) series.pending = [];
+    const params = { symbol: series.symbol, interval: series.interval, limit: SPARKLINE_POINTS };
+    this.fetchJson("v1/bars", params, "bars").then(({ list, error }) => {
+      const key = seriesKey(series.symbol, series.interval);
+      if (this.series.get(key) !== series || series.loadingOn !== socket) return;
+      series.loadingOn = 0;
+      if (this.socketNo !== socket) return;
+      series.error = error;
+      if (list && !refresh) series.bars = [];
+      for (const m of list || []) mergeBar(series, m);
+      if (series.loadedOn !== socket) {
+        for (const m of series.pending) mergeBar(series, m);
+        series.pending = [];
+        series.loadedOn = socket;
+      }
+      this.extrasChanged(new Set(), new Set([key]));
+    });
+  }
+
+  /**
+   * Sparklines whose interval is not their symbol's live one (the subscription carries one): read
+   * now and then. `fresh`: only those not read on this socket yet (a sparkline just added).
+   */
+  pollSeries(fresh = false) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    for (const series of this.series.values()) {
+      const read = series.loadedOn === this.socketNo;
+      if ((fresh && read) || !this.subscribed.has(series.symbol)) continue;
+      if (this.wants(series.symbol).bars !== series.interval) this.loadSeries(series, read);
+    }
+  }
+
+  /**
+   * GET <gateway>/<path>?<params> with this connection's token; resolves to { list, error }: the
+   * array `field` of the answer, or null and why not. At most FETCH_CONCURRENCY at once.
+   */
+  fetchJson(path, params, field) {
+    return new Promise((resolve) => {
+      this.fetchQueue.push({ path, params: { ...params }, field, resolve, tries: 0 });
+      this.pumpFetches();
+    });
+  }
+
+  pumpFetches() {
+    while (this.fetchesRunning < FETCH_CONCURRENCY && this.fetchQueue.length && !this.disposed) {
+      const job = this.fetchQueue.shift();
+      this.fetchesRunning++;
+      this.runFetch(job).finally(() => {
+        this.fetchesRunning--;
+        this.pumpFetches();
+      });
+    }
+  }
+
+  async runFetch(job) {
+    const url = restUrl(this.url, job.path);
+    for (const [k, v] of Object.entries(job.params)) url.searchParams.set(k, String(v));
+    const what = `GET ${redactUrl(url.href)} (${job.params.symbol})`;
+    // Authorization makes a cross-origin request preflighted; the gateway answers OPTIONS /v1/...
+    const headers = this.restToken ? { Authorization: `Bearer ${this.restToken}` } : {};
+    let res;
+    let body = null;
+    try {
+      res = await fetch(url.href, { headers, credentials: "omit", cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+      body = await res.json().catch(() => null);
+    } catch (e) {
+      const why = redactText(e && e.message ? e.message : e);
+      console.warn(`quote-ticker: ${what} failed: ${why}`);
+      job.resolve({ list: null, error: "network error" });
+      return;
+    }
+    const err = body && body.error && typeof body.error === "object" ? body.error : {};
+    if ((res.status === 429 || res.status === 503) && job.tries < FETCH_RETRIES) {
+      job.tries++;
+      setTimeout(() => {
+        this.fetchQueue.push(job);
+        this.pumpFetches();
+      }, RATE_LIMIT_RETRY_MS * job.tries);
+      return;
+    }
+    if (!res.ok || !body || !Array.isArray(body[job.field])) {
+      const code = typeof err.code === "string" ? err.code : `HTTP ${res.status}`;
+      const message = typeof err.message === "string" ? `: ${redactText(err.message)}` : "";
+      console.warn(`quote-ticker: ${what} answered ${res.status} ${code}${message}`);
+      job.resolve({ list: null, error: CODE_TEXT[code] || code });
+      return;
+    }
+    job.resolve({ list: body[job.field], error: null });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trades and bars kept by a connection, shared by the elements that show them
+
+function seriesKey(symbol, interval) {
+  return `${symbol}\u0000${interval}`;
+}
+
+/** What a subscribe op carries beside its symbols, as a string to compare and group by. */
+function wantsKey(wants) {
+  return `${wants.trades ? "trades" : ""}|${wants.bars || ""}`;
+}
+
+/** A symbol's recent prints and gap rows, oldest first, as <quote-tape>s show them. */
+function newTape(symbol) {
+  return {
+    symbol,
+    cap: TAPE_ROWS_DEFAULT, // rows kept: the most any element showing it wants
+    entries: [], // { kind: "trade", seq, ts, price, size, tick, epoch, n } | { kind: "gap", reason, count, ts, epoch, n }
+    newestSeq: null, // seq of the newest print shown: a print at or below it is a duplicate
+    lastPrice: null, // the previous print's price and direction, for the tick mark
+    lastDir: null,
+    epoch: 0,
+    loadedOn: 0, // the socket whose history this tape has read (0: none)
+    loadingOn: 0, // the socket whose history is being read
+    pending: [], // live messages that came while the history was read
+    note: "",
+  };
+}
+
+function trimTape(tape) {
+  if (tape.entries.length > tape.cap) tape.entries.splice(0, tape.entries.length - tape.cap);
+}
+
+/** A symbol's bars of one interval, oldest first: { start, close, final, trades }. */
+function newSeries(symbol, interval) {
+  return { symbol, interval, bars: [], loadedOn: 0, loadingOn: 0, pending: [], error: null };
+}
+
+/**
+ * Applies a bar message to a series. The same `start` again is the same bar, newer when it is final
+ * or has counted more trades (the history read and the live messages may arrive in either order).
+ */
+function mergeBar(series, m) {
+  if (!m || typeof m !== "object" || typeof m.start !== "number" || m.close === undefined || m.close === null) return false;
+  const bar = { start: m.start, close: String(m.close), final: m.final === true, trades: typeof m.trades === "number" ? m.trades : 0 };
+  const bars = series.bars;
+  let i = bars.length - 1;
+  while (i >= 0 && bars[i].start > bar.start) i--;
+  if (i >= 0 && bars[i].start === bar.start) {
+    const old = bars[i];
+    if (old.final && !bar.final) return false;
+    if (!bar.final && !old.final && bar.trades < old.trades) return false;
+    if (old.final === bar.final && old.trades === bar.trades && old.close === bar.close) return false;
+    bars[i] = bar;
+    return true;
+  }
+  bars.splice(i + 1, 0, bar);
+  if (bars.length > SPARKLINE_KEEP) bars.splice(0, bars.length - SPARKLINE_KEEP);
+  return true;
+}
+
+/** The gateway's HTTP URL for `path` ("v1/trades"), beside the WebSocket URL's /ws. */
+function restUrl(wsUrl, path) {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  u.search = "";
+  u.hash = "";
+  u.pathname = u.pathname.replace(/\/ws\/?$/, "/");
+  return new URL(path, u);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -916,7 +1513,42 @@ td.status { text-align: center; }
 .item .badge[data-status="live"], .item .badge[data-status="waiting"] { display: none; }
 .tape .rejected { border-top: 0; border-left: 1px solid var(--quote-ticker-border, #d8dee4);
   flex: none; max-width: 40%; display: flex; align-items: center; }
+/* sparkline column */
+th.spark { text-align: left; }
+td.spark { padding-top: .2em; padding-bottom: .2em; }
+.spark-svg { display: block; width: var(--quote-ticker-sparkline-width, 6em);
+  height: var(--quote-ticker-sparkline-height, 1.5em); overflow: visible; }
+.spark-svg polyline, .spark-svg .last { fill: none; stroke: var(--quote-ticker-muted, #6a737d);
+  stroke-linejoin: round; stroke-linecap: round; vector-effect: non-scaling-stroke; }
+.spark-svg polyline { stroke-width: 1.25; }
+.spark-svg .last { stroke-width: 3.5; }
+.spark-svg[data-dir="up"] polyline, .spark-svg[data-dir="up"] .last { stroke: var(--quote-ticker-up, #1a7f37); }
+.spark-svg[data-dir="down"] polyline, .spark-svg[data-dir="down"] .last { stroke: var(--quote-ticker-down, #cf222e); }
+.item .spark-svg { width: 4em; height: 1.1em; align-self: center; }
+
+/* quote-tape */
+.trades .bar { justify-content: space-between; align-items: baseline; gap: .75em; }
+.trades .title { font-weight: 600; font-size: .85em; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.trades .note { flex: 1; font-size: .75em; color: var(--quote-ticker-stale, #9a6700); }
+.trades .note[hidden], .trades .empty[hidden] { display: none; }
+.trades .body { max-height: var(--quote-tape-max-height, none); overflow-y: auto; }
+.trades td.time { text-align: left; color: var(--quote-ticker-muted, #6a737d); }
+.trades .tick-col, .trades td.tick { width: 1.4em; padding-left: 0; text-align: center; }
+.trades td.tick { font-size: .75em; }
+.trades td.sym { font-weight: 600; }
+.trades .sym { text-align: left; }
+tr[data-tick="up"] .mark, tr[data-tick="zero-up"] .mark, tr[data-tick="up"] [data-field="price"] {
+  color: var(--quote-ticker-up, #1a7f37); }
+tr[data-tick="down"] .mark, tr[data-tick="zero-down"] .mark, tr[data-tick="down"] [data-field="price"] {
+  color: var(--quote-ticker-down, #cf222e); }
+tr[data-tick^="zero"] .mark { opacity: .55; }
+td.gap { text-align: center; font-size: .8em; font-style: italic; color: var(--quote-ticker-stale, #9a6700);
+  background: var(--quote-ticker-header-bg, #f6f8fa); }
+tr[data-flash="up"] > * { animation: qt-up-a var(--quote-ticker-flash-duration, 900ms) ease-out; }
+tr[data-flash="down"] > * { animation: qt-down-a var(--quote-ticker-flash-duration, 900ms) ease-out; }
+.trades .empty { padding: .6em .75em; font-size: .85em; color: var(--quote-ticker-muted, #6a737d); }
 @media (prefers-reduced-motion: reduce) {
+  tr[data-flash] > * { animation: none; }
   .track[data-scroll] { animation: none; }
   .viewport { overflow-x: auto; }
   .items[data-clone] { display: none; }
@@ -984,9 +1616,80 @@ function rawValue(value) {
   return value === undefined || value === null ? "" : String(value);
 }
 
+/** The connection indicator's text: the state, and the gateway's reason when it stopped us. */
+function connectionLabel(state, reason) {
+  let text = CONNECTION_TEXT[state] || state;
+  if (state === "unauthorized" && reason) {
+    text += `: ${reason.length > REASON_MAX_CHARS ? `${reason.slice(0, REASON_MAX_CHARS - 1)}…` : reason}`;
+  }
+  return text;
+}
+
+// Sparklines: an inline SVG per row, in a 100×24 box stretched to the cell (the stroke keeps its
+// width). Geometry may use binary floats; every value shown (the label) is the gateway's string.
+const SVG_NS = "http://www.w3.org/2000/svg";
+const SPARK_W = 100;
+const SPARK_H = 24;
+const SPARK_PAD = 2;
+const sparkDrawn = new WeakMap(); // svg -> { closes, error }: what it draws, for displayedSparklines
+
+function sparklineSvg(symbol, primary) {
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("class", "spark-svg");
+  svg.setAttribute("part", "sparkline");
+  svg.setAttribute("viewBox", `0 0 ${SPARK_W} ${SPARK_H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("focusable", "false");
+  if (primary) {
+    svg.setAttribute("role", "img");
+    svg.dataset.symbol = symbol;
+  } else {
+    svg.setAttribute("aria-hidden", "true");
+  }
+  const title = document.createElementNS(SVG_NS, "title");
+  const line = document.createElementNS(SVG_NS, "polyline");
+  const dot = document.createElementNS(SVG_NS, "path"); // the last close: a round cap on a 0-length line
+  dot.setAttribute("class", "last");
+  svg.append(title, line, dot);
+  drawSparkline(svg, symbol, "", [], null);
+  return svg;
+}
+
+/** Draws `bars` (oldest first) as the closes' polyline; labels it with the exact strings. */
+function drawSparkline(svg, symbol, interval, bars, error) {
+  const closes = bars.map((b) => b.close);
+  const values = closes.map(Number);
+  const finite = values.filter(Number.isFinite);
+  const lo = finite.length ? Math.min(...finite) : 0;
+  const hi = finite.length ? Math.max(...finite) : 0;
+  const n = closes.length;
+  const x = (i) => (n === 1 ? SPARK_W - SPARK_PAD : SPARK_PAD + (i * (SPARK_W - 2 * SPARK_PAD)) / (n - 1));
+  const y = (v) => (!Number.isFinite(v) || hi === lo ? SPARK_H / 2 : SPARK_PAD + ((hi - v) * (SPARK_H - 2 * SPARK_PAD)) / (hi - lo));
+  const points = values.map((v, i) => `${x(i).toFixed(2)},${y(v).toFixed(2)}`);
+  const [title, line, dot] = svg.children;
+  line.setAttribute("points", points.join(" "));
+  if (n) dot.setAttribute("d", `M${points[n - 1]}h0`);
+  else dot.removeAttribute("d");
+  const first = closes[0];
+  const last = closes[n - 1];
+  const c = n > 1 ? compareDecimal(last, first) : 0;
+  svg.dataset.dir = c === 1 ? "up" : c === -1 ? "down" : "flat";
+  svg.dataset.points = String(n);
+  svg.dataset.lastClose = n ? last : "";
+  svg.dataset.state = error ? "unavailable" : n ? "ok" : "empty";
+  let label;
+  if (error) label = `${symbol}: no ${interval} bars (${error})`;
+  else if (!n) label = `${symbol}: no ${interval} bars yet`;
+  else if (n === 1) label = `${symbol}: one ${interval} bar, close ${last}`;
+  else label = `${symbol}: ${n} ${interval} closes, from ${first} to ${last}`;
+  title.textContent = label;
+  if (svg.getAttribute("role") === "img") svg.setAttribute("aria-label", label);
+  sparkDrawn.set(svg, { closes, error: error || null });
+}
+
 class QuoteTicker extends HTMLElement {
   static get observedAttributes() {
-    return ["symbols", "url", "fields", "layout"];
+    return ["symbols", "url", "fields", "layout", "sparkline"];
   }
 
   #root;
@@ -994,7 +1697,9 @@ class QuoteTicker extends HTMLElement {
   #symbols = [];
   #fields = DEFAULT_FIELDS;
   #layout = "grid";
-  #views = new Map(); // SYMBOL -> { rows: [el], cells: { field: [el] }, badges: [el], arrows: [el], shown, status }
+  #sparkline = null; // bar interval of the sparkline column, or null: none
+  #views = new Map(); // SYMBOL -> { rows: [el], cells: { field: [el] }, badges: [el], arrows: [el], sparks: [svg], shown, status }
+  #sparkDirty = new Set();
   #dirty = new Set();
   #rejectedDirty = false;
   #frame = 0;
@@ -1070,6 +1775,21 @@ class QuoteTicker extends HTMLElement {
       .map((s) => ({ symbol: s, code: this.#conn.rejected.get(s) }));
   }
 
+  /**
+   * What the sparkline column draws: { SYMBOL: { interval, closes: [exact strings, oldest first],
+   * last, error } } for every shown symbol; {} without the sparkline attribute.
+   */
+  get displayedSparklines() {
+    const out = {};
+    if (!this.#sparkline) return out;
+    for (const [sym, v] of this.#views) {
+      if (v.rows[0].hidden || !v.sparks[0]) continue;
+      const d = sparkDrawn.get(v.sparks[0]) || { closes: [], error: null };
+      out[sym] = { interval: this.#sparkline, closes: [...d.closes], last: d.closes.length ? d.closes[d.closes.length - 1] : null, error: d.error };
+    }
+    return out;
+  }
+
   connectedCallback() {
     this.#rebuild();
   }
@@ -1094,7 +1814,7 @@ class QuoteTicker extends HTMLElement {
     if (!this.#conn) return;
     const conn = this.#conn;
     this.#conn = null;
-    conn.release(this.#symbols);
+    conn.release(this.#symbols, this.#extras());
     conn.detach(this);
     this.#symbols = [];
     cancelAnimationFrame(this.#frame);
@@ -1112,31 +1832,42 @@ class QuoteTicker extends HTMLElement {
     });
     if (!fields.length) fields = DEFAULT_FIELDS;
     const layout = this.getAttribute("layout") === "tape" ? "tape" : "grid";
+    const spark = this.getAttribute("sparkline");
+    // A bare attribute means one-minute bars; the value is sent as given (case and all).
+    const sparkline = spark === null ? null : spark.trim() || "1m";
 
     // Subscribe to the new set before releasing the old one, so a shared symbol is never dropped.
     const old = this.#conn;
     const oldSymbols = this.#symbols;
+    const oldExtras = this.#extras();
     const conn = url && symbols.length ? connectionFor(url) : null;
     if (conn) {
       conn.attach(this);
-      conn.retain(symbols);
+      conn.retain(symbols, sparkline ? { bars: sparkline } : null);
       conn.resume(false); // a connection stopped after 1008 tries again when something changes
     }
     if (old) {
-      old.release(oldSymbols);
+      old.release(oldSymbols, oldExtras);
       if (old !== conn) old.detach(this);
     }
     this.#conn = conn;
     this.#symbols = symbols;
     this.#fields = fields;
     this.#layout = layout;
+    this.#sparkline = sparkline;
     this.#render();
     // Announced by this element only where no other element already speaks for the connection.
     const lead = !conn || conn.widgets.values().next().value === this;
     this._connectionChanged(lead, url === null ? "failed" : undefined);
     for (const s of symbols) this.#dirty.add(s);
+    for (const s of this.#sparkline ? symbols : []) this.#sparkDirty.add(s);
     this.#rejectedDirty = true;
     this.#paint();
+  }
+
+  /** What this element asks of its connection beside quotes (Connection.retain). */
+  #extras() {
+    return this.#sparkline ? { bars: this.#sparkline } : null;
   }
 
   // Builds the static structure for the current symbols, fields and layout. No data here.
@@ -1179,6 +1910,7 @@ class QuoteTicker extends HTMLElement {
         cells: Object.fromEntries(this.#fields.map((f) => [f, []])),
         badges: [],
         arrows: [],
+        sparks: [],
         shown: {},
         status: "waiting",
       });
@@ -1204,6 +1936,11 @@ class QuoteTicker extends HTMLElement {
       th.scope = "col";
       head.append(th);
     }
+    if (this.#sparkline) {
+      const spTh = el("th", "spark", `Trend (${this.#sparkline})`);
+      spTh.scope = "col";
+      head.append(spTh);
+    }
     const stTh = el("th", "", "Status");
     stTh.scope = "col";
     head.append(stTh);
@@ -1224,6 +1961,13 @@ class QuoteTicker extends HTMLElement {
         const span = this.#valueCell(sym, f, true);
         td.append(span);
         v.cells[f].push(span);
+        tr.append(td);
+      }
+      if (this.#sparkline) {
+        const td = el("td", "spark");
+        const svg = sparklineSvg(sym, true);
+        td.append(svg);
+        v.sparks.push(svg);
         tr.append(td);
       }
       const st = el("td", "status");
@@ -1282,6 +2026,11 @@ class QuoteTicker extends HTMLElement {
             li.append(arrow);
           }
         }
+        if (this.#sparkline) {
+          const svg = sparklineSvg(sym, primary);
+          v.sparks.push(svg);
+          li.append(svg);
+        }
         li.append(badge);
         v.rows.push(li);
         list.append(li);
@@ -1338,12 +2087,7 @@ class QuoteTicker extends HTMLElement {
     this.#state = state;
     if (this.#nodes.box) {
       this.#nodes.box.dataset.connection = state;
-      let text = CONNECTION_TEXT[state] || state;
-      const reason = this.#conn && this.#conn.closeReason;
-      if (state === "unauthorized" && reason) {
-        text += `: ${reason.length > REASON_MAX_CHARS ? `${reason.slice(0, REASON_MAX_CHARS - 1)}…` : reason}`;
-      }
-      this.#nodes.connText.textContent = text;
+      this.#nodes.connText.textContent = connectionLabel(state, this.#conn && this.#conn.closeReason);
     }
     if (before === state) return;
     // One announcement per page and connection, not one per element.
@@ -1354,6 +2098,19 @@ class QuoteTicker extends HTMLElement {
     this.dispatchEvent(
       new CustomEvent("connectionstatechange", { detail: this.connectionInfo, bubbles: true, composed: true }),
     );
+  }
+
+  // Called by the connection: tapes (`trades`) or series (`bars`, keys) changed; `all`: refusals.
+  _extrasChanged(trades, bars, all) {
+    if (!this.#sparkline) return;
+    let any = false;
+    for (const s of this.#symbols) {
+      if (all || bars.has(seriesKey(s, this.#sparkline))) {
+        this.#sparkDirty.add(s);
+        any = true;
+      }
+    }
+    if (any && !this.#frame) this.#frame = requestAnimationFrame(() => this.#paint());
   }
 
   _quotesChanged(symbols, rejectedChanged) {
@@ -1420,6 +2177,14 @@ class QuoteTicker extends HTMLElement {
       }
     }
     this.#dirty.clear();
+    for (const sym of this.#sparkDirty) {
+      const v = this.#views.get(sym);
+      if (!v || !v.sparks.length) continue;
+      const series = conn && conn.series.get(seriesKey(sym, this.#sparkline));
+      const error = conn ? conn.intervalRefusal(this.#sparkline) || (series && series.error) : null;
+      for (const svg of v.sparks) drawSparkline(svg, sym, this.#sparkline, series ? series.bars : [], error);
+    }
+    this.#sparkDirty.clear();
     if (this.#rejectedDirty) {
       this.#rejectedDirty = false;
       this.#paintRejected();
@@ -1461,4 +2226,373 @@ class QuoteTicker extends HTMLElement {
 
 if (!customElements.get("quote-ticker")) customElements.define("quote-ticker", QuoteTicker);
 
-export { QuoteTicker };
+// ---------------------------------------------------------------------------------------------
+// <quote-tape>: the last trades of some symbols, newest on top (see the header)
+
+const TICK_MARK = { up: "▲", down: "▼", "zero-up": "▲", "zero-down": "▼" };
+const TICK_TEXT = { up: "up tick", down: "down tick", "zero-up": "zero-plus tick", "zero-down": "zero-minus tick" };
+
+function gapText(entry, multi) {
+  let text;
+  if (entry.reason === "lost" && entry.count !== null) {
+    text = `${entry.count.toLocaleString("en-US")} ${entry.count === 1 ? "trade" : "trades"} missed`;
+  } else if (entry.reason === "restart") {
+    text = "Gateway restarted: trades may have been missed";
+  } else if (entry.reason === "reconnect") {
+    text = "Reconnected: trades may have been missed";
+  } else {
+    text = "Trades missed";
+  }
+  return multi ? `${entry.symbol}: ${text}` : text;
+}
+
+/** Newest first: a later epoch (the gateway restarted), a later ts, a later arrival. */
+function newestFirst(a, b) {
+  if (a.epoch !== b.epoch) return b.epoch - a.epoch;
+  if (a.ts !== b.ts) return a.ts < b.ts ? 1 : -1;
+  return b.n - a.n;
+}
+
+class QuoteTape extends HTMLElement {
+  static get observedAttributes() {
+    return ["symbols", "url", "rows"];
+  }
+
+  #root;
+  #conn = null;
+  #symbols = [];
+  #rows = TAPE_ROWS_DEFAULT;
+  #state = "idle";
+  #announced = "";
+  #announcedRejects = new Set();
+  #nodes = {};
+  #rowEls = new Map(); // entry -> <tr>
+  #frame = 0;
+  #rebuildQueued = false;
+
+  constructor() {
+    super();
+    this.#root = this.attachShadow({ mode: "open" });
+  }
+
+  /** The same as QuoteTicker.setToken: tokens belong to a url, whichever element shows it. */
+  static setToken(token, url) {
+    QuoteTicker.setToken(token, url);
+  }
+
+  /** "idle", "connecting", "live", "reconnecting", "unauthorized" or "failed". */
+  get connectionState() {
+    return this.#state;
+  }
+
+  /** { state, closeCode, closeReason, retryDelayMs }: as QuoteTicker's. */
+  get connectionInfo() {
+    const info = this.#conn
+      ? this.#conn.info()
+      : { state: this.#state, closeCode: null, closeReason: null, retryDelayMs: null };
+    info.state = this.#state;
+    return info;
+  }
+
+  /** Symbols the gateway refused: [{ symbol, code }]. */
+  get rejectedSymbols() {
+    if (!this.#conn) return [];
+    return this.#symbols
+      .filter((s) => this.#conn.rejected.has(s))
+      .map((s) => ({ symbol: s, code: this.#conn.rejected.get(s) }));
+  }
+
+  /**
+   * The rows on screen, newest first: { kind: "trade", symbol, seq, ts, time, price, size, tick }
+   * (time, price and size as shown; tick "up", "down", "zero-up", "zero-down" or null) or
+   * { kind: "gap", symbol, reason: "lost" | "reconnect" | "restart", count, text }.
+   */
+  get displayedTrades() {
+    const body = this.#nodes.tbody;
+    if (!body) return [];
+    return [...body.rows].map((tr) => {
+      const d = tr.dataset;
+      if (d.kind === "gap") {
+        return { kind: "gap", symbol: d.symbol, reason: d.reason, count: d.count ? Number(d.count) : null, text: tr.textContent };
+      }
+      const cell = (f) => tr.querySelector(`[data-field="${f}"]`);
+      return {
+        kind: "trade",
+        symbol: d.symbol,
+        seq: Number(d.seq),
+        ts: Number(cell("ts").dataset.value),
+        time: cell("ts").textContent,
+        price: cell("price").textContent,
+        size: cell("size").textContent,
+        tick: d.tick || null,
+      };
+    });
+  }
+
+  connectedCallback() {
+    this.#rebuild();
+  }
+
+  disconnectedCallback() {
+    // A move in the DOM disconnects and reconnects in the same task: keep the subscription then.
+    queueMicrotask(() => {
+      if (!this.isConnected) this.#detach();
+    });
+  }
+
+  attributeChangedCallback(name, oldValue, newValue) {
+    if (oldValue === newValue || !this.isConnected || this.#rebuildQueued) return;
+    this.#rebuildQueued = true;
+    queueMicrotask(() => {
+      this.#rebuildQueued = false;
+      if (this.isConnected) this.#rebuild();
+    });
+  }
+
+  #detach() {
+    if (!this.#conn) return;
+    const conn = this.#conn;
+    this.#conn = null;
+    conn.release(this.#symbols, { trades: this.#rows });
+    conn.detach(this);
+    this.#symbols = [];
+    cancelAnimationFrame(this.#frame);
+    this.#frame = 0;
+  }
+
+  #rebuild() {
+    const url = resolveUrl(this.getAttribute("url"));
+    const symbols = parseList(this.getAttribute("symbols"), true);
+    const asked = Number.parseInt(this.getAttribute("rows") || "", 10);
+    const rows = Number.isSafeInteger(asked) && asked > 0 ? Math.min(asked, TAPE_ROWS_MAX) : TAPE_ROWS_DEFAULT;
+    // As QuoteTicker: the new set first, so that a shared symbol (and its tape) is never dropped.
+    const old = this.#conn;
+    const oldSymbols = this.#symbols;
+    const oldRows = this.#rows;
+    const conn = url && symbols.length ? connectionFor(url) : null;
+    if (conn) {
+      conn.attach(this);
+      conn.retain(symbols, { trades: rows });
+      conn.resume(false);
+    }
+    if (old) {
+      old.release(oldSymbols, { trades: oldRows });
+      if (old !== conn) old.detach(this);
+    }
+    this.#conn = conn;
+    this.#symbols = symbols;
+    this.#rows = rows;
+    this.#render();
+    const lead = !conn || conn.widgets.values().next().value === this;
+    this._connectionChanged(lead, url === null ? "failed" : undefined);
+    this.#paint();
+  }
+
+  #render() {
+    const multi = this.#symbols.length > 1;
+    const style = el("style");
+    style.textContent = STYLE;
+    const box = el("div", "qt grid trades");
+    box.setAttribute("part", "container");
+    const bar = el("div", "bar");
+    bar.setAttribute("part", "bar");
+    const title = el("span", "title", this.#symbols.filter(isSymbol).join(", "));
+    const note = el("span", "note");
+    note.hidden = true;
+    const conn = el("span", "conn");
+    conn.setAttribute("part", "connection");
+    const dot = el("span", "dot");
+    dot.setAttribute("aria-hidden", "true");
+    const connText = el("span", "conn-text");
+    conn.append(dot, connText);
+    bar.append(title, note, conn);
+    const body = el("div", "body");
+    body.setAttribute("part", "body");
+    const table = el("table");
+    table.setAttribute("part", "table");
+    table.append(el("caption", "sr-only", `Trades: ${this.#symbols.join(", ")}, newest first`));
+    const head = el("tr");
+    const labels = ["Time", ...(multi ? ["Symbol"] : []), "Price", "Size"];
+    for (const label of labels) {
+      const th = el("th", label === "Symbol" ? "sym" : "", label);
+      th.scope = "col";
+      head.append(th);
+    }
+    const tickTh = el("th", "tick-col");
+    tickTh.scope = "col";
+    tickTh.append(el("span", "sr-only", "Tick"));
+    head.append(tickTh);
+    const thead = el("thead");
+    thead.append(head);
+    const tbody = el("tbody");
+    table.append(thead, tbody);
+    const empty = el("div", "empty", "No trades yet");
+    body.append(table, empty);
+    const rejected = el("div", "rejected");
+    rejected.setAttribute("part", "rejected");
+    rejected.hidden = true;
+    const rejectedList = el("ul");
+    const rejectedInner = el("div");
+    rejectedInner.append(el("span", "", "Not available: "), rejectedList);
+    rejected.append(rejectedInner);
+    const live = el("div", "sr-only");
+    live.setAttribute("aria-live", "polite");
+    live.setAttribute("aria-atomic", "true");
+    live.setAttribute("role", "status");
+    box.append(bar, body, rejected, live);
+    this.#root.replaceChildren(style, box);
+    this.#nodes = { box, connText, note, tbody, empty, rejected, rejectedList, live, columns: labels.length + 1, multi };
+    this.#rowEls = new Map();
+    this.#announcedRejects = new Set();
+  }
+
+  // Called by the connection, as on QuoteTicker.
+  _connectionChanged(lead, forced) {
+    const state = forced || (this.#conn ? this.#conn.state : "idle");
+    const before = this.#state;
+    this.#state = state;
+    if (this.#nodes.box) {
+      this.#nodes.box.dataset.connection = state;
+      this.#nodes.connText.textContent = connectionLabel(state, this.#conn && this.#conn.closeReason);
+    }
+    if (before === state) return;
+    if (lead && CONNECTION_ANNOUNCE[state] && this.#announced !== state) {
+      this.#announced = state;
+      this.#announce(CONNECTION_ANNOUNCE[state]);
+    }
+    this.dispatchEvent(
+      new CustomEvent("connectionstatechange", { detail: this.connectionInfo, bubbles: true, composed: true }),
+    );
+  }
+
+  _quotesChanged(symbols, rejectedChanged) {
+    if (rejectedChanged) this.#schedule();
+  }
+
+  _extrasChanged(trades, bars, all) {
+    if (all || this.#symbols.some((s) => trades.has(s))) this.#schedule();
+  }
+
+  #schedule() {
+    if (!this.#frame) this.#frame = requestAnimationFrame(() => this.#paint());
+  }
+
+  // Rows are kept per entry, so a new print adds one row at the top and the others stay put.
+  #paint() {
+    this.#frame = 0;
+    const conn = this.#conn;
+    const { tbody, empty, note, multi } = this.#nodes;
+    const entries = [];
+    const notes = [];
+    for (const s of this.#symbols) {
+      const tape = conn && conn.tapes.get(s);
+      if (!tape) continue;
+      entries.push(...tape.entries);
+      if (tape.note) notes.push(multi ? `${s}: ${tape.note}` : tape.note);
+    }
+    entries.sort(newestFirst);
+    const shown = entries.slice(0, this.#rows);
+    const wasEmpty = this.#rowEls.size === 0;
+    const next = new Map();
+    const rows = shown.map((entry) => {
+      let tr = this.#rowEls.get(entry);
+      if (!tr) {
+        tr = this.#row(entry);
+        // A live print flashes; the history read at once does not.
+        if (!wasEmpty && entry.kind === "trade" && entry.tick) tr.dataset.flash = entry.tick.replace("zero-", "");
+      }
+      next.set(entry, tr);
+      return tr;
+    });
+    // Rows that stay are never moved (a moved row would restart its flash): old ones go, new ones
+    // are inserted where they belong.
+    for (const [entry, tr] of this.#rowEls) if (!next.has(entry)) tr.remove();
+    this.#rowEls = next;
+    let cursor = tbody.firstElementChild;
+    for (const tr of rows) {
+      if (tr === cursor) cursor = cursor.nextElementSibling;
+      else tbody.insertBefore(tr, cursor);
+    }
+    empty.hidden = rows.length > 0;
+    const refused = conn && conn.tradesRefused ? [`trades not available: ${conn.tradesRefused}`] : [];
+    const text = [...refused, ...notes].join("; ");
+    note.textContent = text;
+    note.hidden = !text;
+    this.#paintRejected();
+  }
+
+  #row(entry) {
+    const multi = this.#nodes.multi;
+    const tr = el("tr");
+    tr.setAttribute("part", "row");
+    tr.dataset.symbol = entry.symbol;
+    tr.dataset.kind = entry.kind;
+    if (entry.kind === "gap") {
+      tr.dataset.reason = entry.reason;
+      if (entry.count !== null) tr.dataset.count = String(entry.count);
+      const td = el("td", "gap", gapText(entry, multi));
+      td.colSpan = this.#nodes.columns;
+      td.setAttribute("part", "gap");
+      tr.append(td);
+      return tr;
+    }
+    tr.dataset.seq = String(entry.seq);
+    tr.dataset.tick = entry.tick || "";
+    const cell = (field, text, raw, className) => {
+      const td = el("td", className);
+      const span = el("span", "val num", text);
+      span.dataset.field = field;
+      span.dataset.value = rawValue(raw);
+      if (field === "price") span.setAttribute("part", "price");
+      td.append(span);
+      return td;
+    };
+    tr.append(cell("ts", formatValue("ts", entry.ts), entry.ts, "time"));
+    if (multi) tr.append(el("td", "sym", entry.symbol));
+    tr.append(cell("price", formatValue("last", entry.price), entry.price, "num"));
+    tr.append(cell("size", formatValue("last_size", entry.size), entry.size, "num"));
+    const tick = el("td", "tick");
+    tick.setAttribute("part", "tick");
+    if (entry.tick) {
+      const mark = el("span", "mark", TICK_MARK[entry.tick]);
+      mark.setAttribute("aria-hidden", "true");
+      tick.append(mark, el("span", "sr-only", TICK_TEXT[entry.tick]));
+    }
+    tr.append(tick);
+    return tr;
+  }
+
+  #paintRejected() {
+    const rejected = this.rejectedSymbols;
+    const { rejected: box, rejectedList } = this.#nodes;
+    const items = rejected.map(({ symbol, code }) => {
+      const li = el("li");
+      li.dataset.rejected = "";
+      li.append(el("span", "rsym", symbol), el("span", "", ` (${CODE_TEXT[code] || code})`));
+      return li;
+    });
+    rejectedList.replaceChildren(...items);
+    box.hidden = items.length === 0;
+    const fresh = rejected.filter((r) => !this.#announcedRejects.has(r.symbol));
+    for (const r of fresh) this.#announcedRejects.add(r.symbol);
+    const gone = new Set(rejected.map((r) => r.symbol));
+    for (const s of [...this.#announcedRejects]) if (!gone.has(s)) this.#announcedRejects.delete(s);
+    if (fresh.length) {
+      const list = fresh.map((r) => `${r.symbol} (${CODE_TEXT[r.code] || r.code})`).join(", ");
+      this.#announce(`Not available: ${list}.`);
+    }
+  }
+
+  #announce(text) {
+    const live = this.#nodes.live;
+    if (!live) return;
+    live.textContent = "";
+    setTimeout(() => {
+      live.textContent = text;
+    }, 50);
+  }
+}
+
+if (!customElements.get("quote-tape")) customElements.define("quote-tape", QuoteTape);
+
+export { QuoteTicker, QuoteTape };

@@ -285,15 +285,16 @@ fn one_symbol(
         })
 }
 
-/// `limit`: 1 to `max`, `default` when absent.
-fn limit_param(query: &Query, default: usize, max: usize) -> Result<usize, Refused> {
+/// `limit`: a whole number from 1, `default` when absent; more than the gateway keeps (`kept`)
+/// gets what it keeps (a chart asking for a day gets the day there is).
+fn limit_param(query: &Query, default: usize, kept: usize) -> Result<usize, Refused> {
     match query.get("limit")? {
-        None => Ok(default.min(max)),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
+        None => Ok(default.min(kept)),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(kept)),
             _ => Err(Refused::bad_request(
                 "bad_request",
-                format!("'limit' must be a whole number from 1 to {max}"),
+                "'limit' must be a whole number from 1 (more than the gateway keeps gets what it keeps)",
             )),
         },
     }

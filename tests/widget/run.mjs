@@ -13,11 +13,13 @@
 // for a condition, and what is counted over a window is an upper bound that a slow machine can
 // only make easier to meet.
 //
-// Three gateways run: the open one of QUOTEGW_CONFIG (no allow-list, no auth), a "restricted" one
-// (the same config plus an [access] section: allowed_origins = the host pages' origin A, auth =
-// "api_key") and a "jwt" one (auth = "jwt", HS256). Their configs are written at run time into a
-// temporary directory, because origin A's port is only known then. Host pages on other origins come
-// from tests/widget/embed-server.mjs.
+// Four gateways run: the open one of QUOTEGW_CONFIG (no allow-list, no auth), a "lossy" one (the
+// same config, keeping one trade per symbol and writing at most one frame a second, so that a tape
+// gets real trades_lost), a "restricted" one (the same config plus an [access] section:
+// allowed_origins = the host pages' origin A, auth = "api_key") and a "jwt" one (auth = "jwt",
+// HS256). Their configs are written at run time into a temporary directory, because origin A's port
+// is only known then. Host pages on other origins come from tests/widget/embed-server.mjs. The
+// trades-and-bars checks (sparklines, <quote-tape>) live in tests/widget/trades-bars.mjs.
 //
 // The gateway serves web/ as embedded at build time. A binary older than the files on disk would
 // test old files, so the run fails on a mismatch, unless QUOTEGW_WEB_OVERLAY=1 (development only: the
@@ -35,6 +37,15 @@ import { fileURLToPath } from "node:url";
 
 import { embedPage, startEmbedServer, tokenScript } from "./embed-server.mjs";
 import { startOverlay } from "./overlay.mjs";
+import {
+  checkPolledSparkline,
+  checkSparklines,
+  checkTape,
+  extrasOf,
+  lastSubscribeOf,
+  recordRestCalls,
+  recordSockets,
+} from "./trades-bars.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const OVERALL_TIMEOUT_MS = 180_000;
@@ -85,6 +96,9 @@ const WEB_ASSETS = [
 // Symbols of the demo page's grid whose displayed values are checked against the gateway's quotes.
 const CHECKED_SYMBOLS = ["AAPL", "MSFT", "NVDA", "JPM"];
 const PRICE_FIELDS = ["bid", "ask", "last"];
+// Rows of the tapes on the demo page (web/index.html) and on the trades page below.
+const DEMO_TAPE_ROWS = 15;
+const TAPE_ROWS = 15;
 
 class TestFailure extends Error {}
 
@@ -387,9 +401,11 @@ function pageHelpers() {
       return { result, errors: this.ref.errors };
     },
 
+    /** <img> and <svg> elements on the page and in shadow roots, but the widget's own sparklines. */
     shadowImgCount() {
-      let n = document.querySelectorAll("img, svg").length;
-      for (const w of document.querySelectorAll("*")) if (w.shadowRoot) n += w.shadowRoot.querySelectorAll("img, svg").length;
+      const hostile = 'img, svg:not([part~="sparkline"])';
+      let n = document.querySelectorAll(hostile).length;
+      for (const w of document.querySelectorAll("*")) if (w.shadowRoot) n += w.shadowRoot.querySelectorAll(hostile).length;
       return n;
     },
   };
@@ -433,6 +449,24 @@ function writeAccessConfig(dir, name, baseConfig, accessLines) {
   if (/^\s*\[access\]/m.test(base)) fail(`${baseConfig} has an [access] section; the derived ${name} adds its own`);
   const file = path.join(dir, name);
   fs.writeFileSync(file, `${base}\n# Added by tests/widget/run.mjs\n[access]\n${accessLines.join("\n")}\n`);
+  return file;
+}
+
+/**
+ * The base config with lines added to its [limits] section (`limits`) and new sections appended
+ * (`sections`, e.g. "[trades]" and its keys), written to `dir`/`name`; returns its path.
+ */
+function writeDerivedConfig(dir, name, baseConfig, { limits = [], sections = [] }) {
+  let text = fs.readFileSync(baseConfig, "utf8");
+  for (const header of sections.filter((l) => /^\[.*\]$/.test(l))) {
+    if (text.split("\n").some((l) => l.trim() === header)) fail(`${baseConfig} has a ${header} section; the derived ${name} adds its own`);
+  }
+  if (limits.length) {
+    if (/^\[limits\][ \t]*$/m.test(text)) text = text.replace(/^\[limits\][ \t]*$/m, (h) => `${h}\n${limits.join("\n")}`);
+    else text += `\n[limits]\n${limits.join("\n")}\n`;
+  }
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, `${text}\n# Added by tests/widget/run.mjs\n${sections.join("\n")}\n`);
   return file;
 }
 
@@ -541,6 +575,8 @@ async function main(state, { bin, config, shots }, chromium) {
   const widgetSockets = () => sockets.filter((s) => !isReference(s));
   const read = () => page.evaluate(() => window.__qtTest.read());
   const wsUrl = `ws://127.0.0.1:${port}/ws`;
+  // What tests/widget/trades-bars.mjs uses of this file.
+  const tk = { waitFor, fail, decimalCmp, sleep, POLL_MS };
 
   // 1. The demo page, from the gateway itself.
   for (const [route, type, file] of WEB_ASSETS) {
@@ -556,7 +592,14 @@ async function main(state, { bin, config, shots }, chromium) {
   );
   const ids = await page.evaluate(() => [...document.querySelectorAll("quote-ticker")].map((w) => w.id));
   for (const id of ["demo-tape", "demo-grid"]) if (!ids.includes(id)) fail(`demo page has no #${id} widget (has ${ids})`);
-  ok(`demo page served at / with ${ids.length} widgets (${ids.join(", ")})`);
+  const demoExtras = await page.evaluate(() => ({
+    tapes: [...document.querySelectorAll("quote-tape")].map((w) => w.id),
+    sparkline: document.getElementById("demo-grid").getAttribute("sparkline"),
+    tapeDefined: !!customElements.get("quote-tape"),
+  }));
+  if (!demoExtras.tapeDefined || !demoExtras.tapes.includes("demo-trades")) fail(`demo page has no <quote-tape id="demo-trades"> (tapes: ${demoExtras.tapes}, defined: ${demoExtras.tapeDefined})`);
+  if (demoExtras.sparkline !== "1m") fail(`demo page's #demo-grid has sparkline=${JSON.stringify(demoExtras.sparkline)}, want "1m"`);
+  ok(`demo page served at / with ${ids.length} tickers (${ids.join(", ")}; #demo-grid with a 1m sparkline) and a tape (${demoExtras.tapes})`);
 
   // 2. Prices appear in every widget, and every widget says it is live.
   const decimal = /^-?\d+(\.\d+)?$/;
@@ -585,7 +628,13 @@ async function main(state, { bin, config, shots }, chromium) {
   if (sockets[0].url !== wsUrl) fail(`the widget connected to ${sockets[0].url}, want ${wsUrl} (derived from the script's URL)`);
   const subscribed = new Set(sockets[0].sent.filter((o) => o.op === "subscribe").flatMap((o) => o.symbols));
   if (subscribed.size !== 12) fail(`the shared socket subscribed ${[...subscribed]}, want the 12 demo symbols once each`);
-  ok(`${ids.length} widgets share one WebSocket (${wsUrl}) that subscribed each of ${subscribed.size} symbols`);
+  // What each symbol's subscribe carries is the union of what its elements need: AAPL (grid with a
+  // sparkline, and the tape) trades and 1m bars; the grid's others 1m bars; the rest nothing at all.
+  for (const [sym, want] of [["AAPL", "trades+1m"], ["MSFT", "1m"], ["JPM", "1m"], ["XOM", "none"], ["V", "none"]]) {
+    const got = extrasOf(lastSubscribeOf(sockets[0], sym));
+    if (got !== want) fail(`the demo page subscribed ${sym} with ${got}, want ${want}: ${JSON.stringify(sockets[0].sent)}`);
+  }
+  ok(`${ids.length + demoExtras.tapes.length} widgets share one WebSocket (${wsUrl}) that subscribed each of ${subscribed.size} symbols, with trades and bars only where an element needs them`);
 
   // 4. Prices change, and each flash direction agrees with an exact decimal comparison.
   await page.evaluate(() => window.__qtTest.watchFlashes());
@@ -629,6 +678,9 @@ async function main(state, { bin, config, shots }, chromium) {
   };
   await compareWithGateway("before restart");
   ok(`displayed bid/ask/last/volume/status equal the gateway's quotes for ${CHECKED_SYMBOLS.join(", ")}`);
+  const demoSpark = await checkSparklines(tk, page, "demo-grid", gw.base, CHECKED_SYMBOLS, "1m", "demo page");
+  const demoTape = await checkTape(tk, page, "demo-trades", gw.base, "AAPL", DEMO_TAPE_ROWS, "demo page");
+  ok(`demo page: sparklines equal GET /v1/bars (1m; ${[...demoSpark].map(([s, n]) => `${s} ${n}`).join(", ")} bars); the tape's newest ${demoTape.compared} AAPL prints equal GET /v1/trades`);
 
   // 6. A hostile symbol is text, runs nothing, and opens no extra socket.
   const socketsBefore = widgetSockets().length;
@@ -685,6 +737,8 @@ async function main(state, { bin, config, shots }, chromium) {
   const xSeen = watchPage(xPage, "cross-origin", pageErrors);
   const xSockets = [];
   xPage.on("websocket", (ws) => xSockets.push(ws.url()));
+  const xFrames = recordSockets(xPage);
+  const xRest = recordRestCalls(xPage);
   const readX = () => xPage.evaluate(() => window.__qtTest.read());
   await xPage.goto(`${embed.originA}/open.html`, { waitUntil: "load" });
   await waitFor("the widget to be defined on the cross-origin page", async () => ({
@@ -699,7 +753,10 @@ async function main(state, { bin, config, shots }, chromium) {
   await compareWithGateway("cross-origin page", xPage, "x-grid");
   if (xSeen.errors().length) fail(`console errors on the cross-origin page: ${xSeen.errors().join(" | ")}`);
   if (pageErrors.length) fail(`uncaught errors: ${pageErrors.join(" | ")}`);
-  ok(`page on ${embed.originA} embeds the widget from ${xScript} (Access-Control-Allow-Origin *): live on ${wsUrl}, quotes equal the gateway's, no console errors`);
+  // Without a sparkline or a tape nothing changes: no trades or bars in any op, no GET /v1/... .
+  const xExtras = xFrames.flatMap((f) => f.sent).filter((o) => "trades" in o || "bars" in o);
+  if (xExtras.length || xRest.length) fail(`the cross-origin page (no sparkline, no tape) sent ${JSON.stringify(xExtras)} and requested ${JSON.stringify(xRest.map((c) => c.url))}`);
+  ok(`page on ${embed.originA} embeds the widget from ${xScript} (Access-Control-Allow-Origin *): live on ${wsUrl}, quotes equal the gateway's, no console errors; no trades or bars asked, nothing fetched`);
   // From here on the gateway is stopped on purpose, and Chromium itself logs each refused WebSocket
   // ("WebSocket connection to 'ws://...' failed: ..."): those lines are expected, no others are.
   const outageLine = (text) => text.startsWith(`WebSocket connection to '${wsUrl}`) && text.includes("failed");
@@ -786,6 +843,204 @@ async function main(state, { bin, config, shots }, chromium) {
   if (mWidgetSockets().length !== 1) fail(`the mixed page opened ${mWidgetSockets().length} widget WebSockets, want 1 shared by both widgets`);
   ok(`page on ${embed.originA}, two widgets on ${wsUrl}: every op sent passes the symbol rule; the clean widget and the other's ${mixedGood.join(", ")} equal the gateway's quotes; ${mixedBad.join(" and ")} listed as rejected (invalid_symbol) as text; no bad_request, no script ran`);
 
+  // 6d. Trades and bars (PROTOCOL.md "Trades and bars"), on a page from origin A with the widget
+  //     from the gateway: a grid with 1m sparklines (AAPL, MSFT), a tape of AAPL and a plain grid
+  //     (AAPL, NVDA), all on one socket. A symbol's subscribe carries the union of what its elements
+  //     need (a later subscribe replaces the choice): AAPL trades and 1m bars, MSFT 1m bars, NVDA
+  //     nothing. The sparklines equal GET /v1/bars and the tape GET /v1/trades, read by this test.
+  //     Then a tape of MSFT joins and leaves (MSFT subscribed again with trades, then without), and
+  //     a sparkline of an interval the gateway does not build (2m) costs no quotes.
+  embed.page(
+    "trades",
+    embedPage(
+      "Trades and bars",
+      `  <script type="module" src="${xScript}"></script>`,
+      [
+        `  <quote-ticker id="s-grid" fields="last" symbols="AAPL,MSFT" sparkline="1m"></quote-ticker>`,
+        `  <quote-tape id="s-tape" symbols="AAPL" rows="${TAPE_ROWS}"></quote-tape>`,
+        `  <quote-ticker id="s-plain" fields="bid,ask,last" symbols="AAPL,NVDA"></quote-ticker>`,
+      ].join("\n"),
+    ),
+  );
+  const sPage = await context.newPage();
+  const sSeen = watchPage(sPage, "trades page", pageErrors);
+  const sSockets = recordSockets(sPage);
+  const sRest = recordRestCalls(sPage);
+  const tapeState = (pg, id) => pg.evaluate((i) => document.getElementById(i).connectionState, id);
+  await sPage.goto(`${embed.originA}/trades.html`, { waitUntil: "load" });
+  await waitFor("the trades page live, with prices", async () => {
+    const missing = allPricesShown(await sPage.evaluate(() => window.__qtTest.read()));
+    const tape = await tapeState(sPage, "s-tape");
+    if (tape !== "live") missing.push(`s-tape: ${tape}`);
+    return { ok: missing.length === 0, detail: missing };
+  });
+  if (sSockets.length !== 1) fail(`the trades page opened ${sSockets.length} WebSockets for its 3 elements, want 1`);
+  const sSock = sSockets[0];
+  for (const [sym, want] of [["AAPL", "trades+1m"], ["MSFT", "1m"], ["NVDA", "none"]]) {
+    const got = extrasOf(lastSubscribeOf(sSock, sym));
+    if (got !== want) fail(`the trades page subscribed ${sym} with ${got}, want ${want}: ${JSON.stringify(sSock.sent)}`);
+  }
+  const sSpark = await checkSparklines(tk, sPage, "s-grid", gw.base, ["AAPL", "MSFT"], "1m", "trades page");
+  const sTape = await checkTape(tk, sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "trades page", { minRows: 3 });
+  const restOf = (path, sym) => sRest.filter((c) => c.path === path && c.query.symbol === sym);
+  const tradeReads = restOf("/v1/trades", "AAPL");
+  if (!tradeReads.length || tradeReads[0].query.limit !== String(TAPE_ROWS)) fail(`the tape read ${JSON.stringify(tradeReads)}, want GET /v1/trades?symbol=AAPL&limit=${TAPE_ROWS}`);
+  for (const sym of ["AAPL", "MSFT"]) {
+    const reads = restOf("/v1/bars", sym);
+    if (!reads.length || reads[0].query.interval !== "1m" || reads[0].query.limit !== "390") fail(`the sparkline of ${sym} read ${JSON.stringify(reads)}, want GET /v1/bars?symbol=${sym}&interval=1m&limit=390`);
+  }
+  if (sRest.some((c) => c.query.symbol === "NVDA" || (c.path === "/v1/trades" && c.query.symbol !== "AAPL"))) fail(`the trades page fetched for elements without a sparkline or tape: ${JSON.stringify(sRest)}`);
+  ok(`trades page on ${embed.originA}, one socket: AAPL subscribed with trades and 1m bars, MSFT 1m bars, NVDA neither; sparklines equal GET /v1/bars (${[...sSpark].map(([s, n]) => `${s} ${n}`).join(", ")} bars: count, exact closes, geometry); the tape's newest ${sTape.compared} prints equal GET /v1/trades (seq, time, exact price, size; tick marks by the tick test)`);
+
+  let sMark = sSock.sent.length;
+  await sPage.evaluate(() => {
+    const w = document.createElement("quote-tape");
+    w.id = "s-tape2";
+    w.setAttribute("symbols", "MSFT");
+    w.setAttribute("rows", "5");
+    document.body.append(w);
+  });
+  await waitFor("MSFT subscribed again, with trades and its 1m bars", () => {
+    const ops = sSock.sent.slice(sMark).filter((o) => o.op === "subscribe" && o.symbols.includes("MSFT"));
+    return { ok: ops.some((o) => extrasOf(o) === "trades+1m"), detail: sSock.sent.slice(sMark) };
+  });
+  await checkTape(tk, sPage, "s-tape2", gw.base, "MSFT", 5, "a second tape (MSFT)");
+  sMark = sSock.sent.length;
+  await sPage.evaluate(() => document.getElementById("s-tape2").remove());
+  await waitFor("MSFT subscribed again without trades when its tape goes", () => {
+    const op = lastSubscribeOf({ sent: sSock.sent.slice(sMark) }, "MSFT");
+    return { ok: extrasOf(op) === "1m", detail: sSock.sent.slice(sMark) };
+  });
+  if (sSock.sent.slice(sMark).some((o) => o.op === "unsubscribe")) fail(`removing the MSFT tape unsubscribed something: ${JSON.stringify(sSock.sent.slice(sMark))}`);
+  await checkSparklines(tk, sPage, "s-grid", gw.base, ["MSFT"], "1m", "after the MSFT tape left");
+
+  sMark = sSock.sent.length;
+  const sReceived = sSock.received.length;
+  await sPage.evaluate(() => {
+    const w = document.createElement("quote-ticker");
+    w.id = "s-2m";
+    w.setAttribute("fields", "bid,ask,last");
+    w.setAttribute("symbols", "NVDA");
+    w.setAttribute("sparkline", "2m");
+    document.body.append(w);
+  });
+  const refused2m = await waitFor("the 2m sparkline refused, NVDA subscribed again without bars and quoted", async () => {
+    const d = await sPage.evaluate(() => {
+      const w = document.getElementById("s-2m");
+      return { spark: w.displayedSparklines, quotes: w.displayedQuotes };
+    });
+    const ops = sSock.sent.slice(sMark).filter((o) => o.op === "subscribe" && o.symbols.includes("NVDA"));
+    const quoted = d.quotes.NVDA && decimal.test(d.quotes.NVDA.last);
+    return {
+      ok: !!(d.spark.NVDA && d.spark.NVDA.error) && ops.length >= 2 && extrasOf(ops[ops.length - 1]) === "none" && quoted,
+      d,
+      ops,
+      detail: { d, ops },
+    };
+  });
+  const asked2m = refused2m.ops.filter((o) => o.bars === "2m");
+  const errors2m = sSock.received.slice(sReceived).filter((m) => m.type === "error");
+  if (asked2m.length !== 1 || !errors2m.some((m) => m.code === "bad_request" && asked2m.some((o) => o.id === m.id))) {
+    fail(`the 2m sparkline: ops ${JSON.stringify(refused2m.ops)}, errors ${JSON.stringify(errors2m)}; want one subscribe with bars 2m, answered bad_request`);
+  }
+  const sRejected = await sPage.evaluate(() => [...document.querySelectorAll("quote-ticker, quote-tape")].flatMap((w) => w.rejectedSymbols));
+  if (sRejected.length) fail(`a refused bars interval made symbols rejected: ${JSON.stringify(sRejected)}`);
+  await compareWithGateway("NVDA after the 2m refusal", sPage, "s-2m", wsUrl, ["NVDA"]);
+  await compareWithGateway("the plain grid after the 2m refusal", sPage, "s-plain", wsUrl, ["AAPL", "NVDA"]);
+  await sPage.evaluate(() => document.getElementById("s-2m").remove());
+  await checkTape(tk, sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "the tape after the 2m refusal");
+  if (sSeen.errors().length) fail(`console errors on the trades page: ${sSeen.errors().join(" | ")}`);
+  ok(`a tape joining and leaving re-subscribes MSFT with trades and then without (its 1m bars kept, nothing unsubscribed); a 2m sparkline (not built by this gateway: "${refused2m.d.spark.NVDA.error}") is refused once, NVDA is subscribed again without it: its quotes, the others' and the tape unaffected, no symbol rejected`);
+
+  // A 1s sparkline gains points within seconds: each new bar appended from the socket (the history
+  // is read once), and still equal to GET /v1/bars. A 5m sparkline on AAPL, whose subscription
+  // carries 1m (one interval per symbol and connection): no subscribe is sent for it; it is read
+  // from GET /v1/bars and refreshed from there.
+  sMark = sSock.sent.length;
+  await sPage.evaluate(() => {
+    for (const [id, symbols, interval] of [["s-fast", "NVDA", "1s"], ["s-poll", "AAPL", "5m"]]) {
+      const w = document.createElement("quote-ticker");
+      w.id = id;
+      w.setAttribute("fields", "last");
+      w.setAttribute("symbols", symbols);
+      w.setAttribute("sparkline", interval);
+      document.body.append(w);
+    }
+  });
+  await waitFor("NVDA subscribed with 1s bars", () => {
+    const op = lastSubscribeOf({ sent: sSock.sent.slice(sMark) }, "NVDA");
+    return { ok: extrasOf(op) === "1s", detail: sSock.sent.slice(sMark) };
+  });
+  const fast1 = (await checkSparklines(tk, sPage, "s-fast", gw.base, ["NVDA"], "1s", "1s sparkline")).get("NVDA");
+  // NVDA prints at least every 6.5 s in the fixture: a new 1s bar comes well within this bound.
+  await waitFor("the 1s sparkline to gain points from the socket", async () => {
+    const d = await sPage.evaluate(() => document.getElementById("s-fast").displayedSparklines.NVDA);
+    return { ok: d && d.closes.length > fast1, detail: d && d.closes.length };
+  }, 30_000);
+  const fast2 = (await checkSparklines(tk, sPage, "s-fast", gw.base, ["NVDA"], "1s", "1s sparkline, later")).get("NVDA");
+  const fastReads = restOf("/v1/bars", "NVDA").filter((c) => c.query.interval === "1s");
+  if (fastReads.length !== 1) fail(`the 1s sparkline read GET /v1/bars ${fastReads.length} times, want once (then live from the socket)`);
+  const pollN = await checkPolledSparkline(tk, sPage, "s-poll", gw.base, "AAPL", "5m", "5m sparkline on AAPL");
+  await waitFor("the 5m sparkline refreshed from GET /v1/bars", () => {
+    const reads = restOf("/v1/bars", "AAPL").filter((c) => c.query.interval === "5m");
+    return { ok: reads.length >= 2, detail: reads };
+  });
+  if (sSock.sent.slice(sMark).some((o) => Array.isArray(o.symbols) && o.symbols.includes("AAPL"))) fail(`a 5m sparkline on AAPL sent ${JSON.stringify(sSock.sent.slice(sMark))}, want no op for AAPL (its subscription keeps 1m)`);
+  await sPage.evaluate(() => ["s-fast", "s-poll"].forEach((id) => document.getElementById(id).remove()));
+  ok(`a 1s sparkline (NVDA) grows from ${fast1} to ${fast2} points from the socket (one GET /v1/bars), equal to the gateway's each time; a 5m one on AAPL (subscribed for 1m) is read and refreshed from GET /v1/bars (${pollN} bars), no op sent`);
+
+  // 6e. trades_lost for real: a gateway that keeps one trade per symbol and writes at most one frame
+  //     a second, so a connection falls behind whenever a symbol prints twice within a frame. The
+  //     tape shows each loss as a gap row, with the count of a trades_lost the gateway sent on its
+  //     socket, between the prints before and after the loss. It also asked for more history than
+  //     that gateway keeps (limit 40 > 1: answered 400) and took the gateway's default instead.
+  const lossyConfig = writeDerivedConfig(tmp, "lossy.toml", config, {
+    limits: ["min_frame_interval_ms = 1000"],
+    sections: ["[trades]", "keep = 1"],
+  });
+  const lgw = await startGateway("lossy gateway", lossyConfig);
+  embed.page(
+    "lossy",
+    embedPage(
+      "A tape that falls behind",
+      `  <script type="module" src="${lgw.base}/widget/quote-ticker.js"></script>`,
+      `  <quote-tape id="l-tape" symbols="AAPL,MSFT" rows="40"></quote-tape>`,
+    ),
+  );
+  const lPage = await context.newPage();
+  const lSeen = watchPage(lPage, "lossy page", pageErrors);
+  const lSockets = recordSockets(lPage);
+  const lRest = recordRestCalls(lPage);
+  await lPage.goto(`${embed.originA}/lossy.html`, { waitUntil: "load" });
+  const lost = await waitFor("a gap row for a trades_lost the gateway sent, between two prints", async () => {
+    const rows = await lPage.evaluate(() => document.getElementById("l-tape").displayedTrades);
+    const messages = lSockets.flatMap((s) => s.received).filter((m) => m.type === "trades_lost");
+    for (let i = 0; i < rows.length; i++) {
+      const g = rows[i];
+      if (g.kind !== "gap" || g.reason !== "lost") continue;
+      const above = rows.slice(0, i).reverse().find((r) => r.kind === "trade" && r.symbol === g.symbol);
+      const below = rows.slice(i + 1).find((r) => r.kind === "trade" && r.symbol === g.symbol);
+      if (!above || !below) continue;
+      const m = messages.find((x) => x.symbol === g.symbol && x.count === g.count && above.seq > x.to_seq && below.seq < x.from_seq);
+      if (m) return { gap: g, message: m, above, below, rows };
+    }
+    return { ok: false, detail: { messages: messages.slice(-3), rows: rows.slice(0, 6) } };
+  });
+  const lostCount = lost.message.count;
+  const wantText = `${lost.gap.symbol}: ${lostCount.toLocaleString("en-US")} ${lostCount === 1 ? "trade" : "trades"} missed`;
+  if (lost.gap.text !== wantText) fail(`the gap row says ${JSON.stringify(lost.gap.text)}, want ${JSON.stringify(wantText)}`);
+  const lSeqs = lost.rows.filter((r) => r.kind === "trade").map((r) => `${r.symbol}:${r.seq}`);
+  if (new Set(lSeqs).size !== lSeqs.length) fail(`the lossy tape shows a print twice: ${lSeqs}`);
+  for (const sym of ["AAPL", "MSFT"]) {
+    const reads = lRest.filter((c) => c.path === "/v1/trades" && c.query.symbol === sym);
+    if (reads.length !== 1 || reads[0].query.limit !== "40") fail(`the lossy tape read ${JSON.stringify(reads)} for ${sym}, want one read with limit=40 (answered with the 1 print the gateway keeps)`);
+  }
+  const lUnexpected = lSeen.errors();
+  if (lUnexpected.length) fail(`console errors on the lossy page: ${lUnexpected.join(" | ")}`);
+  await lPage.close();
+  await lgw.stop();
+  ok(`trades_lost from a gateway that falls behind (keep = 1, one frame a second): the tape shows "${lost.gap.text}" between ${lost.gap.symbol} prints ${lost.below.seq} and ${lost.above.seq} (lost ${lost.message.from_seq}..${lost.message.to_seq}); no print twice; one history read (limit=40, answered with what the gateway keeps)`);
+
   // 7. Stop the gateway: the widgets say so. Start it again on the same port: they resume.
   const before = (await read())["demo-grid"].quotes;
   const mBefore = mWidgetSockets().length;
@@ -830,12 +1085,34 @@ async function main(state, { bin, config, shots }, chromium) {
     RECONNECT_TIMEOUT_MS,
   );
   await compareWithGateway("cross-origin page after restart", xPage, "x-grid");
+  // The trades page after the restart: the gateway's seq (and the replay's clock) started over, so
+  // the tape shows a gap row for the restart below the new prints, which equal the new gateway's;
+  // the sparklines are read again and equal its bars.
+  await waitFor(
+    "the trades page live again",
+    async () => {
+      const states = [await tapeState(sPage, "s-tape"), ...Object.values(await sPage.evaluate(() => window.__qtTest.read())).map((w) => w.state)];
+      return { ok: states.every((st) => st === "live"), detail: states };
+    },
+    RECONNECT_TIMEOUT_MS,
+  );
+  const restartGap = await waitFor("the tape to show the restart as a gap row below the new prints", async () => {
+    const rows = await sPage.evaluate(() => document.getElementById("s-tape").displayedTrades);
+    const gap = rows.findIndex((r) => r.kind === "gap");
+    return { ok: gap > 0, gap: rows[gap], detail: rows.slice(0, 5) };
+  });
+  if (restartGap.gap.reason !== "restart" || restartGap.gap.text !== "Gateway restarted: trades may have been missed") fail(`after the restart the tape's gap row is ${JSON.stringify(restartGap.gap)}, want reason restart`);
+  const sTapeAfter = await checkTape(tk, sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "the trades page after the restart");
+  const sSparkAfter = await checkSparklines(tk, sPage, "s-grid", gw.base, ["AAPL", "MSFT"], "1m", "the trades page after the restart");
+  const sUnexpected = sSeen.errors().filter((t) => !outageLine(t));
+  if (sUnexpected.length) fail(`console errors on the trades page: ${sUnexpected.join(" | ")}`);
+  await sPage.close();
   // The reconnect path of issue 25: the mixed page's new socket also sends symbols only.
   await checkMixed("mixed page after the restart", mBefore);
   if (!mWidgetSockets()[mBefore - 1].closed) fail("the mixed page's first socket is still open after the gateway was killed");
   const mAttempts = mWidgetSockets().length - mBefore;
   await mPage.close();
-  ok(`gateway restarted on the same port: widgets resubscribed on one socket, are live, prices change and equal the gateway's, on the cross-origin page too; the mixed page's widgets (WebSocket attempts after the kill: ${mAttempts}) resubscribed ${mixedGood.join(", ")} only, nothing that is not a symbol, quotes equal the gateway's`);
+  ok(`gateway restarted on the same port: widgets resubscribed on one socket, are live, prices change and equal the gateway's, on the cross-origin page too; the mixed page's widgets (WebSocket attempts after the kill: ${mAttempts}) resubscribed ${mixedGood.join(", ")} only, nothing that is not a symbol, quotes equal the gateway's; the tape shows "${restartGap.gap.text}" under ${sTapeAfter.compared} new prints equal to the new gateway's, the sparklines its bars (${[...sSparkAfter].map(([sym, n]) => `${sym} ${n}`).join(", ")})`);
 
   // 8. The screenshot, of the healthy demo page.
   fs.mkdirSync(shots, { recursive: true });
@@ -857,9 +1134,22 @@ async function main(state, { bin, config, shots }, chromium) {
   });
   const want = ["JNJ", "V", "WMT", "XOM"];
   if (JSON.stringify([...gone.u].sort()) !== JSON.stringify(want)) fail(`unsubscribed ${[...gone.u].sort()}, want ${want}`);
+  // The grid goes: its symbols are unsubscribed but AAPL, which the tape still shows: AAPL is
+  // subscribed again with trades only (its bars were the grid's).
+  const beforeGrid = live.sent.length;
   await page.evaluate(() => document.getElementById("demo-grid").remove());
+  const gridGone = await waitFor("the grid's symbols unsubscribed and AAPL subscribed again for the tape alone", () => {
+    const after = live.sent.slice(beforeGrid);
+    const u = after.filter((o) => o.op === "unsubscribe").flatMap((o) => o.symbols);
+    const aapl = lastSubscribeOf({ sent: after }, "AAPL");
+    return { ok: u.length > 0 && !!aapl, u, aapl, detail: after };
+  });
+  const gridOnly = ["AMZN", "GOOGL", "JPM", "META", "MSFT", "NVDA", "TSLA"];
+  if (JSON.stringify([...gridGone.u].sort()) !== JSON.stringify(gridOnly)) fail(`removing the grid unsubscribed ${[...gridGone.u].sort()}, want ${gridOnly}`);
+  if (extrasOf(gridGone.aapl) !== "trades" || JSON.stringify(gridGone.aapl.symbols) !== '["AAPL"]') fail(`after the grid went AAPL was subscribed with ${JSON.stringify(gridGone.aapl)}, want AAPL with trades only`);
+  await page.evaluate(() => document.getElementById("demo-trades").remove());
   await waitFor("the shared socket to close when the last widget goes", () => live.closed);
-  ok("symbols are refcounted: unsubscribed when their last widget goes; the socket closes with the last widget");
+  ok("symbols are refcounted: unsubscribed when their last widget goes, and subscribed again with what the remaining ones need (AAPL: trades only once the sparkline grid went); the socket closes with the last widget");
 
   // 10. The trading example: its widgets share a socket, and a click on the watchlist drives the ticket.
   const trading = await context.newPage();
@@ -1053,9 +1343,12 @@ async function main(state, { bin, config, shots }, chromium) {
   embed.tokenCase("broken", () => 503);
   const tGrid = (extra = "") =>
     `  <quote-ticker id="t-grid" layout="grid" fields="bid,ask,last,volume" symbols="${CHECKED_SYMBOLS.join(",")}"${extra}></quote-ticker>`;
-  for (const c of ["good", "wrong", "broken"]) embed.page(`r-${c}`, embedPage(`Token: ${c}`, tokenScript(rScript, { all: c }), tGrid()));
+  // The good page also has a tape: its history comes from GET /v1/trades, with the provider's token.
+  const tTape = `\n  <quote-tape id="t-tape" symbols="AAPL" rows="5"></quote-tape>`;
+  for (const c of ["good", "wrong", "broken"]) embed.page(`r-${c}`, embedPage(`Token: ${c}`, tokenScript(rScript, { all: c }), tGrid() + (c === "good" ? tTape : "")));
   const rPage = await context.newPage();
   const rSeen = watchPage(rPage, "token page", pageErrors);
+  const rRest = recordRestCalls(rPage);
   const rSockets = [];
   rPage.on("websocket", (ws) => rSockets.push(ws.url()));
   await rPage.goto(`${embed.originA}/r-good.html`, { waitUntil: "load" });
@@ -1072,8 +1365,12 @@ async function main(state, { bin, config, shots }, chromium) {
     [document.documentElement.outerHTML, ...[...document.querySelectorAll("quote-ticker")].flatMap((w) => [w.shadowRoot.innerHTML, ...[...w.attributes].map((a) => a.value)])].join("\n"),
   );
   if (dom.includes(API_KEY)) fail("the token is in the page's DOM");
+  await checkTape(tk, rPage, "t-tape", rgw.base, "AAPL", 5, "token page", { token: API_KEY });
+  const rReads = rRest.filter((c) => c.path === "/v1/trades");
+  if (!rReads.length || rReads.some((c) => c.authorization !== `Bearer ${API_KEY}` || "token" in c.query)) fail(`the tape read the restricted gateway with ${JSON.stringify(rReads)}, want the provider's key as Authorization: Bearer, not in the URL`);
+  if (embed.calls("good").length !== 1) fail(`the token provider was called ${embed.calls("good").length} times; the tape's GET /v1/trades must reuse the connection's token`);
   if (rSeen.errors().length) fail(`console errors on the token page: ${rSeen.errors().join(" | ")}`);
-  ok(`setToken provider on ${embed.originA}: called once before connecting; its key reached the restricted gateway as ?token= (live; quotes equal the gateway's); not in the DOM; no console errors`);
+  ok(`setToken provider on ${embed.originA}: called once before connecting; its key reached the restricted gateway as ?token= (live; quotes equal the gateway's) and the tape's GET /v1/trades as Authorization: Bearer (cross-origin, preflighted; prints equal the gateway's); not in the DOM; no console errors`);
 
   // 14. Refused pages must not spin. A wrong key (HTTP 401), a token provider that fails, and origin
   //     B (HTTP 403: it serves its own copy of the widget, since the gateway's script is not
