@@ -306,18 +306,48 @@ impl SlotView {
         frame: &mut FrameBuilder,
         stats: &mut EmitStats,
     ) -> Emitted {
-        let past = self.entry().read_past(now_ms - delay.delay_ms);
-        let wrote = match self.write_state(past.entry, Some(delay.delay_ms as u64), frame, stats) {
-            Ok(wrote) => wrote,
-            Err(restarted) => return restarted,
-        };
+        let cutoff_ms = now_ms - delay.delay_ms;
+        let past = self.entry().read_past(cutoff_ms);
+        let before_snapshot = self.state.snapshot_pending;
+        let mut wrote =
+            match self.write_state(past.entry, Some(delay.delay_ms as u64), frame, stats) {
+                Ok(wrote) => wrote,
+                Err(restarted) => return restarted,
+            };
         // The next look: when the next kept bucket ends, delayed; with none kept yet, no change
         // can show before the current bucket ends, delayed.
         let g = delay.granularity_ms;
-        let due_ms = past
+        let mut due_ms = past
             .next_end_ms
             .unwrap_or(now_ms - now_ms.rem_euclid(g) + g)
             + delay.delay_ms;
+        // Trades and final bars as the index took them `delay_ms` ago, each when it becomes due.
+        let close_on_lag = self.state.pacing().close_on_lag;
+        if let (Some(mv), Some(e)) = (self.market.as_deref_mut(), past.entry) {
+            let entry = self.subscription.entry();
+            let symbol = &*entry.symbol;
+            if before_snapshot && !self.state.snapshot_pending {
+                mv.start_delayed(entry, cutoff_ms, e.seq);
+            } else if !self.state.snapshot_pending {
+                match mv.emit_delayed(
+                    symbol,
+                    entry,
+                    delay.delay_ms,
+                    cutoff_ms,
+                    close_on_lag,
+                    frame,
+                    stats,
+                ) {
+                    Err(lagged) => return lagged,
+                    Ok((more, next)) => {
+                        wrote |= more;
+                        if let Some(at) = next {
+                            due_ms = due_ms.min(at + delay.delay_ms);
+                        }
+                    }
+                }
+            }
+        }
         look_again(due_ms, now_ms, now, wrote)
     }
 
@@ -325,6 +355,52 @@ impl SlotView {
     /// state it had when the current interval began), and when to look again: when the next
     /// interval begins, if a newer state waits for it. A slower `max_hz` paces on top.
     fn emit_sampled(
+        &mut self,
+        now_ms: i64,
+        now: Instant,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Emitted {
+        let before_snapshot = self.state.snapshot_pending;
+        let quote = self.emit_sample(now_ms, now, frame, stats);
+        // Trades (when the tier allows them) as they happen, and bars paced like its quotes.
+        let Some(mv) = self.market.as_deref_mut() else {
+            return quote;
+        };
+        if matches!(quote, Emitted::Restarted) || self.state.snapshot_pending {
+            return quote;
+        }
+        let entry = self.subscription.entry();
+        let symbol = &*entry.symbol;
+        let pacing = *self.state.pacing();
+        let every = pacing
+            .sample_ms
+            .map(|ms| Duration::from_millis(ms.max(0) as u64))
+            .max(pacing.min_interval);
+        let more = self.subscription.read_since(None, |latest| {
+            let Some(p) = latest else {
+                return Emitted::Nothing;
+            };
+            if before_snapshot {
+                mv.start(symbol, entry, &p, frame, stats);
+                return Emitted::Wrote;
+            }
+            mv.emit(
+                symbol,
+                entry,
+                &p,
+                pacing.close_on_lag,
+                every,
+                now,
+                frame,
+                stats,
+            )
+        });
+        both(quote, more)
+    }
+
+    /// The throttled tier's quote: the sample, at most as often as `max_hz` allows.
+    fn emit_sample(
         &mut self,
         now_ms: i64,
         now: Instant,

@@ -557,7 +557,8 @@ async fn the_poller_infers_trades_from_volume_or_last() {
     let is = |symbol: &'static str, field: &'static str, value: Value| {
         move |m: &Value| m["symbol"] == symbol && m.get(field) == Some(&value)
     };
-    let trade = |symbol: &'static str| move |m: &Value| m["type"] == "trade" && m["symbol"] == symbol;
+    let trade =
+        |symbol: &'static str| move |m: &Value| m["type"] == "trade" && m["symbol"] == symbol;
     trades.extend(trades_until(&mut c, is("AAA", "volume", json!(100))).await);
     trades.extend(trades_until(&mut c, is("BBB", "last", json!("20.00"))).await);
     assert!(trades.is_empty(), "nothing from first answers: {trades:?}");
@@ -589,7 +590,12 @@ async fn the_poller_infers_trades_from_volume_or_last() {
     let (status, _, body) = support::http(gw.addr, "GET", "/v1/trades?symbol=AAA", &[]).await;
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
-    let sizes: Vec<&Value> = v["trades"].as_array().unwrap().iter().map(|t| &t["size"]).collect();
+    let sizes: Vec<&Value> = v["trades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["size"])
+        .collect();
     assert_eq!(sizes, [&json!(50), &json!(250)], "{body}");
 }
 

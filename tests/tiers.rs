@@ -483,6 +483,208 @@ async fn a_throttled_credential_sees_nothing_fresher_than_the_sample_on_any_path
     }
 }
 
+/// Trades and bars by tier: the delayed credential gets no print and no bar newer than its delay,
+/// on the WebSocket, SSE and REST, each message with `delayed_ms`, and final bars only (how an open
+/// bar stood then is not kept); the throttled one gets bars paced by its interval and no trades
+/// (not allowed by default: `unauthorized`, 403 over HTTP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_and_bars_by_tier() {
+    let gw = start_with_workers(
+        2,
+        &(tiers_config() + "[bars]\nintervals = [\"1s\"]\n"),
+        &["X"],
+    );
+    gw.push(tick("X", 1, &[("bid", "10.00")])).await;
+    let mut realtime = client(&gw, REALTIME).await;
+    let mut delayed = client(&gw, DELAYED).await;
+    let mut throttled = client(&gw, THROTTLED).await;
+    let sub = json!({"op": "subscribe", "symbols": ["X"], "trades": true, "bars": "1s"});
+    for c in [&mut realtime, &mut delayed] {
+        c.send(sub.clone()).await;
+        c.expect("ack").await;
+        c.expect("snapshot").await;
+    }
+    throttled.send(sub.clone()).await;
+    let e = throttled.expect("error").await;
+    assert_eq!(e["code"], "unauthorized", "{e}");
+    throttled
+        .send(json!({"op": "subscribe", "symbols": ["X"], "bars": "1s"}))
+        .await;
+    throttled.expect("ack").await;
+    let mut sse = SseClient::connect(
+        gw.addr,
+        &format!("/v1/stream?symbols=X&trades=true&bars=1s&token={DELAYED}"),
+        &[],
+    )
+    .await;
+    // Prints every 20 ms with the feed's clock running 1 s per 200 ms, so that bars end often.
+    let pusher = {
+        let ticks = gw.ticks.clone();
+        tokio::spawn(async move {
+            for i in 0..250i64 {
+                let price = format!("{}.{:02}", 10 + i / 100, i % 100);
+                let t = tick(
+                    "X",
+                    1_000_000 + i * 100,
+                    &[("last", &price), ("last_size", "10")],
+                );
+                if ticks.send(t).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Each side records when it saw each print and each final bar.
+    async fn record(c: &mut Client, until: Instant) -> (Vec<Value>, HashMap<String, Instant>) {
+        let mut msgs = Vec::new();
+        let mut at = HashMap::new();
+        while Instant::now() < until {
+            let Ok(m) = tokio::time::timeout(Duration::from_millis(100), c.next()).await else {
+                continue;
+            };
+            let key = match m["type"].as_str() {
+                Some("trade") => format!("t{}", m["seq"]),
+                Some("bar") if m["final"] == true => format!("b{}", m["start"]),
+                _ => format!("other{}", msgs.len()),
+            };
+            at.insert(key, Instant::now());
+            msgs.push(m);
+        }
+        (msgs, at)
+    }
+    let until = Instant::now() + Duration::from_millis(5000 + DELAY_MS);
+    let ((rt, rt_at), (dl, dl_at), (th, _)) = tokio::join!(
+        record(&mut realtime, until),
+        record(&mut delayed, until),
+        record(&mut throttled, until)
+    );
+    pusher.await.unwrap();
+    let mut delayed_prints = 0;
+    for m in &dl {
+        let key = match m["type"].as_str().unwrap() {
+            "trade" => {
+                delayed_prints += 1;
+                format!("t{}", m["seq"])
+            }
+            "bar" => {
+                assert_eq!(
+                    m["final"], true,
+                    "a delayed client gets final bars only: {m}"
+                );
+                format!("b{}", m["start"])
+            }
+            _ => continue,
+        };
+        assert_eq!(m["delayed_ms"], DELAY_MS, "{m}");
+        let seen = rt_at[&key];
+        let shown = dl_at[&key];
+        assert!(
+            shown.duration_since(seen) + Duration::from_millis(SLACK_MS)
+                >= Duration::from_millis(DELAY_MS),
+            "{key} reached the delayed client {:?} after the realtime one",
+            shown.duration_since(seen)
+        );
+    }
+    let rt_prints = rt.iter().filter(|m| m["type"] == "trade").count();
+    assert_eq!(rt_prints, 250, "the realtime client gets every print");
+    assert!(
+        delayed_prints > 0,
+        "the delayed client got prints once the delay passed"
+    );
+    let delayed_finals = dl.iter().filter(|m| m["type"] == "bar").count();
+    assert!(delayed_finals > 0, "and final bars");
+    let th_finals: Vec<&Value> = th
+        .iter()
+        .filter(|m| m["type"] == "bar" && m["final"] == true)
+        .collect();
+    let starts: std::collections::HashSet<&Value> = th_finals.iter().map(|m| &m["start"]).collect();
+    assert_eq!(
+        starts.len(),
+        th_finals.len(),
+        "the throttled client gets each final bar once"
+    );
+    let dl_seqs: Vec<u64> = dl
+        .iter()
+        .filter(|m| m["type"] == "trade")
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert!(dl_seqs.windows(2).all(|w| w[0] < w[1]), "in order, once");
+    // Throttled: no print; open bars at most one per interval (plus the first), finals each once.
+    assert!(th.iter().all(|m| m["type"] != "trade"));
+    let th_open = th
+        .iter()
+        .filter(|m| m["type"] == "bar" && m["final"] == false)
+        .count();
+    let allowed = (5000 + DELAY_MS) / INTERVAL_MS + 2;
+    assert!(
+        th_open as u64 <= allowed,
+        "{th_open} open bars in {} ms at one per {INTERVAL_MS} ms",
+        5000 + DELAY_MS
+    );
+    // SSE, delayed: the same rule.
+    let mut sse_prints = 0;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), sse.next_event()).await
+    {
+        if e.event == "trade" || e.event == "bar" {
+            assert_eq!(e.data["delayed_ms"], DELAY_MS, "{:?}", e.data);
+            sse_prints += (e.event == "trade") as u32;
+            if e.event == "bar" {
+                assert_eq!(e.data["final"], true);
+            }
+        }
+    }
+    assert!(sse_prints > 0, "the delayed stream got prints");
+    // REST: the delayed credential's prints are ones the realtime client had at least the delay
+    // before; its bars are final ones only.
+    let asked = Instant::now();
+    let bearer = format!("Bearer {DELAYED}");
+    let (status, _, body) = http(
+        gw.addr,
+        "GET",
+        "/v1/trades?symbol=X&limit=128",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    for t in v["trades"].as_array().unwrap() {
+        assert_eq!(t["delayed_ms"], DELAY_MS);
+        let seen = rt_at[&format!("t{}", t["seq"])];
+        assert!(
+            asked.duration_since(seen) + Duration::from_millis(SLACK_MS)
+                >= Duration::from_millis(DELAY_MS),
+            "{t}"
+        );
+    }
+    let (status, _, body) = http(
+        gw.addr,
+        "GET",
+        "/v1/bars?symbol=X&interval=1s",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["bars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["final"] == true && b["delayed_ms"] == DELAY_MS),
+        "{body}"
+    );
+    let throttled_bearer = format!("Bearer {THROTTLED}");
+    let (status, _, body) = http(
+        gw.addr,
+        "GET",
+        "/v1/trades?symbol=X",
+        &[("Authorization", &throttled_bearer)],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+}
+
 crate::with_one_and_two_workers!(
     tiers_serve_one_feed_three_ways,
     jwt_tier_claims,

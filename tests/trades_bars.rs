@@ -296,7 +296,13 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
     let (_, _, body) = http(gw.addr, "GET", "/v1/bars?symbol=AAPL&interval=2m", &[]).await;
     assert!(body.contains("1s, 1m, 5m"), "{body}");
     // More than is kept gets what is kept (4096 prints here; KO printed fewer).
-    let (status, _, body) = http(gw.addr, "GET", "/v1/trades?symbol=KO&limit=99999999999", &[]).await;
+    let (status, _, body) = http(
+        gw.addr,
+        "GET",
+        "/v1/trades?symbol=KO&limit=99999999999",
+        &[],
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["trades"].as_array().unwrap().len(), prints["KO"].len());

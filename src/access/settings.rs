@@ -210,13 +210,18 @@ impl Default for DelayedTierConfig {
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThrottledTierConfig {
-    /// At most one update per symbol per this many ms, whatever `max_hz` asks.
+    /// At most one update per symbol per this many ms, whatever `max_hz` asks (open bars too).
     pub interval_ms: u64,
+    /// Whether the tier may subscribe to trade prints (`"trades": true`, `GET /v1/trades`).
+    pub trades: bool,
 }
 
 impl Default for ThrottledTierConfig {
     fn default() -> Self {
-        ThrottledTierConfig { interval_ms: 1000 }
+        ThrottledTierConfig {
+            interval_ms: 1000,
+            trades: false,
+        }
     }
 }
 

@@ -299,6 +299,64 @@ mod tests {
     }
 
     #[test]
+    fn trades_are_written_so_that_they_are_read_back_the_same() {
+        let p = |s: &str| Some(Decimal::from_str_exact(s).unwrap());
+        let base = Tick {
+            symbol: "AAPL".into(),
+            ts: 5,
+            ..Tick::default()
+        };
+        let round_trip = |t: &Tick| {
+            let mut out = String::new();
+            write_line(&mut out, t);
+            parse_line(out.trim_end(), &mut HashMap::new()).unwrap()
+        };
+        // A print: its price and size are the line's last and last_size.
+        let print = Tick {
+            last: p("10.10"),
+            last_size: Some(100),
+            trade: Some(Trade {
+                price: p("10.10").unwrap(),
+                size: 100,
+            }),
+            ..base.clone()
+        };
+        assert_eq!(round_trip(&print).trade, print.trade);
+        // A poller's inferred print (size from volume) is written as what printed.
+        let inferred = Tick {
+            last: p("10.20"),
+            last_size: Some(100),
+            volume: Some(900),
+            trade: Some(Trade {
+                price: p("10.20").unwrap(),
+                size: 250,
+            }),
+            ..base.clone()
+        };
+        assert_eq!(round_trip(&inferred).trade, inferred.trade);
+        // A quote carrying last and last_size that is not a print (a poller's recovery answer)
+        // is not read back as one; an opening quote's last_size 0 stays.
+        let quote = Tick {
+            bid: p("10.00"),
+            last: p("10.10"),
+            last_size: Some(100),
+            ..base.clone()
+        };
+        let back = round_trip(&quote);
+        assert_eq!(
+            (back.trade, back.last, back.last_size),
+            (None, p("10.10"), None)
+        );
+        let opening = Tick {
+            last: p("10.10"),
+            last_size: Some(0),
+            ..base
+        };
+        let back = round_trip(&opening);
+        assert_eq!((back.trade, back.last_size), (None, Some(0)));
+    }
+
+    #[test]
     fn bad_lines_say_why() {
         let mut s = HashMap::new();
         for (line, why) in [

@@ -300,14 +300,12 @@ fn limit_param(query: &Query, default: usize, kept: usize) -> Result<usize, Refu
     }
 }
 
-/// Trades and bars are served to the realtime tier only, for now (`session::wants_for`).
-fn realtime_only(grant: &Grant) -> Result<(), Refused> {
+/// The past a credential's tier may see of trades and bars: `Some(delay_ms)` for the delayed
+/// tier (nothing the index took later than that ago), `None` for the others.
+fn tier_delay(state: &AppState, grant: &Grant) -> Option<u64> {
     match grant.tier {
-        Tier::Realtime => Ok(()),
-        Tier::Delayed | Tier::Throttled => Err(Refused::bad_request(
-            "bad_request",
-            "trades and bars are not offered to the delayed and throttled tiers",
-        )),
+        Tier::Delayed => state.sessions.tiers.delayed.map(|d| d.delay_ms),
+        Tier::Realtime | Tier::Throttled => None,
     }
 }
 
@@ -316,7 +314,7 @@ fn realtime_only(grant: &Grant) -> Result<(), Refused> {
 async fn bars(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let answer = || -> Result<String, Refused> {
         let admitted = admit_request(&state, &req)?;
-        realtime_only(&admitted.grant)?;
+        let delay = tier_delay(&state, &admitted.grant);
         let query = Query::parse(req.query_string());
         let entry = one_symbol(&state, &admitted.grant, &query)?;
         let market = state.sessions.index.market();
@@ -340,13 +338,16 @@ async fn bars(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             ));
         };
         let limit = limit_param(&query, 100, market.bars_keep)?;
-        let (finals, open) = entry.bars(i, limit);
+        let cutoff = delay.map(|d| crate::model::now_ms() - d as i64);
+        let (finals, open) = entry.bars(i, limit, cutoff);
         let mut body = String::from(r#"{"bars":["#);
         for (n, bar) in finals.iter().enumerate() {
             if n > 0 {
                 body.push(',');
             }
-            bar.encode(&mut body, &entry.symbol, name, true);
+            with_delayed_ms(&mut body, delay, |s| {
+                bar.encode(s, &entry.symbol, name, true)
+            });
         }
         if let Some(bar) = open {
             if !finals.is_empty() {
@@ -368,16 +369,25 @@ async fn bars(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 async fn trades(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let answer = || -> Result<String, Refused> {
         let admitted = admit_request(&state, &req)?;
-        realtime_only(&admitted.grant)?;
+        if admitted.grant.tier == Tier::Throttled && !state.sessions.tiers.throttled.trades {
+            return Err(Refused::new(
+                StatusCode::FORBIDDEN,
+                "unauthorized",
+                "bad_request",
+                "this credential's tier does not include trades ([tiers.throttled] trades)",
+            ));
+        }
+        let delay = tier_delay(&state, &admitted.grant);
         let query = Query::parse(req.query_string());
         let entry = one_symbol(&state, &admitted.grant, &query)?;
         let limit = limit_param(&query, 100, state.sessions.index.market().trades_keep)?;
+        let cutoff = delay.map_or(i64::MAX, |d| crate::model::now_ms() - d as i64);
         let mut body = String::from(r#"{"trades":["#);
-        for (n, message) in entry.trades(limit).iter().enumerate() {
+        for (n, message) in entry.trades(limit, cutoff).iter().enumerate() {
             if n > 0 {
                 body.push(',');
             }
-            body.push_str(message);
+            with_delayed_ms(&mut body, delay, |s| s.push_str(message));
         }
         body.push_str("]}");
         Ok(body)

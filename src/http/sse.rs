@@ -297,11 +297,20 @@ fn stream_request(
     };
     let wants = wants_for(
         state.sessions.index.market(),
+        &state.sessions.tiers,
         admitted.grant.tier,
         trades,
         params.get("bars")?,
     )
-    .map_err(|message| Refused::bad_request("bad_request", message))?;
+    .map_err(|(code, message)| match code {
+        ErrorCode::Unauthorized => Refused::new(
+            StatusCode::FORBIDDEN,
+            "unauthorized",
+            "bad_request",
+            message,
+        ),
+        _ => Refused::bad_request("bad_request", message),
+    })?;
     let (symbols, rejected) = resolve(state, &admitted.grant, symbols);
     if symbols.is_empty() {
         let unauthorized = rejected.iter().any(|(_, c)| *c == ErrorCode::Unauthorized);

@@ -137,6 +137,8 @@ pub struct Bar {
     pub seq: u64,
     /// The feed of the bar's last trade: whose clock ends it.
     pub feed: FeedId,
+    /// When it ended (gateway clock, ms; 0 while open): the delayed tier sees it `delay_ms` later.
+    pub ended_ms: i64,
 }
 
 impl Bar {
@@ -151,6 +153,7 @@ impl Bar {
             trades: 1,
             seq,
             feed,
+            ended_ms: 0,
         }
     }
 
@@ -209,7 +212,7 @@ pub enum Added {
 
 impl Series {
     /// Adds a trade at `ts` to the bar of its interval (`ms` long), ending the open bar first when
-    /// the trade is past it.
+    /// the trade is past it; `now_ms` is the gateway's clock.
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
@@ -220,9 +223,10 @@ impl Series {
         size: u64,
         seq: u64,
         feed: FeedId,
+        now_ms: i64,
     ) -> Added {
         let start = ts - ts.rem_euclid(ms);
-        let ended = self.close_until(ms, keep, ts);
+        let ended = self.close_until(ms, keep, ts, now_ms);
         match &mut self.open {
             Some(bar) if bar.start == start => bar.add(price, size, seq, feed),
             Some(_) => return Added::Late, // before the open bar
@@ -236,11 +240,13 @@ impl Series {
         Added::Taken { ended }
     }
 
-    /// Ends the open bar if `clock_ms` is at or past its end; the number of bars ended (0 or 1).
-    pub fn close_until(&mut self, ms: i64, keep: usize, clock_ms: i64) -> u64 {
+    /// Ends the open bar if `clock_ms` is at or past its end (at `now_ms`, the gateway's clock);
+    /// the number of bars ended (0 or 1).
+    pub fn close_until(&mut self, ms: i64, keep: usize, clock_ms: i64, now_ms: i64) -> u64 {
         match self.open {
-            Some(bar) if bar.start + ms <= clock_ms => {
+            Some(mut bar) if bar.start + ms <= clock_ms => {
                 self.open = None;
+                bar.ended_ms = now_ms;
                 if self.finals.len() >= keep {
                     self.finals.pop_front();
                 }
@@ -250,6 +256,12 @@ impl Series {
             }
             _ => 0,
         }
+    }
+
+    /// (the delayed tier) how many of the bars finalized so far had ended by `cutoff_ms`.
+    pub fn finals_by(&self, cutoff_ms: i64) -> u64 {
+        let later = self.finals.len() - self.finals.partition_point(|b| b.ended_ms <= cutoff_ms);
+        self.finals_total - later as u64
     }
 
     /// The final bars after the first `seen` (of `finals_total`), those still kept.
@@ -342,9 +354,9 @@ mod tests {
             }
             let mut s = Series::default();
             for (seq, &(ts, p, n)) in trades.iter().enumerate() {
-                s.add(ms, 100_000, ts, p, n, seq as u64 + 1, 0);
+                s.add(ms, 100_000, ts, p, n, seq as u64 + 1, 0, 0);
             }
-            s.close_until(ms, 100_000, i64::MAX);
+            s.close_until(ms, 100_000, i64::MAX, 0);
             let got: Vec<_> = s
                 .finals
                 .iter()
@@ -359,16 +371,25 @@ mod tests {
         let p = |s: &str| Decimal::from_str(s).unwrap();
         let mut s = Series::default();
         assert_eq!(
-            s.add(1000, 2, 1_500, p("1.00"), 5, 1, 0),
+            s.add(1000, 2, 1_500, p("1.00"), 5, 1, 0, 7),
             Added::Taken { ended: 0 }
         );
-        assert_eq!(s.close_until(1000, 2, 1_999), 0);
-        assert_eq!(s.close_until(1000, 2, 2_000), 1);
-        assert_eq!(s.close_until(1000, 2, 9_000), 0, "ended once");
-        assert_eq!(s.add(1000, 2, 1_800, p("1.01"), 5, 2, 0), Added::Late);
+        assert_eq!(s.close_until(1000, 2, 1_999, 8), 0);
+        assert_eq!(s.close_until(1000, 2, 2_000, 9), 1);
+        assert_eq!(s.close_until(1000, 2, 9_000, 10), 0, "ended once");
+        assert_eq!(
+            s.finals[0].ended_ms, 9,
+            "when it ended, by the gateway's clock"
+        );
+        assert_eq!(s.add(1000, 2, 1_800, p("1.01"), 5, 2, 0, 11), Added::Late);
         for (i, ts) in [2_100, 3_100, 4_100].into_iter().enumerate() {
-            s.add(1000, 2, ts, p("1.02"), 1, 3 + i as u64, 0);
+            s.add(1000, 2, ts, p("1.02"), 1, 3 + i as u64, 0, 20 + i as i64);
         }
+        // Ended at 9, 21 and 22: what a reader delayed to each time has seen.
+        assert_eq!(
+            (s.finals_by(20), s.finals_by(21), s.finals_by(99)),
+            (1, 2, 3)
+        );
         assert_eq!(s.finals_total, 3);
         assert_eq!(s.finals.len(), 2, "keep bounds the history");
         assert_eq!(s.finals_after(1).count(), 2);

@@ -18,7 +18,7 @@ use crate::sync::lock;
 use super::bars::{Added, Bar, Series};
 use super::history::{HistoryConfig, HistoryEntry, PastState, Sampled};
 use super::mirror::{read_from, Head, Mirror, Published, Recent, ShardLink};
-use super::trades::{Print, Tape};
+use super::trades::{Lost, Print, Tape, TapeCursor};
 use super::{ChangeLog, Market, RECENT_MAX, RECENT_TICKS};
 
 /// Restarted sources, logged: each closes the clients that held the symbol with 1012, which an
@@ -313,18 +313,30 @@ impl SymbolEntry {
         // normalize() rejected a size below 0 and of_fields a size of 0.
         let size = trade.size as u64;
         let seq = st.seq;
+        let now_ms = crate::model::now_ms();
         let mut message = String::with_capacity(112);
         encode_trade(&mut message, &self.symbol, seq, ts, trade.price, size);
         st.tape.push(
             Print {
                 seq,
                 ts,
+                at_ms: now_ms,
                 message: ByteString::from(message),
             },
             m.trades_keep,
         );
         for (i, (series, interval)) in st.bars.iter_mut().zip(&m.intervals).enumerate() {
-            match series.add(interval.ms, m.bars_keep, ts, trade.price, size, seq, feed) {
+            let added = series.add(
+                interval.ms,
+                m.bars_keep,
+                ts,
+                trade.price,
+                size,
+                seq,
+                feed,
+                now_ms,
+            );
+            match added {
                 Added::Taken { ended } => m.finalized[i].inc_by(ended),
                 Added::Late => m.late.inc(),
             }
@@ -337,10 +349,11 @@ impl SymbolEntry {
         {
             let mut st = lock(&self.state);
             let m = &self.market;
+            let now_ms = crate::model::now_ms();
             let mut ended = 0;
             for (i, (series, interval)) in st.bars.iter_mut().zip(&m.intervals).enumerate() {
                 if let Some(bar) = series.open {
-                    let n = series.close_until(interval.ms, m.bars_keep, clock(bar.feed));
+                    let n = series.close_until(interval.ms, m.bars_keep, clock(bar.feed), now_ms);
                     m.finalized[i].inc_by(n);
                     ended += n;
                 }
@@ -368,20 +381,81 @@ impl SymbolEntry {
             .unwrap_or_default()
     }
 
-    /// `GET /v1/bars`: the last `limit` final bars of interval `i`, oldest first, and the open one.
-    pub fn bars(&self, i: usize, limit: usize) -> (Vec<Bar>, Option<Bar>) {
+    /// (the delayed tier) the prints after `cursor` that the index took by `cutoff_ms`, what was
+    /// lost before them, the cursor after them, and when the next one becomes due.
+    pub fn trades_until(&self, cursor: TapeCursor, cutoff_ms: i64) -> DelayedPrints {
+        let st = lock(&self.state);
+        let (lost, prints, next) = st.tape.since_until(cursor, cutoff_ms);
+        let mut after = cursor;
+        if let Some(l) = lost {
+            after.next += l.count;
+            after.seen_seq = l.to_seq;
+        }
+        let out: Vec<(u64, ByteString)> =
+            prints.iter().map(|p| (p.seq, p.message.clone())).collect();
+        after.next += out.len() as u64;
+        if let Some((seq, _)) = out.last() {
+            after.seen_seq = *seq;
+        }
+        (lost, out, after, next)
+    }
+
+    /// (the delayed tier) where a reader that sees the symbol as it was at `cutoff_ms`, at `seq`,
+    /// starts: its tape cursor, and per interval how many final bars it has seen.
+    pub fn market_at(&self, cutoff_ms: i64, seq: u64) -> (TapeCursor, Vec<u64>) {
+        let st = lock(&self.state);
+        (
+            st.tape.cursor_at_time(cutoff_ms, seq),
+            st.bars.iter().map(|s| s.finals_by(cutoff_ms)).collect(),
+        )
+    }
+
+    /// (the delayed tier) the final bars of interval `i` after the first `seen` that had ended by
+    /// `cutoff_ms`, and when the next one ended (due then, delayed).
+    pub fn finals_until(&self, i: usize, seen: u64, cutoff_ms: i64) -> (Vec<Bar>, Option<i64>) {
         let st = lock(&self.state);
         let Some(s) = st.bars.get(i) else {
             return (Vec::new(), None);
         };
-        let skip = s.finals.len().saturating_sub(limit);
-        (s.finals.range(skip..).copied().collect(), s.open)
+        let mut out = Vec::new();
+        for b in s.finals_after(seen) {
+            if b.ended_ms > cutoff_ms {
+                return (out, Some(b.ended_ms));
+            }
+            out.push(*b);
+        }
+        (out, None)
     }
 
-    /// `GET /v1/trades`: the last `limit` prints' messages, oldest first.
-    pub fn trades(&self, limit: usize) -> Vec<ByteString> {
+    /// `GET /v1/bars`: the last `limit` final bars of interval `i`, oldest first, and the open one.
+    /// With `cutoff_ms` (the delayed tier's past): only the final bars that had ended by then, and
+    /// no open bar (how it stood then is not kept).
+    pub fn bars(&self, i: usize, limit: usize, cutoff_ms: Option<i64>) -> (Vec<Bar>, Option<Bar>) {
         let st = lock(&self.state);
-        st.tape.last(limit).map(|p| p.message.clone()).collect()
+        let Some(s) = st.bars.get(i) else {
+            return (Vec::new(), None);
+        };
+        let upto = match cutoff_ms {
+            Some(c) => s.finals.partition_point(|b| b.ended_ms <= c),
+            None => s.finals.len(),
+        };
+        let open = if cutoff_ms.is_some() { None } else { s.open };
+        let skip = upto.saturating_sub(limit);
+        (s.finals.range(skip..upto).copied().collect(), open)
+    }
+
+    /// `GET /v1/trades`: the last `limit` prints' messages taken by `cutoff_ms` (the delayed tier's
+    /// past; `i64::MAX` for all), oldest first.
+    pub fn trades(&self, limit: usize, cutoff_ms: i64) -> Vec<ByteString> {
+        let st = lock(&self.state);
+        let by = st.tape.cursor_at_time(cutoff_ms, 0).next;
+        let newer = (st.tape.total() - by) as usize;
+        let kept: Vec<&Print> = st.tape.last(usize::MAX).collect();
+        let upto = kept.len().saturating_sub(newer);
+        kept[upto.saturating_sub(limit)..upto]
+            .iter()
+            .map(|p| p.message.clone())
+            .collect()
     }
 
     /// After every change, under the state lock: keeps it in the history (delayed tier) and the
@@ -690,6 +764,15 @@ impl SymbolEntry {
         self.subscriber_count.load(Ordering::Relaxed)
     }
 }
+
+/// (the delayed tier) what `SymbolEntry::trades_until` found: the prints lost before the cursor,
+/// the due prints (`seq` and message), the cursor after them, and when the next becomes due.
+pub type DelayedPrints = (
+    Option<Lost>,
+    Vec<(u64, ByteString)>,
+    TapeCursor,
+    Option<i64>,
+);
 
 /// One connection's place in one symbol's subscriber list, left when the guard is dropped.
 ///

@@ -60,6 +60,8 @@ impl TradesConfig {
 pub struct Print {
     pub seq: u64,
     pub ts: i64,
+    /// When the index took it (gateway clock, ms): the delayed tier sees it `delay_ms` later.
+    pub at_ms: i64,
     pub message: ByteString,
 }
 
@@ -133,6 +135,36 @@ impl Tape {
         (lost, self.ring.range(skip..))
     }
 
+    /// (the delayed tier) the cursor of a reader that has seen the symbol as it was at `cutoff_ms`
+    /// (gateway clock), at `seq`: the next print it wants is the first the index took later.
+    pub fn cursor_at_time(&self, cutoff_ms: i64, seq: u64) -> TapeCursor {
+        let newer = self.ring.len() - self.ring.partition_point(|p| p.at_ms <= cutoff_ms);
+        TapeCursor {
+            next: self.total - newer as u64,
+            seen_seq: seq,
+        }
+    }
+
+    /// (the delayed tier) `since`, up to the prints taken by `cutoff_ms`, and when the next print
+    /// after those becomes due (its `at_ms`).
+    pub fn since_until(
+        &self,
+        cursor: TapeCursor,
+        cutoff_ms: i64,
+    ) -> (Option<Lost>, Vec<&Print>, Option<i64>) {
+        let (lost, rest) = self.since(cursor);
+        let mut due = Vec::new();
+        let mut next = None;
+        for p in rest {
+            if p.at_ms > cutoff_ms {
+                next = Some(p.at_ms);
+                break;
+            }
+            due.push(p);
+        }
+        (lost, due, next)
+    }
+
     /// The newest `limit` prints, oldest first (`GET /v1/trades`).
     pub fn last(&self, limit: usize) -> impl Iterator<Item = &Print> {
         self.ring.range(self.ring.len().saturating_sub(limit)..)
@@ -170,6 +202,7 @@ mod tests {
         Print {
             seq,
             ts: seq as i64,
+            at_ms: seq as i64 * 10,
             message: ByteString::from(format!("{{\"seq\":{seq}}}")),
         }
     }

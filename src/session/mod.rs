@@ -43,7 +43,7 @@ use crate::frame::{FrameBuilder, Framing};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::model::Symbol;
-use crate::protocol::{close, OnLag};
+use crate::protocol::{close, ErrorCode, OnLag};
 use crate::view::{Delay, Pacing, SlotView, Wants};
 pub use limits::LimitsConfig;
 use limits::{TokenBucket, ABUSE_ERRORS_PER_SECOND, ABUSE_ERROR_BURST};
@@ -279,8 +279,14 @@ impl Session {
     }
 
     /// What a subscription asks for beside quotes, checked (`wants_for`).
-    pub fn wants(&self, trades: bool, bars: Option<&str>) -> Result<Wants, String> {
-        wants_for(self.shared.index.market(), self.scope.tier, trades, bars)
+    pub fn wants(&self, trades: bool, bars: Option<&str>) -> Result<Wants, (ErrorCode, String)> {
+        wants_for(
+            self.shared.index.market(),
+            &self.shared.tiers,
+            self.scope.tier,
+            trades,
+            bars,
+        )
     }
 
     /// How this connection's messages are framed.
@@ -322,31 +328,37 @@ impl Session {
 }
 
 /// What a subscription (a `subscribe` op, or a stream's query) asks for beside quotes, checked:
-/// the interval must be one the index builds; the delayed and throttled tiers get neither yet
-/// (their history keeps quotes only, and a trade or bar newer than the delay must never reach
-/// them), so asking is a `bad_request` rather than a silent nothing.
+/// the interval must be one the index builds, and a throttled credential gets trades only when
+/// `[tiers.throttled] trades` allows them (its bars are paced like its quotes; the delayed tier
+/// gets both, delayed).
 pub fn wants_for(
     market: &crate::index::Market,
+    tiers: &TiersConfig,
     tier: Tier,
     trades: bool,
     bars: Option<&str>,
-) -> Result<Wants, String> {
+) -> Result<Wants, (ErrorCode, String)> {
     let bars = match bars {
         None => None,
         Some(name) => match market.interval(name) {
             Some(i) => Some(i),
             None => {
                 let shown: String = name.chars().take(16).collect();
-                return Err(format!(
-                    "'bars' must be one of the intervals this gateway builds: {} (got '{shown}')",
-                    market.interval_names()
+                return Err((
+                    ErrorCode::BadRequest,
+                    format!(
+                        "'bars' must be one of the intervals this gateway builds: {} (got '{shown}')",
+                        market.interval_names()
+                    ),
                 ));
             }
         },
     };
-    let wants = Wants { trades, bars };
-    if wants.any() && tier != Tier::Realtime {
-        return Err("trades and bars are not offered to the delayed and throttled tiers".into());
+    if trades && tier == Tier::Throttled && !tiers.throttled.trades {
+        return Err((
+            ErrorCode::Unauthorized,
+            "this credential's tier does not include trades ([tiers.throttled] trades)".into(),
+        ));
     }
-    Ok(wants)
+    Ok(Wants { trades, bars })
 }

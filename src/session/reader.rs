@@ -178,7 +178,7 @@ impl Session {
                 let pacing = self.pacing(max_hz, on_lag);
                 match self.wants(trades, bars.as_deref()) {
                     Ok(wants) => self.subscribe(id, symbols, pacing, wants, now),
-                    Err(message) => self.client_error(id, ErrorCode::BadRequest, &message, now),
+                    Err((code, message)) => self.client_error(id, code, &message, now),
                 }
             }
             Op::Unsubscribe { symbols } => {

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::delta::encode_trades_lost;
+use crate::delta::{encode_trades_lost, with_delayed_ms};
 use crate::frame::FrameBuilder;
 use crate::index::{Published, SymbolEntry, TapeCursor};
 
@@ -80,6 +80,81 @@ impl MarketView {
         }
         // The snapshot went now: no pacing holds the current bar back.
         let _ = self.emit_bars(symbol, entry, p, None, Instant::now(), frame, stats);
+    }
+
+    /// (the delayed tier) the connection was just sent the symbol as it was at `cutoff_ms`, at
+    /// `seq`: trades from the first print the index took after that, final bars likewise.
+    pub fn start_delayed(&mut self, entry: &Arc<SymbolEntry>, cutoff_ms: i64, seq: u64) {
+        let (tape, finals) = entry.market_at(cutoff_ms, seq);
+        self.tape = tape;
+        self.bars = BarCursor {
+            finals_seen: self
+                .wants
+                .bars
+                .and_then(|i| finals.get(i).copied())
+                .unwrap_or(0),
+            ..BarCursor::default()
+        };
+    }
+
+    /// (the delayed tier) the prints and final bars the index took by `cutoff_ms` (`delay_ms`
+    /// ago), each message with `delayed_ms`; no open bar (how it stood then is not kept). Returns
+    /// whether it wrote and when the next becomes due (its gateway time, undelayed), or `Lagged`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn emit_delayed(
+        &mut self,
+        symbol: &str,
+        entry: &Arc<SymbolEntry>,
+        delay_ms: i64,
+        cutoff_ms: i64,
+        close_on_lag: bool,
+        frame: &mut FrameBuilder,
+        stats: &mut EmitStats,
+    ) -> Result<(bool, Option<i64>), Emitted> {
+        let delayed = Some(delay_ms as u64);
+        let mut wrote = false;
+        let mut due = None;
+        if self.wants.trades {
+            let (lost, prints, after, next) = entry.trades_until(self.tape, cutoff_ms);
+            if let Some(lost) = lost {
+                if close_on_lag {
+                    return Err(Emitted::Lagged);
+                }
+                frame.push_quote("trades_lost", symbol, lost.to_seq, |s| {
+                    with_delayed_ms(s, delayed, |s| {
+                        encode_trades_lost(s, symbol, lost.count, lost.from_seq, lost.to_seq)
+                    })
+                });
+                stats.trades_lost += lost.count;
+                wrote = true;
+            }
+            for (seq, message) in &prints {
+                frame.push_quote("trade", symbol, *seq, |s| {
+                    with_delayed_ms(s, delayed, |s| s.push_str(message))
+                });
+                stats.trades += 1;
+                wrote = true;
+            }
+            self.tape = after;
+            due = next;
+        }
+        if let Some(i) = self.wants.bars {
+            let (finals, next) = entry.finals_until(i, self.bars.finals_seen, cutoff_ms);
+            let interval = entry.interval_name(i);
+            for bar in &finals {
+                frame.push_quote("bar", symbol, bar.seq, |s| {
+                    with_delayed_ms(s, delayed, |s| bar.encode(s, symbol, interval, true))
+                });
+                stats.bars += 1;
+                wrote = true;
+            }
+            self.bars.finals_seen += finals.len() as u64;
+            due = match (due, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok((wrote, due))
     }
 
     /// Writes the prints and bars this connection is owed after the quote's news; `Lagged` when a
