@@ -77,6 +77,9 @@ enum Workload {
         workers: Option<usize>,
         #[arg(long)]
         no_pin: bool,
+        /// Subscribe with trades and 1 s bars too (quotegw only): the cost of trades and bars.
+        #[arg(long)]
+        market: bool,
     },
     /// Connections that subscribe (--symbols-per-client) and then idle (the feed ticks once a
     /// second): server RSS per connection.
@@ -130,6 +133,7 @@ fn preset(p: Preset, server: ServerKind) -> (&'static str, Common) {
         churn_per_s: 0,
         transport: Transport::Ws,
         topology: Topology::Embedded,
+        market: false,
     };
     match p {
         Preset::W0 => (
@@ -256,6 +260,9 @@ struct Common {
     /// ingest that run the feed (both on the harness's core: the edge is alone on its own).
     #[arg(long, value_enum, default_value = "embedded")]
     topology: Topology,
+    /// Subscribe with `"trades": true` and `"bars": "1s"` too (quotegw only).
+    #[arg(long)]
+    market: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -284,6 +291,9 @@ struct Msg<'a> {
     ts: Option<i64>,
     #[serde(default)]
     conflated: Option<u64>,
+    /// A `trades_lost`'s count.
+    #[serde(default)]
+    count: Option<u64>,
 }
 
 /// Shared by all client tasks; atomics so no client waits on another.
@@ -291,6 +301,9 @@ struct Stats {
     counting: AtomicBool,
     updates: AtomicU64,
     conflated: AtomicU64,
+    trades: AtomicU64,
+    trades_lost: AtomicU64,
+    bars: AtomicU64,
     snapshots: AtomicU64,
     frames: AtomicU64,
     seq_regressions: AtomicU64,
@@ -311,6 +324,9 @@ impl Stats {
             counting: AtomicBool::new(false),
             updates: AtomicU64::new(0),
             conflated: AtomicU64::new(0),
+            trades: AtomicU64::new(0),
+            trades_lost: AtomicU64::new(0),
+            bars: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             seq_regressions: AtomicU64::new(0),
@@ -715,12 +731,13 @@ struct SseStream {
 }
 
 impl SseStream {
-    async fn open(addr: &str, symbols: &[String]) -> Result<SseStream, String> {
+    async fn open(addr: &str, symbols: &[String], market: bool) -> Result<SseStream, String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let req = format!(
-            "GET /v1/stream?symbols={} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
-            symbols.join(",")
+            "GET /v1/stream?symbols={}{} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+            symbols.join(","),
+            if market { "&trades=true&bars=1s" } else { "" }
         );
         tcp.write_all(req.as_bytes())
             .await
@@ -824,20 +841,26 @@ async fn connect(addr: &str) -> Result<Ws, String> {
 async fn client(
     conn: Conn,
     symbols: Vec<String>,
+    market: bool,
     slow_rate: Option<u32>,
     stats: Arc<Stats>,
     stop: Arc<tokio::sync::Notify>,
 ) {
     let mut reader = match conn {
         Conn::Ws(mut ws) => {
+            let extra = if market {
+                r#","trades":true,"bars":"1s""#
+            } else {
+                ""
+            };
             let sub = format!(
-                "{{\"op\":\"subscribe\",\"symbols\":{}}}",
+                "{{\"op\":\"subscribe\",\"symbols\":{}{extra}}}",
                 serde_json::to_string(&symbols).expect("strings serialize")
             );
             ws.send(Message::text(sub)).await.expect("send subscribe");
             Reader::Ws(ws)
         }
-        Conn::Sse(addr) => match SseStream::open(&addr, &symbols).await {
+        Conn::Sse(addr) => match SseStream::open(&addr, &symbols, market).await {
             Ok(s) => Reader::Sse(s),
             Err(e) => {
                 eprintln!("cannot open the stream: {e}");
@@ -878,6 +901,27 @@ async fn client(
             stats.frames.fetch_add(1, Ordering::Relaxed);
         }
         for m in msgs {
+            if counting {
+                match m.kind {
+                    "trade" => {
+                        stats.trades.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    "trades_lost" => {
+                        let lost = m.count.unwrap_or(0);
+                        stats.trades_lost.fetch_add(lost, Ordering::Relaxed);
+                        continue;
+                    }
+                    "bar" => {
+                        stats.bars.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if matches!(m.kind, "trade" | "trades_lost" | "bar") {
+                continue;
+            }
             let (Some(symbol), Some(seq)) = (m.symbol, m.seq) else {
                 continue;
             };
@@ -959,6 +1003,12 @@ struct Report {
     update_before_snapshot: u64,
     closed_early: u64,
     server_cpu_s_per_million: Option<f64>,
+    /// (--market) trade and bar messages delivered, prints reported lost, and the server's CPU per
+    /// message of any kind (updates, trades, bars).
+    trades_per_s: f64,
+    trades_lost_per_s: f64,
+    bars_per_s: f64,
+    server_cpu_s_per_million_messages: Option<f64>,
     server_rss_mib: f64,
     server_rss_base_mib: f64,
     rss_per_connection_kib: f64,
@@ -1018,6 +1068,7 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
             tasks.push(tokio::spawn(client(
                 ws,
                 symbols,
+                c.market,
                 slow,
                 stats.clone(),
                 stop.clone(),
@@ -1112,6 +1163,8 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
     drop(server);
 
     let updates = stats.updates.load(Ordering::Relaxed);
+    let trades = stats.trades.load(Ordering::Relaxed);
+    let bars = stats.bars.load(Ordering::Relaxed);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     Report {
         workload: name.to_string(),
@@ -1138,6 +1191,11 @@ async fn run_once(name: &str, c: &Common, pin: bool) -> Report {
         closed_early: stats.closed_early.load(Ordering::Relaxed),
         server_cpu_s_per_million: (!idle && updates > 0)
             .then(|| (cpu1 - cpu0) / updates as f64 * 1e6),
+        trades_per_s: trades as f64 / seconds,
+        trades_lost_per_s: stats.trades_lost.load(Ordering::Relaxed) as f64 / seconds,
+        bars_per_s: bars as f64 / seconds,
+        server_cpu_s_per_million_messages: (!idle && updates + trades + bars > 0)
+            .then(|| (cpu1 - cpu0) / (updates + trades + bars) as f64 * 1e6),
         server_rss_mib: mib(rss),
         server_rss_base_mib: mib(rss_base),
         rss_per_connection_kib: rss.saturating_sub(rss_base) as f64
@@ -1201,6 +1259,16 @@ fn print(r: &Report) {
         r.setup_s,
         r.connect_failures,
     );
+    if r.trades_per_s + r.bars_per_s > 0.0 {
+        println!(
+            "        trades {:.0}/s  lost {:.0}/s  bars {:.0}/s  cpu-s/M messages {}",
+            r.trades_per_s,
+            r.trades_lost_per_s,
+            r.bars_per_s,
+            r.server_cpu_s_per_million_messages
+                .map_or("-".into(), |v| format!("{v:.2}")),
+        );
+    }
     println!(
         "RESULT {}",
         serde_json::to_string(r).expect("a report serializes")
@@ -1244,9 +1312,11 @@ fn main() {
                 duration_s,
                 workers,
                 no_pin,
+                market,
             } => {
                 let (kind, mut c) = preset(p, server);
                 c.no_pin = no_pin;
+                c.market = market;
                 if let Some(d) = duration_s {
                     c.duration_s = d;
                 }
@@ -1374,6 +1444,7 @@ fn smoke() {
         churn_per_s: 5,
         transport: Transport::Ws,
         topology: Topology::Embedded,
+        market: true,
     };
     for transport in [Transport::Ws, Transport::Sse] {
         smoke_run(
@@ -1390,6 +1461,11 @@ fn smoke_run(runtime: &tokio::runtime::Runtime, c: &Common) {
     let r = runtime.block_on(run_once("smoke", c, false));
     print(&r);
     assert!(r.deliveries_per_s > 0.0, "updates were delivered");
+    assert!(
+        r.trades_per_s > 0.0,
+        "trades were delivered (the smoke run asks for them)"
+    );
+    assert!(r.bars_per_s > 0.0, "bars were delivered");
     assert_eq!(r.seq_regressions, 0, "seq never goes backwards");
     assert_eq!(r.gaps, 0, "every seq gap is accounted for by `conflated`");
     assert_eq!(

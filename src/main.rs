@@ -199,6 +199,7 @@ fn record(
     tracing::info!(
         ticks = recorded.ticks,
         rejected = recorded.rejected,
+        restamped = recorded.restamped,
         "recorded to {}",
         to.display()
     );

@@ -55,6 +55,8 @@ pub struct RecordOptions<'a> {
 pub struct Recorded {
     pub ticks: u64,
     pub rejected: u64,
+    /// Ticks written at the `ts` of the tick before them, which was later.
+    pub restamped: u64,
 }
 
 /// Records until the duration passes or `stop` is cancelled.
@@ -78,11 +80,20 @@ pub async fn record(
     let mut out = RecordWriter::create(options.to).map_err(write_err)?;
     let mut recorded = Recorded::default();
     let mut line = String::with_capacity(256);
+    let mut newest_ts = i64::MIN;
     // Only valid ticks are recorded (the same check the index applies), so a replay never sees a
-    // tick the live gateway refused.
+    // tick the live gateway refused. A recorded file's `ts` never goes down (the format's rule,
+    // which replay checks): a tick a live feed stamped before the one ahead of it (an upstream's
+    // clock stepping back) is written at that one's `ts` (found from outside: such a recording
+    // could not be replayed). Replayed, a print so moved falls in the open bar; live it was late.
     let mut keep =
         |tick: Tick, out: &mut RecordWriter, recorded: &mut Recorded| match normalize(tick) {
-            Ok(t) if options.symbols.is_empty() || options.symbols.contains(&*t.symbol) => {
+            Ok(mut t) if options.symbols.is_empty() || options.symbols.contains(&*t.symbol) => {
+                if t.ts < newest_ts {
+                    t.ts = newest_ts;
+                    recorded.restamped += 1;
+                }
+                newest_ts = t.ts;
                 line.clear();
                 write_line(&mut line, &t);
                 recorded.ticks += 1;

@@ -218,7 +218,13 @@ impl SlotView {
     pub fn resubscribe(&mut self, pacing: Pacing, wants: Wants) {
         self.state.snapshot_pending = true;
         self.state.paced = Paced::new(pacing);
-        self.market = wants.any().then(|| Box::new(MarketView::new(wants)));
+        let held = self.market.take();
+        self.market = wants.any().then(|| {
+            Box::new(match held {
+                Some(m) => m.resubscribed(wants),
+                None => MarketView::new(wants),
+            })
+        });
     }
 
     /// What the subscription asked for beside quotes.
@@ -263,11 +269,11 @@ impl SlotView {
             if matches!(quote, Emitted::Lagged | Emitted::Restarted) || state.snapshot_pending {
                 return quote;
             }
+            let pacing = state.pacing();
             if before_snapshot {
-                mv.start(symbol, entry, p, frame, stats);
+                mv.start(symbol, entry, p, pacing.min_interval, now, frame, stats);
                 return quote;
             }
-            let pacing = state.pacing();
             let (close_on_lag, min_interval) = (pacing.close_on_lag, pacing.min_interval);
             let more = mv.emit(
                 symbol,
@@ -329,10 +335,10 @@ impl SlotView {
             if before_snapshot && !self.state.snapshot_pending {
                 mv.start_delayed(entry, cutoff_ms, e.seq);
             } else if !self.state.snapshot_pending {
-                match mv.emit_delayed(
+                match mv.emit_until(
                     symbol,
                     entry,
-                    delay.delay_ms,
+                    Some(delay.delay_ms as u64),
                     cutoff_ms,
                     close_on_lag,
                     frame,
@@ -363,8 +369,13 @@ impl SlotView {
     ) -> Emitted {
         let before_snapshot = self.state.snapshot_pending;
         let quote = self.emit_sample(now_ms, now, frame, stats);
-        // Trades (when the tier allows them) as they happen, and bars paced like its quotes.
+        // Trades (when the tier allows them) and final bars as the index held them when the
+        // current interval began, like the sample: nothing fresher (found from outside: the open
+        // bar showed the tier live prices).
         let Some(mv) = self.market.as_deref_mut() else {
+            return quote;
+        };
+        let Some(interval) = self.state.pacing().sample_ms.filter(|&ms| ms > 0) else {
             return quote;
         };
         if matches!(quote, Emitted::Restarted) || self.state.snapshot_pending {
@@ -372,30 +383,24 @@ impl SlotView {
         }
         let entry = self.subscription.entry();
         let symbol = &*entry.symbol;
-        let pacing = *self.state.pacing();
-        let every = pacing
-            .sample_ms
-            .map(|ms| Duration::from_millis(ms.max(0) as u64))
-            .max(pacing.min_interval);
-        let more = self.subscription.read_since(None, |latest| {
-            let Some(p) = latest else {
-                return Emitted::Nothing;
-            };
-            if before_snapshot {
-                mv.start(symbol, entry, &p, frame, stats);
-                return Emitted::Wrote;
-            }
-            mv.emit(
-                symbol,
-                entry,
-                &p,
-                pacing.close_on_lag,
-                every,
+        let cutoff_ms = now_ms - now_ms.rem_euclid(interval);
+        if before_snapshot {
+            mv.start_delayed(entry, cutoff_ms, self.state.sent_seq);
+            return quote;
+        }
+        let close_on_lag = self.state.pacing().close_on_lag;
+        let more = match mv.emit_until(symbol, entry, None, cutoff_ms, close_on_lag, frame, stats) {
+            Err(lagged) => return lagged,
+            Ok((wrote, None)) if wrote => Emitted::Wrote,
+            Ok((_, None)) => Emitted::Nothing,
+            // Due when the interval after the one it came in begins.
+            Ok((wrote, Some(at_ms))) => look_again(
+                at_ms - at_ms.rem_euclid(interval) + interval,
+                now_ms,
                 now,
-                frame,
-                stats,
-            )
-        });
+                wrote,
+            ),
+        };
         both(quote, more)
     }
 

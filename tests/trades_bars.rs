@@ -489,7 +489,28 @@ async fn a_final_bar_is_sent_exactly_once() {
     let done = |m: &Value| {
         m["type"] == "bar" && m["final"] == true && m["start"] == 1_000_000 + (BARS - 1) * 1000
     };
-    let msgs = paced.until(done).await;
+    let mut msgs = Vec::new();
+    let mut opens_at = Vec::new();
+    loop {
+        let m = paced.next().await;
+        if m["type"] == "bar" && m["final"] == false {
+            opens_at.push(std::time::Instant::now());
+        }
+        let last = done(&m);
+        msgs.push(m);
+        if last {
+            break;
+        }
+    }
+    // The open bar sent with the snapshot starts max_hz's clock too (found from outside: the next
+    // went milliseconds later). Half the interval leaves room for a late first frame.
+    if opens_at.len() >= 2 {
+        let gap = opens_at[1].duration_since(opens_at[0]);
+        assert!(
+            gap >= Duration::from_millis(250),
+            "max_hz 2: open bars {gap:?} apart"
+        );
+    }
     assert_eq!(
         finals_of(&msgs),
         want,
@@ -534,6 +555,61 @@ async fn a_final_bar_is_sent_exactly_once() {
     for m in paced.until(|m| m["type"] == "pong").await {
         assert!(m["final"] != true, "a final bar twice: {m}");
     }
+}
+
+/// Subscribing a held symbol again (the widget does it when a tape or a sparkline joins) keeps the
+/// trades going: every print once, in order, none lost (found from outside: the prints not yet sent
+/// were dropped without a `trades_lost`), whatever the re-subscribe changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscribe_loses_no_print() {
+    const PRINTS: i64 = 600;
+    let gw = start("", &["R"]);
+    gw.push(tick("R", 1, &[("bid", "1.00")])).await;
+    let mut c = gw.client().await;
+    c.send(json!({"op": "subscribe", "symbols": ["R"], "trades": true}))
+        .await;
+    c.expect("ack").await;
+    let pusher = {
+        let ticks = gw.ticks.clone();
+        tokio::spawn(async move {
+            for i in 0..PRINTS {
+                let price = format!("5.{:02}", i % 100);
+                let t = tick("R", 2 + i, &[("last", &price), ("last_size", "7")]);
+                ticks.send(t).await.unwrap();
+                if i % 20 == 19 {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+        })
+    };
+    let ops = [
+        json!({"op": "subscribe", "symbols": ["R"], "trades": true}),
+        json!({"op": "subscribe", "symbols": ["R"], "trades": true, "bars": "1s"}),
+        json!({"op": "subscribe", "symbols": ["R"], "trades": true, "max_hz": 5}),
+    ];
+    let mut seqs = Vec::new();
+    let mut n = 0;
+    while seqs.last() != Some(&(PRINTS as u64 + 1)) {
+        let m = c.next().await;
+        match m["type"].as_str().unwrap() {
+            "trade" => {
+                seqs.push(m["seq"].as_u64().unwrap());
+                if seqs.len() % 25 == 0 {
+                    c.send(ops[n % ops.len()].clone()).await;
+                    n += 1;
+                }
+            }
+            "trades_lost" => panic!("a client that keeps up lost prints: {m}"),
+            _ => {}
+        }
+    }
+    pusher.await.unwrap();
+    assert!(n >= 10, "re-subscribed {n} times");
+    assert_eq!(
+        seqs,
+        (2..=PRINTS as u64 + 1).collect::<Vec<_>>(),
+        "every print once, in order"
+    );
 }
 
 /// What a subscription may ask: an interval the gateway builds, `trades` a boolean; the error says

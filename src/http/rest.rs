@@ -290,6 +290,10 @@ fn one_symbol(
 fn limit_param(query: &Query, default: usize, kept: usize) -> Result<usize, Refused> {
     match query.get("limit")? {
         None => Ok(default.min(kept)),
+        // Digits past u64 are still a number above what is kept (found from outside: refused).
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && v.bytes().any(|b| b != b'0') => {
+            Ok(v.parse::<usize>().unwrap_or(usize::MAX).clamp(1, kept.max(1)))
+        }
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX).min(kept)),
             _ => Err(Refused::bad_request(
@@ -300,12 +304,23 @@ fn limit_param(query: &Query, default: usize, kept: usize) -> Result<usize, Refu
     }
 }
 
-/// The past a credential's tier may see of trades and bars: `Some(delay_ms)` for the delayed
-/// tier (nothing the index took later than that ago), `None` for the others.
-fn tier_delay(state: &AppState, grant: &Grant) -> Option<u64> {
+/// What a credential's tier may see of trades and bars: the gateway time of the newest it may
+/// see (`None`: everything, the realtime tier) and the `delayed_ms` its messages carry. The delayed
+/// tier sees nothing the index took later than its delay ago; the throttled tier nothing later
+/// than when its current interval began, as its quotes.
+fn tier_cutoff(state: &AppState, grant: &Grant) -> (Option<i64>, Option<u64>) {
+    let now_ms = crate::model::now_ms();
+    let tiers = &state.sessions.tiers;
     match grant.tier {
-        Tier::Delayed => state.sessions.tiers.delayed.map(|d| d.delay_ms),
-        Tier::Realtime | Tier::Throttled => None,
+        Tier::Realtime => (None, None),
+        Tier::Delayed => match tiers.delayed {
+            Some(d) => (Some(now_ms - d.delay_ms as i64), Some(d.delay_ms)),
+            None => (None, None),
+        },
+        Tier::Throttled => {
+            let interval = tiers.throttled.interval_ms.max(1) as i64;
+            (Some(now_ms - now_ms.rem_euclid(interval)), None)
+        }
     }
 }
 
@@ -314,7 +329,7 @@ fn tier_delay(state: &AppState, grant: &Grant) -> Option<u64> {
 async fn bars(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let answer = || -> Result<String, Refused> {
         let admitted = admit_request(&state, &req)?;
-        let delay = tier_delay(&state, &admitted.grant);
+        let (cutoff, delay) = tier_cutoff(&state, &admitted.grant);
         let query = Query::parse(req.query_string());
         let entry = one_symbol(&state, &admitted.grant, &query)?;
         let market = state.sessions.index.market();
@@ -338,7 +353,6 @@ async fn bars(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             ));
         };
         let limit = limit_param(&query, 100, market.bars_keep)?;
-        let cutoff = delay.map(|d| crate::model::now_ms() - d as i64);
         let (finals, open) = entry.bars(i, limit, cutoff);
         let mut body = String::from(r#"{"bars":["#);
         for (n, bar) in finals.iter().enumerate() {
@@ -377,13 +391,16 @@ async fn trades(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 "this credential's tier does not include trades ([tiers.throttled] trades)",
             ));
         }
-        let delay = tier_delay(&state, &admitted.grant);
+        let (cutoff, delay) = tier_cutoff(&state, &admitted.grant);
         let query = Query::parse(req.query_string());
         let entry = one_symbol(&state, &admitted.grant, &query)?;
         let limit = limit_param(&query, 100, state.sessions.index.market().trades_keep)?;
-        let cutoff = delay.map_or(i64::MAX, |d| crate::model::now_ms() - d as i64);
         let mut body = String::from(r#"{"trades":["#);
-        for (n, message) in entry.trades(limit, cutoff).iter().enumerate() {
+        for (n, message) in entry
+            .trades(limit, cutoff.unwrap_or(i64::MAX))
+            .iter()
+            .enumerate()
+        {
             if n > 0 {
                 body.push(',');
             }

@@ -250,6 +250,7 @@ impl Series {
                 if self.finals.len() >= keep {
                     self.finals.pop_front();
                 }
+                grow_within(&mut self.finals, keep);
                 self.finals.push_back(bar);
                 self.finals_total += 1;
                 1
@@ -269,6 +270,15 @@ impl Series {
         let missing = self.finals_total.saturating_sub(seen);
         let kept = (missing as usize).min(self.finals.len());
         self.finals.range(self.finals.len() - kept..)
+    }
+}
+
+/// Makes room for one more in a ring bounded by `keep`: doubling as usual, but never past `keep`,
+/// so a full ring holds exactly `keep` (doubling alone would hold up to twice the stated memory).
+pub(super) fn grow_within<T>(ring: &mut VecDeque<T>, keep: usize) {
+    if ring.len() == ring.capacity() {
+        let want = (ring.capacity() * 2).clamp(4, keep.max(1));
+        ring.reserve_exact(want.saturating_sub(ring.len()).max(1));
     }
 }
 

@@ -123,6 +123,9 @@ impl Market {
 
     /// The offered intervals, for messages: `1s, 1m, 5m`.
     pub fn interval_names(&self) -> String {
+        if self.intervals.is_empty() {
+            return "none ([bars] intervals is empty: this gateway builds no bars)".into();
+        }
         let names: Vec<&str> = self.intervals.iter().map(|i| i.name.as_str()).collect();
         names.join(", ")
     }

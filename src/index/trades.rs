@@ -108,6 +108,7 @@ impl Tape {
                 self.gone_seq = gone.seq;
             }
         }
+        super::bars::grow_within(&mut self.ring, keep);
         self.ring.push_back(print);
         self.total += 1;
     }

@@ -35,9 +35,13 @@ impl Wants {
 /// One connection's place in a symbol's trades and bars.
 pub struct MarketView {
     wants: Wants,
-    /// Where it is in the tape (set at its snapshot).
+    /// Where it is in the tape (set at its first snapshot).
     tape: TapeCursor,
+    /// `tape` is a place this connection reached: a later snapshot (a re-subscribe) keeps it.
+    tape_held: bool,
     bars: BarCursor,
+    /// `bars` is this interval's: a re-subscribe to the same interval keeps the finals count.
+    bars_held: bool,
 }
 
 #[derive(Default)]
@@ -55,7 +59,26 @@ impl MarketView {
         MarketView {
             wants,
             tape: TapeCursor::default(),
+            tape_held: false,
             bars: BarCursor::default(),
+            bars_held: false,
+        }
+    }
+
+    /// The same connection subscribes the symbol again, wanting `wants`: the trades go on from
+    /// where it is (none lost, none twice: found from outside, a re-subscribe dropped the prints
+    /// not yet sent), and so do final bars of the same interval; the open bar goes again with the
+    /// new snapshot.
+    pub fn resubscribed(self, wants: Wants) -> MarketView {
+        MarketView {
+            wants,
+            tape: self.tape,
+            tape_held: self.tape_held && self.wants.trades && wants.trades,
+            bars: BarCursor {
+                finals_seen: self.bars.finals_seen,
+                ..BarCursor::default()
+            },
+            bars_held: self.bars_held && self.wants.bars == wants.bars,
         }
     }
 
@@ -65,53 +88,70 @@ impl MarketView {
 
     /// The connection was just sent the symbol's snapshot from `p`: trades from the next print on,
     /// and the open bar now (PROTOCOL.md: "and the current bar when `bars` is set").
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &mut self,
         symbol: &str,
         entry: &Arc<SymbolEntry>,
         p: &Published<'_>,
+        min_interval: Option<Duration>,
+        now: Instant,
         frame: &mut FrameBuilder,
         stats: &mut EmitStats,
     ) {
-        self.tape = p.tape.cursor_at(p.seq);
-        self.bars = BarCursor::default();
-        if let Some(s) = self.wants.bars.and_then(|i| p.bars.get(i)) {
-            self.bars.finals_seen = s.finals_total;
+        if !self.tape_held {
+            self.tape = p.tape.cursor_at(p.seq);
+            self.tape_held = true;
         }
-        // The snapshot went now: no pacing holds the current bar back.
-        let _ = self.emit_bars(symbol, entry, p, None, Instant::now(), frame, stats);
+        if !self.bars_held {
+            self.bars = BarCursor::default();
+            if let Some(s) = self.wants.bars.and_then(|i| p.bars.get(i)) {
+                self.bars.finals_seen = s.finals_total;
+            }
+            self.bars_held = true;
+        }
+        // The current bar goes with the snapshot, and starts `max_hz`'s clock (found from outside:
+        // the next open bar went milliseconds later).
+        self.bars.next_at = None;
+        let _ = self.emit_bars(symbol, entry, p, min_interval, now, frame, stats);
     }
 
     /// (the delayed tier) the connection was just sent the symbol as it was at `cutoff_ms`, at
     /// `seq`: trades from the first print the index took after that, final bars likewise.
     pub fn start_delayed(&mut self, entry: &Arc<SymbolEntry>, cutoff_ms: i64, seq: u64) {
         let (tape, finals) = entry.market_at(cutoff_ms, seq);
-        self.tape = tape;
-        self.bars = BarCursor {
-            finals_seen: self
-                .wants
-                .bars
-                .and_then(|i| finals.get(i).copied())
-                .unwrap_or(0),
-            ..BarCursor::default()
-        };
+        if !self.tape_held {
+            self.tape = tape;
+            self.tape_held = true;
+        }
+        if !self.bars_held {
+            self.bars = BarCursor {
+                finals_seen: self
+                    .wants
+                    .bars
+                    .and_then(|i| finals.get(i).copied())
+                    .unwrap_or(0),
+                ..BarCursor::default()
+            };
+            self.bars_held = true;
+        }
     }
 
-    /// (the delayed tier) the prints and final bars the index took by `cutoff_ms` (`delay_ms`
-    /// ago), each message with `delayed_ms`; no open bar (how it stood then is not kept). Returns
-    /// whether it wrote and when the next becomes due (its gateway time, undelayed), or `Lagged`.
+    /// (the delayed and throttled tiers) the prints and final bars the index took by `cutoff_ms`
+    /// (`delay_ms` ago; or when the throttled tier's interval began), each message with
+    /// `delayed_ms` when given; no open bar (how it stood then is not kept). Returns whether it
+    /// wrote and when the next becomes due (its gateway time), or `Lagged`.
     #[allow(clippy::too_many_arguments)]
-    pub fn emit_delayed(
+    pub fn emit_until(
         &mut self,
         symbol: &str,
         entry: &Arc<SymbolEntry>,
-        delay_ms: i64,
+        delayed: Option<u64>,
         cutoff_ms: i64,
         close_on_lag: bool,
         frame: &mut FrameBuilder,
         stats: &mut EmitStats,
     ) -> Result<(bool, Option<i64>), Emitted> {
-        let delayed = Some(delay_ms as u64);
         let mut wrote = false;
         let mut due = None;
         if self.wants.trades {
