@@ -277,7 +277,7 @@ impl Series {
 /// so a full ring holds exactly `keep` (doubling alone would hold up to twice the stated memory).
 pub(super) fn grow_within<T>(ring: &mut VecDeque<T>, keep: usize) {
     if ring.len() == ring.capacity() {
-        let want = (ring.capacity() * 2).clamp(4, keep.max(1));
+        let want = (ring.capacity() * 2).max(4).min(keep.max(1));
         ring.reserve_exact(want.saturating_sub(ring.len()).max(1));
     }
 }
