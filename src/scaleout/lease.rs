@@ -143,10 +143,23 @@ impl Lease {
                         }
                     }
                     Err(Put::Taken) => {
+                        let now_last = self.last().await;
+                        // Its own renewal, stored though its answer was given up on (`put`): it
+                        // still leads, from that message.
+                        if let Ok((seq, Some(r))) = &now_last {
+                            if r.holder == self.holder && r.term == Some(term) && !r.released {
+                                self.held = Held::Leading {
+                                    term,
+                                    last: *seq,
+                                    until: sent + self.lease,
+                                };
+                                return Step::Same;
+                            }
+                        }
                         // No lease message at all: the stream started over (a memory stream on a
                         // restarted NATS, or purged whole). The leader, whose index holds the
                         // highest seqs, takes the new one at once; standbys wait a lease for it.
-                        if matches!(self.last().await, Ok((0, _))) {
+                        if matches!(now_last, Ok((0, _))) {
                             self.held = Held::Standby { seen: None };
                             match self.take(0).await {
                                 Step::Won(term) => {
@@ -299,7 +312,23 @@ impl Lease {
     }
 
     /// Stores `record` if the lease subject's last message is still `expected` (0: none).
+    /// Writes the lease if the subject's last message is `expected`, within a quarter lease: a
+    /// request in flight when NATS went away waits for JetStream's own timeout (5 s), past the
+    /// lease, and a leader stuck in it let a standby take over a restarted stream it should have
+    /// retaken at once (seen in `a_nats_restart_keeps_the_running_leader_and_costs_no_client_a_seq`
+    /// under load). Timed out, the next step tries again.
     async fn put(&self, record: &LeaseRecord, expected: u64) -> Result<u64, Put> {
+        let within = (self.lease / 4).max(Duration::from_millis(50));
+        match tokio::time::timeout(within, self.put_now(record, expected)).await {
+            Ok(done) => done,
+            Err(_) => Err(Put::Failed(format!(
+                "JetStream did not answer within {} ms",
+                within.as_millis()
+            ))),
+        }
+    }
+
+    async fn put_now(&self, record: &LeaseRecord, expected: u64) -> Result<u64, Put> {
         use async_nats::jetstream::context::PublishErrorKind;
         use async_nats::jetstream::message::PublishMessage as Publish;
         let publish = Publish::build()
