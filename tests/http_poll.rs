@@ -615,3 +615,102 @@ async fn trades_until(
         }
     }
 }
+
+/// Found from outside: `quotegw record` of a poller whose upstream clock stepped back wrote a line
+/// with a `ts` before the one above it, a file replay refuses. The recorder keeps `ts`
+/// non-decreasing (the stepped-back tick is written at the time of the one before), and the
+/// recording replays: the same prints, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_of_a_poller_whose_clock_steps_back_replays() {
+    let answer = |ts: i64, last: &str, volume: u64| {
+        format!(
+            r#"{{"data":[{{"sym":"CLK","t":{ts},"b":"9.99","a":"10.20","l":"{last}","v":{volume}}}]}}"#
+        )
+    };
+    let up = Upstream::start(&answer(1_795_000_010_000, "10.00", 100)).await;
+    let dir = std::env::temp_dir().join(format!("quotegw-clock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("poll.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[feeds]]\nkind = \"http_poll\"\nname = \"clk\"\nbase = \"{}\"\n\
+             url = \"{{base}}/q?s={{symbols}}\"\nsymbols = [\"CLK\"]\ninterval_ms = 30\n\
+             [feeds.response]\nshape = \"array\"\nroot = \"data\"\nsymbol = \"sym\"\n\
+             fields = {{ ts = \"t\", bid = \"b\", ask = \"a\", last = \"l\", volume = \"v\" }}\n",
+            up.base
+        ),
+    )
+    .unwrap();
+    let recording = dir.join("clk.ndjson");
+    let record = std::process::Command::new(env!("CARGO_BIN_EXE_quotegw"))
+        .arg("record")
+        .arg("--config")
+        .arg(&config)
+        .arg("--duration")
+        .arg("3")
+        .arg("--to")
+        .arg(&recording)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A print at 10.05, then one the upstream stamps 5 s earlier, then one after.
+    for (ts, last, volume) in [
+        (1_795_000_011_000, "10.05", 150),
+        (1_795_000_006_000, "10.07", 170),
+        (1_795_000_012_000, "10.09", 200),
+    ] {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        up.set_body(&answer(ts, last, volume));
+    }
+    let out = tokio::task::spawn_blocking(move || record.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&recording).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ts: Vec<i64> = lines.iter().map(|l| l["ts"].as_i64().unwrap()).collect();
+    assert!(
+        ts.windows(2).all(|w| w[0] <= w[1]),
+        "ts never goes down: {ts:?}"
+    );
+    let prints: Vec<(&str, u64)> = lines
+        .iter()
+        .filter(|l| l["last_size"].as_u64().unwrap_or(0) > 0)
+        .map(|l| {
+            (
+                l["last"].as_str().unwrap(),
+                l["last_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        prints,
+        [("10.05", 50), ("10.07", 20), ("10.09", 30)],
+        "{text}"
+    );
+    // And it replays: the gateway serves the same prints.
+    let gw = start(
+        &format!(
+            "[[feeds]]\nkind = \"replay\"\nname = \"rp\"\npath = \"{}\"\nspeed = \"max\"\n",
+            recording.display()
+        ),
+        &[],
+    );
+    gw.wait_metric("quotegw_trades_received_total{feed=\"rp\"}", |v| v == 3.0)
+        .await;
+    let (status, _, body) = support::http(gw.addr, "GET", "/v1/trades?symbol=CLK", &[]).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let sizes: Vec<&Value> = v["trades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["size"])
+        .collect();
+    assert_eq!(sizes, [&json!(50), &json!(20), &json!(30)], "{body}");
+}

@@ -164,11 +164,13 @@ impl Index {
     /// Ends the bars whose interval is over on their feed's clock: its latest tick's `ts`, or for
     /// a wall-clock feed the wall clock `grace_ms` ago, whichever is later. Called by the ingest
     /// task after every batch of events and every 100 ms; it walks the symbols only when some
-    /// feed's clock has entered a new period of the shortest interval since the last walk (at
-    /// most once per period and feed: 10,000 symbols cost about a millisecond a second).
+    /// feed's clock has entered a new period (the intervals' greatest common divisor) since the
+    /// last walk (at most once per period and feed: 10,000 symbols cost about a millisecond a
+    /// second).
     pub fn close_bars(&self, now_ms: i64) {
         let m = &self.market;
-        let Some(period) = m.intervals.iter().map(|i| i.ms).min() else {
+        // Every interval's boundaries are boundaries of their greatest common divisor.
+        let Some(period) = m.intervals.iter().map(|i| i.ms).reduce(gcd) else {
             return;
         };
         let clock = |feed: usize| {
@@ -410,6 +412,14 @@ impl Index {
         if let Some(entry) = self.lookup(symbol) {
             entry.set_feed_status(feed, status);
         }
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
