@@ -12,8 +12,8 @@
 //! (counted in `quotegw_bar_late_trades_total`). So a recording replayed with its own timestamps
 //! builds the bars it built live, bit for bit.
 //!
-//! Memory: a kept bar is `Bar`, 96 bytes; `keep` final bars per interval and symbol that traded
-//! (so 390 × 3 intervals ≈ 110 KiB for a symbol trading in every interval; docs/benchmarks.md has
+//! Memory: a kept bar is `Bar`, 112 bytes; `keep` final bars per interval and symbol that traded
+//! (so 390 × 3 intervals ≈ 128 KiB for a symbol trading in every interval; docs/benchmarks.md has
 //! the measured figures at 500 and 10,000 symbols).
 
 use std::collections::VecDeque;
