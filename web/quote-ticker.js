@@ -1687,7 +1687,38 @@ function drawSparkline(svg, symbol, interval, bars, error) {
   sparkDrawn.set(svg, { closes, error: error || null });
 }
 
-class QuoteTicker extends HTMLElement {
+// What <quote-ticker> and <quote-tape> do alike as elements: build when connected, build again
+// once per task after attributes change (however many changed together), and leave their
+// connection only when removed for good (a move in the DOM disconnects and reconnects in the same
+// task, and keeps the subscription). The element's own work is behind two symbol-keyed methods,
+// so none of it becomes public API.
+const REBUILD = Symbol("rebuild");
+const DETACH = Symbol("detach");
+
+class GatewayElement extends HTMLElement {
+  #rebuildQueued = false;
+
+  connectedCallback() {
+    this[REBUILD]();
+  }
+
+  disconnectedCallback() {
+    queueMicrotask(() => {
+      if (!this.isConnected) this[DETACH]();
+    });
+  }
+
+  attributeChangedCallback(name, oldValue, newValue) {
+    if (oldValue === newValue || !this.isConnected || this.#rebuildQueued) return;
+    this.#rebuildQueued = true;
+    queueMicrotask(() => {
+      this.#rebuildQueued = false;
+      if (this.isConnected) this[REBUILD]();
+    });
+  }
+}
+
+class QuoteTicker extends GatewayElement {
   static get observedAttributes() {
     return ["symbols", "url", "fields", "layout", "sparkline"];
   }
@@ -1703,7 +1734,6 @@ class QuoteTicker extends HTMLElement {
   #dirty = new Set();
   #rejectedDirty = false;
   #frame = 0;
-  #rebuildQueued = false;
   #state = "idle";
   #announced = "";
   #announcedRejects = new Set();
@@ -1790,24 +1820,12 @@ class QuoteTicker extends HTMLElement {
     return out;
   }
 
-  connectedCallback() {
+  [REBUILD]() {
     this.#rebuild();
   }
 
-  disconnectedCallback() {
-    // A move in the DOM disconnects and reconnects in the same task: keep the subscription then.
-    queueMicrotask(() => {
-      if (!this.isConnected) this.#detach();
-    });
-  }
-
-  attributeChangedCallback(name, oldValue, newValue) {
-    if (oldValue === newValue || !this.isConnected || this.#rebuildQueued) return;
-    this.#rebuildQueued = true;
-    queueMicrotask(() => {
-      this.#rebuildQueued = false;
-      if (this.isConnected) this.#rebuild();
-    });
+  [DETACH]() {
+    this.#detach();
   }
 
   #detach() {
@@ -2253,7 +2271,7 @@ function newestFirst(a, b) {
   return b.n - a.n;
 }
 
-class QuoteTape extends HTMLElement {
+class QuoteTape extends GatewayElement {
   static get observedAttributes() {
     return ["symbols", "url", "rows"];
   }
@@ -2268,7 +2286,6 @@ class QuoteTape extends HTMLElement {
   #nodes = {};
   #rowEls = new Map(); // entry -> <tr>
   #frame = 0;
-  #rebuildQueued = false;
 
   constructor() {
     super();
@@ -2329,24 +2346,12 @@ class QuoteTape extends HTMLElement {
     });
   }
 
-  connectedCallback() {
+  [REBUILD]() {
     this.#rebuild();
   }
 
-  disconnectedCallback() {
-    // A move in the DOM disconnects and reconnects in the same task: keep the subscription then.
-    queueMicrotask(() => {
-      if (!this.isConnected) this.#detach();
-    });
-  }
-
-  attributeChangedCallback(name, oldValue, newValue) {
-    if (oldValue === newValue || !this.isConnected || this.#rebuildQueued) return;
-    this.#rebuildQueued = true;
-    queueMicrotask(() => {
-      this.#rebuildQueued = false;
-      if (this.isConnected) this.#rebuild();
-    });
+  [DETACH]() {
+    this.#detach();
   }
 
   #detach() {
