@@ -1687,6 +1687,39 @@ function drawSparkline(svg, symbol, interval, bars, error) {
   sparkDrawn.set(svg, { closes, error: error || null });
 }
 
+// Shows `text` in an element's aria-live region: cleared first, so that a repeated message is
+// announced again.
+function announce(live, text) {
+  if (!live) return;
+  live.textContent = "";
+  setTimeout(() => {
+    live.textContent = text;
+  }, 50);
+}
+
+// Lists the symbols the gateway refused (`nodes.rejected`, `nodes.rejectedList`) and announces
+// those newly refused, once each while they stay refused (`announced`, the element's memory of
+// them). Returns the refused symbols.
+function paintRejected(rejected, nodes, announced) {
+  const items = rejected.map(({ symbol, code }) => {
+    const li = el("li");
+    li.dataset.rejected = "";
+    li.append(el("span", "rsym", symbol), el("span", "", ` (${CODE_TEXT[code] || code})`));
+    return li;
+  });
+  nodes.rejectedList.replaceChildren(...items);
+  nodes.rejected.hidden = items.length === 0;
+  const gone = new Set(rejected.map((r) => r.symbol));
+  const fresh = rejected.filter((r) => !announced.has(r.symbol));
+  for (const r of fresh) announced.add(r.symbol);
+  for (const s of [...announced]) if (!gone.has(s)) announced.delete(s);
+  if (fresh.length) {
+    const list = fresh.map((r) => `${r.symbol} (${CODE_TEXT[r.code] || r.code})`).join(", ");
+    announce(nodes.live, `Not available: ${list}.`);
+  }
+  return gone;
+}
+
 // What <quote-ticker> and <quote-tape> do alike as elements: build when connected, build again
 // once per task after attributes change (however many changed together), and leave their
 // connection only when removed for good (a move in the DOM disconnects and reconnects in the same
@@ -2210,35 +2243,12 @@ class QuoteTicker extends GatewayElement {
   }
 
   #paintRejected() {
-    const rejected = this.rejectedSymbols;
-    const { rejected: box, rejectedList } = this.#nodes;
-    const items = rejected.map(({ symbol, code }) => {
-      const li = el("li");
-      li.dataset.rejected = "";
-      li.append(el("span", "rsym", symbol), el("span", "", ` (${CODE_TEXT[code] || code})`));
-      return li;
-    });
-    rejectedList.replaceChildren(...items);
-    box.hidden = items.length === 0;
-    const gone = new Set(rejected.map((r) => r.symbol));
+    const gone = paintRejected(this.rejectedSymbols, this.#nodes, this.#announcedRejects);
     for (const [sym, v] of this.#views) for (const r of v.rows) r.hidden = gone.has(sym);
-    const fresh = rejected.filter((r) => !this.#announcedRejects.has(r.symbol));
-    for (const r of fresh) this.#announcedRejects.add(r.symbol);
-    for (const s of [...this.#announcedRejects]) if (!gone.has(s)) this.#announcedRejects.delete(s);
-    if (fresh.length) {
-      const list = fresh.map((r) => `${r.symbol} (${CODE_TEXT[r.code] || r.code})`).join(", ");
-      this.#announce(`Not available: ${list}.`);
-    }
   }
 
   #announce(text) {
-    const live = this.#nodes.live;
-    if (!live) return;
-    // Cleared first so that a repeated message is announced again.
-    live.textContent = "";
-    setTimeout(() => {
-      live.textContent = text;
-    }, 50);
+    announce(this.#nodes.live, text);
   }
 }
 
@@ -2568,33 +2578,11 @@ class QuoteTape extends GatewayElement {
   }
 
   #paintRejected() {
-    const rejected = this.rejectedSymbols;
-    const { rejected: box, rejectedList } = this.#nodes;
-    const items = rejected.map(({ symbol, code }) => {
-      const li = el("li");
-      li.dataset.rejected = "";
-      li.append(el("span", "rsym", symbol), el("span", "", ` (${CODE_TEXT[code] || code})`));
-      return li;
-    });
-    rejectedList.replaceChildren(...items);
-    box.hidden = items.length === 0;
-    const fresh = rejected.filter((r) => !this.#announcedRejects.has(r.symbol));
-    for (const r of fresh) this.#announcedRejects.add(r.symbol);
-    const gone = new Set(rejected.map((r) => r.symbol));
-    for (const s of [...this.#announcedRejects]) if (!gone.has(s)) this.#announcedRejects.delete(s);
-    if (fresh.length) {
-      const list = fresh.map((r) => `${r.symbol} (${CODE_TEXT[r.code] || r.code})`).join(", ");
-      this.#announce(`Not available: ${list}.`);
-    }
+    paintRejected(this.rejectedSymbols, this.#nodes, this.#announcedRejects);
   }
 
   #announce(text) {
-    const live = this.#nodes.live;
-    if (!live) return;
-    live.textContent = "";
-    setTimeout(() => {
-      live.textContent = text;
-    }, 50);
+    announce(this.#nodes.live, text);
   }
 }
 
