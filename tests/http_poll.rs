@@ -559,9 +559,15 @@ async fn the_poller_infers_trades_from_volume_or_last() {
     };
     let trade =
         |symbol: &'static str| move |m: &Value| m["type"] == "trade" && m["symbol"] == symbol;
-    trades.extend(trades_until(&mut c, is("AAA", "volume", json!(100))).await);
-    trades.extend(trades_until(&mut c, is("BBB", "last", json!("20.00"))).await);
-    assert!(trades.is_empty(), "nothing from first answers: {trades:?}");
+    // Both snapshots, in whichever order they come (waiting for one, then the other, hung when
+    // the second came first).
+    let (mut aaa, mut bbb) = (false, false);
+    while !(aaa && bbb) {
+        let m = c.next().await;
+        assert!(m["type"] != "trade", "nothing from first answers: {m}");
+        aaa |= is("AAA", "volume", json!(100))(&m);
+        bbb |= is("BBB", "last", json!("20.00"))(&m);
+    }
     // AAA: a rise of 50 at 10.05; a last that moves alone; a rise of 250 (two trades, one print).
     with_volume.set_body(&answer("AAA", "10.05", r#","v":150"#));
     trades.extend(trades_until(&mut c, trade("AAA")).await);
@@ -606,7 +612,9 @@ async fn trades_until(
 ) -> Vec<(Value, Value, Value)> {
     let mut seen = Vec::new();
     loop {
-        let m = c.next().await;
+        let m = tokio::time::timeout(support::DEADLINE, c.next())
+            .await
+            .unwrap_or_else(|_| panic!("no message matched within the deadline; prints {seen:?}"));
         if m["type"] == "trade" {
             seen.push((m["symbol"].clone(), m["price"].clone(), m["size"].clone()));
         }
