@@ -144,8 +144,8 @@
 //   sorts above everything before it, whatever its ts (a restarted replay starts its clock over).
 //   A trades_lost message is a "N trades missed" row, unless the history read after it holds them.
 // - The gateway refusing extras (an op with bars or trades answered bad_request: an interval it
-//   does not build, or a tier without trades and bars) costs no quotes: that interval (then trades)
-//   is dropped and the symbols are subscribed again without it; the sparkline says why (its title
+//   does not build; or unauthorized: a tier without trades) costs no quotes: that interval (or
+//   trades) is dropped and the symbols are subscribed again without it; the sparkline says why (its title
 //   and aria-label), the tape shows "trades not available: <the gateway's message>". A sparkline
 //   value that is not an interval by form ("1m": a number and s, m or h) is never sent.
 // - Never logs a URL with its query string or fragment (tokens live there). (Chromium itself logs a
@@ -1037,14 +1037,16 @@ class Connection {
       this.subscribed.delete(s);
       this.sentWants.delete(s);
     }
-    if (code === "bad_request" && (pending.trades || pending.bars)) {
-      // The extras were refused (an interval this gateway does not build, or a tier without trades
-      // and bars), not the symbols: drop one extra and subscribe again, so that a sparkline or a
-      // tape never costs the quotes of the elements sharing the symbols. Bars first; trades when an
-      // op with trades only is refused too. Each interval, and trades, is refused once per
-      // connection: never sent again on it.
+    const tradesRefused = code === "unauthorized" && pending.trades;
+    if ((code === "bad_request" && (pending.trades || pending.bars)) || tradesRefused) {
+      // The extras were refused (bad_request: an interval this gateway does not build;
+      // unauthorized: a tier without trades), not the symbols: drop one extra and subscribe again,
+      // so that a sparkline or a tape never costs the quotes of the elements sharing the symbols.
+      // Bars first on bad_request; trades when an op with trades only is refused too, or at once
+      // on unauthorized (found from outside: a throttled key lost the symbol's quotes). Each
+      // interval, and trades, is refused once per connection: never sent again on it.
       const message = typeof m.message === "string" ? m.message : code;
-      if (pending.bars) this.refusedBars.set(pending.bars, message);
+      if (pending.bars && !tradesRefused) this.refusedBars.set(pending.bars, message);
       else this.tradesRefused = message;
       for (const s of pending.symbols) if (this.refs.has(s) && !this.subscribed.has(s)) this.toSubscribe.add(s);
       this.queueFlush();
@@ -1097,7 +1099,7 @@ class Connection {
     if (!tape) return false;
     if (tape.loadedOn !== this.socketNo) {
       // Until the history is read, live prints wait, so that they land after it.
-      if (tape.loadingOn === this.socketNo) tape.pending.push(m);
+      if (tape.loadingOn === this.socketNo) waitBounded(tape.pending, m);
       return false;
     }
     return m.type === "trade" ? this.tapeTrade(tape, m) : this.tapeLost(tape, m);
@@ -1229,7 +1231,7 @@ class Connection {
     const series = this.series.get(seriesKey(m.symbol, m.interval));
     if (!series) return false;
     if (series.loadedOn !== this.socketNo) {
-      if (series.loadingOn === this.socketNo) series.pending.push(m);
+      if (series.loadingOn === this.socketNo) waitBounded(series.pending, m);
       return false;
     }
     return mergeBar(series, m);
@@ -1664,7 +1666,11 @@ function drawSparkline(svg, symbol, interval, bars, error) {
   const hi = finite.length ? Math.max(...finite) : 0;
   const n = closes.length;
   const x = (i) => (n === 1 ? SPARK_W - SPARK_PAD : SPARK_PAD + (i * (SPARK_W - 2 * SPARK_PAD)) / (n - 1));
-  const y = (v) => (!Number.isFinite(v) || hi === lo ? SPARK_H / 2 : SPARK_PAD + ((hi - v) * (SPARK_H - 2 * SPARK_PAD)) / (hi - lo));
+  // A ratio first: closes near the float range overflow hi - lo (found from outside: NaN points).
+  const y = (v) => {
+    const r = (hi - v) / (hi - lo);
+    return !Number.isFinite(r) || hi === lo ? SPARK_H / 2 : SPARK_PAD + r * (SPARK_H - 2 * SPARK_PAD);
+  };
   const points = values.map((v, i) => `${x(i).toFixed(2)},${y(v).toFixed(2)}`);
   const [title, line, dot] = svg.children;
   line.setAttribute("points", points.join(" "));
@@ -1685,6 +1691,16 @@ function drawSparkline(svg, symbol, interval, bars, error) {
   title.textContent = label;
   if (svg.getAttribute("role") === "img") svg.setAttribute("aria-label", label);
   sparkDrawn.set(svg, { closes, error: error || null });
+}
+
+// Live messages that wait for a history read keep at most this many, the newest (found from outside:
+// a gateway that never answered the read and flooded prints grew the page's memory until the read
+// timed out). A tape shows at most TAPE_ROWS_MAX prints and a sparkline SPARKLINE_POINTS bars.
+const PENDING_MAX = 2 * TAPE_ROWS_MAX;
+
+function waitBounded(pending, m) {
+  pending.push(m);
+  if (pending.length > PENDING_MAX) pending.splice(0, pending.length - PENDING_MAX);
 }
 
 // Shows `text` in an element's aria-live region: cleared first, so that a repeated message is
@@ -2378,8 +2394,9 @@ class QuoteTape extends GatewayElement {
   #rebuild() {
     const url = resolveUrl(this.getAttribute("url"));
     const symbols = parseList(this.getAttribute("symbols"), true);
-    const asked = Number.parseInt(this.getAttribute("rows") || "", 10);
-    const rows = Number.isSafeInteger(asked) && asked > 0 ? Math.min(asked, TAPE_ROWS_MAX) : TAPE_ROWS_DEFAULT;
+    // As a number, whole rows: "1e9" is the most (not 1, as parseInt reads it), "2.5" is 2.
+    const asked = Number((this.getAttribute("rows") || "").trim() || Number.NaN);
+    const rows = Number.isFinite(asked) && asked >= 1 ? Math.min(Math.floor(asked), TAPE_ROWS_MAX) : TAPE_ROWS_DEFAULT;
     // As QuoteTicker: the new set first, so that a shared symbol (and its tape) is never dropped.
     const old = this.#conn;
     const oldSymbols = this.#symbols;

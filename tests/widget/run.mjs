@@ -75,6 +75,8 @@ const STOPPED_QUIET_MS = 3000;
 // Credentials of the restricted and jwt gateways (test-only values).
 const API_KEY = "widget-test-api-key-5f1c2a9e";
 const WRONG_KEY = "widget-test-wrong-key-00000000";
+// A throttled credential: its tier has no trades ([tiers.throttled] trades is false by default).
+const THROTTLED_KEY = "widget-test-throttled-key-7a3d";
 const JWT_SECRET = "widget-test-hs256-secret-0123456789abcdef";
 // A JWT the widget gets first in the expiry checks lives 2..3 s (exp is in whole seconds).
 const SHORT_TOKEN_S = 3;
@@ -1316,7 +1318,7 @@ async function main(state, { bin, config, shots }, chromium) {
   //     decide whether a page may run the widget, as the browser gets them.
   const restrictedConfig = writeAccessConfig(tmp, "restricted.toml", config, [
     'auth = "api_key"',
-    `api_keys = ["${API_KEY}"]`,
+    `api_keys = ["${API_KEY}", { key = "${THROTTLED_KEY}", tier = "throttled" }]`,
     `allowed_origins = ["${embed.originA}"]`,
   ]);
   const rgw = await startGateway("restricted gateway", restrictedConfig);
@@ -1370,6 +1372,30 @@ async function main(state, { bin, config, shots }, chromium) {
   if (!rReads.length || rReads.some((c) => c.authorization !== `Bearer ${API_KEY}` || "token" in c.query)) fail(`the tape read the restricted gateway with ${JSON.stringify(rReads)}, want the provider's key as Authorization: Bearer, not in the URL`);
   if (embed.calls("good").length !== 1) fail(`the token provider was called ${embed.calls("good").length} times; the tape's GET /v1/trades must reuse the connection's token`);
   if (rSeen.errors().length) fail(`console errors on the token page: ${rSeen.errors().join(" | ")}`);
+  // A throttled key: the tape's trades are refused (unauthorized: the tier has none), and that must
+  // cost no quotes (found from outside: the widget dropped AAPL's quotes from the grid too).
+  embed.tokenCase("throttled", () => THROTTLED_KEY);
+  embed.page("r-throttled", embedPage("Token: throttled", tokenScript(rScript, { all: "throttled" }), tGrid() + `\n  <quote-tape id="t-tape" symbols="AAPL" rows="5"></quote-tape>`));
+  const thPage = await context.newPage();
+  const thSeen = watchPage(thPage, "throttled page", pageErrors);
+  await thPage.goto(`${embed.originA}/r-throttled.html`, { waitUntil: "load" });
+  const th = await waitFor("the throttled page's grid to show every symbol and its tape to say why it has no trades", async () => {
+    const got = await thPage.evaluate((symbols) => {
+      const grid = document.getElementById("t-grid");
+      const tape = document.getElementById("t-tape");
+      return {
+        shown: symbols.filter((s) => s in grid.displayedQuotes),
+        rejected: grid.rejectedSymbols,
+        note: tape.shadowRoot.textContent.includes("trades not available"),
+      };
+    }, CHECKED_SYMBOLS);
+    return { ok: got.shown.length === CHECKED_SYMBOLS.length && got.rejected.length === 0 && got.note, got, detail: got };
+  });
+  const thUnexpected = thSeen.errors().filter((t) => !/gateway error unauthorized/.test(t));
+  if (thUnexpected.length) fail(`console errors on the throttled page: ${thUnexpected.join(" | ")}`);
+  await thPage.close();
+  ok(`throttled key: the tape's trades refused (unauthorized), every symbol's quotes still shown (${th.got.shown.join(", ")}), none listed as rejected, the tape says "trades not available"`);
+
   ok(`setToken provider on ${embed.originA}: called once before connecting; its key reached the restricted gateway as ?token= (live; quotes equal the gateway's) and the tape's GET /v1/trades as Authorization: Bearer (cross-origin, preflighted; prints equal the gateway's); not in the DOM; no console errors`);
 
   // 14. Refused pages must not spin. A wrong key (HTTP 401), a token provider that fails, and origin
