@@ -407,13 +407,16 @@ impl Client {
 
     /// The next message, or how the connection closed.
     pub async fn try_next(&mut self) -> Result<Value, Closed> {
+        // One deadline for the message, not per frame: the server's pings are frames too, and
+        // would otherwise keep a wait for a message that never comes from ever failing.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             if let Some(v) = self.queue.pop_front() {
                 return Ok(v);
             }
-            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .expect("a frame within the deadline");
+                .expect("a message within the deadline");
             match frame {
                 Some(Ok(Message::Text(text))) => {
                     let v: Value = serde_json::from_str(&text).expect("server frames are JSON");
