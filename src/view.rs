@@ -227,11 +227,6 @@ impl SlotView {
         });
     }
 
-    /// What the subscription asked for beside quotes.
-    pub fn wants(&self) -> Wants {
-        self.market.as_ref().map(|m| m.wants()).unwrap_or_default()
-    }
-
     #[cfg(test)]
     fn catch_up_after(&self) -> Option<u64> {
         self.state.catch_up_after()

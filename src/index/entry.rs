@@ -448,12 +448,8 @@ impl SymbolEntry {
     /// past; `i64::MAX` for all), oldest first.
     pub fn trades(&self, limit: usize, cutoff_ms: i64) -> Vec<ByteString> {
         let st = lock(&self.state);
-        let by = st.tape.cursor_at_time(cutoff_ms, 0).next;
-        let newer = (st.tape.total() - by) as usize;
-        let kept: Vec<&Print> = st.tape.last(usize::MAX).collect();
-        let upto = kept.len().saturating_sub(newer);
-        kept[upto.saturating_sub(limit)..upto]
-            .iter()
+        st.tape
+            .last_by(limit, cutoff_ms)
             .map(|p| p.message.clone())
             .collect()
     }

@@ -45,7 +45,7 @@ mod history;
 mod mirror;
 mod trades;
 
-pub use bars::{interval_ms, Bar, BarInterval, BarsConfig, Series};
+pub use bars::{Bar, BarInterval, BarsConfig, Series};
 use entry::SymbolState;
 pub use entry::{Subscription, SymbolEntry};
 use history::Sampled;
@@ -116,6 +116,27 @@ pub struct Market {
 }
 
 impl Market {
+    fn new(
+        trades: &TradesConfig,
+        bars: &[BarInterval],
+        bars_config: &BarsConfig,
+        wall_clock: Vec<bool>,
+        metrics: &Metrics,
+    ) -> Market {
+        Market {
+            trades_keep: trades.keep,
+            intervals: bars.to_vec(),
+            bars_keep: bars_config.keep,
+            grace_ms: bars_config.grace_ms as i64,
+            wall_clock,
+            finalized: bars
+                .iter()
+                .map(|i| metrics.bars_finalized.with_label_values(&[&i.name]))
+                .collect(),
+            late: metrics.bar_late_trades.clone(),
+        }
+    }
+
     /// The interval called `name`, by its place in `intervals`.
     pub fn interval(&self, name: &str) -> Option<usize> {
         self.intervals.iter().position(|i| i.name == name)
@@ -143,18 +164,7 @@ impl Index {
         wall_clock: Vec<bool>,
         metrics: &Metrics,
     ) {
-        self.market = Arc::new(Market {
-            trades_keep: trades.keep,
-            intervals: bars.to_vec(),
-            bars_keep: bars_config.keep,
-            grace_ms: bars_config.grace_ms as i64,
-            wall_clock,
-            finalized: bars
-                .iter()
-                .map(|i| metrics.bars_finalized.with_label_values(&[&i.name]))
-                .collect(),
-            late: metrics.bar_late_trades.clone(),
-        });
+        self.market = Arc::new(Market::new(trades, bars, bars_config, wall_clock, metrics));
     }
 
     pub fn market(&self) -> &Arc<Market> {
@@ -214,21 +224,15 @@ impl Index {
             sample_ms: None,
             keep_for: Duration::ZERO,
             changes: None,
-            market: Arc::new(Market {
-                trades_keep: TradesConfig::default().keep,
-                intervals: BarsConfig::default()
+            market: Arc::new(Market::new(
+                &TradesConfig::default(),
+                &BarsConfig::default()
                     .parsed()
                     .expect("the default intervals parse"),
-                bars_keep: BarsConfig::default().keep,
-                grace_ms: BarsConfig::default().grace_ms as i64,
-                wall_clock: vec![true; feeds.len()],
-                finalized: BarsConfig::default()
-                    .intervals
-                    .iter()
-                    .map(|i| metrics.bars_finalized.with_label_values(&[i]))
-                    .collect(),
-                late: metrics.bar_late_trades.clone(),
-            }),
+                &BarsConfig::default(),
+                vec![true; feeds.len()],
+                &metrics,
+            )),
             clocks: feeds.iter().map(|_| AtomicI64::new(i64::MIN)).collect(),
             swept: Mutex::new(vec![i64::MIN; feeds.len()]),
         }

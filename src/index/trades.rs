@@ -166,9 +166,11 @@ impl Tape {
         (lost, due, next)
     }
 
-    /// The newest `limit` prints, oldest first (`GET /v1/trades`).
-    pub fn last(&self, limit: usize) -> impl Iterator<Item = &Print> {
-        self.ring.range(self.ring.len().saturating_sub(limit)..)
+    /// The newest `limit` prints the index took by `cutoff_ms` (`i64::MAX`: all), oldest first
+    /// (`GET /v1/trades`; the delayed and throttled tiers' past).
+    pub fn last_by(&self, limit: usize, cutoff_ms: i64) -> impl Iterator<Item = &Print> {
+        let upto = self.ring.partition_point(|p| p.at_ms <= cutoff_ms);
+        self.ring.range(upto.saturating_sub(limit)..upto)
     }
 
     pub fn total(&self) -> u64 {
@@ -228,7 +230,9 @@ mod tests {
         assert_eq!(rest.map(|p| p.seq).collect::<Vec<_>>(), [8, 9, 10, 12]);
         let (lost, rest) = t.since(t.cursor_at(12));
         assert_eq!((lost, rest.count()), (None, 0));
-        assert_eq!(t.last(2).map(|p| p.seq).collect::<Vec<_>>(), [10, 12]);
+        let newest = |limit, cutoff| t.last_by(limit, cutoff).map(|p| p.seq).collect::<Vec<_>>();
+        assert_eq!(newest(2, i64::MAX), [10, 12]);
+        assert_eq!(newest(2, 100), [9, 10], "taken by 100 (at_ms is seq × 10)");
     }
 
     #[test]

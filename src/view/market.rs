@@ -82,10 +82,6 @@ impl MarketView {
         }
     }
 
-    pub fn wants(&self) -> Wants {
-        self.wants
-    }
-
     /// The connection was just sent the symbol's snapshot from `p`: trades from the next print on,
     /// and the open bar now (PROTOCOL.md: "and the current bar when `bars` is set").
     #[allow(clippy::too_many_arguments)]
