@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use rust_decimal::Decimal;
 
-use crate::model::{same_price, Quote, Status};
+use crate::model::{same_price, Bar, Quote, Status};
 use crate::protocol::push_json_str;
 
 /// Encodes a full `snapshot` of `quote` at `seq`.
@@ -106,26 +106,13 @@ pub fn encode_trades_lost(out: &mut String, symbol: &str, count: u64, from_seq: 
     out.push('}');
 }
 
-/// The fields of one OHLCV bar as `encode_bar` writes them.
-pub struct BarFields<'a> {
-    pub interval: &'a str,
-    pub start: i64,
-    pub open: Decimal,
-    pub high: Decimal,
-    pub low: Decimal,
-    pub close: Decimal,
-    pub volume: u64,
-    pub trades: u64,
-    pub is_final: bool,
-}
-
 /// Encodes a `bar` message.
-pub fn encode_bar(out: &mut String, symbol: &str, bar: &BarFields<'_>) {
+pub fn encode_bar(out: &mut String, symbol: &str, interval: &str, bar: &Bar, is_final: bool) {
     let mut buf = itoa::Buffer::new();
     out.push_str(r#"{"type":"bar","symbol":"#);
     push_json_str(out, symbol);
     out.push_str(r#","interval":"#);
-    push_json_str(out, bar.interval);
+    push_json_str(out, interval);
     out.push_str(r#","start":"#);
     out.push_str(buf.format(bar.start));
     push_price(out, "open", Some(bar.open));
@@ -134,7 +121,7 @@ pub fn encode_bar(out: &mut String, symbol: &str, bar: &BarFields<'_>) {
     push_price(out, "close", Some(bar.close));
     push_size(out, "volume", Some(bar.volume));
     push_size(out, "trades", Some(bar.trades));
-    out.push_str(if bar.is_final {
+    out.push_str(if is_final {
         r#","final":true}"#
     } else {
         r#","final":false}"#

@@ -190,6 +190,61 @@ pub struct BusState {
     pub seq: u64,
     pub symbol: Symbol,
     pub quote: Quote,
+    pub prints: BusPrints,
+}
+
+/// One OHLCV bar.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bar {
+    pub start: i64,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: u64,
+    pub trades: u64,
+    /// `seq` of the bar's last trade (an SSE event's id).
+    pub seq: u64,
+    /// The feed of the bar's last trade: whose clock ends it.
+    pub feed: FeedId,
+    /// When it ended (gateway clock, ms; 0 while open): the delayed tier sees it `delay_ms` later.
+    pub ended_ms: i64,
+}
+
+/// (scale-out) a symbol's trade prints as an ingest counts them, on each of its states: how many
+/// it has printed and the `seq` of the latest, and that print itself when it is this state's tick.
+/// An edge counts the prints it never got from these (`trades_lost`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BusPrints {
+    pub count: u64,
+    pub last_seq: u64,
+    pub trade: Option<BusTrade>,
+}
+
+/// (scale-out) the print a state's tick carried, and the `seq` of the print before it (0: none).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BusTrade {
+    pub price: Decimal,
+    pub size: u64,
+    pub prev_seq: u64,
+}
+
+/// (scale-out) a symbol's bars as an ingest publishes them (`scaleout::wire`): per interval, its
+/// open bar and the final bars since the last such message (at least the latest on a full one).
+#[derive(Clone, Debug)]
+pub struct BusBars {
+    pub term: u64,
+    pub version: u64,
+    pub symbol: Symbol,
+    pub series: Vec<BusSeries>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusSeries {
+    pub interval: String,
+    pub open: Option<Bar>,
+    /// Oldest first.
+    pub finals: Vec<Bar>,
 }
 
 /// Wall-clock Unix epoch milliseconds: the `ts` of ticks a feed stamps itself (simulated ticks,

@@ -194,10 +194,16 @@ pub async fn record(
                         last_size: size(q.last_size),
                         volume: size(q.volume),
                         status: Some(q.status),
+                        trade: state.prints.trade.map(|t| crate::model::Trade {
+                            price: t.price,
+                            size: t.size as i64,
+                        }),
                         ..Tick::default()
                     };
                     keep(t, &mut out, &mut recorded).map_err(write_err)?;
                 }
+                // A replay builds its bars from the prints.
+                Some(FeedEvent::Bars { .. }) => {}
                 None => break, // every feed ended (a replay without loop)
             }
         }

@@ -616,6 +616,7 @@ async fn publish_state(client: &async_nats::Client, term: u64, seq: u64, symbol:
             status: Status::Live,
             ..Quote::default()
         },
+        prints: Default::default(),
     };
     client
         .publish(

@@ -38,6 +38,12 @@ pub enum FeedEvent {
         feed: FeedId,
         state: crate::model::BusState,
     },
+    /// (scale-out edge) a symbol's bars as an ingest published them: applied as they are (newest
+    /// by `(term, ver)`), never recomputed.
+    Bars {
+        feed: FeedId,
+        bars: crate::model::BusBars,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -121,6 +127,17 @@ impl FeedContext {
                 feed: self.id,
                 symbol,
                 status,
+            })
+            .await
+            .map_err(|_| FeedError::IndexClosed)
+    }
+
+    /// (scale-out edge) hands a symbol's bars from the bus to the index.
+    pub async fn send_bars(&self, bars: crate::model::BusBars) -> Result<(), FeedError> {
+        self.events_tx
+            .send(FeedEvent::Bars {
+                feed: self.id,
+                bars,
             })
             .await
             .map_err(|_| FeedError::IndexClosed)

@@ -21,8 +21,9 @@ use std::collections::VecDeque;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::delta::{encode_bar, BarFields};
-use crate::model::FeedId;
+use crate::delta::encode_bar;
+pub use crate::model::Bar;
+use crate::model::{BusSeries, FeedId};
 
 /// `[bars]`: which intervals are built and how many final bars each keeps.
 #[derive(Clone, Debug, Deserialize)]
@@ -62,6 +63,9 @@ impl Default for BarsConfig {
     }
 }
 
+/// The most intervals a gateway builds.
+pub const MAX_BAR_INTERVALS: usize = 8;
+
 /// The most final bars a series may keep.
 pub const MAX_BARS_KEEP: usize = 100_000;
 
@@ -76,8 +80,8 @@ impl BarsConfig {
     /// The intervals, checked: `Err((key, what to change))`.
     pub fn parsed(&self) -> Result<Vec<BarInterval>, (String, String)> {
         let bad = |what: String| Err(("bars.intervals".to_string(), what));
-        if self.intervals.len() > 8 {
-            return bad("at most 8 intervals".into());
+        if self.intervals.len() > MAX_BAR_INTERVALS {
+            return bad(format!("at most {MAX_BAR_INTERVALS} intervals"));
         }
         let mut out: Vec<BarInterval> = Vec::new();
         for name in &self.intervals {
@@ -123,24 +127,6 @@ pub fn interval_ms(name: &str) -> Option<i64> {
     (ms > 0 && 86_400_000 % ms == 0 && !digits.starts_with('0')).then_some(ms)
 }
 
-/// One OHLCV bar.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Bar {
-    pub start: i64,
-    pub open: Decimal,
-    pub high: Decimal,
-    pub low: Decimal,
-    pub close: Decimal,
-    pub volume: u64,
-    pub trades: u64,
-    /// `seq` of the bar's last trade (an SSE event's id).
-    pub seq: u64,
-    /// The feed of the bar's last trade: whose clock ends it.
-    pub feed: FeedId,
-    /// When it ended (gateway clock, ms; 0 while open): the delayed tier sees it `delay_ms` later.
-    pub ended_ms: i64,
-}
-
 impl Bar {
     fn first(start: i64, price: Decimal, size: u64, seq: u64, feed: FeedId) -> Bar {
         Bar {
@@ -173,21 +159,7 @@ impl Bar {
 
     /// Appends the bar's message.
     pub fn encode(&self, out: &mut String, symbol: &str, interval: &str, is_final: bool) {
-        encode_bar(
-            out,
-            symbol,
-            &BarFields {
-                interval,
-                start: self.start,
-                open: self.open,
-                high: self.high,
-                low: self.low,
-                close: self.close,
-                volume: self.volume,
-                trades: self.trades,
-                is_final,
-            },
-        );
+        encode_bar(out, symbol, interval, self, is_final);
     }
 }
 
@@ -244,19 +216,45 @@ impl Series {
     /// the number of bars ended (0 or 1).
     pub fn close_until(&mut self, ms: i64, keep: usize, clock_ms: i64, now_ms: i64) -> u64 {
         match self.open {
-            Some(mut bar) if bar.start + ms <= clock_ms => {
+            Some(bar) if bar.start + ms <= clock_ms => {
                 self.open = None;
-                bar.ended_ms = now_ms;
-                if self.finals.len() >= keep {
-                    self.finals.pop_front();
-                }
-                grow_within(&mut self.finals, keep);
-                self.finals.push_back(bar);
-                self.finals_total += 1;
+                self.push_final(bar, keep, now_ms);
                 1
             }
             _ => 0,
         }
+    }
+
+    /// Keeps `bar` as the next final bar, ended at `now_ms` (the gateway's clock).
+    fn push_final(&mut self, mut bar: Bar, keep: usize, now_ms: i64) {
+        bar.ended_ms = now_ms;
+        if self.finals.len() >= keep {
+            self.finals.pop_front();
+        }
+        grow_within(&mut self.finals, keep);
+        self.finals.push_back(bar);
+        self.finals_total += 1;
+    }
+
+    /// (scale-out edge) the series as an ingest published it (`BusSeries`): its final bars newer
+    /// than the newest held, in order, then its open bar, unless that is not newer either. Bars
+    /// are told apart by `start`, which grows within a series, so a message read twice, or a new
+    /// leader's first message, adds no bar twice. The number of final bars taken.
+    pub fn follow(&mut self, bus: &BusSeries, keep: usize, feed: FeedId, now_ms: i64) -> u64 {
+        let mut taken = 0;
+        for bar in &bus.finals {
+            if self.finals.back().is_some_and(|b| b.start >= bar.start) {
+                continue;
+            }
+            self.push_final(Bar { feed, ..*bar }, keep, now_ms);
+            taken += 1;
+        }
+        let newest_final = self.finals.back().map_or(i64::MIN, |b| b.start);
+        self.open = bus
+            .open
+            .filter(|b| b.start > newest_final)
+            .map(|b| Bar { feed, ..b });
+        taken
     }
 
     /// (the delayed tier) how many of the bars finalized so far had ended by `cutoff_ms`.

@@ -12,14 +12,18 @@ use prometheus::IntGauge;
 use crate::delta::{encode_status, encode_trade, encode_update};
 use crate::fanout::{ConnPending, Link};
 use crate::frame::one_message_frame;
-use crate::model::{FeedId, Quote, Status, Symbol, Tick, Trade};
+use rust_decimal::Decimal;
+
+use crate::model::{
+    BusBars, BusPrints, BusSeries, BusState, BusTrade, FeedId, Quote, Status, Symbol, Tick, Trade,
+};
 use crate::sync::lock;
 
 use super::bars::{Added, Bar, Series};
 use super::history::{HistoryConfig, HistoryEntry, PastState, Sampled};
 use super::mirror::{read_from, Head, Mirror, Published, Recent, ShardLink};
 use super::trades::{Lost, Print, Tape, TapeCursor};
-use super::{ChangeLog, Market, RECENT_MAX, RECENT_TICKS};
+use super::{Change, ChangeLog, Market, RECENT_MAX, RECENT_TICKS};
 
 /// Restarted sources, logged: each closes the clients that held the symbol with 1012, which an
 /// operator should be able to trace (a handful a second at most: a restart is every symbol at once).
@@ -44,6 +48,8 @@ pub struct SymbolEntry {
     pub(super) sample_ms: Option<i64>,
     /// Listed in the `ChangeLog` and not yet read by its consumer.
     pub(super) queued: std::sync::atomic::AtomicBool,
+    /// Its bars listed in the `ChangeLog` and not yet read.
+    pub(super) bars_queued: std::sync::atomic::AtomicBool,
     /// Where every change goes (a scale-out ingest), besides this entry's subscribers.
     pub(super) changes: Option<Arc<ChangeLog>>,
     /// How trades become the tape and bars.
@@ -83,6 +89,16 @@ pub(super) struct SymbolState {
     pub(super) tape: Tape,
     /// One series of bars per configured interval (`bars.rs`, `Market::intervals`).
     pub(super) bars: Vec<Series>,
+    /// (scale-out ingest) the prints as published on the bus: counted on from the previous
+    /// leader's count when this ingest takes the lease, so that edges see one numbering.
+    pub(super) bus_prints: BusPrints,
+    /// (scale-out ingest) +1 for every change of the bars (`ver` of the bars message).
+    pub(super) bars_version: u64,
+    /// (scale-out edge) the term of the last state that counted prints, and the ingest's count of
+    /// prints after it: what the next state's count is checked against.
+    pub(super) bus_in: Option<(u64, u64)>,
+    /// (scale-out edge) the newest `(term, ver)` of bars applied from the bus.
+    pub(super) bars_remote: Option<(u64, u64)>,
 }
 
 /// One feed's view of a symbol: created by the feed's first tick for it, never by a status event.
@@ -246,6 +262,22 @@ impl SymbolState {
         s.last = Some(current);
     }
 
+    /// The change just published, as a scale-out publisher sends it: with the prints counted so far
+    /// and, when this change's tick was the latest print, that print.
+    pub(super) fn change(&self, symbol: &Symbol) -> Change {
+        let mut prints = self.bus_prints;
+        if prints.last_seq != self.seq {
+            prints.trade = None;
+        }
+        Change {
+            symbol: symbol.clone(),
+            version: self.version,
+            seq: self.seq,
+            quote: self.quote,
+            prints,
+        }
+    }
+
     /// Counts a change as the next version and keeps its encoding in the ring. With no subscriber
     /// nobody would read the bytes; the ring then restarts so that it stays contiguous up to
     /// `version`.
@@ -306,25 +338,26 @@ impl SymbolEntry {
         true
     }
 
-    /// A published tick's trade print, under the state lock: onto the tape (encoded once for
-    /// every subscriber and `GET /v1/trades`) and into each interval's bar.
-    fn trade(&self, st: &mut SymbolState, trade: Trade, ts: i64, feed: FeedId) {
+    /// A published tick's trade print, under the state lock: onto the tape and into each
+    /// interval's bar.
+    fn trade(self: &Arc<Self>, st: &mut SymbolState, trade: Trade, ts: i64, feed: FeedId) {
         let m = &self.market;
         // normalize() rejected a size below 0 and of_fields a size of 0.
         let size = trade.size as u64;
         let seq = st.seq;
         let now_ms = crate::model::now_ms();
-        let mut message = String::with_capacity(112);
-        encode_trade(&mut message, &self.symbol, seq, ts, trade.price, size);
-        st.tape.push(
-            Print {
-                seq,
-                ts,
-                at_ms: now_ms,
-                message: ByteString::from(message),
-            },
-            m.trades_keep,
-        );
+        self.print(st, trade.price, size, ts, now_ms);
+        let prev_seq = st.bus_prints.last_seq;
+        st.bus_prints = BusPrints {
+            count: st.bus_prints.count + 1,
+            last_seq: seq,
+            trade: Some(BusTrade {
+                price: trade.price,
+                size,
+                prev_seq,
+            }),
+        };
+        let mut changed = false;
         for (i, (series, interval)) in st.bars.iter_mut().zip(&m.intervals).enumerate() {
             let added = series.add(
                 interval.ms,
@@ -337,15 +370,46 @@ impl SymbolEntry {
                 now_ms,
             );
             match added {
-                Added::Taken { ended } => m.finalized[i].inc_by(ended),
+                Added::Taken { ended } => {
+                    m.finalized[i].inc_by(ended);
+                    changed = true;
+                }
                 Added::Late => m.late.inc(),
             }
+        }
+        if changed {
+            self.bars_changed(st);
+        }
+    }
+
+    /// A print at the symbol's current `seq` onto the tape, encoded once for every subscriber and
+    /// `GET /v1/trades`.
+    fn print(&self, st: &mut SymbolState, price: Decimal, size: u64, ts: i64, now_ms: i64) {
+        let seq = st.seq;
+        let mut message = String::with_capacity(112);
+        encode_trade(&mut message, &self.symbol, seq, ts, price, size);
+        st.tape.push(
+            Print {
+                seq,
+                ts,
+                at_ms: now_ms,
+                message: ByteString::from(message),
+            },
+            self.market.trades_keep,
+        );
+    }
+
+    /// The bars changed: a new version for a scale-out publisher, which sends them.
+    fn bars_changed(self: &Arc<Self>, st: &mut SymbolState) {
+        st.bars_version += 1;
+        if let Some(changes) = &self.changes {
+            changes.bars_changed(self);
         }
     }
 
     /// Ends the bars whose interval is over by their feed's clock (`Index::close_bars`), and tells
     /// the subscribers when one did.
-    pub(super) fn close_bars(&self, clock: &dyn Fn(FeedId) -> i64) {
+    pub(super) fn close_bars(self: &Arc<Self>, clock: &dyn Fn(FeedId) -> i64) {
         {
             let mut st = lock(&self.state);
             let m = &self.market;
@@ -359,6 +423,73 @@ impl SymbolEntry {
                 }
             }
             if ended == 0 {
+                return;
+            }
+            self.bars_changed(&mut st);
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        self.fan_out();
+    }
+
+    /// (scale-out ingest) the latest change as the publisher sends it (`None` before the first
+    /// tick): for a symbol listed behind, and for the reconcile.
+    pub fn bus_change(&self) -> Option<Change> {
+        let st = lock(&self.state);
+        (st.seq > 0).then(|| st.change(&self.symbol))
+    }
+
+    /// (scale-out ingest) the bars as the publisher sends them (`None` before any): per interval
+    /// the open bar and the final bars after the first `sent[i]` (at most `most`), with `sent`
+    /// brought up to date; an empty `sent` gets the latest `most` of each (a full message).
+    pub fn bus_bars(&self, sent: &mut Vec<u64>, most: usize) -> Option<(u64, Vec<BusSeries>)> {
+        let st = lock(&self.state);
+        if st.bars_version == 0 {
+            return None;
+        }
+        sent.resize(st.bars.len(), 0);
+        let series = st
+            .bars
+            .iter()
+            .zip(&self.market.intervals)
+            .zip(sent.iter_mut())
+            .map(|((s, interval), sent)| {
+                let finals: Vec<Bar> = s.finals_after(*sent).copied().collect();
+                *sent = s.finals_total;
+                BusSeries {
+                    interval: interval.name.clone(),
+                    open: s.open,
+                    finals: finals[finals.len().saturating_sub(most)..].to_vec(),
+                }
+            })
+            .collect();
+        Some((st.bars_version, series))
+    }
+
+    /// (scale-out edge) a symbol's bars from the bus, applied as published when newer than what
+    /// the entry has by `(term, ver)`: the edge builds no bars of its own, so every edge sends the
+    /// ingest's. An interval this gateway does not offer is left out.
+    pub(super) fn apply_bars(self: &Arc<Self>, feed: FeedId, bars: &BusBars) {
+        {
+            let mut st = lock(&self.state);
+            let key = (bars.term, bars.version);
+            if st.bars_remote.is_some_and(|held| key < held) {
+                return; // late or reordered
+            }
+            st.bars_remote = Some(key);
+            let m = &self.market;
+            let now_ms = crate::model::now_ms();
+            let mut changed = false;
+            for bus in &bars.series {
+                let Some(i) = m.interval(&bus.interval) else {
+                    continue;
+                };
+                let series = &mut st.bars[i];
+                let open = series.open;
+                let taken = series.follow(bus, m.bars_keep, feed, now_ms);
+                m.finalized[i].inc_by(taken);
+                changed |= taken > 0 || series.open != open;
+            }
+            if !changed {
                 return;
             }
             self.generation.fetch_add(1, Ordering::Release);
@@ -513,10 +644,16 @@ impl SymbolEntry {
     /// (scale-out ingest taking the lease) publishes the quote this index holds again, as the next
     /// `seq` after `cached` when it is not above it already; false when the symbol has not ticked
     /// here (nothing to go on from).
-    pub(super) fn go_on_after(self: &Arc<Self>, cached: u64) -> bool {
+    pub(super) fn go_on_after(self: &Arc<Self>, cached: u64, prints: BusPrints) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
+            // The bus counts prints on from the previous leader's count; this ingest's own prints
+            // from before were never published.
+            st.bus_prints = BusPrints {
+                trade: None,
+                ..prints
+            };
             if st.seq == 0 {
                 return false;
             }
@@ -534,13 +671,15 @@ impl SymbolEntry {
     /// (scale-out edge) applies a state from the bus, publishing it when it is news. The bus's
     /// source is this feed's source, so staleness (`set_feed_status`) works as for any feed; a
     /// state equal to the one held makes a stale source current again (a reload after an outage).
-    pub(super) fn apply_state(self: &Arc<Self>, feed: FeedId, state: &crate::model::BusState) {
+    /// True when the state brought a print.
+    pub(super) fn apply_state(self: &Arc<Self>, feed: FeedId, state: &BusState) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
+        let printed;
         {
             let mut st = lock(&self.state);
             let key = (state.term, state.version);
             match st.remote {
-                Some(held) if key < held => return, // late or reordered
+                Some(held) if key < held => return false, // late or reordered
                 Some(held) if key == held => {
                     // A duplicate, or the same state again after an outage or a load as stale
                     // (an edge that has heard no leader yet): only its status can be news.
@@ -548,14 +687,15 @@ impl SymbolEntry {
                     source.fresh = true;
                     source.quote.status = state.quote.status;
                     if st.quote.status == state.quote.status {
-                        return;
+                        return false;
                     }
                     st.publish_status(&self.symbol, state.quote.status, listeners);
+                    printed = false;
                 }
                 held => {
                     let restarted = held.is_some_and(|(term, _)| state.term > term);
                     if state.seq < st.seq && !restarted {
-                        return; // an older state under the same term: cannot be newer
+                        return false; // an older state under the same term: cannot be newer
                     }
                     st.remote = Some(key);
                     let source = st.source_for_tick(feed);
@@ -573,10 +713,11 @@ impl SymbolEntry {
                             );
                         }
                     }
+                    let mut news = true;
                     if state.seq != st.seq {
                         st.publish_at(&self.symbol, state.quote, state.seq, listeners);
                     } else if state.quote.same_as(&st.quote) {
-                        return;
+                        news = false;
                     } else if st.quote.status != state.quote.status
                         && state.quote.same_as(&Quote {
                             status: state.quote.status,
@@ -591,11 +732,52 @@ impl SymbolEntry {
                         st.restarts += 1;
                         st.publish_at(&self.symbol, state.quote, state.seq, listeners);
                     }
+                    // After the publish: a print is at the symbol's current seq.
+                    printed = self.follow_prints(&mut st, state);
+                    if !news && !printed {
+                        return false;
+                    }
                 }
             }
             self.published(&mut st);
         }
         self.fan_out();
+        printed
+    }
+
+    /// (scale-out edge) the prints a state from the bus accounts for: its own print onto the tape,
+    /// and the prints the ingest counted that never arrived (their states were merged while its
+    /// publisher was behind) as skipped, so that readers are told exactly what they lost. True when
+    /// the state brought a print. A state of a new term counting fewer prints than held is a
+    /// source that started over (the same as a lower `seq`): the count goes on from it.
+    fn follow_prints(&self, st: &mut SymbolState, state: &BusState) -> bool {
+        let p = state.prints;
+        if p.count == 0 {
+            return false;
+        }
+        // The prints counted before this state's own.
+        let before = p.count - u64::from(p.trade.is_some());
+        let expected = match st.bus_in {
+            // A count that started over (a new term, fewer prints): nothing to miss.
+            Some((term, n)) if p.count < n && term != state.term => before,
+            Some((_, n)) if p.count <= n => {
+                st.bus_in = Some((state.term, n));
+                return false; // had them
+            }
+            Some((_, n)) => n,
+            // The first state counting prints: nothing to miss either.
+            None => before,
+        };
+        st.bus_in = Some((state.term, p.count));
+        if before > expected {
+            let to_seq = p.trade.map_or(p.last_seq, |t| t.prev_seq);
+            st.tape.skip(before - expected, to_seq);
+        }
+        let Some(t) = p.trade else {
+            return false;
+        };
+        self.print(st, t.price, t.size, state.quote.ts, crate::model::now_ms());
+        true
     }
 
     /// Hands the change to every worker shard with live subscribers (at most once until the shard

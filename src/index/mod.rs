@@ -45,7 +45,7 @@ mod history;
 mod mirror;
 mod trades;
 
-pub use bars::{Bar, BarInterval, BarsConfig, Series};
+pub use bars::{interval_ms, Bar, BarInterval, BarsConfig, Series, MAX_BAR_INTERVALS};
 use entry::SymbolState;
 pub use entry::{Subscription, SymbolEntry};
 use history::Sampled;
@@ -62,7 +62,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::feed::FeedEvent;
 use crate::metrics::{FeedCounters, Metrics};
-use crate::model::{FeedId, Quote, Status, Symbol, Tick};
+use crate::model::{BusPrints, FeedId, Quote, Status, Symbol, Tick};
 use crate::normalize::normalize;
 use crate::sync::lock;
 
@@ -277,6 +277,7 @@ impl Index {
                     history: self.history,
                     sample_ms: self.sample_ms,
                     queued: Default::default(),
+                    bars_queued: Default::default(),
                     changes: self.changes.clone(),
                     market: self.market.clone(),
                 })
@@ -321,6 +322,9 @@ impl Index {
                 status,
             } => self.set_status(feed, &symbol, status),
             FeedEvent::State { feed, state } => self.apply_state(feed, &state),
+            FeedEvent::Bars { feed, bars } => self
+                .lookup_or_register(&bars.symbol)
+                .apply_bars(feed, &bars),
         }
     }
 
@@ -365,8 +369,9 @@ impl Index {
     /// it: this index's `seq` for the symbol goes on above it, so that no client of an edge is ever
     /// sent a lower `seq` than it holds. A symbol this index has not ticked is seeded (`seed`); one
     /// it has is published again as the next `seq` after the cached one.
-    pub fn continue_after(&self, symbol: Symbol, seq: u64, quote: Quote) {
-        if !self.register(symbol.clone()).go_on_after(seq) {
+    /// Its prints on the bus are counted on from `prints`, the previous leader's count.
+    pub fn continue_after(&self, symbol: Symbol, seq: u64, quote: Quote, prints: BusPrints) {
+        if !self.register(symbol.clone()).go_on_after(seq, prints) {
             self.seed(symbol, seq, quote);
         }
     }
@@ -374,11 +379,16 @@ impl Index {
     /// (scale-out edge) a symbol's whole state from the bus: kept if it is newer than what the
     /// entry has, by `(term, version)`; a duplicate or a late message changes nothing.
     fn apply_state(&self, feed: FeedId, state: &crate::model::BusState) {
-        if let Some(c) = self.counters(feed) {
+        let counters = self.counters(feed);
+        if let Some(c) = counters {
             c.received.inc();
         }
-        self.lookup_or_register(&state.symbol)
+        let printed = self
+            .lookup_or_register(&state.symbol)
             .apply_state(feed, state);
+        if let (Some(c), true) = (counters, printed) {
+            c.trades.inc();
+        }
     }
 
     fn counters(&self, feed: FeedId) -> Option<&FeedCounters> {
@@ -447,8 +457,23 @@ pub struct Changes {
     /// Each change whole, in the order they happened.
     pub states: Vec<Change>,
     /// Symbols changed while `states` was full, or all of them (`mark_all`), each once: publish
-    /// their latest state (`SymbolEntry::read`), after `states`.
+    /// their latest state (`SymbolEntry::bus_change`), after `states`.
     pub behind: Vec<Arc<SymbolEntry>>,
+    /// Symbols whose bars changed, each once (always conflated: the consumer reads them whole,
+    /// `SymbolEntry::bus_bars`).
+    pub bars: Vec<Arc<SymbolEntry>>,
+}
+
+impl Changes {
+    /// Its symbols are no longer listed: a change from now on lists them again.
+    fn unlist(&self) {
+        for e in &self.behind {
+            e.queued.store(false, Ordering::Release);
+        }
+        for e in &self.bars {
+            e.bars_queued.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// One change of a symbol's state, as published to clients.
@@ -457,6 +482,7 @@ pub struct Change {
     pub version: u64,
     pub seq: u64,
     pub quote: Quote,
+    pub prints: BusPrints,
 }
 
 /// How many changes a `ChangeLog` keeps whole between two reads of its consumer.
@@ -467,12 +493,7 @@ impl ChangeLog {
     fn record(&self, entry: &Arc<SymbolEntry>, st: &SymbolState) {
         let mut pending = lock(&self.pending);
         if pending.states.len() < CHANGE_LOG_CAPACITY {
-            pending.states.push(Change {
-                symbol: entry.symbol.clone(),
-                version: st.version,
-                seq: st.seq,
-                quote: st.quote,
-            });
+            pending.states.push(st.change(&entry.symbol));
         } else {
             self.merged.fetch_add(1, Ordering::Relaxed);
             if !entry.queued.swap(true, Ordering::AcqRel) {
@@ -483,12 +504,18 @@ impl ChangeLog {
         self.notify.notify_one();
     }
 
+    /// The symbol's bars changed (called under its state lock).
+    fn bars_changed(&self, entry: &Arc<SymbolEntry>) {
+        if !entry.bars_queued.swap(true, Ordering::AcqRel) {
+            lock(&self.pending).bars.push(entry.clone());
+            self.notify.notify_one();
+        }
+    }
+
     /// Drops every change listed so far (a consumer that will read every symbol anew, `mark_all`).
     pub fn discard(&self) {
         let dropped = std::mem::take(&mut *lock(&self.pending));
-        for e in &dropped.behind {
-            e.queued.store(false, Ordering::Release);
-        }
+        dropped.unlist();
     }
 
     /// How many changes were merged into a symbol's latest state so far (the log was full).
@@ -503,6 +530,9 @@ impl ChangeLog {
             if !e.queued.swap(true, Ordering::AcqRel) {
                 pending.behind.push(e.value().clone());
             }
+            if !e.bars_queued.swap(true, Ordering::AcqRel) {
+                pending.bars.push(e.value().clone());
+            }
         }
         drop(pending);
         self.notify.notify_one();
@@ -513,10 +543,8 @@ impl ChangeLog {
     pub async fn take(&self, out: &mut Changes) {
         loop {
             std::mem::swap(&mut *lock(&self.pending), out);
-            if !out.states.is_empty() || !out.behind.is_empty() {
-                for e in &out.behind {
-                    e.queued.store(false, Ordering::Release);
-                }
+            if !out.states.is_empty() || !out.behind.is_empty() || !out.bars.is_empty() {
+                out.unlist();
                 return;
             }
             self.notify.notified().await;

@@ -369,3 +369,185 @@ fn a_single_feed_going_stale_and_back_changes_only_the_status() {
     let p = entry.read().unwrap();
     assert_eq!((p.seq, p.quote.status), (2, Status::Live));
 }
+
+/// Ticks of "X" that each print a trade, `ts` 400 ms apart (so 1 s bars end as they go).
+fn trades(n: i64) -> Vec<FeedEvent> {
+    (1..=n)
+        .map(|i| {
+            let price = Decimal::new(10_000 + i, 2);
+            FeedEvent::Tick(Tick {
+                feed: 0,
+                symbol: "X".into(),
+                ts: 1_000_000 + i * 400,
+                last: Some(price),
+                last_size: Some(100 + i),
+                trade: Some(crate::model::Trade {
+                    price,
+                    size: 100 + i,
+                }),
+                ..Tick::default()
+            })
+        })
+        .collect()
+}
+
+fn as_state(term: u64, c: &Change) -> FeedEvent {
+    FeedEvent::State {
+        feed: 0,
+        state: crate::model::BusState {
+            term,
+            version: c.version,
+            seq: c.seq,
+            symbol: c.symbol.clone(),
+            quote: c.quote,
+            prints: c.prints,
+        },
+    }
+}
+
+/// An ingest's states carry its prints; an edge that misses some of those states (the
+/// publisher merged them) tells a reader exactly how many prints it lost and their range, takes a
+/// state read twice once, and counts on afresh from a source that started over.
+#[test]
+fn an_edge_counts_exactly_the_prints_it_never_got() {
+    let metrics = Arc::new(Metrics::new());
+    let mut ingest = Index::new(&["feed".into()], metrics.clone());
+    let log = Arc::new(ChangeLog::default());
+    ingest.publish_changes(log.clone());
+    for t in trades(10) {
+        ingest.apply(t);
+    }
+    let mut taken = Changes::default();
+    futures_util::FutureExt::now_or_never(log.take(&mut taken)).unwrap();
+    let states: Vec<Change> = taken.states.drain(..).collect();
+    assert_eq!(states.len(), 10);
+    assert_eq!(
+        states.iter().map(|c| c.prints.count).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert!(states.iter().all(|c| c.prints.trade.is_some()));
+    assert_eq!(states[4].prints.trade.unwrap().prev_seq, 4);
+
+    let edge = Index::new(&["nats".into()], metrics);
+    for c in &states[..3] {
+        edge.apply(as_state(1, c));
+    }
+    edge.apply(as_state(1, &states[1])); // read twice
+    let entry = edge.lookup("X").unwrap();
+    let read = |cursor| entry.trades_until(cursor, i64::MAX);
+    let (lost, prints, cursor, _) = read(TapeCursor::default());
+    assert_eq!(lost, None);
+    assert_eq!(prints.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        prints[0].1,
+        r#"{"type":"trade","symbol":"X","seq":1,"ts":1000400,"price":"100.01","size":101}"#,
+        "the ingest's print, byte for byte"
+    );
+    // States 4 to 6 were merged away: the next state with a print says what is missing.
+    for c in &states[6..] {
+        edge.apply(as_state(1, c));
+    }
+    let (lost, prints, cursor, _) = read(cursor);
+    assert_eq!(
+        lost,
+        Some(Lost {
+            count: 3,
+            from_seq: 4,
+            to_seq: 6
+        })
+    );
+    assert_eq!(
+        prints.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [7, 8, 9, 10]
+    );
+    // A state without a print of its own (a status change, the reconcile) counts the prints
+    // before it: one more was merged away.
+    let mut status_only = ingest.lookup("X").unwrap().bus_change().unwrap();
+    status_only.version += 2;
+    status_only.seq += 1;
+    status_only.prints.count += 1;
+    status_only.prints.last_seq = status_only.seq;
+    status_only.prints.trade = None;
+    edge.apply(as_state(1, &status_only));
+    let (lost, prints, cursor, _) = read(cursor);
+    assert_eq!(
+        (lost.map(|l| (l.count, l.to_seq)), prints.len()),
+        (Some((1, 11)), 0)
+    );
+    // A source that started over (a new term, counting from 1) is counted on from there.
+    let mut restarted = Index::new(&["feed".into()], Arc::new(Metrics::new()));
+    let log2 = Arc::new(ChangeLog::default());
+    restarted.publish_changes(log2.clone());
+    restarted.apply(trades(1).remove(0));
+    futures_util::FutureExt::now_or_never(log2.take(&mut taken)).unwrap();
+    edge.apply(as_state(2, &taken.states[0]));
+    let (lost, prints, _, _) = read(cursor);
+    assert_eq!((lost, prints.len()), (None, 1));
+}
+
+/// An edge takes the ingest's bars as published: the same final bars, once each, whatever it
+/// reads twice or late.
+#[test]
+fn an_edge_sends_the_ingests_bars() {
+    let metrics = Arc::new(Metrics::new());
+    let mut ingest = Index::new(&["feed".into()], metrics.clone());
+    ingest.publish_changes(Arc::new(ChangeLog::default()));
+    let edge = Index::new(&["nats".into()], metrics);
+    let mut sent = Vec::new();
+    let mut messages = Vec::new();
+    for (i, t) in trades(40).into_iter().enumerate() {
+        ingest.apply(t);
+        if i % 3 == 0 {
+            let x = ingest.lookup("X").unwrap();
+            let (version, series) = x.bus_bars(&mut sent, 8).unwrap();
+            messages.push(crate::model::BusBars {
+                term: 1,
+                version,
+                symbol: "X".into(),
+                series,
+            });
+        }
+    }
+    let x = ingest.lookup("X").unwrap();
+    let (version, series) = x.bus_bars(&mut sent, 8).unwrap();
+    messages.push(crate::model::BusBars {
+        term: 1,
+        version,
+        symbol: "X".into(),
+        series,
+    });
+    for (i, m) in messages.iter().enumerate() {
+        edge.apply(FeedEvent::Bars {
+            feed: 0,
+            bars: m.clone(),
+        });
+        if i == 5 {
+            // Read again, and an older one late.
+            for again in [m, &messages[2]] {
+                edge.apply(FeedEvent::Bars {
+                    feed: 0,
+                    bars: again.clone(),
+                });
+            }
+        }
+    }
+    let e = edge.lookup("X").unwrap();
+    let fields = |(finals, open): (Vec<Bar>, Option<Bar>)| {
+        (
+            finals
+                .iter()
+                .map(|b| {
+                    (
+                        b.start, b.open, b.high, b.low, b.close, b.volume, b.trades, b.seq,
+                    )
+                })
+                .collect::<Vec<_>>(),
+            open.map(|b| (b.start, b.close, b.volume)),
+        )
+    };
+    for i in 0..2 {
+        let want = fields(x.bars(i, 1000, None));
+        assert!(!want.0.is_empty() || i == 1);
+        assert_eq!(fields(e.bars(i, 1000, None)), want, "interval {i}");
+    }
+}

@@ -113,6 +113,15 @@ impl Tape {
         self.total += 1;
     }
 
+    /// (scale-out edge) `count` prints that will never arrive (the ingest's publisher merged the
+    /// states that carried them), the last of them at `to_seq`. The ring restarts after them: its
+    /// numbering must stay contiguous, so a reader still in it is told it lost those too.
+    pub fn skip(&mut self, count: u64, to_seq: u64) {
+        self.ring.clear();
+        self.total += count;
+        self.gone_seq = to_seq;
+    }
+
     /// The cursor of a reader that has seen the symbol up to `seq` and wants what prints next.
     pub fn cursor_at(&self, seq: u64) -> TapeCursor {
         TapeCursor {
@@ -233,6 +242,30 @@ mod tests {
         let newest = |limit, cutoff| t.last_by(limit, cutoff).map(|p| p.seq).collect::<Vec<_>>();
         assert_eq!(newest(2, i64::MAX), [10, 12]);
         assert_eq!(newest(2, 100), [9, 10], "taken by 100 (at_ms is seq × 10)");
+    }
+
+    #[test]
+    fn prints_skipped_are_lost_to_every_reader_behind_them() {
+        let mut t = Tape::default();
+        let behind = t.cursor_at(1); // before print 2
+        t.push(print(2), 8);
+        let current = t.cursor_at(2);
+        t.skip(3, 7); // three prints, the last at seq 7, never arrived
+        t.push(print(9), 8);
+        let (lost, rest) = t.since(current);
+        assert_eq!(
+            (lost, rest.map(|p| p.seq).collect::<Vec<_>>()),
+            (
+                Some(Lost {
+                    count: 3,
+                    from_seq: 3,
+                    to_seq: 7
+                }),
+                vec![9]
+            )
+        );
+        let (lost, _) = t.since(behind);
+        assert_eq!(lost.map(|l| (l.count, l.to_seq)), Some((4, 7)));
     }
 
     #[test]

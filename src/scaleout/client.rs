@@ -478,6 +478,7 @@ pub async fn ensure_stream(
     let shape = |c: &mut Config| {
         c.subjects = vec![
             wire::state_subjects(prefix),
+            wire::bars_subjects(prefix),
             wire::heartbeat_subject(prefix),
             wire::lease_subject(prefix),
         ];

@@ -271,8 +271,9 @@ impl Edge {
         events: Arc<ConnectionEvents>,
     ) -> Result<(), FeedError> {
         let prefix = self.config.subject_prefix.clone();
-        let (states_prefix, hb_subject, lease_subject) = (
+        let (states_prefix, bars_prefix, hb_subject, lease_subject) = (
             wire::state_subject(&prefix, ""),
+            wire::bars_subject(&prefix, ""),
             wire::heartbeat_subject(&prefix),
             wire::lease_subject(&prefix),
         );
@@ -308,6 +309,10 @@ impl Edge {
                             self.reload(&client, "leader").await?;
                         }
                         self.ready_if_any();
+                    } else if subject.starts_with(&bars_prefix) {
+                        if self.take_bars(Some(&client), subject, &message.payload).await? == Lease::Followed {
+                            self.reload(&client, "leader").await?;
+                        }
                     } else if subject == hb_subject {
                         let (ours, lease) = self.heartbeat(&client, &message.payload).await;
                         if lease == Lease::Followed && !self.stale {
@@ -480,13 +485,14 @@ impl Edge {
         if let (Some(client), true) = (client, state.term > self.term) {
             lease = self.verify(client, false).await;
         }
-        let (mut state, older) = match self.check(state) {
-            Ok(checked) => checked,
+        let older = match self.check(&state.symbol, state.term, "a state") {
+            Ok(older) => older,
             Err((reason, why)) => {
                 self.drop_state(reason, &why);
                 return Ok(lease);
             }
         };
+        let mut state = state;
         if !self.known.contains(&state.symbol) {
             self.known.insert(state.symbol.clone());
         }
@@ -500,6 +506,38 @@ impl Edge {
         Ok(lease)
     }
 
+    /// Hands one bars message to the index, checked as a state is (`take`), or drops and counts it.
+    /// Bars of an older term from the cache go in: they are the bars that were, and a new
+    /// leader's replace them.
+    async fn take_bars(
+        &mut self,
+        client: Option<&async_nats::Client>,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Lease, FeedError> {
+        let mut bars = match wire::check_bars(&self.config.subject_prefix, subject, payload) {
+            Ok(bars) => bars,
+            Err(refused) => {
+                self.drop_state(refused.reason, &refused.why);
+                return Ok(Lease::Same);
+            }
+        };
+        let mut lease = Lease::Same;
+        if let (Some(client), true) = (client, bars.term > self.term) {
+            lease = self.verify(client, false).await;
+        }
+        if let Err((reason, why)) = self.check(&bars.symbol, bars.term, "bars") {
+            self.drop_state(reason, &why);
+            return Ok(lease);
+        }
+        if !self.known.contains(&bars.symbol) {
+            self.known.insert(bars.symbol.clone());
+        }
+        bars.term += self.incarnation << 53;
+        self.ctx.send_bars(bars).await?;
+        Ok(lease)
+    }
+
     /// Counts and logs a dropped state by its `DROP_REASONS` name.
     fn drop_state(&self, reason: &str, why: &str) {
         let i = DROP_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
@@ -507,41 +545,45 @@ impl Edge {
         self.log_dropped(why);
     }
 
-    /// A state that passed `wire::check_state`, checked for its term and the symbol cap: the state
-    /// and whether it is of an older term (taken, as stale, only from the cache), or the name of
-    /// its `DROP_REASONS` entry and why.
-    fn check(&self, state: wire::State) -> Result<(wire::State, bool), (&'static str, String)> {
-        let older = state.term < self.term;
+    /// A state or bars message (`what`) that passed the wire's checks, checked for its term and
+    /// the symbol cap: whether it is of an older term (taken only from the cache, a state as
+    /// stale), or the name of its `DROP_REASONS` entry and why.
+    fn check(
+        &self,
+        symbol: &Symbol,
+        term: u64,
+        what: &str,
+    ) -> Result<bool, (&'static str, String)> {
+        let older = term < self.term;
         if older && !self.loading {
             return Err((
                 "old_term",
                 format!(
-                    "a state of '{}' of term {} (following {})",
-                    state.symbol, state.term, self.term
+                    "{what} of '{symbol}' of term {term} (following {})",
+                    self.term
                 ),
             ));
         }
-        if state.term > self.term {
+        if term > self.term {
             return Err((
                 "unleased_term",
                 format!(
-                    "a state of '{}' of term {}, which the stored lease does not give (following {})",
-                    state.symbol, state.term, self.term
+                    "{what} of '{symbol}' of term {term}, which the stored lease does not give (following {})",
+                    self.term
                 ),
             ));
         }
-        if !self.known.contains(&state.symbol) && self.known.len() >= self.config.max_symbols {
+        if !self.known.contains(symbol) && self.known.len() >= self.config.max_symbols {
             return Err((
                 "max_symbols",
                 format!(
-                    "'{}' would be symbol {} (max_symbols = {})",
-                    state.symbol,
+                    "'{symbol}' would be symbol {} (max_symbols = {})",
                     self.known.len() + 1,
                     self.config.max_symbols
                 ),
             ));
         }
-        Ok((state, older))
+        Ok(older)
     }
 
     fn log_dropped(&self, why: &str) {
@@ -573,6 +615,7 @@ impl Edge {
         }
         let mut lease = None;
         let mut payloads = Vec::new();
+        let mut bars = Vec::new();
         let prefix = &self.config.subject_prefix;
         let read = async {
             read_cache(&stream, &wire::lease_subject(prefix), |_, p| {
@@ -581,6 +624,10 @@ impl Edge {
             .await?;
             read_cache(&stream, &wire::state_subjects(prefix), |subject, p| {
                 payloads.push((subject.to_string(), p.to_vec()))
+            })
+            .await?;
+            read_cache(&stream, &wire::bars_subjects(prefix), |subject, p| {
+                bars.push((subject.to_string(), p.to_vec()))
             })
             .await
         };
@@ -596,6 +643,12 @@ impl Edge {
         self.loading = true;
         for (subject, payload) in payloads {
             if let Err(e) = self.take(None, &subject, &payload).await {
+                self.loading = false;
+                return Err(e);
+            }
+        }
+        for (subject, payload) in bars {
+            if let Err(e) = self.take_bars(None, &subject, &payload).await {
                 self.loading = false;
                 return Err(e);
             }

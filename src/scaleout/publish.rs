@@ -37,6 +37,7 @@ use crate::index::{Change, ChangeLog, Changes, Index};
 use crate::log_limit::LogLimiter;
 use crate::metrics::Metrics;
 use crate::model::{ms_within, Quote, Symbol};
+use crate::model::{BusPrints, BusSeries};
 use crate::scaleout::client::{
     check_names, connect, default_prefix, default_stream, ensure_stream, read_cache, server_list,
     ConnectionEvents, LinkMetrics, NatsAuth, NatsTls, PublishError, Security, Storage, StreamError,
@@ -208,6 +209,7 @@ pub async fn start(
         reconcile: Reconcile::default(),
         watching: None,
         watched: HashMap::new(),
+        bars_sent: HashMap::new(),
         config,
     };
     let wait = Duration::from_millis(publisher.config.cache_wait_ms);
@@ -237,8 +239,14 @@ struct Publisher {
     /// While standing by: the subscription to the leader's states, and per symbol the last state
     /// of the leader's term seen there (module doc).
     watching: Option<async_nats::Subscriber>,
-    watched: HashMap<Symbol, (u64, Quote)>,
+    watched: HashMap<Symbol, Published>,
+    /// Per symbol, how many final bars of each interval were published under this term (the next
+    /// bars message carries those after).
+    bars_sent: HashMap<Symbol, Vec<u64>>,
 }
+
+/// A symbol's last state on the bus, as a new leader goes on from it: its `seq`, quote and prints.
+type Published = (u64, Quote, BusPrints);
 
 /// The next message of a subscription, or never without one.
 async fn next_message(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -315,9 +323,12 @@ impl Publisher {
         let prefix = &self.config.subject_prefix;
         if let Ok(state) = wire::check_state(prefix, &message.subject, &message.payload) {
             if state.term == term {
-                let held = self.watched.entry(state.symbol).or_insert((0, state.quote));
+                let held =
+                    self.watched
+                        .entry(state.symbol)
+                        .or_insert((0, state.quote, state.prints));
                 if state.seq >= held.0 {
-                    *held = (state.seq, state.quote);
+                    *held = (state.seq, state.quote, state.prints);
                 }
             }
         }
@@ -368,7 +379,7 @@ impl Publisher {
                             self.watch().await;
                         }
                         if self.lease.leading().is_some() {
-                            self.changes.mark_all(&self.index);
+                            self.publish_all();
                         }
                     }
                     continue;
@@ -420,24 +431,63 @@ impl Publisher {
                 .bus_changelog_merged
                 .inc_by(merged - self.merged_seen);
             self.merged_seen = merged;
-            let behind = batch.behind.drain(..).filter_map(|entry| {
-                entry.read().map(|p| Change {
-                    symbol: entry.symbol.clone(),
-                    version: p.version,
-                    seq: p.seq,
-                    quote: p.quote,
-                })
-            });
+            let behind = batch
+                .behind
+                .drain(..)
+                .filter_map(|entry| entry.bus_change());
             // A standby reads its changes too (the log stays short) and drops them: the leader
             // publishes the same symbols, and this ingest publishes every symbol when it leads.
+            let mut leading = true;
             for change in batch.states.drain(..).chain(behind) {
-                if !self.publish(change).await {
-                    if let Some(suppressed) = log.admit(std::time::Instant::now()) {
-                        tracing::debug!(suppressed, "not leading: changes dropped");
-                    }
+                leading &= self.publish(change).await;
+            }
+            // After the states: an edge that gets a symbol's bars has had the prints in them.
+            for entry in std::mem::take(&mut batch.bars) {
+                let sent = self.bars_sent.entry(entry.symbol.clone()).or_default();
+                if let Some(bars) = entry.bus_bars(sent, wire::BUS_FINALS) {
+                    leading &= self.publish_bars(&entry.symbol, bars).await;
+                }
+            }
+            if !leading {
+                if let Some(suppressed) = log.admit(std::time::Instant::now()) {
+                    tracing::debug!(suppressed, "not leading: changes dropped");
                 }
             }
         }
+    }
+
+    /// Every symbol's state and bars again, as they are now, the bars with their last final ones
+    /// (a new term, a NATS server that may have lost its store).
+    fn publish_all(&mut self) {
+        self.bars_sent.clear();
+        self.changes.mark_all(&self.index);
+    }
+
+    /// Publishes a symbol's bars under the current term; false when this ingest does not lead.
+    async fn publish_bars(
+        &self,
+        symbol: &Symbol,
+        (version, series): (u64, Vec<BusSeries>),
+    ) -> bool {
+        let Some(term) = self.lease.leading() else {
+            return false;
+        };
+        let subject = wire::bars_subject(&self.config.subject_prefix, symbol);
+        let bars = wire::Bars {
+            term,
+            version,
+            symbol: symbol.clone(),
+            series,
+        };
+        match self
+            .client
+            .publish(subject, wire::encode_bars(&bars).into())
+            .await
+        {
+            Ok(()) => self.published.inc(),
+            Err(e) => tracing::debug!("publishing to NATS failed: {e}"),
+        }
+        true
     }
 
     /// Publishes one change under the current term; false when this ingest does not lead (the
@@ -453,6 +503,7 @@ impl Publisher {
             seq: change.seq,
             symbol: change.symbol,
             quote: change.quote,
+            prints: change.prints,
         };
         match self
             .client
@@ -484,15 +535,15 @@ impl Publisher {
             let Some(entry) = self.index.lookup(&self.reconcile.symbols[i]) else {
                 continue;
             };
-            let Some(p) = entry.read() else { continue };
-            let change = Change {
-                symbol: entry.symbol.clone(),
-                version: p.version,
-                seq: p.seq,
-                quote: p.quote,
+            let Some(change) = entry.bus_change() else {
+                continue;
             };
             if !self.publish(change).await {
                 return;
+            }
+            // Whole: the last final bars of each interval too, for a cache that lost them.
+            if let Some(bars) = entry.bus_bars(&mut Vec::new(), wire::BUS_FINALS) {
+                self.publish_bars(&entry.symbol, bars).await;
             }
         }
         self.reconcile.next = end;
@@ -505,7 +556,7 @@ impl Publisher {
             Step::Same => false,
             Step::Resumed => {
                 tracing::warn!("the scale-out lease had lapsed by this ingest's clock and nobody took it: leading again, publishing every symbol");
-                self.changes.mark_all(&self.index);
+                self.publish_all();
                 true
             }
             Step::Won(term) => {
@@ -534,7 +585,7 @@ impl Publisher {
                 // clients hold (found from outside: 1012s after quick failovers and rolling
                 // deploys). It goes; every symbol's state as it is now goes out instead.
                 self.changes.discard();
-                self.changes.mark_all(&self.index);
+                self.publish_all();
                 self.metrics
                     .bus_leader
                     .with_label_values(&[&self.config.stream])
@@ -585,9 +636,11 @@ impl Publisher {
                 |subject, payload| match wire::check_state(&prefix, subject, payload) {
                     Ok(state) if state.term <= term => {
                         n += 1;
-                        let held = last.entry(state.symbol).or_insert((0, state.quote));
+                        let held =
+                            last.entry(state.symbol)
+                                .or_insert((0, state.quote, state.prints));
                         if state.seq > held.0 {
-                            *held = (state.seq, state.quote);
+                            *held = (state.seq, state.quote, state.prints);
                         }
                     }
                     Ok(state) => tracing::warn!(
@@ -606,8 +659,8 @@ impl Publisher {
         let read = tokio::time::timeout(wait, read)
             .await
             .unwrap_or_else(|_| Err("the cache took too long to read".into()));
-        for (symbol, (seq, quote)) in last {
-            self.index.continue_after(symbol, seq, quote);
+        for (symbol, (seq, quote, prints)) in last {
+            self.index.continue_after(symbol, seq, quote, prints);
         }
         read
     }

@@ -18,13 +18,16 @@ use serde_json::value::RawValue;
 
 use crate::delta::encode_snapshot;
 use crate::fields;
-use crate::model::{valid_symbol, Quote, Status, Symbol};
+use crate::model::{valid_symbol, Bar, BusPrints, BusSeries, BusTrade, Quote, Status, Symbol};
 
 /// The encoding's version, `v` in every message.
 pub const WIRE_VERSION: u64 = 1;
 
 /// A symbol's state as it travels (defined in `model`: the edge's feed hands it to the index).
 pub use crate::model::BusState as State;
+
+/// A symbol's bars as they travel (defined in `model`: the edge's feed hands them to the index).
+pub use crate::model::BusBars as Bars;
 
 /// The subject of a symbol's state: `<prefix>.q.<symbol>`, with `%`, `.`, `*` and `>` escaped as
 /// `%25`, `%2E`, `%2A`, `%3E` (a subject token may hold none of the last three; symbols may).
@@ -166,7 +169,8 @@ pub fn check_state(prefix: &str, subject: &str, payload: &[u8]) -> Result<State,
         ));
     }
     let q = &state.quote;
-    if [q.bid, q.ask, q.last]
+    let traded = state.prints.trade.map(|t| t.price);
+    if [q.bid, q.ask, q.last, traded]
         .into_iter()
         .flatten()
         .any(|p| p <= rust_decimal::Decimal::ZERO)
@@ -198,7 +202,33 @@ pub fn encode_state(state: &State) -> String {
     crate::protocol::push_json_str(&mut out, &state.symbol);
     out.push_str(r#","ts":"#);
     out.push_str(fields);
+    push_prints(&mut out, &state.prints);
     out
+}
+
+/// The state's prints members before its closing brace (none before the symbol's first print):
+/// `"prints":N,"print_seq":S`, and, when this state's tick was the print,
+/// `"trade":{"price":"189.13","size":100,"prev_seq":S0}`.
+fn push_prints(out: &mut String, prints: &BusPrints) {
+    if prints.count == 0 {
+        return;
+    }
+    let mut buf = itoa::Buffer::new();
+    out.pop();
+    out.push_str(r#","prints":"#);
+    out.push_str(buf.format(prints.count));
+    out.push_str(r#","print_seq":"#);
+    out.push_str(buf.format(prints.last_seq));
+    if let Some(t) = prints.trade {
+        out.push_str(r#","trade":{"price":""#);
+        out.push_str(&t.price.to_string());
+        out.push_str(r#"","size":"#);
+        out.push_str(buf.format(t.size));
+        out.push_str(r#","prev_seq":"#);
+        out.push_str(buf.format(t.prev_seq));
+        out.push('}');
+    }
+    out.push('}');
 }
 
 #[derive(Deserialize)]
@@ -220,6 +250,20 @@ struct Wire<'a> {
     last_size: Option<u64>,
     volume: Option<u64>,
     status: String,
+    #[serde(default)]
+    prints: u64,
+    #[serde(default)]
+    print_seq: u64,
+    #[serde(borrow)]
+    trade: Option<WireTrade<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireTrade<'a> {
+    #[serde(borrow)]
+    price: &'a RawValue,
+    size: u64,
+    prev_seq: u64,
 }
 
 /// Decodes a state message; prices from their text, exactly.
@@ -259,12 +303,270 @@ pub fn decode_state(bytes: &[u8]) -> Result<State, String> {
         volume: w.volume,
         status: Status::parse(&w.status).ok_or_else(|| format!("status '{}'", w.status))?,
     };
+    let prints = decode_prints(w.seq, w.prints, w.print_seq, w.trade)?;
     Ok(State {
         term: w.term,
         version: w.ver,
         seq: w.seq,
         symbol: Symbol::from(w.symbol.to_ascii_uppercase()),
         quote,
+        prints,
+    })
+}
+
+/// A state's prints members, checked: counts within 2^53, the latest print at or before the
+/// state's `seq`, and a `trade` only on the state whose tick it was, after its previous print.
+fn decode_prints(
+    seq: u64,
+    count: u64,
+    last_seq: u64,
+    trade: Option<WireTrade<'_>>,
+) -> Result<BusPrints, String> {
+    if count > MAX_COUNTER {
+        return Err(format!("prints {count} is above {MAX_COUNTER}"));
+    }
+    if (count == 0) != (last_seq == 0) || last_seq > seq {
+        return Err(format!(
+            "prints {count} with print_seq {last_seq} (seq {seq})"
+        ));
+    }
+    let trade = match trade {
+        None => None,
+        Some(t) => {
+            if last_seq != seq || t.prev_seq >= seq {
+                return Err(format!(
+                    "a trade on a state of seq {seq} with print_seq {last_seq} and prev_seq {}",
+                    t.prev_seq
+                ));
+            }
+            if t.size == 0 || t.size > MAX_COUNTER {
+                return Err(format!("a trade of size {}", t.size));
+            }
+            let price = fields::price(t.price)?.ok_or("a trade without a price")?;
+            Some(BusTrade {
+                price,
+                size: t.size,
+                prev_seq: t.prev_seq,
+            })
+        }
+    };
+    Ok(BusPrints {
+        count,
+        last_seq,
+        trade,
+    })
+}
+
+/// The subject of a symbol's bars: `<prefix>.b.<symbol>`, escaped as `state_subject` does.
+pub fn bars_subject(prefix: &str, symbol: &str) -> String {
+    let state = state_subject(prefix, symbol);
+    format!("{prefix}.b.{}", &state[prefix.len() + 3..])
+}
+
+/// Every bars subject: `<prefix>.b.>`.
+pub fn bars_subjects(prefix: &str) -> String {
+    format!("{prefix}.b.>")
+}
+
+/// The most final bars one bars message carries per interval: what an edge can fill in after its
+/// ingest's publisher fell behind (NATS slow or away).
+pub const BUS_FINALS: usize = 8;
+
+/// A bars message larger than this is refused unread (8 intervals × 9 bars of ~200 bytes).
+pub const MAX_BARS_BYTES: usize = 16 * 1024;
+
+/// Encoding of a symbol's bars, version 1:
+/// `{"v":1,"term":T,"ver":V,"symbol":"AAPL","bars":[{"interval":"1m","open":<bar>|null,
+/// "finals":[<bar>,...]}]}`, a bar being `{"start":1732200000000,"open":"189.10","high":"189.20",
+/// "low":"189.05","close":"189.13","volume":12345,"trades":87,"seq":1042}` (`seq`: its last
+/// trade's). `ver` grows with every change of the symbol's bars under one term.
+pub fn encode_bars(bars: &Bars) -> String {
+    let mut buf = itoa::Buffer::new();
+    let mut out = String::with_capacity(128 + 160 * bars.series.len());
+    out.push_str(r#"{"v":"#);
+    out.push_str(buf.format(WIRE_VERSION));
+    out.push_str(r#","term":"#);
+    out.push_str(buf.format(bars.term));
+    out.push_str(r#","ver":"#);
+    out.push_str(buf.format(bars.version));
+    out.push_str(r#","symbol":"#);
+    crate::protocol::push_json_str(&mut out, &bars.symbol);
+    out.push_str(r#","bars":["#);
+    for (i, s) in bars.series.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"interval":"#);
+        crate::protocol::push_json_str(&mut out, &s.interval);
+        out.push_str(r#","open":"#);
+        match &s.open {
+            Some(bar) => push_bar(&mut out, bar),
+            None => out.push_str("null"),
+        }
+        out.push_str(r#","finals":["#);
+        for (j, bar) in s.finals.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            push_bar(&mut out, bar);
+        }
+        out.push_str("]}");
+    }
+    out.push_str("]}");
+    out
+}
+
+fn push_bar(out: &mut String, bar: &Bar) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        r#"{{"start":{},"open":"{}","high":"{}","low":"{}","close":"{}","volume":{},"trades":{},"seq":{}}}"#,
+        bar.start, bar.open, bar.high, bar.low, bar.close, bar.volume, bar.trades, bar.seq
+    );
+}
+
+#[derive(Deserialize)]
+struct WireBars<'a> {
+    v: u64,
+    term: u64,
+    ver: u64,
+    symbol: String,
+    #[serde(borrow)]
+    bars: Vec<WireSeries<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireSeries<'a> {
+    interval: String,
+    #[serde(borrow)]
+    open: Option<WireBar<'a>>,
+    #[serde(borrow)]
+    finals: Vec<WireBar<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireBar<'a> {
+    start: i64,
+    #[serde(borrow)]
+    open: &'a RawValue,
+    #[serde(borrow)]
+    high: &'a RawValue,
+    #[serde(borrow)]
+    low: &'a RawValue,
+    #[serde(borrow)]
+    close: &'a RawValue,
+    volume: u64,
+    trades: u64,
+    seq: u64,
+}
+
+/// A bars message as it arrived on `subject`, checked like a state (`check_state`): bounded size,
+/// the format, the symbol its subject names, and bars that are bars: an interval this gateway could
+/// build, starts on its boundaries and rising, positive prices with open and close within low and
+/// high, at least one trade. Whether its term is the one to follow is the reader's to decide.
+pub fn check_bars(prefix: &str, subject: &str, payload: &[u8]) -> Result<Bars, Refused> {
+    let malformed = |why: String| Refused {
+        reason: "malformed",
+        why,
+    };
+    if payload.len() > MAX_BARS_BYTES {
+        return Err(Refused {
+            reason: "too_large",
+            why: format!("bars of {} bytes (at most {MAX_BARS_BYTES})", payload.len()),
+        });
+    }
+    let w: WireBars = serde_json::from_slice(payload)
+        .map_err(|e| malformed(format!("not a bars message: {e}")))?;
+    if w.v != WIRE_VERSION {
+        return Err(malformed(format!(
+            "bars of wire version {} (this gateway reads {WIRE_VERSION})",
+            w.v
+        )));
+    }
+    if !valid_symbol(&w.symbol) {
+        return Err(malformed(format!("'{}' is not a symbol", w.symbol)));
+    }
+    let symbol = Symbol::from(w.symbol.to_ascii_uppercase());
+    if bars_subject(prefix, &symbol) != subject {
+        return Err(Refused {
+            reason: "subject_mismatch",
+            why: format!("bars of '{symbol}' on subject '{subject}'"),
+        });
+    }
+    for (name, n) in [("term", w.term), ("ver", w.ver)] {
+        if n == 0 || n > MAX_COUNTER {
+            return Err(malformed(format!("bars with {name} {n}")));
+        }
+    }
+    if w.bars.len() > crate::index::MAX_BAR_INTERVALS {
+        return Err(malformed(format!("bars of {} intervals", w.bars.len())));
+    }
+    let mut series = Vec::with_capacity(w.bars.len());
+    for s in w.bars {
+        let ms = crate::index::interval_ms(&s.interval)
+            .ok_or_else(|| malformed(format!("bars of interval '{}'", s.interval)))?;
+        if s.finals.len() > BUS_FINALS {
+            return Err(malformed(format!("{} final bars", s.finals.len())));
+        }
+        let bar = |b: &WireBar<'_>| -> Result<Bar, Refused> {
+            let price = |raw| {
+                fields::price(raw)
+                    .map_err(&malformed)?
+                    .ok_or_else(|| malformed("a bar without a price".into()))
+            };
+            let bar = Bar {
+                start: b.start,
+                open: price(b.open)?,
+                high: price(b.high)?,
+                low: price(b.low)?,
+                close: price(b.close)?,
+                volume: b.volume,
+                trades: b.trades,
+                seq: b.seq,
+                feed: 0,
+                ended_ms: 0,
+            };
+            let within = |p| bar.low <= p && p <= bar.high;
+            if bar.low <= rust_decimal::Decimal::ZERO {
+                return Err(Refused {
+                    reason: "non_positive_price",
+                    why: format!("a bar of '{symbol}' with a price that is not positive"),
+                });
+            }
+            if b.start.rem_euclid(ms) != 0
+                || !within(bar.open)
+                || !within(bar.close)
+                || b.trades == 0
+                || b.seq == 0
+                || b.seq > MAX_COUNTER
+            {
+                return Err(malformed(format!(
+                    "a {} bar of '{symbol}' that is not a bar (start {}, {} trades)",
+                    s.interval, b.start, b.trades
+                )));
+            }
+            Ok(bar)
+        };
+        let finals = s.finals.iter().map(bar).collect::<Result<Vec<_>, _>>()?;
+        let open = s.open.as_ref().map(bar).transpose()?;
+        let starts: Vec<i64> = finals.iter().chain(&open).map(|b| b.start).collect();
+        if starts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(malformed(format!(
+                "{} bars of '{symbol}' out of order",
+                s.interval
+            )));
+        }
+        series.push(BusSeries {
+            interval: s.interval,
+            open,
+            finals,
+        });
+    }
+    Ok(Bars {
+        term: w.term,
+        version: w.ver,
+        symbol,
+        series,
     })
 }
 
@@ -292,6 +594,7 @@ mod tests {
                 volume: Some(1_234_567),
                 status: Status::Halted,
             },
+            prints: BusPrints::default(),
         };
         let text = encode_state(&state);
         assert!(text.starts_with(r#"{"v":1,"term":1796107698261,"ver":1042,"seq":1040,"symbol":"BRK.B","ts":1732200000123,"bid":"189.10","ask":null"#), "{text}");
@@ -319,6 +622,134 @@ mod tests {
             assert!(decode_state(max.as_bytes()).is_ok(), "{max}");
         }
         assert_eq!(decode_heartbeat(encode_heartbeat(7, 1).as_bytes()), Ok(7));
+    }
+
+    #[test]
+    fn prints_travel_on_the_state_of_their_tick() {
+        let p = |s: &str| Decimal::from_str(s).unwrap();
+        let mut state = State {
+            term: 3,
+            version: 9,
+            seq: 8,
+            symbol: "AAPL".into(),
+            quote: Quote {
+                ts: 5,
+                last: Some(p("189.10")),
+                ..Quote::default()
+            },
+            prints: BusPrints {
+                count: 4,
+                last_seq: 8,
+                trade: Some(BusTrade {
+                    price: p("189.10"),
+                    size: 100,
+                    prev_seq: 6,
+                }),
+            },
+        };
+        let text = encode_state(&state);
+        assert!(
+            text.ends_with(r#","status":"live","prints":4,"print_seq":8,"trade":{"price":"189.10","size":100,"prev_seq":6}}"#),
+            "{text}"
+        );
+        let back = check_state("q", "q.q.AAPL", text.as_bytes()).unwrap();
+        assert_eq!(back.prints, state.prints);
+        assert_eq!(back.prints.trade.unwrap().price.to_string(), "189.10");
+        state.prints.trade = None;
+        state.seq = 9;
+        let text = encode_state(&state);
+        assert_eq!(decode_state(text.as_bytes()).unwrap().prints, state.prints);
+        // A trade on a state that is not its tick, a count without its seq, a print after the state.
+        for bad in [
+            text.replace(
+                r#""print_seq":8"#,
+                r#""print_seq":8,"trade":{"price":"1","size":1,"prev_seq":0}"#,
+            ),
+            text.replace(r#""prints":4,"#, ""),
+            text.replace(r#""print_seq":8"#, r#""print_seq":10"#),
+        ] {
+            assert!(decode_state(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let negative = encode_state(&State {
+            seq: 8,
+            prints: BusPrints {
+                trade: Some(BusTrade {
+                    price: p("-1"),
+                    size: 1,
+                    prev_seq: 0,
+                }),
+                ..state.prints
+            },
+            ..state.clone()
+        });
+        assert_eq!(
+            check_state("q", "q.q.AAPL", negative.as_bytes())
+                .unwrap_err()
+                .reason,
+            "non_positive_price"
+        );
+    }
+
+    #[test]
+    fn bars_round_trip_and_what_is_not_a_bar_is_refused() {
+        let p = |s: &str| Decimal::from_str(s).unwrap();
+        let bar = |start, close: &str| Bar {
+            start,
+            open: p("189.10"),
+            high: p("189.20"),
+            low: p("189.1"),
+            close: p(close),
+            volume: 300,
+            trades: 3,
+            seq: 7,
+            feed: 0,
+            ended_ms: 0,
+        };
+        let bars = Bars {
+            term: 2,
+            version: 5,
+            symbol: "BRK.B".into(),
+            series: vec![
+                BusSeries {
+                    interval: "1s".into(),
+                    open: Some(bar(3000, "189.15")),
+                    finals: vec![bar(1000, "189.1"), bar(2000, "189.20")],
+                },
+                BusSeries {
+                    interval: "1m".into(),
+                    open: None,
+                    finals: vec![],
+                },
+            ],
+        };
+        let text = encode_bars(&bars);
+        let subject = bars_subject("q", "BRK.B");
+        assert_eq!(subject, "q.b.BRK%2EB");
+        let back = check_bars("q", &subject, text.as_bytes()).unwrap();
+        assert_eq!((back.term, back.version, &*back.symbol), (2, 5, "BRK.B"));
+        assert_eq!(back.series, bars.series);
+        assert_eq!(
+            back.series[0].finals[0].low.to_string(),
+            "189.1",
+            "scale kept"
+        );
+        let refused = |t: String| check_bars("q", &subject, t.as_bytes()).unwrap_err().reason;
+        assert_eq!(refused(text.replace("BRK.B", "MSFT")), "subject_mismatch");
+        for bad in [
+            text.replace(r#""start":3000"#, r#""start":3500"#), // off its boundary
+            text.replace(r#""start":3000"#, r#""start":2000"#), // not after the last final
+            text.replace(r#""close":"189.15""#, r#""close":"190""#), // above the high
+            text.replace(r#""interval":"1m""#, r#""interval":"7s""#),
+            text.replace(r#""trades":3,"seq":7}]"#, r#""trades":0,"seq":7}]"#),
+            text.replace(r#""v":1"#, r#""v":2"#),
+        ] {
+            assert_eq!(refused(bad.clone()), "malformed", "{bad}");
+        }
+        assert_eq!(
+            refused(text.replace(r#""low":"189.1""#, r#""low":"-1""#)),
+            "non_positive_price"
+        );
+        assert_eq!(refused(" ".repeat(MAX_BARS_BYTES + 1)), "too_large");
     }
 
     #[test]

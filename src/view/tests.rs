@@ -247,6 +247,7 @@ fn a_restarted_source_ends_the_views_that_held_the_old_seq() {
                 bid: Some(Decimal::new(bid, 2)),
                 ..Quote::default()
             },
+            prints: Default::default(),
         },
     };
     idx.apply(state(1, 10, 100, 100));
