@@ -103,23 +103,21 @@ fn print_of(m: &Value) -> Print {
     )
 }
 
-/// A replayed recording: a client that keeps up gets every trade after its snapshot once, in
-/// order, with the file's `seq`; each final 1 s bar once, equal to the file's; and `GET /v1/bars`
-/// and `GET /v1/trades` agree with the file too. Two workers, so sessions and the ingest are on
-/// different threads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replayed_recording_gives_the_files_trades_and_bars() {
-    let path = fixture("trades.ndjson");
-    let (prints, last_ts) = prints_of(&path);
-    let gw = support::start_with_workers(
-        2,
-        &format!(
-            "[trades]\nkeep = 4096\n[[feeds]]\nkind = \"replay\"\nname = \"rp\"\npath = \"{}\"\nspeed = 20\nstart_delay_ms = 1500\n",
-            path.display()
-        ),
-        &[],
-    );
-    let mut c = gw.client().await;
+/// What a client that keeps up was sent, per symbol: its snapshot's `seq`, and the bars it holds
+/// open.
+struct Followed {
+    snapshot_seq: BTreeMap<String, u64>,
+    open_bars: BTreeMap<String, Bar>,
+}
+
+/// Subscribes `c` to the file's symbols with trades and 1 s bars and reads it until it has every
+/// print after its snapshot (in order, with the file's `seq`) and every final 1 s bar the file owes
+/// it, each once; then checks that nothing more comes (no final bar twice, no trade twice).
+async fn follow_file(
+    c: &mut support::Client,
+    prints: &BTreeMap<String, Vec<Print>>,
+    last_ts: i64,
+) -> Followed {
     let symbols: Vec<&str> = prints.keys().map(String::as_str).collect();
     c.send(json!({"op": "subscribe", "symbols": symbols, "trades": true, "bars": "1s"}))
         .await;
@@ -208,11 +206,7 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
             break;
         }
     }
-    for (symbol, snap) in &snapshot_seq {
-        assert!(
-            *snap <= 10,
-            "{symbol}: subscribed before the replay, snapshot at {snap}"
-        );
+    for symbol in snapshot_seq.keys() {
         let starts: Vec<i64> = got_finals[symbol].iter().map(|b| b.0).collect();
         assert!(
             starts.windows(2).all(|w| w[0] < w[1]),
@@ -234,18 +228,22 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
             }
         }
     }
-    // Every open bar the client holds is the file's last bar of its symbol, still open.
-    for (symbol, bar) in &open_bars {
-        let last = ohlcv(&prints[symbol], 1000).pop().unwrap();
-        if bar.0 == last.0 {
-            assert_eq!(bar, &last, "{symbol}: the open bar");
-        }
+    Followed {
+        snapshot_seq,
+        open_bars,
     }
+}
 
-    // REST: one-minute bars (the finals, then the open one) and the last trades, for each symbol.
-    for (symbol, p) in &prints {
+/// `GET /v1/bars` (one-minute bars: the finals, then the open one) and `GET /v1/trades` (the last
+/// 50) of every symbol at `addr` are the file's.
+async fn rest_agrees_with_the_file(
+    addr: std::net::SocketAddr,
+    prints: &BTreeMap<String, Vec<Print>>,
+    last_ts: i64,
+) {
+    for (symbol, p) in prints {
         let (status, _, body) = http(
-            gw.addr,
+            addr,
             "GET",
             &format!("/v1/bars?symbol={}&interval=1m", symbol.to_lowercase()),
             &[],
@@ -262,7 +260,7 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
             assert_eq!(b["symbol"], symbol.as_str());
         }
         let (status, _, body) = http(
-            gw.addr,
+            addr,
             "GET",
             &format!("/v1/trades?symbol={symbol}&limit=50"),
             &[],
@@ -278,6 +276,42 @@ async fn a_replayed_recording_gives_the_files_trades_and_bars() {
             .collect();
         assert_eq!(got, p[p.len().saturating_sub(50)..], "{symbol}");
     }
+}
+
+/// A replayed recording: a client that keeps up gets every trade after its snapshot once, in
+/// order, with the file's `seq`; each final 1 s bar once, equal to the file's; and `GET /v1/bars`
+/// and `GET /v1/trades` agree with the file too. Two workers, so sessions and the ingest are on
+/// different threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_recording_gives_the_files_trades_and_bars() {
+    let path = fixture("trades.ndjson");
+    let (prints, last_ts) = prints_of(&path);
+    let gw = support::start_with_workers(
+        2,
+        &format!(
+            "[trades]\nkeep = 4096\n[[feeds]]\nkind = \"replay\"\nname = \"rp\"\npath = \"{}\"\nspeed = 20\nstart_delay_ms = 1500\n",
+            path.display()
+        ),
+        &[],
+    );
+    let mut c = gw.client().await;
+    let got = follow_file(&mut c, &prints, last_ts).await;
+    for (symbol, snap) in &got.snapshot_seq {
+        assert!(
+            *snap <= 10,
+            "{symbol}: subscribed before the replay, snapshot at {snap}"
+        );
+    }
+    let open_bars = got.open_bars;
+    // Every open bar the client holds is the file's last bar of its symbol, still open.
+    for (symbol, bar) in &open_bars {
+        let last = ohlcv(&prints[symbol], 1000).pop().unwrap();
+        if bar.0 == last.0 {
+            assert_eq!(bar, &last, "{symbol}: the open bar");
+        }
+    }
+
+    rest_agrees_with_the_file(gw.addr, &prints, last_ts).await;
     // A bad request says what to change; an unknown interval names the offered ones.
     for (path, code) in [
         ("/v1/bars?symbol=AAPL&interval=2m", "bad_request"),
@@ -642,4 +676,49 @@ async fn bad_trade_and_bar_requests_get_clear_errors() {
     assert_eq!(snap[0]["seq"], 1, "the connection goes on");
     let (status, _, body) = http(gw.addr, "GET", "/v1/stream?symbols=Z&bars=5m", &[]).await;
     assert_eq!(status, 400, "{body}");
+}
+
+/// Scale-out (a real nats-server): one ingest replays the recording and two edges serve it, one
+/// with two workers. A client of each edge gets exactly the trades and final bars the file owes
+/// it, as a client of a single gateway does, and both edges answer `GET /v1/bars` and
+/// `GET /v1/trades` with the file's: the bars are the ingest's, sent on, never recomputed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_send_the_ingests_trades_and_bars() {
+    let nats = support::nats::NatsServer::start();
+    let path = fixture("trades.ndjson");
+    let (prints, last_ts) = prints_of(&path);
+    let _ingest = support::start_config(
+        1,
+        &format!(
+            "[trades]\nkeep = 4096\n[publish]\nnats_url = \"{}\"\nheartbeat_ms = 100\n[[feeds]]\nkind = \"replay\"\nname = \"rp\"\npath = \"{}\"\nspeed = 20\nstart_delay_ms = 2500\n",
+            nats.url,
+            path.display()
+        ),
+    );
+    let edge = |workers| {
+        support::start_config(
+            workers,
+            &format!(
+                "[trades]\nkeep = 4096\n[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"{}\"\n",
+                nats.url
+            ),
+        )
+    };
+    let edges = [edge(2), edge(1)];
+    // An edge is ready once it has a symbol: the replay has begun.
+    for e in &edges {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while http(e.addr, "GET", "/readyz", &[]).await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "edge not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (mut a, mut b) = (edges[0].client().await, edges[1].client().await);
+    tokio::join!(
+        follow_file(&mut a, &prints, last_ts),
+        follow_file(&mut b, &prints, last_ts)
+    );
+    for e in &edges {
+        rest_agrees_with_the_file(e.addr, &prints, last_ts).await;
+    }
 }
