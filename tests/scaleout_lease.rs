@@ -184,6 +184,71 @@ async fn two_ingests_one_leads_and_the_other_takes_over_when_it_is_killed() {
     drop(survivor);
 }
 
+/// Reads a client for `long`: no `trades_lost`, and each symbol's prints once, in `seq` order.
+async fn read_prints(
+    c: &mut support::Client,
+    prints: &mut HashMap<String, Vec<u64>>,
+    long: Duration,
+) {
+    let until = tokio::time::Instant::now() + long;
+    loop {
+        let m = match tokio::time::timeout_at(until, c.try_next()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => panic!("the edge's client was closed: {e:?}"),
+            Err(_) => return,
+        };
+        assert_ne!(m["type"], "trades_lost", "{m}");
+        if m["type"] == "trade" {
+            let seqs = prints
+                .entry(m["symbol"].as_str().unwrap().into())
+                .or_default();
+            let seq = m["seq"].as_u64().unwrap();
+            assert!(
+                seqs.last() < Some(&seq),
+                "a print twice or out of order: {m}"
+            );
+            seqs.push(seq);
+        }
+    }
+}
+
+/// Prints across a failover: the new leader counts its prints on from the count the old one
+/// published, so an edge's client that takes trades is told of no print lost and gets each print
+/// once, in `seq` order, from both. The standby ticks ten times faster than the leader, so that
+/// its own count is far above the published one: counted from its own, every edge would report
+/// prints that never existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_counts_no_print_lost_or_twice() {
+    let nats = NatsServer::start();
+    let leader_process = Process::spawn(&ingest_process(&nats, ""));
+    let first = leader_process.addr();
+    eventually("the first ingest leads", || async {
+        leader(first).await == 1.0
+    })
+    .await;
+    let standby = Process::spawn(
+        &ingest_process(&nats, "").replace("ticks_per_second = 200", "ticks_per_second = 2000"),
+    );
+    let (edge, _) = live_edge(&nats).await;
+    let mut c = edge.client().await;
+    c.send(serde_json::json!({"op": "subscribe", "symbols": SYMBOLS, "trades": true}))
+        .await;
+    c.expect("ack").await;
+    let mut prints: HashMap<String, Vec<u64>> = HashMap::new();
+    read_prints(&mut c, &mut prints, Duration::from_millis(1500)).await;
+    let before: usize = prints.values().map(Vec::len).sum();
+    assert!(before > 0, "the leader's prints reach the edge");
+    leader_process.signal("TERM");
+    eventually("the standby leads", || async {
+        leader(standby.addr()).await == 1.0
+    })
+    .await;
+    read_prints(&mut c, &mut prints, Duration::from_millis(1500)).await;
+    let after: usize = prints.values().map(Vec::len).sum();
+    assert!(after > before, "the new leader's prints reach the edge");
+    drop(standby);
+}
+
 /// Found from outside: the cache purged (docs/deployment.md's command) just before the leader
 /// dies, a standby whose own feed is far behind the leader's `seq` went on from its own, and edge
 /// clients saw `seq` go down. A standby watches the leader's states and goes on from those.

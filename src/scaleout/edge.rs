@@ -617,6 +617,14 @@ impl Edge {
         let mut payloads = Vec::new();
         let mut bars = Vec::new();
         let prefix = &self.config.subject_prefix;
+        // A stream made by an ingest from before bars travelled has no bars subject (a filter on
+        // it is an error): its cache has no bars.
+        let bars_subjects = wire::bars_subjects(prefix);
+        let has_bars = stream
+            .cached_info()
+            .config
+            .subjects
+            .contains(&bars_subjects);
         let read = async {
             read_cache(&stream, &wire::lease_subject(prefix), |_, p| {
                 lease = Some(p.to_vec())
@@ -626,7 +634,10 @@ impl Edge {
                 payloads.push((subject.to_string(), p.to_vec()))
             })
             .await?;
-            read_cache(&stream, &wire::bars_subjects(prefix), |subject, p| {
+            if !has_bars {
+                return Ok(());
+            }
+            read_cache(&stream, &bars_subjects, |subject, p| {
                 bars.push((subject.to_string(), p.to_vec()))
             })
             .await
