@@ -126,7 +126,7 @@ impl Metrics {
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 &["feed"],
             ).expect("valid histogram")),
-            bus_published: counter("quotegw_bus_published_total", "Symbol states a scale-out ingest published to NATS (conflated per symbol while NATS is slow or away)."),
+            bus_published: counter("quotegw_bus_published_total", "Symbol states and bars messages a scale-out ingest published to NATS (conflated per symbol while NATS is slow or away)."),
             bus_states_dropped: counter_vec("quotegw_bus_states_dropped_total", "States a scale-out edge dropped from the bus, by reason (too_large, malformed, subject_mismatch, non_positive_price, old_term, unleased_term, max_symbols).", &["feed", "reason"]),
             bus_connected: reg(&registry, IntGaugeVec::new(Opts::new("quotegw_bus_connected", "1 while the NATS connection is up, by link (publish: the ingest's; an edge: its feed's name)."), &["link"]).expect("valid metric name")),
             bus_reconnects: counter_vec("quotegw_bus_reconnects_total", "NATS connections lost, by link.", &["link"]),

@@ -441,7 +441,11 @@ impl Publisher {
             for change in batch.states.drain(..).chain(behind) {
                 leading &= self.publish(change).await;
             }
-            // After the states: an edge that gets a symbol's bars has had the prints in them.
+            // After the states: an edge that gets a symbol's bars has had the prints in them. A
+            // standby does not read them (it sends every symbol's whole when it takes the lease).
+            if self.lease.leading().is_none() {
+                batch.bars.clear();
+            }
             for entry in std::mem::take(&mut batch.bars) {
                 let sent = self.bars_sent.entry(entry.symbol.clone()).or_default();
                 if let Some(bars) = entry.bus_bars(sent, wire::BUS_FINALS) {
