@@ -76,6 +76,11 @@ pub struct Gateway {
     extra_feeds: Vec<Box<dyn Feed>>,
 }
 
+/// What a config would run (`Gateway::check`), one line per part.
+pub struct Plan {
+    pub lines: Vec<String>,
+}
+
 /// A started gateway.
 pub struct RunningGateway {
     addr: SocketAddr,
@@ -101,8 +106,8 @@ impl Gateway {
         self
     }
 
-    /// Binds the listen address and starts everything on its own threads.
-    pub fn start(self) -> Result<RunningGateway, StartError> {
+    /// The config's feeds, built (their settings checked, files opened), then those built in code.
+    fn build_feeds(&mut self) -> Result<Vec<Box<dyn Feed>>, StartError> {
         let mut feeds: Vec<Box<dyn Feed>> = Vec::new();
         for fc in &self.config.feeds {
             feeds.push(fc.build().map_err(|source| StartError::Feed {
@@ -110,20 +115,93 @@ impl Gateway {
                 source,
             })?);
         }
-        feeds.extend(self.extra_feeds);
+        feeds.append(&mut self.extra_feeds);
         if feeds.is_empty() {
             return Err(StartError::NoFeeds);
         }
-        let workers = match self.config.workers {
+        Ok(feeds)
+    }
+
+    fn workers(&self) -> usize {
+        match self.config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
-        };
-        raise_fd_limit(&self.config, workers)?;
-        let access = Arc::new(Access::new(
+        }
+    }
+
+    fn access(&self) -> Result<Access, StartError> {
+        Ok(Access::new(
             &self.config.access,
             self.config.limits.client_limits(),
             &self.config.tiers,
-        )?);
+        )?)
+    }
+
+    /// Everything `start` checks before it listens, without listening or connecting (`quotegw
+    /// check-config`, like `nginx -t`): the config (parsed and validated by `Config::load`), each
+    /// feed's settings and files, the access keys, the addresses, the open-file limit. What it would
+    /// run, or the error a start would fail with. A port already in use is found only by starting.
+    pub fn check(mut self) -> Result<Plan, StartError> {
+        let feeds = self.build_feeds()?;
+        let workers = self.workers();
+        let (needed, limit) = fds_needed(&self.config, workers);
+        let limit = limit.map_err(StartError::FdLimit)?;
+        if limit < needed {
+            return Err(StartError::TooFewFds { needed, limit });
+        }
+        self.access()?;
+        let c = &self.config;
+        c.listen_addr().map_err(StartError::Listen)?;
+        if let Some(m) = &c.metrics_listen {
+            crate::config::resolve(m).map_err(StartError::Listen)?;
+        }
+        let mut lines = vec![match &c.metrics_listen {
+            Some(m) => format!("listen {} (WebSocket at /ws), metrics on {m}", c.listen),
+            None => format!(
+                "listen {} (WebSocket at /ws, metrics at /metrics)",
+                c.listen
+            ),
+        }];
+        lines.push(format!(
+            "workers {workers}; at most {} connections ({needed} file descriptors of a hard limit of {limit})",
+            c.limits.max_connections
+        ));
+        for (feed, fc) in feeds.iter().zip(&c.feeds) {
+            lines.push(format!(
+                "feed '{}' ({}): {} symbols declared",
+                feed.name(),
+                fc.kind(),
+                feed.symbols().len()
+            ));
+        }
+        lines.push(format!(
+            "access: auth {}, {} API keys, {} allowed origins{}",
+            c.access.auth.name(),
+            c.access.api_keys.len(),
+            c.access.allowed_origins.len(),
+            if c.access.allowed_origins.is_empty() {
+                " (any)"
+            } else {
+                ""
+            }
+        ));
+        if let Some(p) = &c.publish {
+            lines.push(format!(
+                "scale-out ingest: stream {}, subjects {}.>, NATS {}",
+                p.stream,
+                p.subject_prefix,
+                crate::scaleout::client::without_credentials(&p.nats_url)
+            ));
+        }
+        Ok(Plan { lines })
+    }
+
+    /// Binds the listen address and starts everything on its own threads.
+    pub fn start(mut self) -> Result<RunningGateway, StartError> {
+        let feeds = self.build_feeds()?;
+        let workers = self.workers();
+        raise_fd_limit(&self.config, workers)?;
+        let access = Arc::new(self.access()?);
         let addr = self.config.listen_addr().map_err(StartError::Listen)?;
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
             addr: self.config.listen.clone(),
@@ -244,12 +322,18 @@ const HANDSHAKES_PER_WORKER: usize = 256;
 /// each thread, feeds' upstream connections and files, logs.
 const FD_RESERVE: u64 = 256;
 
+/// The file descriptors the config needs, and the hard `RLIMIT_NOFILE`.
+fn fds_needed(config: &Config, workers: usize) -> (u64, std::io::Result<u64>) {
+    let sockets = (config.limits.max_connections + HANDSHAKES_PER_WORKER * workers) as u64;
+    let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(_, hard)| hard);
+    (sockets + FD_RESERVE, hard)
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, and refuses to start when even that cannot
 /// hold every connection the config allows: a gateway that runs out of descriptors fails accepts,
 /// upstream polls and log files at random, long after it started.
 fn raise_fd_limit(config: &Config, workers: usize) -> Result<(), StartError> {
-    let sockets = (config.limits.max_connections + HANDSHAKES_PER_WORKER * workers) as u64;
-    let needed = sockets + FD_RESERVE;
+    let (needed, _) = fds_needed(config, workers);
     let limit = rlimit::increase_nofile_limit(u64::MAX).map_err(StartError::FdLimit)?;
     if limit < needed {
         return Err(StartError::TooFewFds { needed, limit });

@@ -400,6 +400,16 @@ pub enum FeedConfig {
 }
 
 impl FeedConfig {
+    /// Its `kind` in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FeedConfig::Simulated(_) => "simulated",
+            FeedConfig::Replay(_) => "replay",
+            FeedConfig::HttpPoll(_) => "http_poll",
+            FeedConfig::Nats(_) => "nats",
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             FeedConfig::Simulated(c) => &c.name,

@@ -63,5 +63,5 @@ pub mod state;
 pub mod sync;
 pub mod view;
 
-pub use app::{Gateway, RunningGateway, StartError};
+pub use app::{Gateway, Plan, RunningGateway, StartError};
 pub use config::Config;

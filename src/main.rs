@@ -25,6 +25,10 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// Check the config as a start would (feeds' settings and files, key files, JWT keys, NATS
+    /// URLs, addresses, the open-file limit) without listening or connecting; print what it would
+    /// run. Exits 0, or 1 with the error a start would give.
+    CheckConfig,
     /// Write what the configured feeds produce to a recorded-feed file (gzip when it ends in .gz).
     Record {
         /// The file to write (.ndjson or .ndjson.gz).
@@ -80,14 +84,26 @@ fn main() -> anyhow::Result<()> {
             .map_err(|(key, message)| anyhow::anyhow!("--listen: {key}: {message}"))?;
     }
 
-    if let Some(Command::Record {
-        to,
-        duration,
-        symbols,
-        virtual_time,
-    }) = cli.command
-    {
-        return record(&config, &to, duration, symbols, virtual_time, signals);
+    match cli.command {
+        Some(Command::Record {
+            to,
+            duration,
+            symbols,
+            virtual_time,
+        }) => return record(&config, &to, duration, symbols, virtual_time, signals),
+        Some(Command::CheckConfig) => {
+            let shown = cli.config.as_ref().map_or_else(
+                || "the embedded default config".to_string(),
+                |p| p.display().to_string(),
+            );
+            let plan = Gateway::new(config).check()?;
+            println!("quotegw: {shown} is valid; it would run:");
+            for line in plan.lines {
+                println!("  {line}");
+            }
+            return Ok(());
+        }
+        None => {}
     }
 
     let gateway = Gateway::new(config).start()?;

@@ -346,3 +346,99 @@ async fn refusals_and_abuse_closes_are_logged_without_the_token() {
     );
     assert!(closed.contains("suppressed="), "{closed}");
 }
+
+/// `quotegw check-config` (like `nginx -t`): what a start would refuse, it refuses with the same
+/// error (a feed's file, a JWT key file missing or not a key, a NATS URL, the open-file limit); a
+/// valid config is described, and nothing is listened on or connected to: its NATS server and its
+/// listen address are sockets this test holds, which see no connection and stay taken.
+#[test]
+fn check_config_refuses_what_a_start_would_without_listening_or_connecting() {
+    let error_line = |out: &std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        err.lines()
+            .find(|l| l.starts_with("Error: "))
+            .unwrap_or_else(|| panic!("no error line: {err}"))
+            .to_string()
+    };
+    let garbage = config_file("garbage.pem", "not a key\n");
+    let feed = "[[feeds]]\nkind = \"simulated\"\nname = \"sim\"\nsymbols = 5\n";
+    for (name, text, says) in [
+        (
+            "replay.toml",
+            "listen = \"127.0.0.1:0\"\n[[feeds]]\nkind = \"replay\"\nname = \"r\"\npath = \"/nonexistent/feed.ndjson\"\n".to_string(),
+            "cannot open /nonexistent/feed.ndjson",
+        ),
+        (
+            "jwt-missing.toml",
+            format!("listen = \"127.0.0.1:0\"\n[access]\nauth = \"jwt\"\njwt_rs256_public_key_file = \"/nonexistent/key.pem\"\n{feed}"),
+            "/nonexistent/key.pem",
+        ),
+        (
+            "jwt-garbage.toml",
+            format!("listen = \"127.0.0.1:0\"\n[access]\nauth = \"jwt\"\njwt_rs256_public_key_file = \"{}\"\n{feed}", garbage.display()),
+            "garbage.pem",
+        ),
+        (
+            "nats-url.toml",
+            "listen = \"127.0.0.1:0\"\n[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"http://10.0.0.5:4222\"\n".to_string(),
+            "nats_url",
+        ),
+    ] {
+        let path = config_file(name, &text);
+        let checked = quotegw()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let started = quotegw().arg("--config").arg(&path).output().unwrap();
+        assert!(!checked.status.success() && !started.status.success(), "{name}");
+        let line = error_line(&checked);
+        assert!(line.contains(says), "{name}: {line}");
+        assert_eq!(line, error_line(&started), "{name}: the error a start gives");
+    }
+    // The open-file limit, as a start refuses it.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -n 512 && exec \"$0\" check-config")
+        .arg(env!("CARGO_BIN_EXE_quotegw"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        error_line(&out).contains("hard open-file limit is 512"),
+        "{}",
+        error_line(&out)
+    );
+
+    // Valid: described, with nothing bound or connected.
+    let nats = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    nats.set_nonblocking(true).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = config_file(
+        "valid.toml",
+        &format!(
+            "listen = \"{}\"\n{feed}[publish]\nnats_url = \"nats://ingest:s3cret@{}\"\n",
+            taken.local_addr().unwrap(),
+            nats.local_addr().unwrap()
+        ),
+    );
+    let out = quotegw()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("valid.toml is valid"), "{said}");
+    assert!(said.contains("feed 'sim' (simulated): 5 symbols"), "{said}");
+    assert!(said.contains("scale-out ingest: stream QUOTEGW"), "{said}");
+    assert!(!said.contains("s3cret"), "{said}");
+    assert!(
+        matches!(nats.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "check-config connected to NATS"
+    );
+}

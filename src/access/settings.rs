@@ -43,6 +43,17 @@ pub enum AuthMode {
     Jwt,
 }
 
+impl AuthMode {
+    /// Its value in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMode::Off => "off",
+            AuthMode::ApiKey => "api_key",
+            AuthMode::Jwt => "jwt",
+        }
+    }
+}
+
 /// `[access]` in the config.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -421,7 +421,7 @@ impl ConnectionEvents {
 }
 
 /// A NATS URL as it may be logged: `nats://user:secret@host` shows as `nats://…@host`.
-fn without_credentials(url: &str) -> String {
+pub fn without_credentials(url: &str) -> String {
     url.split(',')
         .map(|u| {
             // Whatever precedes the last '@' after the scheme (or from the start, without one)
