@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_http::StatusCode;
 
-use crate::access::{token_of, ClientGuards, Grant, Refusal};
+use crate::access::{token_of, Admission, ClientGuards, Grant, Refusal};
 use crate::security_log;
 use crate::session::{ConnectionGuard, Transport};
 use crate::state::AppState;
@@ -77,6 +77,8 @@ pub struct Admitted {
     pub guards: ClientGuards,
     /// Its place in `max_connections` (streams only).
     pub connection: Option<ConnectionGuard>,
+    /// How it was admitted, checked again when the settings are reloaded (streams only).
+    pub admission: Option<Box<Admission>>,
 }
 
 /// A refusal: the HTTP status, the error code of the contract's table for JSON answers, the
@@ -186,7 +188,9 @@ pub fn admit(
 /// The credential check alone, with the failure throttle (a `/metrics` scrape on the public
 /// listener, which takes no connection place).
 pub fn verify(state: &AppState, req: &ClientRequest) -> Result<Grant, Refused> {
-    with_client(state, req, |client| authorize(&state.access, req, client))
+    with_client(state, req, |client| {
+        authorize(&state.access.get(), req, client)
+    })
 }
 
 /// Runs `check` with the key the client is counted under (`Access::client_key` of its address),
@@ -196,8 +200,8 @@ fn with_client<T>(
     req: &ClientRequest,
     check: impl FnOnce(Option<IpAddr>) -> Result<T, Refused>,
 ) -> Result<T, Refused> {
-    let access = &state.access;
-    let forwarded = req.client_ip(access);
+    let access = state.access.get();
+    let forwarded = req.client_ip(&access);
     check(forwarded.map(|ip| access.client_key(ip))).map_err(|mut r| {
         r.client = forwarded.filter(|ip| Some(*ip) != req.peer.map(|p| p.ip()));
         r
@@ -271,7 +275,7 @@ fn admit_client(
             "the gateway is shutting down\n",
         ));
     }
-    let access = &state.access;
+    let access = &state.access.get();
     if let Err(r) = access.check_origin(req.origin) {
         return Err(Refused::new(
             StatusCode::FORBIDDEN,
@@ -302,9 +306,14 @@ fn admit_client(
             unavailable("max_connections", "too many connections; retry later\n")
         })?),
     };
+    let admission = connection.is_some().then(|| {
+        let token = token_of(req.query, req.authorization);
+        Box::new(access.admission(req.origin, token.as_deref()))
+    });
     Ok(Admitted {
         grant,
         guards,
         connection,
+        admission,
     })
 }

@@ -28,8 +28,9 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Access, AuthMode, Tier};
+use crate::access::{Access, AuthMode, LiveAccess, Tier};
 use crate::config::{Config, FeedConfig};
+use crate::fanout::Alerts;
 use crate::feed::{Feed, FeedContext, FeedError, FeedHealth, TICK_CHANNEL_CAPACITY};
 use crate::http::{ops_routes, routes, sse, upgrade};
 use crate::index::{ChangeLog, HistoryConfig, Index, CATCH_UP_MARGIN};
@@ -90,6 +91,10 @@ pub struct RunningGateway {
     stopped: CancellationToken,
     metrics: Arc<Metrics>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
+    /// What a reload replaces, and the config it started with (what a reload cannot change).
+    access: Arc<LiveAccess>,
+    alerts: Arc<Alerts>,
+    config: Config,
 }
 
 impl Gateway {
@@ -201,7 +206,8 @@ impl Gateway {
         let feeds = self.build_feeds()?;
         let workers = self.workers();
         raise_fd_limit(&self.config, workers)?;
-        let access = Arc::new(self.access()?);
+        let access = Arc::new(LiveAccess::new(self.access()?));
+        let alerts = Arc::new(Alerts::default());
         let addr = self.config.listen_addr().map_err(StartError::Listen)?;
         let listener = TcpListener::bind(addr).map_err(|source| StartError::Bind {
             addr: self.config.listen.clone(),
@@ -231,7 +237,9 @@ impl Gateway {
         };
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
+        let started = self.config.clone();
         let (token, m, config) = (shutdown.clone(), metrics.clone(), self.config);
+        let (live, alerted) = (access.clone(), alerts.clone());
         let stopped = CancellationToken::new();
         let ended = stopped.clone().drop_guard();
         let thread = std::thread::Builder::new()
@@ -248,7 +256,7 @@ impl Gateway {
                         public: listener,
                         ops: metrics_listener,
                     },
-                    access,
+                    (live, alerted),
                     token,
                     m,
                 ))
@@ -261,11 +269,73 @@ impl Gateway {
             stopped,
             metrics,
             thread: Some(thread),
+            access,
+            alerts,
+            config: started,
         })
     }
 }
 
 impl RunningGateway {
+    /// Applies what a reload (SIGHUP) changes without a restart: `[access]` (API keys, JWT keys,
+    /// audience, issuer, allowed origins, proxies) and the per-client `[limits]`
+    /// (`max_connections_per_ip`, `max_connections_per_token`, `max_pending_per_ip`,
+    /// `ipv6_prefix_len`, `auth_failures_per_ip`, `auth_failure_window_ms`). Every connection then
+    /// checks how it was admitted against them: one whose Origin or credential they no longer
+    /// admit closes with 1008 ("credential revoked"), the others are untouched. An error (a key
+    /// file unreadable, a JWT key that does not parse) keeps the settings in force. Returns the
+    /// sections that differ from the running config but need a restart.
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, StartError> {
+        // The running tiers: the index keeps the past the delayed tier reads only if it was
+        // configured at start.
+        let access = self.access.get().reloaded(
+            &config.access,
+            config.limits.client_limits(),
+            &self.config.tiers,
+        )?;
+        self.access.replace(access);
+        self.alerts
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let (old, new) = (&self.config, config);
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let session_limits = |c: &Config| {
+            let mut l = c.limits.clone();
+            let o = &old.limits;
+            l.max_connections_per_ip = o.max_connections_per_ip;
+            l.max_connections_per_token = o.max_connections_per_token;
+            l.max_pending_per_ip = o.max_pending_per_ip;
+            l.ipv6_prefix_len = o.ipv6_prefix_len;
+            l.auth_failures_per_ip = o.auth_failures_per_ip;
+            l.auth_failure_window_ms = o.auth_failure_window_ms;
+            l
+        };
+        let mut restart = Vec::new();
+        for (name, a, b) in [
+            (
+                "listen",
+                &old.listen as &dyn std::fmt::Debug,
+                &new.listen as &dyn std::fmt::Debug,
+            ),
+            ("workers", &old.workers, &new.workers),
+            ("metrics_listen", &old.metrics_listen, &new.metrics_listen),
+            ("feeds", &old.feeds, &new.feeds),
+            ("publish", &old.publish, &new.publish),
+            ("tiers", &old.tiers, &new.tiers),
+            ("trades", &old.trades, &new.trades),
+            ("bars", &old.bars, &new.bars),
+        ] {
+            if differs(a, b) {
+                restart.push(name);
+            }
+        }
+        if differs(&session_limits(old), &session_limits(new)) {
+            restart.push("limits (other than the per-client ones)");
+        }
+        Ok(restart)
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
@@ -352,7 +422,7 @@ async fn run(
     workers: usize,
     feeds: Vec<Box<dyn Feed>>,
     listeners: Listeners,
-    access: Arc<Access>,
+    (access, alerts): (Arc<LiveAccess>, Arc<Alerts>),
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
@@ -423,7 +493,8 @@ async fn run(
             limits: config.limits.clone(),
             tiers: config.tiers.clone(),
             shutdown: shutdown.clone(),
-            closing: Default::default(),
+            alerts,
+            access: access.clone(),
             connections: AtomicUsize::new(0),
         }),
         feeds: health,
@@ -532,6 +603,7 @@ async fn run(
         shutdown.cancelled().await;
         tracing::info!("shutting down: closing connections with 1001");
         sessions
+            .alerts
             .closing
             .store(true, std::sync::atomic::Ordering::Release);
         // Sessions are their own tasks on the workers, not actix's connections: each closes with

@@ -1,5 +1,5 @@
-//! The `quotegw` binary: flags, config, logging, then run the gateway until SIGINT or SIGTERM
-//! (SIGHUP is logged and ignored).
+//! The `quotegw` binary: flags, config, logging, then run the gateway until SIGINT or SIGTERM;
+//! SIGHUP reloads what can change live (`RunningGateway::reload`).
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default_config(),
     };
-    if let Some(listen) = cli.listen {
+    if let Some(listen) = cli.listen.clone() {
         config.listen = listen;
         config
             .validate()
@@ -119,11 +119,19 @@ fn main() -> anyhow::Result<()> {
     }
 
     runtime.block_on(async {
-        tokio::select! {
-            _ = signals.until_stop(false) => tracing::info!("signal received, shutting down"),
-            // A failure after the listener was bound (a feed or NATS refusing at start) ends
-            // the process at once, with its error, rather than at the next signal.
-            _ = gateway.stopped() => {}
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Received::Stop => {
+                        tracing::info!("signal received, shutting down");
+                        break;
+                    }
+                    Received::Hangup => reload(&gateway, cli.config.as_deref(), cli.listen.as_deref()),
+                },
+                // A failure after the listener was bound (a feed or NATS refusing at start) ends
+                // the process at once, with its error, rather than at the next signal.
+                _ = gateway.stopped() => break,
+            }
         }
     });
     gateway
@@ -133,8 +141,50 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The signals the gateway answers: SIGINT and SIGTERM stop it gracefully; SIGHUP is logged and
-/// ignored (the config is read at start only).
+/// SIGHUP: the config file read again and what can change live applied; a config that does not
+/// load is logged and the one in force kept.
+fn reload(gateway: &quotegw::RunningGateway, path: Option<&std::path::Path>, listen: Option<&str>) {
+    let Some(path) = path else {
+        tracing::warn!(
+            "SIGHUP: no --config file to reload (the embedded default runs): nothing changed"
+        );
+        return;
+    };
+    let config = match Config::load(path) {
+        // `--listen` holds over the file, as at start.
+        Ok(c) => Config {
+            listen: listen.map_or(c.listen, str::to_string),
+            ..c
+        },
+        Err(e) => {
+            tracing::error!("SIGHUP: {e}; the config in force is kept");
+            return;
+        }
+    };
+    match gateway.reload(&config) {
+        Ok(restart) => {
+            tracing::info!(
+                "SIGHUP: reloaded {}: [access] and the per-client [limits] apply now; connections they no longer admit are closed with 1008",
+                path.display()
+            );
+            if !restart.is_empty() {
+                tracing::warn!(
+                    "SIGHUP: {} changed but apply only after a restart",
+                    restart.join(", ")
+                );
+            }
+        }
+        Err(e) => tracing::error!("SIGHUP: {e}; the config in force is kept"),
+    }
+}
+
+/// What a signal asks of the gateway.
+enum Received {
+    Stop,
+    Hangup,
+}
+
+/// The signals the gateway answers: SIGINT and SIGTERM stop it gracefully; SIGHUP reloads.
 struct Signals {
     int: Signal,
     term: Signal,
@@ -154,24 +204,14 @@ impl Signals {
         })
     }
 
-    /// Returns at the first SIGINT or SIGTERM, or SIGHUP if `hup_stops`. Any runtime may wait
-    /// here, not only the one that installed the handlers: they are the process's (tokio's
-    /// signal registry is global and never uninstalls one).
-    async fn until_stop(&mut self, hup_stops: bool) {
-        loop {
-            tokio::select! {
-                _ = self.int.recv() => return,
-                _ = self.term.recv() => return,
-                _ = self.hup.recv() => {
-                    if hup_stops {
-                        return;
-                    }
-                    tracing::warn!(
-                        "SIGHUP received and ignored: the config is read at start only, restart \
-                         the gateway to apply a change (SIGTERM closes every client with 1001 first)"
-                    );
-                }
-            }
+    /// The next signal. Any runtime may wait here, not only the one that installed the
+    /// handlers: they are the process's (tokio's signal registry is global and never uninstalls
+    /// one).
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.int.recv() => Received::Stop,
+            _ = self.term.recv() => Received::Stop,
+            _ = self.hup.recv() => Received::Hangup,
         }
     }
 }
@@ -201,7 +241,8 @@ fn record(
         // SIGINT, SIGTERM and SIGHUP (the terminal closing) all end the recording cleanly: the
         // file is flushed and, gzipped, finished.
         tokio::spawn(async move {
-            signals.until_stop(true).await;
+            // SIGHUP too: the terminal closing.
+            signals.next().await;
             on_signal.cancel();
         });
         let options = quotegw::record::RecordOptions {

@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use crate::access::Access;
+use crate::access::LiveAccess;
 use crate::feed::FeedHealth;
 use crate::session::SessionShared;
 
 /// What the routes need, shared by every worker.
 pub struct AppState {
     pub sessions: Arc<SessionShared>,
-    pub access: Arc<Access>,
+    /// The access checks in force (replaced by a reload).
+    pub access: Arc<LiveAccess>,
     /// (feed name, health) in `FeedId` order.
     pub feeds: Vec<(String, Arc<FeedHealth>)>,
 }

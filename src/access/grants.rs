@@ -9,8 +9,8 @@ use super::Tier;
 /// memory once verified.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Credential {
-    /// The n-th configured API key.
-    ApiKey(usize),
+    /// A configured API key, by its digest: the same key is the same credential across reloads.
+    ApiKey([u8; 32]),
     /// A JWT's `sub`.
     Subject(String),
     /// A JWT without `sub`: a hash of the token, so each such token counts on its own.

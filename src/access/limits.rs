@@ -79,7 +79,7 @@ impl IpGuard {
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
-        release(&self.access.per_ip, &self.ip);
+        release(&self.access.counts.per_ip, &self.ip);
     }
 }
 
@@ -93,7 +93,7 @@ pub struct PendingGuard {
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         if let Some(ip) = &self.ip {
-            release(&self.access.pending, ip);
+            release(&self.access.counts.pending, ip);
         }
     }
 }
@@ -106,7 +106,7 @@ pub struct TokenGuard {
 
 impl Drop for TokenGuard {
     fn drop(&mut self) {
-        release(&self.access.per_token, &self.credential);
+        release(&self.access.counts.per_token, &self.credential);
     }
 }
 

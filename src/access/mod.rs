@@ -106,6 +106,15 @@ pub struct Access {
     limits: ClientLimits,
     default_tier: Tier,
     delayed_offered: bool,
+    /// The counts: one set for the process, kept across reloads (`Access::reloaded`).
+    counts: Arc<Counts>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    proxy_protocol: bool,
+}
+
+/// The per-client counts `Access` keeps (`limits.rs`), whatever settings are in force.
+#[derive(Default)]
+struct Counts {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Sockets not yet sessions or answered, per peer address (`admit_pending`).
     pending: Mutex<HashMap<IpAddr, usize>>,
@@ -115,8 +124,52 @@ pub struct Access {
     /// Keys the credentials' fingerprints: random per process, so that nobody can make two
     /// tokens collide on purpose.
     fingerprints: std::hash::RandomState,
-    trusted_proxies: Vec<ipnet::IpNet>,
-    proxy_protocol: bool,
+}
+
+/// The access checks in force: replaced whole when the config is reloaded (SIGHUP), the counts
+/// kept; each connection then checks its admission against the new ones (`Access::still_admits`).
+pub struct LiveAccess {
+    current: std::sync::RwLock<Arc<Access>>,
+}
+
+impl LiveAccess {
+    pub fn new(access: Access) -> LiveAccess {
+        LiveAccess {
+            current: std::sync::RwLock::new(Arc::new(access)),
+        }
+    }
+
+    /// The checks in force now.
+    pub fn get(&self) -> Arc<Access> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `access` in force for every request from now on.
+    pub fn replace(&self, access: Access) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(access);
+    }
+}
+
+/// What a connection keeps of how it was admitted, to be checked again when the settings change:
+/// its Origin, and its credential as an API key's digest or, for a JWT, the token itself (its
+/// signature can only be checked again with it).
+#[derive(Debug)]
+pub struct Admission {
+    origin: Option<Box<str>>,
+    proof: Proof,
+}
+
+#[derive(Debug)]
+enum Proof {
+    Anonymous,
+    ApiKey([u8; 32]),
+    Jwt(Box<str>),
 }
 
 impl Access {
@@ -124,6 +177,53 @@ impl Access {
         config: &AccessConfig,
         limits: ClientLimits,
         tiers: &TiersConfig,
+    ) -> Result<Access, AccessError> {
+        Access::build(config, limits, tiers, Arc::default())
+    }
+
+    /// New settings with this one's counts (a reload): connections open now stay counted.
+    pub fn reloaded(
+        &self,
+        config: &AccessConfig,
+        limits: ClientLimits,
+        tiers: &TiersConfig,
+    ) -> Result<Access, AccessError> {
+        Access::build(config, limits, tiers, self.counts.clone())
+    }
+
+    /// How a connection admitted with `token` from `origin` was admitted (`still_admits`).
+    pub fn admission(&self, origin: Option<&str>, token: Option<&str>) -> Admission {
+        let proof = match (&self.verifier, token) {
+            (Verifier::ApiKeys(_), Some(t)) => Proof::ApiKey(digest(t.as_bytes())),
+            (Verifier::Jwt(_), Some(t)) => Proof::Jwt(t.into()),
+            _ => Proof::Anonymous,
+        };
+        Admission {
+            origin: origin.map(Into::into),
+            proof,
+        }
+    }
+
+    /// Whether these settings admit a connection admitted so (a reload): its Origin, and its
+    /// credential (an API key still listed, a JWT that still verifies; no credential only with
+    /// `auth = "off"`).
+    pub fn still_admits(&self, a: &Admission) -> bool {
+        if self.check_origin(a.origin.as_deref()).is_err() {
+            return false;
+        }
+        match (&self.verifier, &a.proof) {
+            (Verifier::Off, _) => true,
+            (Verifier::ApiKeys(keys), Proof::ApiKey(d)) => keys.iter().any(|(k, _)| k == d),
+            (Verifier::Jwt(_), Proof::Jwt(t)) => self.authorize(Some(t)).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn build(
+        config: &AccessConfig,
+        limits: ClientLimits,
+        tiers: &TiersConfig,
+        counts: Arc<Counts>,
     ) -> Result<Access, AccessError> {
         if config.proxy_protocol && config.trusted_proxies.is_empty() {
             return Err(AccessError::Config {
@@ -242,11 +342,7 @@ impl Access {
             limits,
             default_tier: tiers.default,
             delayed_offered,
-            per_ip: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            per_token: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
-            fingerprints: std::hash::RandomState::new(),
+            counts,
             trusted_proxies: config
                 .trusted_proxies
                 .iter()
@@ -309,7 +405,7 @@ impl Access {
     /// sent (none at all is a credential too).
     pub fn fingerprint(&self, token: Option<&str>) -> u64 {
         use std::hash::BuildHasher;
-        self.fingerprints.hash_one(token)
+        self.counts.fingerprints.hash_one(token)
     }
 
     /// The Origin check: `origin` is the request's Origin header, if any.
@@ -361,7 +457,7 @@ impl Access {
                 if bool::from(matched) {
                     let index = index as usize;
                     Ok(Grant {
-                        credential: Some(Credential::ApiKey(index)),
+                        credential: Some(Credential::ApiKey(keys[index].0)),
                         tier: keys[index].1,
                         ..Grant::default()
                     })
@@ -472,7 +568,7 @@ impl Access {
         credential: u64,
         now: Instant,
     ) -> Result<(), Refusal> {
-        match lock(&self.failures).get(&(client, credential)) {
+        match lock(&self.counts.failures).get(&(client, credential)) {
             Some(f)
                 if f.count >= self.limits.auth_failures
                     && now.duration_since(f.since) < self.limits.auth_failure_window =>
@@ -487,7 +583,7 @@ impl Access {
     pub fn auth_failed(&self, client: IpAddr, credential: u64, now: Instant) {
         let window = self.limits.auth_failure_window;
         let client = (client, credential);
-        let mut failures = lock(&self.failures);
+        let mut failures = lock(&self.counts.failures);
         if failures.len() >= MAX_TRACKED_FAILING_ADDRESSES && !failures.contains_key(&client) {
             failures.retain(|_, f| now.duration_since(f.since) < window);
             if failures.len() >= MAX_TRACKED_FAILING_ADDRESSES {
@@ -511,7 +607,7 @@ impl Access {
     /// `max_connections_per_ip` open.
     pub fn admit_ip(self: &Arc<Self>, client: IpAddr) -> Result<IpGuard, Refusal> {
         admit(
-            &self.per_ip,
+            &self.counts.per_ip,
             client,
             self.limits.max_per_ip,
             Refusal::PerIpLimit,
@@ -536,7 +632,7 @@ impl Access {
         }
         let ip = self.client_key(peer);
         admit(
-            &self.pending,
+            &self.counts.pending,
             ip,
             self.limits.max_pending_per_ip,
             Refusal::PendingPerIp,
@@ -551,7 +647,7 @@ impl Access {
     /// open: one leaked key cannot take the whole gateway.
     pub fn admit_token(self: &Arc<Self>, credential: Credential) -> Result<TokenGuard, Refusal> {
         admit(
-            &self.per_token,
+            &self.counts.per_token,
             credential.clone(),
             self.limits.max_per_token,
             Refusal::PerTokenLimit,

@@ -46,6 +46,7 @@ mod pending;
 
 pub use clock::CLOCK_TICK;
 pub use link::Link;
+
 pub use pending::ConnPending;
 
 use std::collections::VecDeque;
@@ -67,6 +68,15 @@ thread_local! {
     static CURRENT: Arc<Shard> = Arc::new(Shard::default());
 }
 
+/// What makes a shard's clock wake every connection of a gateway at once: the gateway closing,
+/// or its access settings reloaded (each connection then checks how it was admitted again).
+#[derive(Default)]
+pub struct Alerts {
+    pub closing: AtomicBool,
+    /// +1 for every reload.
+    pub reloads: std::sync::atomic::AtomicU64,
+}
+
 /// One worker's fan-out: the inbox the ingest task fills and the task that empties it.
 #[derive(Default)]
 pub struct Shard {
@@ -82,7 +92,7 @@ pub struct Shard {
     #[cfg(test)]
     delivered: AtomicUsize,
     /// The connections this shard keeps time for (`clock_in`), and their gateway's closing flag.
-    clocked: Mutex<Vec<(Arc<ConnPending>, Arc<AtomicBool>)>>,
+    clocked: Mutex<Vec<(Arc<ConnPending>, Arc<Alerts>)>>,
     /// Connections in a batching window (`min_frame_interval_ms`), with the window's end, in
     /// that order: every window is as long, so the order they were pushed in (`hold`) is it. One
     /// entry per frame written in the last window (24 bytes), so at most one per connection
@@ -247,21 +257,27 @@ impl Shard {
     }
 
     /// Keeps time for `conn` (until it closes): it gets a clock event when its deadline
-    /// (`ConnPending::set_due`) passes, and at once when `closing` is set (its gateway shuts down).
-    pub fn clock_in(&self, conn: Arc<ConnPending>, closing: Arc<AtomicBool>) {
-        lock(&self.clocked).push((conn, closing));
+    /// (`ConnPending::set_due`) passes, and at once when its gateway's `alerts` say so.
+    pub fn clock_in(&self, conn: Arc<ConnPending>, alerts: Arc<Alerts>) {
+        conn.reloads_seen
+            .store(alerts.reloads.load(Ordering::Acquire), Ordering::Relaxed);
+        lock(&self.clocked).push((conn, alerts));
     }
 
-    /// One clock tick: wakes every connection that is due or whose gateway is closing, and forgets
-    /// closed ones. Atomic loads only, for every connection of the worker.
+    /// One clock tick: wakes every connection that is due, whose gateway is closing or whose
+    /// access settings were reloaded since, and forgets closed ones. Atomic loads only, for every
+    /// connection of the worker.
     pub fn tick(&self, now: Instant) {
         let now_ms = clock_ms(now);
-        lock(&self.clocked).retain(|(conn, closing)| {
+        lock(&self.clocked).retain(|(conn, alerts)| {
             if conn.gone.load(Ordering::Acquire) {
                 return false;
             }
             let due = conn.due.load(Ordering::Acquire) <= now_ms;
-            if due || closing.load(Ordering::Acquire) {
+            let reloads = alerts.reloads.load(Ordering::Acquire);
+            let reloaded = conn.reloads_seen.load(Ordering::Relaxed) != reloads;
+            if due || reloaded || alerts.closing.load(Ordering::Acquire) {
+                conn.reloads_seen.store(reloads, Ordering::Relaxed);
                 // Fired once per deadline: the connection sets its next one when it handles this.
                 conn.due.store(NEVER, Ordering::Release);
                 conn.clock_event();

@@ -23,6 +23,8 @@ pub struct ConnPending {
     pub(super) due: AtomicU64,
     /// Closed: the shard's clock forgets it.
     pub(super) gone: AtomicBool,
+    /// `Alerts::reloads` when the shard's clock last woke it for one.
+    pub(super) reloads_seen: AtomicU64,
     /// Where the worker's writer finds the connection (`WriteFromPass`), or `NO_WRITER`.
     pub(super) writer_key: AtomicU32,
 }
@@ -104,6 +106,7 @@ impl ConnPending {
             dirty: Mutex::new(Dirty::default()),
             due: AtomicU64::new(NEVER),
             gone: AtomicBool::new(false),
+            reloads_seen: AtomicU64::new(0),
             writer_key: AtomicU32::new(NO_WRITER),
         })
     }

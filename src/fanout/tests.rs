@@ -352,8 +352,8 @@ fn poll_wait(conn: &ConnPending) -> bool {
 fn a_clock_event_reaches_the_task_whoever_takes_the_marks() {
     let conn = ConnPending::new();
     let shard = conn.shard().clone();
-    let closing = Arc::new(AtomicBool::new(false));
-    shard.clock_in(conn.clone(), closing.clone());
+    let alerts = Arc::new(super::Alerts::default());
+    shard.clock_in(conn.clone(), alerts.clone());
     let start = Instant::now();
     let ms = |n| start + Duration::from_millis(n);
     for round in 0..3u64 {
@@ -371,7 +371,7 @@ fn a_clock_event_reaches_the_task_whoever_takes_the_marks() {
     }
     // Shutdown, with marks waiting: heard at once, not when a write comes.
     conn.mark_quiet(7);
-    closing.store(true, Ordering::Release);
+    alerts.closing.store(true, Ordering::Release);
     shard.tick(ms(1000));
     assert!(poll_wait(&conn) && conn.take_clock());
 }
@@ -384,7 +384,7 @@ fn the_clock_forgets_a_closed_connection_at_its_next_tick() {
     let conn = ConnPending::new();
     let shard = conn.shard().clone();
     let before = shard.clocked();
-    shard.clock_in(conn.clone(), Arc::new(AtomicBool::new(false)));
+    shard.clock_in(conn.clone(), Arc::default());
     assert_eq!(shard.clocked(), before + 1);
     conn.close();
     shard.tick(Instant::now());
@@ -444,7 +444,7 @@ fn a_shard_with_news_after_every_pass_still_lets_the_workers_other_tasks_run() {
             // that is due gets its clock event, and a held one with news is written.
             let (due, held) = (ConnPending::new(), ConnPending::new());
             let shard = conn.shard();
-            shard.clock_in(due.clone(), Arc::new(AtomicBool::new(false)));
+            shard.clock_in(due.clone(), Arc::default());
             due.set_due(Some(Instant::now()));
             held.mark(0);
             shard.hold(Instant::now(), &held);

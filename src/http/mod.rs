@@ -61,7 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
             path,
             web::get().to(move |req: HttpRequest, state: web::Data<AppState>| {
                 let etag = etag.clone();
-                async move { asset(&req, &state.access, content_type, body, &etag) }
+                async move { asset(&req, &state.access.get(), content_type, body, &etag) }
             }),
         );
     }
@@ -80,7 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
 /// credential verifies (a Prometheus job sends its key as a bearer token), under the same failure
 /// throttle as the data; with `metrics_listen` set it is not served here at all.
 async fn public_metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if state.access.auth_required() {
+    if state.access.get().auth_required() {
         let proxied = req
             .conn_data::<crate::proxied::ProxiedClient>()
             .map(|c| c.0);
@@ -251,11 +251,12 @@ async fn handshake(
         grant,
         guards,
         connection,
+        admission,
     } = admitted;
     let connection = connection.expect("a stream is admitted with a connection place");
     Ok(Some(Connection::new(
         sessions.clone(),
-        (connection, guards),
+        ((connection, guards), admission),
         grant,
         socket,
         Framing::JsonArray,
@@ -270,7 +271,7 @@ pub fn admit_pending(
     state: &AppState,
 ) -> Option<crate::access::PendingGuard> {
     let peer = io.peer_addr().ok()?;
-    match state.access.admit_pending(peer.ip()) {
+    match state.access.get().admit_pending(peer.ip()) {
         Ok(guard) => Some(guard),
         Err(r) => {
             let refused = Refused::new(
@@ -301,7 +302,7 @@ pub async fn proxy_header(
     let Ok(peer) = io.peer_addr() else {
         return Err(());
     };
-    if !state.access.reads_proxy_header(peer.ip()) {
+    if !state.access.get().reads_proxy_header(peer.ip()) {
         return Ok(None);
     }
     crate::proxied::read_header(io, deadline)

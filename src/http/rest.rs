@@ -132,7 +132,7 @@ fn json(state: &AppState, req: &HttpRequest, status: StatusCode, body: String) -
 
 fn cors(state: &AppState, req: &HttpRequest, response: &mut actix_web::HttpResponseBuilder) {
     let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
-    match state.access.cors_origin(origin) {
+    match state.access.get().cors_origin(origin) {
         CorsOrigin::Any => {
             response.insert_header(("Access-Control-Allow-Origin", "*"));
         }
@@ -141,7 +141,7 @@ fn cors(state: &AppState, req: &HttpRequest, response: &mut actix_web::HttpRespo
         }
         CorsOrigin::Refused => {}
     }
-    if state.access.cors_varies_by_origin() {
+    if state.access.get().cors_varies_by_origin() {
         response.insert_header(("Vary", "Origin"));
     }
 }
@@ -419,7 +419,7 @@ async fn trades(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 /// `Last-Event-ID`) cross-origin.
 async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
-    if state.access.cors_origin(origin) == CorsOrigin::Refused {
+    if state.access.get().cors_origin(origin) == CorsOrigin::Refused {
         return HttpResponse::Forbidden().finish();
     }
     let mut response = HttpResponse::NoContent();

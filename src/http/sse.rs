@@ -160,7 +160,7 @@ pub async fn serve(
     };
     let header = |name| req.head().headers.get(name).and_then(|v| v.to_str().ok());
     let origin = header("origin");
-    let cors = match state.access.cors_origin(origin) {
+    let cors = match state.access.get().cors_origin(origin) {
         CorsOrigin::Any => Some("*".to_string()),
         CorsOrigin::Echo(o) => Some(o.to_string()),
         CorsOrigin::Refused => None,
@@ -186,6 +186,7 @@ pub async fn serve(
                 grant,
                 guards,
                 connection: place,
+                admission,
             },
         symbols,
         rejected,
@@ -232,7 +233,7 @@ pub async fn serve(
     }
     let mut connection = Connection::new(
         state.sessions.clone(),
-        (place, guards),
+        ((place, guards), admission),
         grant,
         WsSocket::raw(io),
         Framing::Sse,

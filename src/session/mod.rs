@@ -28,7 +28,7 @@ pub mod socket;
 mod task;
 mod writer;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,7 +72,16 @@ pub struct Connection {
     next_ping: TokioInstant,
     /// Set after a frame leaves under `min_frame_interval_ms` (`hold`): until then, news waits.
     held_until: Option<std::time::Instant>,
+    /// How it was admitted, checked again after a reload of the access settings (boxed: 8 bytes
+    /// inline for what is read once per reload).
+    admission: Option<Box<Readmission>>,
     _guards: (ConnectionGuard, ClientGuards),
+}
+
+/// A connection's admission and the reload (`Alerts::reloads`) it was last checked against.
+struct Readmission {
+    admission: crate::access::Admission,
+    reloads_seen: u64,
 }
 
 /// What every connection shares.
@@ -82,9 +91,12 @@ pub struct SessionShared {
     pub limits: LimitsConfig,
     pub tiers: TiersConfig,
     pub shutdown: CancellationToken,
-    /// Set when the gateway shuts down (after `shutdown` is cancelled): the worker shards' clocks
-    /// wake every session, which then closes with 1001 (`fanout`, `Shard::tick`).
-    pub closing: Arc<AtomicBool>,
+    /// `closing` is set when the gateway shuts down (after `shutdown` is cancelled), `reloads`
+    /// grows when the access settings are reloaded: the worker shards' clocks wake every session,
+    /// which then closes with 1001, or checks its admission again (`fanout`, `Shard::tick`).
+    pub alerts: Arc<crate::fanout::Alerts>,
+    /// The access checks in force.
+    pub access: Arc<crate::access::LiveAccess>,
     pub connections: AtomicUsize,
 }
 
@@ -98,7 +110,15 @@ impl SessionShared {
             limits: LimitsConfig::default(),
             tiers: Default::default(),
             shutdown: CancellationToken::new(),
-            closing: Default::default(),
+            alerts: Default::default(),
+            access: Arc::new(crate::access::LiveAccess::new(
+                crate::access::Access::new(
+                    &Default::default(),
+                    LimitsConfig::default().client_limits(),
+                    &Default::default(),
+                )
+                .expect("the default access settings are valid"),
+            )),
             connections: AtomicUsize::new(0),
         })
     }

@@ -16,9 +16,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::socket::{SendError, WsSocket};
 use super::writer::{pass_hooks, Registered};
-use super::{Connection, ConnectionGuard, End, Session, SessionShared};
-use crate::access::ClientGuards;
+use super::{Connection, ConnectionGuard, End, Readmission, Session, SessionShared};
 use crate::access::Grant;
+use crate::access::{Admission, ClientGuards};
 use crate::fanout::ConnPending;
 use crate::frame::Framing;
 use crate::protocol::close;
@@ -51,12 +51,19 @@ impl Connection {
 
     pub fn new(
         shared: Arc<SessionShared>,
-        guards: (ConnectionGuard, ClientGuards),
+        (guards, admission): ((ConnectionGuard, ClientGuards), Option<Box<Admission>>),
         grant: Grant,
         socket: WsSocket,
         framing: Framing,
     ) -> Connection {
         let now = Instant::now();
+        let reloads_seen = shared.alerts.reloads.load(Ordering::Acquire);
+        let admission = admission.map(|a| {
+            Box::new(Readmission {
+                admission: *a,
+                reloads_seen,
+            })
+        });
         // Checked: the expiry comes from a token's `exp`, which may be far beyond the clock's range.
         let expires = grant.remaining().and_then(|left| now.checked_add(left));
         let next_ping = now + Duration::from_millis(shared.limits.ping_interval_ms);
@@ -70,6 +77,7 @@ impl Connection {
             ending: None,
             next_ping,
             held_until: None,
+            admission,
             _guards: guards,
         }
     }
@@ -191,7 +199,7 @@ fn serve<'a>(
             let conn = this.borrow();
             pending
                 .shard()
-                .clock_in(pending.clone(), conn.session.shared.closing.clone());
+                .clock_in(pending.clone(), conn.session.shared.alerts.clone());
             pending.set_due(conn.deadline());
         }
         // `max_hz`'s timer, boxed: only connections that use it have one.
@@ -283,6 +291,21 @@ impl Connection {
         self.session.framing() == Framing::Sse
     }
 
+    /// After a reload of the access settings: whether they still admit this connection (its
+    /// Origin, its credential); checked once per reload.
+    fn still_admitted(&mut self) -> bool {
+        let shared = &self.session.shared;
+        let Some(a) = self.admission.as_deref_mut() else {
+            return true;
+        };
+        let reloads = shared.alerts.reloads.load(Ordering::Acquire);
+        if a.reloads_seen == reloads {
+            return true;
+        }
+        a.reloads_seen = reloads;
+        shared.access.get().still_admits(&a.admission)
+    }
+
     fn ping_every(&self) -> Duration {
         Duration::from_millis(self.session.shared.limits.ping_interval_ms)
     }
@@ -343,8 +366,11 @@ impl Connection {
                 let mut ping = false;
                 if pending.take_clock() {
                     let now = Instant::now();
-                    if self.session.shared.closing.load(Ordering::Acquire) {
+                    if self.session.shared.alerts.closing.load(Ordering::Acquire) {
                         return Step::End(End::Close(close::GOING_AWAY, "gateway shutting down"));
+                    }
+                    if !self.still_admitted() {
+                        return Step::End(End::Close(close::POLICY, "credential revoked"));
                     }
                     if self.expires.is_some_and(|at| at <= now) {
                         return Step::End(End::Close(close::POLICY, "token expired"));
@@ -475,7 +501,7 @@ mod tests {
             .expect("a place for one connection");
         let connection = Connection::new(
             shared.clone(),
-            (guard, ClientGuards::default()),
+            ((guard, ClientGuards::default()), None),
             Grant::default(),
             WsSocket::new(server, &[], 65_536),
             Framing::JsonArray,

@@ -503,9 +503,15 @@ impl Client {
         while let Some(Ok(_)) = self.ws.next().await {}
     }
 
+    /// Reads until the server's close frame, within the deadline (messages before it are
+    /// skipped: a connection that keeps getting news and is never closed fails here).
     pub async fn expect_close(&mut self) -> (u16, String) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            match self.try_next().await {
+            let next = tokio::time::timeout_at(deadline, self.try_next())
+                .await
+                .expect("a close frame within the deadline");
+            match next {
                 Ok(_) => continue,
                 Err(Closed::Code(code, reason)) => return (code, reason),
                 Err(other) => panic!("connection ended without a close frame: {other:?}"),
