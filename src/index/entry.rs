@@ -94,8 +94,8 @@ pub(super) struct SymbolState {
     pub(super) bus_prints: BusPrints,
     /// (scale-out ingest) +1 for every change of the bars (`ver` of the bars message).
     pub(super) bars_version: u64,
-    /// (scale-out edge) the term of the last state that counted prints, and the ingest's count of
-    /// prints after it: what the next state's count is checked against.
+    /// (scale-out edge) the ingest's count of prints after the last state that counted them, and
+    /// the seq of its last print: what the next state's count is checked against.
     pub(super) bus_in: Option<(u64, u64)>,
     /// (scale-out edge) the newest `(term, ver)` of bars applied from the bus.
     pub(super) bars_remote: Option<(u64, u64)>,
@@ -467,7 +467,8 @@ impl SymbolEntry {
 
     /// (scale-out edge) a symbol's bars from the bus, applied as published when newer than what
     /// the entry has by `(term, ver)`: the edge builds no bars of its own, so every edge sends the
-    /// ingest's. An interval this gateway does not offer is left out.
+    /// ingest's. An interval this gateway does not offer is left out. (A scale-out ingest taking
+    /// the lease takes its predecessor's so, `Index::adopt_bars`.)
     pub(super) fn apply_bars(self: &Arc<Self>, feed: FeedId, bars: &BusBars) {
         {
             let mut st = lock(&self.state);
@@ -484,10 +485,10 @@ impl SymbolEntry {
                     continue;
                 };
                 let series = &mut st.bars[i];
-                let open = series.open;
-                let taken = series.follow(bus, m.bars_keep, feed, now_ms);
+                let (open, total) = (series.open, series.finals_total);
+                let taken = series.adopt(bus, m.bars_keep, feed, now_ms);
                 m.finalized[i].inc_by(taken);
-                changed |= taken > 0 || series.open != open;
+                changed |= series.finals_total != total || series.open != open;
             }
             if !changed {
                 return;
@@ -644,16 +645,18 @@ impl SymbolEntry {
     /// (scale-out ingest taking the lease) publishes the quote this index holds again, as the next
     /// `seq` after `cached` when it is not above it already; false when the symbol has not ticked
     /// here (nothing to go on from).
-    pub(super) fn go_on_after(self: &Arc<Self>, cached: u64, prints: BusPrints) -> bool {
+    pub(super) fn go_on_after(self: &Arc<Self>, cached: u64, prints: BusPrints, own: bool) -> bool {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
         {
             let mut st = lock(&self.state);
-            // The bus counts prints on from the previous leader's count; this ingest's own prints
-            // from before were never published.
-            st.bus_prints = BusPrints {
-                trade: None,
-                ..prints
-            };
+            // The bus counts prints on from the previous leader's count: another ingest's prints
+            // from before were never published. This ingest's own (it led before) go on, counted.
+            if !own || st.seq == 0 {
+                st.bus_prints = BusPrints {
+                    trade: None,
+                    ..prints
+                };
+            }
             if st.seq == 0 {
                 return false;
             }
@@ -748,29 +751,28 @@ impl SymbolEntry {
     /// (scale-out edge) the prints a state from the bus accounts for: its own print onto the tape,
     /// and the prints the ingest counted that never arrived (their states were merged while its
     /// publisher was behind) as skipped, so that readers are told exactly what they lost. True when
-    /// the state brought a print. A state of a new term counting fewer prints than held is a
-    /// source that started over (the same as a lower `seq`): the count goes on from it.
+    /// the state brought a print. Every state here is newer than the last (`apply_state`), so a
+    /// count below the one held is a source that started over (a new leader that does not go on
+    /// from it), or follows a count that was wrong: the count goes on from the new one, nothing
+    /// counted lost. So is a gap that more prints than ticks would need: it cannot be true.
     fn follow_prints(&self, st: &mut SymbolState, state: &BusState) -> bool {
         let p = state.prints;
         if p.count == 0 {
             return false;
         }
-        // The prints counted before this state's own.
+        // The prints counted before this state's own, and the seq of the last of them.
         let before = p.count - u64::from(p.trade.is_some());
+        let to_seq = p.trade.map_or(p.last_seq, |t| t.prev_seq);
         let expected = match st.bus_in {
-            // A count that started over (a new term, fewer prints): nothing to miss.
-            Some((term, n)) if p.count < n && term != state.term => before,
-            Some((_, n)) if p.count <= n => {
-                st.bus_in = Some((state.term, n));
-                return false; // had them
+            Some((n, _)) if p.count == n => return false, // had them
+            // The gap's prints each have a seq after the last print held, up to `to_seq`.
+            Some((n, held_seq)) if p.count > n && before - n <= to_seq.saturating_sub(held_seq) => {
+                n
             }
-            Some((_, n)) => n,
-            // The first state counting prints: nothing to miss either.
-            None => before,
+            _ => before,
         };
-        st.bus_in = Some((state.term, p.count));
+        st.bus_in = Some((p.count, p.last_seq));
         if before > expected {
-            let to_seq = p.trade.map_or(p.last_seq, |t| t.prev_seq);
             st.tape.skip(before - expected, to_seq);
         }
         let Some(t) = p.trade else {

@@ -369,10 +369,27 @@ impl Index {
     /// it: this index's `seq` for the symbol goes on above it, so that no client of an edge is ever
     /// sent a lower `seq` than it holds. A symbol this index has not ticked is seeded (`seed`); one
     /// it has is published again as the next `seq` after the cached one.
-    /// Its prints on the bus are counted on from `prints`, the previous leader's count.
-    pub fn continue_after(&self, symbol: Symbol, seq: u64, quote: Quote, prints: BusPrints) {
-        if !self.register(symbol.clone()).go_on_after(seq, prints) {
+    /// Its prints on the bus are counted on from `prints`, the previous leader's count, unless
+    /// `own` (the previous leader was this ingest: its own count goes on).
+    pub fn continue_after(
+        &self,
+        symbol: Symbol,
+        seq: u64,
+        quote: Quote,
+        prints: BusPrints,
+        own: bool,
+    ) {
+        if !self.register(symbol.clone()).go_on_after(seq, prints, own) {
             self.seed(symbol, seq, quote);
+        }
+    }
+
+    /// (scale-out ingest taking the lease) a symbol's bars as the previous leader published them,
+    /// which its own go on from: every edge keeps the bars it was sent.
+    pub fn adopt_bars(&self, bars: &crate::model::BusBars) {
+        if let Some(entry) = self.lookup(&bars.symbol) {
+            let feed = lock(&entry.state).active.unwrap_or(0);
+            entry.apply_bars(feed, bars);
         }
     }
 

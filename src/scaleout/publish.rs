@@ -209,6 +209,10 @@ pub async fn start(
         reconcile: Reconcile::default(),
         watching: None,
         watched: HashMap::new(),
+        watching_bars: None,
+        watched_bars: HashMap::new(),
+        led: None,
+        watched_term: 0,
         bars_sent: HashMap::new(),
         config,
     };
@@ -240,6 +244,15 @@ struct Publisher {
     /// of the leader's term seen there (module doc).
     watching: Option<async_nats::Subscriber>,
     watched: HashMap<Symbol, Published>,
+    /// While standing by: the subscription to the leader's bars, and per symbol its bars as they
+    /// stand (`merge_bars`), which a new leader takes over (`Index::adopt_bars`).
+    watching_bars: Option<async_nats::Subscriber>,
+    watched_bars: HashMap<Symbol, wire::Bars>,
+    /// The term this ingest last led under: taking the lease again with the last states on the
+    /// bus still of that term, it goes on with its own prints and bars (module doc).
+    led: Option<u64>,
+    /// The term of the states in `watched`.
+    watched_term: u64,
     /// Per symbol, how many final bars of each interval were published under this term (the next
     /// bars message carries those after).
     bars_sent: HashMap<Symbol, Vec<u64>>,
@@ -247,6 +260,37 @@ struct Publisher {
 
 /// A symbol's last state on the bus, as a new leader goes on from it: its `seq`, quote and prints.
 type Published = (u64, Quote, BusPrints);
+
+/// Keeps a symbol's bars as the leader publishes them: the newest message's open bar, and the
+/// final bars of every message (up to `wire::BUS_FINALS` per interval, by `start`), so that a
+/// leader taking over has what edges were sent.
+fn merge_bars(held: &mut HashMap<Symbol, wire::Bars>, bars: wire::Bars) {
+    let Some(h) = held.get_mut(&bars.symbol) else {
+        held.insert(bars.symbol.clone(), bars);
+        return;
+    };
+    let newer = (bars.term, bars.version) >= (h.term, h.version);
+    for s in bars.series {
+        let Some(hs) = h.series.iter_mut().find(|x| x.interval == s.interval) else {
+            h.series.push(s);
+            continue;
+        };
+        let mut finals = std::mem::take(&mut hs.finals);
+        finals.extend(s.finals);
+        finals.sort_by_key(|b| b.start);
+        finals.dedup_by_key(|b| b.start);
+        let from = finals.len().saturating_sub(wire::BUS_FINALS);
+        hs.finals = finals.split_off(from);
+        if newer {
+            hs.open = s.open;
+        }
+        let newest_final = hs.finals.last().map_or(i64::MIN, |b| b.start);
+        hs.open = hs.open.filter(|b| b.start > newest_final);
+    }
+    if newer {
+        (h.term, h.version) = (bars.term, bars.version);
+    }
+}
 
 /// The next message of a subscription, or never without one.
 async fn next_message(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -312,6 +356,26 @@ impl Publisher {
                 Err(e) => tracing::warn!("cannot watch the leader's states: {e}"),
             }
         }
+        if self.watching_bars.is_none() {
+            let subject = wire::bars_subjects(&self.config.subject_prefix);
+            match self.client.subscribe(subject).await {
+                Ok(s) => self.watching_bars = Some(s),
+                Err(e) => tracing::warn!("cannot watch the leader's bars: {e}"),
+            }
+        }
+    }
+
+    /// Bars the leader published, seen while standing by (of the term the lease announced).
+    fn watched_bars(&mut self, message: async_nats::Message) {
+        let Some(term) = self.lease.leader().and_then(|r| r.term) else {
+            return;
+        };
+        let prefix = &self.config.subject_prefix;
+        if let Ok(bars) = wire::check_bars(prefix, &message.subject, &message.payload) {
+            if bars.term == term {
+                merge_bars(&mut self.watched_bars, bars);
+            }
+        }
     }
 
     /// A state the leader published, seen while standing by: kept when it is of the term the
@@ -323,6 +387,7 @@ impl Publisher {
         let prefix = &self.config.subject_prefix;
         if let Ok(state) = wire::check_state(prefix, &message.subject, &message.payload) {
             if state.term == term {
+                self.watched_term = self.watched_term.max(term);
                 let held =
                     self.watched
                         .entry(state.symbol)
@@ -387,6 +452,12 @@ impl Publisher {
                 message = next_message(&mut self.watching) => {
                     if let Some(message) = message {
                         self.watched_state(message);
+                    }
+                    continue;
+                }
+                message = next_message(&mut self.watching_bars) => {
+                    if let Some(message) = message {
+                        self.watched_bars(message);
                     }
                     continue;
                 }
@@ -565,8 +636,10 @@ impl Publisher {
             }
             Step::Won(term) => {
                 // The leader now: its own states need no watching.
-                if let Some(mut s) = self.watching.take() {
-                    let _ = s.unsubscribe().await;
+                for watching in [self.watching.take(), self.watching_bars.take()] {
+                    if let Some(mut s) = watching {
+                        let _ = s.unsubscribe().await;
+                    }
                 }
                 self.metrics
                     .bus_lease_changes
@@ -620,11 +693,16 @@ impl Publisher {
     /// Goes on from each symbol's last published `seq`: what this ingest saw the leader publish
     /// (standing by) first, so that a cache read cut short loses none of it, then what the cache
     /// holds (states of this term or before that pass the bus's checks; `continue_after` keeps
-    /// the higher).
+    /// the higher). The prints are counted on from the published count and the published bars
+    /// taken over, unless the last published states are this ingest's own (it led, its lease
+    /// lapsed, and nobody led since): then its own count and bars go on, so that the prints it
+    /// took while standing by, which nobody published, reach edges as `trades_lost`.
     async fn continue_from_cache(&mut self, term: u64) -> Result<usize, String> {
         // Each symbol's highest seq, watched or cached, taken once: two steps would put the lower
         // one in the change log too.
         let mut last = std::mem::take(&mut self.watched);
+        let mut bars = std::mem::take(&mut self.watched_bars);
+        let mut newest_term = std::mem::take(&mut self.watched_term);
         let prefix = self.config.subject_prefix.clone();
         let js = self.js.clone();
         let stream_name = self.config.stream.clone();
@@ -640,6 +718,7 @@ impl Publisher {
                 |subject, payload| match wire::check_state(&prefix, subject, payload) {
                     Ok(state) if state.term <= term => {
                         n += 1;
+                        newest_term = newest_term.max(state.term);
                         let held =
                             last.entry(state.symbol)
                                 .or_insert((0, state.quote, state.prints));
@@ -656,6 +735,26 @@ impl Publisher {
             )
             .await
             .map_err(|e| format!("the cache is unreadable ({e})"))?;
+            let has_bars = stream
+                .cached_info()
+                .config
+                .subjects
+                .contains(&wire::bars_subjects(&prefix));
+            if has_bars {
+                read_cache(
+                    &stream,
+                    &wire::bars_subjects(&prefix),
+                    |subject, payload| {
+                        if let Ok(b) = wire::check_bars(&prefix, subject, payload) {
+                            if b.term <= term {
+                                merge_bars(&mut bars, b);
+                            }
+                        }
+                    },
+                )
+                .await
+                .map_err(|e| format!("the cache is unreadable ({e})"))?;
+            }
             Ok::<usize, String>(n)
         };
         // Bounded, so that the lease is renewed in time; what was watched goes on regardless.
@@ -663,9 +762,16 @@ impl Publisher {
         let read = tokio::time::timeout(wait, read)
             .await
             .unwrap_or_else(|_| Err("the cache took too long to read".into()));
+        let own = self.led.is_some_and(|t| t == newest_term);
         for (symbol, (seq, quote, prints)) in last {
-            self.index.continue_after(symbol, seq, quote, prints);
+            self.index.continue_after(symbol, seq, quote, prints, own);
         }
+        if !own {
+            for b in bars.into_values() {
+                self.index.adopt_bars(&b);
+            }
+        }
+        self.led = Some(term);
         read
     }
 }

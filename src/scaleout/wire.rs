@@ -325,7 +325,8 @@ fn decode_prints(
     if count > MAX_COUNTER {
         return Err(format!("prints {count} is above {MAX_COUNTER}"));
     }
-    if (count == 0) != (last_seq == 0) || last_seq > seq {
+    // A print has a tick of its own: never more prints than ticks.
+    if (count == 0) != (last_seq == 0) || last_seq > seq || count > seq {
         return Err(format!(
             "prints {count} with print_seq {last_seq} (seq {seq})"
         ));

@@ -95,6 +95,16 @@ impl NatsServer {
     }
 
     /// Kills the process (SIGKILL: a crash, not a polite shutdown).
+    /// Sends the running server `signal` (e.g. "STOP", "CONT": a server that stalls).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
