@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: unit and property tests, integration tests against a real gateway on 127.0.0.1:0
 # (WebSocket protocol, feeds, access control, adversarial clients, upstream faults, a bounded soak),
-# the widget in headless Chromium and the dashboards against promtool, a smoke run of each benchmark,
-# the systemd unit (deploy/quotegw.service) against systemd-analyze verify and security, and a short
-# run of every fuzz target. Tests install or start whatever they need themselves.
+# the widget in headless Chromium, the dashboards against promtool and a real Prometheus, a smoke run
+# of each benchmark, the systemd unit (deploy/quotegw.service) against systemd-analyze verify and
+# security, and a short run of every fuzz target. Tests install or start whatever they need
+# themselves.
 #   QUOTEGW_FUZZ_SECS (default 20) sets the fuzzing time per target; QUOTEGW_SOAK_SECS (default 120)
 #   the soak's length.
 set -euo pipefail

@@ -5,6 +5,7 @@
 pub mod fault_proxy;
 pub mod nats;
 pub mod process;
+pub mod prometheus;
 pub mod upstream;
 
 use std::collections::VecDeque;

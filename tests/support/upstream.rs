@@ -1,5 +1,6 @@
 //! A local HTTP upstream for the polling adapter: answers `GET` with the body the test sets, or with
-//! the fault the test picks (HTTP 500, a stall past the poller's timeout, garbage, a reset).
+//! the fault the test picks (HTTP 500, a stall past the poller's timeout, garbage, a reset), or stops
+//! listening altogether (a vendor's API gone: every connection refused).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,8 @@ pub struct Upstream {
     pub requests: Arc<std::sync::atomic::AtomicU64>,
     /// Every request head received (request line and headers).
     heads: Arc<Mutex<Vec<String>>>,
+    /// The accept loop, which owns the listener: aborting it closes the port.
+    accept: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl Upstream {
@@ -40,9 +43,10 @@ impl Upstream {
             state: Arc::new(Mutex::new((Mode::Good, body.to_string()))),
             requests: Arc::default(),
             heads: Arc::default(),
+            accept: Arc::default(),
         };
         let serving = up.clone();
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 let up = serving.clone();
                 tokio::spawn(async move {
@@ -88,7 +92,16 @@ impl Upstream {
                 });
             }
         });
+        *up.accept.lock().unwrap() = Some(accept.abort_handle());
         up
+    }
+
+    /// Stops listening: from now on every connection to `base` is refused, as when the upstream's
+    /// process is gone. (An exchange already under way finishes.)
+    pub fn stop(&self) {
+        if let Some(accept) = self.accept.lock().unwrap().take() {
+            accept.abort();
+        }
     }
 
     pub fn heads(&self) -> Vec<String> {
