@@ -77,6 +77,102 @@ pub struct Gateway {
     extra_feeds: Vec<Box<dyn Feed>>,
 }
 
+/// Applies a reloaded config to a running gateway (`RunningGateway::reloader`).
+#[derive(Clone)]
+pub struct Reloader {
+    access: Arc<LiveAccess>,
+    alerts: Arc<Alerts>,
+    /// The config the gateway started with: what a reload cannot change.
+    config: Arc<Config>,
+    one_at_a_time: Arc<std::sync::Mutex<()>>,
+}
+
+impl Reloader {
+    /// Applies what a reload (SIGHUP) changes without a restart: `[access]` (API keys, JWT keys,
+    /// audience, issuer, allowed origins, proxies) and the per-client `[limits]`
+    /// (`max_connections_per_ip`, `max_connections_per_token`, `max_pending_per_ip`,
+    /// `ipv6_prefix_len`, `auth_failures_per_ip`, `auth_failure_window_ms`). Every connection then
+    /// checks how it was admitted against them: one whose Origin or credential they no longer
+    /// admit closes with 1008 ("credential revoked"), the others are untouched. An error (a key
+    /// file unreadable, a JWT key that does not parse) keeps the settings in force. Returns the
+    /// sections that differ from the running config but need a restart.
+    ///
+    /// The new config must be one the gateway would start with, on the address it is bound to
+    /// (`listen` as running: protected mode judges the address clients reach), checked as
+    /// `Gateway::check` does: a truncated file that parses but lists no feed, or a feed whose file
+    /// is gone, is refused like a start would refuse it, and the settings in force are kept.
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, ReloadError> {
+        let _one = crate::sync::lock(&self.one_at_a_time);
+        let running = Config {
+            listen: self.config.listen.clone(),
+            ..config.clone()
+        };
+        running
+            .validate()
+            .map_err(|(key, message)| ReloadError::Config(format!("{key}: {message}")))?;
+        Gateway::new(running).check()?;
+        // The running tiers: the index keeps the past the delayed tier reads only if it was
+        // configured at start.
+        let access = self.access.get().reloaded(
+            &config.access,
+            config.limits.client_limits(),
+            &self.config.tiers,
+        )?;
+        self.access.replace(access);
+        self.alerts
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let (old, new) = (&*self.config, config);
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let session_limits = |c: &Config| {
+            let mut l = c.limits.clone();
+            let o = &old.limits;
+            l.max_connections_per_ip = o.max_connections_per_ip;
+            l.max_connections_per_token = o.max_connections_per_token;
+            l.max_pending_per_ip = o.max_pending_per_ip;
+            l.ipv6_prefix_len = o.ipv6_prefix_len;
+            l.auth_failures_per_ip = o.auth_failures_per_ip;
+            l.auth_failure_window_ms = o.auth_failure_window_ms;
+            l
+        };
+        let mut restart = Vec::new();
+        for (name, a, b) in [
+            (
+                "listen",
+                &old.listen as &dyn std::fmt::Debug,
+                &new.listen as &dyn std::fmt::Debug,
+            ),
+            ("workers", &old.workers, &new.workers),
+            ("metrics_listen", &old.metrics_listen, &new.metrics_listen),
+            ("feeds", &old.feeds, &new.feeds),
+            ("publish", &old.publish, &new.publish),
+            ("tiers", &old.tiers, &new.tiers),
+            ("trades", &old.trades, &new.trades),
+            ("bars", &old.bars, &new.bars),
+        ] {
+            if differs(a, b) {
+                restart.push(name);
+            }
+        }
+        if differs(&session_limits(old), &session_limits(new)) {
+            restart.push("limits (other than the per-client ones)");
+        }
+        Ok(restart)
+    }
+}
+
+/// Why a reload was refused (the settings in force are kept).
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
+}
+
 /// What a config would run (`Gateway::check`), one line per part.
 pub struct Plan {
     pub lines: Vec<String>,
@@ -158,7 +254,13 @@ impl Gateway {
         let c = &self.config;
         c.listen_addr().map_err(StartError::Listen)?;
         if let Some(m) = &c.metrics_listen {
-            crate::config::resolve(m).map_err(StartError::Listen)?;
+            let ops = crate::config::resolve(m).map_err(StartError::Listen)?;
+            let public = c.listen_addr().map_err(StartError::Listen)?;
+            if ops.port() != 0 && ops == public {
+                return Err(StartError::Listen(format!(
+                    "metrics_listen '{m}' is listen's address: give it another port"
+                )));
+            }
         }
         let mut lines = vec![match &c.metrics_listen {
             Some(m) => format!("listen {} (WebSocket at /ws), metrics on {m}", c.listen),
@@ -277,63 +379,15 @@ impl Gateway {
 }
 
 impl RunningGateway {
-    /// Applies what a reload (SIGHUP) changes without a restart: `[access]` (API keys, JWT keys,
-    /// audience, issuer, allowed origins, proxies) and the per-client `[limits]`
-    /// (`max_connections_per_ip`, `max_connections_per_token`, `max_pending_per_ip`,
-    /// `ipv6_prefix_len`, `auth_failures_per_ip`, `auth_failure_window_ms`). Every connection then
-    /// checks how it was admitted against them: one whose Origin or credential they no longer
-    /// admit closes with 1008 ("credential revoked"), the others are untouched. An error (a key
-    /// file unreadable, a JWT key that does not parse) keeps the settings in force. Returns the
-    /// sections that differ from the running config but need a restart.
-    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, StartError> {
-        // The running tiers: the index keeps the past the delayed tier reads only if it was
-        // configured at start.
-        let access = self.access.get().reloaded(
-            &config.access,
-            config.limits.client_limits(),
-            &self.config.tiers,
-        )?;
-        self.access.replace(access);
-        self.alerts
-            .reloads
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let (old, new) = (&self.config, config);
-        let differs =
-            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let session_limits = |c: &Config| {
-            let mut l = c.limits.clone();
-            let o = &old.limits;
-            l.max_connections_per_ip = o.max_connections_per_ip;
-            l.max_connections_per_token = o.max_connections_per_token;
-            l.max_pending_per_ip = o.max_pending_per_ip;
-            l.ipv6_prefix_len = o.ipv6_prefix_len;
-            l.auth_failures_per_ip = o.auth_failures_per_ip;
-            l.auth_failure_window_ms = o.auth_failure_window_ms;
-            l
-        };
-        let mut restart = Vec::new();
-        for (name, a, b) in [
-            (
-                "listen",
-                &old.listen as &dyn std::fmt::Debug,
-                &new.listen as &dyn std::fmt::Debug,
-            ),
-            ("workers", &old.workers, &new.workers),
-            ("metrics_listen", &old.metrics_listen, &new.metrics_listen),
-            ("feeds", &old.feeds, &new.feeds),
-            ("publish", &old.publish, &new.publish),
-            ("tiers", &old.tiers, &new.tiers),
-            ("trades", &old.trades, &new.trades),
-            ("bars", &old.bars, &new.bars),
-        ] {
-            if differs(a, b) {
-                restart.push(name);
-            }
+    /// What applies a reload (SIGHUP), to run away from the signal loop (a config file that
+    /// blocks on read must not hold SIGTERM).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            access: self.access.clone(),
+            alerts: self.alerts.clone(),
+            config: Arc::new(self.config.clone()),
+            one_at_a_time: Arc::default(),
         }
-        if differs(&session_limits(old), &session_limits(new)) {
-            restart.push("limits (other than the per-client ones)");
-        }
-        Ok(restart)
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -126,7 +126,15 @@ fn main() -> anyhow::Result<()> {
                         tracing::info!("signal received, shutting down");
                         break;
                     }
-                    Received::Hangup => reload(&gateway, cli.config.as_deref(), cli.listen.as_deref()),
+                    Received::Hangup => {
+                        // Off the signal loop: a config file that blocks on read must not hold
+                        // SIGTERM. Reloads run one at a time.
+                        let (reloader, path, listen) =
+                            (gateway.reloader(), cli.config.clone(), cli.listen.clone());
+                        tokio::task::spawn_blocking(move || {
+                            reload(&reloader, path.as_deref(), listen.as_deref())
+                        });
+                    }
                 },
                 // A failure after the listener was bound (a feed or NATS refusing at start) ends
                 // the process at once, with its error, rather than at the next signal.
@@ -143,7 +151,7 @@ fn main() -> anyhow::Result<()> {
 
 /// SIGHUP: the config file read again and what can change live applied; a config that does not
 /// load is logged and the one in force kept.
-fn reload(gateway: &quotegw::RunningGateway, path: Option<&std::path::Path>, listen: Option<&str>) {
+fn reload(gateway: &quotegw::app::Reloader, path: Option<&std::path::Path>, listen: Option<&str>) {
     let Some(path) = path else {
         tracing::warn!(
             "SIGHUP: no --config file to reload (the embedded default runs): nothing changed"

@@ -445,6 +445,15 @@ fn check_config_refuses_what_a_start_would_without_listening_or_connecting() {
     );
 }
 
+/// Waits until `gw` has logged `what` `n` times.
+async fn logged_times(gw: &Logged, what: &str, n: usize) {
+    let deadline = Instant::now() + support::DEADLINE;
+    while gw.lines().iter().filter(|l| l.contains(what)).count() < n {
+        assert!(Instant::now() < deadline, "{:?}", gw.lines());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Key rotation without a restart: SIGHUP re-reads the config and applies `[access]`. Under 200
 /// connections (100 per key) and an SSE stream, a key taken out closes exactly its clients with
 /// 1008 "credential revoked"; the other key's clients keep getting news on the same connections;
@@ -531,17 +540,40 @@ async fn sighup_rotates_keys_and_closes_only_the_revoked_keys_clients() {
         gw.lines()
     );
 
-    // A config that does not load: logged, and the keys in force kept.
-    std::fs::write(
-        &path,
-        "[access]\nauth = \"api_key\"\napi_keys = [\"short\"]\n",
-    )
-    .unwrap();
+    // The revoked key, tried until the failure throttle refuses it unverified, then added back:
+    // it verifies again at once (the throttle never refuses a token that verifies).
+    let mut refused = 0;
+    while refused != 429 {
+        refused = quotes(B).await;
+        assert!(refused == 401 || refused == 429, "{refused}");
+    }
+    std::fs::write(&path, config(&[A, B, C], 3)).unwrap();
     hup();
-    let deadline = Instant::now() + support::DEADLINE;
-    while !logged("the config in force is kept") {
-        assert!(Instant::now() < deadline, "{:?}", gw.lines());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    logged_times(&gw, "SIGHUP: reloaded", 2).await;
+    assert_eq!(quotes(B).await, 200, "a key added back verifies at once");
+
+    // Configs that do not load, or that a start would refuse, keep the settings in force: a bad
+    // key, an empty file (found from outside: it turned auth off), and `auth = "off"` alone, whose
+    // own `listen` is loopback but not the address the gateway is bound to.
+    for (n, text) in [
+        "[access]\nauth = \"api_key\"\napi_keys = [\"short\"]\n",
+        "",
+        "listen = \"127.0.0.1:1\"\n[access]\nauth = \"off\"\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&path, text).unwrap();
+        hup();
+        logged_times(&gw, "the config in force is kept", n + 1).await;
+        assert_eq!(quotes(C).await, 200, "{text:?}");
+        assert_eq!(
+            support::http(addr, "GET", "/v1/quotes?symbols=AAPL", &[])
+                .await
+                .0,
+            401,
+            "{text:?}: auth stays on"
+        );
     }
     assert_eq!((quotes(A).await, quotes(C).await), (200, 200));
     for c in keeps.iter_mut().take(10) {

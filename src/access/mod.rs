@@ -181,14 +181,18 @@ impl Access {
         Access::build(config, limits, tiers, Arc::default())
     }
 
-    /// New settings with this one's counts (a reload): connections open now stay counted.
+    /// New settings with this one's counts (a reload): connections open now stay counted. The
+    /// remembered authentication failures go: a token refused before may verify now (a key added,
+    /// or added back), and the throttle must never refuse a token that verifies.
     pub fn reloaded(
         &self,
         config: &AccessConfig,
         limits: ClientLimits,
         tiers: &TiersConfig,
     ) -> Result<Access, AccessError> {
-        Access::build(config, limits, tiers, self.counts.clone())
+        let access = Access::build(config, limits, tiers, self.counts.clone())?;
+        lock(&self.counts.failures).clear();
+        Ok(access)
     }
 
     /// How a connection admitted with `token` from `origin` was admitted (`still_admits`).

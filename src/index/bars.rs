@@ -236,29 +236,34 @@ impl Series {
         self.finals_total += 1;
     }
 
-    /// (scale-out) the series as the leading ingest published it (`BusSeries`), which wins over
-    /// what is held: the held final bars from its first bar's `start` on are replaced by its final
-    /// bars, and its open bar is taken. So a message read twice changes nothing, a new leader's
-    /// first message (or a new leader taking over its predecessor's) continues the bars clients
-    /// saw, and a bar held by mistake (a bad message, a leader whose bars ran ahead) goes at the
-    /// next message. Returns the final bars taken that were not held.
+    /// (scale-out) the series as the leading ingest published it (`BusSeries`): its final bars
+    /// newer (by `start`) than the newest held, in order, then its open bar. Bars are told apart by
+    /// `start`, so a message read twice, or a full one repeating bars already held, adds nothing
+    /// and sends no reader a final bar twice. Held final bars newer than anything the message has
+    /// go first: the publisher does not have them (a bad message's, or a leader's that ran ahead),
+    /// so the next message corrects them. Returns how many final bars it took.
     pub fn adopt(&mut self, bus: &BusSeries, keep: usize, feed: FeedId, now_ms: i64) -> u64 {
-        let from = bus
-            .finals
-            .first()
-            .or(bus.open.as_ref())
-            .map_or(i64::MAX, |b| b.start);
-        let mut replaced = 0;
-        while self.finals.back().is_some_and(|b| b.start >= from) {
-            self.finals.pop_back();
-            replaced += 1;
+        let newest = bus.finals.iter().chain(&bus.open).map(|b| b.start).max();
+        if let Some(newest) = newest {
+            while self.finals.back().is_some_and(|b| b.start > newest) {
+                self.finals.pop_back();
+                self.finals_total -= 1;
+            }
         }
-        self.finals_total -= replaced;
+        let mut taken = 0;
         for bar in &bus.finals {
+            if self.finals.back().is_some_and(|b| b.start >= bar.start) {
+                continue;
+            }
             self.push_final(Bar { feed, ..*bar }, keep, now_ms);
+            taken += 1;
         }
-        self.open = bus.open.map(|b| Bar { feed, ..b });
-        (bus.finals.len() as u64).saturating_sub(replaced)
+        let newest_final = self.finals.back().map_or(i64::MIN, |b| b.start);
+        self.open = bus
+            .open
+            .filter(|b| b.start > newest_final)
+            .map(|b| Bar { feed, ..b });
+        taken
     }
 
     /// (the delayed tier) how many of the bars finalized so far had ended by `cutoff_ms`.

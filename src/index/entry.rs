@@ -439,8 +439,9 @@ impl SymbolEntry {
     }
 
     /// (scale-out ingest) the bars as the publisher sends them (`None` before any): per interval
-    /// the open bar and the final bars after the first `sent[i]` (at most `most`), with `sent`
-    /// brought up to date; an empty `sent` gets the latest `most` of each (a full message).
+    /// the open bar and the final bars after the first `sent[i]`, the latest one at least (at most
+    /// `most`), with `sent` brought up to date; an empty `sent` gets the latest `most` of each (a
+    /// full message).
     pub fn bus_bars(&self, sent: &mut Vec<u64>, most: usize) -> Option<(u64, Vec<BusSeries>)> {
         let st = lock(&self.state);
         if st.bars_version == 0 {
@@ -453,7 +454,10 @@ impl SymbolEntry {
             .zip(&self.market.intervals)
             .zip(sent.iter_mut())
             .map(|((s, interval), sent)| {
-                let finals: Vec<Bar> = s.finals_after(*sent).copied().collect();
+                // The latest final bar always goes along: the cache (one message per symbol) then
+                // always has it, for an edge that reloads (its message may have been lost).
+                let from = (*sent).min(s.finals_total.saturating_sub(1));
+                let finals: Vec<Bar> = s.finals_after(from).copied().collect();
                 *sent = s.finals_total;
                 BusSeries {
                     interval: interval.name.clone(),
@@ -643,10 +647,16 @@ impl SymbolEntry {
     }
 
     /// (scale-out ingest taking the lease) publishes the quote this index holds again, as the next
-    /// `seq` after `cached` when it is not above it already; false when the symbol has not ticked
-    /// here (nothing to go on from).
-    pub(super) fn go_on_after(self: &Arc<Self>, cached: u64, prints: BusPrints, own: bool) -> bool {
+    /// `seq` after `cached` when it is not above it already, and returns the version then; `None`
+    /// when the symbol has not ticked here (nothing to go on from).
+    pub(super) fn go_on_after(
+        self: &Arc<Self>,
+        cached: u64,
+        prints: BusPrints,
+        own: bool,
+    ) -> Option<u64> {
         let listeners = self.live_count.load(Ordering::Relaxed) > 0;
+        let version;
         {
             let mut st = lock(&self.state);
             // The bus counts prints on from the previous leader's count: another ingest's prints
@@ -658,17 +668,18 @@ impl SymbolEntry {
                 };
             }
             if st.seq == 0 {
-                return false;
+                return None;
             }
             if st.seq > cached {
-                return true;
+                return Some(st.version);
             }
             let quote = st.quote;
             st.publish_at(&self.symbol, quote, cached + 1, listeners);
             self.published(&mut st);
+            version = st.version;
         }
         self.fan_out();
-        true
+        Some(version)
     }
 
     /// (scale-out edge) applies a state from the bus, publishing it when it is news. The bus's

@@ -337,7 +337,7 @@ impl Index {
     /// Starts a symbol from a state kept elsewhere (a scale-out ingest's cache): its `seq` goes on
     /// from there instead of restarting at 1, and its quote is what the next tick updates. It is
     /// `stale` until a feed ticks it: the cache cannot say whether its price is still current.
-    pub fn seed(&self, symbol: Symbol, seq: u64, quote: Quote) {
+    pub fn seed(&self, symbol: Symbol, seq: u64, quote: Quote) -> u64 {
         let entry = self.register(symbol);
         let mut st = lock(&entry.state);
         if st.seq == 0 {
@@ -363,6 +363,7 @@ impl Index {
             }
             entry.generation.fetch_add(1, Ordering::Release);
         }
+        st.version
     }
 
     /// (scale-out ingest taking the lease) a symbol's last state as the previous leader published
@@ -370,7 +371,8 @@ impl Index {
     /// sent a lower `seq` than it holds. A symbol this index has not ticked is seeded (`seed`); one
     /// it has is published again as the next `seq` after the cached one.
     /// Its prints on the bus are counted on from `prints`, the previous leader's count, unless
-    /// `own` (the previous leader was this ingest: its own count goes on).
+    /// `own` (the previous leader was this ingest: its own count goes on). Returns the symbol's
+    /// `version` once it goes on: later changes are the new leader's to publish.
     pub fn continue_after(
         &self,
         symbol: Symbol,
@@ -378,9 +380,10 @@ impl Index {
         quote: Quote,
         prints: BusPrints,
         own: bool,
-    ) {
-        if !self.register(symbol.clone()).go_on_after(seq, prints, own) {
-            self.seed(symbol, seq, quote);
+    ) -> u64 {
+        match self.register(symbol.clone()).go_on_after(seq, prints, own) {
+            Some(version) => version,
+            None => self.seed(symbol, seq, quote),
         }
     }
 
@@ -529,10 +532,18 @@ impl ChangeLog {
         }
     }
 
-    /// Drops every change listed so far (a consumer that will read every symbol anew, `mark_all`).
-    pub fn discard(&self) {
-        let dropped = std::mem::take(&mut *lock(&self.pending));
+    /// Drops every change listed so far but those `keep` says (a consumer that will read every
+    /// symbol anew, `mark_all`).
+    pub fn discard_but(&self, keep: impl Fn(&Change) -> bool) {
+        let mut dropped = std::mem::take(&mut *lock(&self.pending));
         dropped.unlist();
+        let kept: Vec<Change> = dropped.states.drain(..).filter(|c| keep(c)).collect();
+        if !kept.is_empty() {
+            let mut pending = lock(&self.pending);
+            // Ahead of anything recorded meanwhile: a symbol's changes stay in version order.
+            let later = std::mem::replace(&mut pending.states, kept);
+            pending.states.extend(later);
+        }
     }
 
     /// How many changes were merged into a symbol's latest state so far (the log was full).

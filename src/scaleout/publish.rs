@@ -213,6 +213,7 @@ pub async fn start(
         watched_bars: HashMap::new(),
         led: None,
         watched_term: 0,
+        went_on: HashMap::new(),
         bars_sent: HashMap::new(),
         config,
     };
@@ -253,6 +254,8 @@ struct Publisher {
     led: Option<u64>,
     /// The term of the states in `watched`.
     watched_term: u64,
+    /// At the last takeover, each symbol's `version` once it went on from the published state.
+    went_on: HashMap<Symbol, u64>,
     /// Per symbol, how many final bars of each interval were published under this term (the next
     /// bars message carries those after).
     bars_sent: HashMap<Symbol, Vec<u64>>,
@@ -656,12 +659,15 @@ impl Publisher {
                         tracing::warn!(term, "took the scale-out lease; {e}: seq may start over")
                     }
                 }
-                // What the change log holds was recorded before each symbol's seq went on from the
-                // last published one (this ingest's own ticks while standing by, and while the
-                // cache was read): published under the new term, it would be a lower seq than
-                // clients hold (found from outside: 1012s after quick failovers and rolling
-                // deploys). It goes; every symbol's state as it is now goes out instead.
-                self.changes.discard();
+                // What the change log holds from before each symbol's seq went on from the last
+                // published one (this ingest's own ticks while standing by, and while the cache
+                // was read): published under the new term, it would be a lower seq than clients
+                // hold (found from outside: 1012s after quick failovers and rolling deploys). It
+                // goes; every symbol's state as it is now goes out instead. What came after stays:
+                // its prints are counted on the bus (dropped, edges would count them lost).
+                let from = std::mem::take(&mut self.went_on);
+                self.changes
+                    .discard_but(|c| from.get(&c.symbol).is_some_and(|v| c.version > *v));
                 self.publish_all();
                 self.metrics
                     .bus_leader
@@ -764,7 +770,10 @@ impl Publisher {
             .unwrap_or_else(|_| Err("the cache took too long to read".into()));
         let own = self.led.is_some_and(|t| t == newest_term);
         for (symbol, (seq, quote, prints)) in last {
-            self.index.continue_after(symbol, seq, quote, prints, own);
+            let version = self
+                .index
+                .continue_after(symbol.clone(), seq, quote, prints, own);
+            self.went_on.insert(symbol, version);
         }
         if !own {
             for b in bars.into_values() {
