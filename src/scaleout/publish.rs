@@ -639,10 +639,11 @@ impl Publisher {
             }
             Step::Won(term) => {
                 // The leader now: its own states need no watching.
-                for watching in [self.watching.take(), self.watching_bars.take()] {
-                    if let Some(mut s) = watching {
-                        let _ = s.unsubscribe().await;
-                    }
+                for mut s in [self.watching.take(), self.watching_bars.take()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = s.unsubscribe().await;
                 }
                 self.metrics
                     .bus_lease_changes
