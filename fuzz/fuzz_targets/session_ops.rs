@@ -149,7 +149,15 @@ fuzz_target!(|data: &[u8]| {
         },
         tiers: Default::default(),
         shutdown: CancellationToken::new(),
-        closing: Default::default(),
+        alerts: Default::default(),
+        access: Arc::new(quotegw::access::LiveAccess::new(
+            quotegw::access::Access::new(
+                &Default::default(),
+                LimitsConfig::default().client_limits(),
+                &Default::default(),
+            )
+            .expect("the default access settings are valid"),
+        )),
         connections: AtomicUsize::new(0),
     });
     let start = Instant::now();

@@ -1,14 +1,18 @@
 //! Scale-out, the ingest's side: every change of a symbol's state goes to NATS, where edges take
 //! it (docs/deployment.md). The index lists every change in a `ChangeLog`; this task publishes
-//! each one whole (`scaleout::wire`), while this ingest holds the lease (`scaleout::lease`).
+//! each one whole (`scaleout::wire`), with the symbol's print count and, on its tick's state, the
+//! print, while this ingest holds the lease (`scaleout::lease`); and each symbol whose bars changed,
+//! once per pass, on its bars subject.
 //!
 //! Any number of ingests may run. Each runs its feeds and its index; the one holding the lease
 //! publishes, under its term, and heartbeats; the others drop their changes and watch the lease.
 //! A standby also watches the leader's states on the bus, so that on taking the lease it goes on
 //! from the highest `seq` the leader published for each symbol (`Index::continue_after`), even for
 //! a symbol whose cached state was purged or replaced by a bad message; the cache covers what it
-//! did not see (it started after the leader published). Then it publishes every symbol under its
-//! term.
+//! did not see (it started after the leader published), counts prints on from the leader's count
+//! and takes over its bars; then it publishes every symbol under its term. An ingest taking the
+//! lease back from itself (its lease lapsed, nobody led since) goes on with its own count and bars
+//! instead, so that the prints it took while nobody published reach edges as `trades_lost`.
 //!
 //! Backpressure: the tick path never waits for NATS. While NATS is slow or away, this task alone
 //! waits, and once the change log holds `CHANGE_LOG_CAPACITY` changes it conflates per symbol (one
