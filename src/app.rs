@@ -4,6 +4,9 @@
 //! task that applies their events to the index; actix starts `workers` more threads (one per core by
 //! default) that run the HTTP server and every WebSocket connection task, plus its accept thread.
 //!
+//! Reload (SIGHUP in `main.rs`): `Reloader` puts new access settings in force (module `access`,
+//! `LiveAccess`) and wakes every session to check its admission again.
+//!
 //! Shutdown (SIGINT/SIGTERM in `main.rs`, or `RunningGateway::shutdown`): one cancellation token
 //! stops accepting, makes every connection close with 1001, and stops the feeds; the gateway waits
 //! at most `SHUTDOWN_GRACE_SECS` for the sessions and actix 1 s more for HTTP requests before

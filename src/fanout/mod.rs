@@ -91,7 +91,7 @@ pub struct Shard {
     /// Links queued and delivered, for the unit tests.
     #[cfg(test)]
     delivered: AtomicUsize,
-    /// The connections this shard keeps time for (`clock_in`), and their gateway's closing flag.
+    /// The connections this shard keeps time for (`clock_in`), and their gateway's `Alerts`.
     clocked: Mutex<Vec<(Arc<ConnPending>, Arc<Alerts>)>>,
     /// Connections in a batching window (`min_frame_interval_ms`), with the window's end, in
     /// that order: every window is as long, so the order they were pushed in (`hold`) is it. One
