@@ -495,27 +495,24 @@ fn an_edge_sends_the_ingests_bars() {
     let edge = Index::new(&["nats".into()], metrics);
     let mut sent = Vec::new();
     let mut messages = Vec::new();
+    // What the publisher sends after a pass.
+    let mut publish = |sent: &mut Vec<u64>| {
+        let (version, series) = ingest.lookup("X").unwrap().bus_bars(sent, 8).unwrap();
+        messages.push(crate::model::BusBars {
+            term: 1,
+            version,
+            symbol: "X".into(),
+            series,
+        });
+    };
     for (i, t) in trades(40).into_iter().enumerate() {
         ingest.apply(t);
         if i % 3 == 0 {
-            let x = ingest.lookup("X").unwrap();
-            let (version, series) = x.bus_bars(&mut sent, 8).unwrap();
-            messages.push(crate::model::BusBars {
-                term: 1,
-                version,
-                symbol: "X".into(),
-                series,
-            });
+            publish(&mut sent);
         }
     }
+    publish(&mut sent);
     let x = ingest.lookup("X").unwrap();
-    let (version, series) = x.bus_bars(&mut sent, 8).unwrap();
-    messages.push(crate::model::BusBars {
-        term: 1,
-        version,
-        symbol: "X".into(),
-        series,
-    });
     for (i, m) in messages.iter().enumerate() {
         edge.apply(FeedEvent::Bars {
             feed: 0,

@@ -479,31 +479,54 @@ impl Edge {
                 return Ok(Lease::Same);
             }
         };
-        // A state of a higher term than followed: read the stored lease first (a new leader's
-        // first states may come before the edge read its lease).
-        let mut lease = Lease::Same;
-        if let (Some(client), true) = (client, state.term > self.term) {
-            lease = self.verify(client, false).await;
-        }
-        let older = match self.check(&state.symbol, state.term, "a state") {
-            Ok(older) => older,
-            Err((reason, why)) => {
-                self.drop_state(reason, &why);
-                return Ok(lease);
-            }
+        let (lease, admitted) = self
+            .admit(client, &state.symbol, state.term, "a state")
+            .await;
+        let Some(older) = admitted else {
+            return Ok(lease);
         };
         let mut state = state;
-        if !self.known.contains(&state.symbol) {
-            self.known.insert(state.symbol.clone());
-        }
         if self.stale || older {
             state.quote.status = Status::Stale;
         }
-        // The index orders states by term: a stream that started over starts its terms over, so
-        // the index is given (incarnation, term) as one number (terms are below 2^53).
-        state.term += self.incarnation << 53;
+        state.term = self.index_term(state.term);
         self.ctx.send_state(state).await?;
         Ok(lease)
+    }
+
+    /// A state or bars message (`what`) that passed the wire's checks, for its term and the
+    /// symbol cap (`check`), a higher term than followed first checked against the stored lease
+    /// (a new leader's first messages may come before the edge read its lease): whether it is of
+    /// an older term, or `None` when it was dropped and counted; and what reading the lease did.
+    async fn admit(
+        &mut self,
+        client: Option<&async_nats::Client>,
+        symbol: &Symbol,
+        term: u64,
+        what: &str,
+    ) -> (Lease, Option<bool>) {
+        let mut lease = Lease::Same;
+        if let (Some(client), true) = (client, term > self.term) {
+            lease = self.verify(client, false).await;
+        }
+        match self.check(symbol, term, what) {
+            Ok(older) => {
+                if !self.known.contains(symbol) {
+                    self.known.insert(symbol.clone());
+                }
+                (lease, Some(older))
+            }
+            Err((reason, why)) => {
+                self.drop_state(reason, &why);
+                (lease, None)
+            }
+        }
+    }
+
+    /// The term the index orders by: a stream that started over starts its terms over, so the
+    /// index is given (incarnation, term) as one number (terms are below 2^53).
+    fn index_term(&self, term: u64) -> u64 {
+        term + (self.incarnation << 53)
     }
 
     /// Hands one bars message to the index, checked as a state is (`take`), or drops and counts it.
@@ -522,19 +545,11 @@ impl Edge {
                 return Ok(Lease::Same);
             }
         };
-        let mut lease = Lease::Same;
-        if let (Some(client), true) = (client, bars.term > self.term) {
-            lease = self.verify(client, false).await;
+        let (lease, admitted) = self.admit(client, &bars.symbol, bars.term, "bars").await;
+        if admitted.is_some() {
+            bars.term = self.index_term(bars.term);
+            self.ctx.send_bars(bars).await?;
         }
-        if let Err((reason, why)) = self.check(&bars.symbol, bars.term, "bars") {
-            self.drop_state(reason, &why);
-            return Ok(lease);
-        }
-        if !self.known.contains(&bars.symbol) {
-            self.known.insert(bars.symbol.clone());
-        }
-        bars.term += self.incarnation << 53;
-        self.ctx.send_bars(bars).await?;
         Ok(lease)
     }
 

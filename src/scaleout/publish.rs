@@ -561,15 +561,16 @@ impl Publisher {
             symbol: symbol.clone(),
             series,
         };
-        match self
-            .client
-            .publish(subject, wire::encode_bars(&bars).into())
-            .await
-        {
+        self.send(subject, wire::encode_bars(&bars)).await;
+        true
+    }
+
+    /// One message, counted; a failure is the connection's (its events say so).
+    async fn send(&self, subject: String, payload: String) {
+        match self.client.publish(subject, payload.into()).await {
             Ok(()) => self.published.inc(),
             Err(e) => tracing::debug!("publishing to NATS failed: {e}"),
         }
-        true
     }
 
     /// Publishes one change under the current term; false when this ingest does not lead (the
@@ -587,14 +588,7 @@ impl Publisher {
             quote: change.quote,
             prints: change.prints,
         };
-        match self
-            .client
-            .publish(subject, wire::encode_state(&state).into())
-            .await
-        {
-            Ok(()) => self.published.inc(),
-            Err(e) => tracing::debug!("publishing to NATS failed: {e}"),
-        }
+        self.send(subject, wire::encode_state(&state)).await;
         true
     }
 
