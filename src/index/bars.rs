@@ -274,9 +274,19 @@ impl Series {
 
     /// The final bars after the first `seen` (of `finals_total`), those still kept.
     pub fn finals_after(&self, seen: u64) -> impl Iterator<Item = &Bar> {
-        let missing = self.finals_total.saturating_sub(seen);
-        let kept = (missing as usize).min(self.finals.len());
-        self.finals.range(self.finals.len() - kept..)
+        self.finals_between(seen, self.finals_total)
+    }
+
+    /// The final bars numbered `seen + 1 ..= upto` (of `finals_total`), those still kept: a reader
+    /// that counts itself up to `upto` must not be given a bar finalized after that, or it would
+    /// be given that one again.
+    pub fn finals_between(&self, seen: u64, upto: u64) -> impl Iterator<Item = &Bar> {
+        let upto = upto.min(self.finals_total);
+        let first_kept = self.finals_total - self.finals.len() as u64;
+        let from = seen.clamp(first_kept, upto.max(first_kept));
+        let to = upto.max(first_kept);
+        self.finals
+            .range((from - first_kept) as usize..(to - first_kept) as usize)
     }
 }
 
@@ -410,6 +420,17 @@ mod tests {
         assert_eq!(s.finals_total, 3);
         assert_eq!(s.finals.len(), 2, "keep bounds the history");
         assert_eq!(s.finals_after(1).count(), 2);
+        // A reader counting itself up to 2 (a mirror published before the third) gets the second.
+        let between = |seen, upto| {
+            s.finals_between(seen, upto)
+                .map(|b| b.start)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(between(1, 2), [2000]);
+        assert_eq!(between(0, 2), [2000], "the first is no longer kept");
+        assert_eq!(between(0, 1), Vec::<i64>::new());
+        assert_eq!(between(2, 9), [3000], "never past finals_total");
+        assert_eq!(between(3, 2), Vec::<i64>::new());
         assert_eq!(
             s.finals_after(2).map(|b| b.start).collect::<Vec<_>>(),
             [3000]

@@ -507,13 +507,14 @@ impl SymbolEntry {
         self.market.intervals.get(i).map_or("", |i| i.name.as_str())
     }
 
-    /// The final bars of interval `i` after the first `seen`, those still kept (a connection
-    /// catching up on final bars; its mirror keeps only the open ones).
-    pub fn finals_after(&self, i: usize, seen: u64) -> Vec<Bar> {
+    /// The final bars of interval `i` numbered `seen + 1 ..= upto`, those still kept (a
+    /// connection catching up on final bars to the count its mirror published; the mirror keeps
+    /// only the open ones). The entry may have finalized more since: those go with the next news.
+    pub fn finals_between(&self, i: usize, seen: u64, upto: u64) -> Vec<Bar> {
         let st = lock(&self.state);
         st.bars
             .get(i)
-            .map(|s| s.finals_after(seen).copied().collect())
+            .map(|s| s.finals_between(seen, upto).copied().collect())
             .unwrap_or_default()
     }
 

@@ -31,7 +31,7 @@ pub struct Published<'a> {
     /// The symbol's recent trade prints.
     pub tape: &'a Tape,
     /// Per configured interval, the open bar and how many have ended (a worker's mirror keeps no
-    /// final bars: `SymbolEntry::finals_after` reads them).
+    /// final bars: `SymbolEntry::finals_between` reads them).
     pub bars: &'a [Series],
 }
 
