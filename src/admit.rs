@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_http::StatusCode;
 
-use crate::access::{token_of, Admission, ClientGuards, Grant, Refusal};
+use crate::access::{presented, Admission, ClientGuards, Grant, Presented, Refusal};
 use crate::security_log;
 use crate::session::{ConnectionGuard, Transport};
 use crate::state::AppState;
@@ -24,6 +24,8 @@ pub struct ClientRequest<'a> {
     pub origin: Option<&'a str>,
     pub query: &'a str,
     pub authorization: Option<&'a str>,
+    /// Every `Sec-WebSocket-Protocol` header value (a token may ride there, `presented`).
+    pub protocols: Vec<&'a str>,
     pub peer: Option<SocketAddr>,
     /// Every `X-Forwarded-For` header, in order (read only from a trusted proxy).
     pub forwarded_for: Vec<&'a str>,
@@ -43,6 +45,10 @@ impl<'a> ClientRequest<'a> {
             origin: header("origin"),
             query,
             authorization: header("authorization"),
+            protocols: headers
+                .get_all("sec-websocket-protocol")
+                .filter_map(|v| v.to_str().ok())
+                .collect(),
             peer,
             forwarded_for: headers
                 .get_all("x-forwarded-for")
@@ -188,8 +194,9 @@ pub fn admit(
 /// The credential check alone, with the failure throttle (a `/metrics` scrape on the public
 /// listener, which takes no connection place).
 pub fn verify(state: &AppState, req: &ClientRequest) -> Result<Grant, Refused> {
+    let token = presented(req.query, req.authorization, &req.protocols, false);
     with_client(state, req, |client| {
-        authorize(&state.access.get(), req, client)
+        authorize(&state.access.get(), token.token(), client)
     })
 }
 
@@ -208,15 +215,14 @@ fn with_client<T>(
     })
 }
 
-/// The token of `req`, verified, unless it failed too often from `client` lately.
+/// `token`, verified, unless it failed too often from `client` lately.
 fn authorize(
     access: &crate::access::Access,
-    req: &ClientRequest,
+    token: Option<&str>,
     client: Option<IpAddr>,
 ) -> Result<Grant, Refused> {
     let now = std::time::Instant::now();
-    let token = token_of(req.query, req.authorization);
-    let credential = access.fingerprint(token.as_deref());
+    let credential = access.fingerprint(token);
     if let Some(client) = client.filter(|_| access.auth_required()) {
         access
             .check_auth_throttle(client, credential, now)
@@ -230,7 +236,7 @@ fn authorize(
                 .with_header("retry-after", "5")
             })?;
     }
-    access.authorize(token.as_deref()).map_err(|r| {
+    access.authorize(token).map_err(|r| {
         if let Some(client) = client {
             access.auth_failed(client, credential, now);
         }
@@ -238,7 +244,7 @@ fn authorize(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             r.reason(),
-            "a valid token is needed: ?token=... or Authorization: Bearer ...\n",
+            "a valid token is needed: Authorization: Bearer ..., ?ticket=... (POST /v1/ticket) or ?token=...\n",
         )
         .with_header("www-authenticate", "Bearer")
     })
@@ -284,7 +290,30 @@ fn admit_client(
             "this Origin may not use this gateway\n",
         ));
     }
-    let grant = authorize(access, req, client)?;
+    // A ticket stands for its token: from here on, admitted exactly as that token would be.
+    let token = match presented(
+        req.query,
+        req.authorization,
+        &req.protocols,
+        transport.is_some(),
+    ) {
+        Presented::Ticket(ticket) => state
+            .tickets
+            .redeem(&ticket, req.origin, std::time::Instant::now())
+            .map_err(|_| {
+                Refused::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    Refusal::Ticket.reason(),
+                    "this ticket is unknown, used, expired or from another Origin: \
+                     POST /v1/ticket for a new one\n",
+                )
+                .with_header("www-authenticate", "Bearer")
+            })?,
+        Presented::Token(token) => Some(token),
+        Presented::Nothing => None,
+    };
+    let grant = authorize(access, token.as_deref(), client)?;
     let mut guards = ClientGuards::default();
     if let Some(client) = client {
         guards.ip = Some(
@@ -306,10 +335,9 @@ fn admit_client(
             unavailable("max_connections", "too many connections; retry later\n")
         })?),
     };
-    let admission = connection.is_some().then(|| {
-        let token = token_of(req.query, req.authorization);
-        Box::new(access.admission(req.origin, token.as_deref()))
-    });
+    let admission = connection
+        .is_some()
+        .then(|| Box::new(access.admission(req.origin, token.as_deref())));
     Ok(Admitted {
         grant,
         guards,

@@ -556,6 +556,7 @@ async fn run(
         }),
         feeds: health,
         access,
+        tickets: Arc::default(),
     });
     let with_ops = listeners.ops.is_none();
     let public_state = state.clone();

@@ -11,6 +11,9 @@ pub struct AppState {
     pub sessions: Arc<SessionShared>,
     /// The access checks in force (replaced by a reload).
     pub access: Arc<LiveAccess>,
+    /// Tickets issued by `POST /v1/ticket` and not yet used (kept across reloads: a ticket is
+    /// checked against the settings in force when it is used).
+    pub tickets: Arc<crate::access::Tickets>,
     /// (feed name, health) in `FeedId` order.
     pub feeds: Vec<(String, Arc<FeedHealth>)>,
 }

@@ -516,3 +516,219 @@ async fn only_ws_upgrades_and_a_plain_get_of_ws_is_told_to() {
     let update = control.expect("update").await;
     assert_eq!(update["bid"], "1.01");
 }
+
+/// `POST /v1/ticket`: the answer for the credential in its header, and its refusals.
+async fn post_ticket(
+    gw: &TestGateway,
+    headers: &[(&str, &str)],
+) -> (u16, String, serde_json::Value) {
+    let (status, head, body) = support::http(gw.addr, "POST", "/v1/ticket", headers).await;
+    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    (status, head, json)
+}
+
+/// A ticket admits once, as its credential would: the same symbol grants and the same count
+/// against `max_connections_per_token`, on `/ws` and `/v1/stream`, only from the Origin it was
+/// issued to, and never again; a credential in the ticket request's URL is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_admits_once_as_its_credential_would() {
+    let gw = gateway(&format!(
+        "[access]\nauth = \"jwt\"\njwt_hs256_secret = \"{HS_SECRET}\"\n\
+         allowed_origins = [\"https://ui.example\", \"https://other.example\"]\n\
+         [limits]\nmax_connections_per_token = 3\n"
+    ))
+    .await;
+    let token = hs256(json!({"exp": unix_now() + 3600, "sub": "u1", "symbols": ["AAPL"]}));
+    let bearer = format!("Bearer {token}");
+    let ui = ("Origin", "https://ui.example");
+
+    let (status, head, answer) = post_ticket(&gw, &[("Authorization", &bearer), ui]).await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(answer["expires_in"], 30);
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://ui.example"),
+        "{head}"
+    );
+    let ticket = answer["ticket"].as_str().unwrap().to_string();
+    assert!(!ticket.contains(&token) && ticket.len() >= 43);
+
+    // Refusals of the ticket request itself.
+    assert_eq!(post_ticket(&gw, &[ui]).await.0, 401, "no credential");
+    assert_eq!(
+        post_ticket(&gw, &[("Authorization", "Bearer nope"), ui])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post_ticket(
+            &gw,
+            &[
+                ("Authorization", &bearer),
+                ("Origin", "https://evil.example")
+            ]
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, _, body) =
+        support::http(gw.addr, "POST", &format!("/v1/ticket?token={token}"), &[]).await;
+    assert_eq!(status, 400, "a token in the URL: {body}");
+    assert_eq!(
+        support::http(gw.addr, "GET", "/v1/ticket", &[("Authorization", &bearer)])
+            .await
+            .0
+            / 100,
+        4
+    );
+    let (status, head, _) = support::http(
+        gw.addr,
+        "OPTIONS",
+        "/v1/ticket",
+        &[
+            ui,
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "authorization"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(
+        head.contains("access-control-allow-methods: get, post"),
+        "{head}"
+    );
+
+    // From another allowed Origin it is refused, and used up.
+    let path = format!("/ws?ticket={ticket}");
+    assert_eq!(
+        upgrade(gw.addr, &path, &[("Origin", "https://other.example")])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        upgrade(gw.addr, &path, &[ui]).await.0,
+        401,
+        "used up by the wrong Origin"
+    );
+
+    // Admitted once, from its Origin; the second time refused.
+    let (_, _, answer) = post_ticket(&gw, &[("Authorization", &bearer), ui]).await;
+    let path = format!("/ws?ticket={}", answer["ticket"].as_str().unwrap());
+    let (status, held_1) = support::upgrade_held(gw.addr, &path, &[ui]).await;
+    assert_eq!(status, 101);
+    let (status, head) = upgrade(gw.addr, &path, &[ui]).await;
+    assert_eq!(status, 401, "a ticket is good once: {head}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+
+    // A ticket issued without an Origin (not a browser) admits a client without one, with the
+    // token's grants: AAPL only.
+    let (_, _, answer) = post_ticket(&gw, &[("Authorization", &bearer)]).await;
+    let mut c = Client::connect(&format!(
+        "{}?ticket={}",
+        gw.url(),
+        answer["ticket"].as_str().unwrap()
+    ))
+    .await;
+    c.send(json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"]}))
+        .await;
+    let ack = c.expect("ack").await;
+    assert_eq!(ack["symbols"], json!(["AAPL"]));
+    assert_eq!(
+        ack["rejected"],
+        json!([{"symbol": "MSFT", "code": "unauthorized"}])
+    );
+
+    // The SSE stream takes a ticket too; it is the token's third connection.
+    let (_, _, answer) = post_ticket(&gw, &[("Authorization", &bearer)]).await;
+    let mut sse = SseClient::connect(
+        gw.addr,
+        &format!(
+            "/v1/stream?symbols=AAPL&ticket={}",
+            answer["ticket"].as_str().unwrap()
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200, "{}", sse.head);
+    assert_eq!(sse.event().await.event, "snapshot");
+    // A fourth, by ticket, is past max_connections_per_token as the token itself would be.
+    let (_, _, answer) = post_ticket(&gw, &[("Authorization", &bearer)]).await;
+    let path = format!("/ws?ticket={}", answer["ticket"].as_str().unwrap());
+    assert_eq!(upgrade(gw.addr, &path, &[]).await.0, 429);
+    assert_eq!(
+        upgrade(gw.addr, &format!("/ws?token={token}"), &[]).await.0,
+        429
+    );
+    // On REST, a ticket is no credential (REST takes the header).
+    let (status, _, _) = support::http(
+        gw.addr,
+        "GET",
+        &format!(
+            "/v1/quotes?symbols=AAPL&ticket={}",
+            answer["ticket"].as_str().unwrap()
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        gw.metric("quotegw_connections_refused_total{reason=\"bad_ticket\"}")
+            .await,
+        3.0
+    );
+    drop(held_1);
+    // The ticket's client never noticed any of it.
+    assert_eq!(c.expect("snapshot").await["symbol"], "AAPL");
+}
+
+/// A client that cannot set headers and must not put the token in the URL offers it as a
+/// WebSocket protocol; the gateway answers with `quotegw.v1` only, never the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_websocket_protocol_admits_and_is_never_echoed() {
+    let gw = gateway(&format!(
+        "[access]\nauth = \"api_key\"\napi_keys = [\"{KEY}\"]\n"
+    ))
+    .await;
+    let offer = format!("quotegw.v1, quotegw.bearer.{KEY}");
+    let (status, head) = upgrade(gw.addr, "/ws", &[("Sec-WebSocket-Protocol", &offer)]).await;
+    assert_eq!(status, 101, "{head}");
+    assert!(
+        head.contains("sec-websocket-protocol: quotegw.v1\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains(&KEY.to_ascii_lowercase()), "{head}");
+    // Without quotegw.v1 among them, no protocol is chosen (none may be echoed but that one).
+    let offer = format!("quotegw.bearer.{KEY}");
+    let (status, head) = upgrade(gw.addr, "/ws", &[("Sec-WebSocket-Protocol", &offer)]).await;
+    assert_eq!(status, 101, "{head}");
+    assert!(!head.contains("sec-websocket-protocol"), "{head}");
+    let (status, _) = upgrade(
+        gw.addr,
+        "/ws",
+        &[(
+            "Sec-WebSocket-Protocol",
+            "quotegw.v1, quotegw.bearer.wrong-key-0123",
+        )],
+    )
+    .await;
+    assert_eq!(status, 401);
+    // A real client with the protocol: the quotes flow.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(gw.url())
+            .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("quotegw.v1, quotegw.bearer.{KEY}").parse().unwrap(),
+    );
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "quotegw.v1");
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(r#"{"op":"subscribe","symbols":["AAPL"]}"#.into())
+        .await
+        .unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"ack\""), "{first}");
+}

@@ -497,6 +497,25 @@ async fn sighup_rotates_keys_and_closes_only_the_revoked_keys_clients() {
     .await;
     assert!(sse.next_event().await.is_some());
 
+    // A client admitted by a ticket for B is B's client; a ticket for B not yet used dies with B.
+    let ticket = |key: &'static str| async move {
+        let (status, _, body) = support::http(
+            addr,
+            "POST",
+            "/v1/ticket",
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        answer["ticket"].as_str().unwrap().to_string()
+    };
+    let mut by_ticket =
+        Client::connect(&format!("ws://{addr}/ws?ticket={}", ticket(B).await)).await;
+    by_ticket.subscribe(&["AAPL"]).await;
+    revoked.push(by_ticket);
+    let unused = ticket(B).await;
+
     std::fs::write(&path, config(&[A, C], 3)).unwrap();
     let hup = || {
         let status = Command::new("kill")
@@ -513,6 +532,8 @@ async fn sighup_rotates_keys_and_closes_only_the_revoked_keys_clients() {
         );
     }
     while sse.next_event().await.is_some() {}
+    let (status, _) = support::upgrade(addr, &format!("/ws?ticket={unused}"), &[]).await;
+    assert_eq!(status, 401, "a ticket for a revoked key");
     for (i, c) in keeps.iter_mut().enumerate() {
         c.sync(&format!("after-{i}")).await;
         c.until(|m| m["type"] == "update").await;

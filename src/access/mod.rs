@@ -17,6 +17,7 @@
 mod grants;
 mod limits;
 mod settings;
+mod tickets;
 mod tokens;
 
 pub use grants::{Credential, Grant, Scope};
@@ -26,8 +27,11 @@ pub use settings::{
     AccessConfig, ApiKeyEntry, AuthMode, DelayedTierConfig, Secret, ThrottledTierConfig, Tier,
     TiersConfig, DEFAULT_JWT_LEEWAY_SECS,
 };
-pub use tokens::token_of;
+pub use tickets::{IssueRefusal, RedeemRefusal, Tickets, MAX_PER_CREDENTIAL, TICKET_TTL};
 use tokens::{digest, JwtVerifier, Verifier};
+pub use tokens::{
+    offers_ws_protocol, presented, token_of, Presented, BEARER_PROTOCOL_PREFIX, WS_PROTOCOL,
+};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -64,16 +68,22 @@ pub enum Refusal {
     /// 429: too many sockets from this IP that are not yet sessions or answered (handshakes,
     /// requests being sent); the socket is answered at once, before its request is read.
     PendingPerIp,
+    /// 401: a ticket unknown, used, expired, or shown from another Origin (`tickets.rs`).
+    Ticket,
+    /// 429: `POST /v1/ticket` from a credential holding `MAX_PER_CREDENTIAL` unused tickets.
+    TicketLimit,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Origin,
         Refusal::Unauthorized,
         Refusal::PerIpLimit,
         Refusal::PerTokenLimit,
         Refusal::AuthThrottled,
         Refusal::PendingPerIp,
+        Refusal::Ticket,
+        Refusal::TicketLimit,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -84,6 +94,8 @@ impl Refusal {
             Refusal::PerTokenLimit => "per_token_limit",
             Refusal::AuthThrottled => "auth_throttled",
             Refusal::PendingPerIp => "pending_per_ip",
+            Refusal::Ticket => "bad_ticket",
+            Refusal::TicketLimit => "ticket_limit",
         }
     }
 }

@@ -255,3 +255,56 @@ fn a_token_is_taken_from_the_query_once_decoded_and_never_when_given_twice() {
         Some("h")
     );
 }
+
+/// Where a credential is looked for: the header, a `quotegw.bearer.` WebSocket protocol, a ticket
+/// (streams only), then `?token=`; one given twice is none.
+#[test]
+fn a_credential_is_found_header_first_then_protocol_ticket_and_query() {
+    use super::{offers_ws_protocol, presented, Presented};
+    let token = |t: &str| Presented::Token(t.to_string());
+    let both = ["quotegw.v1, quotegw.bearer.k-1"];
+    assert_eq!(
+        presented("token=q", Some("Bearer h"), &both, true),
+        token("h")
+    );
+    assert_eq!(
+        presented("token=q&ticket=t", None, &both, true),
+        token("k-1")
+    );
+    assert_eq!(
+        presented("token=q", None, &["quotegw.v1", "quotegw.bearer.k-2"], true),
+        token("k-2"),
+        "the protocol as separate header lines"
+    );
+    assert_eq!(
+        presented("token=q&ticket=t", None, &[], true),
+        Presented::Ticket("t".into())
+    );
+    assert_eq!(
+        presented("token=q&ticket=t", None, &[], false),
+        token("q"),
+        "no tickets off streams"
+    );
+    assert_eq!(
+        presented("ticket=a&ticket=b", None, &[], true),
+        Presented::Nothing
+    );
+    assert_eq!(
+        presented(
+            "token=q",
+            None,
+            &["quotegw.bearer.a, quotegw.bearer.b"],
+            true
+        ),
+        token("q"),
+        "two bearer protocols are none"
+    );
+    assert_eq!(
+        presented("", None, &["quotegw.bearer."], true),
+        Presented::Nothing
+    );
+    assert!(offers_ws_protocol(&both));
+    assert!(!offers_ws_protocol(&[
+        "quotegw.v2, quotegw.bearer.quotegw.v1"
+    ]));
+}

@@ -203,7 +203,7 @@ async fn handshake(
     let admitted = admit_upgrade(&state, &req);
     let (response, body, size) = match &admitted {
         Ok(_) => (
-            ws::handshake_response(req.head()).message_body(())?,
+            handshake_response(&req).message_body(())?,
             "",
             BodySize::None,
         ),
@@ -316,6 +316,21 @@ pub async fn proxy_header(
             )
             .record_as_security_event(state, Some(peer), "tcp");
         })
+}
+
+/// The 101 answer: `quotegw.v1` when the client offered it, never another protocol (a token offered
+/// as `quotegw.bearer.<token>` is not echoed: it would then sit in the response too).
+fn handshake_response(req: &Request) -> actix_http::ResponseBuilder {
+    let mut response = ws::handshake_response(req.head());
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if crate::access::offers_ws_protocol(&offered) {
+        response.insert_header(("sec-websocket-protocol", crate::access::WS_PROTOCOL));
+    }
+    response
 }
 
 /// The checks of a WebSocket upgrade: what makes it one, then admission (`admit.rs`).

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::access::{CorsOrigin, Grant, Tier};
+use crate::access::{
+    CorsOrigin, Grant, IssueRefusal, Refusal, Tier, MAX_PER_CREDENTIAL, TICKET_TTL,
+};
 use crate::admit::{admit, Admitted, ClientRequest, Refused};
 use crate::delta::{encode_snapshot, with_delayed_ms};
 use crate::protocol::{push_json_str, ErrorCode, SymbolList};
@@ -23,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/symbols", web::get().to(symbols))
         .route("/v1/bars", web::get().to(bars))
         .route("/v1/trades", web::get().to(trades))
+        .route("/v1/ticket", web::post().to(ticket))
         .route("/v1/stream", web::get().to(stream_on_a_used_connection))
         .route(
             "/v1/{tail:.*}",
@@ -425,13 +428,86 @@ async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     let mut response = HttpResponse::NoContent();
     cors(&state, &req, &mut response);
     response
-        .insert_header(("Access-Control-Allow-Methods", "GET"))
+        .insert_header(("Access-Control-Allow-Methods", "GET, POST"))
         .insert_header((
             "Access-Control-Allow-Headers",
             "Authorization, Last-Event-ID",
         ))
         .insert_header(("Access-Control-Max-Age", "600"))
         .finish()
+}
+
+/// `POST /v1/ticket` with the credential in `Authorization: Bearer` → `{"ticket":"...",
+/// "expires_in":30}`: a stand-in for the credential that opens one stream (`?ticket=` on `/ws` or
+/// `/v1/stream`) within its lifetime, from the same Origin (`access/tickets.rs`). Admitted like
+/// any `/v1` request; a credential in the URL is refused here, since keeping it out of URLs is
+/// what a ticket is for.
+async fn ticket(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let answer = || -> Result<String, Refused> {
+        if Query::parse(req.query_string()).0.contains_key("token") {
+            return Err(Refused::bad_request(
+                "bad_request",
+                "send the token as Authorization: Bearer ..., not in the URL",
+            ));
+        }
+        // The Origin and the credential (with the failure throttle), but no place among the
+        // client's connections: a page at its token's connection limit still gets a ticket, and
+        // the stream it opens is counted then.
+        let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
+        if state.access.get().check_origin(origin).is_err() {
+            return Err(Refused::new(
+                StatusCode::FORBIDDEN,
+                "unauthorized",
+                Refusal::Origin.reason(),
+                "this Origin may not use this gateway",
+            ));
+        }
+        let proxied = req
+            .conn_data::<crate::proxied::ProxiedClient>()
+            .map(|c| c.0);
+        let request = ClientRequest::of(req.headers(), "", req.peer_addr()).proxied(proxied);
+        crate::admit::verify(&state, &request)?;
+        // The token `verify` verified: the ticket stands for it.
+        let token = crate::access::presented("", request.authorization, &request.protocols, false);
+        let access = state.access.get();
+        let ticket = state
+            .tickets
+            .issue(
+                token.token(),
+                origin,
+                access.fingerprint(token.token()),
+                std::time::Instant::now(),
+            )
+            .map_err(|r| match r {
+                IssueRefusal::PerCredential => Refused::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    Refusal::TicketLimit.reason(),
+                    format!(
+                        "this credential holds {MAX_PER_CREDENTIAL} unused tickets: use them, \
+                         or wait for them to expire"
+                    ),
+                )
+                .with_header("retry-after", "30"),
+                IssueRefusal::Full => Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate_limited",
+                    Refusal::TicketLimit.reason(),
+                    "too many unused tickets; retry later",
+                )
+                .with_header("retry-after", "5"),
+            })?;
+        let mut body = String::from(r#"{"ticket":"#);
+        push_json_str(&mut body, &ticket);
+        body.push_str(r#","expires_in":"#);
+        body.push_str(itoa::Buffer::new().format(TICKET_TTL.as_secs()));
+        body.push('}');
+        Ok(body)
+    };
+    match answer() {
+        Ok(body) => json(&state, &req, StatusCode::OK, body),
+        Err(r) => refusal(&state, &req, r),
+    }
 }
 
 /// `/v1/stream` is taken over from the connection's first bytes (`session::sse`); this answers
