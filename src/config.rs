@@ -148,6 +148,7 @@ impl Config {
             ));
         }
         self.check_protected_mode()?;
+        self.access.validate()?;
         let l = &self.limits;
         let positive: [(&str, u64); 8] = [
             ("max_connections_per_ip", l.max_connections_per_ip as u64),

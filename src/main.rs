@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use quotegw::{Config, Gateway};
+use quotegw::{Config, Gateway, StartError};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Real-time stock-quote streaming gateway.
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
                 || "the embedded default config".to_string(),
                 |p| p.display().to_string(),
             );
-            let plan = Gateway::new(config).check()?;
+            let plan = Gateway::new(config).check().map_err(in_file(&cli.config))?;
             println!("quotegw: {shown} is valid; it would run:");
             for line in plan.lines {
                 println!("  {line}");
@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
 
-    let gateway = Gateway::new(config).start()?;
+    let gateway = Gateway::new(config).start().map_err(in_file(&cli.config))?;
     match gateway.metrics_addr() {
         Some(ops) => tracing::info!(
             "quotegw listening on http://{} (WebSocket at /ws); metrics at http://{ops}/metrics",
@@ -182,7 +182,19 @@ fn reload(gateway: &quotegw::app::Reloader, path: Option<&std::path::Path>, list
                 );
             }
         }
-        Err(e) => tracing::error!("SIGHUP: {e}; the config in force is kept"),
+        Err(e) => tracing::error!(
+            "SIGHUP: {}: {e}; the config in force is kept",
+            path.display()
+        ),
+    }
+}
+
+/// A start error, with the config file named when the error is about `[access]` (its key alone,
+/// `access.api_keys`, would not say which file; the other errors name their feed or address).
+fn in_file(path: &Option<PathBuf>) -> impl FnOnce(StartError) -> anyhow::Error + '_ {
+    move |e| match (&e, path) {
+        (StartError::Access(_), Some(path)) => anyhow::anyhow!("{}: {e}", path.display()),
+        _ => e.into(),
     }
 }
 

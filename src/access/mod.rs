@@ -282,6 +282,20 @@ impl Access {
                         message: "list at least one key of 16 or more characters".into(),
                     });
                 }
+                // One key twice (pasted again during a rotation) would have two tiers and be
+                // matched twice; which entry wins is not ours to guess.
+                for (i, (key, _)) in keys.iter().enumerate() {
+                    if let Some(j) = keys[..i].iter().position(|(k, _)| k == key) {
+                        return Err(AccessError::Config {
+                            key: "api_keys",
+                            message: format!(
+                                "entries {} and {} are the same key: list each key once",
+                                j + 1,
+                                i + 1
+                            ),
+                        });
+                    }
+                }
                 // Kept as digests: every comparison is of 32 bytes with 32 bytes, so its timing
                 // says nothing about a key's length either.
                 Verifier::ApiKeys(

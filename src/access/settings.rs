@@ -95,6 +95,68 @@ pub struct AccessConfig {
     pub proxy_protocol: bool,
 }
 
+impl AccessConfig {
+    /// What can be checked without the environment or key files: each `allowed_origins` entry is
+    /// an Origin as browsers send one (found from outside: `https://ui.example/` was accepted and
+    /// then matched no page, locking every browser out). Errors are (key, what to change).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for origin in &self.allowed_origins {
+            if let Some(problem) = origin_problem(origin) {
+                return Err((
+                    "access.allowed_origins".into(),
+                    format!(
+                        "{origin:?} {problem}; write each as browsers send it, e.g. \
+                         \"https://trade.example.com\" or \"http://localhost:3000\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why `o` can never equal a browser's `Origin` header (`scheme://host[:port]`, lower case, no
+/// default port, nothing after), if it cannot.
+fn origin_problem(o: &str) -> Option<&'static str> {
+    if o == "null" {
+        return Some("is what sandboxed frames and local files send: any page can pose as one");
+    }
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return Some("has no scheme (https://)");
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+    {
+        return Some("has a scheme browsers do not send (lower case, like https)");
+    }
+    if rest.is_empty() {
+        return Some("has no host");
+    }
+    if rest.contains(['/', '?', '#']) {
+        return Some("has a path, query or trailing slash, which an Origin never has");
+    }
+    if rest.contains('*') {
+        return Some("has a wildcard: list each Origin exactly");
+    }
+    if rest.contains(['@', ' ', '\t']) {
+        return Some("is not an Origin");
+    }
+    if rest.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some("has capitals: browsers send the host in lower case");
+    }
+    let default_port = match scheme {
+        "https" | "wss" => ":443",
+        "http" | "ws" => ":80",
+        _ => "",
+    };
+    if !default_port.is_empty() && rest.ends_with(default_port) && !rest.ends_with(']') {
+        return Some("names the scheme's default port, which browsers leave out");
+    }
+    None
+}
+
 impl Default for AccessConfig {
     fn default() -> Self {
         AccessConfig {

@@ -41,6 +41,25 @@ fn api_keys_match_exactly() {
         &TiersConfig::default()
     )
     .is_err());
+    // The same key twice (say, once with a tier and once without) is refused, naming the entries.
+    let twice = Access::new(
+        &AccessConfig {
+            auth: AuthMode::ApiKey,
+            api_keys: vec![
+                Secret::new("0123456789abcdef").into(),
+                Secret::new("fedcba9876543210").into(),
+                Secret::new("0123456789abcdef").into(),
+            ],
+            ..AccessConfig::default()
+        },
+        limits(),
+        &TiersConfig::default(),
+    );
+    let e = twice.err().expect("refused").to_string();
+    assert_eq!(
+        e,
+        "access.api_keys: entries 1 and 3 are the same key: list each key once"
+    );
 }
 
 #[test]

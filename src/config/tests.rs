@@ -242,3 +242,33 @@ fn protected_mode_refuses_anonymous_access_off_loopback() {
         assert!(Config::parse(ok, "ok.toml").is_ok(), "{ok}");
     }
 }
+
+/// An allowed Origin that no browser would ever send is a config error, not a silent lockout.
+#[test]
+fn allowed_origins_must_be_origins_as_browsers_send_them() {
+    let with = |o: &str| format!("[access]\nallowed_origins = [\"https://ok.example\", {o:?}]\n");
+    for good in [
+        "https://trade.example.com",
+        "http://localhost:3000",
+        "https://[::1]:8443",
+    ] {
+        assert!(Config::parse(&with(good), "my.toml").is_ok(), "{good}");
+    }
+    for (bad, why) in [
+        ("https://trade.example.com/", "trailing slash"),
+        ("https://trade.example.com/app", "path"),
+        ("trade.example.com", "no scheme"),
+        ("https://*.example.com", "wildcard"),
+        ("https://Trade.example.com", "capitals"),
+        ("HTTPS://trade.example.com", "scheme"),
+        ("https://trade.example.com:443", "default port"),
+        ("null", "sandboxed"),
+        ("https://", "no host"),
+    ] {
+        let e = err(&with(bad));
+        assert!(
+            e.starts_with("my.toml: key 'access.allowed_origins': ") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+}
