@@ -381,6 +381,12 @@ fn check_config_refuses_what_a_start_would_without_listening_or_connecting() {
             "garbage.pem",
         ),
         (
+            // An [access] error names the file (its key alone would not say which).
+            "twice.toml",
+            format!("listen = \"127.0.0.1:0\"\n[access]\nauth = \"api_key\"\napi_keys = [\"0123456789abcdef\", \"0123456789abcdef\"]\n{feed}"),
+            "twice.toml: access.api_keys: entries 1 and 2 are the same key",
+        ),
+        (
             "nats-url.toml",
             "listen = \"127.0.0.1:0\"\n[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"http://10.0.0.5:4222\"\n".to_string(),
             "nats_url",
