@@ -33,6 +33,7 @@ pub struct Metrics {
     pub slow_consumer_closes: IntCounter,
     pub client_errors: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    pub tickets_issued: IntCounter,
     pub closes: IntCounterVec,
     pub tick_to_write: Histogram,
     pub feed_up: IntGaugeVec,
@@ -110,6 +111,7 @@ impl Metrics {
             fanout_rest_seconds: reg(&registry, Counter::new("quotegw_fanout_rest_seconds_total", "Time the workers' fan-out rested between busy passes (limits.fanout_busy_percent): latency traded for fuller frames under load.").expect("valid metric name")),
             slow_consumer_closes: counter("quotegw_slow_consumer_closes_total", "Connections closed with 4008 because their socket accepted nothing for slow_consumer_timeout_ms."),
             client_errors: counter_vec("quotegw_client_errors_total", "Error replies to client ops, by code.", &["code"]),
+            tickets_issued: counter("quotegw_tickets_issued_total", "Tickets issued by POST /v1/ticket (a refused one is counted in quotegw_connections_refused_total{reason=\"bad_ticket\"})."),
             connections_refused: counter_vec("quotegw_connections_refused_total", "Requests refused before anything was served (WebSocket upgrades, SSE streams, REST and /metrics requests, sockets over max_pending_per_ip), by reason.", &["reason"]),
             closes: counter_vec("quotegw_closes_total", "Connections closed by the gateway, by close code.", &["code"]),
             tick_to_write: reg(&registry, Histogram::with_opts(

@@ -674,6 +674,7 @@ async fn a_ticket_admits_once_as_its_credential_would() {
     )
     .await;
     assert_eq!(status, 401);
+    assert_eq!(gw.metric("quotegw_tickets_issued_total").await, 5.0);
     assert_eq!(
         gw.metric("quotegw_connections_refused_total{reason=\"bad_ticket\"}")
             .await,

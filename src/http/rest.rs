@@ -497,6 +497,7 @@ async fn ticket(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 )
                 .with_header("retry-after", "5"),
             })?;
+        state.sessions.metrics.tickets_issued.inc();
         let mut body = String::from(r#"{"ticket":"#);
         push_json_str(&mut body, &ticket);
         body.push_str(r#","expires_in":"#);
