@@ -87,3 +87,22 @@ async fn dashboards_and_alert_rules_reference_only_metrics_the_gateway_exports()
         "the dashboards check failed (its output above says why)"
     );
 }
+
+/// The widget failing over between two edges of one scale-out ingest on a real nats-server
+/// (`tests/widget/failover.mjs`): edge A killed mid-stream, the first URL down at page load, a
+/// close 1012, and the seq guard against scripted gateways, in headless Chromium.
+#[test]
+fn the_widget_fails_over_between_edges_in_chromium() {
+    let nats = support::nats::NatsServer::start();
+    let status = Command::new("node")
+        .arg("tests/widget/failover.mjs")
+        .current_dir(root())
+        .env("QUOTEGW_BIN", env!("CARGO_BIN_EXE_quotegw"))
+        .env("NATS_URL", &nats.url)
+        .status()
+        .expect("node runs (Debian: apt-get install nodejs npm)");
+    assert!(
+        status.success(),
+        "the failover browser test failed (its output above says which check)"
+    );
+}

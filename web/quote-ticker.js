@@ -10,8 +10,11 @@
 // Attributes
 //   symbols  comma-separated tickers, case-insensitive ("aapl, msft"). An entry that is not a symbol
 //            by the protocol's rule (see below) is listed as rejected, "not a symbol", and never sent.
-//   url      the gateway's WebSocket URL. Default: /ws on the host that served this script
-//            (ws:// for http, wss:// for https). A relative URL resolves against the page.
+//   url      the gateway's WebSocket URL, or several separated by whitespace for failover
+//            (url="wss://a.example.com/ws wss://b.example.com/ws"; see "Failover" below). Default:
+//            /ws on the host that served this script (ws:// for http, wss:// for https). A relative
+//            URL resolves against the page. One entry that is not a WebSocket URL makes the whole
+//            attribute invalid (state "failed"): a list is never silently shortened.
 //   fields   comma-separated quote fields, in display order. Default "bid,ask,last,volume".
 //            Any of: bid, ask, last, bid_size, ask_size, last_size, volume, ts.
 //   layout   "tape" (a scrolling strip) or "grid" (a table). Default "grid".
@@ -102,17 +105,55 @@
 //   reconnect or in a retry; so it cannot disturb the other elements sharing the connection. (An
 //   `ack.rejected` entry with code invalid_symbol, whose echo is the string cut to 40 characters,
 //   is shown for the symbol it names, or ignored when it names none shown.)
+// - Failover (url lists several gateways, e.g. edges of one scale-out ingest: they number seq
+//   alike; see docs/deployment.md): elements with the same url attribute (the same list, in the
+//   same order) share one connection, which uses one gateway at a time.
+//   - Order: the first URL first. When the gateway in use fails (its socket ends other than by
+//     1008 or 1012, or a connect to it fails: refused handshake, unreachable, a token provider that
+//     fails, a ticket it will not issue), the next URL of the list is tried, wrapping round to the
+//     first. A gateway that works is kept: nothing moves back to the first URL while it works,
+//     so a failover never flaps back to a gateway that just died; the first URL is tried again
+//     only when the list wraps round to it after the gateway in use fails.
+//   - Delays: the first connect to each URL not yet tried since the last socket that worked waits a
+//     uniformly random [0, 1 s] (full jitter: quick, since the values on screen are ageing, yet the
+//     browsers of a dead gateway do not all land on the next in the same instant). Once every URL
+//     has failed in a row, the backoff below applies (500 ms·2^n, equal jitter, capped at 30 s, n
+//     counting full rounds of the list). With one URL this is exactly the backoff below.
+//   - While away, the element keeps showing the last values it had, marked as reconnecting: state
+//     "reconnecting" (connectionState, the connectionstatechange event, the container part's
+//     data-connection attribute, the custom state quote-ticker:state(reconnecting) for the host
+//     page's CSS), "Reconnecting…" in the connection part, the body part aria-busy="true" and
+//     dimmed, and a polite screen-reader announcement. connectionInfo.url and .urlIndex name the
+//     gateway in use (or tried next), without its query.
+//   - The seq guard: the new gateway's snapshot of a symbol is shown when its seq is not older than
+//     the seq shown. An older one (that gateway is behind, or its seq started over) is held: the
+//     row keeps the last values, marked (the row's data-held attribute, a title on its badge,
+//     displayedQuotes[SYMBOL].held), the held quote follows that gateway's updates in the
+//     background, and is shown as soon as its seq reaches the one shown. A gateway that never
+//     gets there (genuinely behind and not moving, or restarted without saying so) is believed
+//     after 3 s: values never freeze. After close 1012 (the quote source restarted: seq starts
+//     over, PROTOCOL.md) the guard is off for the next socket: its snapshots are shown whatever
+//     their seq, and that socket goes to the same gateway (it works; 1012 is not its failure).
+//     The shown seq of a symbol therefore never goes back, but after a 1012 or the 3 s bound.
+//   - Tokens stay per URL (setToken(token, url) names one gateway of the list; each connect asks
+//     the provider of the URL it goes to, with that url); trade and bar history (GET /v1/trades,
+//     /v1/bars) is read from the gateway in use.
 // - Reconnects and subscribes again. How soon depends on how the socket ended:
-//   - 1001 (the gateway is shutting down or restarting): after a uniformly random delay in
+//   - 1001 (the gateway is shutting down or restarting): to the next URL when there are several,
+//     after a uniformly random delay in
 //     [0, 5 s] ("full jitter"; the window grows with the backoff below when a gateway keeps doing
 //     it), so a restart does not bring every browser back in the same instant.
-//   - 1008 (policy: bad or expired token, refused Origin): with a token provider, asks it for a
+//   - 1012 (the quote source restarted): back to the same gateway after a uniformly random delay in
+//     [0, 1 s] (every client of the gateway gets it at once), taking its snapshots whatever their
+//     seq (see Failover).
+//   - 1008 (policy: bad or expired token, refused Origin; the same gateway, not the next URL): with a token provider, asks it for a
 //     fresh token ({ renew: true }) and reconnects at once, one time. If that connection also ends
 //     in 1008 within 10 s of opening (or there is no provider), it stops: state "unauthorized",
 //     the gateway's reason on screen, and no retry until QuoteTicker.setToken is called or an
 //     element's attributes change (or an element joins the connection).
 //   - anything else, including a handshake the gateway refused with HTTP 401/403/429/503 (which a
-//     browser reports only as close 1006, without the status): exponential backoff, 500 ms·2^n
+//     browser reports only as close 1006, without the status): the next URL when there are several
+//     (see Failover), then exponential backoff, 500 ms·2^n
 //     capped at 30 s, with "equal jitter" (a random delay in [ceiling/2, ceiling]), so no retry is
 //     immediate and a refused page backs off further on every attempt; n returns to 0 once the
 //     gateway answers in protocol.
@@ -161,10 +202,14 @@
 //   "unauthorized" (stopped after close 1008, see above) or "failed" (the url is not a WebSocket
 //   URL); a "connectionstatechange" event fires when it changes, with element.connectionInfo as
 //   its detail.
-// - element.connectionInfo: { state, closeCode, closeReason, retryDelayMs }: how the connection's
-//   last socket ended (null before any), and the delay chosen for the pending reconnect in ms (null
-//   when none is pending).
-// - element.displayedQuotes: { SYMBOL: { field: text shown, ..., status } } for the shown symbols.
+// - element.connectionInfo: { state, closeCode, closeReason, retryDelayMs, url, urlIndex }: how the
+//   connection's last socket ended (null before any), the delay chosen for the pending reconnect in
+//   ms (null when none is pending), and the gateway in use or tried next (its URL without query,
+//   and its place in the url list, from 0).
+// - element.displayedQuotes: { SYMBOL: { field: text shown, ..., status, seq, held } } for the shown
+//   symbols: seq of the values shown (null before any), held: true while a newer gateway's older
+//   snapshot waits behind them (the seq guard, see Failover). Each grid row (and tape item) carries
+//   data-symbol, data-seq and, while held, data-held.
 // - element.rejectedSymbols: [{ symbol, code }].
 // - Every value cell carries data-symbol, data-field and data-value (the raw value as received).
 // - element.displayedSparklines (sparkline set): { SYMBOL: { interval, closes: [strings, oldest
@@ -230,10 +275,20 @@ const RESTART_JITTER_MS = 5000;
 const POLICY_REARM_MS = 10000;
 // A token provider that has not answered after this long counts as failed.
 const TOKEN_TIMEOUT_MS = 15000;
+// With several gateway URLs, a connect to one not yet tried since the last working socket waits a
+// uniformly random delay in [0, this] ("full jitter"): quick, since the quotes on screen are going
+// stale, yet spread, so that the browsers of a gateway that died do not all reach the next one in
+// the same millisecond.
+const FAILOVER_JITTER_MS = 1000;
+// A new socket's snapshot older (lower seq) than what is shown waits: it is shown once that
+// gateway's stream reaches the seq shown, or after this long (a gateway that is genuinely behind,
+// or whose seq started over without a 1012, is then believed; the values must not freeze).
+const SEQ_GUARD_MS = 3000;
 // Close codes the reconnect logic tells apart (see the header).
 const CLOSE_GOING_AWAY = 1001;
 const CLOSE_POLICY = 1008;
 const CLOSE_ABNORMAL = 1006;
+const CLOSE_SERVICE_RESTART = 1012;
 // Browsers cannot send WebSocket pings; the ping op keeps idle proxies from dropping the connection.
 const PING_INTERVAL_MS = 20000;
 // A subscribe op refused with rate_limited is tried again after this long.
@@ -312,9 +367,19 @@ function defaultUrl() {
   return u.href;
 }
 
-/** Resolves a url attribute to an absolute ws:/wss: URL, or null when it cannot be one. */
+/**
+ * Resolves a url attribute (one URL, or several separated by whitespace) to its absolute ws:/wss:
+ * URLs joined by single spaces (a resolved URL holds no space: the parser escapes it), or null when
+ * any entry cannot be one.
+ */
 function resolveUrl(attr) {
   if (!attr || !attr.trim()) return defaultUrl();
+  const urls = attr.trim().split(/\s+/).map(resolveOne);
+  return urls.every(Boolean) ? urls.join(" ") : null;
+}
+
+/** Resolves one URL to an absolute ws:/wss: URL, or null when it cannot be one. */
+function resolveOne(attr) {
   try {
     const u = new URL(attr.trim(), document.baseURI);
     if (u.protocol === "http:") u.protocol = "ws:";
@@ -376,20 +441,23 @@ function callProvider(provider, info) {
   });
 }
 
-function connectionFor(url) {
-  let c = connections.get(url);
+function connectionFor(key) {
+  let c = connections.get(key);
   if (!c) {
-    c = new Connection(url);
-    connections.set(url, c);
+    c = new Connection(key);
+    connections.set(key, c);
   }
   return c;
 }
 
 class Connection {
-  constructor(url) {
-    this.url = url; // may hold a token (from the url attribute): never log it, log safeUrl
-    this.safeUrl = redactUrl(url);
-    this.scope = tokenScope(url);
+  /** `key`: what resolveUrl gave, one gateway URL or several separated by single spaces. */
+  constructor(key) {
+    this.key = key;
+    // The gateways, in the order given; `index` is the one in use (or tried next). A URL may hold a
+    // token (from the url attribute): never log it, log safeUrl.
+    this.urls = key.split(" ");
+    this.index = 0;
     this.state = "connecting";
     this.ws = null;
     this.widgets = new Set(); // attached elements, in attach order (the first one announces)
@@ -421,7 +489,16 @@ class Connection {
     this.fetchesRunning = 0;
     this.restToken = null; // the token of the current connect, for GET /v1/... as a Bearer header
     this.pollTimer = 0;
-    this.quotes = new Map(); // SYMBOL -> { socket, seq, fields, status }
+    this.quotes = new Map(); // SYMBOL -> { socket, seq, fields, status }: what is shown
+    // The seq guard: SYMBOL -> { quote, since } for a snapshot of the current socket older than
+    // what is shown (another gateway, or one behind); updates apply to it, and it is shown once its
+    // seq reaches the shown one, or after SEQ_GUARD_MS (see the header).
+    this.held = new Map();
+    this.guardTimer = 0;
+    // After close 1012 (the quote source restarted, seq starts over): the next socket's snapshots
+    // are taken whatever their seq. freshSocket is that socket's number.
+    this.seqReset = false;
+    this.freshSocket = 0;
     this.rejected = new Map(); // SYMBOL (or a string that is not one) -> code
     this.toSubscribe = new Set();
     this.toUnsubscribe = new Set();
@@ -451,6 +528,28 @@ class Connection {
     // same task) applies to the first connect too.
     queueMicrotask(() => {
       if (!this.disposed && !this.ws && !this.retryTimer && !this.awaitingToken) this.open(false);
+    });
+  }
+
+  /** The gateway URL in use, or tried next. */
+  get url() {
+    return this.urls[this.index];
+  }
+
+  get safeUrl() {
+    return redactUrl(this.url);
+  }
+
+  /** The setToken scope of the gateway in use. */
+  get scope() {
+    return tokenScope(this.url);
+  }
+
+  /** Whether setToken(.., scope) concerns this connection: one of its URLs, or the page default. */
+  coveredBy(scope) {
+    return this.urls.some((u) => {
+      const own = tokenScope(u);
+      return own === scope || (scope === DEFAULT_SCOPE && !tokenSources.has(own));
     });
   }
 
@@ -517,6 +616,7 @@ class Connection {
       }
       this.refs.delete(s);
       this.quotes.delete(s);
+      this.held.delete(s);
       this.rejected.delete(s);
       this.toSubscribe.delete(s);
       if (this.subscribed.has(s)) this.toUnsubscribe.add(s);
@@ -719,6 +819,14 @@ class Connection {
     this.subscribed.clear();
     this.sentWants.clear();
     this.pendingOps.clear();
+    // What the previous socket held back is of no use: this one sends its own snapshots.
+    const unheld = new Set(this.held.keys());
+    this.held.clear();
+    if (unheld.size) for (const w of this.widgets) w._quotesChanged(unheld, false);
+    if (this.seqReset) {
+      this.seqReset = false;
+      this.freshSocket = this.socketNo;
+    }
     ws.onopen = () => {
       if (ws !== this.ws) return;
       this.openedAt = Date.now();
@@ -790,25 +898,52 @@ class Connection {
       }
       return;
     }
-    const ceiling = this.backoffCeiling();
-    const delay =
-      this.closeCode === CLOSE_GOING_AWAY
-        ? Math.random() * Math.max(RESTART_JITTER_MS, ceiling)
-        : ceiling / 2 + Math.random() * (ceiling / 2);
+    if (this.closeCode === CLOSE_SERVICE_RESTART) {
+      // The quote source restarted: this gateway works, and its seq starts over. Back to it (it is
+      // the one whose new numbering the next snapshots carry), with the guard off for one socket.
+      this.seqReset = true;
+      const delay = this.attempt === 0 ? Math.random() * FAILOVER_JITTER_MS : this.equalJitter();
+      this.attempt++;
+      this.schedule(delay, false);
+      return;
+    }
+    this.failedOver(this.closeCode === CLOSE_GOING_AWAY);
+  }
+
+  /**
+   * The gateway in use failed (a lost socket, a refused handshake, a token provider or ticket that
+   * failed): on to the next URL of the list (round robin), after the delay the header describes.
+   * `goingAway`: it closed with 1001.
+   */
+  failedOver(goingAway = false) {
+    if (this.widgets.size === 0) return;
+    // Another URL not tried since the last socket that worked: go now (jittered).
+    const untried = this.attempt < this.urls.length - 1;
+    let delay;
+    if (goingAway) delay = Math.random() * Math.max(RESTART_JITTER_MS, this.backoffCeiling());
+    else if (untried) delay = Math.random() * FAILOVER_JITTER_MS;
+    else delay = this.equalJitter();
     this.attempt++;
+    this.index = (this.index + 1) % this.urls.length;
     this.schedule(delay, false);
   }
 
-  /** A connect that failed before any socket (the token provider): backoff as for a lost socket. */
+  /** A connect that failed before any socket (the token provider): as a lost socket. */
   retryAfterFailure() {
-    if (this.widgets.size === 0) return;
-    const ceiling = this.backoffCeiling();
-    this.attempt++;
-    this.schedule(ceiling / 2 + Math.random() * (ceiling / 2), false);
+    this.failedOver(false);
   }
 
+  /** A delay in [ceiling/2, ceiling] ("equal jitter"): never immediate. */
+  equalJitter() {
+    const ceiling = this.backoffCeiling();
+    return ceiling / 2 + Math.random() * (ceiling / 2);
+  }
+
+  // Doubles with every failed attempt once every URL has failed since the last working socket
+  // (with one URL: every failed attempt), from BACKOFF_BASE_MS to BACKOFF_MAX_MS.
   backoffCeiling() {
-    return Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.attempt, 16));
+    const rounds = Math.max(0, this.attempt - (this.urls.length - 1));
+    return Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(rounds, 16));
   }
 
   schedule(delay, renew) {
@@ -856,6 +991,7 @@ class Connection {
     clearTimeout(this.retryTimer);
     clearInterval(this.pingTimer);
     clearInterval(this.pollTimer);
+    clearTimeout(this.guardTimer);
     this.fetchQueue = [];
     window.removeEventListener("online", this.onOnline);
     const ws = this.ws;
@@ -868,7 +1004,7 @@ class Connection {
         // already closed
       }
     }
-    if (connections.get(this.url) === this) connections.delete(this.url);
+    if (connections.get(this.key) === this) connections.delete(this.key);
   }
 
   /** What element.connectionInfo shows for this connection. */
@@ -878,6 +1014,8 @@ class Connection {
       closeCode: this.closeCode,
       closeReason: this.closeReason,
       retryDelayMs: this.retryDelay,
+      url: this.safeUrl,
+      urlIndex: this.index,
     };
   }
 
@@ -948,41 +1086,90 @@ class Connection {
     const q = this.quotes.get(m.symbol);
     // A re-sent snapshot on the same socket may repeat the seq; an older one is out of date.
     if (q && q.socket === this.socketNo && seq < q.seq) return false;
-    // A new socket's snapshot older than what the last one showed: the gateway started seq over.
-    if (q && q.socket !== this.socketNo && seq < q.seq) this.seqRestarted();
     const fields = {};
     for (const [k, v] of Object.entries(m)) {
       if (k !== "type" && k !== "symbol" && k !== "seq" && k !== "status") fields[k] = v;
     }
-    this.quotes.set(m.symbol, {
-      socket: this.socketNo,
-      seq,
-      fields,
-      status: typeof m.status === "string" ? m.status : "live",
-    });
+    const quote = { socket: this.socketNo, seq, fields, status: typeof m.status === "string" ? m.status : "live" };
     this.rejected.delete(m.symbol);
+    // A new socket's snapshot older than what is shown: another gateway, one behind, or one whose
+    // seq started over. Held back (the seq guard) unless a 1012 said seq starts over.
+    if (q && q.socket !== this.socketNo && seq < q.seq) {
+      if (this.freshSocket !== this.socketNo) {
+        const h = this.held.get(m.symbol);
+        this.held.set(m.symbol, { quote, since: h && h.quote.socket === this.socketNo ? h.since : Date.now() });
+        this.armGuard();
+        return true; // the row now shows it is held
+      }
+      this.seqRestarted();
+    }
+    this.held.delete(m.symbol);
+    this.quotes.set(m.symbol, quote);
     return true;
   }
 
   applyUpdate(m) {
+    if (typeof m.seq !== "number") return false;
+    const h = this.held.get(m.symbol);
+    if (h && h.quote.socket === this.socketNo) {
+      // Held: followed in the background, shown once it reaches the seq on screen.
+      if (!(m.seq > h.quote.seq)) return false;
+      applyDelta(h.quote, m);
+      const q = this.quotes.get(m.symbol);
+      return !q || h.quote.seq >= q.seq ? this.releaseHeld(m.symbol, false) : false;
+    }
     const q = this.quotes.get(m.symbol);
     // No snapshot on this socket yet: the update's deltas would apply to the wrong base.
     if (!q || q.socket !== this.socketNo) return false;
-    if (typeof m.seq !== "number" || !(m.seq > q.seq)) return false;
-    q.seq = m.seq;
-    for (const [k, v] of Object.entries(m)) {
-      if (k === "type" || k === "symbol" || k === "seq" || k === "conflated") continue;
-      if (k === "status") q.status = typeof v === "string" ? v : q.status;
-      else q.fields[k] = v;
-    }
+    if (!(m.seq > q.seq)) return false;
+    applyDelta(q, m);
     return true;
   }
 
   applyStatus(m) {
+    if (typeof m.status !== "string") return false;
+    const h = this.held.get(m.symbol);
+    if (h && h.quote.socket === this.socketNo) {
+      h.quote.status = m.status;
+      return false;
+    }
     const q = this.quotes.get(m.symbol);
-    if (!q || q.socket !== this.socketNo || typeof m.status !== "string") return false;
+    if (!q || q.socket !== this.socketNo) return false;
     q.status = m.status;
     return true;
+  }
+
+  /** Shows a held quote. `bounded`: SEQ_GUARD_MS passed first, so its seq started over (or lags). */
+  releaseHeld(symbol, bounded) {
+    const h = this.held.get(symbol);
+    if (!h) return false;
+    this.held.delete(symbol);
+    if (bounded) this.seqRestarted();
+    this.quotes.set(symbol, h.quote);
+    return true;
+  }
+
+  /** Whether `symbol` is shown with an older gateway's values while this socket's are held. */
+  isHeld(symbol) {
+    const h = this.held.get(symbol);
+    return !!h && h.quote.socket === this.socketNo;
+  }
+
+  // One timer for every held symbol: at each deadline, what has waited SEQ_GUARD_MS is shown.
+  armGuard() {
+    if (this.guardTimer) return;
+    const oldest = Math.min(...[...this.held.values()].map((h) => h.since));
+    this.guardTimer = setTimeout(() => {
+      this.guardTimer = 0;
+      const now = Date.now();
+      const changed = new Set();
+      for (const [s, h] of [...this.held]) {
+        if (h.quote.socket !== this.socketNo) this.held.delete(s);
+        else if (now - h.since >= SEQ_GUARD_MS && this.releaseHeld(s, true)) changed.add(s);
+      }
+      if (changed.size) for (const w of this.widgets) w._quotesChanged(changed, false);
+      if (this.held.size) this.armGuard();
+    }, Math.max(0, oldest + SEQ_GUARD_MS - Date.now()));
   }
 
   applyAck(m) {
@@ -1344,6 +1531,16 @@ class Connection {
 // ---------------------------------------------------------------------------------------------
 // Trades and bars kept by a connection, shared by the elements that show them
 
+/** Applies an update's fields (only the changed ones travel) to a quote `q`, seq included. */
+function applyDelta(q, m) {
+  q.seq = m.seq;
+  for (const [k, v] of Object.entries(m)) {
+    if (k === "type" || k === "symbol" || k === "seq" || k === "conflated") continue;
+    if (k === "status") q.status = typeof v === "string" ? v : q.status;
+    else q.fields[k] = v;
+  }
+}
+
 function seriesKey(symbol, interval) {
   return `${symbol}\u0000${interval}`;
 }
@@ -1454,7 +1651,7 @@ const STYLE = `
 .badge[data-status="stale"] { color: var(--quote-ticker-stale, #9a6700); }
 .badge[data-status="halted"] { color: var(--quote-ticker-halted, #cf222e); }
 .badge[data-status="waiting"] { color: var(--quote-ticker-muted, #6a737d); }
-[data-row-status="stale"] .val, [data-row-status="stale"] .sym { opacity: .55; }
+[data-row-status="stale"] .val, [data-row-status="stale"] .sym, [data-held] .val { opacity: .55; }
 [data-row-status="halted"] .val { text-decoration: line-through; text-decoration-thickness: 1px; }
 .val { border-radius: 3px; padding: 0 .2em; }
 .val[data-dir="up"] { color: var(--quote-ticker-up, #1a7f37); }
@@ -1746,6 +1943,29 @@ const DETACH = Symbol("detach");
 
 class GatewayElement extends HTMLElement {
   #rebuildQueued = false;
+  #internals = null;
+
+  constructor() {
+    super();
+    try {
+      this.#internals = this.attachInternals();
+    } catch {
+      // no ElementInternals: the states are still on the container part (data-connection)
+    }
+  }
+
+  // The connection state as a custom state of the element, for host pages' CSS:
+  // quote-ticker:state(reconnecting) { outline: 2px dashed orange; }
+  _reflectState(state) {
+    const states = this.#internals && this.#internals.states;
+    if (!states) return;
+    try {
+      for (const s of [...states]) if (s !== state) states.delete(s);
+      states.add(state);
+    } catch {
+      // a browser that only takes the older "--state" form: data-connection still says it
+    }
+  }
 
   connectedCallback() {
     this[REBUILD]();
@@ -1808,15 +2028,13 @@ class QuoteTicker extends GatewayElement {
     }
     let scope = DEFAULT_SCOPE;
     if (url !== undefined && url !== null) {
-      const resolved = resolveUrl(String(url));
-      if (!resolved) throw new TypeError("quote-ticker: setToken: url is not a ws:, wss:, http: or https: URL");
+      const resolved = String(url).trim() ? resolveOne(String(url)) : null;
+      if (!resolved) throw new TypeError("quote-ticker: setToken: url is not one ws:, wss:, http: or https: URL");
       scope = tokenScope(resolved);
     }
     if (token === null || token === undefined) tokenSources.delete(scope);
     else tokenSources.set(scope, token);
-    for (const c of connections.values()) {
-      if (c.scope === scope || (scope === DEFAULT_SCOPE && !tokenSources.has(c.scope))) c.resume(true);
-    }
+    for (const c of connections.values()) if (c.coveredBy(scope)) c.resume(true);
   }
 
   /** "idle", "connecting", "live", "reconnecting", "unauthorized" or "failed". */
@@ -1841,6 +2059,8 @@ class QuoteTicker extends GatewayElement {
       const q = {};
       for (const f of this.#fields) q[f] = v.cells[f][0].textContent;
       q.status = v.status;
+      q.seq = v.seq === "" || v.seq === undefined ? null : Number(v.seq);
+      q.held = !!v.held;
       out[sym] = q;
     }
     return out;
@@ -2155,7 +2375,10 @@ class QuoteTicker extends GatewayElement {
     if (this.#nodes.box) {
       this.#nodes.box.dataset.connection = state;
       this.#nodes.connText.textContent = connectionLabel(state, this.#conn && this.#conn.closeReason);
+      // The values on screen are the last ones received, not live, until the connection is back.
+      this.#nodes.body.setAttribute("aria-busy", String(state === "connecting" || state === "reconnecting"));
     }
+    this._reflectState(state);
     if (before === state) return;
     // One announcement per page and connection, not one per element.
     if (lead && CONNECTION_ANNOUNCE[state] && this.#announced !== state) {
@@ -2241,6 +2464,20 @@ class QuoteTicker extends GatewayElement {
           b.dataset.status = status;
         }
         for (const r of v.rows) r.dataset.rowStatus = status;
+      }
+      const seq = q ? String(q.seq) : "";
+      const held = !!conn && conn.isHeld(sym);
+      if (seq !== v.seq || held !== v.held) {
+        v.seq = seq;
+        v.held = held;
+        for (const r of v.rows) {
+          if (r.dataset.symbol) r.dataset.seq = seq;
+          r.toggleAttribute("data-held", held);
+        }
+        for (const b of v.badges) {
+          if (held) b.title = "Waiting for this gateway to catch up; showing the last values";
+          else b.removeAttribute("title");
+        }
       }
     }
     this.#dirty.clear();
@@ -2473,7 +2710,7 @@ class QuoteTape extends GatewayElement {
     live.setAttribute("role", "status");
     box.append(bar, body, rejected, live);
     this.#root.replaceChildren(style, box);
-    this.#nodes = { box, connText, note, tbody, empty, rejected, rejectedList, live, columns: labels.length + 1, multi };
+    this.#nodes = { box, connText, note, body, tbody, empty, rejected, rejectedList, live, columns: labels.length + 1, multi };
     this.#rowEls = new Map();
     this.#announcedRejects = new Set();
   }
@@ -2486,7 +2723,10 @@ class QuoteTape extends GatewayElement {
     if (this.#nodes.box) {
       this.#nodes.box.dataset.connection = state;
       this.#nodes.connText.textContent = connectionLabel(state, this.#conn && this.#conn.closeReason);
+      // The values on screen are the last ones received, not live, until the connection is back.
+      this.#nodes.body.setAttribute("aria-busy", String(state === "connecting" || state === "reconnecting"));
     }
+    this._reflectState(state);
     if (before === state) return;
     if (lead && CONNECTION_ANNOUNCE[state] && this.#announced !== state) {
       this.#announced = state;

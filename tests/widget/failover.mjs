@@ -1,0 +1,730 @@
+#!/usr/bin/env node
+// Browser test of <quote-ticker> failing over between gateways (url="ws://A/ws ws://B/ws"), in real
+// headless Chromium (Debian's, driven by playwright-core, as tests/widget/run.mjs), against a real
+// scale-out: one ingest (a simulated market) publishing to a real nats-server, and two edges, A and
+// B, serving clients from it. The host page comes from another origin (tests/widget/embed-server.mjs)
+// and loads the widget from edge B.
+//
+//   NATS_URL=nats://127.0.0.1:4222 QUOTEGW_BIN=target/debug/quotegw node tests/widget/failover.mjs
+//
+// Without NATS_URL it starts /usr/sbin/nats-server itself on a free port (development; CI's
+// tests/web.rs passes the one tests/support/nats.rs started). QUOTEGW_BIN defaults to
+// target/release/quotegw or target/debug/quotegw. QUOTEGW_WEB_OVERLAY=1: as in run.mjs, a binary
+// embedding an older web/quote-ticker.js than the one on disk is bridged by tests/widget/overlay.mjs
+// (development only; without it such a binary fails the run).
+//
+// Checks, in order:
+//   1. The element is live on A (the first URL) and its values move.
+//   2. A is SIGKILLed mid-stream: the element says reconnecting (state, the container's
+//      data-connection, the :state() custom state, aria-busy, its text) and still shows the last
+//      values it had; then it is live on B and keeps updating; its seq for a symbol never goes
+//      back; what it shows equals B's GET /v1/quotes (retried until they agree); no socket goes
+//      back to A (it stays on the gateway that works).
+//   3. A page whose first URL is down at load goes on to the second and shows B's quotes.
+//   4. Close 1012: the ingest is killed, the cache's quote and bar subjects purged (so its
+//      successor numbers seq from 1 again), a new ingest started; B closes the element's socket
+//      with 1012; it reconnects to B and takes the lower seq at once (no symbol held back by the
+//      seq guard), and shows B's quotes again.
+// No check measures speed: every wait is a bounded poll for a condition with a generous deadline.
+
+import { spawn, spawnSync } from "node:child_process";
+import crypto from "node:crypto";
+import { createRequire } from "node:module";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { embedPage, startEmbedServer } from "./embed-server.mjs";
+import { startOverlay } from "./overlay.mjs";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const OVERALL_TIMEOUT_MS = 240_000;
+const READY_TIMEOUT_MS = 30_000;
+const STEP_TIMEOUT_MS = 30_000;
+const POLL_MS = 100;
+const SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN"];
+const PRICE_FIELDS = ["bid", "ask", "last"];
+// Unique per run, so that a NATS server shared with other runs never mixes their states.
+const STREAM = `QGWFAIL${process.pid}`;
+const PREFIX = `qgwfail${process.pid}`;
+
+class TestFailure extends Error {}
+function fail(message) {
+  throw new TestFailure(message);
+}
+function log(line) {
+  process.stdout.write(`${line}\n`);
+}
+let passed = 0;
+function ok(what) {
+  passed++;
+  log(`ok ${passed} - ${what}`);
+}
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `probe` until it returns a truthy value ({ ok: false } is falsy); fails at the deadline. */
+async function waitFor(what, probe, timeoutMs = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (last && last.ok !== false) return last;
+    if (Date.now() > deadline) {
+      const detail = last && last.detail !== undefined ? `; last seen: ${JSON.stringify(last.detail)}` : "";
+      fail(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
+    }
+    await sleep(POLL_MS);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.unref();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A gateway process (ingest or edge) in its own process group, its output kept for failures. */
+class Gateway {
+  constructor(bin, config, port, name) {
+    Object.assign(this, { bin, config, port, name, proc: null, output: [], upstreamPort: null, overlay: null });
+  }
+
+  get base() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  get ws() {
+    return `ws://127.0.0.1:${this.port}/ws`;
+  }
+
+  async enableOverlay(files) {
+    this.upstreamPort = await freePort();
+    this.overlay = await startOverlay(this.port, this.upstreamPort, files);
+  }
+
+  start() {
+    const listen = `127.0.0.1:${this.upstreamPort ?? this.port}`;
+    const proc = spawn(this.bin, ["--config", this.config, "--listen", listen], {
+      detached: true,
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.proc = proc;
+    proc.exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
+    proc.on("error", (e) => this.output.push(`spawn error: ${e.message}`));
+    for (const stream of [proc.stdout, proc.stderr]) {
+      stream.setEncoding("utf8");
+      stream.on("data", (chunk) => {
+        for (const line of chunk.split("\n")) if (line) this.output.push(line);
+        if (this.output.length > 300) this.output.splice(0, this.output.length - 300);
+      });
+    }
+  }
+
+  async startReady() {
+    this.start();
+    let exited = null;
+    this.proc.exited.then((e) => (exited = e));
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    while (Date.now() < deadline && !exited) {
+      try {
+        const res = await fetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(1000) });
+        if (res.status === 200) return;
+      } catch {
+        // not listening yet
+      }
+      await sleep(POLL_MS);
+    }
+    fail(exited ? `${this.name} exited during start-up (${JSON.stringify(exited)})` : `${this.name} not ready within ${READY_TIMEOUT_MS} ms`);
+  }
+
+  async stop(signal = "SIGKILL") {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    try {
+      process.kill(-proc.pid, signal);
+    } catch {
+      // already gone
+    }
+    await Promise.race([proc.exited, sleep(5000)]);
+  }
+
+  stopNow() {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    try {
+      process.kill(-proc.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+
+  tail(n = 25) {
+    return this.output.slice(-n).map((l) => `${this.name}: ${l}`).join("\n");
+  }
+}
+
+/**
+ * Purges `subjects` of a JetStream stream through NATS's own client protocol (a plain TCP
+ * connection: CONNECT, SUB an inbox, PUB the $JS.API request, read the reply), as
+ * `nats stream purge STREAM --subject ...` would. Resolves to the reply's JSON.
+ */
+function natsPurge(natsUrl, stream, subject) {
+  const u = new URL(natsUrl.split(",")[0].trim());
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(Number(u.port || 4222), u.hostname);
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`no purge reply from ${u.host} within 10 s`));
+    }, 10_000);
+    let buf = Buffer.alloc(0);
+    let sent = false;
+    sock.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    sock.on("data", (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        const eol = buf.indexOf("\r\n");
+        if (eol < 0) return;
+        const line = buf.subarray(0, eol).toString();
+        if (line.startsWith("MSG ")) {
+          const size = Number(line.trim().split(/\s+/).pop());
+          if (buf.length < eol + 2 + size + 2) return;
+          const payload = buf.subarray(eol + 2, eol + 2 + size).toString();
+          clearTimeout(timer);
+          sock.destroy();
+          try {
+            resolve(JSON.parse(payload));
+          } catch (e) {
+            reject(e);
+          }
+          return;
+        }
+        buf = buf.subarray(eol + 2);
+        if (line.startsWith("INFO ") && !sent) {
+          sent = true;
+          const body = JSON.stringify({ filter: subject });
+          const auth = u.username ? `,"user":${JSON.stringify(decodeURIComponent(u.username))},"pass":${JSON.stringify(decodeURIComponent(u.password))}` : "";
+          sock.write(`CONNECT {"verbose":false,"pedantic":false,"headers":false${auth}}\r\nSUB _INBOX.purge 1\r\n`);
+          sock.write(`PUB $JS.API.STREAM.PURGE.${stream} _INBOX.purge ${Buffer.byteLength(body)}\r\n${body}\r\n`);
+        } else if (line.startsWith("PING")) {
+          sock.write("PONG\r\n");
+        } else if (line.startsWith("-ERR")) {
+          clearTimeout(timer);
+          sock.destroy();
+          reject(new Error(line));
+          return;
+        }
+      }
+    });
+  });
+}
+
+/** Starts Debian's nats-server (JetStream) on a free port when the caller gave no NATS_URL. */
+async function ownNats(state) {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-failover-nats-"));
+  state.tmpDirs.push(dir);
+  const conf = path.join(dir, "nats.conf");
+  fs.writeFileSync(conf, `listen: 127.0.0.1:${port}\njetstream { store_dir: "${path.join(dir, "store")}" }\n`);
+  const proc = spawn("/usr/sbin/nats-server", ["-c", conf], { stdio: "ignore", detached: true });
+  state.nats = proc;
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const up = await new Promise((r) => {
+      const s = net.connect(port, "127.0.0.1", () => {
+        s.destroy();
+        r(true);
+      });
+      s.on("error", () => r(false));
+    });
+    if (up) break;
+    if (Date.now() > deadline) fail("nats-server did not listen within 10 s");
+    await sleep(50);
+  }
+  return `nats://127.0.0.1:${port}`;
+}
+
+function ingestConfig(natsUrl) {
+  return `# tests/widget/failover.mjs: the scale-out ingest (a simulated market), publishing to NATS.
+listen = "127.0.0.1:8080"
+workers = 1
+
+[[feeds]]
+kind = "simulated"
+name = "sim"
+symbols = ${JSON.stringify(SYMBOLS)}
+ticks_per_second = 40
+seed = 7
+
+[publish]
+nats_url = "${natsUrl}"
+stream = "${STREAM}"
+subject_prefix = "${PREFIX}"
+heartbeat_ms = 100
+lease_ms = 1000
+cache_wait_ms = 3000
+`;
+}
+
+function edgeConfig(natsUrl) {
+  return `# tests/widget/failover.mjs: an edge, serving clients from the ingest's states on NATS.
+listen = "127.0.0.1:8080"
+workers = 1
+
+[[feeds]]
+kind = "nats"
+name = "bus"
+nats_url = "${natsUrl}"
+stream = "${STREAM}"
+subject_prefix = "${PREFIX}"
+stale_after_ms = 800
+`;
+}
+
+/**
+ * Installed in every page before its scripts: records, for each <quote-ticker>, every change of a
+ * row's data-seq (a seq going back is a violation, unless a 1012 came between), of data-held, and
+ * every connectionstatechange with what the element showed at that instant.
+ */
+function pageRecorder() {
+  const rec = (window.__fo = { events: [], seqBack: [], held: [], epochs: 0, maxSeq: {}, observed: new Set() });
+  document.addEventListener("connectionstatechange", (e) => {
+    const w = e.target;
+    const box = w.shadowRoot && w.shadowRoot.querySelector("[part=container]");
+    const body = w.shadowRoot && w.shadowRoot.querySelector("[part=body]");
+    let customState = null;
+    try {
+      customState = w.matches(`:state(${e.detail.state})`);
+    } catch {
+      customState = "unsupported";
+    }
+    rec.events.push({
+      id: w.id,
+      t: Date.now(),
+      ...e.detail,
+      shown: w.displayedQuotes,
+      dataConnection: box ? box.dataset.connection : null,
+      ariaBusy: body ? body.getAttribute("aria-busy") : null,
+      connText: (w.shadowRoot && w.shadowRoot.querySelector("[part=connection]")?.textContent) || "",
+      customState,
+      maxSeq: { ...(rec.maxSeq[w.id] || {}) },
+    });
+    // seq may start over from here: a new epoch for the never-back check
+    if (e.detail.closeCode === 1012 && e.detail.state === "reconnecting") rec.epochs++;
+  });
+  rec.observe = (id) => {
+    if (rec.observed.has(id)) return true;
+    const w = document.getElementById(id);
+    if (!w || !w.shadowRoot) return false;
+    rec.observed.add(id);
+    rec.maxSeq[id] = {};
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const row = r.target;
+        const sym = row.dataset && row.dataset.symbol;
+        if (!sym) continue;
+        if (r.attributeName === "data-held") {
+          rec.held.push({ id, sym, held: row.hasAttribute("data-held"), epoch: rec.epochs, t: Date.now() });
+          continue;
+        }
+        const seq = row.dataset.seq === "" || row.dataset.seq === undefined ? null : Number(row.dataset.seq);
+        if (seq === null) continue;
+        // The last seq shown: a seq below it is a step back (the guard must prevent it but after 1012).
+        const before = rec.maxSeq[id][sym];
+        if (before !== undefined && seq < before) rec.seqBack.push({ id, sym, from: before, to: seq, epoch: rec.epochs });
+        rec.maxSeq[id][sym] = seq;
+      }
+    }).observe(w.shadowRoot, { subtree: true, attributes: true, attributeFilter: ["data-seq", "data-held"] });
+    return true;
+  };
+}
+
+/**
+ * A scripted gateway for the seq guard: a minimal WebSocket server (RFC 6455 handshake, unmasked
+ * text frames out, masked ones in) on a free port. `onOp(op, send)` is called for each client op;
+ * `send(messages)` writes one frame (a JSON array), `drop()` cuts every socket (a crash: 1006).
+ */
+async function scriptedGateway(onOp) {
+  const sockets = new Set();
+  const frame = (text) => {
+    const body = Buffer.from(text);
+    const head = body.length < 126 ? Buffer.from([0x81, body.length]) : Buffer.from([0x81, 126, body.length >> 8, body.length & 255]);
+    return Buffer.concat([head, body]);
+  };
+  const server = net.createServer((sock) => {
+    let buf = Buffer.alloc(0);
+    let open = false;
+    const send = (messages) => sock.write(frame(JSON.stringify(messages)));
+    sock.on("error", () => {});
+    sock.on("close", () => sockets.delete(sock));
+    sock.on("data", (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (!open) {
+        const end = buf.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const key = /sec-websocket-key:\s*(\S+)/i.exec(buf.subarray(0, end).toString())[1];
+        const accept = crypto.createHash("sha1").update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest("base64");
+        sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+        buf = buf.subarray(end + 4);
+        open = true;
+        sockets.add(sock);
+      }
+      while (buf.length >= 6) {
+        let len = buf[1] & 127;
+        let at = 2;
+        if (len === 126) {
+          len = buf.readUInt16BE(2);
+          at = 4;
+        }
+        if (buf.length < at + 4 + len) return;
+        const mask = buf.subarray(at, at + 4);
+        const payload = Buffer.from(buf.subarray(at + 4, at + 4 + len)).map((x, i) => x ^ mask[i % 4]);
+        const opcode = buf[0] & 15;
+        buf = buf.subarray(at + 4 + len);
+        if (opcode === 1) onOp(JSON.parse(payload.toString()), send);
+      }
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    ws: `ws://127.0.0.1:${server.address().port}/ws`,
+    sendAll(messages) {
+      for (const s of sockets) s.write(frame(JSON.stringify(messages)));
+    },
+    drop() {
+      for (const s of sockets) s.destroy();
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+      return new Promise((r) => server.close(() => r()));
+    },
+  };
+}
+
+async function quotesOf(base, symbols) {
+  const res = await fetch(`${base}/v1/quotes?symbols=${symbols.join(",")}`, { signal: AbortSignal.timeout(5000) });
+  const body = await res.json().catch(() => null);
+  if (res.status !== 200 || !body || !Array.isArray(body.quotes)) fail(`GET ${base}/v1/quotes answered ${res.status} ${JSON.stringify(body)}`);
+  return Object.fromEntries(body.quotes.map((q) => [q.symbol, q]));
+}
+
+/**
+ * What element `id` shows equals gateway `base`'s GET /v1/quotes for every symbol: seq, the prices
+ * (exact strings) and volume. The feed is live, so the two are read again until they agree for a
+ * symbol (bounded); every symbol must have agreed once.
+ */
+async function matchGateway(page, id, base, label) {
+  const matched = new Set();
+  let last = null;
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  while (matched.size < SYMBOLS.length && Date.now() < deadline) {
+    const gw = await quotesOf(base, SYMBOLS);
+    const shown = await page.evaluate((id) => document.getElementById(id).displayedQuotes, id);
+    for (const s of SYMBOLS) {
+      const d = shown[s];
+      const g = gw[s];
+      const diffs = [];
+      if (!d || !g) diffs.push("missing");
+      else {
+        if (d.seq !== g.seq) diffs.push(`seq ${d.seq} != ${g.seq}`);
+        for (const f of PRICE_FIELDS) if (d[f] !== (g[f] ?? "—")) diffs.push(`${f} ${d[f]} != ${g[f]}`);
+        if (d.volume.replace(/[^0-9]/g, "") !== String(g.volume)) diffs.push(`volume ${d.volume} != ${g.volume}`);
+        if (d.held) diffs.push("held");
+      }
+      if (diffs.length === 0) matched.add(s);
+      else last = { symbol: s, diffs };
+    }
+    if (matched.size < SYMBOLS.length) await sleep(POLL_MS);
+  }
+  if (matched.size < SYMBOLS.length) fail(`${label}: the element never showed ${base}'s quotes for ${SYMBOLS.filter((s) => !matched.has(s))}; last difference: ${JSON.stringify(last)}`);
+}
+
+function resolveBin() {
+  const candidates = [process.env.QUOTEGW_BIN, "target/release/quotegw", "target/debug/quotegw"].filter(Boolean);
+  const bin = candidates.map((c) => path.resolve(ROOT, c)).find((c) => fs.existsSync(c));
+  if (!bin) fail(`no gateway binary: set QUOTEGW_BIN (tried ${candidates.join(", ")})`);
+  return bin;
+}
+
+function loadPlaywright() {
+  const ensure = path.join(ROOT, "tests/widget/ensure-browser.sh");
+  const r = spawnSync("bash", [ensure], { stdio: ["ignore", "pipe", "inherit"], encoding: "utf8", timeout: 900_000 });
+  if (r.status !== 0) fail(`${ensure} failed (exit ${r.status})`);
+  const require = createRequire(path.join(r.stdout.trim().split("\n").pop(), "package.json"));
+  return require("playwright-core");
+}
+
+async function main(state, bin, chromium) {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-failover-"));
+  state.tmpDirs.push(tmp);
+  const natsUrl = process.env.NATS_URL || (await ownNats(state));
+  const write = (name, text) => {
+    const file = path.join(tmp, name);
+    fs.writeFileSync(file, text);
+    return file;
+  };
+  const ingestToml = write("ingest.toml", ingestConfig(natsUrl));
+  const edgeToml = write("edge.toml", edgeConfig(natsUrl));
+  const launch = async (name, config, overlayFiles) => {
+    const g = new Gateway(bin, config, await freePort(), name);
+    state.gateways.push(g);
+    if (overlayFiles) await g.enableOverlay(overlayFiles);
+    await g.startReady();
+    return g;
+  };
+  let ingest = await launch("ingest", ingestToml);
+  const a = await launch("edge A", edgeToml);
+  // B serves the page its widget script: the binary's embedded copy must be the file on disk
+  // (or, in development, the file on disk is put in front of it).
+  const widget = fs.readFileSync(path.join(ROOT, "web/quote-ticker.js"));
+  let b = await launch("edge B", edgeToml);
+  const served = Buffer.from(await (await fetch(`${b.base}/widget/quote-ticker.js`)).arrayBuffer());
+  if (!served.equals(widget)) {
+    if (process.env.QUOTEGW_WEB_OVERLAY !== "1") fail(`${bin} embeds another web/quote-ticker.js than the one on disk: rebuild it (cargo build), or set QUOTEGW_WEB_OVERLAY=1`);
+    await b.stop();
+    state.gateways.pop();
+    b = await launch("edge B", edgeToml, new Map([["/widget/quote-ticker.js", widget]]));
+    log("note: QUOTEGW_WEB_OVERLAY=1: /widget/quote-ticker.js served from web/ on disk through an overlay proxy in front of edge B");
+  }
+  for (const g of [a, b]) {
+    await waitFor(`${g.name} to serve every symbol from the ingest`, async () => {
+      const q = await quotesOf(g.base, SYMBOLS);
+      return { ok: SYMBOLS.every((s) => q[s] && q[s].status === "live"), detail: q };
+    });
+  }
+  ok(`scale-out up: ingest ${ingest.base} publishing to ${natsUrl} (stream ${STREAM}), edges A ${a.base} and B ${b.base} serve ${SYMBOLS.join(", ")} live`);
+
+  const embed = (state.embed = await startEmbedServer(widget));
+  const script = `  <script type="module" src="${b.base}/widget/quote-ticker.js"></script>`;
+  embed.page("failover", embedPage("Failover", script, `  <quote-ticker id="fo" url="${a.ws}  ${b.ws}" symbols="${SYMBOLS.join(",")}"></quote-ticker>`));
+
+  state.userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-failover-chromium-"));
+  const context = (state.context = await chromium.launchPersistentContext(state.userDataDir, {
+    executablePath: "/usr/bin/chromium",
+    headless: true,
+    timeout: 30_000,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  }));
+  context.setDefaultTimeout(STEP_TIMEOUT_MS);
+  await context.addInitScript(pageRecorder);
+  const page = context.pages()[0] || (await context.newPage());
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const sockets = [];
+  page.on("websocket", (ws) => sockets.push({ url: ws.url() }));
+  await page.goto(`${embed.originA}/failover.html`, { waitUntil: "load" });
+  await waitFor("the element to be defined and observed", () => page.evaluate(() => window.__fo.observe("fo")));
+  const view = () => page.evaluate(() => {
+    const w = document.getElementById("fo");
+    return { state: w.connectionState, info: w.connectionInfo, quotes: w.displayedQuotes };
+  });
+
+  // 1. Live on A, values moving.
+  const first = await waitFor("the element live on A with every symbol shown", async () => {
+    const v = await view();
+    return { ok: v.state === "live" && v.info.urlIndex === 0 && SYMBOLS.every((s) => v.quotes[s] && v.quotes[s].seq !== null), v, detail: v };
+  });
+  await waitFor("the values to move on A", async () => {
+    const v = await view();
+    return { ok: SYMBOLS.every((s) => v.quotes[s].seq > first.v.quotes[s].seq), detail: v.quotes };
+  });
+  if (!sockets.length || !sockets[0].url.startsWith(a.ws)) fail(`the first WebSocket went to ${sockets[0] && sockets[0].url}, want A (${a.ws})`);
+  await matchGateway(page, "fo", a.base, "on A");
+  ok(`live on A (the first URL of "${a.ws} ${b.ws}"); values move and equal A's GET /v1/quotes`);
+
+  // 2. A dies mid-stream.
+  await a.stop("SIGKILL");
+  const lost = await waitFor("the element to say reconnecting after A died", async () => {
+    const events = await page.evaluate(() => window.__fo.events.filter((e) => e.id === "fo"));
+    const e = events.find((x) => x.state === "reconnecting");
+    return { ok: !!e, e, detail: events.map((x) => x.state) };
+  });
+  const e = lost.e;
+  const marks = [];
+  if (e.dataConnection !== "reconnecting") marks.push(`container data-connection=${e.dataConnection}`);
+  if (e.ariaBusy !== "true") marks.push(`body aria-busy=${e.ariaBusy}`);
+  if (!/reconnecting/i.test(e.connText)) marks.push(`text ${JSON.stringify(e.connText)}`);
+  if (e.customState !== true) marks.push(`:state(reconnecting) ${e.customState}`);
+  if (marks.length) fail(`while reconnecting the element is not marked so: ${marks.join(", ")}`);
+  const kept = SYMBOLS.filter((s) => {
+    const q = e.shown[s];
+    return q && q.seq !== null && q.seq === e.maxSeq[s] && PRICE_FIELDS.every((f) => /^\d+(\.\d+)?$/.test(q[f]));
+  });
+  if (kept.length !== SYMBOLS.length) fail(`while reconnecting the element does not show its last values: shown ${JSON.stringify(e.shown)}, last seqs ${JSON.stringify(e.maxSeq)}`);
+  ok(`A SIGKILLed: the element says reconnecting (state, data-connection, :state(reconnecting), aria-busy, "${e.connText}"; close ${e.closeCode}, retry in ${e.retryDelayMs} ms to ${e.url}) and still shows the last values (seq ${SYMBOLS.map((s) => `${s} ${e.shown[s].seq}`).join(", ")})`);
+
+  const onB = await waitFor("the element live on B", async () => {
+    const v = await view();
+    return { ok: v.state === "live" && v.info.urlIndex === 1 && v.info.url === `${b.ws}`, v, detail: v.info };
+  });
+  await waitFor("the values to keep moving on B", async () => {
+    const v = await view();
+    return { ok: SYMBOLS.every((s) => v.quotes[s].seq > e.shown[s].seq && !v.quotes[s].held), detail: v.quotes };
+  });
+  await matchGateway(page, "fo", b.base, "after the failover");
+  const rec = await page.evaluate(() => ({ seqBack: window.__fo.seqBack, held: window.__fo.held }));
+  if (rec.seqBack.length) fail(`a shown seq went back: ${JSON.stringify(rec.seqBack.slice(0, 5))}`);
+  await sleep(1500); // a socket going back to A would be open by now (it is dead: refused)
+  const toA = sockets.slice(1).filter((s) => s.url.startsWith(a.ws));
+  if (toA.length) fail(`after the failover the element opened ${toA.length} WebSocket(s) to A again: it must stay on B, which works`);
+  ok(`then live on B (${onB.v.info.url}), values keep moving and equal B's GET /v1/quotes; no shown seq went back (${rec.held.filter((h) => h.held).length} symbol(s) held by the seq guard meanwhile); it stays on B`);
+
+  // 3. The first URL down at page load: on to the second.
+  embed.page("first-down", embedPage("First URL down", script, `  <quote-ticker id="fd" url="${a.ws} ${b.ws}" symbols="${SYMBOLS.join(",")}"></quote-ticker>`));
+  const page2 = await context.newPage();
+  page2.on("pageerror", (err) => pageErrors.push(`first-down: ${err}`));
+  await page2.goto(`${embed.originA}/first-down.html`, { waitUntil: "load" });
+  await waitFor("the first-down page live on B", async () => {
+    const v = await page2.evaluate(() => {
+      const w = document.getElementById("fd");
+      return w && w.connectionInfo ? { state: w.connectionState, info: w.connectionInfo } : null;
+    });
+    return { ok: !!v && v.state === "live" && v.info.urlIndex === 1, detail: v };
+  });
+  await matchGateway(page2, "fd", b.base, "first URL down at load");
+  await page2.close();
+  ok("a page whose first URL is down at load goes on to the second and shows B's quotes");
+
+  // 4. Close 1012: the ingest restarts without its cache; B's seq starts over.
+  await ingest.stop("SIGKILL");
+  for (const subject of [`${PREFIX}.q.>`, `${PREFIX}.b.>`]) {
+    const r = await natsPurge(natsUrl, STREAM, subject);
+    if (!r || r.success !== true) fail(`purging ${subject} of ${STREAM}: ${JSON.stringify(r)}`);
+  }
+  const before1012 = await view();
+  ingest = await launch("ingest (restarted, cache purged)", ingestToml);
+  const restart = await waitFor("B to close the element's socket with 1012 and the element to be live on B again", async () => {
+    const events = await page.evaluate(() => window.__fo.events.filter((x) => x.id === "fo"));
+    const i = events.findIndex((x) => x.closeCode === 1012 && x.state === "reconnecting");
+    const v = await view();
+    return { ok: i >= 0 && v.state === "live" && v.info.urlIndex === 1, e: events[i], detail: { states: events.slice(-4).map((x) => `${x.state}/${x.closeCode}`), info: v.info } };
+  }, 60_000);
+  await matchGateway(page, "fo", b.base, "after the 1012");
+  const after = await page.evaluate(() => ({ seqBack: window.__fo.seqBack, held: window.__fo.held, epochs: window.__fo.epochs }));
+  const heldAfter = after.held.filter((h) => h.epoch >= 1 && h.held);
+  if (heldAfter.length) fail(`after the 1012 the seq guard held ${JSON.stringify(heldAfter.slice(0, 4))}: a 1012 means seq starts over, the new snapshots are to be shown at once`);
+  // The restarted numbering is taken: a symbol B closed with 1012 for steps down once, no more.
+  const drops = after.seqBack.filter((x) => x.epoch >= 1);
+  const dropped = new Set(drops.map((x) => x.sym));
+  if (!dropped.size) fail(`after the 1012 no shown seq went down (before: ${JSON.stringify(before1012.quotes)}): the restarted ingest's numbering never reached the element`);
+  if (drops.length !== dropped.size) fail(`after the 1012 a shown seq went back more than once: ${JSON.stringify(drops)}`);
+  ok(`close 1012 (ingest restarted with its cache purged): reconnected to B in ${restart.e.retryDelayMs} ms, took the new lower seq at once (${drops.map((x) => `${x.sym} ${x.from}→${x.to}`).join(", ")}; none held), and shows B's quotes`);
+
+  // 5. The seq guard, against two scripted gateways: X shows AAPL at seq 100 and MSFT at 50, then
+  //    dies; Y is behind (AAPL 90, MSFT 10). Y's older snapshots are held (the last values stay,
+  //    the rows marked data-held) until Y's AAPL stream reaches 100; MSFT, which Y never moves,
+  //    is shown after the guard's bound: held values never freeze.
+  const quote = (symbol, seq, bid) => ({ type: "snapshot", symbol, seq, ts: 1, bid, ask: "9.99", bid_size: 1, ask_size: 1, last: bid, last_size: 1, volume: seq, status: "live" });
+  const ack = (op) => ({ type: "ack", id: op.id, op: op.op, symbols: op.symbols, rejected: [] });
+  const x = await scriptedGateway((op, send) => {
+    if (op.op === "subscribe") send([ack(op), quote("AAPL", 100, "1.00"), quote("MSFT", 50, "5.00")]);
+  });
+  const y = await scriptedGateway((op, send) => {
+    if (op.op === "subscribe") send([ack(op), quote("AAPL", 90, "0.90"), quote("MSFT", 10, "0.10"), { type: "update", symbol: "AAPL", seq: 95, ts: 2, bid: "0.95" }]);
+  });
+  state.scripted.push(x, y);
+  embed.page("guard", embedPage("Seq guard", `  <script type="module" src="/quote-ticker.js"></script>`, `  <quote-ticker id="sg" url="${x.ws} ${y.ws}" symbols="AAPL,MSFT"></quote-ticker>`));
+  const page3 = await context.newPage();
+  page3.on("pageerror", (err) => pageErrors.push(`guard: ${err}`));
+  await page3.goto(`${embed.originA}/guard.html`, { waitUntil: "load" });
+  await waitFor("the guard page's element to be observed", () => page3.evaluate(() => window.__fo.observe("sg")));
+  const sg = () => page3.evaluate(() => {
+    const w = document.getElementById("sg");
+    const rows = {};
+    for (const r of w.shadowRoot.querySelectorAll("tr[data-symbol]")) rows[r.dataset.symbol] = r.hasAttribute("data-held");
+    return { state: w.connectionState, info: w.connectionInfo, quotes: w.displayedQuotes, rows };
+  });
+  await waitFor("X's quotes on the guard page", async () => {
+    const v = await sg();
+    return { ok: v.state === "live" && v.quotes.AAPL && v.quotes.AAPL.seq === 100 && v.quotes.MSFT.seq === 50, detail: v };
+  });
+  x.drop();
+  const held = await waitFor("the element on Y, holding X's newer values", async () => {
+    const v = await sg();
+    const q = v.quotes;
+    return { ok: v.state === "live" && v.info.urlIndex === 1 && q.AAPL.held && q.AAPL.seq === 100 && q.AAPL.bid === "1.00" && v.rows.AAPL, v, detail: v };
+  });
+  y.sendAll([{ type: "update", symbol: "AAPL", seq: 100, ts: 3, bid: "1.01" }]);
+  await waitFor("Y's AAPL shown once its stream reached the seq shown", async () => {
+    const v = await sg();
+    return { ok: !v.quotes.AAPL.held && v.quotes.AAPL.seq === 100 && v.quotes.AAPL.bid === "1.01" && !v.rows.AAPL, detail: v.quotes.AAPL };
+  });
+  await waitFor("Y's MSFT shown after the guard's bound, though its stream never passed X's seq", async () => {
+    const v = await sg();
+    return { ok: !v.quotes.MSFT.held && v.quotes.MSFT.seq === 10 && v.quotes.MSFT.bid === "0.10", detail: v.quotes.MSFT };
+  });
+  const guardRec = await page3.evaluate(() => window.__fo.seqBack.filter((b) => b.id === "sg"));
+  if (guardRec.length !== 1 || guardRec[0].sym !== "MSFT") fail(`on the guard page the shown seq went back ${JSON.stringify(guardRec)}, want once: MSFT after the bound`);
+  await page3.close();
+  ok(`seq guard (scripted gateways X, Y): Y's older snapshot is held (values of X kept, row data-held; AAPL ${held.v.quotes.AAPL.seq} ${held.v.quotes.AAPL.bid}) until Y's stream reaches the seq shown (then 1.01 from Y); MSFT, never moved by Y, is shown after the bound`);
+
+  if (pageErrors.length) fail(`page errors: ${pageErrors.join("; ")}`);
+}
+
+async function cleanup(state) {
+  try {
+    if (state.context) await state.context.close();
+  } catch {
+    // the browser is gone already
+  }
+  for (const g of state.gateways) {
+    await g.stop();
+    if (g.overlay) await g.overlay.close();
+  }
+  if (state.embed) await state.embed.close();
+  for (const s of state.scripted) await s.close();
+  if (state.nats) {
+    try {
+      process.kill(-state.nats.pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
+  for (const d of [...state.tmpDirs, state.userDataDir].filter(Boolean)) fs.rmSync(d, { recursive: true, force: true });
+}
+
+const state = { gateways: [], tmpDirs: [], scripted: [] };
+let exitCode = 0;
+const watchdog = setTimeout(() => {
+  log(`FAIL: the failover test did not finish within ${OVERALL_TIMEOUT_MS / 1000} s`);
+  for (const g of state.gateways) {
+    g.stopNow();
+    log(g.tail());
+  }
+  if (state.nats) process.kill(-state.nats.pid, "SIGKILL");
+  process.exit(1);
+}, OVERALL_TIMEOUT_MS);
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.on(sig, () => {
+    for (const g of state.gateways) g.stopNow();
+    if (state.nats) process.kill(-state.nats.pid, "SIGKILL");
+    process.exit(1);
+  });
+}
+try {
+  const bin = resolveBin();
+  const { chromium } = loadPlaywright();
+  await main(state, bin, chromium);
+  log(`failover: all ${passed} checks passed`);
+} catch (e) {
+  exitCode = 1;
+  log(`FAIL: ${e instanceof TestFailure ? e.message : e && e.stack ? e.stack : e}`);
+  for (const g of state.gateways) log(`${g.name} output (last lines):\n${g.tail(15)}`);
+} finally {
+  await cleanup(state);
+  clearTimeout(watchdog);
+}
+process.exit(exitCode);
