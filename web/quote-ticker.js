@@ -72,18 +72,36 @@
 //
 // (QuoteTape.setToken is the same function: tokens belong to a url, whichever element shows it.)
 //
-// QuoteTicker.setToken(token, url?)
+// QuoteTicker.setToken(token, url?, options?)
 //   token  a string, or a provider: a function ({ url, renew }) => string | Promise<string>; null or
 //          undefined removes it. A provider is called before EVERY connect and reconnect, so it can
 //          hand out short-lived tokens; `url` is the gateway's WebSocket URL without its query, and
-//          `renew` is true when the gateway just refused the previous token (close 1008), so a
+//          `renew` is true when the gateway just refused the previous token (close 1008, or 401
+//          to its ticket request), so a
 //          caching provider must not return the same one. A provider that throws, rejects, returns
 //          no string or takes longer than 15 s counts as a failed connect (backoff, see below).
 //   url    optional: only connections to this gateway URL (resolved as the url attribute is; a
 //          token= in its query is ignored, other query parameters count). Without it the token is
 //          the page's default, for every url that has no token of its own.
-//   The token goes to the gateway as ?token=... on the WebSocket URL (browsers cannot set headers
-//   on a WebSocket), replacing any token= in the url attribute. Tokens belong to a url, not to an
+//   options  optional: { tickets: false } for a gateway that predates tickets (its POST /v1/ticket
+//          answers 404): the token then goes as ?token= on the WebSocket URL, as before. It applies
+//          to the same scope as the token (this url, or the page default), and stays until set
+//          again; setToken(null, url, { tickets: false }) sets it for a url whose token is in its
+//          url attribute.
+//   Tickets (the default): before each connect the widget POSTs <the gateway's origin and path
+//   beside /ws>/v1/ticket with "Authorization: Bearer <token>" and opens the WebSocket with the
+//   answer as ?ticket=... (single use, 30 s, only from this page's Origin) instead of ?token=, so
+//   the long-lived token is never in a URL: not in Chromium's console line for a refused
+//   handshake, not in a proxy's or the gateway's access log. The POST is a CORS request (the
+//   gateway answers its preflight for allowed Origins). Its answer counts as the handshake's:
+//   401 is the token refused, as close 1008 below (the provider asked once with renew: true, else
+//   state "unauthorized", with closeCode null and the gateway's message as closeReason); a network
+//   error, 403, 429 or 5xx is a failed connect (backoff, and the next URL of a list). A token=
+//   in the url attribute is traded for a ticket too (and left out of the WebSocket URL), though it
+//   is still in the DOM. GET /v1/trades and /v1/bars keep sending the token as Authorization:
+//   Bearer. A ticket is in the WebSocket URL, so Chromium's line for a refused handshake shows
+//   it: it is already used or expired by then.
+//   Tokens belong to a url, not to an
 //   element, so they never split a shared connection: one provider call per connect of the one
 //   socket, however many elements show that url. Call setToken in the module that imports the
 //   widget (or before adding the elements): a connection's first connect waits one microtask for
@@ -190,7 +208,8 @@
 //   and aria-label), the tape shows "trades not available: <the gateway's message>". A sparkline
 //   value that is not an interval by form ("1m": a number and s, m or h) is never sent.
 // - Never logs a URL with its query string or fragment (tokens live there). (Chromium itself logs a
-//   failed WebSocket handshake with the full URL; only a token outside the URL avoids that.)
+//   failed WebSocket handshake with the full URL: with tickets, the default, that URL holds only a
+//   spent or expired ticket; with { tickets: false } it holds the token.)
 // - All text goes in through textContent: a symbol or message can never become markup or script.
 // - Screen readers: a polite live region announces connection changes and rejected symbols only.
 //   The tape is a table (caption, column headers; each tick mark has its words, "up tick", ...,
@@ -360,6 +379,9 @@ const connections = new Map(); // url -> Connection
 // string or a provider function.
 const tokenSources = new Map();
 const DEFAULT_SCOPE = "";
+// setToken(.., { tickets }): scope -> false where a token goes as ?token= (gateways without POST
+// /v1/ticket); tickets everywhere else.
+const ticketModes = new Map();
 
 function defaultUrl() {
   const u = new URL("/ws", import.meta.url);
@@ -420,6 +442,47 @@ function withToken(url, token) {
   const u = new URL(url);
   u.searchParams.set("token", token);
   return u.href;
+}
+
+/** The WebSocket URL with `?ticket=`, and without any token= the url attribute had. */
+function withTicket(url, ticket) {
+  const u = new URL(url);
+  u.searchParams.delete("token");
+  u.searchParams.set("ticket", ticket);
+  return u.href;
+}
+
+/**
+ * POST <gateway>/v1/ticket with `token` as Authorization: Bearer. Resolves to { ticket }, to
+ * { refused: the gateway's message } on 401, or to {} when it failed otherwise (network, 403, 429,
+ * 5xx, an answer without a ticket): a failed connect. Never rejects; logs no URL query or token.
+ */
+async function requestTicket(wsUrl, token) {
+  const url = restUrl(wsUrl, "v1/ticket");
+  const what = `POST ${redactUrl(url.href)}`;
+  let res;
+  let body = null;
+  try {
+    res = await fetch(url.href, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}` },
+      credentials: "omit",
+      cache: "no-store",
+      signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
+    });
+    body = await res.json().catch(() => null);
+  } catch (e) {
+    console.warn(`quote-ticker: ${what} failed: ${redactText(e && e.message ? e.message : e)}`);
+    return {};
+  }
+  const err = body && body.error && typeof body.error === "object" ? body.error : {};
+  const message = typeof err.message === "string" ? redactText(err.message) : `HTTP ${res.status}`;
+  if (res.status === 401) return { refused: message };
+  if (!res.ok || !body || typeof body.ticket !== "string" || !body.ticket) {
+    console.warn(`quote-ticker: ${what} answered ${res.status}: ${message}`);
+    return {};
+  }
+  return { ticket: body.ticket };
 }
 
 /** Calls a token provider, bounded by TOKEN_TIMEOUT_MS; a throw becomes a rejection. */
@@ -770,6 +833,12 @@ class Connection {
     return tokenSources.has(this.scope) ? tokenSources.get(this.scope) : tokenSources.get(DEFAULT_SCOPE);
   }
 
+  /** Whether a token for this url is traded for a ticket (the default) or sent as ?token=. */
+  ticketsOn() {
+    const mode = ticketModes.has(this.scope) ? ticketModes.get(this.scope) : ticketModes.get(DEFAULT_SCOPE);
+    return mode !== false;
+  }
+
   /** Connects: asks the token provider first (if any), then opens the socket. */
   async open(renew) {
     if (this.disposed) return;
@@ -803,8 +872,30 @@ class Connection {
           return;
         }
       }
-      url = withToken(this.url, token);
       this.restToken = token;
+    }
+    const token = this.restToken;
+    if (token && this.ticketsOn()) {
+      // The token goes in a header, to POST /v1/ticket; the WebSocket URL carries only the ticket,
+      // single use and short-lived (a URL is what browsers and proxies log).
+      this.awaitingToken = true;
+      const answer = await requestTicket(this.url, token);
+      if (generation !== this.generation) return;
+      this.awaitingToken = false;
+      if (answer.refused !== undefined) {
+        // 401: the token was refused, as a 1008 refuses it on an open socket.
+        this.closeCode = null;
+        this.closeReason = answer.refused;
+        this.policyRefused(0, "refused the token for a ticket (401)");
+        return;
+      }
+      if (!answer.ticket) {
+        this.retryAfterFailure();
+        return;
+      }
+      url = withTicket(this.url, answer.ticket);
+    } else if (token) {
+      url = withToken(this.url, token);
     }
     let ws;
     try {
@@ -888,14 +979,7 @@ class Connection {
     this.closeReason = reason ? String(reason) : "";
     if (this.widgets.size === 0) return;
     if (this.closeCode === CLOSE_POLICY) {
-      if (openedAt && Date.now() - openedAt >= POLICY_REARM_MS) this.policyRetried = false;
-      if (typeof this.tokenSource() === "function" && !this.policyRetried) {
-        // One fresh token, at once: an expired token is the usual cause, and the gap shows.
-        this.policyRetried = true;
-        this.schedule(0, true);
-      } else {
-        this.stop();
-      }
+      this.policyRefused(openedAt, "closed the connection with 1008 (policy)");
       return;
     }
     if (this.closeCode === CLOSE_SERVICE_RESTART) {
@@ -953,8 +1037,24 @@ class Connection {
     this.setState("reconnecting");
   }
 
-  /** Close 1008 without a way to a better token: no retry until something changes (resume). */
-  stop() {
+  /**
+   * The gateway refused the token (close 1008 on a socket open since `openedAt`, or 401 from POST
+   * /v1/ticket with `openedAt` 0): one fresh token from the provider, at once; else stop.
+   */
+  policyRefused(openedAt, what) {
+    if (openedAt && Date.now() - openedAt >= POLICY_REARM_MS) this.policyRetried = false;
+    const source = this.tokenSource();
+    if (typeof source === "function" && !this.policyRetried) {
+      // One fresh token, at once: an expired token is the usual cause, and the gap shows.
+      this.policyRetried = true;
+      this.schedule(0, true);
+    } else {
+      this.stop(what);
+    }
+  }
+
+  /** A refused token without a way to a better one: no retry until something changes (resume). */
+  stop(what) {
     this.generation++;
     clearTimeout(this.retryTimer);
     this.retryTimer = 0;
@@ -962,7 +1062,7 @@ class Connection {
     this.awaitingToken = false;
     const why = this.closeReason ? `: ${redactText(this.closeReason)}` : "";
     console.warn(
-      `quote-ticker: ${this.safeUrl} closed the connection with 1008 (policy${why}); not reconnecting ` +
+      `quote-ticker: ${this.safeUrl} ${what}${why}; not reconnecting ` +
         "until QuoteTicker.setToken() is called or the element's attributes change",
     );
     this.setState("unauthorized");
@@ -2020,8 +2120,10 @@ class QuoteTicker extends GatewayElement {
    * Gives connections a token without putting it in the DOM; see the header comment.
    * @param {string | ((info: { url: string, renew: boolean }) => string | Promise<string>) | null} token
    * @param {string} [url] only connections to this gateway url; default: every url without its own
+   * @param {{ tickets?: boolean }} [options] tickets: false sends the token as ?token= (a gateway
+   *   without POST /v1/ticket); default: traded for a ticket before each connect
    */
-  static setToken(token, url) {
+  static setToken(token, url, options) {
     const provider = typeof token === "function";
     if (token !== null && token !== undefined && !provider && (typeof token !== "string" || !token)) {
       throw new TypeError("quote-ticker: setToken takes a non-empty string, a function that returns one (or a promise of one), or null");
@@ -2034,6 +2136,7 @@ class QuoteTicker extends GatewayElement {
     }
     if (token === null || token === undefined) tokenSources.delete(scope);
     else tokenSources.set(scope, token);
+    if (options && typeof options === "object" && "tickets" in options) ticketModes.set(scope, options.tickets !== false);
     for (const c of connections.values()) if (c.coveredBy(scope)) c.resume(true);
   }
 
@@ -2556,8 +2659,8 @@ class QuoteTape extends GatewayElement {
   }
 
   /** The same as QuoteTicker.setToken: tokens belong to a url, whichever element shows it. */
-  static setToken(token, url) {
-    QuoteTicker.setToken(token, url);
+  static setToken(token, url, options) {
+    QuoteTicker.setToken(token, url, options);
   }
 
   /** "idle", "connecting", "live", "reconnecting", "unauthorized" or "failed". */

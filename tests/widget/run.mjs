@@ -78,6 +78,8 @@ const WRONG_KEY = "widget-test-wrong-key-00000000";
 // A throttled credential: its tier has no trades ([tiers.throttled] trades is false by default).
 const THROTTLED_KEY = "widget-test-throttled-key-7a3d";
 const JWT_SECRET = "widget-test-hs256-secret-0123456789abcdef";
+// Long-lived credentials no gateway log line may carry (the JWTs minted are added as they are).
+const SECRETS = [API_KEY, WRONG_KEY, THROTTLED_KEY, JWT_SECRET];
 // A JWT the widget gets first in the expiry checks lives 2..3 s (exp is in whole seconds).
 const SHORT_TOKEN_S = 3;
 const LONG_TOKEN_S = 3600;
@@ -185,6 +187,7 @@ class Gateway {
     this.name = name;
     this.proc = null;
     this.output = [];
+    this.leaks = []; // output lines that carry one of SECRETS
     // With QUOTEGW_WEB_OVERLAY: the gateway listens here, behind tests/widget/overlay.mjs on `port`.
     this.upstreamPort = null;
     this.overlay = null;
@@ -205,7 +208,7 @@ class Gateway {
     const res = await fetch(`${this.base}/metrics`, { headers, signal: AbortSignal.timeout(5000) });
     if (!res.ok) fail(`${this.name}: GET /metrics answered ${res.status}`);
     const text = await res.text();
-    const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(label));
+    const line = text.split("\n").find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && l.includes(label));
     return line ? Number(line.trim().split(/\s+/).pop()) : 0;
   }
 
@@ -227,7 +230,12 @@ class Gateway {
     for (const stream of [proc.stdout, proc.stderr]) {
       stream.setEncoding("utf8");
       stream.on("data", (chunk) => {
-        for (const line of chunk.split("\n")) if (line) this.output.push(line);
+        for (const line of chunk.split("\n")) {
+          if (!line) continue;
+          this.output.push(line);
+          // Every line, not only the kept tail, is searched for a long-lived credential.
+          if (SECRETS.some((t) => line.includes(t))) this.leaks.push(line);
+        }
         if (this.output.length > 200) this.output.splice(0, this.output.length - 200);
       });
     }
@@ -417,6 +425,17 @@ function pageHelpers() {
 function countWebSockets() {
   const Native = window.WebSocket;
   const attempts = (window.__wsAttempts = []);
+  // And the widget's POST /v1/ticket requests, each one a connect attempt of a page with a token.
+  const tickets = (window.__ticketAttempts = []);
+  const nativeFetch = window.fetch;
+  window.fetch = function fetch(input, init) {
+    const url = String(input instanceof Request ? input.url : input);
+    if (/\/v1\/ticket(\?|$)/.test(url)) {
+      const headers = new Headers((init && init.headers) || undefined);
+      tickets.push({ t: performance.now(), url, authorization: headers.get("authorization") });
+    }
+    return nativeFetch.call(this, input, init);
+  };
   window.WebSocket = class WebSocket extends Native {
     constructor(url, protocols) {
       attempts.push({ t: performance.now(), url: String(url) });
@@ -424,6 +443,94 @@ function countWebSockets() {
       else super(url, protocols);
     }
   };
+}
+
+/**
+ * Init script of the ticket page: the widget's first POST /v1/ticket is answered with a ticket the
+ * gateway never issued (the real request still goes out), so that its first handshake is refused.
+ */
+function garbageFirstTicket() {
+  const nativeFetch = window.fetch;
+  let n = 0;
+  window.__ticketAnswers = [];
+  window.fetch = async function fetch(input, init) {
+    const url = String(input instanceof Request ? input.url : input);
+    const res = await nativeFetch.call(this, input, init);
+    if (!/\/v1\/ticket(\?|$)/.test(url)) return res;
+    n++;
+    window.__ticketAnswers.push(res.status);
+    if (n !== 1 || !res.ok) return res;
+    const body = JSON.stringify({ ticket: "garbage0ticket0never0issued0by0the0gateway00", expires_in: 30 });
+    return new Response(body, { status: 200, headers: { "content-type": "application/json" } });
+  };
+}
+
+async function ticketLeakCheck({ embed, context, rgw, rWs, rScript, tGrid, pageErrors }) {
+  embed.page("r-ticket", embedPage("Tickets", tokenScript(rScript, { all: "good" }), tGrid()));
+  const badBefore = await rgw.metric("quotegw_connections_refused_total", 'reason="bad_ticket"', API_KEY);
+  const leaksBefore = rgw.leaks.length;
+  const page = await context.newPage();
+  await page.addInitScript(garbageFirstTicket);
+  const seen = watchPage(page, "ticket page", pageErrors);
+  const sockets = [];
+  page.on("websocket", (ws) => {
+    const s = { url: ws.url(), frames: 0, error: null, closed: false };
+    sockets.push(s);
+    ws.on("framereceived", () => s.frames++);
+    ws.on("socketerror", (e) => (s.error = String(e)));
+    ws.on("close", () => (s.closed = true));
+  });
+  await page.goto(`${embed.originA}/r-ticket.html`, { waitUntil: "load" });
+  const live = await waitFor("the ticket page live after its garbage ticket was refused", async () => {
+    const v = (await page.evaluate(() => window.__qtTest.read()))["t-grid"];
+    const accepted = sockets.find((s) => s.frames > 0 && !s.closed);
+    return { ok: v.state === "live" && !!accepted, accepted, detail: { state: v.state, sockets } };
+  }, 30_000);
+  const tokenUrls = sockets.filter((s) => /[?&]token=/.test(s.url) || s.url.includes(API_KEY));
+  if (tokenUrls.length) fail(`the ticket page opened WebSockets with a token in the URL: ${tokenUrls.map((s) => s.url)}`);
+  const first = sockets[0];
+  if (!first.url.includes("ticket=garbage0ticket") || first.frames !== 0) fail(`the ticket page's first WebSocket ${JSON.stringify(first)}, want the garbage ticket, refused`);
+  // The accepted socket's ticket, used once already: opened again from the same page and Origin.
+  const again = await page.evaluate((url) => new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    ws.onopen = () => resolve("open");
+    ws.onclose = (e) => resolve(`closed ${e.code}`);
+  }), live.accepted.url);
+  if (again === "open") fail(`a used ticket opened a second WebSocket: ${live.accepted.url}`);
+  const badAfter = await waitFor("the gateway to count both refused tickets", async () => {
+    const n = await rgw.metric("quotegw_connections_refused_total", 'reason="bad_ticket"', API_KEY);
+    return { ok: n - badBefore >= 2, n, detail: n - badBefore };
+  });
+  const answers = await page.evaluate(() => window.__ticketAnswers);
+  await sleep(300); // console messages of the refusals reach the test process
+  const withToken = sockets.filter((s) => /[?&]token=/.test(s.url) || s.url.includes(API_KEY));
+  if (withToken.length) fail(`the ticket page opened WebSockets with a token in the URL: ${withToken.map((s) => s.url)}`);
+  const consoleLeaks = seen.console.filter((m) => m.text.includes(API_KEY));
+  if (consoleLeaks.length) fail(`console lines of the ticket page carry the key: ${JSON.stringify(consoleLeaks)}`);
+  const refusedLines = seen.console.filter((m) => /WebSocket connection to .* failed/.test(m.text));
+  if (!refusedLines.length) fail(`Chromium logged no refused handshake on the ticket page (the check would see nothing); console: ${JSON.stringify(seen.console)}`);
+  const logLeaks = rgw.leaks.slice(leaksBefore);
+  if (logLeaks.length) fail(`the restricted gateway's log carries a credential: ${logLeaks[0]}`);
+  await page.close();
+
+  // The opt-out for gateways without tickets: setToken(.., { tickets: false }) sends ?token= as before.
+  const legacyScript = `  <script type="module">
+    import { QuoteTicker } from ${JSON.stringify(rScript)};
+    QuoteTicker.setToken(async () => (await fetch("/api/quote-token?case=good")).text(), undefined, { tickets: false });
+  </script>`;
+  embed.page("r-legacy", embedPage("Tickets off", legacyScript, tGrid()));
+  const legacy = await context.newPage();
+  const legacyUrls = [];
+  legacy.on("websocket", (ws) => legacyUrls.push(ws.url()));
+  const legacyPosts = recordRestCalls(legacy);
+  await legacy.goto(`${embed.originA}/r-legacy.html`, { waitUntil: "load" });
+  await waitFor("the tickets-off page live with ?token=", async () => {
+    const v = (await legacy.evaluate(() => window.__qtTest.read()))["t-grid"];
+    return { ok: v.state === "live", detail: { state: v.state, legacyUrls } };
+  });
+  if (legacyUrls.length !== 1 || new URL(legacyUrls[0]).searchParams.get("token") !== API_KEY || legacyPosts.some((c) => c.path === "/v1/ticket")) fail(`tickets: false: sockets ${legacyUrls.map((u) => u.replace(API_KEY, "<key>"))}, ticket requests ${legacyPosts.filter((c) => c.path === "/v1/ticket").length}; want one socket with ?token=<key> and no POST /v1/ticket`);
+  await legacy.close();
+  ok(`tickets: the ticket page's POSTs (${answers.join(", ")}) and ${sockets.length} WebSockets (a garbage ticket refused, a real one accepted, that one again refused: single use; ${badAfter.n - badBefore} counted as bad_ticket); no WebSocket URL has token=; no console line (of ${seen.console.length}, ${refusedLines.length} Chromium's refused handshakes) and no gateway log line carries the key; setToken(.., { tickets: false }) connects with ?token= and asks for no ticket`);
 }
 
 /** An HS256 JWT, as an auth service would sign it for the gateway's jwt_hs256_secret. */
@@ -1361,8 +1468,11 @@ async function main(state, { bin, config, shots }, chromium) {
   await compareWithGateway("token page", rPage, "t-grid", `${rWs}?token=${API_KEY}`);
   const goodCalls = embed.calls("good");
   if (goodCalls.length !== 1 || goodCalls[0].renew) fail(`the token provider was called ${JSON.stringify(goodCalls)}, want once (before the first connect), renew false`);
-  const sentToken = new URL(rSockets[0]).searchParams.get("token");
-  if (!rSockets[0].startsWith(`${rWs}?`) || sentToken !== API_KEY) fail(`the widget's WebSocket was ${rSockets[0]}, want ${rWs}?token=<the provider's key>`);
+  // The key goes in a header, to POST /v1/ticket; the WebSocket URL carries only the ticket.
+  const sentTicket = new URL(rSockets[0]).searchParams.get("ticket");
+  if (!rSockets[0].startsWith(`${rWs}?`) || !sentTicket || new URL(rSockets[0]).searchParams.has("token") || rSockets[0].includes(API_KEY)) fail(`the widget's WebSocket was ${rSockets[0]}, want ${rWs}?ticket=<a ticket>, no token`);
+  const rTickets = rRest.filter((c) => c.path === "/v1/ticket");
+  if (rTickets.length !== 1 || rTickets[0].method !== "POST" || rTickets[0].authorization !== `Bearer ${API_KEY}` || Object.keys(rTickets[0].query).length) fail(`the widget asked for tickets with ${JSON.stringify(rTickets)}, want one POST /v1/ticket with the provider's key as Authorization: Bearer`);
   const dom = await rPage.evaluate(() =>
     [document.documentElement.outerHTML, ...[...document.querySelectorAll("quote-ticker")].flatMap((w) => [w.shadowRoot.innerHTML, ...[...w.attributes].map((a) => a.value)])].join("\n"),
   );
@@ -1396,13 +1506,22 @@ async function main(state, { bin, config, shots }, chromium) {
   await thPage.close();
   ok(`throttled key: the tape's trades refused (unauthorized), every symbol's quotes still shown (${th.got.shown.join(", ")}), none listed as rejected, the tape says "trades not available"`);
 
-  ok(`setToken provider on ${embed.originA}: called once before connecting; its key reached the restricted gateway as ?token= (live; quotes equal the gateway's) and the tape's GET /v1/trades as Authorization: Bearer (cross-origin, preflighted; prints equal the gateway's); not in the DOM; no console errors`);
+  // 13b. Tickets keep the key out of every URL, console line and log line: a page on origin A whose
+  //      first ticket is swapped for garbage (a refused handshake, as an expired ticket would be),
+  //      then a real one (accepted), then that used ticket opened again (refused: single use).
+  //      No console message of the page (its own, and Chromium's for the refused handshakes and
+  //      requests) and no line the gateway wrote carries the key; no WebSocket URL has token=.
+  await ticketLeakCheck({ embed, context, rgw, rWs, rScript, tGrid, pageErrors });
 
-  // 14. Refused pages must not spin. A wrong key (HTTP 401), a token provider that fails, and origin
-  //     B (HTTP 403: it serves its own copy of the widget, since the gateway's script is not
-  //     CORS-readable there, and sends the right key, so only its Origin is refused) all reach the
-  //     widget as a failed WebSocket; each retry must wait at least the backoff's minimum, which
-  //     doubles: 250, 500, 1000 ms. A fourth page on origin B loads the script from the restricted
+  ok(`setToken provider on ${embed.originA}: called once before connecting; its key reached the restricted gateway's POST /v1/ticket as Authorization: Bearer and the WebSocket carried ?ticket= only (live; quotes equal the gateway's) and the tape's GET /v1/trades as Authorization: Bearer (cross-origin, preflighted; prints equal the gateway's); not in the DOM; no console errors`);
+
+  // 14. Refused pages must not spin. A token provider that fails, and origin B (HTTP 403 to its
+  //     POST /v1/ticket: it serves its own copy of the widget, since the gateway's script is not
+  //     CORS-readable there, and sends the right key, so only its Origin is refused) are failed
+  //     connects; each retry must wait at least the backoff's minimum, which doubles: 250, 500,
+  //     1000 ms. A wrong key (HTTP 401 to its POST /v1/ticket) is a refused token, as a 1008: the
+  //     provider is asked once more (renew: true), then the widget stops ("unauthorized") and
+  //     opens no WebSocket at all. A fourth page on origin B loads the script from the restricted
   //     gateway: Chromium must block it (no Access-Control-Allow-Origin for B).
   embed.page(
     "r-self-hosted",
@@ -1410,7 +1529,7 @@ async function main(state, { bin, config, shots }, chromium) {
   );
   embed.page("r-blocked", embedPage("Origin B, widget from the restricted gateway", `  <script type="module" src="${rScript}"></script>`, tGrid()));
   const refusedBefore = {
-    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"', API_KEY),
+    issued: await rgw.metric("quotegw_tickets_issued_total", "", API_KEY),
     unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"', API_KEY),
   };
   const refused = {};
@@ -1421,13 +1540,13 @@ async function main(state, { bin, config, shots }, chromium) {
   }
   await Promise.all(Object.entries(refused).map(([name, r]) => r.page.goto(`${r.origin}/${name}.html`, { waitUntil: "load" })));
   const attemptsOf = (name) => refused[name].page.evaluate(() => window.__wsAttempts);
+  const ticketsOf = (name) => refused[name].page.evaluate(() => window.__ticketAttempts);
   // The failing provider's calls as its token endpoint saw them: a gap there is at least the
   // widget's delay too (the earlier call's answer, and the later call's request, only add to it).
   const providerCallsOf = (c) => embed.calls(c).map((call) => ({ t: call.at }));
   const watched = await waitFor(`${REFUSED_ATTEMPTS} attempts by each refused page`, async () => {
     const got = {
-      "r-wrong": await attemptsOf("r-wrong"),
-      "r-self-hosted": await attemptsOf("r-self-hosted"),
+      "r-self-hosted": await ticketsOf("r-self-hosted"),
       "r-broken": providerCallsOf("broken"),
     };
     const counts = Object.fromEntries(Object.entries(got).map(([k, v]) => [k, v.length]));
@@ -1444,23 +1563,36 @@ async function main(state, { bin, config, shots }, chromium) {
     const v = (await refused[name].page.evaluate(() => window.__qtTest.read()))["t-grid"];
     if (v.state !== "reconnecting" || !/reconnecting/i.test(v.connText)) fail(`${name}: the widget shows ${v.state} / ${JSON.stringify(v.connText)}, want reconnecting`);
   }
-  for (const a of watched.got["r-wrong"]) if (new URL(a.url).searchParams.get("token") !== WRONG_KEY) fail(`r-wrong opened ${a.url}, want the provider's (wrong) key`);
-  for (const a of watched.got["r-self-hosted"]) if (new URL(a.url).searchParams.get("token") !== API_KEY) fail(`r-self-hosted opened ${a.url}, want the good key`);
+  for (const a of watched.got["r-self-hosted"]) if (a.authorization !== `Bearer ${API_KEY}` || new URL(a.url).search) fail(`r-self-hosted asked ${a.url} with ${a.authorization}, want the good key as Authorization: Bearer`);
+  if ((await attemptsOf("r-self-hosted")).length !== 0) fail("r-self-hosted opened a WebSocket though its Origin gets no ticket");
+  const wrongView = await waitFor("the wrong-key page to stop (unauthorized) after one renew", async () => {
+    const v = (await refused["r-wrong"].page.evaluate(() => window.__qtTest.read()))["t-grid"];
+    return { ok: v.state === "unauthorized", v, detail: v };
+  });
+  const wrongCalls = embed.calls("wrong");
+  if (wrongCalls.length !== 2 || wrongCalls[0].renew || !wrongCalls[1].renew) fail(`r-wrong: provider calls ${JSON.stringify(wrongCalls)}, want 2: renew false, then true`);
+  const wrongTickets = await ticketsOf("r-wrong");
+  if (wrongTickets.length !== 2 || wrongTickets.some((a) => a.authorization !== `Bearer ${WRONG_KEY}`)) fail(`r-wrong asked for tickets ${JSON.stringify(wrongTickets)}, want 2 with the wrong key`);
+  if ((await attemptsOf("r-wrong")).length !== 0) fail("r-wrong opened a WebSocket without a ticket");
+  if (wrongView.v.info.closeCode !== null || wrongView.v.info.retryDelayMs !== null || !/^not authorized/i.test(wrongView.v.connText)) fail(`r-wrong: ${JSON.stringify(wrongView.v)}, want "Not authorized: <the gateway's message>", closeCode null, no retry pending`);
   if ((await attemptsOf("r-broken")).length !== 0) fail("r-broken opened a WebSocket without a token");
   if (!refused["r-broken"].seen.console.some((m) => m.text.startsWith(`quote-ticker: the token provider for ${rWs} failed: `))) {
     fail(`r-broken: no console warning that the token provider failed; console: ${JSON.stringify(refused["r-broken"].seen.console)}`);
   }
   const refusedAfter = {
-    origin: await rgw.metric("quotegw_connections_refused_total", 'reason="origin"', API_KEY),
+    issued: await rgw.metric("quotegw_tickets_issued_total", "", API_KEY),
     unauthorized: await rgw.metric("quotegw_connections_refused_total", 'reason="unauthorized"', API_KEY),
   };
-  if (refusedAfter.origin - refusedBefore.origin < REFUSED_ATTEMPTS) fail(`the restricted gateway refused ${refusedAfter.origin - refusedBefore.origin} upgrades for their Origin, want origin B's ${REFUSED_ATTEMPTS}+`);
-  if (refusedAfter.unauthorized - refusedBefore.unauthorized < REFUSED_ATTEMPTS) fail(`the restricted gateway refused ${refusedAfter.unauthorized - refusedBefore.unauthorized} upgrades as unauthorized, want the wrong key's ${REFUSED_ATTEMPTS}+`);
+  // Origin B's POSTs end at their CORS preflight (no Access-Control-Allow-Origin for B): the
+  // gateway issues none of these pages a ticket.
+  if (refusedAfter.issued !== refusedBefore.issued) fail(`the restricted gateway issued ${refusedAfter.issued - refusedBefore.issued} tickets to the refused pages, want none`);
+  if (!refused["r-self-hosted"].seen.errors().some((t) => /CORS policy/.test(t) && t.includes("/v1/ticket"))) fail(`origin B: no CORS error for its POST /v1/ticket; console: ${JSON.stringify(refused["r-self-hosted"].seen.errors())}`);
+  if (refusedAfter.unauthorized - refusedBefore.unauthorized < 2) fail(`the restricted gateway refused ${refusedAfter.unauthorized - refusedBefore.unauthorized} ticket requests as unauthorized, want the wrong key's 2`);
   const blocked = refused["r-blocked"];
   if (await blocked.page.evaluate(() => !!customElements.get("quote-ticker"))) fail(`origin B ran the widget script from the restricted gateway, whose allow-list has only ${embed.originA}`);
   if (!blocked.seen.errors().some((t) => /CORS policy/.test(t) && t.includes(rScript))) fail(`origin B: no CORS error for ${rScript}; console: ${JSON.stringify(blocked.seen.errors())}`);
   if ((await attemptsOf("r-blocked")).length !== 0) fail("origin B opened a WebSocket without the widget");
-  ok(`refused pages back off (each retry >= 250, 500, 1000 ms after the one before) and show reconnecting: wrong key (401), failing token provider (no socket), origin B (403, counted by the gateway as origin); origin B cannot load the script from the restricted gateway (CORS)`);
+  ok(`refused pages back off (each retry >= 250, 500, 1000 ms after the one before) and show reconnecting: failing token provider (no socket), origin B (its POST /v1/ticket stopped at the CORS preflight; no ticket issued, no socket); a wrong key (401 to POST /v1/ticket) asks the provider once more, then stops: unauthorized, no socket; origin B cannot load the script from the restricted gateway (CORS)`);
 
   // 15. "Until something changes": the wrong-key page gets a good provider and goes live at once.
   const wrong = refused["r-wrong"].page;
@@ -1485,6 +1617,7 @@ async function main(state, { bin, config, shots }, chromium) {
   const mint = (ttlS) => {
     const t = signJwt({ sub: "widget-test", exp: Math.floor(Date.now() / 1000) + ttlS }, JWT_SECRET);
     minted.push(t);
+    SECRETS.push(t);
     return t;
   };
   embed.tokenCase("refresh", (n) => mint(n === 1 ? SHORT_TOKEN_S : LONG_TOKEN_S));
@@ -1508,6 +1641,10 @@ async function main(state, { bin, config, shots }, chromium) {
   const jSeen = watchPage(jPage, "jwt page", pageErrors);
   const jSockets = [];
   jPage.on("websocket", (ws) => jSockets.push(ws.url()));
+  const jRest = recordRestCalls(jPage);
+  // The tokens each element's POST /v1/ticket carried (every element of this page asks the same
+  // gateway for tickets; the token tells them apart).
+  const ticketTokens = () => jRest.filter((c) => c.path === "/v1/ticket").map((c) => (c.authorization || "").replace(/^Bearer /, ""));
   const readJ = () => jPage.evaluate(() => window.__qtTest.read());
   const jEvents = (id) => jPage.evaluate((i) => window.__qtTest.events.filter((e) => e.id === i), id);
   await jPage.goto(`${embed.originA}/jwt.html`, { waitUntil: "load" });
@@ -1527,8 +1664,8 @@ async function main(state, { bin, config, shots }, chromium) {
   }
   const refreshCalls = embed.calls("refresh");
   if (refreshCalls.length !== 2 || refreshCalls[0].renew || !refreshCalls[1].renew) fail(`jwt-refresh: provider calls ${JSON.stringify(refreshCalls)}, want 2: renew false, then true`);
-  const refreshTokens = jSockets.filter((u) => u.startsWith(caseUrl("refresh"))).map((u) => new URL(u).searchParams.get("token"));
-  if (refreshTokens.length !== 2 || refreshTokens[0] === refreshTokens[1]) fail(`jwt-refresh: sockets with tokens ${refreshTokens.length}, want 2 different ones`);
+  const refreshTickets = jSockets.filter((u) => u.startsWith(caseUrl("refresh"))).map((u) => new URL(u).searchParams);
+  if (refreshTickets.length !== 2 || refreshTickets.some((q) => !q.get("ticket") || q.has("token")) || refreshTickets[0].get("ticket") === refreshTickets[1].get("ticket")) fail(`jwt-refresh: sockets ${jSockets.filter((u) => u.startsWith(caseUrl("refresh")))}, want 2 with different tickets and no token`);
   const jView = await readJ();
   for (const id of ["jwt-expiring", "jwt-in-url"]) {
     if (!/not authorized: token expired/i.test(jView[id].connText)) fail(`${id}: shows ${JSON.stringify(jView[id].connText)}, want "Not authorized: token expired"`);
@@ -1538,9 +1675,13 @@ async function main(state, { bin, config, shots }, chromium) {
   const expiringCalls = embed.calls("expiring");
   if (expiringCalls.length < 2 || expiringCalls[0].renew || !expiringCalls.some((c) => c.renew)) fail(`jwt-expiring: provider calls ${JSON.stringify(expiringCalls)}, want a first one and a renew: true`);
   const attemptsFor = (c) => jSockets.filter((u) => u.startsWith(caseUrl(c))).length;
-  const quiet = { expiring: attemptsFor("expiring"), inUrl: attemptsFor("in-url"), calls: expiringCalls.length };
+  const inUrlToken = await jPage.evaluate(() => new URL(document.getElementById("jwt-in-url").getAttribute("url")).searchParams.get("token"));
+  const inUrlTickets = () => ticketTokens().filter((t) => t === inUrlToken).length;
+  if (inUrlTickets() < 1) fail("jwt-in-url: the token in its url attribute was never traded for a ticket (POST /v1/ticket)");
+  if (jSockets.some((u) => new URL(u).searchParams.has("token"))) fail(`the jwt page opened a WebSocket with token=: ${jSockets.filter((u) => u.includes("token="))}`);
+  const quiet = { expiring: attemptsFor("expiring"), inUrl: attemptsFor("in-url"), tickets: ticketTokens().length, calls: expiringCalls.length };
   await sleep(STOPPED_QUIET_MS);
-  if (attemptsFor("expiring") !== quiet.expiring || attemptsFor("in-url") !== quiet.inUrl || embed.calls("expiring").length !== quiet.calls) {
+  if (attemptsFor("expiring") !== quiet.expiring || attemptsFor("in-url") !== quiet.inUrl || ticketTokens().length !== quiet.tickets || embed.calls("expiring").length !== quiet.calls) {
     fail(`a widget stopped after 1008 tried again by itself within ${STOPPED_QUIET_MS} ms`);
   }
   ok("1008 (token expired): with a provider, one renew and live again at once; expiring again within 10 s, or with the token in the url, it stops: \"Not authorized: token expired\", no retry");
@@ -1548,10 +1689,13 @@ async function main(state, { bin, config, shots }, chromium) {
   await jPage.evaluate((url) => {
     customElements.get("quote-ticker").setToken(async ({ renew }) => (await fetch(`/api/quote-token?case=long&renew=${renew}`)).text(), url);
   }, caseUrl("expiring"));
+  const inUrlBefore = inUrlTickets();
   await jPage.evaluate(() => document.getElementById("jwt-in-url").setAttribute("symbols", "AAPL"));
+  // The url's token has expired: its new POST /v1/ticket is refused (401), so it tries once and
+  // stops again (no provider to renew it).
   await waitFor("the stopped widgets to try again: setToken, an attribute change", async () => {
     const v = await readJ();
-    return { ok: v["jwt-expiring"].state === "live" && v["jwt-in-url"].state !== "unauthorized", detail: { expiring: v["jwt-expiring"].state, inUrl: v["jwt-in-url"].state } };
+    return { ok: v["jwt-expiring"].state === "live" && inUrlTickets() > inUrlBefore && v["jwt-in-url"].state === "unauthorized", detail: { expiring: v["jwt-expiring"].state, inUrl: v["jwt-in-url"].state, inUrlTickets: inUrlTickets() } };
   });
   await jPage.evaluate(() => document.getElementById("jwt-in-url").remove()); // its token stays expired
   ok("a widget stopped after 1008 connects again when setToken is called (live) or its attributes change");
@@ -1566,8 +1710,10 @@ async function main(state, { bin, config, shots }, chromium) {
     if (/[a-z]+:\/\/[^\s'"]*[?#]/i.test(line) || /token=[^…]/.test(line) || secrets.some((t) => line.includes(t))) fail(`the widget logged a URL with its query or a token: ${line}`);
   }
   if (!widgetLines.some((l) => l.includes(`${jWs} closed the connection with 1008`))) fail(`no widget line names the url of the stopped connection; widget lines: ${JSON.stringify(widgetLines)}`);
-  const browserLeaks = allConsole.filter((m) => !m.text.startsWith("quote-ticker:") && secrets.some((t) => m.text.includes(t))).length;
-  log(`note: Chromium's own console lines that carry a token (refused handshakes, full URL): ${browserLeaks}`);
+  // Tickets keep tokens out of WebSocket URLs, so Chromium's own lines for refused handshakes
+  // (which show the full URL) carry none either.
+  const browserLeaks = allConsole.filter((m) => !m.text.startsWith("quote-ticker:") && secrets.some((t) => m.text.includes(t)));
+  if (browserLeaks.length) fail(`Chromium's console lines carry a token: ${browserLeaks[0].text}`);
   ok(`${widgetLines.length} widget console lines: URLs without query, no token`);
 
   // 18. Close 1001 (the gateway shutting down: SIGTERM) brings every connection back after a random
@@ -1617,6 +1763,9 @@ async function main(state, { bin, config, shots }, chromium) {
 
   if (pageErrors.length) fail(`uncaught errors in the page: ${pageErrors.join(" | ")}`);
   ok("no uncaught errors in any page");
+  const gatewayLeaks = state.gateways.flatMap((g) => g.leaks.map((l) => `${g.name}: ${l}`));
+  if (gatewayLeaks.length) fail(`gateway log lines carry a credential: ${gatewayLeaks.slice(0, 3).join(" | ")}`);
+  ok(`no line any of the ${state.gateways.length} gateways wrote carries an API key or JWT`);
 }
 
 // ---------------------------------------------------------------------------------------------
