@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_http::StatusCode;
 
-use crate::access::{presented, Admission, ClientGuards, Grant, Presented, Refusal};
+use crate::access::{presented, Admission, ClientGuards, Grant, Presented, RedeemRefusal, Refusal};
 use crate::security_log;
 use crate::session::{ConnectionGuard, Transport};
 use crate::state::AppState;
@@ -299,16 +299,28 @@ fn admit_client(
     ) {
         Presented::Ticket(ticket) => state
             .tickets
-            .redeem(&ticket, req.origin, std::time::Instant::now())
-            .map_err(|_| {
-                Refused::new(
+            .redeem(
+                access.ticket_key(),
+                &ticket,
+                req.origin,
+                crate::access::tickets_now_ms(),
+            )
+            .map_err(|r| match r {
+                RedeemRefusal::Full => Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate_limited",
+                    Refusal::TicketLimit.reason(),
+                    "too many tickets used lately; retry later\n",
+                )
+                .with_header("retry-after", "5"),
+                _ => Refused::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     Refusal::Ticket.reason(),
-                    "this ticket is unknown, used, expired or from another Origin: \
-                     POST /v1/ticket for a new one\n",
+                    "this ticket is not this gateway's, or used, expired or from another \
+                     Origin: POST /v1/ticket for a new one\n",
                 )
-                .with_header("www-authenticate", "Bearer")
+                .with_header("www-authenticate", "Bearer"),
             })?,
         Presented::Token(token) => Some(token),
         Presented::Nothing => None,

@@ -285,7 +285,7 @@ impl Gateway {
             ));
         }
         lines.push(format!(
-            "access: auth {}, {} API keys, {} allowed origins{}",
+            "access: auth {}, {} API keys, {} allowed origins{}, tickets sealed with {}",
             c.access.auth.name(),
             c.access.api_keys.len(),
             c.access.allowed_origins.len(),
@@ -293,6 +293,11 @@ impl Gateway {
                 " (any)"
             } else {
                 ""
+            },
+            if c.access.ticket_key.is_some() {
+                "ticket_key (good on every gateway that has it)"
+            } else {
+                "a key of this process (good on this gateway only)"
             }
         ));
         if let Some(p) = &c.publish {

@@ -733,3 +733,40 @@ async fn a_token_in_the_websocket_protocol_admits_and_is_never_echoed() {
     let first = ws.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("\"ack\""), "{first}");
 }
+
+/// Behind a load balancer the ticket request and the stream it opens may reach different gateways:
+/// with one `ticket_key` a ticket from one opens a stream on another (once there); without it a
+/// gateway refuses another's ticket with the documented 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_sharing_a_ticket_key_redeem_each_others_tickets() {
+    let shared = |key: &str| {
+        format!(
+            "[access]\nauth = \"api_key\"\napi_keys = [\"{KEY}\"]\n\
+             ticket_key = \"{key}\"\n"
+        )
+    };
+    let a = gateway(&shared("one secret for all edges, 32+ chars long")).await;
+    let b = gateway(&shared("one secret for all edges, 32+ chars long")).await;
+    let other = gateway(&format!(
+        "[access]\nauth = \"api_key\"\napi_keys = [\"{KEY}\"]\n"
+    ))
+    .await;
+    let bearer = format!("Bearer {KEY}");
+    let (status, _, answer) = post_ticket(&a, &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    let ticket = answer["ticket"].as_str().unwrap().to_string();
+    assert!(!ticket.contains(KEY));
+    let mut c = Client::connect(&format!("{}?ticket={ticket}", b.url())).await;
+    c.subscribe(&["AAPL"]).await;
+    let path = format!("/ws?ticket={ticket}");
+    assert_eq!(upgrade(b.addr, &path, &[]).await.0, 401, "used on b");
+    assert_eq!(upgrade(other.addr, &path, &[]).await.0, 401, "another key");
+    let (_, _, answer) = post_ticket(&other, &[("Authorization", &bearer)]).await;
+    let path = format!("/ws?ticket={}", answer["ticket"].as_str().unwrap());
+    assert_eq!(
+        upgrade(a.addr, &path, &[]).await.0,
+        401,
+        "a gateway's own key"
+    );
+    assert_eq!(upgrade(other.addr, &path, &[]).await.0, 101);
+}

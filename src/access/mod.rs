@@ -27,7 +27,9 @@ pub use settings::{
     AccessConfig, ApiKeyEntry, AuthMode, DelayedTierConfig, Secret, ThrottledTierConfig, Tier,
     TiersConfig, DEFAULT_JWT_LEEWAY_SECS,
 };
-pub use tickets::{IssueRefusal, RedeemRefusal, Tickets, MAX_PER_CREDENTIAL, TICKET_TTL};
+pub use tickets::{
+    now_ms as tickets_now_ms, RedeemRefusal, TicketKey, Tickets, MAX_USED, TICKET_TTL,
+};
 use tokens::{digest, JwtVerifier, Verifier};
 pub use tokens::{
     offers_ws_protocol, presented, token_of, Presented, BEARER_PROTOCOL_PREFIX, WS_PROTOCOL,
@@ -70,7 +72,7 @@ pub enum Refusal {
     PendingPerIp,
     /// 401: a ticket unknown, used, expired, or shown from another Origin (`tickets.rs`).
     Ticket,
-    /// 429: `POST /v1/ticket` from a credential holding `MAX_PER_CREDENTIAL` unused tickets.
+    /// 503: `MAX_USED` tickets were used on this gateway within one ticket lifetime.
     TicketLimit,
 }
 
@@ -113,6 +115,8 @@ pub enum CorsOrigin<'a> {
 
 /// The access checks, built once at start.
 pub struct Access {
+    /// The key tickets are sealed with (`[access] ticket_key`), when gateways share one.
+    ticket_key: Option<TicketKey>,
     verifier: Verifier,
     allowed_origins: Vec<String>,
     limits: ClientLimits,
@@ -366,8 +370,26 @@ impl Access {
                 }))
             }
         };
+        let ticket_key = match &config.ticket_key {
+            None => None,
+            Some(secret) => {
+                let secret = secret.resolve().map_err(|message| AccessError::Config {
+                    key: "ticket_key",
+                    message,
+                })?;
+                if secret.len() < 32 {
+                    return Err(AccessError::Config {
+                        key: "ticket_key",
+                        message: "must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+                            .into(),
+                    });
+                }
+                Some(TicketKey::from_secret(&secret))
+            }
+        };
         Ok(Access {
             verifier,
+            ticket_key,
             allowed_origins: config.allowed_origins.clone(),
             limits,
             default_tier: tiers.default,
@@ -567,6 +589,11 @@ impl Access {
     }
 
     /// Whether auth is on (tokens are checked at all).
+    /// The configured ticket key, if any (else each gateway's own, `Tickets`).
+    pub fn ticket_key(&self) -> Option<&TicketKey> {
+        self.ticket_key.as_ref()
+    }
+
     pub fn auth_required(&self) -> bool {
         !matches!(self.verifier, Verifier::Off)
     }

@@ -79,6 +79,10 @@ pub struct AccessConfig {
     pub jwt_leeway_secs: u64,
     /// (auth = "jwt") refuse a token without the symbols claim, instead of granting it every symbol.
     pub jwt_require_symbols_claim: bool,
+    /// The key tickets (`POST /v1/ticket`) are sealed with, a value or "${ENV_VAR}" of at least
+    /// 32 characters: the same on every gateway behind one load balancer, so that a ticket from
+    /// one opens a stream on another. Unset: each gateway makes its own at start.
+    pub ticket_key: Option<Secret>,
     /// Browser Origins allowed to open a WebSocket (exact match, e.g. "https://trade.example.com");
     /// empty: any. Requests without an Origin header (non-browser clients) are not affected.
     pub allowed_origins: Vec<String>,
@@ -169,6 +173,7 @@ impl Default for AccessConfig {
             jwt_issuer: None,
             jwt_leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
             jwt_require_symbols_claim: false,
+            ticket_key: None,
             allowed_origins: Vec::new(),
             allow_anonymous: false,
             trusted_proxies: Vec::new(),

@@ -3,16 +3,27 @@
 //! ride in `?token=`, and Chromium logs the whole URL of a refused handshake to the page's
 //! console, as proxies log query strings. A page posts its token once (`POST /v1/ticket`, in the
 //! `Authorization` header) and opens the stream with `?ticket=`: what a log then shows is a string
-//! that was good once, for 30 s, from that Origin.
+//! that was good once, for 30 s, from that Origin, and that does not reveal the token.
 //!
-//! A ticket keeps the token it stands for, not a verdict: redeeming it runs the token through the
-//! settings in force then (`admit.rs`), so a key revoked by a reload in between is refused, and the
-//! connection counts against its token's limit like any other. The store is bounded (`MAX_TICKETS`,
-//! and `MAX_PER_CREDENTIAL` unused per credential), so minting cannot grow memory.
+//! A ticket is sealed, not stored: the token, the Origin and the expiry, encrypted and
+//! authenticated (AES-256-GCM, ring) under the ticket key. So any gateway with the same key
+//! redeems it: behind a load balancer the ticket request and the stream it opens may land on
+//! different edges (`[access] ticket_key`, shared by them). Without a configured key each gateway
+//! makes its own at start, and its tickets are good on it alone. Redeeming runs the token through
+//! the settings in force then (`admit.rs`), so a key revoked by a reload in between is refused,
+//! and the connection counts against its token's limit like any other.
+//!
+//! Single use is per gateway: each remembers the tickets used on it until they expire
+//! (`MAX_USED`). A ticket copied from a log could still open one stream on each other gateway
+//! sharing the key within its 30 s, from a client that forges the Origin (docs/security.md).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::sync::lock;
 
@@ -21,246 +32,344 @@ use crate::sync::lock;
 /// reads the log.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
 
-/// Unused tickets the gateway holds at once. A ticket is at most a JWT's size (an HTTP header,
-/// bounded by the server's header limit); typical ones are under 1 KiB: ~10 MiB when full.
-pub const MAX_TICKETS: usize = 10_000;
+/// Tickets one gateway remembers as used (until they expire). Past it, a ticket is refused
+/// (503) rather than forgotten early, which would let a used one in again: it takes over 3,000
+/// redemptions a second, sustained, to fill.
+pub const MAX_USED: usize = 100_000;
 
-/// Unused tickets one credential may hold: a page needs one per socket it is opening, so this is
-/// far above any honest use, and one key's holder cannot fill the store for everyone.
-pub const MAX_PER_CREDENTIAL: usize = 16;
+/// Bound to every ticket: a sealed message meant for something else never opens as one.
+const CONTEXT: &[u8] = b"quotegw ticket v1";
 
-/// Random bytes in a ticket: a guess is as hopeless as guessing a 256-bit key.
-const TICKET_BYTES: usize = 32;
-
-/// Why a ticket was not issued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IssueRefusal {
-    /// This credential holds `MAX_PER_CREDENTIAL` unused tickets.
-    PerCredential,
-    /// The store holds `MAX_TICKETS`.
-    Full,
-}
-
-/// Why a ticket admitted nothing; all alike to the client (401), apart in the code's tests.
+/// Why a ticket admitted nothing; all alike to the client (401) but `Full` (503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedeemRefusal {
-    /// Never issued, already used, or expired and swept.
+    /// Not a ticket sealed with this key (garbage, altered, or another gateway's).
     Unknown,
-    /// Issued, but its 30 s have passed.
+    /// Used on this gateway already.
+    Used,
+    /// Its 30 s have passed.
     Expired,
     /// Issued to a page of another Origin (or to none, and presented with one, or the reverse).
     OtherOrigin,
+    /// `MAX_USED` tickets were used within their lifetime.
+    Full,
 }
 
-struct Ticket {
-    token: Option<String>,
-    origin: Option<String>,
-    credential: u64,
-    expires: Instant,
+/// A ticket key: 32 bytes, from `[access] ticket_key` (hashed) or made at start.
+#[derive(Clone)]
+pub struct TicketKey([u8; 32]);
+
+impl TicketKey {
+    /// The key of a configured secret (at least 32 characters): its SHA-256, so any string an
+    /// operator generates works.
+    pub fn from_secret(secret: &str) -> TicketKey {
+        TicketKey(super::tokens::digest(secret.as_bytes()))
+    }
+
+    fn random() -> TicketKey {
+        let mut key = [0u8; 32];
+        fill_random(&mut key);
+        TicketKey(key)
+    }
+
+    fn aead(&self) -> LessSafeKey {
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("a 32-byte AES-256 key"))
+    }
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketKey(<redacted>)")
+    }
 }
 
 #[derive(Default)]
-struct Store {
-    by_id: HashMap<String, Ticket>,
-    /// Every ticket in `by_id` (and some already used), oldest first: with one lifetime for all,
-    /// also soonest to expire first, so expired ones are swept from the front.
-    order: VecDeque<(Instant, String)>,
-    /// Unused tickets per credential fingerprint.
-    per_credential: HashMap<u64, usize>,
+struct Used {
+    /// Nonce of each used ticket → its expiry (unix ms).
+    by_nonce: HashMap<[u8; NONCE_LEN], i64>,
+    /// The same, in the order they were used, to sweep the expired from the front.
+    order: VecDeque<(i64, [u8; NONCE_LEN])>,
 }
 
-/// The tickets issued and not yet used or expired; shared by every worker, kept across reloads.
-#[derive(Default)]
+/// Seals and opens tickets; remembers the ones used here. Shared by every worker, kept across
+/// reloads (a reload may change the configured key, which `Access` holds).
 pub struct Tickets {
-    store: Mutex<Store>,
+    /// The key when `[access] ticket_key` is not set: this gateway's alone.
+    local: TicketKey,
+    used: Mutex<Used>,
+}
+
+impl Default for Tickets {
+    fn default() -> Tickets {
+        Tickets {
+            local: TicketKey::random(),
+            used: Mutex::default(),
+        }
+    }
 }
 
 impl Tickets {
-    /// A new ticket for `token` (as verified by the caller), good once from `origin` until
-    /// `now + TICKET_TTL`. `credential` is the token's fingerprint (`Access::fingerprint`): what
-    /// `MAX_PER_CREDENTIAL` counts.
+    /// A ticket for `token` (as verified by the caller), good once on any gateway with `key`
+    /// (the configured one, else this gateway's), from `origin`, until `now_ms + TICKET_TTL`.
     pub fn issue(
         &self,
+        key: Option<&TicketKey>,
         token: Option<&str>,
         origin: Option<&str>,
-        credential: u64,
-        now: Instant,
-    ) -> Result<String, IssueRefusal> {
-        let mut store = lock(&self.store);
-        store.sweep(now);
-        if store.per_credential.get(&credential).copied().unwrap_or(0) >= MAX_PER_CREDENTIAL {
-            return Err(IssueRefusal::PerCredential);
-        }
-        if store.by_id.len() >= MAX_TICKETS {
-            return Err(IssueRefusal::Full);
-        }
-        let id = random_id();
-        let expires = now + TICKET_TTL;
-        store.by_id.insert(
-            id.clone(),
-            Ticket {
-                token: token.map(Into::into),
-                origin: origin.map(Into::into),
-                credential,
-                expires,
-            },
-        );
-        store.order.push_back((expires, id.clone()));
-        *store.per_credential.entry(credential).or_default() += 1;
-        Ok(id)
+        now_ms: i64,
+    ) -> String {
+        let key = key.unwrap_or(&self.local);
+        let expires = now_ms + TICKET_TTL.as_millis() as i64;
+        let origin = origin.unwrap_or("");
+        let token = token.unwrap_or("");
+        // expiry (8), whether there is an Origin and a token (1 each), the Origin's length (2),
+        // the Origin, the token.
+        let mut plain = Vec::with_capacity(12 + origin.len() + token.len() + 16);
+        plain.extend_from_slice(&expires.to_be_bytes());
+        plain.push(u8::from(!origin.is_empty()));
+        plain.push(u8::from(!token.is_empty()));
+        let origin_len = u16::try_from(origin.len()).unwrap_or(u16::MAX);
+        plain.extend_from_slice(&origin_len.to_be_bytes());
+        plain.extend_from_slice(&origin.as_bytes()[..usize::from(origin_len)]);
+        plain.extend_from_slice(token.as_bytes());
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        key.aead()
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(CONTEXT),
+                &mut plain,
+            )
+            .expect("sealing fits in memory");
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&plain);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
     }
 
-    /// The token `ticket` stands for, if it is still good and `origin` is the one it was issued
-    /// to. The ticket is used up either way: a ticket presented from the wrong Origin was seen by
-    /// someone it was not meant for.
+    /// The token `ticket` stands for, if it opens under `key` (or this gateway's), has not
+    /// expired, was not used here, and `origin` is the one it was issued to (`None`: a ticket
+    /// for no token). A ticket that opens is used up whatever follows: one presented from the
+    /// wrong Origin was seen by someone it was not meant for.
     pub fn redeem(
         &self,
+        key: Option<&TicketKey>,
         ticket: &str,
         origin: Option<&str>,
-        now: Instant,
+        now_ms: i64,
     ) -> Result<Option<String>, RedeemRefusal> {
-        let mut store = lock(&self.store);
-        let t = store.take(ticket).ok_or(RedeemRefusal::Unknown)?;
-        if now >= t.expires {
+        let key = key.unwrap_or(&self.local);
+        let mut sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(ticket)
+            .map_err(|_| RedeemRefusal::Unknown)?;
+        if sealed.len() < NONCE_LEN {
+            return Err(RedeemRefusal::Unknown);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+        let plain = key
+            .aead()
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(CONTEXT),
+                &mut sealed[NONCE_LEN..],
+            )
+            .map_err(|_| RedeemRefusal::Unknown)?;
+        let (expires, has_origin, has_token, sealed_origin, token) =
+            parse(plain).ok_or(RedeemRefusal::Unknown)?;
+        if now_ms >= expires {
             return Err(RedeemRefusal::Expired);
         }
-        if t.origin.as_deref() != origin {
+        self.use_once(nonce, expires, now_ms)?;
+        let sealed_origin = has_origin.then_some(sealed_origin);
+        if sealed_origin != origin {
             return Err(RedeemRefusal::OtherOrigin);
         }
-        Ok(t.token)
+        Ok(has_token.then(|| token.to_string()))
     }
 
-    /// Unused tickets held now (for tests and the store's bound).
-    pub fn len(&self) -> usize {
-        lock(&self.store).by_id.len()
+    /// Marks the ticket of `nonce` used, unless it was.
+    fn use_once(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        expires: i64,
+        now_ms: i64,
+    ) -> Result<(), RedeemRefusal> {
+        let mut used = lock(&self.used);
+        while used.order.front().is_some_and(|(e, _)| *e <= now_ms) {
+            if let Some((_, n)) = used.order.pop_front() {
+                used.by_nonce.remove(&n);
+            }
+        }
+        if used.by_nonce.contains_key(&nonce) {
+            return Err(RedeemRefusal::Used);
+        }
+        if used.by_nonce.len() >= MAX_USED {
+            return Err(RedeemRefusal::Full);
+        }
+        used.by_nonce.insert(nonce, expires);
+        // Expiries are issue time plus one lifetime; issued out of order by a little (several
+        // gateways, their clocks), a late sweep only keeps an entry a little longer.
+        used.order.push_back((expires, nonce));
+        Ok(())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Tickets remembered as used here (for tests).
+    pub fn used(&self) -> usize {
+        lock(&self.used).by_nonce.len()
     }
 }
 
-impl Store {
-    fn take(&mut self, id: &str) -> Option<Ticket> {
-        let t = self.by_id.remove(id)?;
-        if let Some(n) = self.per_credential.get_mut(&t.credential) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_credential.remove(&t.credential);
-            }
-        }
-        Some(t)
-    }
+type Opened<'a> = (i64, bool, bool, &'a str, &'a str);
 
-    /// Drops the expired tickets, and the used ones ahead of them in `order`.
-    fn sweep(&mut self, now: Instant) {
-        while let Some((expires, id)) = self.order.front() {
-            if *expires > now && self.by_id.contains_key(id) {
-                break;
-            }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.take(&id);
-            }
-        }
-        // Used tickets behind a live one wait in `order`; tickets used as fast as they are issued
-        // would grow it without bound, so it is compacted when mostly used.
-        if self.order.len() > 2 * MAX_TICKETS {
-            let by_id = &self.by_id;
-            self.order.retain(|(_, id)| by_id.contains_key(id));
-        }
-    }
+fn parse(plain: &[u8]) -> Option<Opened<'_>> {
+    let expires = i64::from_be_bytes(plain.get(..8)?.try_into().ok()?);
+    let (has_origin, has_token) = (*plain.get(8)? == 1, *plain.get(9)? == 1);
+    let origin_len = usize::from(u16::from_be_bytes(plain.get(10..12)?.try_into().ok()?));
+    let origin = std::str::from_utf8(plain.get(12..12 + origin_len)?).ok()?;
+    let token = std::str::from_utf8(plain.get(12 + origin_len..)?).ok()?;
+    Some((expires, has_origin, has_token, origin, token))
 }
 
-/// A ticket: `TICKET_BYTES` from the operating system's generator, as lowercase hex.
-fn random_id() -> String {
-    let mut bytes = [0u8; TICKET_BYTES];
-    // Without the OS generator there is no safe ticket; the gateway cannot run securely anyway.
-    getrandom::getrandom(&mut bytes).expect("the operating system's random generator");
-    let mut id = String::with_capacity(TICKET_BYTES * 2);
-    for b in bytes {
-        id.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        id.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    id
+/// The wall clock, in unix ms: tickets travel between gateways, which share no other clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn fill_random(out: &mut [u8]) {
+    // Without the operating system's generator no ticket or key is safe; nothing can go on.
+    SystemRandom::new()
+        .fill(out)
+        .expect("the operating system's random generator");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const PAGE: Option<&str> = Some("https://ui.example.com");
+
     #[test]
     fn a_ticket_is_good_once_within_its_lifetime_from_its_origin() {
         let tickets = Tickets::default();
-        let t0 = Instant::now();
-        let page = Some("https://ui.example.com");
-        let id = tickets.issue(Some("key-1"), page, 1, t0).unwrap();
-        assert_eq!(id.len(), 64);
+        let t0 = 1_700_000_000_000;
+        let id = tickets.issue(None, Some("key-1"), PAGE, t0);
+        assert!(!id.contains("key-1"));
         assert_eq!(
-            tickets.redeem(&id, page, t0 + Duration::from_secs(29)),
+            tickets.redeem(None, &id, PAGE, t0 + 29_999),
             Ok(Some("key-1".to_string()))
         );
         assert_eq!(
-            tickets.redeem(&id, page, t0),
-            Err(RedeemRefusal::Unknown),
-            "used"
+            tickets.redeem(None, &id, PAGE, t0),
+            Err(RedeemRefusal::Used)
         );
 
-        let late = tickets.issue(Some("key-1"), page, 1, t0).unwrap();
+        let late = tickets.issue(None, Some("key-1"), PAGE, t0);
         assert_eq!(
-            tickets.redeem(&late, page, t0 + TICKET_TTL),
+            tickets.redeem(None, &late, PAGE, t0 + 30_000),
             Err(RedeemRefusal::Expired)
         );
         for other in [Some("https://evil.example"), None] {
-            let id = tickets.issue(Some("key-1"), page, 1, t0).unwrap();
+            let id = tickets.issue(None, Some("key-1"), PAGE, t0);
             assert_eq!(
-                tickets.redeem(&id, other, t0),
+                tickets.redeem(None, &id, other, t0),
                 Err(RedeemRefusal::OtherOrigin)
             );
             assert_eq!(
-                tickets.redeem(&id, page, t0),
-                Err(RedeemRefusal::Unknown),
+                tickets.redeem(None, &id, PAGE, t0),
+                Err(RedeemRefusal::Used),
                 "a ticket shown from another Origin is used up"
             );
         }
-        let no_origin = tickets.issue(Some("k"), None, 1, t0).unwrap();
+        let no_origin = tickets.issue(None, Some("k"), None, t0);
         assert_eq!(
-            tickets.redeem(&no_origin, page, t0),
+            tickets.redeem(None, &no_origin, PAGE, t0),
             Err(RedeemRefusal::OtherOrigin)
         );
-        assert!(tickets.is_empty());
-        assert_ne!(random_id(), random_id());
+        let anonymous = tickets.issue(None, None, None, t0);
+        assert_eq!(tickets.redeem(None, &anonymous, None, t0), Ok(None));
+        // Garbage, an altered ticket, a truncated one.
+        let good = tickets.issue(None, Some("k"), None, t0);
+        let mut altered = good.clone().into_bytes();
+        let last = altered.len() - 2;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        for bad in [
+            "",
+            "x",
+            "not base64 !",
+            &good[..good.len() - 4],
+            std::str::from_utf8(&altered).unwrap(),
+        ] {
+            assert_eq!(
+                tickets.redeem(None, bad, None, t0),
+                Err(RedeemRefusal::Unknown),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(tickets.redeem(None, &good, None, t0), Ok(Some("k".into())));
+        // Expired ones are forgotten.
+        assert!(tickets.used() > 0);
+        let fresh = tickets.issue(None, None, None, t0 + 60_000);
+        tickets.redeem(None, &fresh, None, t0 + 60_000).unwrap();
+        assert_eq!(tickets.used(), 1);
+    }
+
+    /// The used set is bounded: past `MAX_USED` within one lifetime a ticket is refused (never
+    /// forgotten early, which would let a used one in again), and room comes back as they expire.
+    #[test]
+    fn the_used_tickets_are_bounded() {
+        let tickets = Tickets::default();
+        let t0 = 1_700_000_000_000;
+        let ids: Vec<String> = (0..=MAX_USED)
+            .map(|_| tickets.issue(None, None, None, t0))
+            .collect();
+        for id in &ids[..MAX_USED] {
+            tickets.redeem(None, id, None, t0).unwrap();
+        }
+        assert_eq!(
+            tickets.redeem(None, &ids[MAX_USED], None, t0),
+            Err(RedeemRefusal::Full)
+        );
+        assert_eq!(
+            tickets.redeem(None, &ids[0], None, t0),
+            Err(RedeemRefusal::Used)
+        );
+        let later = tickets.issue(None, None, None, t0 + 30_000);
+        assert_eq!(tickets.redeem(None, &later, None, t0 + 30_000), Ok(None));
+        assert_eq!(tickets.used(), 1);
     }
 
     #[test]
-    fn the_store_is_bounded_per_credential_and_in_all() {
-        let tickets = Tickets::default();
-        let t0 = Instant::now();
-        let mine: Vec<String> = (0..MAX_PER_CREDENTIAL)
-            .map(|_| tickets.issue(Some("a"), None, 7, t0).unwrap())
-            .collect();
+    fn gateways_sharing_a_key_redeem_each_others_tickets_once_each() {
+        let (a, b) = (Tickets::default(), Tickets::default());
+        let shared = TicketKey::from_secret("a shared secret of 32 characters or more");
+        let t0 = 1_700_000_000_000;
+        let id = a.issue(Some(&shared), Some("key-1"), PAGE, t0);
         assert_eq!(
-            tickets.issue(Some("a"), None, 7, t0),
-            Err(IssueRefusal::PerCredential)
+            b.redeem(Some(&shared), &id, PAGE, t0),
+            Ok(Some("key-1".into()))
         );
-        assert!(
-            tickets.issue(Some("b"), None, 8, t0).is_ok(),
-            "others are not held up"
+        assert_eq!(
+            b.redeem(Some(&shared), &id, PAGE, t0),
+            Err(RedeemRefusal::Used)
         );
-        // Using one makes room; so does time.
-        tickets.redeem(&mine[3], None, t0).unwrap();
-        assert!(tickets.issue(Some("a"), None, 7, t0).is_ok());
-        assert!(tickets.issue(Some("a"), None, 7, t0).is_err());
-        assert!(tickets.issue(Some("a"), None, 7, t0 + TICKET_TTL).is_ok());
-        assert_eq!(tickets.len(), 1, "the expired ones were swept");
-
-        for credential in 0..MAX_TICKETS as u64 {
-            if tickets.issue(None, None, 1000 + credential, t0).is_err() {
-                break;
-            }
-        }
-        assert_eq!(tickets.len(), MAX_TICKETS);
-        assert_eq!(tickets.issue(None, None, 1, t0), Err(IssueRefusal::Full));
-        assert!(tickets.issue(None, None, 1, t0 + TICKET_TTL * 2).is_ok());
-        assert_eq!(tickets.len(), 1);
+        // Each gateway's own key: another's ticket does not open.
+        let local = a.issue(None, Some("key-1"), PAGE, t0);
+        assert_eq!(
+            b.redeem(None, &local, PAGE, t0),
+            Err(RedeemRefusal::Unknown)
+        );
+        assert_eq!(
+            a.redeem(Some(&shared), &local, PAGE, t0),
+            Err(RedeemRefusal::Unknown)
+        );
+        // An Origin too long for its length field is cut, and then no page matches it.
+        let long = "h".repeat(70_000);
+        let id = a.issue(None, Some("k"), Some(&long), t0);
+        assert_eq!(
+            a.redeem(None, &id, Some(&long), t0),
+            Err(RedeemRefusal::OtherOrigin)
+        );
     }
 }

@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::access::{
-    CorsOrigin, Grant, IssueRefusal, Refusal, Tier, MAX_PER_CREDENTIAL, TICKET_TTL,
-};
+use crate::access::{CorsOrigin, Grant, Refusal, Tier, TICKET_TTL};
 use crate::admit::{admit, Admitted, ClientRequest, Refused};
 use crate::delta::{encode_snapshot, with_delayed_ms};
 use crate::protocol::{push_json_str, ErrorCode, SymbolList};
@@ -439,9 +437,9 @@ async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
 
 /// `POST /v1/ticket` with the credential in `Authorization: Bearer` → `{"ticket":"...",
 /// "expires_in":30}`: a stand-in for the credential that opens one stream (`?ticket=` on `/ws` or
-/// `/v1/stream`) within its lifetime, from the same Origin (`access/tickets.rs`). Admitted like
-/// any `/v1` request; a credential in the URL is refused here, since keeping it out of URLs is
-/// what a ticket is for.
+/// `/v1/stream`) within its lifetime, from the same Origin, on any gateway sharing the ticket key
+/// (`access/tickets.rs`). A credential in the URL is refused here, since keeping it out of URLs
+/// is what a ticket is for.
 async fn ticket(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let answer = || -> Result<String, Refused> {
         if Query::parse(req.query_string()).0.contains_key("token") {
@@ -469,34 +467,12 @@ async fn ticket(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         crate::admit::verify(&state, &request)?;
         // The token `verify` verified: the ticket stands for it.
         let token = crate::access::presented("", request.authorization, &request.protocols, false);
-        let access = state.access.get();
-        let ticket = state
-            .tickets
-            .issue(
-                token.token(),
-                origin,
-                access.fingerprint(token.token()),
-                std::time::Instant::now(),
-            )
-            .map_err(|r| match r {
-                IssueRefusal::PerCredential => Refused::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    Refusal::TicketLimit.reason(),
-                    format!(
-                        "this credential holds {MAX_PER_CREDENTIAL} unused tickets: use them, \
-                         or wait for them to expire"
-                    ),
-                )
-                .with_header("retry-after", "30"),
-                IssueRefusal::Full => Refused::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "rate_limited",
-                    Refusal::TicketLimit.reason(),
-                    "too many unused tickets; retry later",
-                )
-                .with_header("retry-after", "5"),
-            })?;
+        let ticket = state.tickets.issue(
+            state.access.get().ticket_key(),
+            token.token(),
+            origin,
+            crate::access::tickets_now_ms(),
+        );
         state.sessions.metrics.tickets_issued.inc();
         let mut body = String::from(r#"{"ticket":"#);
         push_json_str(&mut body, &ticket);
