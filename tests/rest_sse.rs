@@ -166,6 +166,22 @@ async fn rest_follows_the_access_rules_of_the_websocket(workers: usize) {
         head.contains("access-control-allow-headers: authorization"),
         "{head}"
     );
+    // A preflight from a refused Origin is a refusal like the request it stands for, counted:
+    // a browser never sends that request.
+    let refused = "quotegw_connections_refused_total{reason=\"origin\"}";
+    let before = gw.metric(refused).await;
+    let (status, _, _) = http(
+        gw.addr,
+        "OPTIONS",
+        "/v1/ticket",
+        &[
+            ("Origin", "https://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(gw.metric(refused).await, before + 1.0);
 }
 
 /// What a client applying the events gets, per symbol: the snapshot, then each update on top.

@@ -12,8 +12,17 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// One browser test at a time: two Chromiums and their gateways on a 2-core machine would make
+/// each one's bounded waits a race with the other.
+static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_browser() -> std::sync::MutexGuard<'static, ()> {
+    BROWSER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn the_widget_works_in_chromium_against_a_replaying_gateway() {
+    let _browser = one_browser();
     let screenshots = root().join("target/widget-screenshots");
     // A screenshot left by an earlier run must not pass for this run's.
     let _ = std::fs::remove_dir_all(&screenshots);
@@ -93,6 +102,7 @@ async fn dashboards_and_alert_rules_reference_only_metrics_the_gateway_exports()
 /// close 1012, and the seq guard against scripted gateways, in headless Chromium.
 #[test]
 fn the_widget_fails_over_between_edges_in_chromium() {
+    let _browser = one_browser();
     let nats = support::nats::NatsServer::start();
     let status = Command::new("node")
         .arg("tests/widget/failover.mjs")

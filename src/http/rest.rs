@@ -421,6 +421,15 @@ async fn trades(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
 async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
     if state.access.get().cors_origin(origin) == CorsOrigin::Refused {
+        // Counted and logged like any Origin refusal: a browser stops at this answer, so the
+        // request it meant (a ticket, a quote) never comes to be refused itself.
+        Refused::new(
+            StatusCode::FORBIDDEN,
+            "unauthorized",
+            Refusal::Origin.reason(),
+            "this Origin may not use this gateway",
+        )
+        .record(&state, req.peer_addr(), "rest");
         return HttpResponse::Forbidden().finish();
     }
     let mut response = HttpResponse::NoContent();
