@@ -1,5 +1,5 @@
-//! Credentials: where a request carries one (`presented`, `token_of`), and how API keys and JWTs are verified
-//! (`Verifier`; keys compared as SHA-256 digests).
+//! Credentials: where a request carries one (`presented`, `token_of`), and how API keys and JWTs
+//! are verified (`Verifier`; keys compared as SHA-256 digests).
 
 use std::time::Duration;
 
