@@ -62,7 +62,7 @@ pub enum StartError {
     Listen(String),
     #[error("cannot start the gateway thread: {0}")]
     Thread(std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Access(#[from] crate::access::AccessError),
     #[error("cannot raise the open-file limit (RLIMIT_NOFILE): {0}")]
     FdLimit(std::io::Error),
@@ -256,15 +256,6 @@ impl Gateway {
         self.access()?;
         let c = &self.config;
         c.listen_addr().map_err(StartError::Listen)?;
-        if let Some(m) = &c.metrics_listen {
-            let ops = crate::config::resolve(m).map_err(StartError::Listen)?;
-            let public = c.listen_addr().map_err(StartError::Listen)?;
-            if ops.port() != 0 && ops == public {
-                return Err(StartError::Listen(format!(
-                    "metrics_listen '{m}' is listen's address: give it another port"
-                )));
-            }
-        }
         let mut lines = vec![match &c.metrics_listen {
             Some(m) => format!("listen {} (WebSocket at /ws), metrics on {m}", c.listen),
             None => format!(

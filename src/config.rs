@@ -71,6 +71,38 @@ fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
 
+/// A deserializer's message as the operator should read it: never with the value of a string
+/// (found from outside: `api_keys = "sk-..."`, a string for a list, printed the key in the error,
+/// to the journal), and an `api_keys` entry's shapes spelled out.
+fn explain(message: &str) -> String {
+    if message.contains("untagged enum ApiKeyEntry") {
+        return "each entry is a key (\"...\" or \"${NAME}\") or { key = \"...\", tier = \"realtime\" \
+                | \"delayed\" | \"throttled\" }"
+            .into();
+    }
+    // `invalid type: string "<value>", expected ...` (serde escapes quotes inside the value).
+    let Some(start) = message.find("string \"") else {
+        return message.to_string();
+    };
+    let value = start + "string \"".len();
+    let mut end = None;
+    let mut escaped = false;
+    for (i, c) in message[value..].char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => {
+                end = Some(value + i);
+                break;
+            }
+            _ => escaped = false,
+        }
+    }
+    match end {
+        Some(end) => format!("{}a string{}", &message[..start], &message[end + 1..]),
+        None => format!("{}a string", &message[..start]),
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -127,7 +159,7 @@ impl Config {
                     message,
                 };
             }
-            invalid(key, inner.span(), inner.message().to_string())
+            invalid(key, inner.span(), explain(inner.message()))
         })?;
         config
             .validate()
@@ -139,7 +171,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.listen_addr().map_err(|m| ("listen".to_string(), m))?;
         if let Some(m) = &self.metrics_listen {
-            resolve(m).map_err(|e| ("metrics_listen".to_string(), e))?;
+            let ops = resolve(m).map_err(|e| ("metrics_listen".to_string(), e))?;
+            // Found from outside: a start failed binding it as "in use by another process".
+            if ops.port() != 0 && Ok(ops) == self.listen_addr() {
+                return Err((
+                    "metrics_listen".into(),
+                    format!("'{m}' is listen's address: give it another port"),
+                ));
+            }
         }
         if self.workers > 256 {
             return Err((

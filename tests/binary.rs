@@ -387,6 +387,12 @@ fn check_config_refuses_what_a_start_would_without_listening_or_connecting() {
             "twice.toml: access.api_keys: entries 1 and 2 are the same key",
         ),
         (
+            // Refused alike (found from outside: a start said the port was in use).
+            "same-port.toml",
+            format!("listen = \"127.0.0.1:1\"\nmetrics_listen = \"127.0.0.1:1\"\n{feed}"),
+            "is listen's address",
+        ),
+        (
             "nats-url.toml",
             "listen = \"127.0.0.1:0\"\n[[feeds]]\nkind = \"nats\"\nname = \"bus\"\nnats_url = \"http://10.0.0.5:4222\"\n".to_string(),
             "nats_url",

@@ -104,6 +104,26 @@ impl AccessConfig {
     /// an Origin as browsers send one (found from outside: `https://ui.example/` was accepted and
     /// then matched no page, locking every browser out). Errors are (key, what to change).
     pub fn validate(&self) -> Result<(), (String, String)> {
+        // Credentials the chosen mode would ignore: `api_keys` with `auth` forgotten would serve
+        // anyone (found from outside: accepted without a word).
+        let jwt = self.jwt_hs256_secret.is_some() || self.jwt_rs256_public_key_file.is_some();
+        let ignored = match self.auth {
+            AuthMode::Off if !self.api_keys.is_empty() => Some("api_keys are"),
+            AuthMode::Off if jwt => Some("a JWT key is"),
+            AuthMode::ApiKey if jwt => Some("a JWT key is"),
+            AuthMode::Jwt if !self.api_keys.is_empty() => Some("api_keys are"),
+            _ => None,
+        };
+        if let Some(what) = ignored {
+            return Err((
+                "access.auth".into(),
+                format!(
+                    "is \"{}\", but {what} set, which it would ignore: set the auth mode they \
+                     are for, or remove them",
+                    self.auth.name()
+                ),
+            ));
+        }
         for origin in &self.allowed_origins {
             if let Some(problem) = origin_problem(origin) {
                 return Err((

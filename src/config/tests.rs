@@ -272,3 +272,40 @@ fn allowed_origins_must_be_origins_as_browsers_send_them() {
         );
     }
 }
+
+/// A value given in the wrong shape is never printed: it may be a secret.
+#[test]
+fn a_mistyped_secret_is_not_printed_in_the_error() {
+    let e = err("[access]\nauth = \"api_key\"\napi_keys = \"sk-live-0123456789abcdef\"\n");
+    assert_eq!(
+        e,
+        "my.toml: line 3: key 'access.api_keys': invalid type: a string, expected a sequence"
+    );
+    let e =
+        err("[access]\napi_keys = [{ key = \"sk-live-0123456789abcdef\", tier = \"delyed\" }]\n");
+    assert!(
+        !e.contains("sk-live") && e.contains("tier = \"realtime\""),
+        "{e}"
+    );
+    let e = err("[access]\nallowed_origins = \"a \\\"quoted\\\" sk-live\"\n");
+    assert!(!e.contains("sk-live") && e.contains("a string"), "{e}");
+}
+
+/// Credentials the auth mode would ignore are an error, not a gateway that quietly serves anyone.
+#[test]
+fn credentials_the_auth_mode_ignores_are_refused() {
+    for (text, says) in [
+        ("[access]\napi_keys = [\"0123456789abcdef\"]\n", "is \"off\", but api_keys are set"),
+        (
+            "[access]\nauth = \"api_key\"\napi_keys = [\"0123456789abcdef\"]\njwt_hs256_secret = \"s\"\n",
+            "is \"api_key\", but a JWT key is set",
+        ),
+        (
+            "[access]\nauth = \"jwt\"\njwt_hs256_secret = \"s\"\napi_keys = [\"0123456789abcdef\"]\n",
+            "is \"jwt\", but api_keys are set",
+        ),
+    ] {
+        let e = err(text);
+        assert!(e.starts_with("my.toml: key 'access.auth': ") && e.contains(says), "{e}");
+    }
+}

@@ -23,7 +23,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/symbols", web::get().to(symbols))
         .route("/v1/bars", web::get().to(bars))
         .route("/v1/trades", web::get().to(trades))
-        .route("/v1/ticket", web::post().to(ticket))
+        .service(
+            web::resource("/v1/ticket")
+                .route(web::post().to(ticket))
+                .route(web::method(actix_web::http::Method::OPTIONS).to(preflight))
+                .default_service(web::to(|| async {
+                    HttpResponse::MethodNotAllowed()
+                        .insert_header(("Allow", "POST, OPTIONS"))
+                        .body("POST /v1/ticket, with the credential in Authorization: Bearer\n")
+                })),
+        )
         .route("/v1/stream", web::get().to(stream_on_a_used_connection))
         .route(
             "/v1/{tail:.*}",
