@@ -26,153 +26,48 @@
 //      with 1012; it reconnects to B and takes the lower seq at once (no symbol held back by the
 //      seq guard), and shows B's quotes again.
 // No check measures speed: every wait is a bounded poll for a condition with a generous deadline.
+// The helpers it shares with run.mjs (checks, polls, the gateway process, Chromium, stopping
+// everything on failure too) are in tests/widget/toolkit.mjs.
 
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import crypto from "node:crypto";
-import { createRequire } from "node:module";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
 import { embedPage, startEmbedServer } from "./embed-server.mjs";
-import { startOverlay } from "./overlay.mjs";
+import {
+  Gateway,
+  POLL_MS,
+  ROOT,
+  configure,
+  describeError,
+  fail,
+  freePort,
+  killGroup,
+  launchChromium,
+  loadPlaywright,
+  log,
+  ok,
+  passedCount,
+  removeDirs,
+  resolveBin,
+  sleep,
+  startWatchdog,
+  stopAll,
+  waitFor,
+} from "./toolkit.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const OVERALL_TIMEOUT_MS = 240_000;
 const READY_TIMEOUT_MS = 30_000;
 const STEP_TIMEOUT_MS = 30_000;
-const POLL_MS = 100;
+configure({ stepTimeoutMs: STEP_TIMEOUT_MS });
 const SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN"];
 const PRICE_FIELDS = ["bid", "ask", "last"];
 // Unique per run, so that a NATS server shared with other runs never mixes their states.
 const STREAM = `QGWFAIL${process.pid}`;
 const PREFIX = `qgwfail${process.pid}`;
-
-class TestFailure extends Error {}
-function fail(message) {
-  throw new TestFailure(message);
-}
-function log(line) {
-  process.stdout.write(`${line}\n`);
-}
-let passed = 0;
-function ok(what) {
-  passed++;
-  log(`ok ${passed} - ${what}`);
-}
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Polls `probe` until it returns a truthy value ({ ok: false } is falsy); fails at the deadline. */
-async function waitFor(what, probe, timeoutMs = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (last && last.ok !== false) return last;
-    if (Date.now() > deadline) {
-      const detail = last && last.detail !== undefined ? `; last seen: ${JSON.stringify(last.detail)}` : "";
-      fail(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
-    }
-    await sleep(POLL_MS);
-  }
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.unref();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** A gateway process (ingest or edge) in its own process group, its output kept for failures. */
-class Gateway {
-  constructor(bin, config, port, name) {
-    Object.assign(this, { bin, config, port, name, proc: null, output: [], upstreamPort: null, overlay: null });
-  }
-
-  get base() {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  get ws() {
-    return `ws://127.0.0.1:${this.port}/ws`;
-  }
-
-  async enableOverlay(files) {
-    this.upstreamPort = await freePort();
-    this.overlay = await startOverlay(this.port, this.upstreamPort, files);
-  }
-
-  start() {
-    const listen = `127.0.0.1:${this.upstreamPort ?? this.port}`;
-    const proc = spawn(this.bin, ["--config", this.config, "--listen", listen], {
-      detached: true,
-      cwd: ROOT,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    this.proc = proc;
-    proc.exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
-    proc.on("error", (e) => this.output.push(`spawn error: ${e.message}`));
-    for (const stream of [proc.stdout, proc.stderr]) {
-      stream.setEncoding("utf8");
-      stream.on("data", (chunk) => {
-        for (const line of chunk.split("\n")) if (line) this.output.push(line);
-        if (this.output.length > 300) this.output.splice(0, this.output.length - 300);
-      });
-    }
-  }
-
-  async startReady() {
-    this.start();
-    let exited = null;
-    this.proc.exited.then((e) => (exited = e));
-    const deadline = Date.now() + READY_TIMEOUT_MS;
-    while (Date.now() < deadline && !exited) {
-      try {
-        const res = await fetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(1000) });
-        if (res.status === 200) return;
-      } catch {
-        // not listening yet
-      }
-      await sleep(POLL_MS);
-    }
-    fail(exited ? `${this.name} exited during start-up (${JSON.stringify(exited)})` : `${this.name} not ready within ${READY_TIMEOUT_MS} ms`);
-  }
-
-  async stop(signal = "SIGKILL") {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    try {
-      process.kill(-proc.pid, signal);
-    } catch {
-      // already gone
-    }
-    await Promise.race([proc.exited, sleep(5000)]);
-  }
-
-  stopNow() {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    try {
-      process.kill(-proc.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-
-  tail(n = 25) {
-    return this.output.slice(-n).map((l) => `${this.name}: ${l}`).join("\n");
-  }
-}
 
 /**
  * Purges `subjects` of a JetStream stream through NATS's own client protocol (a plain TCP
@@ -452,21 +347,6 @@ async function matchGateway(page, id, base, label) {
   if (matched.size < SYMBOLS.length) fail(`${label}: the element never showed ${base}'s quotes for ${SYMBOLS.filter((s) => !matched.has(s))}; last difference: ${JSON.stringify(last)}`);
 }
 
-function resolveBin() {
-  const candidates = [process.env.QUOTEGW_BIN, "target/release/quotegw", "target/debug/quotegw"].filter(Boolean);
-  const bin = candidates.map((c) => path.resolve(ROOT, c)).find((c) => fs.existsSync(c));
-  if (!bin) fail(`no gateway binary: set QUOTEGW_BIN (tried ${candidates.join(", ")})`);
-  return bin;
-}
-
-function loadPlaywright() {
-  const ensure = path.join(ROOT, "tests/widget/ensure-browser.sh");
-  const r = spawnSync("bash", [ensure], { stdio: ["ignore", "pipe", "inherit"], encoding: "utf8", timeout: 900_000 });
-  if (r.status !== 0) fail(`${ensure} failed (exit ${r.status})`);
-  const require = createRequire(path.join(r.stdout.trim().split("\n").pop(), "package.json"));
-  return require("playwright-core");
-}
-
 async function main(state, bin, chromium) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-failover-"));
   state.tmpDirs.push(tmp);
@@ -479,7 +359,8 @@ async function main(state, bin, chromium) {
   const ingestToml = write("ingest.toml", ingestConfig(natsUrl));
   const edgeToml = write("edge.toml", edgeConfig(natsUrl));
   const launch = async (name, config, overlayFiles) => {
-    const g = new Gateway(bin, config, await freePort(), name);
+    // An ingest or an edge; a start that exits before it is ready fails the run (no retry).
+    const g = new Gateway(bin, config, await freePort(), name, { readyTimeoutMs: READY_TIMEOUT_MS, startAttempts: 1, keepLines: 300 });
     state.gateways.push(g);
     if (overlayFiles) await g.enableOverlay(overlayFiles);
     await g.startReady();
@@ -512,12 +393,7 @@ async function main(state, bin, chromium) {
   embed.page("failover", embedPage("Failover", script, `  <quote-ticker id="fo" url="${a.ws}  ${b.ws}" symbols="${SYMBOLS.join(",")}"></quote-ticker>`));
 
   state.userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-failover-chromium-"));
-  const context = (state.context = await chromium.launchPersistentContext(state.userDataDir, {
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    timeout: 30_000,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  }));
+  const context = (state.context = await launchChromium(chromium, state.userDataDir));
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   await context.addInitScript(pageRecorder);
   const page = context.pages()[0] || (await context.newPage());
@@ -675,54 +551,30 @@ async function main(state, bin, chromium) {
 }
 
 async function cleanup(state) {
-  try {
-    if (state.context) await state.context.close();
-  } catch {
-    // the browser is gone already
-  }
-  for (const g of state.gateways) {
-    await g.stop();
-    if (g.overlay) await g.overlay.close();
-  }
-  if (state.embed) await state.embed.close();
-  for (const s of state.scripted) await s.close();
-  if (state.nats) {
-    try {
-      process.kill(-state.nats.pid, "SIGKILL");
-    } catch {
-      // gone
-    }
-  }
-  for (const d of [...state.tmpDirs, state.userDataDir].filter(Boolean)) fs.rmSync(d, { recursive: true, force: true });
+  await stopAll({ context: state.context, gateways: state.gateways, servers: [state.embed, ...state.scripted] });
+  killGroup(state.nats);
+  removeDirs([...state.tmpDirs, state.userDataDir]);
 }
 
 const state = { gateways: [], tmpDirs: [], scripted: [] };
 let exitCode = 0;
-const watchdog = setTimeout(() => {
-  log(`FAIL: the failover test did not finish within ${OVERALL_TIMEOUT_MS / 1000} s`);
-  for (const g of state.gateways) {
-    g.stopNow();
-    log(g.tail());
-  }
-  if (state.nats) process.kill(-state.nats.pid, "SIGKILL");
-  process.exit(1);
-}, OVERALL_TIMEOUT_MS);
-for (const sig of ["SIGINT", "SIGTERM"]) {
-  process.on(sig, () => {
-    for (const g of state.gateways) g.stopNow();
-    if (state.nats) process.kill(-state.nats.pid, "SIGKILL");
-    process.exit(1);
-  });
-}
+const watchdog = startWatchdog({
+  what: "failover",
+  timeoutMs: OVERALL_TIMEOUT_MS,
+  gateways: state.gateways,
+  tailLines: 25,
+  onTimeout: () => killGroup(state.nats),
+  onSignal: () => killGroup(state.nats),
+});
 try {
   const bin = resolveBin();
   const { chromium } = loadPlaywright();
   await main(state, bin, chromium);
-  log(`failover: all ${passed} checks passed`);
+  log(`failover: all ${passedCount()} checks passed`);
 } catch (e) {
   exitCode = 1;
-  log(`FAIL: ${e instanceof TestFailure ? e.message : e && e.stack ? e.stack : e}`);
-  for (const g of state.gateways) log(`${g.name} output (last lines):\n${g.tail(15)}`);
+  log(`FAIL: ${describeError(e)}`);
+  for (const g of state.gateways) log(g.report(15));
 } finally {
   await cleanup(state);
   clearTimeout(watchdog);

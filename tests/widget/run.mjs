@@ -19,24 +19,21 @@
 // allowed_origins = the host pages' origin A, auth = "api_key") and a "jwt" one (auth = "jwt",
 // HS256). Their configs are written at run time into a temporary directory, because origin A's port
 // is only known then. Host pages on other origins come from tests/widget/embed-server.mjs. The
-// trades-and-bars checks (sparklines, <quote-tape>) live in tests/widget/trades-bars.mjs.
+// trades-and-bars checks (sparklines, <quote-tape>) live in tests/widget/trades-bars.mjs; what this
+// test shares with tests/widget/failover.mjs (failing and counting checks, bounded polls, the
+// gateway process, Chromium, stopping everything) in tests/widget/toolkit.mjs.
 //
 // The gateway serves web/ as embedded at build time. A binary older than the files on disk would
 // test old files, so the run fails on a mismatch, unless QUOTEGW_WEB_OVERLAY=1 (development only: the
 // files on disk are served through tests/widget/overlay.mjs, with the gateway's own headers).
 
-import { spawn, spawnSync } from "node:child_process";
 import crypto from "node:crypto";
-import { createRequire } from "node:module";
 import fs from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
 import { embedPage, startEmbedServer, tokenScript } from "./embed-server.mjs";
-import { startOverlay } from "./overlay.mjs";
 import {
   checkPolledSparkline,
   checkSparklines,
@@ -46,15 +43,35 @@ import {
   recordRestCalls,
   recordSockets,
 } from "./trades-bars.mjs";
+import {
+  Gateway as GatewayProcess,
+  POLL_MS,
+  ROOT,
+  configure,
+  decimalCmp,
+  describeError,
+  fail,
+  freePort,
+  launchChromium,
+  loadPlaywright,
+  log,
+  ok,
+  passedCount,
+  removeDirs,
+  resolveBin,
+  sleep,
+  startWatchdog,
+  stopAll,
+  waitFor,
+} from "./toolkit.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const OVERALL_TIMEOUT_MS = 180_000;
 const READY_TIMEOUT_MS = 20_000;
 const STEP_TIMEOUT_MS = 15_000;
 // After a restart the widget waits out its backoff (capped at 30 s, but a gateway that is down for a
 // second or two is retried within a few seconds).
 const RECONNECT_TIMEOUT_MS = 40_000;
-const POLL_MS = 100;
+configure({ stepTimeoutMs: STEP_TIMEOUT_MS });
 
 // The widget's reconnect rules (web/quote-ticker.js), restated to check them: after close 1001 a
 // delay uniform in [0, RESTART_JITTER_MS]; after any other loss (a refused handshake included) at
@@ -104,8 +121,6 @@ const PRICE_FIELDS = ["bid", "ask", "last"];
 const DEMO_TAPE_ROWS = 15;
 const TAPE_ROWS = 15;
 
-class TestFailure extends Error {}
-
 /** PROTOCOL.md's symbol rule, restated independently of the widget's regular expression. */
 function isProtocolSymbol(s) {
   if (typeof s !== "string" || s.length < 1 || s.length > 32) return false;
@@ -116,87 +131,22 @@ function isProtocolSymbol(s) {
   return true;
 }
 
-function fail(message) {
-  throw new TestFailure(message);
-}
-
-function log(line) {
-  process.stdout.write(`${line}\n`);
-}
-
-let passed = 0;
-function ok(what) {
-  passed++;
-  log(`ok ${passed} - ${what}`);
-}
-
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Polls `probe` until it returns a truthy value; fails with `what` (and the last value) at the deadline. */
-async function waitFor(what, probe, timeoutMs = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (last && last.ok !== false) return last;
-    if (Date.now() > deadline) {
-      const detail = last && last.detail !== undefined ? `; last seen: ${JSON.stringify(last.detail)}` : "";
-      fail(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
-    }
-    await sleep(POLL_MS);
-  }
-}
-
-/** Exact comparison of decimal strings, written independently of the widget's comparator. */
-function decimalCmp(a, b) {
-  const split = (s) => {
-    const m = /^(-?)(\d+)(?:\.(\d+))?$/.exec(s);
-    if (!m) fail(`not a decimal string: ${JSON.stringify(s)}`);
-    return { neg: m[1] === "-", int: m[2], frac: m[3] || "" };
-  };
-  const x = split(a);
-  const y = split(b);
-  const scale = Math.max(x.frac.length, y.frac.length);
-  const big = (d) => (d.neg ? -1n : 1n) * BigInt(d.int + d.frac.padEnd(scale, "0"));
-  const bx = big(x);
-  const by = big(y);
-  return bx < by ? -1 : bx > by ? 1 : 0;
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.unref();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 
-class Gateway {
+/**
+ * A gateway process (tests/widget/toolkit.mjs), and what this test adds: a start that fails to bind
+ * (port still held) is retried, every output line is searched for a long-lived credential, and its
+ * Prometheus counters are read.
+ */
+class Gateway extends GatewayProcess {
   constructor(bin, config, port, name = "gateway") {
-    this.bin = bin;
-    this.config = config;
-    this.port = port;
-    this.name = name;
-    this.proc = null;
-    this.output = [];
+    super(bin, config, port, name, { readyTimeoutMs: READY_TIMEOUT_MS, startAttempts: 5, keepLines: 200 });
     this.leaks = []; // output lines that carry one of SECRETS
-    // With QUOTEGW_WEB_OVERLAY: the gateway listens here, behind tests/widget/overlay.mjs on `port`.
-    this.upstreamPort = null;
-    this.overlay = null;
   }
 
-  /** Puts the overlay proxy (web/ from disk) on `port`; call while the gateway is stopped. */
-  async enableOverlay(files) {
-    this.upstreamPort = await freePort();
-    this.overlay = await startOverlay(this.port, this.upstreamPort, files);
+  onLine(line) {
+    // Every line, not only the kept tail, is searched for a long-lived credential.
+    if (SECRETS.some((t) => line.includes(t))) this.leaks.push(line);
   }
 
   /**
@@ -210,89 +160,6 @@ class Gateway {
     const text = await res.text();
     const line = text.split("\n").find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && l.includes(label));
     return line ? Number(line.trim().split(/\s+/).pop()) : 0;
-  }
-
-  get base() {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  start() {
-    // Its own process group, so that stopping it also stops anything it started.
-    const listen = `127.0.0.1:${this.upstreamPort ?? this.port}`;
-    const proc = spawn(this.bin, ["--config", this.config, "--listen", listen], {
-      detached: true,
-      cwd: ROOT, // the config's replay path is relative to the repository root
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    this.proc = proc;
-    proc.exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
-    proc.on("error", (e) => this.output.push(`spawn error: ${e.message}`));
-    for (const stream of [proc.stdout, proc.stderr]) {
-      stream.setEncoding("utf8");
-      stream.on("data", (chunk) => {
-        for (const line of chunk.split("\n")) {
-          if (!line) continue;
-          this.output.push(line);
-          // Every line, not only the kept tail, is searched for a long-lived credential.
-          if (SECRETS.some((t) => line.includes(t))) this.leaks.push(line);
-        }
-        if (this.output.length > 200) this.output.splice(0, this.output.length - 200);
-      });
-    }
-  }
-
-  /** Starts it and waits for GET /readyz = 200; a start that fails to bind (port still held) is retried. */
-  async startReady() {
-    for (let attempt = 1; ; attempt++) {
-      this.start();
-      const proc = this.proc;
-      let exited = null;
-      proc.exited.then((e) => (exited = e));
-      const deadline = Date.now() + READY_TIMEOUT_MS;
-      while (Date.now() < deadline && !exited) {
-        try {
-          const res = await fetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(1000) });
-          if (res.status === 200) return;
-        } catch {
-          // not listening yet
-        }
-        await sleep(POLL_MS);
-      }
-      if (!exited) fail(`${this.name} not ready (GET /readyz != 200) within ${READY_TIMEOUT_MS} ms`);
-      if (attempt >= 5) fail(`${this.name} exited during start-up (${JSON.stringify(exited)}) ${attempt} times`);
-      await sleep(500);
-    }
-  }
-
-  /** Stops the gateway's process group and waits (bounded) for it to be gone. */
-  async stop(signal = "SIGKILL") {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    try {
-      process.kill(-proc.pid, signal);
-    } catch {
-      try {
-        proc.kill(signal);
-      } catch {
-        // already gone
-      }
-    }
-    await Promise.race([proc.exited, sleep(5000)]);
-  }
-
-  /** For the watchdog: no awaiting. */
-  stopNow() {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    try {
-      process.kill(-proc.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-
-  tail(n = 40) {
-    return this.output.slice(-n).map((l) => `${this.name}: ${l}`).join("\n");
   }
 }
 
@@ -591,22 +458,11 @@ function watchPage(page, label, pageErrors) {
 // ---------------------------------------------------------------------------------------------
 
 function resolveInputs() {
-  const candidates = [process.env.QUOTEGW_BIN, "target/release/quotegw", "target/debug/quotegw"].filter(Boolean);
-  const bin = candidates.map((c) => path.resolve(ROOT, c)).find((c) => fs.existsSync(c));
-  if (!bin) fail(`no gateway binary: set QUOTEGW_BIN (tried ${candidates.join(", ")})`);
+  const bin = resolveBin();
   const config = path.resolve(ROOT, process.env.QUOTEGW_CONFIG || "tests/widget/gateway.toml");
   if (!fs.existsSync(config)) fail(`no gateway config at ${config} (QUOTEGW_CONFIG)`);
   const shots = path.resolve(ROOT, process.env.SCREENSHOT_DIR || "target/widget-screenshots");
   return { bin, config, shots };
-}
-
-function loadPlaywright() {
-  const ensure = path.join(ROOT, "tests/widget/ensure-browser.sh");
-  const r = spawnSync("bash", [ensure], { stdio: ["ignore", "pipe", "inherit"], encoding: "utf8", timeout: 900_000 });
-  if (r.status !== 0) fail(`${ensure} failed (exit ${r.status}${r.signal ? `, ${r.signal}` : ""})`);
-  const nodeDir = r.stdout.trim().split("\n").pop();
-  const require = createRequire(path.join(nodeDir, "package.json"));
-  return require("playwright-core");
 }
 
 async function main(state, { bin, config, shots }, chromium) {
@@ -645,21 +501,7 @@ async function main(state, { bin, config, shots }, chromium) {
   const embed = (state.embed = await startEmbedServer(webFiles.get("/widget/quote-ticker.js")));
 
   state.userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "quotegw-widget-chromium-"));
-  const context = (state.context = await chromium.launchPersistentContext(state.userDataDir, {
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    timeout: 30_000,
-    viewport: { width: 1280, height: 900 },
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  }));
+  const context = (state.context = await launchChromium(chromium, state.userDataDir, { viewport: { width: 1280, height: 900 } }));
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   await context.addInitScript(pageHelpers);
 
@@ -684,8 +526,6 @@ async function main(state, { bin, config, shots }, chromium) {
   const widgetSockets = () => sockets.filter((s) => !isReference(s));
   const read = () => page.evaluate(() => window.__qtTest.read());
   const wsUrl = `ws://127.0.0.1:${port}/ws`;
-  // What tests/widget/trades-bars.mjs uses of this file.
-  const tk = { waitFor, fail, decimalCmp, sleep, POLL_MS };
 
   // 1. The demo page, from the gateway itself.
   for (const [route, type, file] of WEB_ASSETS) {
@@ -787,8 +627,8 @@ async function main(state, { bin, config, shots }, chromium) {
   };
   await compareWithGateway("before restart");
   ok(`displayed bid/ask/last/volume/status equal the gateway's quotes for ${CHECKED_SYMBOLS.join(", ")}`);
-  const demoSpark = await checkSparklines(tk, page, "demo-grid", gw.base, CHECKED_SYMBOLS, "1m", "demo page");
-  const demoTape = await checkTape(tk, page, "demo-trades", gw.base, "AAPL", DEMO_TAPE_ROWS, "demo page");
+  const demoSpark = await checkSparklines(page, "demo-grid", gw.base, CHECKED_SYMBOLS, "1m", "demo page");
+  const demoTape = await checkTape(page, "demo-trades", gw.base, "AAPL", DEMO_TAPE_ROWS, "demo page");
   ok(`demo page: sparklines equal GET /v1/bars (1m; ${[...demoSpark].map(([s, n]) => `${s} ${n}`).join(", ")} bars); the tape's newest ${demoTape.compared} AAPL prints equal GET /v1/trades`);
 
   // 6. A hostile symbol is text, runs nothing, and opens no extra socket.
@@ -989,8 +829,8 @@ async function main(state, { bin, config, shots }, chromium) {
     const got = extrasOf(lastSubscribeOf(sSock, sym));
     if (got !== want) fail(`the trades page subscribed ${sym} with ${got}, want ${want}: ${JSON.stringify(sSock.sent)}`);
   }
-  const sSpark = await checkSparklines(tk, sPage, "s-grid", gw.base, ["AAPL", "MSFT"], "1m", "trades page");
-  const sTape = await checkTape(tk, sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "trades page", { minRows: 3 });
+  const sSpark = await checkSparklines(sPage, "s-grid", gw.base, ["AAPL", "MSFT"], "1m", "trades page");
+  const sTape = await checkTape(sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "trades page", { minRows: 3 });
   const restOf = (path, sym) => sRest.filter((c) => c.path === path && c.query.symbol === sym);
   const tradeReads = restOf("/v1/trades", "AAPL");
   if (!tradeReads.length || tradeReads[0].query.limit !== String(TAPE_ROWS)) fail(`the tape read ${JSON.stringify(tradeReads)}, want GET /v1/trades?symbol=AAPL&limit=${TAPE_ROWS}`);
@@ -1013,7 +853,7 @@ async function main(state, { bin, config, shots }, chromium) {
     const ops = sSock.sent.slice(sMark).filter((o) => o.op === "subscribe" && o.symbols.includes("MSFT"));
     return { ok: ops.some((o) => extrasOf(o) === "trades+1m"), detail: sSock.sent.slice(sMark) };
   });
-  await checkTape(tk, sPage, "s-tape2", gw.base, "MSFT", 5, "a second tape (MSFT)");
+  await checkTape(sPage, "s-tape2", gw.base, "MSFT", 5, "a second tape (MSFT)");
   sMark = sSock.sent.length;
   await sPage.evaluate(() => document.getElementById("s-tape2").remove());
   await waitFor("MSFT subscribed again without trades when its tape goes", () => {
@@ -1021,7 +861,7 @@ async function main(state, { bin, config, shots }, chromium) {
     return { ok: extrasOf(op) === "1m", detail: sSock.sent.slice(sMark) };
   });
   if (sSock.sent.slice(sMark).some((o) => o.op === "unsubscribe")) fail(`removing the MSFT tape unsubscribed something: ${JSON.stringify(sSock.sent.slice(sMark))}`);
-  await checkSparklines(tk, sPage, "s-grid", gw.base, ["MSFT"], "1m", "after the MSFT tape left");
+  await checkSparklines(sPage, "s-grid", gw.base, ["MSFT"], "1m", "after the MSFT tape left");
 
   sMark = sSock.sent.length;
   const sReceived = sSock.received.length;
@@ -1057,7 +897,7 @@ async function main(state, { bin, config, shots }, chromium) {
   await compareWithGateway("NVDA after the 2m refusal", sPage, "s-2m", wsUrl, ["NVDA"]);
   await compareWithGateway("the plain grid after the 2m refusal", sPage, "s-plain", wsUrl, ["AAPL", "NVDA"]);
   await sPage.evaluate(() => document.getElementById("s-2m").remove());
-  await checkTape(tk, sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "the tape after the 2m refusal");
+  await checkTape(sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "the tape after the 2m refusal");
   if (sSeen.errors().length) fail(`console errors on the trades page: ${sSeen.errors().join(" | ")}`);
   ok(`a tape joining and leaving re-subscribes MSFT with trades and then without (its 1m bars kept, nothing unsubscribed); a 2m sparkline (not built by this gateway: "${refused2m.d.spark.NVDA.error}") is refused once, NVDA is subscribed again without it: its quotes, the others' and the tape unaffected, no symbol rejected`);
 
@@ -1080,16 +920,16 @@ async function main(state, { bin, config, shots }, chromium) {
     const op = lastSubscribeOf({ sent: sSock.sent.slice(sMark) }, "NVDA");
     return { ok: extrasOf(op) === "1s", detail: sSock.sent.slice(sMark) };
   });
-  const fast1 = (await checkSparklines(tk, sPage, "s-fast", gw.base, ["NVDA"], "1s", "1s sparkline")).get("NVDA");
+  const fast1 = (await checkSparklines(sPage, "s-fast", gw.base, ["NVDA"], "1s", "1s sparkline")).get("NVDA");
   // NVDA prints at least every 6.5 s in the fixture: a new 1s bar comes well within this bound.
   await waitFor("the 1s sparkline to gain points from the socket", async () => {
     const d = await sPage.evaluate(() => document.getElementById("s-fast").displayedSparklines.NVDA);
     return { ok: d && d.closes.length > fast1, detail: d && d.closes.length };
   }, 30_000);
-  const fast2 = (await checkSparklines(tk, sPage, "s-fast", gw.base, ["NVDA"], "1s", "1s sparkline, later")).get("NVDA");
+  const fast2 = (await checkSparklines(sPage, "s-fast", gw.base, ["NVDA"], "1s", "1s sparkline, later")).get("NVDA");
   const fastReads = restOf("/v1/bars", "NVDA").filter((c) => c.query.interval === "1s");
   if (fastReads.length !== 1) fail(`the 1s sparkline read GET /v1/bars ${fastReads.length} times, want once (then live from the socket)`);
-  const pollN = await checkPolledSparkline(tk, sPage, "s-poll", gw.base, "AAPL", "5m", "5m sparkline on AAPL");
+  const pollN = await checkPolledSparkline(sPage, "s-poll", gw.base, "AAPL", "5m", "5m sparkline on AAPL");
   await waitFor("the 5m sparkline refreshed from GET /v1/bars", () => {
     const reads = restOf("/v1/bars", "AAPL").filter((c) => c.query.interval === "5m");
     return { ok: reads.length >= 2, detail: reads };
@@ -1211,8 +1051,8 @@ async function main(state, { bin, config, shots }, chromium) {
     return { ok: gap > 0, gap: rows[gap], detail: rows.slice(0, 5) };
   });
   if (restartGap.gap.reason !== "restart" || restartGap.gap.text !== "Gateway restarted: trades may have been missed") fail(`after the restart the tape's gap row is ${JSON.stringify(restartGap.gap)}, want reason restart`);
-  const sTapeAfter = await checkTape(tk, sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "the trades page after the restart");
-  const sSparkAfter = await checkSparklines(tk, sPage, "s-grid", gw.base, ["AAPL", "MSFT"], "1m", "the trades page after the restart");
+  const sTapeAfter = await checkTape(sPage, "s-tape", gw.base, "AAPL", TAPE_ROWS, "the trades page after the restart");
+  const sSparkAfter = await checkSparklines(sPage, "s-grid", gw.base, ["AAPL", "MSFT"], "1m", "the trades page after the restart");
   const sUnexpected = sSeen.errors().filter((t) => !outageLine(t));
   if (sUnexpected.length) fail(`console errors on the trades page: ${sUnexpected.join(" | ")}`);
   await sPage.close();
@@ -1477,7 +1317,7 @@ async function main(state, { bin, config, shots }, chromium) {
     [document.documentElement.outerHTML, ...[...document.querySelectorAll("quote-ticker")].flatMap((w) => [w.shadowRoot.innerHTML, ...[...w.attributes].map((a) => a.value)])].join("\n"),
   );
   if (dom.includes(API_KEY)) fail("the token is in the page's DOM");
-  await checkTape(tk, rPage, "t-tape", rgw.base, "AAPL", 5, "token page", { token: API_KEY });
+  await checkTape(rPage, "t-tape", rgw.base, "AAPL", 5, "token page", { token: API_KEY });
   const rReads = rRest.filter((c) => c.path === "/v1/trades");
   if (!rReads.length || rReads.some((c) => c.authorization !== `Bearer ${API_KEY}` || "token" in c.query)) fail(`the tape read the restricted gateway with ${JSON.stringify(rReads)}, want the provider's key as Authorization: Bearer, not in the URL`);
   if (embed.calls("good").length !== 1) fail(`the token provider was called ${embed.calls("good").length} times; the tape's GET /v1/trades must reuse the connection's token`);
@@ -1771,18 +1611,12 @@ async function main(state, { bin, config, shots }, chromium) {
 // ---------------------------------------------------------------------------------------------
 
 async function cleanup(state) {
-  const jobs = [];
-  if (state.context) jobs.push(state.context.close().catch(() => {}));
-  for (const g of state.gateways) jobs.push(g.stop("SIGKILL"));
-  if (state.embed) jobs.push(state.embed.close());
-  for (const g of state.gateways) if (g.overlay) jobs.push(g.overlay.close());
-  await Promise.race([Promise.all(jobs), sleep(10_000)]);
-  for (const g of state.gateways) g.stopNow();
+  await stopAll({ context: state.context, gateways: state.gateways, servers: [state.embed] });
   removeTemp(state);
 }
 
 function removeTemp(state) {
-  for (const dir of [state.userDataDir, state.tmpDir]) if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  removeDirs([state.userDataDir, state.tmpDir]);
 }
 
 // Installing (first run on a machine) is not part of the timed test.
@@ -1792,36 +1626,27 @@ try {
   inputs = resolveInputs();
   ({ chromium } = loadPlaywright());
 } catch (e) {
-  log(`FAIL: ${e instanceof TestFailure ? e.message : e && e.stack ? e.stack : e}`);
+  log(`FAIL: ${describeError(e)}`);
   process.exit(1);
 }
 
 const state = { gateways: [] };
-const watchdog = setTimeout(() => {
-  // Playwright kills the browser it launched when this process exits.
-  log(`FAIL: the widget test did not finish within ${OVERALL_TIMEOUT_MS / 1000} s`);
-  for (const g of state.gateways) {
-    g.stopNow();
-    log(`${g.name} output (last lines):\n${g.tail()}`);
-  }
-  removeTemp(state);
-  process.exit(1);
-}, OVERALL_TIMEOUT_MS);
-for (const sig of ["SIGINT", "SIGTERM"]) {
-  process.on(sig, () => {
-    for (const g of state.gateways) g.stopNow();
-    process.exit(1);
-  });
-}
+const watchdog = startWatchdog({
+  what: "widget",
+  timeoutMs: OVERALL_TIMEOUT_MS,
+  gateways: state.gateways,
+  tailLines: 40,
+  onTimeout: () => removeTemp(state),
+});
 
 let exitCode = 0;
 try {
   await main(state, inputs, chromium);
-  log(`widget: all ${passed} checks passed`);
+  log(`widget: all ${passedCount()} checks passed`);
 } catch (e) {
   exitCode = 1;
-  log(`FAIL: ${e instanceof TestFailure ? e.message : e && e.stack ? e.stack : e}`);
-  for (const g of state.gateways) log(`${g.name} output (last lines):\n${g.tail(20)}`);
+  log(`FAIL: ${describeError(e)}`);
+  for (const g of state.gateways) log(g.report(20));
 } finally {
   await cleanup(state);
   clearTimeout(watchdog);

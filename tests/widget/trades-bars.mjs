@@ -4,7 +4,9 @@
 // condition: the feed is live, so a widget and a separate read can be a trade apart at any instant,
 // and a comparison is retried until they agree (never a check of speed).
 //
-// `t` is run.mjs's toolkit: { waitFor, fail, decimalCmp, sleep, POLL_MS }.
+// Failing, sleeping and comparing decimals come from tests/widget/toolkit.mjs, as in run.mjs.
+
+import { POLL_MS, decimalCmp, fail, sleep } from "./toolkit.mjs";
 
 /** Every WebSocket a page opens: the ops it sent and the messages it received, parsed. */
 export function recordSockets(page) {
@@ -52,15 +54,15 @@ async function getJson(url, token) {
 }
 
 /** The gateway's own bars and trades, as this test reads them. */
-export async function gatewayBars(t, base, symbol, interval, limit = 390) {
+export async function gatewayBars(base, symbol, interval, limit = 390) {
   const r = await getJson(`${base}/v1/bars?symbol=${symbol}&interval=${interval}&limit=${limit}`);
-  if (r.status !== 200 || !r.body || !Array.isArray(r.body.bars)) t.fail(`GET /v1/bars for ${symbol} ${interval}: ${r.status} ${JSON.stringify(r.body)}`);
+  if (r.status !== 200 || !r.body || !Array.isArray(r.body.bars)) fail(`GET /v1/bars for ${symbol} ${interval}: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.bars;
 }
 
-export async function gatewayTrades(t, base, symbol, limit, token) {
+export async function gatewayTrades(base, symbol, limit, token) {
   const r = await getJson(`${base}/v1/trades?symbol=${symbol}&limit=${limit}`, token);
-  if (r.status !== 200 || !r.body || !Array.isArray(r.body.trades)) t.fail(`GET /v1/trades for ${symbol}: ${r.status} ${JSON.stringify(r.body)}`);
+  if (r.status !== 200 || !r.body || !Array.isArray(r.body.trades)) fail(`GET /v1/trades for ${symbol}: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.trades;
 }
 
@@ -91,13 +93,13 @@ function readSparklines(page, id) {
  * comparison, as SVG's y grows downwards). The open bar moves, so both are read again until they
  * agree for every symbol (bounded).
  */
-export async function checkSparklines(t, page, id, base, symbols, interval, label) {
+export async function checkSparklines(page, id, base, symbols, interval, label) {
   const matched = new Map(); // symbol -> bars count seen equal
   let last = null;
   for (let attempt = 0; attempt < 150 && matched.size < symbols.length; attempt++) {
     for (const sym of symbols) {
       if (matched.has(sym)) continue;
-      const bars = await gatewayBars(t, base, sym, interval);
+      const bars = await gatewayBars(base, sym, interval);
       const again = await readSparklines(page, id);
       const s = again.svgs[sym];
       const d = again.data[sym];
@@ -113,21 +115,21 @@ export async function checkSparklines(t, page, id, base, symbols, interval, labe
         d.error === null &&
         s.state === "ok";
       if (!same) continue;
-      if (!s.label.includes(closes[closes.length - 1])) t.fail(`${label}: ${sym} sparkline label ${JSON.stringify(s.label)} does not name the last close ${closes[closes.length - 1]}`);
+      if (!s.label.includes(closes[closes.length - 1])) fail(`${label}: ${sym} sparkline label ${JSON.stringify(s.label)} does not name the last close ${closes[closes.length - 1]}`);
       for (let i = 1; i < s.points.length; i++) {
         const [x0, y0] = s.points[i - 1];
         const [x1, y1] = s.points[i];
-        if (!(x1 > x0)) t.fail(`${label}: ${sym} sparkline x does not grow at point ${i}: ${x0} -> ${x1}`);
-        const c = t.decimalCmp(closes[i], closes[i - 1]);
+        if (!(x1 > x0)) fail(`${label}: ${sym} sparkline x does not grow at point ${i}: ${x0} -> ${x1}`);
+        const c = decimalCmp(closes[i], closes[i - 1]);
         const dy = Math.sign(y0 - y1); // up on screen when the close rose
-        if (dy !== c) t.fail(`${label}: ${sym} sparkline point ${i} goes ${dy > 0 ? "up" : dy < 0 ? "down" : "flat"} for closes ${closes[i - 1]} -> ${closes[i]}`);
+        if (dy !== c) fail(`${label}: ${sym} sparkline point ${i} goes ${dy > 0 ? "up" : dy < 0 ? "down" : "flat"} for closes ${closes[i - 1]} -> ${closes[i]}`);
       }
       matched.set(sym, bars.length);
     }
-    if (matched.size < symbols.length) await t.sleep(t.POLL_MS);
+    if (matched.size < symbols.length) await sleep(POLL_MS);
   }
   if (matched.size < symbols.length) {
-    t.fail(`${label}: the sparklines of ${symbols.filter((s) => !matched.has(s))} never equalled GET /v1/bars (${interval}); last seen: ${JSON.stringify(last)}`);
+    fail(`${label}: the sparklines of ${symbols.filter((s) => !matched.has(s))} never equalled GET /v1/bars (${interval}); last seen: ${JSON.stringify(last)}`);
   }
   return matched;
 }
@@ -140,8 +142,8 @@ function localTime(ts) {
 }
 
 /** The tick mark the newer of two consecutive prints must carry, by the tick test. */
-function expectedTick(t, newer, older) {
-  const c = t.decimalCmp(newer.price, older.price);
+function expectedTick(newer, older) {
+  const c = decimalCmp(newer.price, older.price);
   if (c > 0) return "up";
   if (c < 0) return "down";
   if (older.tick === "up" || older.tick === "zero-up") return "zero-up";
@@ -156,24 +158,24 @@ function expectedTick(t, newer, older) {
  * the row below it. Retried until a read of both agrees (bounded). Returns the rows compared.
  * `token`: the test reads the gateway with it (a gateway with auth).
  */
-export async function checkTape(t, page, id, base, symbol, limit, label, { minRows = 1, token } = {}) {
+export async function checkTape(page, id, base, symbol, limit, label, { minRows = 1, token } = {}) {
   let last = null;
   for (let attempt = 0; attempt < 150; attempt++) {
     const rows = await page.evaluate((id) => document.getElementById(id).displayedTrades, id);
     const mine = rows.filter((r) => r.symbol === symbol);
     const firstGap = mine.findIndex((r) => r.kind === "gap");
     const top = firstGap < 0 ? mine : mine.slice(0, firstGap);
-    const gateway = (await gatewayTrades(t, base, symbol, limit, token)).reverse();
+    const gateway = (await gatewayTrades(base, symbol, limit, token)).reverse();
     last = { shown: top.slice(0, 4), gateway: gateway.slice(0, 4) };
     if (top.length < minRows) {
-      await t.sleep(t.POLL_MS);
+      await sleep(POLL_MS);
       continue;
     }
     const seqs = mine.filter((r) => r.kind === "trade").map((r) => r.seq);
-    if (new Set(seqs).size !== seqs.length) t.fail(`${label}: the tape shows a print twice: seqs ${seqs}`);
+    if (new Set(seqs).size !== seqs.length) fail(`${label}: the tape shows a print twice: seqs ${seqs}`);
     const k = gateway.findIndex((g) => g.seq === top[0].seq);
     if (k < 0) {
-      await t.sleep(t.POLL_MS);
+      await sleep(POLL_MS);
       continue; // the tape and the read are a print apart: read both again
     }
     const n = Math.min(top.length, gateway.length - k);
@@ -187,16 +189,16 @@ export async function checkTape(t, page, id, base, symbol, limit, label, { minRo
     }
     if (diffs.length) {
       last.diffs = diffs.slice(0, 3);
-      await t.sleep(t.POLL_MS);
+      await sleep(POLL_MS);
       continue;
     }
     for (let i = 0; i + 1 < n; i++) {
-      const want = expectedTick(t, top[i], top[i + 1]);
-      if (top[i].tick !== want) t.fail(`${label}: ${symbol} print ${top[i].seq} at ${top[i].price} after ${top[i + 1].price} (${top[i + 1].tick}) shows tick ${top[i].tick}, want ${want}`);
+      const want = expectedTick(top[i], top[i + 1]);
+      if (top[i].tick !== want) fail(`${label}: ${symbol} print ${top[i].seq} at ${top[i].price} after ${top[i + 1].price} (${top[i + 1].tick}) shows tick ${top[i].tick}, want ${want}`);
     }
     return { rows, top, compared: n };
   }
-  t.fail(`${label}: the tape's ${symbol} rows never equalled GET /v1/trades; last seen: ${JSON.stringify(last)}`);
+  fail(`${label}: the tape's ${symbol} rows never equalled GET /v1/trades; last seen: ${JSON.stringify(last)}`);
 }
 
 /** The last subscribe op a socket sent that named `symbol`, or undefined. */
@@ -218,16 +220,16 @@ export function extrasOf(op) {
  * carries): as many points as the gateway's bars and the same closes but the open bar's, whose
  * last change the widget reads at its next refresh. Retried until they agree (bounded).
  */
-export async function checkPolledSparkline(t, page, id, base, symbol, interval, label) {
+export async function checkPolledSparkline(page, id, base, symbol, interval, label) {
   let last = null;
   for (let attempt = 0; attempt < 150; attempt++) {
-    const closes = (await gatewayBars(t, base, symbol, interval)).map((b) => b.close);
+    const closes = (await gatewayBars(base, symbol, interval)).map((b) => b.close);
     const d = await page.evaluate(([i, s]) => document.getElementById(i).displayedSparklines[s], [id, symbol]);
     last = { gateway: closes.slice(-3), shown: d };
     if (d && !d.error && closes.length > 0 && d.closes.length === closes.length && JSON.stringify(d.closes.slice(0, -1)) === JSON.stringify(closes.slice(0, -1))) {
       return closes.length;
     }
-    await t.sleep(t.POLL_MS);
+    await sleep(POLL_MS);
   }
-  t.fail(`${label}: the ${interval} sparkline of ${symbol} never matched GET /v1/bars; last seen: ${JSON.stringify(last)}`);
+  fail(`${label}: the ${interval} sparkline of ${symbol} never matched GET /v1/bars; last seen: ${JSON.stringify(last)}`);
 }
