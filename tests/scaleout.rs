@@ -231,6 +231,8 @@ async fn edges_go_stale_while_nats_is_down_and_recover() {
     for (c, l) in clients.iter_mut().zip(&mut last) {
         read_until(c, l, |m| m["type"] == "update").await;
     }
+    let leader = "quotegw_bus_leader{stream=\"QUOTEGW\"}";
+    assert_eq!(ingest.metric(leader).await, 1.0);
     nats.kill();
     for (c, l) in clients.iter_mut().zip(&mut last) {
         read_until(c, l, |m| {
@@ -238,7 +240,11 @@ async fn edges_go_stale_while_nats_is_down_and_recover() {
         })
         .await;
     }
+    // Nobody publishes while NATS is away, and the ingest's gauge says so (found from outside:
+    // it read 1 through the outage); back to 1 when it leads again.
+    ingest.wait_metric(leader, |v| v == 0.0).await;
     nats.run();
+    ingest.wait_metric(leader, |v| v == 1.0).await;
     for (c, l) in clients.iter_mut().zip(&mut last) {
         read_until(c, l, |m| {
             m["type"] == "status" && m["symbol"] == "AAA" && m["status"] == "live"

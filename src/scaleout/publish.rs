@@ -406,6 +406,13 @@ impl Publisher {
         }
     }
 
+    fn set_leader_gauge(&self, publishing: bool) {
+        self.metrics
+            .bus_leader
+            .with_label_values(&[&self.config.stream])
+            .set(publishing.into());
+    }
+
     async fn run(mut self, events: Arc<ConnectionEvents>, shutdown: CancellationToken) {
         let log = LogLimiter::new(5, 1);
         let mut batch = Changes::default();
@@ -431,6 +438,12 @@ impl Publisher {
                         let step = self.lease.step_down("NATS refused a publish (permissions)", bench);
                         self.stepped(step).await;
                     }
+                    // `quotegw_bus_leader` says who publishes: nothing does while NATS is away
+                    // (found from outside: it read 1 through a whole outage). The lease, kept or
+                    // lost, is settled when the connection is back.
+                    if seen.disconnected {
+                        self.set_leader_gauge(false);
+                    }
                     if seen.connected {
                         // A new connection may be a new server: make sure the cache exists, then
                         // fill it with every symbol's state.
@@ -451,6 +464,7 @@ impl Publisher {
                             self.watch().await;
                         }
                         if self.lease.leading().is_some() {
+                            self.set_leader_gauge(true);
                             self.publish_all();
                         }
                     }
@@ -668,10 +682,7 @@ impl Publisher {
                 self.changes
                     .discard_but(|c| from.get(&c.symbol).is_some_and(|v| c.version > *v));
                 self.publish_all();
-                self.metrics
-                    .bus_leader
-                    .with_label_values(&[&self.config.stream])
-                    .set(1);
+                self.set_leader_gauge(true);
                 self.metrics
                     .bus_term
                     .with_label_values(&["publish"])
@@ -683,10 +694,7 @@ impl Publisher {
                     .bus_lease_changes
                     .with_label_values(&["lost"])
                     .inc();
-                self.metrics
-                    .bus_leader
-                    .with_label_values(&[&self.config.stream])
-                    .set(0);
+                self.set_leader_gauge(false);
                 self.metrics.bus_term.with_label_values(&["publish"]).set(0);
                 tracing::warn!("no longer the scale-out leader ({why}): standing by");
                 self.watch().await;
