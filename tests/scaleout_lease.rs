@@ -198,12 +198,11 @@ async fn read_prints(
             Ok(Err(e)) => panic!("the edge's client was closed: {e:?}"),
             Err(_) => return,
         };
-        // At a failover an edge may count a print or two of the new leader lost (exactly): the
-        // cache it reloads on hearing the new leader can be ahead of the states still queued for
-        // it. A new leader counting from its own count would report its whole standby's prints.
-        if m["type"] == "trades_lost" {
-            assert!(m["count"].as_u64().unwrap() <= 5, "{m}");
-        }
+        // A clean failover loses no print. Red when a new leader counts from its own count (its
+        // whole standby's prints), and in about a third of runs when an edge takes the cache it
+        // reloads on hearing the new leader before the states already queued for it (a few
+        // prints per symbol: found in CI, up to 6).
+        assert!(m["type"] != "trades_lost", "{m}");
         if m["type"] == "trade" {
             let seqs = prints
                 .entry(m["symbol"].as_str().unwrap().into())
@@ -220,7 +219,7 @@ async fn read_prints(
 
 /// Prints across a failover: the new leader counts its prints on from the count the old one
 /// published, so an edge's client that takes trades gets each print once, in `seq` order, from
-/// both, and is told of no print lost beyond the few a reload costs (`read_prints`). The standby
+/// both, and is told of no print lost (`read_prints`). The standby
 /// ticks ten times faster than the leader, so that its own count is far above the published one:
 /// counted from its own, every edge would report prints that never existed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,7 @@
 //! (`quotegw_bus_states_dropped_total{reason}`) when `wire::check_state` refuses it (size, format,
 //! subject, prices), for its term, or when it would add a symbol past `max_symbols`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,18 @@ const VERIFY_EVERY: Duration = Duration::from_millis(50);
 
 /// The stream's start-overs an edge counts (`incarnation << 53` plus a term fits a u64).
 const MAX_INCARNATION: u64 = 2047;
+
+/// The most messages a reload takes off the subscription before the cache's states
+/// (`take_queued`): what a burst can queue in the time of a cache read.
+const MAX_TAKEN_QUEUED: usize = 100_000;
+
+/// The subjects an edge reads, by kind.
+struct Subjects {
+    states: String,
+    bars: String,
+    heartbeat: String,
+    lease: String,
+}
 
 /// Why an edge loaded the cache: the `reason` label of `quotegw_bus_reloads_total`.
 const RELOAD_REASONS: [&str; 4] = ["start", "reconnect", "slow_consumer", "leader"];
@@ -218,6 +230,8 @@ struct Edge {
     delivered: bool,
     /// While loading the cache: a state of an older term goes in as stale rather than dropped.
     loading: bool,
+    /// Heartbeats and lease messages `take_queued` took off the subscription: read next.
+    held_back: VecDeque<async_nats::Message>,
     log: LogLimiter,
     metrics: EdgeMetrics,
 }
@@ -261,6 +275,7 @@ impl Edge {
             stale: true,
             delivered: false,
             loading: false,
+            held_back: VecDeque::new(),
             log: LogLimiter::new(5, 1),
         }
     }
@@ -281,14 +296,19 @@ impl Edge {
             .subscribe(format!("{prefix}.>"))
             .await
             .map_err(|e| FeedError::Setup(format!("cannot subscribe: {e}")))?;
+        let subjects = Subjects {
+            states: states_prefix,
+            bars: bars_prefix,
+            heartbeat: hb_subject,
+            lease: lease_subject,
+        };
         // Ready only once the cache is in: a client never gets a partial edge.
-        while !self.reload(&client, "start").await? {
+        while !self.reload(&client, &mut messages, "start").await? {
             tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
-        self.ready_if_any();
         let stale_after = Duration::from_millis(self.config.stale_after_ms);
         let mut last_heartbeat = Instant::now();
         // The first connection's event is not a reconnection: the load above was its load.
@@ -297,70 +317,79 @@ impl Edge {
         // quarter was up to 0.75 s past the documented bound).
         let mut check = tokio::time::interval((stale_after / 10).max(Duration::from_millis(10)));
         loop {
-            tokio::select! {
-                _ = self.ctx.shutdown.cancelled() => return Ok(()),
-                message = messages.next() => {
-                    let Some(message) = message else {
-                        return Err(FeedError::Setup("the NATS subscription ended".into()));
-                    };
-                    let subject = message.subject.as_str();
-                    if subject.starts_with(&states_prefix) {
-                        if self.take(Some(&client), subject, &message.payload).await? == Lease::Followed {
-                            self.reload(&client, "leader").await?;
+            // Messages a reload took off the subscription and held back (`reload`) go first.
+            let message = match self.held_back.pop_front() {
+                Some(m) => m,
+                None => tokio::select! {
+                    _ = self.ctx.shutdown.cancelled() => return Ok(()),
+                    message = messages.next() => match message {
+                        Some(m) => m,
+                        None => return Err(FeedError::Setup("the NATS subscription ended".into())),
+                    },
+                    seen = events.next() => {
+                        if seen.disconnected {
+                            self.mark_stale("NATS connection lost").await?;
                         }
-                        self.ready_if_any();
-                    } else if subject.starts_with(&bars_prefix) {
-                        if self.take_bars(Some(&client), subject, &message.payload).await? == Lease::Followed {
-                            self.reload(&client, "leader").await?;
+                        let reconnected = seen.connected && std::mem::replace(&mut connected_before, true);
+                        if reconnected && self.stale {
+                            // Back on NATS: what the cache holds goes in (as stale), and the
+                            // leader's next heartbeat makes it live.
+                            self.reload(&client, &mut messages, "reconnect").await?;
+                        } else if seen.slow_consumer {
+                            // The client dropped messages for us: what we hold may be behind.
+                            tracing::warn!(feed = %self.config.name, "slow consumer: reloading from the cache");
+                            self.reload(&client, &mut messages, "slow_consumer").await?;
                         }
-                    } else if subject == hb_subject {
-                        let (ours, lease) = self.heartbeat(&client, &message.payload).await;
-                        if lease == Lease::Followed && !self.stale {
-                            self.reload(&client, "leader").await?;
+                        continue;
+                    }
+                    _ = check.tick() => {
+                        let age = last_heartbeat.elapsed();
+                        self.metrics.heartbeat_age.set(age.as_secs_f64());
+                        if !self.stale && age >= stale_after {
+                            self.mark_stale("no heartbeat of the leader").await?;
                         }
-                        if ours {
-                            last_heartbeat = Instant::now();
-                            if self.stale {
-                                // A leader is heard: take what it published meanwhile.
-                                self.recover(&client).await?;
-                            }
-                        }
-                    } else if subject == lease_subject {
-                        // Only a hint to read the stored lease: a renewal JetStream refused (a
-                        // deposed leader's) reaches subscribers too.
-                        match self.verify(&client, true).await {
-                            Lease::Released => {
-                                self.mark_stale("the leader released the lease").await?;
-                            }
-                            // States of the new term that came before it was read were dropped.
-                            Lease::Followed if !self.stale => {
-                                self.reload(&client, "leader").await?;
-                            }
-                            _ => {}
-                        }
+                        continue;
+                    }
+                },
+            };
+            let subject = message.subject.as_str();
+            if subject.starts_with(&subjects.states) {
+                if self.take(Some(&client), subject, &message.payload).await? == Lease::Followed {
+                    self.reload(&client, &mut messages, "leader").await?;
+                }
+                self.ready_if_any();
+            } else if subject.starts_with(&subjects.bars) {
+                if self
+                    .take_bars(Some(&client), subject, &message.payload)
+                    .await?
+                    == Lease::Followed
+                {
+                    self.reload(&client, &mut messages, "leader").await?;
+                }
+            } else if subject == subjects.heartbeat {
+                let (ours, lease) = self.heartbeat(&client, &message.payload).await;
+                if lease == Lease::Followed && !self.stale {
+                    self.reload(&client, &mut messages, "leader").await?;
+                }
+                if ours {
+                    last_heartbeat = Instant::now();
+                    if self.stale {
+                        // A leader is heard: take what it published meanwhile.
+                        self.recover(&client, &mut messages).await?;
                     }
                 }
-                seen = events.next() => {
-                    if seen.disconnected {
-                        self.mark_stale("NATS connection lost").await?;
+            } else if subject == subjects.lease {
+                // Only a hint to read the stored lease: a renewal JetStream refused (a
+                // deposed leader's) reaches subscribers too.
+                match self.verify(&client, true).await {
+                    Lease::Released => {
+                        self.mark_stale("the leader released the lease").await?;
                     }
-                    let reconnected = seen.connected && std::mem::replace(&mut connected_before, true);
-                    if reconnected && self.stale {
-                        // Back on NATS: what the cache holds goes in (as stale), and the
-                        // leader's next heartbeat makes it live.
-                        self.reload(&client, "reconnect").await?;
-                    } else if seen.slow_consumer {
-                        // The client dropped messages for us: what we hold may be behind.
-                        tracing::warn!(feed = %self.config.name, "slow consumer: reloading from the cache");
-                        self.reload(&client, "slow_consumer").await?;
+                    // States of the new term that came before it was read were dropped.
+                    Lease::Followed if !self.stale => {
+                        self.reload(&client, &mut messages, "leader").await?;
                     }
-                }
-                _ = check.tick() => {
-                    let age = last_heartbeat.elapsed();
-                    self.metrics.heartbeat_age.set(age.as_secs_f64());
-                    if !self.stale && age >= stale_after {
-                        self.mark_stale("no heartbeat of the leader").await?;
-                    }
+                    _ => {}
                 }
             }
         }
@@ -609,7 +638,12 @@ impl Edge {
 
     /// Loads the lease and every symbol's last state from the cache; false if the cache cannot
     /// be read now.
-    async fn reload(&mut self, client: &async_nats::Client, why: &str) -> Result<bool, FeedError> {
+    async fn reload(
+        &mut self,
+        client: &async_nats::Client,
+        messages: &mut async_nats::Subscriber,
+        why: &str,
+    ) -> Result<bool, FeedError> {
         let mut js = async_nats::jetstream::new(client.clone());
         // The feed task reads no state while it waits here: a request lost on a dying connection
         // must not hold it for the client's default 10 s.
@@ -666,6 +700,7 @@ impl Edge {
         if let Some(record) = lease.and_then(|l| wire::decode_lease(&l).ok()) {
             self.follow(record);
         }
+        self.take_queued(client, messages).await?;
         self.loading = true;
         for (subject, payload) in payloads {
             if let Err(e) = self.take(None, &subject, &payload).await {
@@ -680,15 +715,53 @@ impl Edge {
             }
         }
         self.loading = false;
+        // States taken from the queue count too (never a partial edge: only once all is in).
+        self.ready_if_any();
         Ok(true)
+    }
+
+    /// The states and bars already queued on the subscription, taken before the cache's: NATS
+    /// delivered each of them before it answered the cache read, so the cache holds them or
+    /// newer. Taken after, they would be older than the cache's and dropped, and their prints
+    /// counted lost (seen at failovers: a few prints per symbol). Heartbeats and lease messages
+    /// among them are held back for the run loop, in order.
+    async fn take_queued(
+        &mut self,
+        client: &async_nats::Client,
+        messages: &mut async_nats::Subscriber,
+    ) -> Result<(), FeedError> {
+        use futures_util::FutureExt as _;
+        let states = wire::state_subject(&self.config.subject_prefix, "");
+        let bars = wire::bars_subject(&self.config.subject_prefix, "");
+        // Bounded: a flood arriving while this runs is the run loop's to read.
+        for _ in 0..MAX_TAKEN_QUEUED {
+            let Some(Some(message)) = messages.next().now_or_never() else {
+                break;
+            };
+            let subject = message.subject.as_str();
+            // A new term among them is read from the cache (just loaded) or the lease (`admit`).
+            if subject.starts_with(&states) {
+                self.take(Some(client), subject, &message.payload).await?;
+            } else if subject.starts_with(&bars) {
+                self.take_bars(Some(client), subject, &message.payload)
+                    .await?;
+            } else {
+                self.held_back.push_back(message);
+            }
+        }
+        Ok(())
     }
 
     /// A leader is heard after none: reload, then the symbols are live again (a state equal to the
     /// one held makes its symbol current; a newer one updates it).
-    async fn recover(&mut self, client: &async_nats::Client) -> Result<(), FeedError> {
+    async fn recover(
+        &mut self,
+        client: &async_nats::Client,
+        messages: &mut async_nats::Subscriber,
+    ) -> Result<(), FeedError> {
         // Not stale while reloading: what the cache holds of the followed term goes in live.
         self.stale = false;
-        if self.reload(client, "leader").await? {
+        if self.reload(client, messages, "leader").await? {
             self.ctx.set_up(true);
             tracing::info!(feed = %self.config.name, term = self.term, "a leader is heard: reloaded from the cache");
         } else {
