@@ -281,6 +281,18 @@ fn admit_client(
             "the gateway is shutting down\n",
         ));
     }
+    if state
+        .learning
+        .iter()
+        .any(|h| !h.delivered.load(std::sync::atomic::Ordering::Acquire))
+    {
+        // Found from outside: an edge restarted answered every subscribe `unknown_symbol` until
+        // its cache was in, and a widget kept its old prices as live.
+        return Err(unavailable(
+            "loading",
+            "the gateway is loading its symbols; retry shortly\n",
+        ));
+    }
     let access = &state.access.get();
     if let Err(r) = access.check_origin(req.origin) {
         return Err(Refused::new(
@@ -313,6 +325,14 @@ fn admit_client(
                     "too many tickets used lately; retry later\n",
                 )
                 .with_header("retry-after", "5"),
+                RedeemRefusal::OtherKey => Refused::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    Refusal::ForeignTicket.reason(),
+                    "this ticket is another gateway's (they do not share [access] ticket_key): \
+                     POST /v1/ticket for a new one\n",
+                )
+                .with_header("www-authenticate", "Bearer"),
                 _ => Refused::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",

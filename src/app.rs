@@ -518,9 +518,13 @@ async fn run(
     ingest::spawn(index.clone(), events_rx);
 
     let mut health = Vec::new();
+    let mut learning = Vec::new();
     for (id, feed) in feeds.into_iter().enumerate() {
         let h = Arc::new(FeedHealth::default());
         health.push((names[id].clone(), h.clone()));
+        if feed.symbols().is_empty() {
+            learning.push(h.clone());
+        }
         let ctx = FeedContext::new(
             id as u16,
             events_tx.clone(),
@@ -551,6 +555,7 @@ async fn run(
             connections: AtomicUsize::new(0),
         }),
         feeds: health,
+        learning,
         access,
         tickets: Arc::default(),
     });

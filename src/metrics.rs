@@ -162,7 +162,7 @@ impl Metrics {
             m.closes
                 .with_label_values(&[itoa::Buffer::new().format(code)]);
         }
-        for reason in ["max_connections", "shutting_down"]
+        for reason in ["max_connections", "shutting_down", "loading"]
             .into_iter()
             .chain(crate::access::Refusal::ALL.map(|r| r.reason()))
         {

@@ -203,7 +203,7 @@ pub async fn record(
                     keep(t, &mut out, &mut recorded).map_err(write_err)?;
                 }
                 // A replay builds its bars from the prints.
-                Some(FeedEvent::Bars { .. }) => {}
+                Some(FeedEvent::Bars { .. } | FeedEvent::Delivered(_)) => {}
                 None => break, // every feed ended (a replay without loop)
             }
         }

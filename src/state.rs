@@ -16,4 +16,8 @@ pub struct AppState {
     pub tickets: Arc<crate::access::Tickets>,
     /// (feed name, health) in `FeedId` order.
     pub feeds: Vec<(String, Arc<FeedHealth>)>,
+    /// The feeds that learn their symbols as they run (a scale-out edge's, from its cache): until
+    /// each has delivered, the gateway does not know what it serves, and refuses clients (503)
+    /// rather than tell them a symbol it is about to load is unknown.
+    pub learning: Vec<Arc<FeedHealth>>,
 }

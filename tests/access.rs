@@ -760,6 +760,13 @@ async fn gateways_sharing_a_ticket_key_redeem_each_others_tickets() {
     let path = format!("/ws?ticket={ticket}");
     assert_eq!(upgrade(b.addr, &path, &[]).await.0, 401, "used on b");
     assert_eq!(upgrade(other.addr, &path, &[]).await.0, 401, "another key");
+    assert_eq!(
+        other
+            .metric("quotegw_connections_refused_total{reason=\"foreign_ticket\"}")
+            .await,
+        1.0,
+        "told apart from garbage: the operator is told what to configure"
+    );
     let (_, _, answer) = post_ticket(&other, &[("Authorization", &bearer)]).await;
     let path = format!("/ws?ticket={}", answer["ticket"].as_str().unwrap());
     assert_eq!(

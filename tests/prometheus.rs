@@ -620,6 +620,14 @@ async fn every_dashboard_query_returns_series_and_the_alert_rules_work_in_a_real
     // And on the edge, once it has the ingest's symbols.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let op = json!({"op": "subscribe", "symbols": ["AAPL", "MSFT"], "trades": true});
+    // (It refuses clients with 503 until its cache is loaded.)
+    while support::quotes(edge.addr, &["AAPL", "MSFT"]).await.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge never had the ingest's symbols"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     loop {
         if let Some(r) = reader(&edge.url(), op.clone()).await {
             load.push(r);

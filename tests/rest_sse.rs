@@ -389,10 +389,13 @@ async fn sse_streams_are_refused_and_paced_like_sessions(workers: usize) {
             }
         })
     };
+    // Read for 1.2 s at least, and on until an update has said what it merged (a loaded machine
+    // may push few ticks in 1.2 s: seen in CI, one update and nothing merged yet).
     let started = std::time::Instant::now();
     let mut updates = 0;
     let mut conflated = 0;
-    while started.elapsed() < Duration::from_millis(1200) {
+    while started.elapsed() < Duration::from_millis(1200) || conflated == 0 {
+        assert!(started.elapsed() < support::DEADLINE, "nothing merged");
         if let Ok(Some(e)) =
             tokio::time::timeout(Duration::from_millis(100), paced.next_event()).await
         {
@@ -400,13 +403,15 @@ async fn sse_streams_are_refused_and_paced_like_sessions(workers: usize) {
             conflated += e.data["conflated"].as_u64().unwrap_or(0);
         }
     }
+    let elapsed = started.elapsed();
     pusher.abort();
-    println!("max_hz=2 over 1.2 s: {updates} updates, {conflated} ticks merged");
+    println!("max_hz=2 over {elapsed:?}: {updates} updates, {conflated} ticks merged");
+    // At most one update per 500 ms, plus the first: an upper bound a slow machine only eases.
+    let allowed = (elapsed.as_millis() / 500) as usize + 2;
     assert!(
-        updates <= 4,
-        "at most one update per 500 ms (plus the first): {updates}"
+        updates <= allowed,
+        "at most one update per 500 ms (plus the first): {updates} in {elapsed:?}"
     );
-    assert!(conflated > 0, "merged, with conflated counts");
 }
 
 /// A reader that falls behind is conflated (it finds merged updates when it reads again) and, once

@@ -335,7 +335,21 @@ async fn gaps_duplicates_and_reordering_cannot_corrupt_a_quote() {
     // nothing) until the edge holds it.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     assert!(!ready(&edge).await, "ready with nothing to show");
-    while quotes(edge.addr, &["GAP"]).await.is_empty() {
+    // Until then it does not know what it serves: clients are told to come back, never that a
+    // symbol it is about to load is unknown (found from outside: a restarted edge did that, and a
+    // widget kept its old prices as live).
+    let (status, head, _) = http(edge.addr, "GET", "/v1/quotes?symbols=GAP", &[]).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("retry-after"), "{head}");
+    assert_eq!(support::upgrade(edge.addr, "/ws", &[]).await.0, 503);
+    let loading = "quotegw_connections_refused_total{reason=\"loading\"}";
+    assert_eq!(edge.metric(loading).await, 2.0);
+    while http(edge.addr, "GET", "/v1/quotes?symbols=GAP", &[])
+        .await
+        .0
+        != 200
+        || quotes(edge.addr, &["GAP"]).await.is_empty()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the first state never arrived"

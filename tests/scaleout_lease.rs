@@ -760,8 +760,9 @@ async fn the_stream_is_brought_to_its_settings_and_a_purged_cache_converges() {
     };
     eventually("every symbol cached", || cached(stream.clone()).map_eq(3)).await;
     // Purged by hand, as docs/deployment.md says; the reconcile fills it again.
-    stream.purge().filter("quotegw.q.>").await.unwrap();
-    assert_eq!(cached(stream.clone()).await, 0);
+    let gone = stream.purge().filter("quotegw.q.>").await.unwrap();
+    // (Not "none cached now": the reconcile may already have put one back, which is the point.)
+    assert!(gone.purged >= 3, "{gone:?}");
     let purged = Instant::now();
     eventually("the purged cache refilled", || {
         cached(stream.clone()).map_eq(3)

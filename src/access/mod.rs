@@ -74,10 +74,13 @@ pub enum Refusal {
     Ticket,
     /// 503: `MAX_USED` tickets were used on this gateway within one ticket lifetime.
     TicketLimit,
+    /// 401: a ticket sealed by another gateway's key (gateways behind one load balancer that do
+    /// not share `[access] ticket_key`).
+    ForeignTicket,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::Origin,
         Refusal::Unauthorized,
         Refusal::PerIpLimit,
@@ -86,6 +89,7 @@ impl Refusal {
         Refusal::PendingPerIp,
         Refusal::Ticket,
         Refusal::TicketLimit,
+        Refusal::ForeignTicket,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -98,6 +102,7 @@ impl Refusal {
             Refusal::PendingPerIp => "pending_per_ip",
             Refusal::Ticket => "bad_ticket",
             Refusal::TicketLimit => "ticket_limit",
+            Refusal::ForeignTicket => "foreign_ticket",
         }
     }
 }

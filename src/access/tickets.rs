@@ -25,6 +25,7 @@ use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::log_limit::LogLimiter;
 use crate::sync::lock;
 
 /// How long a ticket stays good (`expires_in` of `POST /v1/ticket`): long enough for a page to
@@ -40,11 +41,18 @@ pub const MAX_USED: usize = 100_000;
 /// Bound to every ticket: a sealed message meant for something else never opens as one.
 const CONTEXT: &[u8] = b"quotegw ticket v1";
 
+/// The bytes of a key's id at the head of a ticket (the first of its SHA-256, in the clear): a
+/// gateway tells another gateway's ticket from garbage, and says what to configure. Four bytes
+/// of a hash of a 256-bit key tell nothing about the key.
+const KEY_ID_LEN: usize = 4;
+
 /// Why a ticket admitted nothing; all alike to the client (401) but `Full` (503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedeemRefusal {
-    /// Not a ticket sealed with this key (garbage, altered, or another gateway's).
+    /// Not a ticket sealed with this key (garbage, or altered).
     Unknown,
+    /// Sealed with another key: another gateway's, which does not share `[access] ticket_key`.
+    OtherKey,
     /// Used on this gateway already.
     Used,
     /// Its 30 s have passed.
@@ -60,6 +68,13 @@ pub enum RedeemRefusal {
 pub struct TicketKey([u8; 32]);
 
 impl TicketKey {
+    fn id(&self) -> [u8; KEY_ID_LEN] {
+        let digest = super::tokens::digest(&self.0);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        id
+    }
+
     /// The key of a configured secret (at least 32 characters): its SHA-256, so any string an
     /// operator generates works.
     pub fn from_secret(secret: &str) -> TicketKey {
@@ -97,6 +112,9 @@ pub struct Tickets {
     /// The key when `[access] ticket_key` is not set: this gateway's alone.
     local: TicketKey,
     used: Mutex<Used>,
+    /// Warnings of another gateway's tickets (a load balancer in front of gateways without one
+    /// `ticket_key`), limited: every client of a page would provoke one.
+    other_key_log: LogLimiter,
 }
 
 impl Default for Tickets {
@@ -104,6 +122,7 @@ impl Default for Tickets {
         Tickets {
             local: TicketKey::random(),
             used: Mutex::default(),
+            other_key_log: LogLimiter::new(1, 1),
         }
     }
 }
@@ -141,7 +160,8 @@ impl Tickets {
                 &mut plain,
             )
             .expect("sealing fits in memory");
-        let mut sealed = nonce.to_vec();
+        let mut sealed = key.id().to_vec();
+        sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(&plain);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
     }
@@ -161,17 +181,30 @@ impl Tickets {
         let mut sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(ticket)
             .map_err(|_| RedeemRefusal::Unknown)?;
-        if sealed.len() < NONCE_LEN {
+        // Key id, nonce, then at least the tag.
+        let head = KEY_ID_LEN + NONCE_LEN;
+        if sealed.len() < head + AES_256_GCM.tag_len() {
             return Err(RedeemRefusal::Unknown);
         }
+        if sealed[..KEY_ID_LEN] != key.id() {
+            if let Some(suppressed) = self.other_key_log.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    suppressed,
+                    "a ticket sealed by another gateway's key was refused: behind a load \
+                     balancer, give every gateway the same [access] ticket_key \
+                     (docs/security.md, \"Where the token goes\")"
+                );
+            }
+            return Err(RedeemRefusal::OtherKey);
+        }
         let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+        nonce.copy_from_slice(&sealed[KEY_ID_LEN..head]);
         let plain = key
             .aead()
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(CONTEXT),
-                &mut sealed[NONCE_LEN..],
+                &mut sealed[head..],
             )
             .map_err(|_| RedeemRefusal::Unknown)?;
         let (expires, has_origin, has_token, sealed_origin, token) =
@@ -358,11 +391,11 @@ mod tests {
         let local = a.issue(None, Some("key-1"), PAGE, t0);
         assert_eq!(
             b.redeem(None, &local, PAGE, t0),
-            Err(RedeemRefusal::Unknown)
+            Err(RedeemRefusal::OtherKey)
         );
         assert_eq!(
             a.redeem(Some(&shared), &local, PAGE, t0),
-            Err(RedeemRefusal::Unknown)
+            Err(RedeemRefusal::OtherKey)
         );
         // An Origin too long for its length field is cut, and then no page matches it.
         let long = "h".repeat(70_000);

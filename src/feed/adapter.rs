@@ -44,6 +44,9 @@ pub enum FeedEvent {
         feed: FeedId,
         bars: crate::model::BusBars,
     },
+    /// (scale-out edge) everything sent before it is what clients need: the index marks the feed
+    /// delivered when it gets here, so readiness never runs ahead of what the index holds.
+    Delivered(Arc<FeedHealth>),
 }
 
 #[derive(Debug, Error)]
@@ -155,9 +158,13 @@ impl FeedContext {
             .map_err(|_| FeedError::IndexClosed)
     }
 
-    /// Says the feed has delivered what clients need (`/readyz`).
-    pub fn set_delivered(&self) {
-        self.health.delivered.store(true, Ordering::Relaxed);
+    /// Says the feed has delivered what clients need (`/readyz`, and admission while the gateway
+    /// learns its symbols), once the index has applied everything sent before.
+    pub async fn set_delivered(&self) -> Result<(), FeedError> {
+        self.events_tx
+            .send(FeedEvent::Delivered(self.health.clone()))
+            .await
+            .map_err(|_| FeedError::IndexClosed)
     }
 
     /// Marks the feed's upstream as reachable (`true`) or down.

@@ -325,6 +325,9 @@ impl Index {
             FeedEvent::Bars { feed, bars } => self
                 .lookup_or_register(&bars.symbol)
                 .apply_bars(feed, &bars),
+            FeedEvent::Delivered(health) => health
+                .delivered
+                .store(true, std::sync::atomic::Ordering::Release),
         }
     }
 

@@ -357,7 +357,7 @@ impl Edge {
                 if self.take(Some(&client), subject, &message.payload).await? == Lease::Followed {
                     self.reload(&client, &mut messages, "leader").await?;
                 }
-                self.ready_if_any();
+                self.ready_if_any().await?;
             } else if subject.starts_with(&subjects.bars) {
                 if self
                     .take_bars(Some(&client), subject, &message.payload)
@@ -485,11 +485,12 @@ impl Edge {
 
     /// An empty edge (the ingest has published nothing yet) is not ready: a client sent to it
     /// would be told every symbol is unknown.
-    fn ready_if_any(&mut self) {
+    async fn ready_if_any(&mut self) -> Result<(), FeedError> {
         if !self.delivered && !self.known.is_empty() {
             self.delivered = true;
-            self.ctx.set_delivered();
+            self.ctx.set_delivered().await?;
         }
+        Ok(())
     }
 
     /// Hands one state message to the index, or drops and counts it (module doc). While the edge
@@ -716,7 +717,7 @@ impl Edge {
         }
         self.loading = false;
         // States taken from the queue count too (never a partial edge: only once all is in).
-        self.ready_if_any();
+        self.ready_if_any().await?;
         Ok(true)
     }
 
