@@ -2,8 +2,8 @@
 //! asks for (a WebSocket, an SSE stream, a REST snapshot), and the refusal each check answers with.
 //! The policy is `access`; this is its order and its HTTP form.
 //!
-//! Cheapest first, each answered before any session exists: shutting down (503), the Origin
-//! allow-list (403), recent failures of this credential from this client (429, unverified), the
+//! Cheapest first, each answered before any session exists: shutting down (503), a scale-out edge
+//! whose cache is not in yet (503: it does not know what it serves), the Origin allow-list (403), recent failures of this credential from this client (429, unverified), the
 //! token (401), connections from the client's address and with the credential (429), then
 //! `max_connections` (503, for streams only: a REST request takes no connection place).
 //!
