@@ -94,8 +94,9 @@
 //   the long-lived token is never in a URL: not in Chromium's console line for a refused
 //   handshake, not in a proxy's or the gateway's access log. The POST is a CORS request (the
 //   gateway answers its preflight for allowed Origins). Its answer counts as the handshake's:
-//   401 is the token refused, as close 1008 below (the provider asked once with renew: true, else
-//   state "unauthorized", with closeCode null and the gateway's message as closeReason); a network
+//   401 is the token refused, as close 1008 below (the provider asked once with renew: true; then,
+//   with a list, the next URL; else, or once every URL of the list refused it, state
+//   "unauthorized", with closeCode null and the gateway's message as closeReason); a network
 //   error, 403, 429 or 5xx is a failed connect (backoff, and the next URL of a list). A token=
 //   in the url attribute is traded for a ticket too (and left out of the WebSocket URL), though it
 //   is still in the DOM. GET /v1/trades and /v1/bars keep sending the token as Authorization:
@@ -117,6 +118,18 @@
 // - Shows prices exactly as the decimal strings the gateway sent; up/down flashes compare them as
 //   decimals (never as binary floats).
 // - Shows live/stale/halted per symbol, the connection state, and the symbols the gateway rejected.
+// - unknown_symbol for a symbol already shown: a gateway that just restarted can answer every
+//   subscribe so while its cache loads (a gateway may answer 503 until it has loaded, but this
+//   client does not count on it). The row is neither dropped nor left as it was: it keeps its last
+//   values (what a trader last saw is worth seeing) but marked as not live, status "unavailable"
+//   (the badge, the row's data-row-status, displayedQuotes[SYMBOL].status; not in rejectedSymbols),
+//   and the symbol is asked again on the same socket after a growing delay (1 s·2^n, equal jitter,
+//   capped at 30 s) until the gateway sends its snapshot. A symbol never shown that comes back
+//   unknown_symbol is listed as rejected and not asked again, unless the gateway knew none of the
+//   symbols asked on that socket (none accepted, none refused otherwise): such a gateway is taken
+//   to be loading (or serving another market), so with a list it counts as failed and the next URL
+//   is tried (see Failover); with one URL, or once every URL of the list answered so one after the
+//   other, the connection stays and asks every symbol again with that delay.
 //   A string that is not a symbol by the protocol's rule (1–32 printable ASCII characters other than
 //   space, '"', '\' and ',') is shown as rejected with code "invalid_symbol", as the gateway would
 //   reject it, and is never sent: not in any subscribe or unsubscribe, on the first connect, after a
@@ -128,15 +141,21 @@
 //   same order) share one connection, which uses one gateway at a time.
 //   - Order: the first URL first. When the gateway in use fails (its socket ends other than by
 //     1008 or 1012, or a connect to it fails: refused handshake, unreachable, a token provider that
-//     fails, a ticket it will not issue), the next URL of the list is tried, wrapping round to the
-//     first. A gateway that works is kept: nothing moves back to the first URL while it works,
-//     so a failover never flaps back to a gateway that just died; the first URL is tried again
-//     only when the list wraps round to it after the gateway in use fails.
+//     fails, a ticket it will not issue; or it refuses the token after the renew, see 1008 below;
+//     or it answers every symbol asked unknown_symbol, see above), the next URL of the list is
+//     tried, wrapping round to the first. A gateway that works is kept: nothing moves back to the
+//     first URL while it works, so a failover never flaps back to a gateway that just died; the
+//     first URL is tried again only when the list wraps round to it after the gateway in use
+//     fails.
 //   - Delays: the first connect to each URL not yet tried since the last socket that worked waits a
 //     uniformly random [0, 1 s] (full jitter: quick, since the values on screen are ageing, yet the
 //     browsers of a dead gateway do not all land on the next in the same instant). Once every URL
-//     has failed in a row, the backoff below applies (500 ms·2^n, equal jitter, capped at 30 s, n
-//     counting full rounds of the list). With one URL this is exactly the backoff below.
+//     has failed in a row, the backoff below applies (500 ms·2^n, equal jitter, capped at 30 s),
+//     n counting the full rounds of the list completed, less one: with three URLs, after the first
+//     round each connect waits 0.25–0.5 s, after the second 0.5–1 s, after the third 1–2 s, and so
+//     on. With one URL this is exactly the backoff below. A socket "worked" when it stayed open
+//     5 s with the gateway answering in protocol; a gateway (or proxy) that accepts sockets and
+//     drops them sooner gets the growing backoff, however well it answers meanwhile.
 //   - While away, the element keeps showing the last values it had, marked as reconnecting: state
 //     "reconnecting" (connectionState, the connectionstatechange event, the container part's
 //     data-connection attribute, the custom state quote-ticker:state(reconnecting) for the host
@@ -164,17 +183,22 @@
 //   - 1012 (the quote source restarted): back to the same gateway after a uniformly random delay in
 //     [0, 1 s] (every client of the gateway gets it at once), taking its snapshots whatever their
 //     seq (see Failover).
-//   - 1008 (policy: bad or expired token, refused Origin; the same gateway, not the next URL): with a token provider, asks it for a
-//     fresh token ({ renew: true }) and reconnects at once, one time. If that connection also ends
-//     in 1008 within 10 s of opening (or there is no provider), it stops: state "unauthorized",
-//     the gateway's reason on screen, and no retry until QuoteTicker.setToken is called or an
-//     element's attributes change (or an element joins the connection).
+//   - 1008 (policy: bad or expired token, refused Origin): with a token provider, asks it for a
+//     fresh token ({ renew: true }) and reconnects to the same gateway at once, one time. If that
+//     connection also ends in 1008 within 10 s of opening (or there is no provider), that gateway
+//     refused the token: with a list, it counts as failed and the next URL is tried (with its own
+//     renew); with one URL, or once every URL of the list refused the token one after the other
+//     (a failure of another kind in between starts the count again), it stops: state
+//     "unauthorized", the gateway's reason on screen, and no retry until QuoteTicker.setToken is
+//     called or an element's attributes change (or an element joins the connection).
 //   - anything else, including a handshake the gateway refused with HTTP 401/403/429/503 (which a
 //     browser reports only as close 1006, without the status): the next URL when there are several
 //     (see Failover), then exponential backoff, 500 ms·2^n
 //     capped at 30 s, with "equal jitter" (a random delay in [ceiling/2, ceiling]), so no retry is
-//     immediate and a refused page backs off further on every attempt; n returns to 0 once the
-//     gateway answers in protocol.
+//     immediate and a refused page backs off further on every attempt; n returns to 0 only after a
+//     socket that worked (open 5 s, the gateway answering in protocol; see Failover), so a
+//     gateway or proxy that accepts sockets and drops them, or a load balancer that sends the
+//     socket to a gateway that refuses the ticket another issued, is retried ever more slowly.
 // - Trades and bars (sparkline, <quote-tape>): a symbol's subscribe carries what every element
 //   showing it on that connection needs ("trades": true for a tape, "bars": the sparkline's
 //   interval), because a later subscribe of a symbol replaces the earlier choice on the gateway; so
@@ -222,11 +246,14 @@
 //   URL); a "connectionstatechange" event fires when it changes, with element.connectionInfo as
 //   its detail.
 // - element.connectionInfo: { state, closeCode, closeReason, retryDelayMs, url, urlIndex }: how the
-//   connection's last socket ended (null before any), the delay chosen for the pending reconnect in
-//   ms (null when none is pending), and the gateway in use or tried next (its URL without query,
-//   and its place in the url list, from 0).
+//   connection's last socket ended (null before any; 1000 with reason "every symbol unknown_symbol"
+//   when it left a gateway that knew none of its symbols), the delay chosen for the pending
+//   reconnect in ms (null when none is pending), and the gateway in use or tried next (its URL
+//   without query, and its place in the url list, from 0).
 // - element.displayedQuotes: { SYMBOL: { field: text shown, ..., status, seq, held } } for the shown
-//   symbols: seq of the values shown (null before any), held: true while a newer gateway's older
+//   symbols: status "waiting" (no values yet), "live", "stale", "halted" (the gateway's) or
+//   "unavailable" (the gateway answered unknown_symbol; the values are the last shown, see
+//   above), seq of the values shown (null before any), held: true while a newer gateway's older
 //   snapshot waits behind them (the seq guard, see Failover). Each grid row (and tape item) carries
 //   data-symbol, data-seq and, while held, data-held.
 // - element.rejectedSymbols: [{ symbol, code }].
@@ -294,6 +321,14 @@ const RESTART_JITTER_MS = 5000;
 const POLICY_REARM_MS = 10000;
 // A token provider that has not answered after this long counts as failed.
 const TOKEN_TIMEOUT_MS = 15000;
+// A socket counts as having worked (the reconnect backoff starts over, and the URLs of a list count
+// as not yet tried) only once it has stayed open this long and the gateway answered on it in
+// protocol: a gateway or proxy that accepts sockets and drops them gets the full backoff.
+const STABLE_MS = 5000;
+// Symbols a gateway answered unknown_symbol that are asked again (see the header): after a delay
+// in [ceiling/2, ceiling], the ceiling UNKNOWN_RETRY_BASE_MS·2^n (n: how many times they were
+// asked again on this socket), at most BACKOFF_MAX_MS.
+const UNKNOWN_RETRY_BASE_MS = 1000;
 // With several gateway URLs, a connect to one not yet tried since the last working socket waits a
 // uniformly random delay in [0, this] ("full jitter"): quick, since the quotes on screen are going
 // stale, yet spread, so that the browsers of a gateway that died do not all reach the next one in
@@ -304,6 +339,7 @@ const FAILOVER_JITTER_MS = 1000;
 // or whose seq started over without a 1012, is then believed; the values must not freeze).
 const SEQ_GUARD_MS = 3000;
 // Close codes the reconnect logic tells apart (see the header).
+const CLOSE_NORMAL = 1000;
 const CLOSE_GOING_AWAY = 1001;
 const CLOSE_POLICY = 1008;
 const CLOSE_ABNORMAL = 1006;
@@ -568,7 +604,26 @@ class Connection {
     this.pendingOps = new Map(); // op id -> { op, symbols }
     this.nextId = 1;
     this.socketNo = 0; // which socket a quote's snapshot came from; updates need the same one
+    // Failed connects since the last socket that worked (STABLE_MS): the backoff's input.
     this.attempt = 0;
+    // URLs of a list that refused the token one after the other (after the one renew each); when
+    // every URL of the list has, the connection stops as "unauthorized" (see policyRefused).
+    this.refusals = 0;
+    // Gateways in a row (since a socket on which a gateway accepted a symbol) that answered every
+    // symbol unknown_symbol: with a list, such a gateway is left for the next URL, until every URL
+    // answered so (then the connection stays and asks again with backoff; see the header).
+    this.emptyAnswers = 0;
+    // Of the current socket: symbols its gateway accepted, answered unknown_symbol, or refused
+    // otherwise; whether it answered in protocol at all; whether its all-unknown answer counted.
+    this.socketAccepted = 0;
+    this.socketUnknown = new Set();
+    this.socketOther = 0;
+    this.heard = false;
+    this.emptyCounted = false;
+    // Symbols answered unknown_symbol that are asked again on this socket, after the backoff.
+    this.unknownRetry = new Set();
+    this.unknownTimer = 0;
+    this.unknownTries = 0;
     this.retryTimer = 0;
     this.retryDelay = null; // ms chosen for the pending reconnect
     this.closeCode = null; // how the last socket ended
@@ -907,6 +962,15 @@ class Connection {
     }
     this.ws = ws;
     this.socketNo++;
+    this.socketAccepted = 0;
+    this.socketUnknown.clear();
+    this.socketOther = 0;
+    this.heard = false;
+    this.emptyCounted = false;
+    this.unknownRetry.clear();
+    clearTimeout(this.unknownTimer);
+    this.unknownTimer = 0;
+    this.unknownTries = 0;
     this.subscribed.clear();
     this.sentWants.clear();
     this.pendingOps.clear();
@@ -967,6 +1031,15 @@ class Connection {
     this.openedAt = 0;
     clearInterval(this.pingTimer);
     this.pingTimer = 0;
+    clearTimeout(this.unknownTimer);
+    this.unknownTimer = 0;
+    // A socket that stayed open STABLE_MS, with the gateway answering in protocol, worked: the
+    // backoff starts over and every URL of a list counts as not yet tried. One that was dropped
+    // sooner (a flapping gateway or proxy) did not: the backoff goes on growing.
+    if (openedAt && this.heard && Date.now() - openedAt >= STABLE_MS) {
+      this.attempt = 0;
+      this.refusals = 0;
+    }
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try {
@@ -999,8 +1072,10 @@ class Connection {
    * failed): on to the next URL of the list (round robin), after the delay the header describes.
    * `goingAway`: it closed with 1001.
    */
-  failedOver(goingAway = false) {
+  failedOver(goingAway = false, refused = false) {
     if (this.widgets.size === 0) return;
+    // The token refusals that stop a list must be one after the other (one round of the list).
+    if (!refused) this.refusals = 0;
     // Another URL not tried since the last socket that worked: go now (jittered).
     const untried = this.attempt < this.urls.length - 1;
     let delay;
@@ -1023,10 +1098,13 @@ class Connection {
     return ceiling / 2 + Math.random() * (ceiling / 2);
   }
 
-  // Doubles with every failed attempt once every URL has failed since the last working socket
-  // (with one URL: every failed attempt), from BACKOFF_BASE_MS to BACKOFF_MAX_MS.
+  // BACKOFF_BASE_MS·2^n, at most BACKOFF_MAX_MS, for the connect after failed connect number
+  // `attempt` (from 0, since the last socket that worked): n is the number of full rounds of the
+  // list completed, less one (with one URL: every failed connect is a round, so n = attempt).
+  // With three URLs: failures 0 and 1 go on to untried URLs (failedOver), 2, 3 and 4 wait with
+  // n = 0, 5, 6 and 7 with n = 1, and so on.
   backoffCeiling() {
-    const rounds = Math.max(0, this.attempt - (this.urls.length - 1));
+    const rounds = Math.max(0, Math.floor((this.attempt + 1) / this.urls.length) - 1);
     return Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(rounds, 16));
   }
 
@@ -1048,9 +1126,21 @@ class Connection {
       // One fresh token, at once: an expired token is the usual cause, and the gap shows.
       this.policyRetried = true;
       this.schedule(0, true);
-    } else {
-      this.stop(what);
+      return;
     }
+    // With a list, a gateway that refuses the token has failed, for this URL only: the next URL
+    // (with its own renew), until every URL of the list has refused it, one after the other.
+    if (this.urls.length > 1) {
+      this.refusals++;
+      if (this.refusals < this.urls.length) {
+        console.warn(`quote-ticker: ${this.safeUrl} ${what}; trying the next url of the list`);
+        this.policyRetried = false;
+        this.failedOver(false, true);
+        return;
+      }
+      what += " (as did every url of the list)";
+    }
+    this.stop(what);
   }
 
   /** A refused token without a way to a better one: no retry until something changes (resume). */
@@ -1077,6 +1167,8 @@ class Connection {
     if (this.state === "unauthorized") {
       this.policyRetried = false;
       this.attempt = 0;
+      this.refusals = 0;
+      this.emptyAnswers = 0;
       this.setState("connecting");
       this.open(false);
     } else if (newToken && (this.retryTimer || this.awaitingToken)) {
@@ -1092,6 +1184,7 @@ class Connection {
     clearInterval(this.pingTimer);
     clearInterval(this.pollTimer);
     clearTimeout(this.guardTimer);
+    clearTimeout(this.unknownTimer);
     this.fetchQueue = [];
     window.removeEventListener("online", this.onOnline);
     const ws = this.ws;
@@ -1151,7 +1244,7 @@ class Connection {
           if (this.applyStatus(m)) changed.add(m.symbol);
           break;
         case "ack":
-          if (this.applyAck(m)) rejectedChanged = true;
+          if (this.applyAck(m, changed)) rejectedChanged = true;
           break;
         case "error":
           if (this.applyError(m)) rejectedChanged = true;
@@ -1167,12 +1260,49 @@ class Connection {
           break; // pong, symbols, and anything newer than this client
       }
     }
-    // The gateway answers in protocol: the next loss starts the backoff from the beginning again.
-    if (Array.isArray(frame)) this.attempt = 0;
+    // The gateway answers in protocol (with STABLE_MS open, the socket worked: see lost()).
+    if (Array.isArray(frame)) this.heard = true;
     if (changed.size || rejectedChanged) {
       for (const w of this.widgets) w._quotesChanged(changed, rejectedChanged);
     }
     if (trades.size || bars.size || this.extrasRefused) this.extrasChanged(trades, bars, this.extrasRefused);
+    if (this.socketUnknown.size) this.unknownAnswered();
+  }
+
+  /**
+   * The gateway of this socket answered symbols unknown_symbol (applyAck). A gateway that answered
+   * every symbol so (none accepted, none refused otherwise, no subscribe pending) is taken to be
+   * still loading, or not to serve this market: with a list it is left for the next URL, until
+   * every URL answered so one after the other. Symbols that were shown, and with such a gateway
+   * every symbol, are asked again after a growing delay (they may be loading).
+   */
+  unknownAnswered() {
+    if (!this.ws) return;
+    const empty = this.socketAccepted === 0 && this.socketOther === 0 && this.pendingOps.size === 0;
+    if (empty && !this.emptyCounted) {
+      this.emptyCounted = true;
+      this.emptyAnswers++;
+      if (this.urls.length > 1 && this.emptyAnswers < this.urls.length) {
+        console.warn(`quote-ticker: ${this.safeUrl} knows none of the symbols asked for (still loading?); trying the next url of the list`);
+        this.lost(CLOSE_NORMAL, "every symbol unknown_symbol");
+        return;
+      }
+    }
+    for (const s of this.socketUnknown) {
+      if (empty || this.quotes.has(s)) this.unknownRetry.add(s);
+    }
+    this.socketUnknown.clear();
+    if (!this.unknownRetry.size || this.unknownTimer) return;
+    const ceiling = Math.min(BACKOFF_MAX_MS, UNKNOWN_RETRY_BASE_MS * 2 ** Math.min(this.unknownTries, 16));
+    this.unknownTries++;
+    this.unknownTimer = setTimeout(() => {
+      this.unknownTimer = 0;
+      for (const s of this.unknownRetry) {
+        if (this.refs.has(s) && !this.subscribed.has(s)) this.toSubscribe.add(s);
+      }
+      this.unknownRetry.clear();
+      this.flush();
+    }, ceiling / 2 + Math.random() * (ceiling / 2));
   }
 
   /** Tells the elements that tapes (`trades`: SYMBOLs) or sparklines (`bars`: series keys) changed. */
@@ -1272,13 +1402,18 @@ class Connection {
     }, Math.max(0, oldest + SEQ_GUARD_MS - Date.now()));
   }
 
-  applyAck(m) {
+  /** An ack; `shown`: a Set, gains the SYMBOLs whose row changed (marked unavailable). */
+  applyAck(m, shown) {
     const pending = m.id !== undefined ? this.pendingOps.get(Number(m.id)) : undefined;
     if (m.id !== undefined) this.pendingOps.delete(Number(m.id));
     if (m.op !== "subscribe") return false;
     let changed = false;
     if (Array.isArray(m.symbols)) {
       for (const s of m.symbols) if (this.rejected.delete(s)) changed = true;
+      if (m.symbols.length) {
+        this.socketAccepted += m.symbols.length;
+        this.emptyAnswers = 0;
+      }
     }
     const named = new Set(Array.isArray(m.symbols) ? m.symbols : []);
     if (Array.isArray(m.rejected)) {
@@ -1290,8 +1425,22 @@ class Connection {
         // to 40 characters) can be one, though this widget never sends a string that is not a
         // symbol. The op's other symbols were applied and come back as usual.
         if (!this.refs.has(sym)) continue;
-        this.rejected.set(sym, typeof r.code === "string" ? r.code : "rejected");
+        const code = typeof r.code === "string" ? r.code : "rejected";
         this.subscribed.delete(sym);
+        if (code === "unknown_symbol") this.socketUnknown.add(sym);
+        else this.socketOther++;
+        const q = this.quotes.get(sym);
+        if (code === "unknown_symbol" && q) {
+          // Shown before: this gateway does not know it now (restarted, still loading its cache?).
+          // The row stays, with its last values marked as not live; it is asked again later.
+          const wasHeld = this.held.delete(sym);
+          if (wasHeld || q.status !== "unavailable") {
+            q.status = "unavailable";
+            shown.add(sym);
+          }
+          continue;
+        }
+        this.rejected.set(sym, code);
         changed = true;
       }
     }
@@ -1304,6 +1453,7 @@ class Connection {
     if (pending) {
       for (const s of pending.symbols) {
         if (!named.has(s) && this.refs.has(s) && !this.rejected.has(s)) {
+          this.socketOther++;
           this.rejected.set(s, "rejected");
           this.subscribed.delete(s);
           changed = true;
@@ -1751,7 +1901,9 @@ const STYLE = `
 .badge[data-status="stale"] { color: var(--quote-ticker-stale, #9a6700); }
 .badge[data-status="halted"] { color: var(--quote-ticker-halted, #cf222e); }
 .badge[data-status="waiting"] { color: var(--quote-ticker-muted, #6a737d); }
+.badge[data-status="unavailable"] { color: var(--quote-ticker-stale, #9a6700); border-style: dashed; }
 [data-row-status="stale"] .val, [data-row-status="stale"] .sym, [data-held] .val { opacity: .55; }
+[data-row-status="unavailable"] .val, [data-row-status="unavailable"] .sym { opacity: .4; }
 [data-row-status="halted"] .val { text-decoration: line-through; text-decoration-thickness: 1px; }
 .val { border-radius: 3px; padding: 0 .2em; }
 .val[data-dir="up"] { color: var(--quote-ticker-up, #1a7f37); }

@@ -25,7 +25,14 @@
 //      successor numbers seq from 1 again), a new ingest started; B closes the element's socket
 //      with 1012; it reconnects to B and takes the lower seq at once (no symbol held back by the
 //      seq guard), and shows B's quotes again.
-// No check measures speed: every wait is a bounded poll for a condition with a generous deadline.
+//   5. The seq guard, against two scripted gateways (see the step).
+//   6–10. Gateways that fail otherwise, scripted: unknown_symbol from a restarted (loading)
+//      gateway, on one URL and on a list; a token refused by one URL of a list (401 to the ticket,
+//      close 1008) and by all; the backoff per round of a list of three refusing gateways; a
+//      gateway that accepts sockets and drops them (see gatewayFaults).
+// No check measures speed, but for the backoff's delays (9, 10; and 6's retries): lower bounds,
+// and in 9 upper bounds with generous slack; every other wait is a bounded poll for a condition
+// with a generous deadline.
 // The helpers it shares with run.mjs (checks, polls, the gateway process, Chromium, stopping
 // everything on failure too) are in tests/widget/toolkit.mjs.
 
@@ -36,7 +43,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 
-import { embedPage, startEmbedServer } from "./embed-server.mjs";
+import { embedPage, startEmbedServer, tokenScript } from "./embed-server.mjs";
 import {
   Gateway,
   POLL_MS,
@@ -195,7 +202,7 @@ stale_after_ms = 800
  * every connectionstatechange with what the element showed at that instant.
  */
 function pageRecorder() {
-  const rec = (window.__fo = { events: [], seqBack: [], held: [], epochs: 0, maxSeq: {}, observed: new Set() });
+  const rec = (window.__fo = { events: [], seqBack: [], held: [], status: [], epochs: 0, maxSeq: {}, observed: new Set() });
   document.addEventListener("connectionstatechange", (e) => {
     const w = e.target;
     const box = w.shadowRoot && w.shadowRoot.querySelector("[part=container]");
@@ -231,6 +238,10 @@ function pageRecorder() {
         const row = r.target;
         const sym = row.dataset && row.dataset.symbol;
         if (!sym) continue;
+        if (r.attributeName === "data-row-status") {
+          rec.status.push({ id, sym, status: row.dataset.rowStatus, t: Date.now() });
+          continue;
+        }
         if (r.attributeName === "data-held") {
           rec.held.push({ id, sym, held: row.hasAttribute("data-held"), epoch: rec.epochs, t: Date.now() });
           continue;
@@ -242,18 +253,25 @@ function pageRecorder() {
         if (before !== undefined && seq < before) rec.seqBack.push({ id, sym, from: before, to: seq, epoch: rec.epochs });
         rec.maxSeq[id][sym] = seq;
       }
-    }).observe(w.shadowRoot, { subtree: true, attributes: true, attributeFilter: ["data-seq", "data-held"] });
+    }).observe(w.shadowRoot, { subtree: true, attributes: true, attributeFilter: ["data-seq", "data-held", "data-row-status"] });
     return true;
   };
 }
 
 /**
- * A scripted gateway for the seq guard: a minimal WebSocket server (RFC 6455 handshake, unmasked
- * text frames out, masked ones in) on a free port. `onOp(op, send)` is called for each client op;
- * `send(messages)` writes one frame (a JSON array), `drop()` cuts every socket (a crash: 1006).
+ * A scripted gateway: a minimal WebSocket server (RFC 6455 handshake, unmasked text frames out,
+ * masked ones in) on a free port. `onOp(op, send, conn)` is called for each client op; `send(messages)`
+ * writes one frame (a JSON array) to that socket, `conn.close(code, reason)` closes it with a close
+ * frame, `conn.no` is the socket's number (from 1) and `conn.ops` the ops it has had. Options:
+ * `upgrade(path)` may refuse a handshake by returning an HTTP status (a browser sees only 1006);
+ * `http(method, path, headers)` answers any other request: { status, body } (a JSON body, with CORS
+ * headers for the requesting Origin; OPTIONS is a preflight, answered for POST with Authorization).
+ * `connections` records every handshake asked for ({ t, path, refused }); `drop()` cuts every
+ * socket (a crash: 1006).
  */
-async function scriptedGateway(onOp) {
+async function scriptedGateway(onOp, { upgrade = () => undefined, http: onHttp = () => ({ status: 404, body: {} }) } = {}) {
   const sockets = new Set();
+  const connections = [];
   const frame = (text) => {
     const body = Buffer.from(text);
     const head = body.length < 126 ? Buffer.from([0x81, body.length]) : Buffer.from([0x81, 126, body.length >> 8, body.length & 255]);
@@ -263,6 +281,15 @@ async function scriptedGateway(onOp) {
     let buf = Buffer.alloc(0);
     let open = false;
     const send = (messages) => sock.write(frame(JSON.stringify(messages)));
+    const conn = {
+      no: 0,
+      ops: [],
+      close(code, reason = "") {
+        const r = Buffer.from(reason);
+        sock.write(Buffer.concat([Buffer.from([0x88, 2 + r.length, code >> 8, code & 255]), r]));
+        sock.end();
+      },
+    };
     sock.on("error", () => {});
     sock.on("close", () => sockets.delete(sock));
     sock.on("data", (chunk) => {
@@ -270,11 +297,33 @@ async function scriptedGateway(onOp) {
       if (!open) {
         const end = buf.indexOf("\r\n\r\n");
         if (end < 0) return;
-        const key = /sec-websocket-key:\s*(\S+)/i.exec(buf.subarray(0, end).toString())[1];
+        const head = buf.subarray(0, end).toString();
+        const [method, reqPath] = head.split("\r\n")[0].split(" ");
+        const headers = Object.fromEntries(head.split("\r\n").slice(1).map((l) => [l.slice(0, l.indexOf(":")).trim().toLowerCase(), l.slice(l.indexOf(":") + 1).trim()]));
+        if (!/websocket/i.test(headers.upgrade || "")) {
+          const origin = headers.origin || "*";
+          const cors = `Access-Control-Allow-Origin: ${origin}\r\nAccess-Control-Allow-Headers: authorization\r\nAccess-Control-Allow-Methods: POST\r\nVary: Origin\r\n`;
+          if (method === "OPTIONS") {
+            sock.end(`HTTP/1.1 204 No Content\r\n${cors}Content-Length: 0\r\nConnection: close\r\n\r\n`);
+            return;
+          }
+          const answer = onHttp(method, reqPath, headers);
+          const body = JSON.stringify(answer.body);
+          sock.end(`HTTP/1.1 ${answer.status} X\r\n${cors}Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+          return;
+        }
+        const refused = upgrade(reqPath);
+        connections.push({ t: Date.now(), path: reqPath, refused: refused || null });
+        if (refused) {
+          sock.end(`HTTP/1.1 ${refused} Refused\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+          return;
+        }
+        const key = /sec-websocket-key:\s*(\S+)/i.exec(head)[1];
         const accept = crypto.createHash("sha1").update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest("base64");
         sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
         buf = buf.subarray(end + 4);
         open = true;
+        conn.no = connections.filter((c) => !c.refused).length;
         sockets.add(sock);
       }
       while (buf.length >= 6) {
@@ -289,13 +338,20 @@ async function scriptedGateway(onOp) {
         const payload = Buffer.from(buf.subarray(at + 4, at + 4 + len)).map((x, i) => x ^ mask[i % 4]);
         const opcode = buf[0] & 15;
         buf = buf.subarray(at + 4 + len);
-        if (opcode === 1) onOp(JSON.parse(payload.toString()), send);
+        if (opcode === 1) {
+          const op = JSON.parse(payload.toString());
+          conn.ops.push({ ...op, t: Date.now() });
+          onOp(op, send, conn);
+        }
       }
     });
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const port = server.address().port;
   return {
-    ws: `ws://127.0.0.1:${server.address().port}/ws`,
+    ws: `ws://127.0.0.1:${port}/ws`,
+    base: `http://127.0.0.1:${port}`,
+    connections,
     sendAll(messages) {
       for (const s of sockets) s.write(frame(JSON.stringify(messages)));
     },
@@ -547,7 +603,181 @@ async function main(state, bin, chromium) {
   await page3.close();
   ok(`seq guard (scripted gateways X, Y): Y's older snapshot is held (values of X kept, row data-held; AAPL ${held.v.quotes.AAPL.seq} ${held.v.quotes.AAPL.bid}) until Y's stream reaches the seq shown (then 1.01 from Y); MSFT, never moved by Y, is shown after the bound`);
 
+  await gatewayFaults({ context, embed, state, pageErrors, quote, ack });
+
   if (pageErrors.length) fail(`page errors: ${pageErrors.join("; ")}`);
+}
+
+/**
+ * 6–10. Gateways that fail in other ways than dying, from scripted gateways (see scriptedGateway):
+ *   6. One URL whose gateway restarted and, still loading its cache, answers every subscribe
+ *      unknown_symbol: the rows shown before say "unavailable" (not live, last values kept), the
+ *      widget asks again (more than once, with growing gaps) and shows the gateway's quotes once
+ *      it knows them.
+ *   7. Two URLs, the second answering unknown_symbol for everything: the element leaves it for the
+ *      first again (the gateway counts as failed), rows marked unavailable meanwhile.
+ *   8. Two URLs with a token provider: the first refuses the token (401 to POST /v1/ticket, after
+ *      the renew; and, another page, close 1008 on the socket): the element goes on to the second,
+ *      which accepts it. Two URLs that both refuse: "unauthorized", and nothing more is asked.
+ *   9. Three URLs that refuse every handshake (503): the first connect to each comes within 1 s,
+ *      then the backoff grows per full round of the list (not per attempt).
+ *  10. A gateway that accepts the socket, answers, and drops it at once: the reconnects back off
+ *      (250·2^n ms at least), the backoff is not reset by its answers.
+ */
+async function gatewayFaults({ context, embed, state, pageErrors, quote, ack }) {
+  const widgetTag = `  <script type="module" src="/quote-ticker.js"></script>`;
+  const openPage = async (name, head, body, id) => {
+    embed.page(name, embedPage(name, head, body));
+    const page = await context.newPage();
+    page.on("pageerror", (err) => pageErrors.push(`${name}: ${err}`));
+    await page.goto(`${embed.originA}/${name}.html`, { waitUntil: "load" });
+    await waitFor(`the ${name} page's element to be observed`, () => page.evaluate((id) => window.__fo.observe(id), id));
+    const view = () => page.evaluate((id) => {
+      const w = document.getElementById(id);
+      return { state: w.connectionState, info: w.connectionInfo, quotes: w.displayedQuotes, rejected: w.rejectedSymbols };
+    }, id);
+    return { page, view };
+  };
+  const gaps = (times) => times.slice(1).map((t, i) => t - times[i]);
+  const unknownAck = (op) => ({ type: "ack", id: op.id, op: "subscribe", symbols: [], rejected: op.symbols.map((symbol) => ({ symbol, code: "unknown_symbol" })) });
+
+  // 6. One URL, restarted and loading: unknown_symbol for its first two subscribes.
+  const asked = []; // when the restarted gateway's socket had each subscribe
+  const loading = await scriptedGateway((op, send, conn) => {
+    if (op.op !== "subscribe") return;
+    const subs = conn.ops.filter((o) => o.op === "subscribe").length;
+    if (conn.no === 2) asked.push(Date.now());
+    if (conn.no === 1) send([ack(op), quote("AAPL", 100, "1.00"), quote("MSFT", 50, "5.00")]);
+    else if (subs <= 2) send([unknownAck(op)]);
+    else send([ack(op), quote("AAPL", 120, "1.20"), quote("MSFT", 60, "6.00")]);
+  });
+  state.scripted.push(loading);
+  const l = await openPage("loading", widgetTag, `  <quote-ticker id="ld" url="${loading.ws}" symbols="AAPL,MSFT"></quote-ticker>`, "ld");
+  await waitFor("the loading gateway's first quotes", async () => {
+    const v = await l.view();
+    return { ok: v.state === "live" && v.quotes.AAPL && v.quotes.AAPL.seq === 100 && v.quotes.AAPL.status === "live", detail: v };
+  });
+  loading.drop();
+  const unavailable = await waitFor("the rows shown before marked unavailable after the restarted gateway answered unknown_symbol", async () => {
+    const v = await l.view();
+    const q = v.quotes;
+    return { ok: ["AAPL", "MSFT"].every((s) => q[s] && q[s].status === "unavailable") && q.AAPL.bid === "1.00" && v.rejected.length === 0, v, detail: v };
+  });
+  await waitFor("the restarted gateway's quotes, once it knows the symbols", async () => {
+    const v = await l.view();
+    return { ok: v.state === "live" && v.quotes.AAPL && v.quotes.AAPL.seq === 120 && v.quotes.AAPL.status === "live" && v.quotes.MSFT.status === "live", detail: v };
+  });
+  if (loading.connections.length !== 2) fail(`the widget opened ${loading.connections.length} sockets to the loading gateway, want 2 (it asks again on the same socket)`);
+  const ag = gaps(asked);
+  if (asked.length !== 3 || ag[0] < 480 || ag[1] < 980) fail(`the restarted gateway was asked at gaps ${JSON.stringify(ag)} ms (${asked.length} subscribes), want 3 subscribes, at least 500 then 1000 ms apart (a growing backoff)`);
+  await l.page.close();
+  ok(`a restarted gateway answering unknown_symbol (loading): the rows shown before say "unavailable" (status, last values ${unavailable.v.quotes.AAPL.bid} kept, not listed as rejected), the widget asks again on the same socket (gaps ${ag.join(", ")} ms) and shows the gateway's quotes once it knows them`);
+
+  // 7. Two URLs; the second knows no symbol: it counts as failed, back to the first.
+  const p1 = await scriptedGateway((op, send, conn) => {
+    if (op.op === "subscribe") send([ack(op), quote("AAPL", 100 + conn.no, "1.00"), quote("MSFT", 50 + conn.no, "5.00")]);
+  });
+  const q1 = await scriptedGateway((op, send) => {
+    if (op.op === "subscribe") send([unknownAck(op)]);
+  });
+  state.scripted.push(p1, q1);
+  const u = await openPage("unknown-failover", widgetTag, `  <quote-ticker id="uf" url="${p1.ws} ${q1.ws}" symbols="AAPL,MSFT"></quote-ticker>`, "uf");
+  await waitFor("the element live on P", async () => {
+    const v = await u.view();
+    return { ok: v.state === "live" && v.info.urlIndex === 0 && v.quotes.AAPL && v.quotes.AAPL.seq === 101, detail: v };
+  });
+  p1.drop();
+  const back = await waitFor("the element to leave Q (every symbol unknown) and be live on P again", async () => {
+    const v = await u.view();
+    return { ok: q1.connections.length >= 1 && p1.connections.length >= 2 && v.state === "live" && v.info.urlIndex === 0 && v.quotes.AAPL.seq === 102 && v.quotes.AAPL.status === "live", v, detail: { v, q: q1.connections.length, p: p1.connections.length } };
+  });
+  const marked = await u.page.evaluate(() => window.__fo.status.filter((x) => x.id === "uf" && x.status === "unavailable").map((x) => x.sym));
+  if (!marked.includes("AAPL") || !marked.includes("MSFT")) fail(`while Q answered unknown_symbol the rows were not marked unavailable: ${JSON.stringify(marked)}`);
+  await u.page.close();
+  ok(`two URLs, the second answering unknown_symbol for every symbol: its rows marked unavailable, the element counted it failed and went back to the first (live there, seq ${back.v.quotes.AAPL.seq})`);
+
+  // 8. Tokens: a gateway of a list that refuses the token is failed for that URL only.
+  const tickets = (refuse) => ({
+    http: (method, reqPath) => {
+      if (method === "POST" && reqPath.startsWith("/v1/ticket")) {
+        return refuse ? { status: 401, body: { error: { code: "unauthorized", message: "unknown key" } } } : { status: 200, body: { ticket: `tk${Date.now()}` } };
+      }
+      return { status: 404, body: {} };
+    },
+    upgrade: (reqPath) => (/[?&]ticket=tk/.test(reqPath) ? undefined : 401),
+  });
+  const serve = (op, send) => {
+    if (op.op === "subscribe") send([ack(op), quote("AAPL", 7, "7.00"), quote("MSFT", 8, "8.00")]);
+  };
+  const xr = await scriptedGateway(serve, tickets(true));
+  const xr2 = await scriptedGateway(serve, tickets(true));
+  const yk = await scriptedGateway(serve, tickets(false));
+  const wp = await scriptedGateway((op, send, conn) => conn.close(1008, "token revoked"), tickets(false));
+  state.scripted.push(xr, xr2, yk, wp);
+  embed.tokenCase("f2", (n, { renew }) => (renew ? `renewed${n}` : `tok${n}`));
+  const tokenHead = `${tokenScript("/quote-ticker.js", { all: "f2" })}\n${widgetTag}`;
+  const tries = [];
+  for (const [id, first, what] of [["tk401", xr, "401 to POST /v1/ticket"], ["tk1008", wp, "close 1008"]]) {
+    const t = await openPage(`token-${id}`, tokenHead, `  <quote-ticker id="${id}" url="${first.ws} ${yk.ws}" symbols="AAPL,MSFT"></quote-ticker>`, id);
+    const v = await waitFor(`the ${id} element live on the second URL after the first refused the token (${what})`, async () => {
+      const x = await t.view();
+      return { ok: x.state === "live" && x.info.urlIndex === 1 && x.quotes.AAPL && x.quotes.AAPL.seq === 7, x, detail: x };
+    });
+    tries.push(`${what}: live on the second URL (state ${v.x.state})`);
+    await t.page.close();
+  }
+  const renews = embed.calls("f2").map((c) => c.renew);
+  if (!renews.includes(true)) fail(`the token provider was never asked with renew: true: ${JSON.stringify(renews)}`);
+  const both = await openPage("token-both", tokenHead, `  <quote-ticker id="tkboth" url="${xr.ws} ${xr2.ws}" symbols="AAPL"></quote-ticker>`, "tkboth");
+  const stopped = await waitFor("the element stopped as unauthorized once both URLs refused the token", async () => {
+    const x = await both.view();
+    return { ok: x.state === "unauthorized" && x.info.retryDelayMs === null, x, detail: x };
+  });
+  const calls = embed.calls("f2").length;
+  await sleep(1500);
+  if (embed.calls("f2").length !== calls) fail(`after stopping as unauthorized the element asked the token provider again (${embed.calls("f2").length - calls} call(s))`);
+  await both.page.close();
+  ok(`a list whose first URL refuses the token (${tries.join("; ")}) goes on to the next; every URL refusing stops it as "${stopped.x.state}" ("${stopped.x.info.closeReason}"), and nothing more is asked`);
+
+  // 9. Backoff per round of the list: three gateways refusing every handshake (503).
+  const dead = [];
+  for (let i = 0; i < 3; i++) dead.push(await scriptedGateway(() => {}, { upgrade: () => 503 }));
+  state.scripted.push(...dead);
+  const d = await openPage("dead-three", widgetTag, `  <quote-ticker id="d3" url="${dead.map((g) => g.ws).join(" ")}" symbols="AAPL"></quote-ticker>`, "d3");
+  const attempts = await waitFor("nine handshakes to the three refusing gateways (three rounds)", async () => {
+    const all = dead.flatMap((g, i) => g.connections.map((c) => ({ t: c.t, i }))).sort((a, b) => a.t - b.t);
+    return { ok: all.length >= 9, all, detail: all.length };
+  });
+  await d.page.close();
+  const seq = attempts.all.slice(0, 9);
+  const g = gaps(seq.map((a) => a.t));
+  const order = seq.map((a) => a.i).join("");
+  const bad = [];
+  if (order !== "012012012") bad.push(`order ${order}, want 012012012`);
+  // Upper bounds with slack for the refused handshake itself and late timers (a loaded machine),
+  // yet below what a backoff per attempt gives: its third gap of round 2 is at least 1000 ms, its
+  // gaps of round 3 at least 2000 ms.
+  g.forEach((gap, k) => {
+    const [lo, hi, slack] = k < 2 ? [0, 1000, 500] : k < 5 ? [250, 500, 450] : [500, 1000, 900];
+    if (gap < lo - 20 || gap > hi + slack) bad.push(`gap ${k + 1} ${gap} ms, want [${lo}, ${hi}] (+${slack} slack)`);
+  });
+  if (bad.length) fail(`three refusing gateways: handshakes at gaps ${JSON.stringify(g)} ms: ${bad.join("; ")} (the first try of each URL within 1 s, then 500 ms·2^n per full round, equal jitter)`);
+  ok(`three URLs refusing every handshake (503): tried in order, gaps ${g.join(", ")} ms: the first of each URL within 1 s, then the backoff grows per full round of the list`);
+
+  // 10. A gateway that accepts, answers and drops at once: real backoff, not a reset per answer.
+  const flap = await scriptedGateway((op, send, conn) => {
+    if (op.op !== "subscribe") return;
+    send([ack(op), quote("AAPL", 10 + conn.no, "1.00")]);
+    setTimeout(() => conn.close(1011, "flap"), 100);
+  });
+  state.scripted.push(flap);
+  const f = await openPage("flapping", widgetTag, `  <quote-ticker id="fl" url="${flap.ws}" symbols="AAPL"></quote-ticker>`, "fl");
+  const flaps = await waitFor("five sockets to the flapping gateway", async () => ({ ok: flap.connections.length >= 5, detail: flap.connections.length }), 30_000);
+  await f.page.close();
+  const fg = gaps(flap.connections.slice(0, 5).map((c) => c.t));
+  const slow = fg.map((gap, k) => gap >= 250 * 2 ** k - 20);
+  if (!slow.every(Boolean)) fail(`a gateway dropping every socket at once was reconnected to at gaps ${JSON.stringify(fg)} ms, want at least 250, 500, 1000, 2000 (the backoff must not restart on its answers)`);
+  ok(`a gateway that accepts, answers and drops the socket at once: reconnects at gaps ${fg.join(", ")} ms (the backoff grows; ${flaps.detail ?? flap.connections.length} sockets)`);
 }
 
 async function cleanup(state) {
