@@ -522,7 +522,7 @@ async fn run(
     for (id, feed) in feeds.into_iter().enumerate() {
         let h = Arc::new(FeedHealth::default());
         health.push((names[id].clone(), h.clone()));
-        if feed.symbols().is_empty() {
+        if feed.learns_symbols() {
             learning.push(h.clone());
         }
         let ctx = FeedContext::new(

@@ -46,6 +46,10 @@ const CONTEXT: &[u8] = b"quotegw ticket v1";
 /// of a hash of a 256-bit key tell nothing about the key.
 const KEY_ID_LEN: usize = 4;
 
+/// What a ticket starts with (a format version): only a string that has it is taken for a ticket
+/// of another key, the rest is garbage.
+const MAGIC: [u8; 2] = [b'q', 1];
+
 /// Why a ticket admitted nothing; all alike to the client (401) but `Full` (503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedeemRefusal {
@@ -160,7 +164,8 @@ impl Tickets {
                 &mut plain,
             )
             .expect("sealing fits in memory");
-        let mut sealed = key.id().to_vec();
+        let mut sealed = MAGIC.to_vec();
+        sealed.extend_from_slice(&key.id());
         sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(&plain);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
@@ -181,12 +186,14 @@ impl Tickets {
         let mut sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(ticket)
             .map_err(|_| RedeemRefusal::Unknown)?;
-        // Key id, nonce, then at least the tag.
-        let head = KEY_ID_LEN + NONCE_LEN;
-        if sealed.len() < head + AES_256_GCM.tag_len() {
+        // The magic, the key's id, the nonce, then at least the tag.
+        let at_id = MAGIC.len();
+        let at_nonce = at_id + KEY_ID_LEN;
+        let head = at_nonce + NONCE_LEN;
+        if sealed.len() < head + AES_256_GCM.tag_len() || sealed[..at_id] != MAGIC {
             return Err(RedeemRefusal::Unknown);
         }
-        if sealed[..KEY_ID_LEN] != key.id() {
+        if sealed[at_id..at_nonce] != key.id() {
             if let Some(suppressed) = self.other_key_log.admit(std::time::Instant::now()) {
                 tracing::warn!(
                     suppressed,
@@ -198,7 +205,7 @@ impl Tickets {
             return Err(RedeemRefusal::OtherKey);
         }
         let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&sealed[KEY_ID_LEN..head]);
+        nonce.copy_from_slice(&sealed[at_nonce..head]);
         let plain = key
             .aead()
             .open_in_place(
@@ -331,6 +338,8 @@ mod tests {
             "",
             "x",
             "not base64 !",
+            // Decodes, long enough, but no ticket: garbage, not another key's.
+            "Z2FyYmFnZS1ub3QtYS10aWNrZXQtYnV0LWxvbmctZW5vdWdoLXRvLWRlY29kZQ",
             &good[..good.len() - 4],
             std::str::from_utf8(&altered).unwrap(),
         ] {

@@ -65,6 +65,13 @@ pub trait Feed: Send {
     /// them with the `symbols` op) before the first tick.
     fn symbols(&self) -> Vec<Symbol>;
 
+    /// Whether the feed learns its symbols as it runs instead (a scale-out edge, from its cache):
+    /// until it says it has delivered (`FeedContext::set_delivered`), clients are refused with
+    /// 503 rather than told its symbols are unknown.
+    fn learns_symbols(&self) -> bool {
+        false
+    }
+
     /// What must hold before the gateway starts serving, checked once at start: an error here is
     /// a start-up error (a credential the upstream refuses), not a feed that retries for ever.
     /// Nothing by default.

@@ -170,6 +170,10 @@ impl Feed for NatsFeed {
     }
 
     /// Unknown until the cache is read: symbols are served from their first state.
+    fn learns_symbols(&self) -> bool {
+        true
+    }
+
     fn symbols(&self) -> Vec<Symbol> {
         Vec::new()
     }
