@@ -172,8 +172,16 @@ impl Config {
         self.listen_addr().map_err(|m| ("listen".to_string(), m))?;
         if let Some(m) = &self.metrics_listen {
             let ops = resolve(m).map_err(|e| ("metrics_listen".to_string(), e))?;
-            // Found from outside: a start failed binding it as "in use by another process".
-            if ops.port() != 0 && Ok(ops) == self.listen_addr() {
+            // Found from outside: a start failed binding it as "in use by another process"
+            // (the same address, or one the other's wildcard covers).
+            let clash = self.listen_addr().is_ok_and(|public| {
+                let ip = |a: SocketAddr| a.ip().to_canonical();
+                ops.port() == public.port()
+                    && (ip(ops) == ip(public)
+                        || ops.ip().is_unspecified()
+                        || public.ip().is_unspecified())
+            });
+            if ops.port() != 0 && clash {
                 return Err((
                     "metrics_listen".into(),
                     format!("'{m}' is listen's address: give it another port"),
@@ -380,7 +388,7 @@ fn feed_error(text: &str, key: &str) -> Option<(String, Option<usize>, String)> 
         _ => None,
     }?;
     let inner_key = err.path().to_string();
-    let message = err.into_inner().message().to_string();
+    let message = explain(err.into_inner().message());
     // The line: where the key (an unknown field's path is the field) is set in that feed.
     let first = inner_key.split(['.', '[']).next().unwrap_or("");
     let line = line_in_feed(text, index, first);

@@ -285,6 +285,14 @@ impl Access {
                         key: "api_keys",
                         message,
                     })?;
+                if keys.iter().any(|(k, _)| k.trim() != k) {
+                    return Err(AccessError::Config {
+                        key: "api_keys",
+                        message: "a key (from the environment) begins or ends with whitespace, \
+                                  which a bearer token never does (it is trimmed): remove it"
+                            .into(),
+                    });
+                }
                 if keys.is_empty() || keys.iter().any(|(k, _)| k.len() < 16) {
                     return Err(AccessError::Config {
                         key: "api_keys",

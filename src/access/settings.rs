@@ -16,6 +16,11 @@ impl Secret {
         Secret(value.into())
     }
 
+    /// Whether the value as written (not an `${NAME}`'s) begins or ends with whitespace.
+    pub fn has_edge_space(&self) -> bool {
+        self.0.trim() != self.0
+    }
+
     /// The value, with `${NAME}` read from the environment; the error names the variable only.
     pub fn resolve(&self) -> Result<String, String> {
         match self.0.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
@@ -124,13 +129,32 @@ impl AccessConfig {
                 ),
             ));
         }
-        for origin in &self.allowed_origins {
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
             if let Some(problem) = origin_problem(origin) {
+                // Named by place when it has credentials in it (`user:password@`): never printed.
+                let shown = if origin.contains('@') {
+                    format!("entry {}", i + 1)
+                } else {
+                    format!("{origin:?}")
+                };
                 return Err((
                     "access.allowed_origins".into(),
                     format!(
-                        "{origin:?} {problem}; write each as browsers send it, e.g. \
+                        "{shown} {problem}; write each as browsers send it, e.g. \
                          \"https://trade.example.com\" or \"http://localhost:3000\""
+                    ),
+                ));
+            }
+        }
+        for (i, entry) in self.api_keys.iter().enumerate() {
+            let key = &entry.parts().0;
+            if key.has_edge_space() {
+                return Err((
+                    "access.api_keys".into(),
+                    format!(
+                        "entry {} begins or ends with whitespace, which a bearer token never \
+                         does (it is trimmed): remove it",
+                        i + 1
                     ),
                 ));
             }
@@ -169,6 +193,9 @@ fn origin_problem(o: &str) -> Option<&'static str> {
     }
     if rest.bytes().any(|b| b.is_ascii_uppercase()) {
         return Some("has capitals: browsers send the host in lower case");
+    }
+    if !rest.is_ascii() {
+        return Some("has characters browsers send in punycode (xn--...): write that form");
     }
     let default_port = match scheme {
         "https" | "wss" => ":443",

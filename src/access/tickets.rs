@@ -197,8 +197,9 @@ impl Tickets {
             if let Some(suppressed) = self.other_key_log.admit(std::time::Instant::now()) {
                 tracing::warn!(
                     suppressed,
-                    "a ticket sealed by another gateway's key was refused: behind a load \
-                     balancer, give every gateway the same [access] ticket_key \
+                    "a ticket of another key was refused (another gateway's, or made to look \
+                     like one): if the gateways behind one load balancer should take each \
+                     other's tickets, give them the same [access] ticket_key \
                      (docs/security.md, \"Where the token goes\")"
                 );
             }

@@ -192,7 +192,7 @@ fn a_mistake_inside_a_feed_names_its_key_and_line() {
                 start_delay_ms = \"x\"\n";
     assert_eq!(
         Config::parse(text, "my.toml").unwrap_err().to_string(),
-        "my.toml: line 9: key 'feeds[1].start_delay_ms': invalid type: string \"x\", expected u64"
+        "my.toml: line 9: key 'feeds[1].start_delay_ms': invalid type: a string, expected u64"
     );
     let e = err("[[feeds]]\nkind = \"simulated\"\nname = \"a\"\nticks_per_secnd = 5\n");
     assert!(
@@ -308,4 +308,36 @@ fn credentials_the_auth_mode_ignores_are_refused() {
         let e = err(text);
         assert!(e.starts_with("my.toml: key 'access.auth': ") && e.contains(says), "{e}");
     }
+}
+
+/// Found from outside: more values that never reach the log, and more Origins and keys that could
+/// never match.
+#[test]
+fn more_shapes_that_leak_or_never_match_are_refused() {
+    let e = err(
+        "[[feeds]]\nkind = \"http_poll\"\nname = \"p\"\nbase = \"http://127.0.0.1:1\"\n\
+                 url = \"/q\"\nheaders = \"X-Api-Key: SUPERSECRETVALUE\"\n",
+    );
+    assert!(!e.contains("SUPERSECRET") && e.contains("a string"), "{e}");
+    let e = err("[access]\nallowed_origins = [\"https://user:SECRET@a.example.com\"]\n");
+    assert!(!e.contains("SECRET") && e.contains("entry 1"), "{e}");
+    let e = err("[access]\nallowed_origins = [\"https://bücher.example\"]\n");
+    assert!(e.contains("punycode"), "{e}");
+    let e = err("[access]\nauth = \"api_key\"\napi_keys = [\"0123456789abcdef \"]\n");
+    assert!(e.contains("entry 1 begins or ends with whitespace"), "{e}");
+    for (metrics, listen) in [
+        ("0.0.0.0:37199", "127.0.0.1:37199"),
+        ("127.0.0.1:37199", "0.0.0.0:37199"),
+        ("[::ffff:127.0.0.1]:37199", "127.0.0.1:37199"),
+    ] {
+        let e = err(&format!(
+            "listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\n"
+        ));
+        assert!(e.contains("is listen's address"), "{metrics} {listen}: {e}");
+    }
+    assert!(Config::parse(
+        "listen = \"127.0.0.1:37199\"\nmetrics_listen = \"127.0.0.2:37199\"\n",
+        "my.toml"
+    )
+    .is_ok());
 }
