@@ -128,8 +128,14 @@
 //   unknown_symbol is listed as rejected and not asked again, unless the gateway knew none of the
 //   symbols asked on that socket (none accepted, none refused otherwise): such a gateway is taken
 //   to be loading (or serving another market), so with a list it counts as failed and the next URL
-//   is tried (see Failover); with one URL, or once every URL of the list answered so one after the
-//   other, the connection stays and asks every symbol again with that delay.
+//   is tried (see Failover); with one URL, or once every URL of the list answered so (since a
+//   gateway last accepted a symbol; a connect that failed otherwise, refused or unreachable, is no
+//   such answer), the connection stays and asks every symbol again with that delay. With a list it
+//   stays only for the round backoff (see Failover: a gateway that knows none of the page's symbols
+//   is no place to settle while others exist), then tries the next URL; such a socket never counts
+//   as one that worked, so that backoff keeps growing. While every row of a <quote-ticker> is
+//   unavailable on a live socket its connection part says "Connected, no quotes" (not "Live"), and
+//   its container part has data-quotes="none"; connectionState stays "live" (the socket is up).
 //   A string that is not a symbol by the protocol's rule (1–32 printable ASCII characters other than
 //   space, '"', '\' and ',') is shown as rejected with code "invalid_symbol", as the gateway would
 //   reject it, and is never sent: not in any subscribe or unsubscribe, on the first connect, after a
@@ -154,7 +160,8 @@
 //     n counting the full rounds of the list completed, less one: with three URLs, after the first
 //     round each connect waits 0.25–0.5 s, after the second 0.5–1 s, after the third 1–2 s, and so
 //     on. With one URL this is exactly the backoff below. A socket "worked" when it stayed open
-//     5 s with the gateway answering in protocol; a gateway (or proxy) that accepts sockets and
+//     5 s with the gateway answering in protocol (and not answering every symbol unknown_symbol
+//     while accepting none); a gateway (or proxy) that accepts sockets and
 //     drops them sooner gets the growing backoff, however well it answers meanwhile.
 //   - While away, the element keeps showing the last values it had, marked as reconnecting: state
 //     "reconnecting" (connectionState, the connectionstatechange event, the container part's
@@ -246,8 +253,10 @@
 //   URL); a "connectionstatechange" event fires when it changes, with element.connectionInfo as
 //   its detail.
 // - element.connectionInfo: { state, closeCode, closeReason, retryDelayMs, url, urlIndex }: how the
-//   connection's last socket ended (null before any; 1000 with reason "every symbol unknown_symbol"
-//   when it left a gateway that knew none of its symbols), the delay chosen for the pending
+//   connection's last socket ended (null before any, and null again once a socket opens: while
+//   "live" they are null, an earlier failure is not the state; 1000 with reason "every symbol
+//   unknown_symbol" when it left a gateway that knew none of its symbols; for "unauthorized", code
+//   null or 1008 and the gateway's message), the delay chosen for the pending
 //   reconnect in ms (null when none is pending), and the gateway in use or tried next (its URL
 //   without query, and its place in the url list, from 0).
 // - element.displayedQuotes: { SYMBOL: { field: text shown, ..., status, seq, held } } for the shown
@@ -609,10 +618,13 @@ class Connection {
     // URLs of a list that refused the token one after the other (after the one renew each); when
     // every URL of the list has, the connection stops as "unauthorized" (see policyRefused).
     this.refusals = 0;
-    // Gateways in a row (since a socket on which a gateway accepted a symbol) that answered every
-    // symbol unknown_symbol: with a list, such a gateway is left for the next URL, until every URL
-    // answered so (then the connection stays and asks again with backoff; see the header).
-    this.emptyAnswers = 0;
+    // URLs of the list (their indexes) that answered every symbol unknown_symbol since a socket on
+    // which a gateway accepted a symbol: with a list, such a gateway is left for the next URL,
+    // until every URL answered so (a connect that failed otherwise is no such answer); then the
+    // connection stays and asks again with backoff, yet leaves for the next URL after the round
+    // backoff (leaveTimer; see the header).
+    this.emptyAnswers = new Set();
+    this.leaveTimer = 0;
     // Of the current socket: symbols its gateway accepted, answered unknown_symbol, or refused
     // otherwise; whether it answered in protocol at all; whether its all-unknown answer counted.
     this.socketAccepted = 0;
@@ -987,6 +999,9 @@ class Connection {
       this.openedAt = Date.now();
       this.lastHeard = Date.now();
       this.pingSentAt = 0;
+      // A socket works again: how an earlier one ended is no longer the connection's state.
+      this.closeCode = null;
+      this.closeReason = null;
       this.setState("live");
       // Everything shown is subscribed again; snapshots replace what this socket has not confirmed.
       this.toUnsubscribe.clear();
@@ -1033,10 +1048,14 @@ class Connection {
     this.pingTimer = 0;
     clearTimeout(this.unknownTimer);
     this.unknownTimer = 0;
+    clearTimeout(this.leaveTimer);
+    this.leaveTimer = 0;
     // A socket that stayed open STABLE_MS, with the gateway answering in protocol, worked: the
     // backoff starts over and every URL of a list counts as not yet tried. One that was dropped
-    // sooner (a flapping gateway or proxy) did not: the backoff goes on growing.
-    if (openedAt && this.heard && Date.now() - openedAt >= STABLE_MS) {
+    // sooner (a flapping gateway or proxy) did not: the backoff goes on growing; nor did one whose
+    // gateway knew none of the symbols (it showed nothing).
+    const knewNothing = this.emptyCounted && this.socketAccepted === 0;
+    if (openedAt && this.heard && !knewNothing && Date.now() - openedAt >= STABLE_MS) {
       this.attempt = 0;
       this.refusals = 0;
     }
@@ -1168,7 +1187,7 @@ class Connection {
       this.policyRetried = false;
       this.attempt = 0;
       this.refusals = 0;
-      this.emptyAnswers = 0;
+      this.emptyAnswers.clear();
       this.setState("connecting");
       this.open(false);
     } else if (newToken && (this.retryTimer || this.awaitingToken)) {
@@ -1185,6 +1204,7 @@ class Connection {
     clearInterval(this.pollTimer);
     clearTimeout(this.guardTimer);
     clearTimeout(this.unknownTimer);
+    clearTimeout(this.leaveTimer);
     this.fetchQueue = [];
     window.removeEventListener("online", this.onOnline);
     const ws = this.ws;
@@ -1281,11 +1301,20 @@ class Connection {
     const empty = this.socketAccepted === 0 && this.socketOther === 0 && this.pendingOps.size === 0;
     if (empty && !this.emptyCounted) {
       this.emptyCounted = true;
-      this.emptyAnswers++;
-      if (this.urls.length > 1 && this.emptyAnswers < this.urls.length) {
+      this.emptyAnswers.add(this.index);
+      if (this.urls.length > 1 && this.emptyAnswers.size < this.urls.length) {
         console.warn(`quote-ticker: ${this.safeUrl} knows none of the symbols asked for (still loading?); trying the next url of the list`);
         this.lost(CLOSE_NORMAL, "every symbol unknown_symbol");
         return;
+      }
+      if (this.urls.length > 1 && !this.leaveTimer) {
+        // Every URL answered so: stay and ask again, but a gateway that knows nothing of what the
+        // page shows is no place to settle while others exist: the next URL after the round backoff.
+        const ws = this.ws;
+        this.leaveTimer = setTimeout(() => {
+          this.leaveTimer = 0;
+          if (this.ws === ws && this.socketAccepted === 0) this.lost(CLOSE_NORMAL, "every symbol unknown_symbol");
+        }, this.equalJitter());
       }
     }
     for (const s of this.socketUnknown) {
@@ -1412,7 +1441,9 @@ class Connection {
       for (const s of m.symbols) if (this.rejected.delete(s)) changed = true;
       if (m.symbols.length) {
         this.socketAccepted += m.symbols.length;
-        this.emptyAnswers = 0;
+        this.emptyAnswers.clear();
+        clearTimeout(this.leaveTimer);
+        this.leaveTimer = 0;
       }
     }
     const named = new Set(Array.isArray(m.symbols) ? m.symbols : []);
@@ -2016,6 +2047,9 @@ const CONNECTION_TEXT = {
   unauthorized: "Not authorized",
   failed: "Invalid url",
 };
+// The connection part of a <quote-ticker> while live but with every row unavailable (its gateway
+// knows none of the element's symbols now): the socket is up, yet nothing shown is live.
+const NO_QUOTES_TEXT = "Connected, no quotes";
 const CONNECTION_ANNOUNCE = {
   live: "Live quotes connected.",
   reconnecting: "Quote connection lost; reconnecting.",
@@ -2622,6 +2656,19 @@ class QuoteTicker extends GatewayElement {
     return span;
   }
 
+  // The connection part's text: "Live" only when some row is not unavailable (data-quotes="none"
+  // on the container otherwise).
+  #labelConnection() {
+    const { box, connText } = this.#nodes;
+    if (!box) return;
+    const state = this.#state;
+    const none = state === "live" && this.#views.size > 0 && [...this.#views.values()].every((v) => v.status === "unavailable");
+    const text = none ? NO_QUOTES_TEXT : connectionLabel(state, this.#conn && this.#conn.closeReason);
+    if (connText.textContent !== text) connText.textContent = text;
+    if (none) box.dataset.quotes = "none";
+    else delete box.dataset.quotes;
+  }
+
   // Called by the connection; `lead` is the element that speaks for the whole connection.
   _connectionChanged(lead, forced) {
     const state = forced || (this.#conn ? this.#conn.state : "idle");
@@ -2629,7 +2676,7 @@ class QuoteTicker extends GatewayElement {
     this.#state = state;
     if (this.#nodes.box) {
       this.#nodes.box.dataset.connection = state;
-      this.#nodes.connText.textContent = connectionLabel(state, this.#conn && this.#conn.closeReason);
+      this.#labelConnection();
       // The values on screen are the last ones received, not live, until the connection is back.
       this.#nodes.body.setAttribute("aria-busy", String(state === "connecting" || state === "reconnecting"));
     }
@@ -2674,6 +2721,7 @@ class QuoteTicker extends GatewayElement {
   #paint() {
     this.#frame = 0;
     const conn = this.#conn;
+    let statusChanged = false;
     for (const sym of this.#dirty) {
       const v = this.#views.get(sym);
       if (!v) continue;
@@ -2719,6 +2767,7 @@ class QuoteTicker extends GatewayElement {
           b.dataset.status = status;
         }
         for (const r of v.rows) r.dataset.rowStatus = status;
+        statusChanged = true;
       }
       const seq = q ? String(q.seq) : "";
       const held = !!conn && conn.isHeld(sym);
@@ -2736,6 +2785,7 @@ class QuoteTicker extends GatewayElement {
       }
     }
     this.#dirty.clear();
+    if (statusChanged) this.#labelConnection();
     for (const sym of this.#sparkDirty) {
       const v = this.#views.get(sym);
       if (!v || !v.sparks.length) continue;

@@ -26,10 +26,11 @@
 //      with 1012; it reconnects to B and takes the lower seq at once (no symbol held back by the
 //      seq guard), and shows B's quotes again.
 //   5. The seq guard, against two scripted gateways (see the step).
-//   6–10. Gateways that fail otherwise, scripted: unknown_symbol from a restarted (loading)
+//   6–12. Gateways that fail otherwise, scripted: unknown_symbol from a restarted (loading)
 //      gateway, on one URL and on a list; a token refused by one URL of a list (401 to the ticket,
 //      close 1008) and by all; the backoff per round of a list of three refusing gateways; a
-//      gateway that accepts sockets and drops them (see gatewayFaults).
+//      gateway that accepts sockets and drops them; a list whose other gateway serves other
+//      symbols only while the first refuses connects (see gatewayFaults).
 // No check measures speed, but for the backoff's delays (9, 10; and 6's retries): lower bounds,
 // and in 9 upper bounds with generous slack; every other wait is a bounded poll for a condition
 // with a generous deadline.
@@ -609,7 +610,7 @@ async function main(state, bin, chromium) {
 }
 
 /**
- * 6–10. Gateways that fail in other ways than dying, from scripted gateways (see scriptedGateway):
+ * 6–12. Gateways that fail in other ways than dying, from scripted gateways (see scriptedGateway):
  *   6. One URL whose gateway restarted and, still loading its cache, answers every subscribe
  *      unknown_symbol: the rows shown before say "unavailable" (not live, last values kept), the
  *      widget asks again (more than once, with growing gaps) and shows the gateway's quotes once
@@ -623,6 +624,14 @@ async function main(state, bin, chromium) {
  *      then the backoff grows per full round of the list (not per attempt).
  *  10. A gateway that accepts the socket, answers, and drops it at once: the reconnects back off
  *      (250·2^n ms at least), the backoff is not reset by its answers.
+ *  11. url="E X", X serving other symbols only (unknown_symbol for all): E dies and refuses
+ *      connects a while. A refused connect is no unknown_symbol answer, so the element does not
+ *      settle on X; it is live on E soon after E is back, connectionInfo.closeCode null again.
+ *  12. The same list, E restarted (1012) and loading while X knows nothing: every URL answered
+ *      unknown_symbol, so the element stays a while, but leaves X after the round backoff and is
+ *      live on E once it knows the symbols.
+ *   (6 also checks that the connection part does not say plain "Live" while every row is
+ *   unavailable.)
  */
 async function gatewayFaults({ context, embed, state, pageErrors, quote, ack }) {
   const widgetTag = `  <script type="module" src="/quote-ticker.js"></script>`;
@@ -634,7 +643,8 @@ async function gatewayFaults({ context, embed, state, pageErrors, quote, ack }) 
     await waitFor(`the ${name} page's element to be observed`, () => page.evaluate((id) => window.__fo.observe(id), id));
     const view = () => page.evaluate((id) => {
       const w = document.getElementById(id);
-      return { state: w.connectionState, info: w.connectionInfo, quotes: w.displayedQuotes, rejected: w.rejectedSymbols };
+      const conn = w.shadowRoot && w.shadowRoot.querySelector("[part=connection]");
+      return { state: w.connectionState, info: w.connectionInfo, quotes: w.displayedQuotes, rejected: w.rejectedSymbols, connText: conn ? conn.textContent : "" };
     }, id);
     return { page, view };
   };
@@ -661,8 +671,9 @@ async function gatewayFaults({ context, embed, state, pageErrors, quote, ack }) 
   const unavailable = await waitFor("the rows shown before marked unavailable after the restarted gateway answered unknown_symbol", async () => {
     const v = await l.view();
     const q = v.quotes;
-    return { ok: ["AAPL", "MSFT"].every((s) => q[s] && q[s].status === "unavailable") && q.AAPL.bid === "1.00" && v.rejected.length === 0, v, detail: v };
+    return { ok: ["AAPL", "MSFT"].every((s) => q[s] && q[s].status === "unavailable") && q.AAPL.bid === "1.00" && v.rejected.length === 0 && v.state === "live", v, detail: v };
   });
+  if (/^live$/i.test(unavailable.v.connText.trim())) fail(`every row unavailable, yet the connection part says "${unavailable.v.connText}"`);
   await waitFor("the restarted gateway's quotes, once it knows the symbols", async () => {
     const v = await l.view();
     return { ok: v.state === "live" && v.quotes.AAPL && v.quotes.AAPL.seq === 120 && v.quotes.AAPL.status === "live" && v.quotes.MSFT.status === "live", detail: v };
@@ -778,6 +789,65 @@ async function gatewayFaults({ context, embed, state, pageErrors, quote, ack }) 
   const slow = fg.map((gap, k) => gap >= 250 * 2 ** k - 20);
   if (!slow.every(Boolean)) fail(`a gateway dropping every socket at once was reconnected to at gaps ${JSON.stringify(fg)} ms, want at least 250, 500, 1000, 2000 (the backoff must not restart on its answers)`);
   ok(`a gateway that accepts, answers and drops the socket at once: reconnects at gaps ${fg.join(", ")} ms (the backoff grows; ${flaps.detail ?? flap.connections.length} sockets)`);
+
+  // 11. url="E X", X serving other symbols only (unknown_symbol for everything): E dies and refuses
+  // connects for a while. A refused connect is no unknown_symbol answer: the element must not
+  // settle on X (it knows nothing of the page), but keep trying E and be live there once E is back.
+  let eDown = false;
+  let eLoading = false;
+  const eSockets = new Set();
+  const e = await scriptedGateway((op, send, conn) => {
+    eSockets.add(conn);
+    if (op.op !== "subscribe") return;
+    if (eLoading) send([unknownAck(op)]);
+    else send([ack(op), quote("AAPL", 200 + conn.no, "2.00"), quote("MSFT", 300 + conn.no, "3.00")]);
+  }, { upgrade: () => (eDown ? 503 : undefined) });
+  const x = await scriptedGateway((op, send) => {
+    if (op.op === "subscribe") send([unknownAck(op)]);
+  });
+  state.scripted.push(e, x);
+  const ex = await openPage("other-market", widgetTag, `  <quote-ticker id="ox" url="${e.ws} ${x.ws}" symbols="AAPL,MSFT"></quote-ticker>`, "ox");
+  await waitFor("the element live on E", async () => {
+    const v = await ex.view();
+    return { ok: v.state === "live" && v.info.urlIndex === 0 && v.quotes.AAPL && v.quotes.AAPL.seq === 201 && v.info.closeCode === null, detail: v };
+  });
+  eDown = true;
+  e.drop();
+  // X answered unknown_symbol twice, with a refused connect to E in between.
+  await waitFor("X asked twice, E refused in between", async () => {
+    const xs = x.connections.length;
+    const refused = e.connections.filter((c) => c.refused).length;
+    return { ok: xs >= 2 && refused >= 1, detail: { xs, refused } };
+  }, 15_000);
+  eDown = false;
+  const upAt = Date.now();
+  const eBack = await waitFor("the element to try E again once it is back, and be live there (not settled on X)", async () => {
+    const v = await ex.view();
+    return { ok: v.state === "live" && v.info.urlIndex === 0 && v.quotes.AAPL.status === "live" && v.quotes.AAPL.seq > 201, v, detail: { v, e: e.connections.length, x: x.connections.length } };
+  }, 20_000);
+  if (eBack.v.info.closeCode !== null || eBack.v.info.closeReason !== null) fail(`live again, yet connectionInfo keeps the old failure: closeCode ${eBack.v.info.closeCode}, closeReason ${JSON.stringify(eBack.v.info.closeReason)}`);
+  const eRefused = e.connections.filter((c) => c.refused).length;
+  const xSockets = x.connections.length;
+  ok(`url="E X", X knowing none of the symbols: E refused connects (${eRefused} refused), the element did not settle on X (${xSockets} sockets) and was live on E ${Date.now() - upAt} ms after it was back; connectionInfo.closeCode null once live`);
+
+  // 12. Every URL of the list answers unknown_symbol (E restarted with 1012 and loading, X another
+  // market): the element may stay on X, but only for the round backoff; it tries E again and is
+  // live there once E knows the symbols.
+  eLoading = true;
+  for (const c of eSockets) c.close(1012, "restart");
+  eSockets.clear();
+  await waitFor("the element on X after E and X both answered unknown_symbol", async () => {
+    const v = await ex.view();
+    return { ok: v.info.urlIndex === 1 && v.state === "live" && x.connections.length > xSockets, detail: { v, x: x.connections.length } };
+  }, 15_000);
+  eLoading = false;
+  const loadedAt = Date.now();
+  await waitFor("the element to leave X for E (loaded now) and be live there", async () => {
+    const v = await ex.view();
+    return { ok: v.state === "live" && v.info.urlIndex === 0 && v.quotes.AAPL.status === "live", detail: { v, e: e.connections.length, x: x.connections.length } };
+  }, 20_000);
+  await ex.page.close();
+  ok(`url="E X", E loading and X another market (both unknown_symbol): the element did not settle on X; live on E again ${Date.now() - loadedAt} ms after E knew the symbols`);
 }
 
 async function cleanup(state) {
