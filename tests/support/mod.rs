@@ -935,3 +935,34 @@ pub async fn quotes(
         .map(|q| (q["symbol"].as_str().unwrap().to_string(), q.clone()))
         .collect()
 }
+
+/// Installs Debian's `packages` (apt arguments) when `bin` is not there, through the script every
+/// test install uses (one install at a time across test binaries: see tests/support/apt-install.sh).
+pub fn ensure_installed(bin: &str, packages: &[&str]) {
+    if std::path::Path::new(bin).exists() {
+        return;
+    }
+    eprintln!("installing Debian's {}", packages.join(" "));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/apt-install.sh");
+    let status = std::process::Command::new(script)
+        .arg(bin)
+        .args(packages)
+        .status()
+        .expect("tests/support/apt-install.sh runs");
+    assert!(
+        status.success() && std::path::Path::new(bin).exists(),
+        "{bin} could not be installed"
+    );
+}
+
+/// A free port on 127.0.0.1 and an empty directory of its own for a server (`kind`) to run on it.
+pub fn port_and_dir(kind: &str) -> (u16, std::path::PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("quotegw-{kind}-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory for the server");
+    (port, dir)
+}

@@ -2,7 +2,6 @@
 //! missing, started on 127.0.0.1 on a free port with its own store directory, killed on drop. It can
 //! be stopped and started again on the same port and store, as an operator's restart would.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,24 +17,6 @@ pub struct NatsServer {
     extra: String,
 }
 
-/// Installs Debian's nats-server when it is not there, through the script every test install uses
-/// (one install at a time across test binaries: see tests/support/apt-install.sh).
-fn ensure_installed() {
-    if Path::new(BIN).exists() {
-        return;
-    }
-    eprintln!("nats: installing Debian's nats-server");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/apt-install.sh");
-    let status = Command::new(script)
-        .args([BIN, "nats-server"])
-        .status()
-        .expect("tests/support/apt-install.sh runs");
-    assert!(
-        status.success() && Path::new(BIN).exists(),
-        "nats-server could not be installed"
-    );
-}
-
 impl NatsServer {
     pub fn start() -> NatsServer {
         NatsServer::start_with(|_| String::new())
@@ -44,14 +25,8 @@ impl NatsServer {
     /// With lines added to its nats.conf, made from its store directory (where a test may put
     /// certificates first).
     pub fn start_with(extra: impl FnOnce(&Path) -> String) -> NatsServer {
-        ensure_installed();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!("quotegw-nats-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a store dir");
+        super::ensure_installed(BIN, &["nats-server"]);
+        let (port, dir) = super::port_and_dir("nats");
         let mut server = NatsServer {
             child: None,
             port,

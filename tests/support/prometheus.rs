@@ -3,7 +3,7 @@
 //! writes, killed on drop; its HTTP API read with plain HTTP/1.0 requests. `--web.enable-lifecycle`
 //! stays off (nothing may reload or stop it over HTTP), as in a default install.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,38 +36,13 @@ impl Sample {
     }
 }
 
-/// Installs Debian's prometheus when it is not there, through the script every test install uses
-/// (one install at a time across test binaries: see tests/support/apt-install.sh).
-fn ensure_installed() {
-    if Path::new(BIN).exists() {
-        return;
-    }
-    eprintln!("prometheus: installing Debian's prometheus");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/apt-install.sh");
-    let status = Command::new(script)
-        .args([BIN, "--no-install-recommends", "prometheus"])
-        .status()
-        .expect("tests/support/apt-install.sh runs");
-    assert!(
-        status.success() && Path::new(BIN).exists(),
-        "prometheus could not be installed"
-    );
-}
-
 impl Prometheus {
     /// Starts Prometheus with the prometheus.yml that `config` returns; `config` gets the server's
     /// directory first, to write the files the config names (rules, a credentials file) there.
     /// Waits until the server is ready (`/-/ready`).
     pub async fn start(config: impl FnOnce(&Path) -> String) -> Prometheus {
-        ensure_installed();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir =
-            std::env::temp_dir().join(format!("quotegw-prometheus-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory for prometheus");
+        super::ensure_installed(BIN, &["--no-install-recommends", "prometheus"]);
+        let (port, dir) = super::port_and_dir("prometheus");
         let conf = dir.join("prometheus.yml");
         std::fs::write(&conf, config(&dir)).expect("write prometheus.yml");
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("a log file");
