@@ -10,7 +10,6 @@
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,6 @@ use quotegw::model::{Status, Tick};
 use quotegw::session::{Session, SessionShared};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 /// Served symbols; ZZZZ is not, so it is always rejected.
 const SERVED: [&str; 3] = ["AAPL", "MSFT", "NVDA"];
@@ -140,26 +138,14 @@ fuzz_target!(|data: &[u8]| {
     for symbol in SERVED {
         index.register(symbol.into());
     }
-    let shared = Arc::new(SessionShared {
-        index: index.clone(),
-        metrics: metrics.clone(),
-        limits: LimitsConfig {
+    let shared = SessionShared::standalone(
+        index.clone(),
+        metrics.clone(),
+        LimitsConfig {
             max_symbols_per_connection: 2,
             ..LimitsConfig::default()
         },
-        tiers: Default::default(),
-        shutdown: CancellationToken::new(),
-        alerts: Default::default(),
-        access: Arc::new(quotegw::access::LiveAccess::new(
-            quotegw::access::Access::new(
-                &Default::default(),
-                LimitsConfig::default().client_limits(),
-                &Default::default(),
-            )
-            .expect("the default access settings are valid"),
-        )),
-        connections: AtomicUsize::new(0),
-    });
+    );
     let start = Instant::now();
     let mut now = start;
     let mut session = Session::new(shared.clone(), Grant::default(), Framing::JsonArray, now);

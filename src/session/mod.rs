@@ -104,10 +104,21 @@ impl SessionShared {
     /// For unit tests: `index` served with the default limits, nothing shutting down.
     #[cfg(test)]
     pub(crate) fn with_defaults(index: Arc<Index>, metrics: Arc<Metrics>) -> Arc<SessionShared> {
+        SessionShared::standalone(index, metrics, LimitsConfig::default())
+    }
+
+    /// Sessions of `index` under `limits`, outside a running gateway (the fuzz targets, tests):
+    /// the default access settings and tiers, nothing shutting down. What a gateway shares is
+    /// assembled in `app.rs` from its config.
+    pub fn standalone(
+        index: Arc<Index>,
+        metrics: Arc<Metrics>,
+        limits: LimitsConfig,
+    ) -> Arc<SessionShared> {
         Arc::new(SessionShared {
             index,
             metrics,
-            limits: LimitsConfig::default(),
+            limits,
             tiers: Default::default(),
             shutdown: CancellationToken::new(),
             alerts: Default::default(),
