@@ -236,6 +236,7 @@ struct Edge {
     loading: bool,
     /// Heartbeats and lease messages `take_queued` took off the subscription: read next.
     held_back: VecDeque<async_nats::Message>,
+    subjects: Subjects,
     log: LogLimiter,
     metrics: EdgeMetrics,
 }
@@ -266,7 +267,15 @@ impl Edge {
             heartbeat_age: m.bus_heartbeat_age.with_label_values(&[name]),
             term: m.bus_term.with_label_values(&[name]),
         };
+        let prefix = &config.subject_prefix;
+        let subjects = Subjects {
+            states: wire::state_subject(prefix, ""),
+            bars: wire::bars_subject(prefix, ""),
+            heartbeat: wire::heartbeat_subject(prefix),
+            lease: wire::lease_subject(prefix),
+        };
         Edge {
+            subjects,
             metrics,
             config,
             ctx,
@@ -289,23 +298,10 @@ impl Edge {
         client: async_nats::Client,
         events: Arc<ConnectionEvents>,
     ) -> Result<(), FeedError> {
-        let prefix = self.config.subject_prefix.clone();
-        let (states_prefix, bars_prefix, hb_subject, lease_subject) = (
-            wire::state_subject(&prefix, ""),
-            wire::bars_subject(&prefix, ""),
-            wire::heartbeat_subject(&prefix),
-            wire::lease_subject(&prefix),
-        );
         let mut messages = client
-            .subscribe(format!("{prefix}.>"))
+            .subscribe(format!("{}.>", self.config.subject_prefix))
             .await
             .map_err(|e| FeedError::Setup(format!("cannot subscribe: {e}")))?;
-        let subjects = Subjects {
-            states: states_prefix,
-            bars: bars_prefix,
-            heartbeat: hb_subject,
-            lease: lease_subject,
-        };
         // Ready only once the cache is in: a client never gets a partial edge.
         while !self.reload(&client, &mut messages, "start").await? {
             tokio::select! {
@@ -357,12 +353,12 @@ impl Edge {
                 },
             };
             let subject = message.subject.as_str();
-            if subject.starts_with(&subjects.states) {
+            if subject.starts_with(&self.subjects.states) {
                 if self.take(Some(&client), subject, &message.payload).await? == Lease::Followed {
                     self.reload(&client, &mut messages, "leader").await?;
                 }
                 self.ready_if_any().await?;
-            } else if subject.starts_with(&subjects.bars) {
+            } else if subject.starts_with(&self.subjects.bars) {
                 if self
                     .take_bars(Some(&client), subject, &message.payload)
                     .await?
@@ -370,7 +366,7 @@ impl Edge {
                 {
                     self.reload(&client, &mut messages, "leader").await?;
                 }
-            } else if subject == subjects.heartbeat {
+            } else if subject == self.subjects.heartbeat {
                 let (ours, lease) = self.heartbeat(&client, &message.payload).await;
                 if lease == Lease::Followed && !self.stale {
                     self.reload(&client, &mut messages, "leader").await?;
@@ -382,7 +378,7 @@ impl Edge {
                         self.recover(&client, &mut messages).await?;
                     }
                 }
-            } else if subject == subjects.lease {
+            } else if subject == self.subjects.lease {
                 // Only a hint to read the stored lease: a renewal JetStream refused (a
                 // deposed leader's) reaches subscribers too.
                 match self.verify(&client, true).await {
@@ -432,11 +428,11 @@ impl Edge {
         self.verified_at = Some(Instant::now());
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(CACHE_REQUEST_TIMEOUT);
-        let subject = wire::lease_subject(&self.config.subject_prefix);
+        let subject = &self.subjects.lease;
         let stored = async {
             let stream = js.get_stream_no_info(&self.config.stream).await.ok()?;
             let m = stream
-                .get_last_raw_message_by_subject(&subject)
+                .get_last_raw_message_by_subject(subject)
                 .await
                 .ok()?;
             wire::decode_lease(&m.payload).ok()
@@ -680,7 +676,7 @@ impl Edge {
             .subjects
             .contains(&bars_subjects);
         let read = async {
-            read_cache(&stream, &wire::lease_subject(prefix), |_, p| {
+            read_cache(&stream, &self.subjects.lease, |_, p| {
                 lease = Some(p.to_vec())
             })
             .await?;
@@ -736,8 +732,6 @@ impl Edge {
         messages: &mut async_nats::Subscriber,
     ) -> Result<(), FeedError> {
         use futures_util::FutureExt as _;
-        let states = wire::state_subject(&self.config.subject_prefix, "");
-        let bars = wire::bars_subject(&self.config.subject_prefix, "");
         // Bounded: a flood arriving while this runs is the run loop's to read.
         for _ in 0..MAX_TAKEN_QUEUED {
             let Some(Some(message)) = messages.next().now_or_never() else {
@@ -745,9 +739,9 @@ impl Edge {
             };
             let subject = message.subject.as_str();
             // A new term among them is read from the cache (just loaded) or the lease (`admit`).
-            if subject.starts_with(&states) {
+            if subject.starts_with(&self.subjects.states) {
                 self.take(Some(client), subject, &message.payload).await?;
-            } else if subject.starts_with(&bars) {
+            } else if subject.starts_with(&self.subjects.bars) {
                 self.take_bars(Some(client), subject, &message.payload)
                     .await?;
             } else {
