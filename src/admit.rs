@@ -215,6 +215,18 @@ fn with_client<T>(
     })
 }
 
+/// The Origin allow-list's answer for `origin` (403 off the list), as every route gives it.
+pub fn check_origin(access: &crate::access::Access, origin: Option<&str>) -> Result<(), Refused> {
+    access.check_origin(origin).map_err(|r| {
+        Refused::new(
+            StatusCode::FORBIDDEN,
+            "unauthorized",
+            r.reason(),
+            "this Origin may not use this gateway\n",
+        )
+    })
+}
+
 /// `token`, verified, unless it failed too often from `client` lately.
 fn authorize(
     access: &crate::access::Access,
@@ -294,14 +306,7 @@ fn admit_client(
         ));
     }
     let access = &state.access.get();
-    if let Err(r) = access.check_origin(req.origin) {
-        return Err(Refused::new(
-            StatusCode::FORBIDDEN,
-            "unauthorized",
-            r.reason(),
-            "this Origin may not use this gateway\n",
-        ));
-    }
+    check_origin(access, req.origin)?;
     // A ticket stands for its token: from here on, admitted exactly as that token would be.
     let token = match presented(
         req.query,

@@ -470,14 +470,7 @@ async fn ticket(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         // client's connections: a page at its token's connection limit still gets a ticket, and
         // the stream it opens is counted then.
         let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
-        if state.access.get().check_origin(origin).is_err() {
-            return Err(Refused::new(
-                StatusCode::FORBIDDEN,
-                "unauthorized",
-                Refusal::Origin.reason(),
-                "this Origin may not use this gateway",
-            ));
-        }
+        crate::admit::check_origin(&state.access.get(), origin)?;
         let proxied = req
             .conn_data::<crate::proxied::ProxiedClient>()
             .map(|c| c.0);
