@@ -431,10 +431,7 @@ impl Edge {
         let subject = &self.subjects.lease;
         let stored = async {
             let stream = js.get_stream_no_info(&self.config.stream).await.ok()?;
-            let m = stream
-                .get_last_raw_message_by_subject(subject)
-                .await
-                .ok()?;
+            let m = stream.get_last_raw_message_by_subject(subject).await.ok()?;
             wire::decode_lease(&m.payload).ok()
         }
         .await;
